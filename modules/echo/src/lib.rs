@@ -1,0 +1,71 @@
+//! Example module `echo`: the smallest useful module, and a test bed for the cage.
+
+use cage_sdk::{export_module, CallError, Ctx};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Which build answered; the `v2` feature makes the change visible after a hot swap.
+const BUILD: &str = if cfg!(feature = "v2") { "v2" } else { "v1" };
+const VERSION: &str = if cfg!(feature = "v2") { "1.0.0+v2" } else { "1.0.0" };
+
+#[derive(Serialize)]
+struct Echoed {
+    echo: Value,
+    build: &'static str,
+    cage: String,
+    call_id: String,
+}
+
+fn echo(ctx: &Ctx, args: Value) -> Result<Echoed, CallError> {
+    Ok(Echoed {
+        echo: args,
+        build: BUILD,
+        cage: ctx.cage().to_owned(),
+        call_id: ctx.call_id().to_owned(),
+    })
+}
+
+fn shout(_ctx: &Ctx, text: String) -> Result<String, CallError> {
+    let loud = text.to_uppercase();
+    Ok(if cfg!(feature = "v2") { format!("{loud}!") } else { loud })
+}
+
+#[derive(Deserialize)]
+struct Sleep {
+    ms: u64,
+}
+
+/// Sleeps, then reports which build ran: lets tests keep a call in flight across a swap.
+fn sleep(ctx: &Ctx, args: Sleep) -> Result<Value, CallError> {
+    ctx.info(&format!("sleeping {} ms", args.ms));
+    std::thread::sleep(Duration::from_millis(args.ms));
+    Ok(serde_json::json!({ "slept_ms": args.ms, "build": BUILD }))
+}
+
+fn version(_ctx: &Ctx, _: ()) -> Result<&'static str, CallError> {
+    Ok(VERSION)
+}
+
+/// Panics with the given message, to show the cage surviving a module panic.
+fn boom(_ctx: &Ctx, message: String) -> Result<(), CallError> {
+    panic!("{message}")
+}
+
+#[derive(Deserialize)]
+struct Forward {
+    cage: String,
+    target: String,
+    args: Value,
+}
+
+/// Calls another cage's method through the host and returns its result.
+fn forward(ctx: &Ctx, args: Forward) -> Result<Value, CallError> {
+    ctx.call(&args.cage, &args.target, &args.args, Duration::from_secs(10))
+}
+
+export_module! {
+    name: "echo",
+    version: VERSION,
+    methods: [echo, shout, sleep, version, boom, forward],
+}

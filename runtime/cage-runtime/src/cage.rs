@@ -1,0 +1,117 @@
+//! Wiring of one running cage: read its configuration, start the registry, executor and
+//! listener actors, serve until told to stop.
+
+use crate::config::{CageConfig, ConfigError, Site};
+use crate::dispatch::Dispatcher;
+use crate::executor::CallExecutor;
+use crate::host::HostEnv;
+use crate::registry::ModuleRegistry;
+use crate::transport::server::{Limits, Listener};
+use actix::Actor;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a cage could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration file is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listen address could not be bound.
+    #[error("cage {cage}: cannot listen on {addr} (listen in {}): {source}", file.display())]
+    Listen {
+        /// The cage.
+        cage: String,
+        /// The address.
+        addr: SocketAddr,
+        /// The cage file naming it.
+        file: PathBuf,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cage {cage}: cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        /// The cage.
+        cage: String,
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Executor threads could not be started.
+    #[error("cage {cage}: cannot start executor threads: {source}")]
+    Executor {
+        /// The cage.
+        cage: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A cage whose configuration is read and whose socket is bound, ready to serve.
+pub struct PreparedCage {
+    config: CageConfig,
+    env: Arc<HostEnv>,
+    socket: std::net::TcpListener,
+}
+
+impl PreparedCage {
+    /// Reads and checks cage `name` of `site` and binds its listen address.
+    pub fn prepare(site: &Site, name: &str) -> Result<Self, StartError> {
+        let config = site.cage(name)?;
+        let execute_on = site.execute_on()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { cage: name.to_owned(), path: config.data_dir.clone(), source })?;
+        let socket = std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+            cage: name.to_owned(),
+            addr: config.listen,
+            file: config.path.clone(),
+            source,
+        })?;
+        let env = Arc::new(HostEnv { cage: name.to_owned(), site: site.clone(), execute_on });
+        Ok(PreparedCage { config, env, socket })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Starts the actors on the current actix system; returns once they are running.
+    pub fn start(self) -> Result<(), StartError> {
+        let c = &self.config;
+        let started = Instant::now();
+        let registry = ModuleRegistry::new(
+            &c.name,
+            &c.modules,
+            &self.env.site.modules_dir(),
+            &c.data_dir.join("loaded-modules"),
+            c.reload_debounce,
+            c.rescan_interval,
+        )
+        .start();
+        let executor = CallExecutor::new(c.executor_threads, self.env.clone())
+            .map_err(|source| StartError::Executor { cage: c.name.clone(), source })?
+            .start();
+        let dispatcher = Dispatcher { cage: c.name.clone(), registry, executor, default_timeout: c.call_timeout, started };
+        self.socket.set_nonblocking(true).map_err(|source| StartError::Listen {
+            cage: c.name.clone(),
+            addr: c.listen,
+            file: c.path.clone(),
+            source,
+        })?;
+        let socket = tokio::net::TcpListener::from_std(self.socket).map_err(|source| StartError::Listen {
+            cage: c.name.clone(),
+            addr: c.listen,
+            file: c.path.clone(),
+            source,
+        })?;
+        let limits = Limits { max_frame_bytes: c.max_frame_bytes, max_connections: c.max_connections, idle_timeout: c.idle_timeout };
+        Listener::new(socket, dispatcher, limits).start();
+        tracing::info!(cage = %c.name, "listening on {}, serving {} with {} executor threads", c.listen, c.modules.join(", "), c.executor_threads);
+        Ok(())
+    }
+}

@@ -1,0 +1,50 @@
+//! `cage call CAGE MODULE.METHOD 'JSON'`: one synchronous call, result as JSON on stdout.
+
+use super::exit;
+use cage_runtime::config::{ConfigError, Site};
+use cage_runtime::transport::client::Client;
+use cage_runtime::transport::protocol::{new_call_id, CallFailure, CallRequest};
+use cage_sdk::ErrorKind;
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub fn call(site: &Site, cage: &str, target: &str, args: &str, timeout: Duration) -> ExitCode {
+    let Some((module, method)) = target.split_once('.').filter(|(m, f)| !m.is_empty() && !f.is_empty()) else {
+        return exit::fail(exit::for_kind(ErrorKind::BadArguments), format!("target {target:?} is not MODULE.METHOD (e.g. echo.shout)"));
+    };
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(args) {
+        return exit::fail(exit::for_kind(ErrorKind::BadArguments), format!("arguments for {cage} {target} are not JSON: {e}"));
+    }
+    let route = match site.execute_on().and_then(|e| site.route(&e, cage)) {
+        Ok(r) => r,
+        Err(e @ ConfigError::NoSuchCage { .. }) => return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e),
+        Err(e) => return exit::fail(exit::CONFIG, e),
+    };
+    let request = CallRequest {
+        call_id: new_call_id("cli"),
+        module: module.to_owned(),
+        method: method.to_owned(),
+        args: args.as_bytes().to_vec(),
+        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let result = match Client::connect(cage, &route) {
+        Ok(mut client) => client.call(request),
+        Err(e) => Err(CallFailure {
+            cage: cage.to_owned(),
+            module: request.module,
+            method: request.method,
+            call_id: request.call_id,
+            error: e.into_call_error(),
+        }),
+    };
+    match result {
+        Ok(bytes) => {
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+                Err(_) => println!("{}", String::from_utf8_lossy(&bytes)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => exit::fail(exit::for_kind(failure.error.kind), failure),
+    }
+}

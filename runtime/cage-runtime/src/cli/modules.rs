@@ -1,0 +1,61 @@
+//! `cage modules CAGE`: what a running cage serves, as a table or JSON.
+
+use super::exit;
+use cage_runtime::config::{ConfigError, Site};
+use cage_runtime::transport::client::Client;
+use cage_sdk::ErrorKind;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long `cage modules` waits for an answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn ago(ms: Option<u64>) -> String {
+    let Some(ms) = ms else { return "-".into() };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let secs = now.saturating_sub(ms) / 1000;
+    format!("{} ago", humantime::format_duration(Duration::from_secs(secs)))
+}
+
+pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
+    let route = match site.execute_on().and_then(|e| site.route(&e, cage)) {
+        Ok(r) => r,
+        Err(e @ ConfigError::NoSuchCage { .. }) => return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e),
+        Err(e) => return exit::fail(exit::CONFIG, e),
+    };
+    let list = match Client::connect(cage, &route).and_then(|mut c| c.modules(TIMEOUT)) {
+        Ok(list) => list,
+        Err(e) => {
+            let e = e.into_call_error();
+            return exit::fail(exit::for_kind(e.kind), e);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(["MODULE", "VERSION", "SHA256", "LOADED", "METHODS", "LAST LOAD ERROR"]);
+    for m in &list {
+        let error = match (&m.last_error, m.last_error_at_ms) {
+            (Some(e), at) => format!("{} ({})", e, ago(at)),
+            (None, _) => "-".into(),
+        };
+        let version = match (&m.version, m.draining_versions) {
+            (Some(v), 0) => v.clone(),
+            (Some(v), n) => format!("{v} (+{n} draining)"),
+            (None, _) => "not loaded".into(),
+        };
+        table.add_row([
+            m.name.clone(),
+            version,
+            m.sha256.as_deref().map(|h| h[..12].to_owned()).unwrap_or_else(|| "-".into()),
+            ago(m.loaded_at_ms),
+            m.methods.join(", "),
+            error,
+        ]);
+    }
+    println!("{table}");
+    ExitCode::SUCCESS
+}

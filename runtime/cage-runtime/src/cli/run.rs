@@ -1,0 +1,40 @@
+//! `cage run NAME`: serve a cage until SIGINT or SIGTERM.
+
+use super::exit;
+use cage_runtime::cage::{PreparedCage, StartError};
+use cage_runtime::config::Site;
+use std::process::ExitCode;
+
+pub fn run(site: &Site, name: &str) -> ExitCode {
+    let prepared = match PreparedCage::prepare(site, name) {
+        Ok(p) => p,
+        Err(e @ StartError::Config(_)) => return exit::fail(exit::CONFIG, e),
+        Err(e) => return exit::fail(exit::OTHER, e),
+    };
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        prepared.start()?;
+        wait_for_stop().await;
+        tracing::info!(cage = name, "stopping");
+        Ok::<_, StartError>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::fail(exit::OTHER, e),
+    }
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

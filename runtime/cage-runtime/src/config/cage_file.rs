@@ -1,0 +1,189 @@
+//! The cage file `cages/NAME.toml`: where one cage listens, what it serves, how it runs.
+
+use super::error::ConfigError;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Defaults a cage file may leave out.
+pub struct CageFileDefaults;
+
+impl CageFileDefaults {
+    /// Worker threads running module code.
+    pub const EXECUTOR_THREADS: usize = 8;
+    /// Longest a sync call may run when the caller does not say.
+    pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+    /// How long a module file must stay unchanged before it is loaded.
+    pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+    /// How often module files are re-examined in case a file event was missed.
+    pub const RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+    /// Largest frame accepted on the wire.
+    pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+    /// Most connections served at once.
+    pub const MAX_CONNECTIONS: usize = 1024;
+    /// A connection with no request for this long is closed.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCageFile {
+    listen: Spanned<String>,
+    #[serde(default)]
+    modules: Vec<Spanned<String>>,
+    data_dir: Option<PathBuf>,
+    executor_threads: Option<Spanned<usize>>,
+    #[serde(default, with = "humantime_serde")]
+    call_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    reload_debounce: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    rescan_interval: Option<Duration>,
+    max_frame_bytes: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+}
+
+/// A validated cage file.
+#[derive(Debug, Clone)]
+pub struct CageConfig {
+    /// The cage's name (the file's stem).
+    pub name: String,
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Address the cage listens on (loopback until TLS exists).
+    pub listen: SocketAddr,
+    /// Modules served, by name; each is `modules/lib<name>.so`.
+    pub modules: Vec<String>,
+    /// Where the cage keeps its state (absolute).
+    pub data_dir: PathBuf,
+    /// Worker threads running module code.
+    pub executor_threads: usize,
+    /// Longest a sync call may run when the caller does not say.
+    pub call_timeout: Duration,
+    /// How long a module file must stay unchanged before it is loaded.
+    pub reload_debounce: Duration,
+    /// How often module files are re-examined in case a file event was missed.
+    pub rescan_interval: Duration,
+    /// Largest frame accepted on the wire.
+    pub max_frame_bytes: usize,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl CageConfig {
+    /// Parses and validates the cage file `path` of cage `name` in `site`.
+    pub fn parse(name: &str, path: &Path, site: &Path, source: &str) -> Result<Self, ConfigError> {
+        let raw: RawCageFile =
+            toml::from_str(source).map_err(|e| ConfigError::from_toml(path, source, &e))?;
+        let at = |span: std::ops::Range<usize>, reason: String| ConfigError::at(path, source, span.start, reason);
+
+        let listen: SocketAddr = raw.listen.get_ref().parse().map_err(|_| {
+            at(
+                raw.listen.span(),
+                format!("listen: expected an address such as \"127.0.0.1:7401\", found {:?}", raw.listen.get_ref()),
+            )
+        })?;
+        if !listen.ip().is_loopback() {
+            return Err(at(
+                raw.listen.span(),
+                format!("listen: {listen} is not a loopback address; listening beyond this host needs TLS, which this cage does not configure (use 127.0.0.1)"),
+            ));
+        }
+
+        let mut modules = Vec::new();
+        for m in &raw.modules {
+            let module = m.get_ref();
+            if !valid_name(module) {
+                return Err(at(m.span(), format!("modules: {module:?} is not a module name (letters, digits, '-', '_')")));
+            }
+            if modules.contains(module) {
+                return Err(at(m.span(), format!("modules: {module:?} is listed twice")));
+            }
+            modules.push(module.clone());
+        }
+
+        let positive = |v: &Option<Spanned<usize>>, key: &str, default: usize| -> Result<usize, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(s) if *s.get_ref() == 0 => Err(at(s.span(), format!("{key}: must be at least 1"))),
+                Some(s) => Ok(*s.get_ref()),
+            }
+        };
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("data").join(name));
+        Ok(CageConfig {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            listen,
+            modules,
+            data_dir: if data_dir.is_absolute() { data_dir } else { site.join(data_dir) },
+            executor_threads: positive(&raw.executor_threads, "executor_threads", CageFileDefaults::EXECUTOR_THREADS)?,
+            call_timeout: raw.call_timeout.unwrap_or(CageFileDefaults::CALL_TIMEOUT),
+            reload_debounce: raw.reload_debounce.unwrap_or(CageFileDefaults::RELOAD_DEBOUNCE),
+            rescan_interval: raw.rescan_interval.unwrap_or(CageFileDefaults::RESCAN_INTERVAL),
+            max_frame_bytes: positive(&raw.max_frame_bytes, "max_frame_bytes", CageFileDefaults::MAX_FRAME_BYTES)?,
+            max_connections: positive(&raw.max_connections, "max_connections", CageFileDefaults::MAX_CONNECTIONS)?,
+            idle_timeout: raw.idle_timeout.unwrap_or(CageFileDefaults::IDLE_TIMEOUT),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<CageConfig, ConfigError> {
+        CageConfig::parse("demo", Path::new("cages/demo.toml"), Path::new("/site"), src)
+    }
+
+    #[test]
+    fn minimal_file_takes_defaults() {
+        let c = parse("listen = \"127.0.0.1:7401\"\nmodules = [\"echo\"]\n").unwrap();
+        assert_eq!(c.listen.port(), 7401);
+        assert_eq!(c.modules, vec!["echo"]);
+        assert_eq!(c.data_dir, PathBuf::from("/site/data/demo"));
+        assert_eq!(c.executor_threads, CageFileDefaults::EXECUTOR_THREADS);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_reason() {
+        let e = parse("listen = \"127.0.0.1:7401\"\nexecutor_threads = \"many\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("cages/demo.toml:2:"), "{e}");
+        assert!(e.contains("expected usize"), "{e}");
+
+        let e = parse("listen = \"127.0.0.1:7401\"\n\ncall_timeout = \"soon\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("cages/demo.toml:3:"), "{e}");
+
+        let e = parse("listen = \"127.0.0.1:7401\"\nlisen = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("cages/demo.toml:2:1"), "{e}");
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+    }
+
+    #[test]
+    fn refuses_non_loopback_and_bad_names() {
+        let e = parse("listen = \"0.0.0.0:7401\"\n").unwrap_err().to_string();
+        assert!(e.contains("cages/demo.toml:1:10") && e.contains("not a loopback"), "{e}");
+        let e = parse("listen = \"127.0.0.1:7401\"\nmodules = [\"ok\", \"bad name\"]\n").unwrap_err().to_string();
+        assert!(e.contains("cages/demo.toml:2:18") && e.contains("not a module name"), "{e}");
+        let e = parse("listen = \"127.0.0.1:7401\"\nexecutor_threads = 0\n").unwrap_err().to_string();
+        assert!(e.contains("cages/demo.toml:2:20") && e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn missing_listen_is_reported() {
+        let e = parse("modules = []\n").unwrap_err().to_string();
+        assert!(e.contains("missing field `listen`"), "{e}");
+    }
+}

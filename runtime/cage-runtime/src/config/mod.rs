@@ -1,0 +1,14 @@
+//! Configuration of a site: the cage files under `cages/` and the site-wide files under `config/`.
+//!
+//! Every error names the file, the line and column, and what was expected; nothing here starts
+//! anything, so all of it is testable on plain strings.
+
+mod cage_file;
+mod error;
+mod execute_on;
+mod site;
+
+pub use cage_file::{CageConfig, CageFileDefaults};
+pub use error::ConfigError;
+pub use execute_on::{CageRoute, ExecuteOn, QueuePolicy};
+pub use site::Site;

@@ -1,0 +1,94 @@
+//! The dispatcher: turns one request into a response by asking the registry for the module
+//! version and handing the call to the executor, within the call's deadline.
+
+use crate::executor::{CallExecutor, Execute};
+use crate::registry::{ListModules, ModuleRegistry, Resolve};
+use crate::transport::protocol::{new_call_id, CageInfo, CallFailure, CallRequest, Request, Response};
+use actix::Addr;
+use cage_sdk::{CallError, ErrorKind};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// Everything needed to answer requests for one cage.
+#[derive(Clone)]
+pub struct Dispatcher {
+    /// This cage's name.
+    pub cage: String,
+    /// The module registry.
+    pub registry: Addr<ModuleRegistry>,
+    /// The call executor.
+    pub executor: Addr<CallExecutor>,
+    /// Limit for calls that do not name one.
+    pub default_timeout: Duration,
+    /// When the cage started.
+    pub started: Instant,
+}
+
+impl Dispatcher {
+    /// Answers one request.
+    pub async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Call(call) => self.call(call).await,
+            Request::Modules => match self.registry.send(ListModules).await {
+                Ok(list) => Response::Modules(list),
+                Err(_) => Response::Modules(Vec::new()),
+            },
+            Request::Ping => Response::Pong(CageInfo {
+                cage: self.cage.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                pid: std::process::id(),
+                uptime_secs: self.started.elapsed().as_secs(),
+            }),
+        }
+    }
+
+    async fn call(&self, mut call: CallRequest) -> Response {
+        if call.call_id.is_empty() {
+            call.call_id = new_call_id(&self.cage);
+        }
+        let span = tracing::info_span!("call", call_id = %call.call_id, cage = %self.cage, module = %call.module, method = %call.method);
+        let result = self.run(&call).instrument(span.clone()).await;
+        match result {
+            Ok(bytes) => Response::Result(bytes),
+            Err(error) => {
+                span.in_scope(|| tracing::debug!("answered with failure: {error}"));
+                Response::Failed(CallFailure {
+                    cage: self.cage.clone(),
+                    module: call.module,
+                    method: call.method,
+                    call_id: call.call_id,
+                    error,
+                })
+            }
+        }
+    }
+
+    async fn run(&self, call: &CallRequest) -> Result<Vec<u8>, CallError> {
+        let gone = |_| CallError::with_kind(ErrorKind::Refused, "cage is shutting down");
+        let timeout = match call.timeout_ms {
+            0 => self.default_timeout,
+            ms => Duration::from_millis(ms),
+        };
+        let deadline = Instant::now() + timeout;
+        let module = self.registry.send(Resolve(call.module.clone())).await.map_err(gone)??;
+        if !module.has_method(&call.method) {
+            return Err(CallError::with_kind(
+                ErrorKind::UnknownMethod,
+                format!("module {} {} has no method {:?} (methods: {})", module.name, module.version, call.method, module.methods.join(", ")),
+            ));
+        }
+        let reply = self
+            .executor
+            .send(Execute { module, call_id: call.call_id.clone(), method: call.method.clone(), args: call.args.clone(), deadline })
+            .await
+            .map_err(gone)??;
+        match tokio::time::timeout_at(deadline.into(), reply).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CallError::with_kind(ErrorKind::Internal, "executor thread ended without an answer")),
+            Err(_) => Err(CallError::with_kind(
+                ErrorKind::Timeout,
+                format!("did not finish within {} (the method keeps running on its executor thread)", humantime::format_duration(timeout)),
+            )),
+        }
+    }
+}

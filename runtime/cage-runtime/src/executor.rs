@@ -1,0 +1,101 @@
+//! The call executor: an actor in front of a bounded pool of worker threads that run module
+//! code, so a slow call never blocks the actor threads or other calls.
+
+use crate::host::HostEnv;
+use crate::loader::LoadedModule;
+use actix::prelude::*;
+use cage_sdk::{CallError, ErrorKind};
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Calls that may wait for a worker per worker thread before new ones are refused.
+const BACKLOG_PER_WORKER: usize = 256;
+
+/// Where a call's result arrives.
+pub type Reply = oneshot::Receiver<Result<Vec<u8>, CallError>>;
+
+/// Run one method on the pool.
+#[derive(Message)]
+#[rtype(result = "Result<Reply, CallError>")]
+pub struct Execute {
+    /// The module version to run; held until the call ends, so a swap cannot unload it.
+    pub module: Arc<LoadedModule>,
+    /// Id of the call.
+    pub call_id: String,
+    /// Method to run.
+    pub method: String,
+    /// JSON arguments.
+    pub args: Vec<u8>,
+    /// A call still waiting for a worker at this instant is not started.
+    pub deadline: Instant,
+}
+
+struct Job {
+    call: Execute,
+    reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
+}
+
+/// The executor actor; dropping it closes the pool once queued calls have run.
+pub struct CallExecutor {
+    jobs: Sender<Job>,
+    workers: usize,
+}
+
+impl CallExecutor {
+    /// Starts `workers` threads that run calls with `env` as their host.
+    pub fn new(workers: usize, env: Arc<HostEnv>) -> std::io::Result<Self> {
+        let (jobs, queue) = bounded::<Job>(workers * BACKLOG_PER_WORKER);
+        for i in 0..workers {
+            let queue = queue.clone();
+            let env = env.clone();
+            std::thread::Builder::new().name(format!("cage-exec-{i}")).spawn(move || {
+                for job in queue {
+                    run_job(&env, job);
+                }
+            })?;
+        }
+        Ok(CallExecutor { jobs, workers })
+    }
+}
+
+fn run_job(env: &HostEnv, job: Job) {
+    let Job { call, reply } = job;
+    let span = tracing::info_span!("call", call_id = %call.call_id, cage = %env.cage, module = %call.module.name, method = %call.method);
+    let _entered = span.enter();
+    if reply.is_closed() || Instant::now() >= call.deadline {
+        tracing::warn!("not started: its caller stopped waiting while it queued for a worker");
+        let _ = reply.send(Err(CallError::with_kind(ErrorKind::Timeout, "deadline passed while waiting for a free executor thread")));
+        return;
+    }
+    let started = Instant::now();
+    let result = env.run(&call.module, &call.call_id, &call.method, &call.args);
+    match &result {
+        Ok(_) => tracing::debug!(version = %call.module.version, elapsed = ?started.elapsed(), "call done"),
+        Err(e) => tracing::warn!(version = %call.module.version, elapsed = ?started.elapsed(), "call failed: {e}"),
+    }
+    let _ = reply.send(result);
+    // `call.module` drops here; if a newer version was swapped in meanwhile and this was the last
+    // call on the old one, the old library is unloaded now, on this worker thread.
+}
+
+impl Actor for CallExecutor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Execute> for CallExecutor {
+    type Result = Result<Reply, CallError>;
+
+    fn handle(&mut self, call: Execute, _: &mut Context<Self>) -> Self::Result {
+        let (reply, rx) = oneshot::channel();
+        match self.jobs.try_send(Job { call, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(CallError::with_kind(
+                ErrorKind::Refused,
+                format!("executor overloaded: {} calls already waiting for {} threads", self.workers * BACKLOG_PER_WORKER, self.workers),
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(CallError::with_kind(ErrorKind::Refused, "executor is shutting down")),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The host side of the module ABI: the [`HostContext`] a module receives for one call, and the
+//! callbacks behind it (log, call another cage). No callback ever unwinds into module code.
+
+use crate::config::{ExecuteOn, Site};
+use crate::loader::LoadedModule;
+use crate::transport::client::Client;
+use crate::transport::protocol::{new_call_id, CallFailure, CallRequest};
+use cage_sdk::abi::{self, Bytes, HostContext, OwnedBytes};
+use cage_sdk::{CallError, ErrorKind};
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+/// What the host offers every call of one cage: its name and how to reach other cages.
+pub struct HostEnv {
+    /// This cage's name.
+    pub cage: String,
+    /// The site, for cage files of other cages.
+    pub site: Site,
+    /// Where other cages are.
+    pub execute_on: ExecuteOn,
+}
+
+/// One call's identity, passed to callbacks through `HostContext::data`.
+struct CallScope<'a> {
+    env: &'a HostEnv,
+    call_id: &'a str,
+    module: &'a str,
+    method: &'a str,
+}
+
+impl HostEnv {
+    /// Runs `method` of `module` with JSON `args` on this thread, giving it a host context.
+    pub fn run(&self, module: &LoadedModule, call_id: &str, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError> {
+        let scope = CallScope { env: self, call_id, module: &module.name, method };
+        let ctx = HostContext {
+            abi_version: abi::ABI_VERSION,
+            size: std::mem::size_of::<HostContext>() as u32,
+            data: &scope as *const CallScope as *const c_void,
+            cage: Bytes::from_slice(self.cage.as_bytes()),
+            module: Bytes::from_slice(module.name.as_bytes()),
+            method: Bytes::from_slice(method.as_bytes()),
+            call_id: Bytes::from_slice(call_id.as_bytes()),
+            log: host_log,
+            call: host_call,
+            free: cage_sdk::export::free_bytes,
+        };
+        module.call(&ctx, method, args)
+    }
+
+    /// Calls `target` (`module.method`) on `cage` synchronously, on behalf of call `parent`.
+    pub fn call(&self, cage: &str, target: &str, args: &[u8], timeout: Duration, parent: &str) -> Result<Vec<u8>, CallFailure> {
+        let call_id = new_call_id(&self.cage);
+        let (module, method) = target.split_once('.').unwrap_or((target, ""));
+        let failure = |error: CallError| CallFailure {
+            cage: cage.to_owned(),
+            module: module.to_owned(),
+            method: method.to_owned(),
+            call_id: call_id.clone(),
+            error,
+        };
+        if method.is_empty() {
+            return Err(failure(CallError::bad_arguments(format!("target {target:?} is not MODULE.METHOD"))));
+        }
+        let route = self
+            .site
+            .route(&self.execute_on, cage)
+            .map_err(|e| failure(CallError::with_kind(ErrorKind::UnknownCage, e.to_string())))?;
+        tracing::debug!(parent, child = %call_id, cage, target, "module calls another cage");
+        let mut client = Client::connect(cage, &route).map_err(|e| failure(e.into_call_error()))?;
+        client.call(CallRequest {
+            call_id: call_id.clone(),
+            module: module.to_owned(),
+            method: method.to_owned(),
+            args: args.to_vec(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+/// # Safety
+/// `data` is the `CallScope` of a running call; `msg` a valid view.
+unsafe extern "C" fn host_log(data: *const c_void, level: u32, msg: Bytes) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host set `data` to the scope of the call that is running this callback.
+        let scope = unsafe { &*(data as *const CallScope) };
+        // SAFETY: the module passes a live view.
+        let msg = String::from_utf8_lossy(unsafe { msg.as_slice() });
+        let (module, method, call_id) = (scope.module, scope.method, scope.call_id);
+        match level {
+            1 => tracing::error!(target: "module", module, method, call_id, "{msg}"),
+            2 => tracing::warn!(target: "module", module, method, call_id, "{msg}"),
+            3 => tracing::info!(target: "module", module, method, call_id, "{msg}"),
+            4 => tracing::debug!(target: "module", module, method, call_id, "{msg}"),
+            _ => tracing::trace!(target: "module", module, method, call_id, "{msg}"),
+        }
+    }));
+}
+
+/// # Safety
+/// As the ABI's `HostCallFn`: `data` is a running call's scope, views are live, `out` writable.
+unsafe extern "C" fn host_call(
+    data: *const c_void,
+    cage: Bytes,
+    target: Bytes,
+    args: Bytes,
+    timeout_ms: u64,
+    out: *mut OwnedBytes,
+) -> u32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host set `data` to the scope of the call that is running this callback.
+        let scope = unsafe { &*(data as *const CallScope) };
+        // SAFETY: the module passes live views.
+        let (cage, target, args) = unsafe { (cage.as_slice(), target.as_slice(), args.as_slice()) };
+        let cage = String::from_utf8_lossy(cage);
+        let target = String::from_utf8_lossy(target);
+        scope
+            .env
+            .call(&cage, &target, args, Duration::from_millis(timeout_ms), scope.call_id)
+            .map_err(|f| CallError::with_kind(f.error.kind, f.to_string()))
+    }));
+    let (status, bytes) = match result {
+        Ok(Ok(bytes)) => (abi::status::OK, bytes),
+        Ok(Err(e)) => (abi::status::ERROR, serde_json::to_vec(&e).unwrap_or_default()),
+        Err(_) => (
+            abi::status::ERROR,
+            serde_json::to_vec(&CallError::with_kind(ErrorKind::Internal, "the cage failed while making the call"))
+                .unwrap_or_default(),
+        ),
+    };
+    // SAFETY: the module passes a writable slot and frees it with our `free`.
+    unsafe { out.write(OwnedBytes::from_vec(bytes)) };
+    status
+}

@@ -1,0 +1,25 @@
+//! The cages runtime: a cage serves hot-reloaded modules to callers over framed TCP.
+//!
+//! Map of the crate, top to bottom (arrows point down):
+//! - `cli` (in the `cage` binary, not this library): run, call, modules, bench.
+//! - [`cage`]: wiring of one running cage: config → actors → listener.
+//! - [`transport`]: frames on the wire, the protocol, the listener actor and a blocking client.
+//! - [`dispatch`]: a request → registry (which module version) → executor → response.
+//! - [`executor`]: the actor in front of the worker threads that run module code.
+//! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
+//! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
+//! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
+//! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
+//!
+//! A sync call's path: client frame → [`transport::server`] → [`dispatch::Dispatcher`] →
+//! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
+//! [`host::HostEnv::run`] → the module's `call` → response frame.
+
+pub mod cage;
+pub mod config;
+pub mod dispatch;
+pub mod executor;
+pub mod host;
+pub mod loader;
+pub mod registry;
+pub mod transport;

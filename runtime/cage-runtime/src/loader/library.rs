@@ -1,0 +1,182 @@
+//! [`LoadedModule`]: one loaded version of a module, `dlopen`ed from a private copy.
+//!
+//! glibc caches `dlopen` by path, so every version is copied under a unique name first. The
+//! copy is unloaded and deleted when the last `Arc` to it drops, i.e. when the last call that
+//! started on this version has finished.
+
+use super::{elf_check, LoadError};
+use cage_sdk::abi::{self, Bytes, CallFn, EntryFn, FreeFn, HostContext, ModuleDescriptor, OwnedBytes};
+use cage_sdk::{CallError, ErrorKind};
+use sha2::{Digest, Sha256};
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// A loaded, validated version of a module, ready to be called from any thread.
+pub struct LoadedModule {
+    /// Module name, as in its descriptor.
+    pub name: String,
+    /// Module version, as in its descriptor.
+    pub version: String,
+    /// Exported method names.
+    pub methods: Vec<String>,
+    /// SHA-256 of the library file, hex.
+    pub sha256: String,
+    /// When this version was loaded.
+    pub loaded_at: SystemTime,
+    /// The file it was loaded from.
+    pub source: PathBuf,
+    copy: PathBuf,
+    call: CallFn,
+    free: FreeFn,
+    library: ManuallyDrop<libloading::Library>,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+/// Hex SHA-256 of `bytes`, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn text(b: Bytes, what: &str) -> Result<String, LoadError> {
+    if b.len > 4096 {
+        return Err(LoadError::BadDescriptor(format!("{what} is {} bytes long", b.len)));
+    }
+    // SAFETY: the descriptor points at static data of the loaded library.
+    let s = unsafe { b.as_slice() };
+    String::from_utf8(s.to_vec()).map_err(|_| LoadError::BadDescriptor(format!("{what} is not UTF-8")))
+}
+
+impl LoadedModule {
+    /// Validates `bytes` (read from `source`) as module `expected`, writes them to a private copy
+    /// in `copy_dir` named with `tag`, and loads that copy.
+    pub fn load(expected: &str, source: &Path, bytes: &[u8], copy_dir: &Path, tag: &str) -> Result<Self, LoadError> {
+        elf_check::check(bytes)?;
+        let sha256 = sha256_hex(bytes);
+        std::fs::create_dir_all(copy_dir)
+            .map_err(|source| LoadError::Io { action: format!("create {}", copy_dir.display()), source })?;
+        let copy = copy_dir.join(format!("lib{expected}.{tag}.{}.so", &sha256[..12]));
+        std::fs::write(&copy, bytes)
+            .map_err(|source| LoadError::Io { action: format!("write {}", copy.display()), source })?;
+        match Self::open(expected, source, &copy, sha256) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                let _ = std::fs::remove_file(&copy);
+                Err(e)
+            }
+        }
+    }
+
+    fn open(expected: &str, source: &Path, copy: &Path, sha256: String) -> Result<Self, LoadError> {
+        // RTLD_NOW: an unresolvable symbol fails here, at load, instead of at some later call.
+        // SAFETY: the file was proven a whole ELF shared object exporting our entry symbol;
+        // running its initialisers is the accepted cost of loading a module.
+        let library = unsafe {
+            libloading::os::unix::Library::open(Some(copy), libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL)
+        }
+        .map_err(|e| LoadError::Dlopen(e.to_string()))?;
+        let library: libloading::Library = library.into();
+        // SAFETY: the symbol's type is fixed by the ABI for this entry name.
+        let entry: EntryFn = unsafe {
+            *library
+                .get::<EntryFn>(abi::ENTRY_SYMBOL.as_bytes())
+                .map_err(|e| LoadError::Dlopen(e.to_string()))?
+        };
+        // SAFETY: the entry function takes nothing and returns a pointer to a static descriptor.
+        let descriptor: *const ModuleDescriptor = unsafe { entry() };
+        if descriptor.is_null() {
+            return Err(LoadError::BadDescriptor("entry symbol returned null".into()));
+        }
+        // The ABI version is the first field in every version of the descriptor, so it is safe
+        // to read before trusting the rest of the layout.
+        // SAFETY: non-null pointer to the module's static descriptor.
+        let abi_version = unsafe { std::ptr::addr_of!((*descriptor).abi_version).read() };
+        if abi_version != abi::ABI_VERSION {
+            return Err(LoadError::AbiMismatch {
+                found: format!("a descriptor of ABI {abi_version}"),
+                expected: abi::ABI_VERSION,
+                symbol: abi::ENTRY_SYMBOL,
+            });
+        }
+        // SAFETY: same ABI version, so the layout is ours.
+        let d = unsafe { &*descriptor };
+        if (d.descriptor_size as usize) < std::mem::size_of::<ModuleDescriptor>() {
+            return Err(LoadError::BadDescriptor(format!("descriptor is {} bytes, expected {}", d.descriptor_size, std::mem::size_of::<ModuleDescriptor>())));
+        }
+        let name = text(d.name, "module name")?;
+        if name != expected {
+            return Err(LoadError::NameMismatch { expected: expected.to_owned(), found: name });
+        }
+        let version = text(d.version, "module version")?;
+        if d.method_count > 10_000 || (d.method_count > 0 && d.methods.is_null()) {
+            return Err(LoadError::BadDescriptor(format!("method table of {} entries", d.method_count)));
+        }
+        let mut methods = Vec::with_capacity(d.method_count);
+        for i in 0..d.method_count {
+            // SAFETY: `methods` points at `method_count` entries, checked non-null above.
+            methods.push(text(unsafe { *d.methods.add(i) }, "method name")?);
+        }
+        Ok(LoadedModule {
+            name,
+            version,
+            methods,
+            sha256,
+            loaded_at: SystemTime::now(),
+            source: source.to_owned(),
+            copy: copy.to_owned(),
+            call: d.call,
+            free: d.free,
+            library: ManuallyDrop::new(library),
+        })
+    }
+
+    /// Whether the module exports `method`.
+    pub fn has_method(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m == method)
+    }
+
+    /// Runs `method` with JSON `args` in this version, on the calling thread.
+    pub fn call(&self, host: &HostContext, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError> {
+        let mut out = OwnedBytes::empty();
+        // SAFETY: the module's `call` never unwinds (the SDK catches panics) and writes `out`;
+        // `host`, `method` and `args` outlive the call.
+        let status = unsafe { (self.call)(host, Bytes::from_slice(method.as_bytes()), Bytes::from_slice(args), &mut out) };
+        // SAFETY: `out` is the module's live buffer; copy it, then give it back to its allocator.
+        let bytes = unsafe { out.as_slice() }.to_vec();
+        // SAFETY: the module allocated `out`, so the module's `free` releases it, once.
+        unsafe { (self.free)(out) };
+        if status == abi::status::OK {
+            Ok(bytes)
+        } else {
+            Err(serde_json::from_slice::<CallError>(&bytes).unwrap_or_else(|_| CallError {
+                kind: ErrorKind::Internal,
+                message: format!(
+                    "module {} returned status {status} with an unreadable error: {}",
+                    self.name,
+                    String::from_utf8_lossy(&bytes)
+                ),
+            }))
+        }
+    }
+}
+
+impl Drop for LoadedModule {
+    fn drop(&mut self) {
+        // SAFETY: no call into this version is running: every call holds an `Arc` to it, and
+        // this is the last one going away. Function pointers into it are dropped with `self`.
+        unsafe { ManuallyDrop::drop(&mut self.library) };
+        if let Err(e) = std::fs::remove_file(&self.copy) {
+            tracing::warn!(module = %self.name, copy = %self.copy.display(), "cannot delete unloaded copy: {e}");
+        }
+        tracing::debug!(module = %self.name, version = %self.version, "old version unloaded");
+    }
+}

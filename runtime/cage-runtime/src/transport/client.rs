@@ -1,0 +1,161 @@
+//! A blocking client for one cage: connect to the first reachable instance, send a request,
+//! wait for its response.
+
+use super::frame::{self, FrameError};
+use super::protocol::{CageInfo, CallFailure, CallRequest, ModuleInfo, Request, RequestFrame, Response, ResponseFrame};
+use crate::config::CageRoute;
+use cage_sdk::{CallError, ErrorKind};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Largest response a client accepts.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a request to a cage got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No instance of the cage accepted a connection.
+    #[error("cage {cage} unreachable at {addresses}: {reason}")]
+    Unreachable {
+        /// The cage.
+        cage: String,
+        /// Addresses tried.
+        addresses: String,
+        /// Last connect error.
+        reason: String,
+    },
+    /// The cage did not answer in time.
+    #[error("no answer from cage {cage} within {}", humantime::format_duration(*after))]
+    Timeout {
+        /// The cage.
+        cage: String,
+        /// How long the client waited.
+        after: Duration,
+    },
+    /// The connection broke or carried something unreadable.
+    #[error("connection to cage {cage} failed: {source}")]
+    Connection {
+        /// The cage.
+        cage: String,
+        /// What went wrong.
+        source: FrameError,
+    },
+    /// The cage answered with something that does not fit the request.
+    #[error("cage {cage} answered out of protocol: {what}")]
+    Protocol {
+        /// The cage.
+        cage: String,
+        /// What was unexpected.
+        what: String,
+    },
+}
+
+impl ClientError {
+    /// The call error a caller sees for this failure.
+    pub fn into_call_error(self) -> CallError {
+        let kind = match self {
+            ClientError::Unreachable { .. } => ErrorKind::Unreachable,
+            ClientError::Timeout { .. } => ErrorKind::Timeout,
+            ClientError::Connection { .. } | ClientError::Protocol { .. } => ErrorKind::Internal,
+        };
+        CallError::with_kind(kind, self.to_string())
+    }
+}
+
+/// A connection to one cage.
+pub struct Client {
+    cage: String,
+    stream: TcpStream,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connects to the first instance of `cage` that accepts, in `route`'s order.
+    pub fn connect(cage: &str, route: &CageRoute) -> Result<Client, ClientError> {
+        let mut last = String::from("no address configured");
+        for addr in &route.addresses {
+            match TcpStream::connect_timeout(addr, route.connect_timeout) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Client { cage: cage.to_owned(), stream, next_id: 1 });
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(ClientError::Unreachable {
+            cage: cage.to_owned(),
+            addresses: route.addresses.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(", "),
+            reason: last,
+        })
+    }
+
+    /// Sends `body` and waits up to `timeout` for its response.
+    pub fn request(&mut self, body: Request, timeout: Duration) -> Result<Response, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let conn = |cage: &str, source: FrameError| ClientError::Connection { cage: cage.to_owned(), source };
+        let bytes = frame::encode(&RequestFrame { id, body }).map_err(|e| conn(&self.cage, e))?;
+        self.stream
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(|e| conn(&self.cage, e.into()))?;
+        frame::write_blocking(&mut self.stream, &bytes).map_err(|e| conn(&self.cage, e))?;
+        loop {
+            let body = frame::read_blocking(&mut self.stream, MAX_RESPONSE_BYTES).map_err(|e| match e {
+                FrameError::Io(io) if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    ClientError::Timeout { cage: self.cage.clone(), after: timeout }
+                }
+                other => conn(&self.cage, other),
+            })?;
+            let response: ResponseFrame = frame::decode(&body).map_err(|e| conn(&self.cage, e))?;
+            // Responses to earlier requests that timed out may still arrive; skip them.
+            if response.id == id {
+                return Ok(response.body);
+            }
+        }
+    }
+
+    /// Runs a sync call; the client waits a little longer than the call's own limit so the cage
+    /// can report its timeout itself.
+    pub fn call(&mut self, call: CallRequest) -> Result<Vec<u8>, CallFailure> {
+        let wait = Duration::from_millis(call.timeout_ms) + Duration::from_secs(2);
+        let failure = |call: &CallRequest, cage: &str, error: CallError| CallFailure {
+            cage: cage.to_owned(),
+            module: call.module.clone(),
+            method: call.method.clone(),
+            call_id: call.call_id.clone(),
+            error,
+        };
+        match self.request(Request::Call(call.clone()), wait) {
+            Ok(Response::Result(bytes)) => Ok(bytes),
+            Ok(Response::Failed(e)) => Err(e),
+            Ok(other) => Err(failure(&call, &self.cage, self.unexpected(&other).into_call_error())),
+            Err(e) => Err(failure(&call, &self.cage, e.into_call_error())),
+        }
+    }
+
+    /// Lists the cage's modules.
+    pub fn modules(&mut self, timeout: Duration) -> Result<Vec<ModuleInfo>, ClientError> {
+        match self.request(Request::Modules, timeout)? {
+            Response::Modules(m) => Ok(m),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Asks the cage who it is.
+    pub fn ping(&mut self, timeout: Duration) -> Result<CageInfo, ClientError> {
+        match self.request(Request::Ping, timeout)? {
+            Response::Pong(info) => Ok(info),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn unexpected(&self, r: &Response) -> ClientError {
+        let what = match r {
+            Response::Result(_) => "a call result",
+            Response::Failed(_) => "a call failure",
+            Response::Modules(_) => "a module list",
+            Response::Pong(_) => "a ping answer",
+        };
+        ClientError::Protocol { cage: self.cage.clone(), what: format!("unexpected {what}") }
+    }
+}

@@ -1,0 +1,143 @@
+//! The listener actor and the connection loop: accept, read frames, answer each request
+//! concurrently, write responses back in completion order.
+
+use super::frame::{self, FrameError};
+use super::protocol::{RequestFrame, ResponseFrame};
+use crate::dispatch::Dispatcher;
+use actix::prelude::*;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Requests one connection may have in progress at once; further frames wait to be read.
+const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
+/// A frame that has started must be complete within this.
+const FRAME_STALL: Duration = Duration::from_secs(10);
+
+/// Limits applied to every connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request frame.
+    pub max_frame_bytes: usize,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// A connection idle for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// The listener actor: owns the listening socket and the count of open connections.
+pub struct Listener {
+    socket: Option<TcpListener>,
+    dispatcher: Dispatcher,
+    limits: Limits,
+    open: Arc<AtomicUsize>,
+}
+
+impl Listener {
+    /// A listener serving `socket` with `dispatcher`.
+    pub fn new(socket: TcpListener, dispatcher: Dispatcher, limits: Limits) -> Self {
+        Listener { socket: Some(socket), dispatcher, limits, open: Arc::new(AtomicUsize::new(0)) }
+    }
+}
+
+/// An accepted connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Accepted(TcpStream, SocketAddr);
+
+impl Actor for Listener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(socket) = self.socket.take() else { return };
+        let addr = ctx.address();
+        ctx.spawn(
+            async move {
+                loop {
+                    match socket.accept().await {
+                        Ok((stream, peer)) => {
+                            if addr.send(Accepted(stream, peer)).await.is_err() {
+                                break;
+                            }
+                        }
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        Err(e) => {
+                            tracing::error!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<Accepted> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, Accepted(stream, peer): Accepted, _: &mut Context<Self>) {
+        if self.open.load(Ordering::Relaxed) >= self.limits.max_connections {
+            tracing::warn!(%peer, "refusing connection: {} connections already open (max_connections)", self.limits.max_connections);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let (open, dispatcher, limits) = (self.open.clone(), self.dispatcher.clone(), self.limits);
+        actix_rt::spawn(async move {
+            serve(stream, peer, dispatcher, limits).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, dispatcher: Dispatcher, limits: Limits) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT_PER_CONNECTION);
+    let writing = actix_rt::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if let Err(e) = writer.write_all(&frame).await {
+                tracing::debug!(%peer, "cannot write response: {e}");
+                break;
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
+    loop {
+        let body = match frame::read_async(&mut reader, limits.max_frame_bytes, limits.idle_timeout, FRAME_STALL).await {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => {
+                tracing::warn!(%peer, "closing connection: {e}");
+                break;
+            }
+        };
+        let request: RequestFrame = match frame::decode(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%peer, "closing connection: {e}");
+                break;
+            }
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let (dispatcher, tx) = (dispatcher.clone(), tx.clone());
+        actix_rt::spawn(async move {
+            let response = ResponseFrame { id: request.id, body: dispatcher.handle(request.body).await };
+            match frame::encode(&response) {
+                Ok(bytes) => {
+                    let _ = tx.send(bytes).await;
+                }
+                Err(e) => tracing::error!(%peer, "cannot encode response: {e}"),
+            }
+            drop(permit);
+        });
+    }
+    // Let answers still being computed go out before the connection closes.
+    drop(tx);
+    let _ = writing.await;
+}

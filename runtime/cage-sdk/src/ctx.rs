@@ -1,0 +1,164 @@
+//! [`Ctx`]: a module's view of the cage during one call.
+
+use crate::abi::{self, Bytes, HostContext, OwnedBytes};
+use crate::error::{CallError, ErrorKind};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::mem::offset_of;
+use std::time::Duration;
+
+/// Severity of a log line sent through [`Ctx::log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum LogLevel {
+    /// Something failed.
+    Error = 1,
+    /// Something looks wrong.
+    Warn = 2,
+    /// Normal operation worth telling.
+    Info = 3,
+    /// Detail for debugging.
+    Debug = 4,
+    /// Very fine detail.
+    Trace = 5,
+}
+
+/// The host during one call: identity of the call, logging, and calls to other cages.
+///
+/// A `Ctx` is only valid inside the method it was handed to; it is neither `Send` nor `Clone`.
+pub struct Ctx {
+    host: *const HostContext,
+}
+
+impl Ctx {
+    /// Wraps the host context of the current call.
+    ///
+    /// # Safety
+    /// `host` must point at a live [`HostContext`] for as long as the `Ctx` is used.
+    pub unsafe fn from_raw(host: *const HostContext) -> Self {
+        Ctx { host }
+    }
+
+    fn host(&self) -> &HostContext {
+        // SAFETY: `from_raw`'s contract keeps the context alive during the call.
+        unsafe { &*self.host }
+    }
+
+    fn has_field(&self, end_of_field: usize) -> bool {
+        self.host().size as usize >= end_of_field
+    }
+
+    fn text(&self, b: Bytes) -> &str {
+        // SAFETY: the host keeps these strings alive for the call and writes them as UTF-8.
+        std::str::from_utf8(unsafe { b.as_slice() }).unwrap_or("")
+    }
+
+    /// Name of the cage running this call.
+    pub fn cage(&self) -> &str {
+        self.text(self.host().cage)
+    }
+
+    /// Name of the module being called.
+    pub fn module(&self) -> &str {
+        self.text(self.host().module)
+    }
+
+    /// Name of the method being called.
+    pub fn method(&self) -> &str {
+        self.text(self.host().method)
+    }
+
+    /// Id of this call, as it appears in the cage's logs and errors.
+    pub fn call_id(&self) -> &str {
+        self.text(self.host().call_id)
+    }
+
+    /// Logs `message` through the cage's logger, tagged with this call.
+    pub fn log(&self, level: LogLevel, message: &str) {
+        let host = self.host();
+        if !self.has_field(offset_of!(HostContext, log) + size_of::<abi::HostLogFn>()) {
+            return;
+        }
+        // SAFETY: the host provided this callback for the duration of the call.
+        unsafe { (host.log)(host.data, level as u32, Bytes::from_slice(message.as_bytes())) }
+    }
+
+    /// Logs at info level.
+    pub fn info(&self, message: &str) {
+        self.log(LogLevel::Info, message)
+    }
+
+    /// Logs at warn level.
+    pub fn warn(&self, message: &str) {
+        self.log(LogLevel::Warn, message)
+    }
+
+    /// Logs at error level.
+    pub fn error(&self, message: &str) {
+        self.log(LogLevel::Error, message)
+    }
+
+    /// Calls `target` (`"module.method"`) on `cage` synchronously and decodes its result.
+    pub fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        cage: &str,
+        target: &str,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        let args = serde_json::to_vec(args).map_err(|e| {
+            CallError::bad_arguments(format!("cannot encode arguments for {cage} {target}: {e}"))
+        })?;
+        let result = self.call_json(cage, target, &args, timeout)?;
+        serde_json::from_slice(&result).map_err(|e| {
+            CallError::with_kind(
+                ErrorKind::Internal,
+                format!("result of {cage} {target} does not decode: {e}"),
+            )
+        })
+    }
+
+    /// Calls `target` on `cage` with raw JSON arguments and returns the raw JSON result.
+    pub fn call_json(
+        &self,
+        cage: &str,
+        target: &str,
+        args: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let host = self.host();
+        if !self.has_field(offset_of!(HostContext, free) + size_of::<abi::FreeFn>()) {
+            return Err(CallError::with_kind(
+                ErrorKind::Internal,
+                "this cage does not offer calls to modules",
+            ));
+        }
+        let mut out = OwnedBytes::empty();
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        // SAFETY: callbacks and strings are valid for the call; `out` is written by the host.
+        let status = unsafe {
+            (host.call)(
+                host.data,
+                Bytes::from_slice(cage.as_bytes()),
+                Bytes::from_slice(target.as_bytes()),
+                Bytes::from_slice(args),
+                timeout_ms,
+                &mut out,
+            )
+        };
+        // SAFETY: `out` was filled by the host and is read before being handed back to it.
+        let bytes = unsafe { out.as_slice() }.to_vec();
+        // SAFETY: the host allocated `out`; only its own `free` may release it.
+        unsafe { (host.free)(out) };
+        if status == abi::status::OK {
+            Ok(bytes)
+        } else {
+            Err(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                CallError::with_kind(
+                    ErrorKind::Internal,
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )
+            }))
+        }
+    }
+}
