@@ -6,6 +6,5 @@
 //!
 //! Its `tests/` start real `cage` processes in temporary sites, end to end.
 
-
 pub use cage_runtime as runtime;
 pub use cage_sdk as sdk;

@@ -4,7 +4,11 @@
 use cage_sdk::{export_module, CallError, Ctx};
 use serde::{Deserialize, Serialize};
 
-const VERSION: &str = if cfg!(feature = "rounding-bug") { "0.9.0" } else { "0.9.1" };
+const VERSION: &str = if cfg!(feature = "rounding-bug") {
+    "0.9.0"
+} else {
+    "0.9.1"
+};
 
 #[derive(Deserialize)]
 struct Charge {

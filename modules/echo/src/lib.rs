@@ -7,7 +7,11 @@ use std::time::Duration;
 
 /// Which build answered; the `v2` feature makes the change visible after a hot swap.
 const BUILD: &str = if cfg!(feature = "v2") { "v2" } else { "v1" };
-const VERSION: &str = if cfg!(feature = "v2") { "1.0.0+v2" } else { "1.0.0" };
+const VERSION: &str = if cfg!(feature = "v2") {
+    "1.0.0+v2"
+} else {
+    "1.0.0"
+};
 
 #[derive(Serialize)]
 struct Echoed {
@@ -28,7 +32,11 @@ fn echo(ctx: &Ctx, args: Value) -> Result<Echoed, CallError> {
 
 fn shout(_ctx: &Ctx, text: String) -> Result<String, CallError> {
     let loud = text.to_uppercase();
-    Ok(if cfg!(feature = "v2") { format!("{loud}!") } else { loud })
+    Ok(if cfg!(feature = "v2") {
+        format!("{loud}!")
+    } else {
+        loud
+    })
 }
 
 #[derive(Deserialize)]
@@ -61,7 +69,12 @@ struct Forward {
 
 /// Calls another cage's method through the host and returns its result.
 fn forward(ctx: &Ctx, args: Forward) -> Result<Value, CallError> {
-    ctx.call(&args.cage, &args.target, &args.args, Duration::from_secs(10))
+    ctx.call(
+        &args.cage,
+        &args.target,
+        &args.args,
+        Duration::from_secs(10),
+    )
 }
 
 export_module! {

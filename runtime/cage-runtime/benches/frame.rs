@@ -20,10 +20,14 @@ fn call_frame(args: usize) -> RequestFrame {
 fn frames(c: &mut Criterion) {
     for size in [64, 4096] {
         let msg = call_frame(size);
-        c.bench_function(&format!("encode call frame, {size} B args"), |b| b.iter(|| frame::encode(black_box(&msg)).unwrap()));
+        c.bench_function(&format!("encode call frame, {size} B args"), |b| {
+            b.iter(|| frame::encode(black_box(&msg)).unwrap())
+        });
         let bytes = frame::encode(&msg).unwrap();
         c.bench_function(&format!("decode call frame, {size} B args"), |b| {
-            b.iter(|| frame::decode::<RequestFrame>(black_box(&bytes[frame::HEADER_LEN..])).unwrap())
+            b.iter(|| {
+                frame::decode::<RequestFrame>(black_box(&bytes[frame::HEADER_LEN..])).unwrap()
+            })
         });
     }
 }

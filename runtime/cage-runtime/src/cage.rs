@@ -63,16 +63,28 @@ impl PreparedCage {
     pub fn prepare(site: &Site, name: &str) -> Result<Self, StartError> {
         let config = site.cage(name)?;
         let execute_on = site.execute_on()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| StartError::DataDir { cage: name.to_owned(), path: config.data_dir.clone(), source })?;
-        let socket = std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             cage: name.to_owned(),
-            addr: config.listen,
-            file: config.path.clone(),
+            path: config.data_dir.clone(),
             source,
         })?;
-        let env = Arc::new(HostEnv { cage: name.to_owned(), site: site.clone(), execute_on });
-        Ok(PreparedCage { config, env, socket })
+        let socket =
+            std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
+                cage: name.to_owned(),
+                addr: config.listen,
+                file: config.path.clone(),
+                source,
+            })?;
+        let env = Arc::new(HostEnv {
+            cage: name.to_owned(),
+            site: site.clone(),
+            execute_on,
+        });
+        Ok(PreparedCage {
+            config,
+            env,
+            socket,
+        })
     }
 
     /// The address actually bound.
@@ -94,22 +106,39 @@ impl PreparedCage {
         )
         .start();
         let executor = CallExecutor::new(c.executor_threads, self.env.clone())
-            .map_err(|source| StartError::Executor { cage: c.name.clone(), source })?
+            .map_err(|source| StartError::Executor {
+                cage: c.name.clone(),
+                source,
+            })?
             .start();
-        let dispatcher = Dispatcher { cage: c.name.clone(), registry, executor, default_timeout: c.call_timeout, started };
-        self.socket.set_nonblocking(true).map_err(|source| StartError::Listen {
+        let dispatcher = Dispatcher {
             cage: c.name.clone(),
-            addr: c.listen,
-            file: c.path.clone(),
-            source,
+            registry,
+            executor,
+            default_timeout: c.call_timeout,
+            started,
+        };
+        self.socket
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Listen {
+                cage: c.name.clone(),
+                addr: c.listen,
+                file: c.path.clone(),
+                source,
+            })?;
+        let socket = tokio::net::TcpListener::from_std(self.socket).map_err(|source| {
+            StartError::Listen {
+                cage: c.name.clone(),
+                addr: c.listen,
+                file: c.path.clone(),
+                source,
+            }
         })?;
-        let socket = tokio::net::TcpListener::from_std(self.socket).map_err(|source| StartError::Listen {
-            cage: c.name.clone(),
-            addr: c.listen,
-            file: c.path.clone(),
-            source,
-        })?;
-        let limits = Limits { max_frame_bytes: c.max_frame_bytes, max_connections: c.max_connections, idle_timeout: c.idle_timeout };
+        let limits = Limits {
+            max_frame_bytes: c.max_frame_bytes,
+            max_connections: c.max_connections,
+            idle_timeout: c.idle_timeout,
+        };
         Listener::new(socket, dispatcher, limits).start();
         tracing::info!(cage = %c.name, "listening on {}, serving {} with {} executor threads", c.listen, c.modules.join(", "), c.executor_threads);
         Ok(())

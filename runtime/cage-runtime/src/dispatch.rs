@@ -3,7 +3,9 @@
 
 use crate::executor::{CallExecutor, Execute};
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
-use crate::transport::protocol::{new_call_id, CageInfo, CallFailure, CallRequest, Request, Response};
+use crate::transport::protocol::{
+    new_call_id, CageInfo, CallFailure, CallRequest, Request, Response,
+};
 use actix::Addr;
 use cage_sdk::{CallError, ErrorKind};
 use std::time::{Duration, Instant};
@@ -70,24 +72,46 @@ impl Dispatcher {
             ms => Duration::from_millis(ms),
         };
         let deadline = Instant::now() + timeout;
-        let module = self.registry.send(Resolve(call.module.clone())).await.map_err(gone)??;
+        let module = self
+            .registry
+            .send(Resolve(call.module.clone()))
+            .await
+            .map_err(gone)??;
         if !module.has_method(&call.method) {
             return Err(CallError::with_kind(
                 ErrorKind::UnknownMethod,
-                format!("module {} {} has no method {:?} (methods: {})", module.name, module.version, call.method, module.methods.join(", ")),
+                format!(
+                    "module {} {} has no method {:?} (methods: {})",
+                    module.name,
+                    module.version,
+                    call.method,
+                    module.methods.join(", ")
+                ),
             ));
         }
         let reply = self
             .executor
-            .send(Execute { module, call_id: call.call_id.clone(), method: call.method.clone(), args: call.args.clone(), deadline })
+            .send(Execute {
+                module,
+                call_id: call.call_id.clone(),
+                method: call.method.clone(),
+                args: call.args.clone(),
+                deadline,
+            })
             .await
             .map_err(gone)??;
         match tokio::time::timeout_at(deadline.into(), reply).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(CallError::with_kind(ErrorKind::Internal, "executor thread ended without an answer")),
+            Ok(Err(_)) => Err(CallError::with_kind(
+                ErrorKind::Internal,
+                "executor thread ended without an answer",
+            )),
             Err(_) => Err(CallError::with_kind(
                 ErrorKind::Timeout,
-                format!("did not finish within {} (the method keeps running on its executor thread)", humantime::format_duration(timeout)),
+                format!(
+                    "did not finish within {} (the method keeps running on its executor thread)",
+                    humantime::format_duration(timeout)
+                ),
             )),
         }
     }

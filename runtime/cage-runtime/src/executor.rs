@@ -50,11 +50,13 @@ impl CallExecutor {
         for i in 0..workers {
             let queue = queue.clone();
             let env = env.clone();
-            std::thread::Builder::new().name(format!("cage-exec-{i}")).spawn(move || {
-                for job in queue {
-                    run_job(&env, job);
-                }
-            })?;
+            std::thread::Builder::new()
+                .name(format!("cage-exec-{i}"))
+                .spawn(move || {
+                    for job in queue {
+                        run_job(&env, job);
+                    }
+                })?;
         }
         Ok(CallExecutor { jobs, workers })
     }
@@ -66,14 +68,21 @@ fn run_job(env: &HostEnv, job: Job) {
     let _entered = span.enter();
     if reply.is_closed() || Instant::now() >= call.deadline {
         tracing::warn!("not started: its caller stopped waiting while it queued for a worker");
-        let _ = reply.send(Err(CallError::with_kind(ErrorKind::Timeout, "deadline passed while waiting for a free executor thread")));
+        let _ = reply.send(Err(CallError::with_kind(
+            ErrorKind::Timeout,
+            "deadline passed while waiting for a free executor thread",
+        )));
         return;
     }
     let started = Instant::now();
     let result = env.run(&call.module, &call.call_id, &call.method, &call.args);
     match &result {
-        Ok(_) => tracing::debug!(version = %call.module.version, elapsed = ?started.elapsed(), "call done"),
-        Err(e) => tracing::warn!(version = %call.module.version, elapsed = ?started.elapsed(), "call failed: {e}"),
+        Ok(_) => {
+            tracing::debug!(version = %call.module.version, elapsed = ?started.elapsed(), "call done")
+        }
+        Err(e) => {
+            tracing::warn!(version = %call.module.version, elapsed = ?started.elapsed(), "call failed: {e}")
+        }
     }
     let _ = reply.send(result);
     // `call.module` drops here; if a newer version was swapped in meanwhile and this was the last
@@ -93,9 +102,16 @@ impl Handler<Execute> for CallExecutor {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(CallError::with_kind(
                 ErrorKind::Refused,
-                format!("executor overloaded: {} calls already waiting for {} threads", self.workers * BACKLOG_PER_WORKER, self.workers),
+                format!(
+                    "executor overloaded: {} calls already waiting for {} threads",
+                    self.workers * BACKLOG_PER_WORKER,
+                    self.workers
+                ),
             )),
-            Err(TrySendError::Disconnected(_)) => Err(CallError::with_kind(ErrorKind::Refused, "executor is shutting down")),
+            Err(TrySendError::Disconnected(_)) => Err(CallError::with_kind(
+                ErrorKind::Refused,
+                "executor is shutting down",
+            )),
         }
     }
 }

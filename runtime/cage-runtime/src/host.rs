@@ -31,8 +31,19 @@ struct CallScope<'a> {
 
 impl HostEnv {
     /// Runs `method` of `module` with JSON `args` on this thread, giving it a host context.
-    pub fn run(&self, module: &LoadedModule, call_id: &str, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError> {
-        let scope = CallScope { env: self, call_id, module: &module.name, method };
+    pub fn run(
+        &self,
+        module: &LoadedModule,
+        call_id: &str,
+        method: &str,
+        args: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
+        let scope = CallScope {
+            env: self,
+            call_id,
+            module: &module.name,
+            method,
+        };
         let ctx = HostContext {
             abi_version: abi::ABI_VERSION,
             size: std::mem::size_of::<HostContext>() as u32,
@@ -49,18 +60,29 @@ impl HostEnv {
     }
 
     /// Calls `target` (`module.method`) on `cage` synchronously, on behalf of call `parent`.
-    pub fn call(&self, cage: &str, target: &str, args: &[u8], timeout: Duration, parent: &str) -> Result<Vec<u8>, CallFailure> {
+    pub fn call(
+        &self,
+        cage: &str,
+        target: &str,
+        args: &[u8],
+        timeout: Duration,
+        parent: &str,
+    ) -> Result<Vec<u8>, Box<CallFailure>> {
         let call_id = new_call_id(&self.cage);
         let (module, method) = target.split_once('.').unwrap_or((target, ""));
-        let failure = |error: CallError| CallFailure {
-            cage: cage.to_owned(),
-            module: module.to_owned(),
-            method: method.to_owned(),
-            call_id: call_id.clone(),
-            error,
+        let failure = |error: CallError| {
+            Box::new(CallFailure {
+                cage: cage.to_owned(),
+                module: module.to_owned(),
+                method: method.to_owned(),
+                call_id: call_id.clone(),
+                error,
+            })
         };
         if method.is_empty() {
-            return Err(failure(CallError::bad_arguments(format!("target {target:?} is not MODULE.METHOD"))));
+            return Err(failure(CallError::bad_arguments(format!(
+                "target {target:?} is not MODULE.METHOD"
+            ))));
         }
         let route = self
             .site
@@ -116,16 +138,28 @@ unsafe extern "C" fn host_call(
         let target = String::from_utf8_lossy(target);
         scope
             .env
-            .call(&cage, &target, args, Duration::from_millis(timeout_ms), scope.call_id)
+            .call(
+                &cage,
+                &target,
+                args,
+                Duration::from_millis(timeout_ms),
+                scope.call_id,
+            )
             .map_err(|f| CallError::with_kind(f.error.kind, f.to_string()))
     }));
     let (status, bytes) = match result {
         Ok(Ok(bytes)) => (abi::status::OK, bytes),
-        Ok(Err(e)) => (abi::status::ERROR, serde_json::to_vec(&e).unwrap_or_default()),
+        Ok(Err(e)) => (
+            abi::status::ERROR,
+            serde_json::to_vec(&e).unwrap_or_default(),
+        ),
         Err(_) => (
             abi::status::ERROR,
-            serde_json::to_vec(&CallError::with_kind(ErrorKind::Internal, "the cage failed while making the call"))
-                .unwrap_or_default(),
+            serde_json::to_vec(&CallError::with_kind(
+                ErrorKind::Internal,
+                "the cage failed while making the call",
+            ))
+            .unwrap_or_default(),
         ),
     };
     // SAFETY: the module passes a writable slot and frees it with our `free`.

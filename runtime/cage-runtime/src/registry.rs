@@ -76,7 +76,14 @@ impl ModuleRegistry {
     /// A registry serving `modules` from `modules_dir`, loading private copies into `copy_dir`.
     /// Loads every module that is present now, before returning, so a cage answers calls as
     /// soon as it listens.
-    pub fn new(cage: &str, modules: &[String], modules_dir: &Path, copy_dir: &Path, debounce: Duration, rescan: Duration) -> Self {
+    pub fn new(
+        cage: &str,
+        modules: &[String],
+        modules_dir: &Path,
+        copy_dir: &Path,
+        debounce: Duration,
+        rescan: Duration,
+    ) -> Self {
         // Copies left by an earlier process of this cage are never in use: clear them.
         if let Ok(entries) = std::fs::read_dir(copy_dir) {
             for e in entries.flatten() {
@@ -107,7 +114,15 @@ impl ModuleRegistry {
             };
             registry.slots.insert(name.clone(), slot);
             let tag = registry.next_tag();
-            let outcome = examine_file(name, &file, None, None, copy_dir, &tag, Duration::from_millis(20));
+            let outcome = examine_file(
+                name,
+                &file,
+                None,
+                None,
+                copy_dir,
+                &tag,
+                Duration::from_millis(20),
+            );
             registry.apply(name, outcome);
         }
         registry
@@ -122,7 +137,9 @@ impl ModuleRegistry {
     /// being examined.
     fn examine(&mut self, name: &str, ctx: &mut Context<Self>) {
         let tag = self.next_tag();
-        let Some(slot) = self.slots.get_mut(name) else { return };
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
         if slot.examining {
             slot.again = true;
             return;
@@ -132,17 +149,39 @@ impl ModuleRegistry {
             return;
         }
         slot.examining = true;
-        let (file, previous, current_hash) = (slot.file.clone(), slot.examined, slot.current.as_ref().map(|m| m.sha256.clone()));
-        let (name, copy_dir, debounce, addr) = (name.to_owned(), self.copy_dir.clone(), self.debounce, ctx.address());
+        let (file, previous, current_hash) = (
+            slot.file.clone(),
+            slot.examined,
+            slot.current.as_ref().map(|m| m.sha256.clone()),
+        );
+        let (name, copy_dir, debounce, addr) = (
+            name.to_owned(),
+            self.copy_dir.clone(),
+            self.debounce,
+            ctx.address(),
+        );
         actix_rt::task::spawn_blocking(move || {
-            let outcome = examine_file(&name, &file, previous, current_hash, &copy_dir, &tag, debounce);
-            addr.do_send(Examined { module: name, outcome });
+            let outcome = examine_file(
+                &name,
+                &file,
+                previous,
+                current_hash,
+                &copy_dir,
+                &tag,
+                debounce,
+            );
+            addr.do_send(Examined {
+                module: name,
+                outcome,
+            });
         });
     }
 
     fn apply(&mut self, name: &str, outcome: Outcome) {
         let cage = self.cage.clone();
-        let Some(slot) = self.slots.get_mut(name) else { return };
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
         let file = slot.file.display().to_string();
         match outcome {
             Outcome::Loaded(module, stamp) => {
@@ -154,7 +193,15 @@ impl ModuleRegistry {
                         tracing::info!(cage, module = name, file, "swapped in version {} (sha256 {}) for {}; calls already running finish on the old code", new.version, &new.sha256[..12], old.version);
                         slot.draining.push(Arc::downgrade(&old));
                     }
-                    None => tracing::info!(cage, module = name, file, "loaded version {} (sha256 {}), methods: {}", new.version, &new.sha256[..12], new.methods.join(", ")),
+                    None => tracing::info!(
+                        cage,
+                        module = name,
+                        file,
+                        "loaded version {} (sha256 {}), methods: {}",
+                        new.version,
+                        &new.sha256[..12],
+                        new.methods.join(", ")
+                    ),
                 }
             }
             Outcome::Unchanged(stamp) => slot.examined = Some(stamp),
@@ -162,9 +209,16 @@ impl ModuleRegistry {
                 slot.examined = stamp;
                 let keeping = match &slot.current {
                     Some(m) => format!("keeping version {} loaded", m.version),
-                    None => "module not loaded: calls to it fail until a valid file arrives".to_owned(),
+                    None => {
+                        "module not loaded: calls to it fail until a valid file arrives".to_owned()
+                    }
                 };
-                tracing::error!(cage, module = name, file, "module {name}: {file} rejected: {error} — {keeping}");
+                tracing::error!(
+                    cage,
+                    module = name,
+                    file,
+                    "module {name}: {file} rejected: {error} — {keeping}"
+                );
                 slot.last_error = Some((SystemTime::now(), error.to_string()));
             }
         }
@@ -196,7 +250,9 @@ impl ModuleRegistry {
             });
         match watcher {
             Ok(w) => self.watcher = Some(w),
-            Err(e) => tracing::error!(dir = %self.modules_dir.display(), "cannot watch modules ({e}); relying on the periodic rescan"),
+            Err(e) => {
+                tracing::error!(dir = %self.modules_dir.display(), "cannot watch modules ({e}); relying on the periodic rescan")
+            }
         }
     }
 }
@@ -279,12 +335,17 @@ impl Handler<Resolve> for ModuleRegistry {
 
     fn handle(&mut self, Resolve(name): Resolve, _: &mut Context<Self>) -> Self::Result {
         match self.slots.get(&name) {
-            Some(Slot { current: Some(m), .. }) => Ok(m.clone()),
+            Some(Slot {
+                current: Some(m), ..
+            }) => Ok(m.clone()),
             Some(slot) => Err(CallError::with_kind(
                 ErrorKind::UnknownModule,
                 format!(
                     "module {name} is not loaded: {}",
-                    slot.last_error.as_ref().map(|(_, e)| format!("{}: {e}", slot.file.display())).unwrap_or_else(|| "no valid file yet".into())
+                    slot.last_error
+                        .as_ref()
+                        .map(|(_, e)| format!("{}: {e}", slot.file.display()))
+                        .unwrap_or_else(|| "no valid file yet".into())
                 ),
             )),
             None => Err(CallError::with_kind(

@@ -41,12 +41,18 @@ unsafe impl Send for Bytes {}
 impl Bytes {
     /// A view of a static string, usable in `static` initialisers.
     pub const fn from_static(s: &'static str) -> Self {
-        Bytes { ptr: s.as_ptr(), len: s.len() }
+        Bytes {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
     }
 
     /// A view of a slice the caller keeps alive for as long as the view is used.
     pub fn from_slice(s: &[u8]) -> Self {
-        Bytes { ptr: s.as_ptr(), len: s.len() }
+        Bytes {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
     }
 
     /// The viewed bytes.
@@ -79,13 +85,21 @@ pub struct OwnedBytes {
 impl OwnedBytes {
     /// An empty buffer that owns nothing.
     pub const fn empty() -> Self {
-        OwnedBytes { ptr: std::ptr::null_mut(), len: 0, cap: 0 }
+        OwnedBytes {
+            ptr: std::ptr::null_mut(),
+            len: 0,
+            cap: 0,
+        }
     }
 
     /// Gives up ownership of a vector so it can cross the boundary.
     pub fn from_vec(v: Vec<u8>) -> Self {
         let mut v = std::mem::ManuallyDrop::new(v);
-        OwnedBytes { ptr: v.as_mut_ptr(), len: v.len(), cap: v.capacity() }
+        OwnedBytes {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            cap: v.capacity(),
+        }
     }
 
     /// Takes back a buffer made by [`OwnedBytes::from_vec`] in this same binary.

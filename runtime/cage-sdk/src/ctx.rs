@@ -80,7 +80,13 @@ impl Ctx {
             return;
         }
         // SAFETY: the host provided this callback for the duration of the call.
-        unsafe { (host.log)(host.data, level as u32, Bytes::from_slice(message.as_bytes())) }
+        unsafe {
+            (host.log)(
+                host.data,
+                level as u32,
+                Bytes::from_slice(message.as_bytes()),
+            )
+        }
     }
 
     /// Logs at info level.

@@ -59,12 +59,18 @@ pub struct CallError {
 impl CallError {
     /// A failure reported by module code.
     pub fn new(message: impl Into<String>) -> Self {
-        CallError { kind: ErrorKind::ModuleError, message: message.into() }
+        CallError {
+            kind: ErrorKind::ModuleError,
+            message: message.into(),
+        }
     }
 
     /// A failure of the given kind.
     pub fn with_kind(kind: ErrorKind, message: impl Into<String>) -> Self {
-        CallError { kind, message: message.into() }
+        CallError {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// Arguments that the method cannot accept.

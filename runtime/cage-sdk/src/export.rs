@@ -20,7 +20,10 @@ pub struct Outcome {
 impl Outcome {
     /// A successful JSON result.
     pub fn ok(json: Vec<u8>) -> Self {
-        Outcome { status: abi::status::OK, bytes: json }
+        Outcome {
+            status: abi::status::OK,
+            bytes: json,
+        }
     }
 
     /// A failure.
@@ -28,7 +31,10 @@ impl Outcome {
         let bytes = serde_json::to_vec(error).unwrap_or_else(|_| {
             br#"{"kind":"internal","message":"error did not encode"}"#.to_vec()
         });
-        Outcome { status: abi::status::ERROR, bytes }
+        Outcome {
+            status: abi::status::ERROR,
+            bytes,
+        }
     }
 }
 
@@ -40,7 +46,11 @@ where
     F: FnOnce(&Ctx, A) -> Result<R, CallError>,
 {
     // An empty argument body means "no arguments", so `()` methods take `null` or nothing.
-    let args = if args.is_empty() { b"null".as_slice() } else { args };
+    let args = if args.is_empty() {
+        b"null".as_slice()
+    } else {
+        args
+    };
     let args: A = match serde_json::from_slice(args) {
         Ok(a) => a,
         Err(e) => {
@@ -56,7 +66,11 @@ where
             Ok(json) => Outcome::ok(json),
             Err(e) => Outcome::error(&CallError::with_kind(
                 ErrorKind::Internal,
-                format!("result of {}.{} did not encode: {e}", ctx.module(), ctx.method()),
+                format!(
+                    "result of {}.{} did not encode: {e}",
+                    ctx.module(),
+                    ctx.method()
+                ),
             )),
         },
         Err(error) => Outcome::error(&error),
@@ -106,7 +120,10 @@ pub unsafe fn dispatch(
             // Dropping a payload can itself panic; leak it rather than risk unwinding across FFI.
             let message = panic_message(&*payload);
             std::mem::forget(payload);
-            Outcome::error(&CallError::with_kind(ErrorKind::Panic, format!("panic: {message}")))
+            Outcome::error(&CallError::with_kind(
+                ErrorKind::Panic,
+                format!("panic: {message}"),
+            ))
         }
     };
     // SAFETY: the cage passes a writable slot.

@@ -64,17 +64,37 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
     match scenario {
-        Scenario::Rpc { cage, target, args, calls, clients, json } => rpc(site, &cage, &target, &args, calls, clients.max(1), json),
+        Scenario::Rpc {
+            cage,
+            target,
+            args,
+            calls,
+            clients,
+            json,
+        } => rpc(site, &cage, &target, &args, calls, clients.max(1), json),
     }
 }
 
-fn rpc(site: &Site, cage: &str, target: &str, args: &str, calls: usize, clients: usize, json: bool) -> ExitCode {
+fn rpc(
+    site: &Site,
+    cage: &str,
+    target: &str,
+    args: &str,
+    calls: usize,
+    clients: usize,
+    json: bool,
+) -> ExitCode {
     let Some((module, method)) = target.split_once('.') else {
-        return exit::fail(exit::for_kind(ErrorKind::BadArguments), format!("target {target:?} is not MODULE.METHOD"));
+        return exit::fail(
+            exit::for_kind(ErrorKind::BadArguments),
+            format!("target {target:?} is not MODULE.METHOD"),
+        );
     };
     let route = match site.execute_on().and_then(|e| site.route(&e, cage)) {
         Ok(r) => r,
-        Err(e @ ConfigError::NoSuchCage { .. }) => return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e),
+        Err(e @ ConfigError::NoSuchCage { .. }) => {
+            return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e)
+        }
         Err(e) => return exit::fail(exit::CONFIG, e),
     };
     let request = CallRequest {
@@ -85,14 +105,25 @@ fn rpc(site: &Site, cage: &str, target: &str, args: &str, calls: usize, clients:
         timeout_ms: 10_000,
     };
     // Warm-up: connections, caches, and a check that the target answers at all.
-    if let Err(e) = Client::connect(cage, &route).map_err(|e| e.to_string()).and_then(|mut c| {
-        (0..200).try_for_each(|_| c.call(CallRequest { call_id: new_call_id("bench"), ..request.clone() }).map(drop).map_err(|f| f.to_string()))
-    }) {
+    if let Err(e) = Client::connect(cage, &route)
+        .map_err(|e| e.to_string())
+        .and_then(|mut c| {
+            (0..200).try_for_each(|_| {
+                c.call(CallRequest {
+                    call_id: new_call_id("bench"),
+                    ..request.clone()
+                })
+                .map(drop)
+                .map_err(|f| f.to_string())
+            })
+        })
+    {
         return exit::fail(exit::OTHER, format!("warm-up failed: {e}"));
     }
 
     let progress = ProgressBar::new(calls as u64).with_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} calls ({per_sec})").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} calls ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     progress.set_message(format!("rpc {cage} {target}"));
     let progress = Arc::new(progress);
@@ -100,7 +131,12 @@ fn rpc(site: &Site, cage: &str, target: &str, args: &str, calls: usize, clients:
     let per_client = calls.div_ceil(clients);
     let workers: Vec<_> = (0..clients)
         .map(|i| {
-            let (route, request, progress, cage) = (route.clone(), request.clone(), progress.clone(), cage.to_owned());
+            let (route, request, progress, cage) = (
+                route.clone(),
+                request.clone(),
+                progress.clone(),
+                cage.to_owned(),
+            );
             let n = per_client.min(calls.saturating_sub(i * per_client));
             std::thread::spawn(move || client_loop(&cage, &route, request, n, &progress))
         })
@@ -133,13 +169,22 @@ fn rpc(site: &Site, cage: &str, target: &str, args: &str, calls: usize, clients:
         p90_us: percentile(&latencies, 0.90),
         p99_us: percentile(&latencies, 0.99),
         p999_us: percentile(&latencies, 0.999),
-        max_us: latencies.last().map(|d| d.as_secs_f64() * 1e6).unwrap_or(0.0),
+        max_us: latencies
+            .last()
+            .map(|d| d.as_secs_f64() * 1e6)
+            .unwrap_or(0.0),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         let mut table = Table::new();
-        table.load_preset(UTF8_BORDERS_ONLY).set_header(["SCENARIO", "CALLS", "CLIENTS", "FAILED", "CALLS/S", "P50", "P90", "P99", "P99.9", "MAX"]);
+        table.load_preset(UTF8_BORDERS_ONLY).set_header([
+            "SCENARIO", "CALLS", "CLIENTS", "FAILED", "CALLS/S", "P50", "P90", "P99", "P99.9",
+            "MAX",
+        ]);
         let us = |v: f64| format!("{v:.0} µs");
         table.add_row([
             format!("rpc {target}"),
@@ -162,12 +207,21 @@ fn rpc(site: &Site, cage: &str, target: &str, args: &str, calls: usize, clients:
     }
 }
 
-fn client_loop(cage: &str, route: &CageRoute, request: CallRequest, n: usize, progress: &ProgressBar) -> Result<(Vec<Duration>, usize), String> {
+fn client_loop(
+    cage: &str,
+    route: &CageRoute,
+    request: CallRequest,
+    n: usize,
+    progress: &ProgressBar,
+) -> Result<(Vec<Duration>, usize), String> {
     let mut client = Client::connect(cage, route).map_err(|e| e.to_string())?;
     let mut latencies = Vec::with_capacity(n);
     let mut failures = 0;
     for i in 0..n {
-        let call = CallRequest { call_id: new_call_id("bench"), ..request.clone() };
+        let call = CallRequest {
+            call_id: new_call_id("bench"),
+            ..request.clone()
+        };
         let t = Instant::now();
         match client.call(call) {
             Ok(_) => latencies.push(t.elapsed()),

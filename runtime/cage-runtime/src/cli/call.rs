@@ -9,15 +9,26 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn call(site: &Site, cage: &str, target: &str, args: &str, timeout: Duration) -> ExitCode {
-    let Some((module, method)) = target.split_once('.').filter(|(m, f)| !m.is_empty() && !f.is_empty()) else {
-        return exit::fail(exit::for_kind(ErrorKind::BadArguments), format!("target {target:?} is not MODULE.METHOD (e.g. echo.shout)"));
+    let Some((module, method)) = target
+        .split_once('.')
+        .filter(|(m, f)| !m.is_empty() && !f.is_empty())
+    else {
+        return exit::fail(
+            exit::for_kind(ErrorKind::BadArguments),
+            format!("target {target:?} is not MODULE.METHOD (e.g. echo.shout)"),
+        );
     };
     if let Err(e) = serde_json::from_str::<serde_json::Value>(args) {
-        return exit::fail(exit::for_kind(ErrorKind::BadArguments), format!("arguments for {cage} {target} are not JSON: {e}"));
+        return exit::fail(
+            exit::for_kind(ErrorKind::BadArguments),
+            format!("arguments for {cage} {target} are not JSON: {e}"),
+        );
     }
     let route = match site.execute_on().and_then(|e| site.route(&e, cage)) {
         Ok(r) => r,
-        Err(e @ ConfigError::NoSuchCage { .. }) => return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e),
+        Err(e @ ConfigError::NoSuchCage { .. }) => {
+            return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e)
+        }
         Err(e) => return exit::fail(exit::CONFIG, e),
     };
     let request = CallRequest {
@@ -29,13 +40,13 @@ pub fn call(site: &Site, cage: &str, target: &str, args: &str, timeout: Duration
     };
     let result = match Client::connect(cage, &route) {
         Ok(mut client) => client.call(request),
-        Err(e) => Err(CallFailure {
+        Err(e) => Err(Box::new(CallFailure {
             cage: cage.to_owned(),
             module: request.module,
             method: request.method,
             call_id: request.call_id,
             error: e.into_call_error(),
-        }),
+        })),
     };
     match result {
         Ok(bytes) => {

@@ -68,8 +68,11 @@ enum Command {
 }
 
 fn init_logs(format: LogFormat, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -84,7 +87,12 @@ pub fn main() -> ExitCode {
     init_logs(cli.log_format, if is_run { "info" } else { "warn" });
     match cli.command {
         Command::Run { name } => run::run(&site, &name),
-        Command::Call { cage, target, args, timeout } => call::call(&site, &cage, &target, &args, timeout),
+        Command::Call {
+            cage,
+            target,
+            args,
+            timeout,
+        } => call::call(&site, &cage, &target, &args, timeout),
         Command::Modules { cage, json } => modules::modules(&site, &cage, json),
         Command::Bench { scenario } => bench::bench(&site, scenario),
     }

@@ -13,15 +13,23 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn ago(ms: Option<u64>) -> String {
     let Some(ms) = ms else { return "-".into() };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let secs = now.saturating_sub(ms) / 1000;
-    format!("{} ago", humantime::format_duration(Duration::from_secs(secs)))
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
 }
 
 pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
     let route = match site.execute_on().and_then(|e| site.route(&e, cage)) {
         Ok(r) => r,
-        Err(e @ ConfigError::NoSuchCage { .. }) => return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e),
+        Err(e @ ConfigError::NoSuchCage { .. }) => {
+            return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e)
+        }
         Err(e) => return exit::fail(exit::CONFIG, e),
     };
     let list = match Client::connect(cage, &route).and_then(|mut c| c.modules(TIMEOUT)) {
@@ -32,11 +40,21 @@ pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
         return ExitCode::SUCCESS;
     }
     let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header(["MODULE", "VERSION", "SHA256", "LOADED", "METHODS", "LAST LOAD ERROR"]);
+    table.load_preset(UTF8_BORDERS_ONLY).set_header([
+        "MODULE",
+        "VERSION",
+        "SHA256",
+        "LOADED",
+        "METHODS",
+        "LAST LOAD ERROR",
+    ]);
     for m in &list {
         let error = match (&m.last_error, m.last_error_at_ms) {
             (Some(e), at) => format!("{} ({})", e, ago(at)),
@@ -50,7 +68,10 @@ pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
         table.add_row([
             m.name.clone(),
             version,
-            m.sha256.as_deref().map(|h| h[..12].to_owned()).unwrap_or_else(|| "-".into()),
+            m.sha256
+                .as_deref()
+                .map(|h| h[..12].to_owned())
+                .unwrap_or_else(|| "-".into()),
             ago(m.loaded_at_ms),
             m.methods.join(", "),
             error,

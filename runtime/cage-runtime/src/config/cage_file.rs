@@ -80,7 +80,9 @@ pub struct CageConfig {
 pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl CageConfig {
@@ -88,12 +90,17 @@ impl CageConfig {
     pub fn parse(name: &str, path: &Path, site: &Path, source: &str) -> Result<Self, ConfigError> {
         let raw: RawCageFile =
             toml::from_str(source).map_err(|e| ConfigError::from_toml(path, source, &e))?;
-        let at = |span: std::ops::Range<usize>, reason: String| ConfigError::at(path, source, span.start, reason);
+        let at = |span: std::ops::Range<usize>, reason: String| {
+            ConfigError::at(path, source, span.start, reason)
+        };
 
         let listen: SocketAddr = raw.listen.get_ref().parse().map_err(|_| {
             at(
                 raw.listen.span(),
-                format!("listen: expected an address such as \"127.0.0.1:7401\", found {:?}", raw.listen.get_ref()),
+                format!(
+                    "listen: expected an address such as \"127.0.0.1:7401\", found {:?}",
+                    raw.listen.get_ref()
+                ),
             )
         })?;
         if !listen.ip().is_loopback() {
@@ -107,7 +114,10 @@ impl CageConfig {
         for m in &raw.modules {
             let module = m.get_ref();
             if !valid_name(module) {
-                return Err(at(m.span(), format!("modules: {module:?} is not a module name (letters, digits, '-', '_')")));
+                return Err(at(
+                    m.span(),
+                    format!("modules: {module:?} is not a module name (letters, digits, '-', '_')"),
+                ));
             }
             if modules.contains(module) {
                 return Err(at(m.span(), format!("modules: {module:?} is listed twice")));
@@ -115,26 +125,51 @@ impl CageConfig {
             modules.push(module.clone());
         }
 
-        let positive = |v: &Option<Spanned<usize>>, key: &str, default: usize| -> Result<usize, ConfigError> {
-            match v {
-                None => Ok(default),
-                Some(s) if *s.get_ref() == 0 => Err(at(s.span(), format!("{key}: must be at least 1"))),
-                Some(s) => Ok(*s.get_ref()),
-            }
-        };
-        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("data").join(name));
+        let positive =
+            |v: &Option<Spanned<usize>>, key: &str, default: usize| -> Result<usize, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) if *s.get_ref() == 0 => {
+                        Err(at(s.span(), format!("{key}: must be at least 1")))
+                    }
+                    Some(s) => Ok(*s.get_ref()),
+                }
+            };
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("data").join(name));
         Ok(CageConfig {
             name: name.to_owned(),
             path: path.to_owned(),
             listen,
             modules,
-            data_dir: if data_dir.is_absolute() { data_dir } else { site.join(data_dir) },
-            executor_threads: positive(&raw.executor_threads, "executor_threads", CageFileDefaults::EXECUTOR_THREADS)?,
+            data_dir: if data_dir.is_absolute() {
+                data_dir
+            } else {
+                site.join(data_dir)
+            },
+            executor_threads: positive(
+                &raw.executor_threads,
+                "executor_threads",
+                CageFileDefaults::EXECUTOR_THREADS,
+            )?,
             call_timeout: raw.call_timeout.unwrap_or(CageFileDefaults::CALL_TIMEOUT),
-            reload_debounce: raw.reload_debounce.unwrap_or(CageFileDefaults::RELOAD_DEBOUNCE),
-            rescan_interval: raw.rescan_interval.unwrap_or(CageFileDefaults::RESCAN_INTERVAL),
-            max_frame_bytes: positive(&raw.max_frame_bytes, "max_frame_bytes", CageFileDefaults::MAX_FRAME_BYTES)?,
-            max_connections: positive(&raw.max_connections, "max_connections", CageFileDefaults::MAX_CONNECTIONS)?,
+            reload_debounce: raw
+                .reload_debounce
+                .unwrap_or(CageFileDefaults::RELOAD_DEBOUNCE),
+            rescan_interval: raw
+                .rescan_interval
+                .unwrap_or(CageFileDefaults::RESCAN_INTERVAL),
+            max_frame_bytes: positive(
+                &raw.max_frame_bytes,
+                "max_frame_bytes",
+                CageFileDefaults::MAX_FRAME_BYTES,
+            )?,
+            max_connections: positive(
+                &raw.max_connections,
+                "max_connections",
+                CageFileDefaults::MAX_CONNECTIONS,
+            )?,
             idle_timeout: raw.idle_timeout.unwrap_or(CageFileDefaults::IDLE_TIMEOUT),
         })
     }
@@ -145,7 +180,12 @@ mod tests {
     use super::*;
 
     fn parse(src: &str) -> Result<CageConfig, ConfigError> {
-        CageConfig::parse("demo", Path::new("cages/demo.toml"), Path::new("/site"), src)
+        CageConfig::parse(
+            "demo",
+            Path::new("cages/demo.toml"),
+            Path::new("/site"),
+            src,
+        )
     }
 
     #[test]
@@ -159,26 +199,47 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_reason() {
-        let e = parse("listen = \"127.0.0.1:7401\"\nexecutor_threads = \"many\"\n").unwrap_err().to_string();
+        let e = parse("listen = \"127.0.0.1:7401\"\nexecutor_threads = \"many\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("cages/demo.toml:2:"), "{e}");
         assert!(e.contains("expected usize"), "{e}");
 
-        let e = parse("listen = \"127.0.0.1:7401\"\n\ncall_timeout = \"soon\"\n").unwrap_err().to_string();
+        let e = parse("listen = \"127.0.0.1:7401\"\n\ncall_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("cages/demo.toml:3:"), "{e}");
 
-        let e = parse("listen = \"127.0.0.1:7401\"\nlisen = 1\n").unwrap_err().to_string();
+        let e = parse("listen = \"127.0.0.1:7401\"\nlisen = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("cages/demo.toml:2:1"), "{e}");
         assert!(e.contains("unknown field `lisen`"), "{e}");
     }
 
     #[test]
     fn refuses_non_loopback_and_bad_names() {
-        let e = parse("listen = \"0.0.0.0:7401\"\n").unwrap_err().to_string();
-        assert!(e.contains("cages/demo.toml:1:10") && e.contains("not a loopback"), "{e}");
-        let e = parse("listen = \"127.0.0.1:7401\"\nmodules = [\"ok\", \"bad name\"]\n").unwrap_err().to_string();
-        assert!(e.contains("cages/demo.toml:2:18") && e.contains("not a module name"), "{e}");
-        let e = parse("listen = \"127.0.0.1:7401\"\nexecutor_threads = 0\n").unwrap_err().to_string();
-        assert!(e.contains("cages/demo.toml:2:20") && e.contains("at least 1"), "{e}");
+        let e = parse("listen = \"0.0.0.0:7401\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cages/demo.toml:1:10") && e.contains("not a loopback"),
+            "{e}"
+        );
+        let e = parse("listen = \"127.0.0.1:7401\"\nmodules = [\"ok\", \"bad name\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cages/demo.toml:2:18") && e.contains("not a module name"),
+            "{e}"
+        );
+        let e = parse("listen = \"127.0.0.1:7401\"\nexecutor_threads = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cages/demo.toml:2:20") && e.contains("at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

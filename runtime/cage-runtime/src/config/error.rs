@@ -39,15 +39,30 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// An [`ConfigError::Invalid`] at byte `offset` of `source`.
-    pub(crate) fn at(path: &std::path::Path, source: &str, offset: usize, reason: impl Into<String>) -> Self {
+    pub(crate) fn at(
+        path: &std::path::Path,
+        source: &str,
+        offset: usize,
+        reason: impl Into<String>,
+    ) -> Self {
         let (line, column) = line_column(source, offset);
-        ConfigError::Invalid { path: path.to_owned(), line, column, reason: reason.into() }
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            reason: reason.into(),
+        }
     }
 
     /// Converts a TOML parse or type error into a located error.
     pub(crate) fn from_toml(path: &std::path::Path, source: &str, err: &toml::de::Error) -> Self {
         let offset = err.span().map(|s| s.start).unwrap_or(0);
-        Self::at(path, source, offset, err.message().trim().to_owned())
+        Self::at(
+            path,
+            source,
+            offset,
+            err.message().trim().replace('\n', "; "),
+        )
     }
 }
 
@@ -56,7 +71,12 @@ pub(crate) fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
     let before = &source[..offset];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 

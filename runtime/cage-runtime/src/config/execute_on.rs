@@ -67,7 +67,11 @@ impl CageRoute {
 
     /// A route to a single address with default timeouts.
     pub fn single(addr: SocketAddr, call_timeout: Duration) -> Self {
-        CageRoute { addresses: vec![addr], connect_timeout: Self::CONNECT_TIMEOUT, call_timeout }
+        CageRoute {
+            addresses: vec![addr],
+            connect_timeout: Self::CONNECT_TIMEOUT,
+            call_timeout,
+        }
     }
 }
 
@@ -124,16 +128,24 @@ impl ExecuteOn {
     pub fn parse(path: &Path, source: &str) -> Result<Self, ConfigError> {
         let raw: RawExecuteOn =
             toml::from_str(source).map_err(|e| ConfigError::from_toml(path, source, &e))?;
-        let at = |span: std::ops::Range<usize>, reason: String| ConfigError::at(path, source, span.start, reason);
+        let at = |span: std::ops::Range<usize>, reason: String| {
+            ConfigError::at(path, source, span.start, reason)
+        };
 
         let mut cages = BTreeMap::new();
         for (name, route) in &raw.cages {
             if !valid_name(name) {
-                return Err(at(route.span(), format!("cages.{name}: not a cage name (letters, digits, '-', '_')")));
+                return Err(at(
+                    route.span(),
+                    format!("cages.{name}: not a cage name (letters, digits, '-', '_')"),
+                ));
             }
             let r = route.get_ref();
             if r.addresses.is_empty() {
-                return Err(at(route.span(), format!("cages.{name}.addresses: needs at least one address")));
+                return Err(at(
+                    route.span(),
+                    format!("cages.{name}.addresses: needs at least one address"),
+                ));
             }
             let mut addresses = Vec::new();
             for a in &r.addresses {
@@ -147,7 +159,9 @@ impl ExecuteOn {
                 CageRoute {
                     addresses,
                     connect_timeout: r.connect_timeout.unwrap_or(CageRoute::CONNECT_TIMEOUT),
-                    call_timeout: r.call_timeout.unwrap_or(super::CageFileDefaults::CALL_TIMEOUT),
+                    call_timeout: r
+                        .call_timeout
+                        .unwrap_or(super::CageFileDefaults::CALL_TIMEOUT),
                 },
             );
         }
@@ -161,7 +175,10 @@ impl ExecuteOn {
         let mut queues = BTreeMap::new();
         for (name, q) in &raw.queues {
             if !valid_name(name) {
-                return Err(at(q.span(), format!("queues.{name}: not a queue name (letters, digits, '-', '_')")));
+                return Err(at(
+                    q.span(),
+                    format!("queues.{name}: not a queue name (letters, digits, '-', '_')"),
+                ));
             }
             queues.insert(name.clone(), queue_policy(name, q, &default_policy, &at)?);
         }
@@ -171,7 +188,9 @@ impl ExecuteOn {
 
     /// The policy of `queue`, falling back to the default queue's.
     pub fn queue(&self, queue: &str) -> &QueuePolicy {
-        self.queues.get(queue).unwrap_or(&self.queues[DEFAULT_QUEUE])
+        self.queues
+            .get(queue)
+            .unwrap_or(&self.queues[DEFAULT_QUEUE])
     }
 }
 
@@ -184,20 +203,37 @@ fn queue_policy(
     let r = q.get_ref();
     let growth = match &r.growth {
         Some(g) if !(1.0..=100.0).contains(g.get_ref()) => {
-            return Err(at(g.span(), format!("queues.{name}.growth: expected a factor from 1 to 100, found {}", g.get_ref())))
+            return Err(at(
+                g.span(),
+                format!(
+                    "queues.{name}.growth: expected a factor from 1 to 100, found {}",
+                    g.get_ref()
+                ),
+            ))
         }
         Some(g) => *g.get_ref(),
         None => base.growth,
     };
     let jitter = match &r.jitter {
         Some(j) if !(0.0..=1.0).contains(j.get_ref()) => {
-            return Err(at(j.span(), format!("queues.{name}.jitter: expected a fraction from 0 to 1, found {}", j.get_ref())))
+            return Err(at(
+                j.span(),
+                format!(
+                    "queues.{name}.jitter: expected a fraction from 0 to 1, found {}",
+                    j.get_ref()
+                ),
+            ))
         }
         Some(j) => *j.get_ref(),
         None => base.jitter,
     };
     let concurrency = match &r.concurrency {
-        Some(c) if *c.get_ref() == 0 => return Err(at(c.span(), format!("queues.{name}.concurrency: must be at least 1"))),
+        Some(c) if *c.get_ref() == 0 => {
+            return Err(at(
+                c.span(),
+                format!("queues.{name}.concurrency: must be at least 1"),
+            ))
+        }
         Some(c) => *c.get_ref(),
         None => base.concurrency,
     };
@@ -213,11 +249,14 @@ fn queue_policy(
         retention: r.retention.unwrap_or(base.retention),
     };
     if policy.max_delay < policy.first_retry {
-        return Err(at(q.span(), format!(
-            "queues.{name}: max_delay ({}) is shorter than first_retry ({})",
-            humantime::format_duration(policy.max_delay),
-            humantime::format_duration(policy.first_retry)
-        )));
+        return Err(at(
+            q.span(),
+            format!(
+                "queues.{name}: max_delay ({}) is shorter than first_retry ({})",
+                humantime::format_duration(policy.max_delay),
+                humantime::format_duration(policy.first_retry)
+            ),
+        ));
     }
     Ok(policy)
 }
@@ -238,7 +277,8 @@ mod tests {
 
     #[test]
     fn queues_inherit_from_retry() {
-        let e = parse("[queues.retry]\nfirst_retry = \"5s\"\n[queues.fast]\ngrowth = 3.0\n").unwrap();
+        let e =
+            parse("[queues.retry]\nfirst_retry = \"5s\"\n[queues.fast]\ngrowth = 3.0\n").unwrap();
         assert_eq!(e.queue("fast").first_retry, Duration::from_secs(5));
         assert_eq!(e.queue("fast").growth, 3.0);
         assert_eq!(e.queue("retry").growth, 1.6);
@@ -246,16 +286,34 @@ mod tests {
 
     #[test]
     fn routes_parse_and_errors_are_located() {
-        let e = parse("[cages.billing]\naddresses = [\"127.0.0.1:7402\"]\nconnect_timeout = \"500ms\"\n").unwrap();
-        assert_eq!(e.cages["billing"].connect_timeout, Duration::from_millis(500));
+        let e = parse(
+            "[cages.billing]\naddresses = [\"127.0.0.1:7402\"]\nconnect_timeout = \"500ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            e.cages["billing"].connect_timeout,
+            Duration::from_millis(500)
+        );
 
-        let err = parse("[cages.billing]\naddresses = [\"nowhere\"]\n").unwrap_err().to_string();
-        assert!(err.starts_with("config/config_execute_on.toml:2:14:"), "{err}");
+        let err = parse("[cages.billing]\naddresses = [\"nowhere\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config/config_execute_on.toml:2:14:"),
+            "{err}"
+        );
 
-        let err = parse("[queues.retry]\ngrowth = 0.5\n").unwrap_err().to_string();
-        assert!(err.starts_with("config/config_execute_on.toml:2:10:") && err.contains("growth"), "{err}");
+        let err = parse("[queues.retry]\ngrowth = 0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config/config_execute_on.toml:2:10:") && err.contains("growth"),
+            "{err}"
+        );
 
-        let err = parse("[queues.retry]\ngive_up_after = \"3 dayz\"\n").unwrap_err().to_string();
+        let err = parse("[queues.retry]\ngive_up_after = \"3 dayz\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("config/config_execute_on.toml:2:"), "{err}");
     }
 }

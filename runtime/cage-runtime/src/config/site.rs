@@ -19,8 +19,15 @@ impl Site {
         let root = if root.is_absolute() {
             root
         } else {
-            std::env::current_dir().map(|d| d.join(&root)).unwrap_or(root)
+            std::env::current_dir()
+                .map(|d| d.join(&root))
+                .unwrap_or(root)
         };
+        // "./x/." reads badly in error messages; drop the no-op components.
+        let root = root
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
         Site { root }
     }
 
@@ -43,7 +50,11 @@ impl Site {
     pub fn cage(&self, name: &str) -> Result<CageConfig, ConfigError> {
         let path = self.cage_file(name);
         if !super::cage_file::valid_name(name) || !path.is_file() {
-            return Err(ConfigError::NoSuchCage { name: name.to_owned(), path, site: self.root.clone() });
+            return Err(ConfigError::NoSuchCage {
+                name: name.to_owned(),
+                path,
+                site: self.root.clone(),
+            });
         }
         let source = read(&path)?;
         CageConfig::parse(name, &path, &self.root, &source)
@@ -70,5 +81,8 @@ impl Site {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }

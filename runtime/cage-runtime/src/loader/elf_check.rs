@@ -23,7 +23,9 @@ pub fn check(data: &[u8]) -> Result<(), LoadError> {
     }
     let header = elf::FileHeader64::<Endianness>::parse(data)
         .map_err(|e| LoadError::NotElf(format!("{e} (only 64-bit ELF is supported)")))?;
-    let endian = header.endian().map_err(|e| LoadError::NotElf(e.to_string()))?;
+    let endian = header
+        .endian()
+        .map_err(|e| LoadError::NotElf(e.to_string()))?;
 
     if header.e_type(endian) != elf::ET_DYN {
         return Err(LoadError::NotElf(format!(
@@ -33,7 +35,10 @@ pub fn check(data: &[u8]) -> Result<(), LoadError> {
     }
     let machine = header.e_machine(endian);
     if machine != HOST_MACHINE {
-        return Err(LoadError::WrongMachine { found: machine, expected: HOST_MACHINE });
+        return Err(LoadError::WrongMachine {
+            found: machine,
+            expected: HOST_MACHINE,
+        });
     }
 
     let within = |what: String, offset: u64, size: u64| -> Result<(), LoadError> {
@@ -55,7 +60,11 @@ pub fn check(data: &[u8]) -> Result<(), LoadError> {
         return Err(LoadError::NotElf("no program headers".into()));
     }
     for (i, ph) in program_headers.iter().enumerate() {
-        within(format!("segment {i}"), ph.p_offset(endian), ph.p_filesz(endian))?;
+        within(
+            format!("segment {i}"),
+            ph.p_offset(endian),
+            ph.p_filesz(endian),
+        )?;
     }
 
     let shoff = header.e_shoff(endian);
@@ -69,7 +78,11 @@ pub fn check(data: &[u8]) -> Result<(), LoadError> {
         .map_err(|e| LoadError::NotElf(format!("section headers: {e}")))?;
     for (i, sh) in sections.iter().enumerate() {
         if sh.sh_type(endian) != elf::SHT_NOBITS {
-            within(format!("section {i}"), sh.sh_offset(endian), sh.sh_size(endian))?;
+            within(
+                format!("section {i}"),
+                sh.sh_offset(endian),
+                sh.sh_size(endian),
+            )?;
         }
     }
 
@@ -86,7 +99,9 @@ pub fn check(data: &[u8]) -> Result<(), LoadError> {
         }
     }
     if other_versions.is_empty() {
-        Err(LoadError::MissingEntry { expected: ENTRY_SYMBOL })
+        Err(LoadError::MissingEntry {
+            expected: ENTRY_SYMBOL,
+        })
     } else {
         Err(LoadError::AbiMismatch {
             found: other_versions.join(", "),
@@ -108,7 +123,10 @@ mod tests {
     #[test]
     fn rejects_garbage_and_empty() {
         assert!(matches!(check(b""), Err(LoadError::NotElf(_))));
-        assert!(matches!(check(b"#!/bin/sh\necho hi\n"), Err(LoadError::NotElf(_))));
+        assert!(matches!(
+            check(b"#!/bin/sh\necho hi\n"),
+            Err(LoadError::NotElf(_))
+        ));
         let mut fake = b"\x7fELF".to_vec();
         fake.extend_from_slice(&[0u8; 12]);
         assert!(matches!(check(&fake), Err(LoadError::NotElf(_))));
@@ -118,9 +136,20 @@ mod tests {
     fn rejects_every_truncation_of_a_real_elf() {
         let data = own_binary();
         // Cut points across the whole file, including inside the headers.
-        for cut in [20, 64, 100, 1000, data.len() / 3, data.len() / 2, data.len() - 1] {
+        for cut in [
+            20,
+            64,
+            100,
+            1000,
+            data.len() / 3,
+            data.len() / 2,
+            data.len() - 1,
+        ] {
             let r = check(&data[..cut]);
-            assert!(matches!(r, Err(LoadError::NotElf(_) | LoadError::Truncated { .. })), "cut {cut}: {r:?}");
+            assert!(
+                matches!(r, Err(LoadError::NotElf(_) | LoadError::Truncated { .. })),
+                "cut {cut}: {r:?}"
+            );
         }
     }
 
@@ -128,6 +157,12 @@ mod tests {
     fn whole_non_module_binary_lacks_entry_or_is_not_shared() {
         let r = check(&own_binary());
         // Test binaries are PIE (ET_DYN) on most toolchains, so the entry symbol is what is missing.
-        assert!(matches!(r, Err(LoadError::MissingEntry { .. } | LoadError::NotElf(_))), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                Err(LoadError::MissingEntry { .. } | LoadError::NotElf(_))
+            ),
+            "{r:?}"
+        );
     }
 }

@@ -24,7 +24,9 @@ pub enum LoadError {
     #[error("not an ELF shared library: {0}")]
     NotElf(String),
     /// Part of the ELF image lies past the end of the file.
-    #[error("ELF {what} past end of file ({end} > {len} bytes; file still being written or truncated?)")]
+    #[error(
+        "ELF {what} past end of file ({end} > {len} bytes; file still being written or truncated?)"
+    )]
     Truncated {
         /// Which part.
         what: String,

@@ -12,7 +12,10 @@ pub fn module_file(modules_dir: &Path, name: &str) -> PathBuf {
 
 /// The module a file in the modules directory would serve, if its name fits `lib<name>.so`.
 pub fn module_of_file(path: &Path) -> Option<&str> {
-    path.file_name()?.to_str()?.strip_prefix("lib")?.strip_suffix(".so")
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("lib")?
+        .strip_suffix(".so")
 }
 
 /// What identifies one version of a file on disk without reading it.
@@ -36,22 +39,31 @@ impl FileStamp {
                 inode: m.ino(),
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LoadError::Io { action: format!("stat {}", path.display()), source }),
+            Err(source) => Err(LoadError::Io {
+                action: format!("stat {}", path.display()),
+                source,
+            }),
         }
     }
 }
 
 /// Waits until `path` keeps the same stamp over `debounce`, then reads it; gives up after
 /// `limit`. The read is checked against the stamp, so the bytes are one settled version.
-pub fn settle_and_read(path: &Path, debounce: Duration, limit: Duration) -> Result<(Vec<u8>, FileStamp), LoadError> {
+pub fn settle_and_read(
+    path: &Path,
+    debounce: Duration,
+    limit: Duration,
+) -> Result<(Vec<u8>, FileStamp), LoadError> {
     let started = Instant::now();
     let mut before = FileStamp::of(path)?.ok_or(LoadError::Missing)?;
     loop {
         std::thread::sleep(debounce);
         let now = FileStamp::of(path)?.ok_or(LoadError::Missing)?;
         if now == before {
-            let bytes = std::fs::read(path)
-                .map_err(|source| LoadError::Io { action: format!("read {}", path.display()), source })?;
+            let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+                action: format!("read {}", path.display()),
+                source,
+            })?;
             let after = FileStamp::of(path)?.ok_or(LoadError::Missing)?;
             if after == now && bytes.len() as u64 == now.size {
                 return Ok((bytes, now));
@@ -61,7 +73,9 @@ pub fn settle_and_read(path: &Path, debounce: Duration, limit: Duration) -> Resu
             before = now;
         }
         if started.elapsed() > limit {
-            return Err(LoadError::Unsettled { waited: started.elapsed() });
+            return Err(LoadError::Unsettled {
+                waited: started.elapsed(),
+            });
         }
     }
 }
@@ -73,7 +87,10 @@ mod tests {
     #[test]
     fn names_map_both_ways() {
         let dir = Path::new("/site/modules");
-        assert_eq!(module_file(dir, "echo"), PathBuf::from("/site/modules/libecho.so"));
+        assert_eq!(
+            module_file(dir, "echo"),
+            PathBuf::from("/site/modules/libecho.so")
+        );
         assert_eq!(module_of_file(Path::new("/x/libecho.so")), Some("echo"));
         assert_eq!(module_of_file(Path::new("/x/echo.so")), None);
         assert_eq!(module_of_file(Path::new("/x/libecho.so.tmp")), None);
@@ -84,7 +101,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("libx.so");
         std::fs::write(&p, b"hello").unwrap();
-        let (bytes, stamp) = settle_and_read(&p, Duration::from_millis(5), Duration::from_secs(5)).unwrap();
+        let (bytes, stamp) =
+            settle_and_read(&p, Duration::from_millis(5), Duration::from_secs(5)).unwrap();
         assert_eq!(bytes, b"hello");
         assert_eq!(stamp.size, 5);
     }
@@ -92,7 +110,11 @@ mod tests {
     #[test]
     fn missing_file_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let r = settle_and_read(&dir.path().join("libnone.so"), Duration::from_millis(1), Duration::from_secs(1));
+        let r = settle_and_read(
+            &dir.path().join("libnone.so"),
+            Duration::from_millis(1),
+            Duration::from_secs(1),
+        );
         assert!(matches!(r, Err(LoadError::Missing)));
     }
 
@@ -106,7 +128,10 @@ mod tests {
         let stop2 = stop.clone();
         let writer = std::thread::spawn(move || {
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().append(true).open(writer_path).unwrap();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(writer_path)
+                .unwrap();
             while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
                 f.write_all(b"more").unwrap();
                 std::thread::sleep(Duration::from_millis(2));

@@ -5,7 +5,9 @@
 //! started on this version has finished.
 
 use super::{elf_check, LoadError};
-use cage_sdk::abi::{self, Bytes, CallFn, EntryFn, FreeFn, HostContext, ModuleDescriptor, OwnedBytes};
+use cage_sdk::abi::{
+    self, Bytes, CallFn, EntryFn, FreeFn, HostContext, ModuleDescriptor, OwnedBytes,
+};
 use cage_sdk::{CallError, ErrorKind};
 use sha2::{Digest, Sha256};
 use std::mem::ManuallyDrop;
@@ -44,29 +46,46 @@ impl std::fmt::Debug for LoadedModule {
 
 /// Hex SHA-256 of `bytes`, as `sha256sum` prints it.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn text(b: Bytes, what: &str) -> Result<String, LoadError> {
     if b.len > 4096 {
-        return Err(LoadError::BadDescriptor(format!("{what} is {} bytes long", b.len)));
+        return Err(LoadError::BadDescriptor(format!(
+            "{what} is {} bytes long",
+            b.len
+        )));
     }
     // SAFETY: the descriptor points at static data of the loaded library.
     let s = unsafe { b.as_slice() };
-    String::from_utf8(s.to_vec()).map_err(|_| LoadError::BadDescriptor(format!("{what} is not UTF-8")))
+    String::from_utf8(s.to_vec())
+        .map_err(|_| LoadError::BadDescriptor(format!("{what} is not UTF-8")))
 }
 
 impl LoadedModule {
     /// Validates `bytes` (read from `source`) as module `expected`, writes them to a private copy
     /// in `copy_dir` named with `tag`, and loads that copy.
-    pub fn load(expected: &str, source: &Path, bytes: &[u8], copy_dir: &Path, tag: &str) -> Result<Self, LoadError> {
+    pub fn load(
+        expected: &str,
+        source: &Path,
+        bytes: &[u8],
+        copy_dir: &Path,
+        tag: &str,
+    ) -> Result<Self, LoadError> {
         elf_check::check(bytes)?;
         let sha256 = sha256_hex(bytes);
-        std::fs::create_dir_all(copy_dir)
-            .map_err(|source| LoadError::Io { action: format!("create {}", copy_dir.display()), source })?;
+        std::fs::create_dir_all(copy_dir).map_err(|source| LoadError::Io {
+            action: format!("create {}", copy_dir.display()),
+            source,
+        })?;
         let copy = copy_dir.join(format!("lib{expected}.{tag}.{}.so", &sha256[..12]));
-        std::fs::write(&copy, bytes)
-            .map_err(|source| LoadError::Io { action: format!("write {}", copy.display()), source })?;
+        std::fs::write(&copy, bytes).map_err(|source| LoadError::Io {
+            action: format!("write {}", copy.display()),
+            source,
+        })?;
         match Self::open(expected, source, &copy, sha256) {
             Ok(m) => Ok(m),
             Err(e) => {
@@ -81,7 +100,10 @@ impl LoadedModule {
         // SAFETY: the file was proven a whole ELF shared object exporting our entry symbol;
         // running its initialisers is the accepted cost of loading a module.
         let library = unsafe {
-            libloading::os::unix::Library::open(Some(copy), libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL)
+            libloading::os::unix::Library::open(
+                Some(copy),
+                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+            )
         }
         .map_err(|e| LoadError::Dlopen(e.to_string()))?;
         let library: libloading::Library = library.into();
@@ -94,7 +116,9 @@ impl LoadedModule {
         // SAFETY: the entry function takes nothing and returns a pointer to a static descriptor.
         let descriptor: *const ModuleDescriptor = unsafe { entry() };
         if descriptor.is_null() {
-            return Err(LoadError::BadDescriptor("entry symbol returned null".into()));
+            return Err(LoadError::BadDescriptor(
+                "entry symbol returned null".into(),
+            ));
         }
         // The ABI version is the first field in every version of the descriptor, so it is safe
         // to read before trusting the rest of the layout.
@@ -110,15 +134,25 @@ impl LoadedModule {
         // SAFETY: same ABI version, so the layout is ours.
         let d = unsafe { &*descriptor };
         if (d.descriptor_size as usize) < std::mem::size_of::<ModuleDescriptor>() {
-            return Err(LoadError::BadDescriptor(format!("descriptor is {} bytes, expected {}", d.descriptor_size, std::mem::size_of::<ModuleDescriptor>())));
+            return Err(LoadError::BadDescriptor(format!(
+                "descriptor is {} bytes, expected {}",
+                d.descriptor_size,
+                std::mem::size_of::<ModuleDescriptor>()
+            )));
         }
         let name = text(d.name, "module name")?;
         if name != expected {
-            return Err(LoadError::NameMismatch { expected: expected.to_owned(), found: name });
+            return Err(LoadError::NameMismatch {
+                expected: expected.to_owned(),
+                found: name,
+            });
         }
         let version = text(d.version, "module version")?;
         if d.method_count > 10_000 || (d.method_count > 0 && d.methods.is_null()) {
-            return Err(LoadError::BadDescriptor(format!("method table of {} entries", d.method_count)));
+            return Err(LoadError::BadDescriptor(format!(
+                "method table of {} entries",
+                d.method_count
+            )));
         }
         let mut methods = Vec::with_capacity(d.method_count);
         for i in 0..d.method_count {
@@ -145,11 +179,23 @@ impl LoadedModule {
     }
 
     /// Runs `method` with JSON `args` in this version, on the calling thread.
-    pub fn call(&self, host: &HostContext, method: &str, args: &[u8]) -> Result<Vec<u8>, CallError> {
+    pub fn call(
+        &self,
+        host: &HostContext,
+        method: &str,
+        args: &[u8],
+    ) -> Result<Vec<u8>, CallError> {
         let mut out = OwnedBytes::empty();
         // SAFETY: the module's `call` never unwinds (the SDK catches panics) and writes `out`;
         // `host`, `method` and `args` outlive the call.
-        let status = unsafe { (self.call)(host, Bytes::from_slice(method.as_bytes()), Bytes::from_slice(args), &mut out) };
+        let status = unsafe {
+            (self.call)(
+                host,
+                Bytes::from_slice(method.as_bytes()),
+                Bytes::from_slice(args),
+                &mut out,
+            )
+        };
         // SAFETY: `out` is the module's live buffer; copy it, then give it back to its allocator.
         let bytes = unsafe { out.as_slice() }.to_vec();
         // SAFETY: the module allocated `out`, so the module's `free` releases it, once.
@@ -157,14 +203,16 @@ impl LoadedModule {
         if status == abi::status::OK {
             Ok(bytes)
         } else {
-            Err(serde_json::from_slice::<CallError>(&bytes).unwrap_or_else(|_| CallError {
-                kind: ErrorKind::Internal,
-                message: format!(
-                    "module {} returned status {status} with an unreadable error: {}",
-                    self.name,
-                    String::from_utf8_lossy(&bytes)
-                ),
-            }))
+            Err(
+                serde_json::from_slice::<CallError>(&bytes).unwrap_or_else(|_| CallError {
+                    kind: ErrorKind::Internal,
+                    message: format!(
+                        "module {} returned status {status} with an unreadable error: {}",
+                        self.name,
+                        String::from_utf8_lossy(&bytes)
+                    ),
+                }),
+            )
         }
     }
 }

@@ -2,7 +2,9 @@
 //! wait for its response.
 
 use super::frame::{self, FrameError};
-use super::protocol::{CageInfo, CallFailure, CallRequest, ModuleInfo, Request, RequestFrame, Response, ResponseFrame};
+use super::protocol::{
+    CageInfo, CallFailure, CallRequest, ModuleInfo, Request, RequestFrame, Response, ResponseFrame,
+};
 use crate::config::CageRoute;
 use cage_sdk::{CallError, ErrorKind};
 use std::net::{SocketAddr, TcpStream};
@@ -77,14 +79,23 @@ impl Client {
             match TcpStream::connect_timeout(addr, route.connect_timeout) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    return Ok(Client { cage: cage.to_owned(), stream, next_id: 1 });
+                    return Ok(Client {
+                        cage: cage.to_owned(),
+                        stream,
+                        next_id: 1,
+                    });
                 }
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }
         Err(ClientError::Unreachable {
             cage: cage.to_owned(),
-            addresses: route.addresses.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(", "),
+            addresses: route
+                .addresses
+                .iter()
+                .map(SocketAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             reason: last,
         })
     }
@@ -93,19 +104,33 @@ impl Client {
     pub fn request(&mut self, body: Request, timeout: Duration) -> Result<Response, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let conn = |cage: &str, source: FrameError| ClientError::Connection { cage: cage.to_owned(), source };
+        let conn = |cage: &str, source: FrameError| ClientError::Connection {
+            cage: cage.to_owned(),
+            source,
+        };
         let bytes = frame::encode(&RequestFrame { id, body }).map_err(|e| conn(&self.cage, e))?;
         self.stream
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(|e| conn(&self.cage, e.into()))?;
         frame::write_blocking(&mut self.stream, &bytes).map_err(|e| conn(&self.cage, e))?;
         loop {
-            let body = frame::read_blocking(&mut self.stream, MAX_RESPONSE_BYTES).map_err(|e| match e {
-                FrameError::Io(io) if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    ClientError::Timeout { cage: self.cage.clone(), after: timeout }
-                }
-                other => conn(&self.cage, other),
-            })?;
+            let body =
+                frame::read_blocking(&mut self.stream, MAX_RESPONSE_BYTES).map_err(
+                    |e| match e {
+                        FrameError::Io(io)
+                            if matches!(
+                                io.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            ClientError::Timeout {
+                                cage: self.cage.clone(),
+                                after: timeout,
+                            }
+                        }
+                        other => conn(&self.cage, other),
+                    },
+                )?;
             let response: ResponseFrame = frame::decode(&body).map_err(|e| conn(&self.cage, e))?;
             // Responses to earlier requests that timed out may still arrive; skip them.
             if response.id == id {
@@ -116,19 +141,25 @@ impl Client {
 
     /// Runs a sync call; the client waits a little longer than the call's own limit so the cage
     /// can report its timeout itself.
-    pub fn call(&mut self, call: CallRequest) -> Result<Vec<u8>, CallFailure> {
+    pub fn call(&mut self, call: CallRequest) -> Result<Vec<u8>, Box<CallFailure>> {
         let wait = Duration::from_millis(call.timeout_ms) + Duration::from_secs(2);
-        let failure = |call: &CallRequest, cage: &str, error: CallError| CallFailure {
-            cage: cage.to_owned(),
-            module: call.module.clone(),
-            method: call.method.clone(),
-            call_id: call.call_id.clone(),
-            error,
+        let failure = |call: &CallRequest, cage: &str, error: CallError| {
+            Box::new(CallFailure {
+                cage: cage.to_owned(),
+                module: call.module.clone(),
+                method: call.method.clone(),
+                call_id: call.call_id.clone(),
+                error,
+            })
         };
         match self.request(Request::Call(call.clone()), wait) {
             Ok(Response::Result(bytes)) => Ok(bytes),
-            Ok(Response::Failed(e)) => Err(e),
-            Ok(other) => Err(failure(&call, &self.cage, self.unexpected(&other).into_call_error())),
+            Ok(Response::Failed(e)) => Err(Box::new(e)),
+            Ok(other) => Err(failure(
+                &call,
+                &self.cage,
+                self.unexpected(&other).into_call_error(),
+            )),
             Err(e) => Err(failure(&call, &self.cage, e.into_call_error())),
         }
     }
@@ -156,6 +187,9 @@ impl Client {
             Response::Modules(_) => "a module list",
             Response::Pong(_) => "a ping answer",
         };
-        ClientError::Protocol { cage: self.cage.clone(), what: format!("unexpected {what}") }
+        ClientError::Protocol {
+            cage: self.cage.clone(),
+            what: format!("unexpected {what}"),
+        }
     }
 }

@@ -39,7 +39,10 @@ pub enum FrameError {
 pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     let mut buf = vec![0u8; HEADER_LEN];
     let mut buf = postcard::to_extend(message, std::mem::take(&mut buf))?;
-    let len = u32::try_from(buf.len() - HEADER_LEN).map_err(|_| FrameError::TooLarge { len: buf.len(), max: u32::MAX as usize })?;
+    let len = u32::try_from(buf.len() - HEADER_LEN).map_err(|_| FrameError::TooLarge {
+        len: buf.len(),
+        max: u32::MAX as usize,
+    })?;
     buf[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(buf)
 }
@@ -102,7 +105,9 @@ pub async fn read_async(
     };
     match tokio::time::timeout(stall, rest).await {
         Err(_) => Err(FrameError::Stalled(stall)),
-        Ok(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+        Ok(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(FrameError::Truncated)
+        }
         Ok(r) => r.map(Some),
     }
 }
@@ -136,28 +141,66 @@ mod tests {
     #[test]
     fn oversized_and_truncated_frames_are_errors() {
         let frame = encode(&sample()).unwrap();
-        assert!(matches!(read_blocking(&mut frame.as_slice(), 4), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            read_blocking(&mut frame.as_slice(), 4),
+            Err(FrameError::TooLarge { .. })
+        ));
         let cut = &frame[..frame.len() - 2];
-        assert!(matches!(read_blocking(&mut &cut[..], 1024), Err(FrameError::Truncated)));
-        assert!(matches!(decode::<RequestFrame>(&[0xff, 0xff, 0xff]), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            read_blocking(&mut &cut[..], 1024),
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            decode::<RequestFrame>(&[0xff, 0xff, 0xff]),
+            Err(FrameError::Malformed(_))
+        ));
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn async_reader_handles_eof_cap_and_stall() {
         let frame = encode(&sample()).unwrap();
-        let got = read_async(&mut frame.as_slice(), 1024, Duration::from_secs(1), Duration::from_secs(1)).await.unwrap();
+        let got = read_async(
+            &mut frame.as_slice(),
+            1024,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(decode::<RequestFrame>(&got.unwrap()).unwrap(), sample());
 
         let empty: &[u8] = &[];
-        assert!(read_async(&mut &empty[..], 1024, Duration::from_secs(1), Duration::from_secs(1)).await.unwrap().is_none());
+        assert!(read_async(
+            &mut &empty[..],
+            1024,
+            Duration::from_secs(1),
+            Duration::from_secs(1)
+        )
+        .await
+        .unwrap()
+        .is_none());
 
         let cut = &frame[..frame.len() - 1];
-        let r = read_async(&mut &cut[..], 1024, Duration::from_secs(1), Duration::from_secs(1)).await;
+        let r = read_async(
+            &mut &cut[..],
+            1024,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .await;
         assert!(matches!(r, Err(FrameError::Truncated)), "{r:?}");
 
         let (mut client, mut server) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut client, &[0, 0, 0, 9, 1]).await.unwrap();
-        let r = read_async(&mut server, 1024, Duration::from_secs(1), Duration::from_millis(20)).await;
+        tokio::io::AsyncWriteExt::write_all(&mut client, &[0, 0, 0, 9, 1])
+            .await
+            .unwrap();
+        let r = read_async(
+            &mut server,
+            1024,
+            Duration::from_secs(1),
+            Duration::from_millis(20),
+        )
+        .await;
         assert!(matches!(r, Err(FrameError::Stalled(_))), "{r:?}");
     }
 }

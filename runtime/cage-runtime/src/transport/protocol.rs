@@ -103,14 +103,19 @@ pub struct ModuleInfo {
 
 /// Milliseconds since the epoch of `t`.
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A new call id for calls started by `origin` (a cage name, or `cli`): unique across restarts.
 pub fn new_call_id(origin: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let micros = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
     format!("{origin}-{micros:x}-{n}")
 }
 
@@ -131,7 +136,11 @@ pub struct CallFailure {
 
 impl std::fmt::Display for CallFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cage {} {}.{} (call {}): {}", self.cage, self.module, self.method, self.call_id, self.error)
+        write!(
+            f,
+            "cage {} {}.{} (call {}): {}",
+            self.cage, self.module, self.method, self.call_id, self.error
+        )
     }
 }
 

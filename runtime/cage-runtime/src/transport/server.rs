@@ -40,7 +40,12 @@ pub struct Listener {
 impl Listener {
     /// A listener serving `socket` with `dispatcher`.
     pub fn new(socket: TcpListener, dispatcher: Dispatcher, limits: Limits) -> Self {
-        Listener { socket: Some(socket), dispatcher, limits, open: Arc::new(AtomicUsize::new(0)) }
+        Listener {
+            socket: Some(socket),
+            dispatcher,
+            limits,
+            open: Arc::new(AtomicUsize::new(0)),
+        }
     }
 }
 
@@ -53,7 +58,9 @@ impl Actor for Listener {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let Some(socket) = self.socket.take() else { return };
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
         let addr = ctx.address();
         ctx.spawn(
             async move {
@@ -108,7 +115,14 @@ async fn serve(stream: TcpStream, peer: SocketAddr, dispatcher: Dispatcher, limi
     });
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     loop {
-        let body = match frame::read_async(&mut reader, limits.max_frame_bytes, limits.idle_timeout, FRAME_STALL).await {
+        let body = match frame::read_async(
+            &mut reader,
+            limits.max_frame_bytes,
+            limits.idle_timeout,
+            FRAME_STALL,
+        )
+        .await
+        {
             Ok(Some(body)) => body,
             Ok(None) => break,
             Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
@@ -124,10 +138,15 @@ async fn serve(stream: TcpStream, peer: SocketAddr, dispatcher: Dispatcher, limi
                 break;
             }
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
         let (dispatcher, tx) = (dispatcher.clone(), tx.clone());
         actix_rt::spawn(async move {
-            let response = ResponseFrame { id: request.id, body: dispatcher.handle(request.body).await };
+            let response = ResponseFrame {
+                id: request.id,
+                body: dispatcher.handle(request.body).await,
+            };
             match frame::encode(&response) {
                 Ok(bytes) => {
                     let _ = tx.send(bytes).await;

@@ -1,0 +1,35 @@
+//! A module that panics returns `panic: …` to its caller; the cage goes on serving.
+
+mod support;
+use support::{module_so, Site};
+
+#[test]
+fn a_panicking_module_returns_panic_and_the_cage_goes_on() {
+    let mut site = Site::new();
+    site.cage("front", &["echo"], "executor_threads = 2\n");
+    site.install("echo", &module_so("echo", &[]));
+    let mut cage = site.start("front");
+
+    for i in 0..5 {
+        let run = site.call("front", "echo.boom", &format!(r#""kaboom {i}""#));
+        assert_eq!(run.code, 15, "{run:?}");
+        assert!(
+            run.stderr.contains("cage front echo.boom (call cli-"),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(&format!("): panic: kaboom {i}")),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(cage.alive());
+    let run = site.call("front", "echo.shout", r#""still here""#);
+    assert_eq!(run.stdout.trim(), r#""STILL HERE""#, "{run:?}");
+    assert!(
+        cage.log().contains("call failed: panic: kaboom 4"),
+        "{}",
+        cage.log()
+    );
+}

@@ -1,0 +1,305 @@
+//! Test sites: a temporary directory with `cages/`, `config/` and `modules/`, real `cage`
+//! processes started in it, and the `cage` CLI to talk to them, exactly as a user would.
+
+#![allow(dead_code)]
+
+use cages::runtime::config::CageRoute;
+use cages::runtime::transport::client::Client;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace());
+    c
+}
+
+/// The `cage` binary, built once per test process.
+pub fn cage_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // The same target directory as the tests: `cargo test` has released its build lock by the
+        // time tests run, and the binary is usually built already, so this is a quick check.
+        let status = cargo()
+            .args(["build", "-q", "-p", "cage-runtime", "--bin", "cage"])
+            .status()
+            .expect("run cargo build for the cage binary");
+        assert!(status.success(), "building the cage binary failed");
+        target_dir().join("debug/cage")
+    })
+    .clone()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Builds example module `krate` with `features` (`"no-default"` turns default features off)
+/// and returns a copy of its `.so` that no later build overwrites (cached per process).
+pub fn module_so(krate: &str, features: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let key = format!(
+        "{krate}-{}",
+        if features.is_empty() {
+            "default".to_owned()
+        } else {
+            features.join("+")
+        }
+    );
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = built.get(&key) {
+        return p.clone();
+    }
+    // One target directory for every variant (dependencies build once); the file lock keeps
+    // another test process from overwriting the output between our build and our copy.
+    let target = target_dir().join("e2e/modules");
+    std::fs::create_dir_all(&target).unwrap();
+    let lock = std::fs::File::create(target.join("build.lock")).unwrap();
+    lock.lock().unwrap();
+    let mut cmd = cargo();
+    cmd.args(["build", "-q", "-p", krate, "--target-dir"])
+        .arg(&target);
+    if features.contains(&"no-default") {
+        cmd.arg("--no-default-features");
+    }
+    let features: Vec<&str> = features
+        .iter()
+        .copied()
+        .filter(|f| *f != "no-default")
+        .collect();
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    let status = cmd.status().expect("run cargo build for a module");
+    assert!(status.success(), "building module {key} failed");
+    let so = target_dir().join(format!("e2e/{key}.so"));
+    std::fs::copy(target.join(format!("debug/lib{krate}.so")), &so).unwrap();
+    drop(lock);
+    built.insert(key, so.clone());
+    so
+}
+
+/// Compiles a C fixture from `tests/fixtures` into a shared library.
+pub fn c_fixture_so(name: &str) -> PathBuf {
+    let out = target_dir().join("e2e/fixtures");
+    std::fs::create_dir_all(&out).unwrap();
+    let so = out.join(format!("{name}.so"));
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(workspace().join(format!("tests/fixtures/{name}.c")))
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "compiling fixture {name} failed");
+    so
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A temporary site.
+pub struct Site {
+    dir: tempfile::TempDir,
+    ports: HashMap<String, u16>,
+}
+
+/// What a `cage` command printed and returned.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Site {
+    /// A site with no cages yet.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["cages", "config", "modules"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Site {
+            dir,
+            ports: HashMap::new(),
+        }
+    }
+
+    /// The site directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds cage `name` serving `modules` on a free loopback port, with `extra` lines.
+    pub fn cage(&mut self, name: &str, modules: &[&str], extra: &str) -> &mut Self {
+        let port = free_port();
+        self.ports.insert(name.to_owned(), port);
+        let modules: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
+        let body = format!(
+            "listen = \"127.0.0.1:{port}\"\nmodules = [{}]\nreload_debounce = \"100ms\"\nrescan_interval = \"500ms\"\n{extra}",
+            modules.join(", ")
+        );
+        self.write(&format!("cages/{name}.toml"), &body);
+        self
+    }
+
+    /// Writes a file of the site.
+    pub fn write(&self, rel: &str, body: &str) {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+
+    /// Where module `name`'s library goes.
+    pub fn module_path(&self, name: &str) -> PathBuf {
+        self.path().join(format!("modules/lib{name}.so"))
+    }
+
+    /// Copies `so` over module `name`'s file in place, like `cp`.
+    pub fn install(&self, name: &str, so: &Path) {
+        std::fs::copy(so, self.module_path(name)).unwrap();
+    }
+
+    /// Puts `so` in place of module `name` by atomic rename, like `mv` from the same disk.
+    pub fn install_atomic(&self, name: &str, so: &Path) {
+        let tmp = self.path().join(format!("modules/.lib{name}.so.tmp"));
+        std::fs::copy(so, &tmp).unwrap();
+        std::fs::rename(&tmp, self.module_path(name)).unwrap();
+    }
+
+    /// Writes raw bytes as module `name`'s file.
+    pub fn install_bytes(&self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.module_path(name), bytes).unwrap();
+    }
+
+    /// Runs `cage ARGS` in this site and waits for it.
+    pub fn cage_cmd(&self, args: &[&str]) -> Run {
+        Command::new(cage_bin())
+            .args(args)
+            .arg("--site")
+            .arg(self.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+            .into()
+    }
+
+    /// `cage call CAGE TARGET ARGS`.
+    pub fn call(&self, cage: &str, target: &str, args: &str) -> Run {
+        self.cage_cmd(&["call", cage, target, args])
+    }
+
+    /// Starts `cage run NAME` and waits until it answers.
+    pub fn start(&self, name: &str) -> RunningCage {
+        let log = self.path().join(format!("{name}.log"));
+        let child = Command::new(cage_bin())
+            .args(["run", name, "--site"])
+            .arg(self.path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.ports[name]).parse().unwrap();
+        let mut cage = RunningCage {
+            name: name.to_owned(),
+            child,
+            log,
+            addr,
+        };
+        let started = Instant::now();
+        loop {
+            let route = CageRoute::single(addr, Duration::from_secs(1));
+            if let Ok(mut c) = Client::connect(name, &route) {
+                if c.ping(Duration::from_secs(1)).is_ok() {
+                    return cage;
+                }
+            }
+            if let Ok(Some(status)) = cage.child.try_wait() {
+                panic!(
+                    "cage {name} exited with {status} while starting:\n{}",
+                    cage.log()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "cage {name} did not start:\n{}",
+                cage.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A `cage run` process; killed when dropped.
+pub struct RunningCage {
+    /// Its name.
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+    addr: SocketAddr,
+}
+
+impl RunningCage {
+    /// Everything the cage logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for RunningCage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `limit`.
+pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
