@@ -27,16 +27,7 @@ fn copy_in_place_swaps_and_in_flight_call_finishes_on_old_code() {
     let cage = site.start("front");
     assert_eq!(shout(&site), r#""HI""#);
 
-    let in_flight = {
-        let path = site.path().to_owned();
-        std::thread::spawn(move || {
-            std::process::Command::new(support::cage_bin())
-                .args(["call", "front", "echo.sleep", r#"{"ms": 2500}"#, "--site"])
-                .arg(path)
-                .output()
-                .unwrap()
-        })
-    };
+    let in_flight = site.call_in_background("front", "echo.sleep", r#"{"ms": 2500}"#);
     std::thread::sleep(Duration::from_millis(300));
 
     site.install("echo", &v2);
@@ -51,8 +42,8 @@ fn copy_in_place_swaps_and_in_flight_call_finishes_on_old_code() {
     assert_eq!(loaded_copies(&site), 2);
 
     let out = in_flight.join().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
         v["build"], "v1",
         "the in-flight call must finish on the code it started on"

@@ -218,6 +218,29 @@ impl Site {
         self.cage_cmd(&["call", cage, target, args])
     }
 
+    /// `cage call CAGE TARGET ARGS` on another thread, for a call that stays in flight.
+    pub fn call_in_background(
+        &self,
+        cage: &str,
+        target: &str,
+        args: &str,
+    ) -> std::thread::JoinHandle<Run> {
+        let (path, args) = (
+            self.path().to_owned(),
+            [cage.to_owned(), target.to_owned(), args.to_owned()],
+        );
+        std::thread::spawn(move || {
+            Command::new(cage_bin())
+                .arg("call")
+                .args(&args)
+                .arg("--site")
+                .arg(path)
+                .output()
+                .unwrap()
+                .into()
+        })
+    }
+
     /// Starts `cage run NAME` and waits until it answers.
     pub fn start(&self, name: &str) -> RunningCage {
         let log = self.path().join(format!("{name}.log"));

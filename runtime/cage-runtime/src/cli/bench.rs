@@ -1,6 +1,6 @@
 //! `cage bench`: measure a running cage. `rpc` gives sync call latency percentiles and rate.
 
-use super::exit;
+use super::{exit, target};
 use cage_runtime::config::{CageRoute, ConfigError, Site};
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{new_call_id, CallRequest};
@@ -84,18 +84,13 @@ fn rpc(
     clients: usize,
     json: bool,
 ) -> ExitCode {
-    let Some((module, method)) = target.split_once('.') else {
-        return exit::fail(
-            exit::for_kind(ErrorKind::BadArguments),
-            format!("target {target:?} is not MODULE.METHOD"),
-        );
+    let (module, method) = match target::split(target) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
-    let route = match site.execute_on().and_then(|e| site.route(&e, cage)) {
+    let route = match target::route(site, cage) {
         Ok(r) => r,
-        Err(e @ ConfigError::NoSuchCage { .. }) => {
-            return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e)
-        }
-        Err(e) => return exit::fail(exit::CONFIG, e),
+        Err(code) => return code,
     };
     let request = CallRequest {
         call_id: String::new(),

@@ -1,6 +1,6 @@
 //! `cage call CAGE MODULE.METHOD 'JSON'`: one synchronous call, result as JSON on stdout.
 
-use super::exit;
+use super::{exit, target};
 use cage_runtime::config::{ConfigError, Site};
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{new_call_id, CallFailure, CallRequest};
@@ -9,14 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn call(site: &Site, cage: &str, target: &str, args: &str, timeout: Duration) -> ExitCode {
-    let Some((module, method)) = target
-        .split_once('.')
-        .filter(|(m, f)| !m.is_empty() && !f.is_empty())
-    else {
-        return exit::fail(
-            exit::for_kind(ErrorKind::BadArguments),
-            format!("target {target:?} is not MODULE.METHOD (e.g. echo.shout)"),
-        );
+    let (module, method) = match target::split(target) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     if let Err(e) = serde_json::from_str::<serde_json::Value>(args) {
         return exit::fail(
@@ -24,12 +19,9 @@ pub fn call(site: &Site, cage: &str, target: &str, args: &str, timeout: Duration
             format!("arguments for {cage} {target} are not JSON: {e}"),
         );
     }
-    let route = match site.execute_on().and_then(|e| site.route(&e, cage)) {
+    let route = match target::route(site, cage) {
         Ok(r) => r,
-        Err(e @ ConfigError::NoSuchCage { .. }) => {
-            return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e)
-        }
-        Err(e) => return exit::fail(exit::CONFIG, e),
+        Err(code) => return code,
     };
     let request = CallRequest {
         call_id: new_call_id("cli"),

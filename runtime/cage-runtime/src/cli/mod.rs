@@ -5,6 +5,7 @@ mod call;
 mod exit;
 mod modules;
 mod run;
+mod target;
 
 use cage_runtime::config::Site;
 use clap::{Parser, Subcommand, ValueEnum};

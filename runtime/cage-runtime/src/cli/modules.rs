@@ -1,6 +1,6 @@
 //! `cage modules CAGE`: what a running cage serves, as a table or JSON.
 
-use super::exit;
+use super::{exit, target};
 use cage_runtime::config::{ConfigError, Site};
 use cage_runtime::transport::client::Client;
 use cage_sdk::ErrorKind;
@@ -25,12 +25,9 @@ fn ago(ms: Option<u64>) -> String {
 }
 
 pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
-    let route = match site.execute_on().and_then(|e| site.route(&e, cage)) {
+    let route = match target::route(site, cage) {
         Ok(r) => r,
-        Err(e @ ConfigError::NoSuchCage { .. }) => {
-            return exit::fail(exit::for_kind(ErrorKind::UnknownCage), e)
-        }
-        Err(e) => return exit::fail(exit::CONFIG, e),
+        Err(code) => return code,
     };
     let list = match Client::connect(cage, &route).and_then(|mut c| c.modules(TIMEOUT)) {
         Ok(list) => list,

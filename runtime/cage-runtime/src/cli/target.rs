@@ -1,0 +1,29 @@
+//! Resolving what a command addresses: a cage's route and a `MODULE.METHOD` target.
+
+use super::exit;
+use cage_runtime::config::{CageRoute, ConfigError, Site};
+use cage_sdk::ErrorKind;
+use std::process::ExitCode;
+
+/// Splits `MODULE.METHOD`, or fails with the bad-arguments exit code.
+pub fn split(target: &str) -> Result<(&str, &str), ExitCode> {
+    target
+        .split_once('.')
+        .filter(|(m, f)| !m.is_empty() && !f.is_empty())
+        .ok_or_else(|| {
+            exit::fail(
+                exit::for_kind(ErrorKind::BadArguments),
+                format!("target {target:?} is not MODULE.METHOD (e.g. echo.shout)"),
+            )
+        })
+}
+
+/// How to reach `cage`, or fails with the unknown-cage or config exit code.
+pub fn route(site: &Site, cage: &str) -> Result<CageRoute, ExitCode> {
+    site.execute_on()
+        .and_then(|e| site.route(&e, cage))
+        .map_err(|e| match e {
+            ConfigError::NoSuchCage { .. } => exit::fail(exit::for_kind(ErrorKind::UnknownCage), e),
+            e => exit::fail(exit::CONFIG, e),
+        })
+}
