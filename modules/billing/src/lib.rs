@@ -24,7 +24,7 @@ struct Receipt {
 }
 
 fn charge(ctx: &Ctx, args: Charge) -> Result<Receipt, CallError> {
-    if cfg!(feature = "rounding-bug") && args.cents % 100 == 0 {
+    if cfg!(feature = "rounding-bug") && args.cents.is_multiple_of(100) {
         return Err(CallError::new(format!(
             "cannot round {} cents for {} (billing {VERSION} has the rounding bug; rebuild without feature `rounding-bug`)",
             args.cents, args.customer

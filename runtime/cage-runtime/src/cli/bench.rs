@@ -1,10 +1,9 @@
 //! `cage bench`: measure a running cage. `rpc` gives sync call latency percentiles and rate.
 
 use super::{exit, target};
-use cage_runtime::config::{CageRoute, ConfigError, Site};
+use cage_runtime::config::{CageRoute, Site};
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{new_call_id, CallRequest};
-use cage_sdk::ErrorKind;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use indicatif::{ProgressBar, ProgressStyle};

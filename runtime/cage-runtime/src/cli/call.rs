@@ -1,7 +1,7 @@
 //! `cage call CAGE MODULE.METHOD 'JSON'`: one synchronous call, result as JSON on stdout.
 
 use super::{exit, target};
-use cage_runtime::config::{ConfigError, Site};
+use cage_runtime::config::Site;
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{new_call_id, CallFailure, CallRequest};
 use cage_sdk::ErrorKind;

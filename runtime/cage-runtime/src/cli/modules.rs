@@ -1,9 +1,8 @@
 //! `cage modules CAGE`: what a running cage serves, as a table or JSON.
 
 use super::{exit, target};
-use cage_runtime::config::{ConfigError, Site};
+use cage_runtime::config::Site;
 use cage_runtime::transport::client::Client;
-use cage_sdk::ErrorKind;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The cages demo on a fresh clone: build the example modules, start the demo cage on loopback,
+# make calls (a result, a panic, a module bug), then fix the bug by dropping a rebuilt module
+# into modules/ while the cage keeps running.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ cage %s\n' "$*"; "$cage" "$@" || printf '(exit code %s)\n' "$?"; }
+
+step "Building the cage binary and the example modules (cargo build)"
+cargo build -p cage-runtime -p echo -p billing
+cage=target/debug/cage
+cp target/debug/libecho.so target/debug/libbilling.so modules/
+
+step "Starting cage demo (cages/demo.toml, 127.0.0.1:7401); its log goes to data/demo.log"
+mkdir -p data
+"$cage" run demo 2>data/demo.log &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+    "$cage" modules demo >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { cat data/demo.log; echo "cage demo exited"; exit 1; }
+    sleep 0.1
+done
+show modules demo
+
+step "Sync calls"
+show call demo echo.shout '"hello, cages"'
+show call demo echo.echo '{"order": 42}'
+show call demo echo.boom '"a deliberate panic"'
+show call demo billing.charge '{"customer": "ann", "cents": 500}'
+
+step "Fixing billing: rebuild it without the rounding bug and drop it into modules/"
+cargo build -p billing --no-default-features --target-dir target/demo-fixed
+cp target/demo-fixed/debug/libbilling.so modules/libbilling.so
+for _ in $(seq 100); do
+    "$cage" call demo billing.charge '{"customer": "ann", "cents": 500}' >/dev/null 2>&1 && break
+    sleep 0.1
+done
+show call demo billing.charge '{"customer": "ann", "cents": 500}'
+show modules demo
+
+step "What the cage logged"
+grep -E 'loaded version|swapped in|rejected' data/demo.log || true
+
+# Put the shipped build back so the next run of the demo shows the bug again.
+cp target/debug/libbilling.so modules/libbilling.so
+step "Done: the cage served the fix without a restart"
