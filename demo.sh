@@ -15,6 +15,10 @@ cp target/debug/libecho.so target/debug/libbilling.so modules/
 
 step "Starting cage demo (cages/demo.toml, 127.0.0.1:7401); its log goes to data/demo.log"
 mkdir -p data
+if "$cage" modules demo >/dev/null 2>&1; then
+    echo "a cage is already answering as demo on 127.0.0.1:7401; stop it first (it is not this demo's)"
+    exit 1
+fi
 "$cage" run demo 2>data/demo.log &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT

@@ -3,7 +3,7 @@
 use super::{exit, target};
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::Client;
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,18 +43,22 @@ pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header([
-        "MODULE",
-        "VERSION",
-        "SHA256",
-        "LOADED",
-        "METHODS",
-        "LAST LOAD ERROR",
-    ]);
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header([
+            "MODULE",
+            "VERSION",
+            "SHA256",
+            "LOADED",
+            "METHODS",
+            "LAST LOAD ERROR",
+        ]);
     for m in &list {
+        // An error older than the loaded version was superseded by it; `--json` still has it.
         let error = match (&m.last_error, m.last_error_at_ms) {
-            (Some(e), at) => format!("{} ({})", e, ago(at)),
-            (None, _) => "-".into(),
+            (Some(e), at) if at >= m.loaded_at_ms => format!("{} ({})", e, ago(at)),
+            _ => "-".into(),
         };
         let version = match (&m.version, m.draining_versions) {
             (Some(v), 0) => v.clone(),
