@@ -299,6 +299,31 @@ impl RunningCage {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Process id of the cage.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Private module copies the cage process has mapped now (from /proc/PID/maps).
+    pub fn mapped_module_copies(&self) -> Vec<String> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap_or_default();
+        let mut copies: Vec<String> = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .filter(|p| p.contains("/loaded-modules/"))
+            .map(str::to_owned)
+            .collect();
+        copies.sort();
+        copies.dedup();
+        copies
+    }
+
+    /// Asks the cage to stop (SIGTERM) and waits for it to exit; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

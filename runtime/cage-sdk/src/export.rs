@@ -8,7 +8,44 @@ use crate::error::{CallError, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::{catch_unwind, AssertUnwindSafe, PanicHookInfo};
+use std::sync::{Mutex, Once};
+
+/// Panic messages seen by this module's hook and the places they were raised, newest last.
+///
+/// The hook cannot hand the location to `dispatch` through a thread-local (that would pin the
+/// library in memory), so `dispatch` looks its panic up here by message.
+static PANIC_PLACES: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+/// Panics remembered at most; older ones are forgotten.
+const PANIC_PLACES_KEPT: usize = 64;
+static INSTALL_HOOK: Once = Once::new();
+
+/// Replaces std's default panic hook for this module (each cdylib has its own std, so this does
+/// not touch the cage or other modules). The default hook asks for the current thread's handle,
+/// which registers a thread-local destructor: after that `dlclose` can never unmap the library,
+/// and every hot reload of a module that once panicked would leak the old version.
+fn install_panic_hook() {
+    INSTALL_HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info: &PanicHookInfo<'_>| {
+            let place = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+                .unwrap_or_else(|| "unknown place".to_owned());
+            let mut places = PANIC_PLACES.lock().unwrap_or_else(|p| p.into_inner());
+            if places.len() >= PANIC_PLACES_KEPT {
+                places.remove(0);
+            }
+            places.push((panic_message(info.payload()), place));
+        }));
+    });
+}
+
+/// Where the panic with `message` was raised, if the hook saw it.
+fn take_panic_place(message: &str) -> Option<String> {
+    let mut places = PANIC_PLACES.lock().unwrap_or_else(|p| p.into_inner());
+    let i = places.iter().rposition(|(m, _)| m == message)?;
+    Some(places.remove(i).1)
+}
 
 /// What one method call produced, before it crosses the boundary.
 #[derive(Debug)]
@@ -107,6 +144,7 @@ pub unsafe fn dispatch(
     out: *mut OwnedBytes,
     route: impl FnOnce(&Ctx, &str, &[u8]) -> Outcome,
 ) -> u32 {
+    install_panic_hook();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: the cage keeps the context and views alive for the call.
         let ctx = unsafe { Ctx::from_raw(host) };
@@ -120,10 +158,11 @@ pub unsafe fn dispatch(
             // Dropping a payload can itself panic; leak it rather than risk unwinding across FFI.
             let message = panic_message(&*payload);
             std::mem::forget(payload);
-            Outcome::error(&CallError::with_kind(
-                ErrorKind::Panic,
-                format!("panic: {message}"),
-            ))
+            let text = match take_panic_place(&message) {
+                Some(place) => format!("panic: {message} (at {place})"),
+                None => format!("panic: {message}"),
+            };
+            Outcome::error(&CallError::with_kind(ErrorKind::Panic, text))
         }
     };
     // SAFETY: the cage passes a writable slot.

@@ -1,40 +1,16 @@
-//! `cage bench`: measure a running cage. `rpc` gives sync call latency percentiles and rate.
+//! `cage bench rpc`: sync call latency percentiles and calls/s against a running cage.
 
-use super::{exit, target};
+use super::percentile_us;
+use crate::cli::{exit, target};
 use cage_runtime::config::{CageRoute, Site};
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{new_call_id, CallRequest};
-use clap::Subcommand;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-#[derive(Subcommand)]
-pub enum Scenario {
-    /// Sync call latency (p50/p90/p99/p99.9) and calls/s against a running cage.
-    Rpc {
-        /// The cage to call.
-        cage: String,
-        /// MODULE.METHOD to call.
-        #[arg(long, default_value = "echo.shout")]
-        target: String,
-        /// JSON arguments of every call.
-        #[arg(long, default_value = "\"ping\"")]
-        args: String,
-        /// Calls in all, after warm-up.
-        #[arg(long, default_value_t = 20_000)]
-        calls: usize,
-        /// Concurrent callers, each on its own connection.
-        #[arg(long, default_value_t = 1)]
-        clients: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 #[derive(Serialize)]
 struct RpcReport {
@@ -53,28 +29,7 @@ struct RpcReport {
     max_us: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
-}
-
-pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
-    match scenario {
-        Scenario::Rpc {
-            cage,
-            target,
-            args,
-            calls,
-            clients,
-            json,
-        } => rpc(site, &cage, &target, &args, calls, clients.max(1), json),
-    }
-}
-
-fn rpc(
+pub fn rpc(
     site: &Site,
     cage: &str,
     target: &str,
@@ -159,10 +114,10 @@ fn rpc(
         failures,
         seconds: elapsed.as_secs_f64(),
         calls_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50_us: percentile(&latencies, 0.50),
-        p90_us: percentile(&latencies, 0.90),
-        p99_us: percentile(&latencies, 0.99),
-        p999_us: percentile(&latencies, 0.999),
+        p50_us: percentile_us(&latencies, 0.50),
+        p90_us: percentile_us(&latencies, 0.90),
+        p99_us: percentile_us(&latencies, 0.99),
+        p999_us: percentile_us(&latencies, 0.999),
         max_us: latencies
             .last()
             .map(|d| d.as_secs_f64() * 1e6)
