@@ -44,12 +44,21 @@ fn a_module_that_panicked_is_still_unmapped_after_a_swap() {
     assert_eq!(before.len(), 1, "{before:?}");
 
     let run = site.call("front", "echo.boom", r#""once""#);
-    assert!(run.stderr.contains("panic: once (at modules/echo/src/lib.rs:"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("panic: once (at modules/echo/src/lib.rs:"),
+        "{}",
+        run.stderr
+    );
 
     site.install_atomic("echo", &module_so("echo", &["v2"]));
-    let after = support::eventually(std::time::Duration::from_secs(20), "only the new copy stays mapped", || {
-        let now = cage.mapped_module_copies();
-        (now.len() == 1 && now != before).then_some(now)
-    });
+    let after = support::eventually(
+        std::time::Duration::from_secs(20),
+        "only the new copy stays mapped",
+        || {
+            let now = cage.mapped_module_copies();
+            (now.len() == 1 && now != before).then_some(now)
+        },
+    );
     assert!(!after.contains(&before[0]), "{after:?}");
 }

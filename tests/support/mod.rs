@@ -306,7 +306,8 @@ impl RunningCage {
 
     /// Private module copies the cage process has mapped now (from /proc/PID/maps).
     pub fn mapped_module_copies(&self) -> Vec<String> {
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap_or_default();
+        let maps =
+            std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap_or_default();
         let mut copies: Vec<String> = maps
             .lines()
             .filter_map(|l| l.split_whitespace().nth(5))

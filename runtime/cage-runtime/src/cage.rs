@@ -2,16 +2,16 @@
 //! listener actors, serve until told to stop.
 
 use crate::config::{CageConfig, ConfigError, Site};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Load};
 use crate::executor::CallExecutor;
 use crate::host::HostEnv;
 use crate::registry::ModuleRegistry;
-use crate::transport::server::{Limits, Listener};
-use actix::Actor;
+use crate::transport::server::{Limits, Listener, StopListening};
+use actix::{Actor, Addr};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why a cage could not start.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,7 @@ impl PreparedCage {
     }
 
     /// Starts the actors on the current actix system; returns once they are running.
-    pub fn start(self) -> Result<(), StartError> {
+    pub fn start(self) -> Result<CageHandle, StartError> {
         let c = &self.config;
         let started = Instant::now();
         let registry = ModuleRegistry::new(
@@ -111,12 +111,14 @@ impl PreparedCage {
                 source,
             })?
             .start();
+        let load = Arc::new(Load::default());
         let dispatcher = Dispatcher {
             cage: c.name.clone(),
             registry,
             executor,
             default_timeout: c.call_timeout,
             started,
+            load: load.clone(),
         };
         self.socket
             .set_nonblocking(true)
@@ -139,8 +141,38 @@ impl PreparedCage {
             max_connections: c.max_connections,
             idle_timeout: c.idle_timeout,
         };
-        Listener::new(socket, dispatcher, limits).start();
+        let listener = Listener::new(socket, dispatcher, limits).start();
         tracing::info!(cage = %c.name, "listening on {}, serving {} with {} executor threads", c.listen, c.modules.join(", "), c.executor_threads);
-        Ok(())
+        Ok(CageHandle {
+            name: c.name.clone(),
+            listener,
+            load,
+            grace: c.shutdown_grace,
+        })
+    }
+}
+
+/// A started cage, to stop gracefully.
+pub struct CageHandle {
+    name: String,
+    listener: Addr<Listener>,
+    load: Arc<Load>,
+    grace: Duration,
+}
+
+impl CageHandle {
+    /// Stops taking calls and waits up to the cage's `shutdown_grace` for calls under way;
+    /// returns how many were still running when it gave up.
+    pub async fn shutdown(self) -> usize {
+        self.load.drain();
+        let _ = self.listener.send(StopListening).await;
+        let deadline = Instant::now() + self.grace;
+        if self.load.in_flight() > 0 {
+            tracing::info!(cage = %self.name, "waiting up to {} for {} call(s) under way", humantime::format_duration(self.grace), self.load.in_flight());
+        }
+        while self.load.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.load.in_flight()
     }
 }

@@ -8,8 +8,45 @@ use crate::transport::protocol::{
 };
 use actix::Addr;
 use cage_sdk::{CallError, ErrorKind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
+
+/// Calls under way and whether new ones are still taken, shared by every connection.
+#[derive(Default)]
+pub struct Load {
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl Load {
+    /// Calls being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Refuse new calls from now on; calls under way go on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}
+
+/// Counts one call as in flight for as long as it lives.
+struct InFlight<'a>(&'a Load);
+
+impl<'a> InFlight<'a> {
+    fn enter(load: &'a Load) -> Self {
+        load.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(load)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Everything needed to answer requests for one cage.
 #[derive(Clone)]
@@ -24,6 +61,8 @@ pub struct Dispatcher {
     pub default_timeout: Duration,
     /// When the cage started.
     pub started: Instant,
+    /// Calls under way, and whether the cage is draining.
+    pub load: Arc<Load>,
 }
 
 impl Dispatcher {
@@ -67,6 +106,13 @@ impl Dispatcher {
 
     async fn run(&self, call: &CallRequest) -> Result<Vec<u8>, CallError> {
         let gone = |_| CallError::with_kind(ErrorKind::Refused, "cage is shutting down");
+        let _counted = InFlight::enter(&self.load);
+        if self.load.draining.load(Ordering::Acquire) {
+            return Err(CallError::with_kind(
+                ErrorKind::Refused,
+                "cage is shutting down; call again once it is back",
+            ));
+        }
         let timeout = match call.timeout_ms {
             0 => self.default_timeout,
             ms => Duration::from_millis(ms),

@@ -2,7 +2,7 @@
 //!
 //! A module is a `cdylib` whose methods are plain Rust functions over serde types:
 //!
-//! ```ignore
+//! ```no_run
 //! use cage_sdk::{export_module, CallError, Ctx};
 //!
 //! fn shout(_ctx: &Ctx, text: String) -> Result<String, CallError> {

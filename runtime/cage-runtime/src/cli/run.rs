@@ -13,9 +13,16 @@ pub fn run(site: &Site, name: &str) -> ExitCode {
     };
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
-        prepared.start()?;
+        let cage = prepared.start()?;
         wait_for_stop().await;
-        tracing::info!(cage = name, "stopping");
+        tracing::info!(cage = name, "stopping: no new calls are taken");
+        match cage.shutdown().await {
+            0 => tracing::info!(cage = name, "stopped"),
+            n => tracing::warn!(
+                cage = name,
+                "stopped with {n} call(s) still running (shutdown_grace ran out)"
+            ),
+        }
         Ok::<_, StartError>(())
     });
     match result {

@@ -25,6 +25,8 @@ impl CageFileDefaults {
     pub const MAX_CONNECTIONS: usize = 1024;
     /// A connection with no request for this long is closed.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// How long a stopping cage waits for calls under way.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 }
 
 #[derive(Deserialize)]
@@ -45,6 +47,8 @@ struct RawCageFile {
     max_connections: Option<Spanned<usize>>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
 }
 
 /// A validated cage file.
@@ -74,6 +78,8 @@ pub struct CageConfig {
     pub max_connections: usize,
     /// A connection with no request for this long is closed.
     pub idle_timeout: Duration,
+    /// How long a stopping cage waits for calls under way.
+    pub shutdown_grace: Duration,
 }
 
 /// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
@@ -171,6 +177,9 @@ impl CageConfig {
                 CageFileDefaults::MAX_CONNECTIONS,
             )?,
             idle_timeout: raw.idle_timeout.unwrap_or(CageFileDefaults::IDLE_TIMEOUT),
+            shutdown_grace: raw
+                .shutdown_grace
+                .unwrap_or(CageFileDefaults::SHUTDOWN_GRACE),
         })
     }
 }

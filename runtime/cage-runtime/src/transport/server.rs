@@ -49,6 +49,19 @@ impl Listener {
     }
 }
 
+/// Stop accepting connections; the listening socket closes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopListening;
+
+impl Handler<StopListening> for Listener {
+    type Result = ();
+
+    fn handle(&mut self, _: StopListening, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 /// An accepted connection.
 #[derive(Message)]
 #[rtype(result = "()")]
