@@ -9,6 +9,7 @@
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
+//! - [`retry_policy`]: when a failed queued call runs next (pure functions of the policy).
 //! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
 //!
 //! A sync call's path: client frame → [`transport::server`] → [`dispatch::Dispatcher`] →
@@ -22,4 +23,5 @@ pub mod executor;
 pub mod host;
 pub mod loader;
 pub mod registry;
+pub mod retry_policy;
 pub mod transport;

@@ -5,6 +5,7 @@ mod call;
 mod exit;
 mod modules;
 mod run;
+mod schedule;
 mod target;
 
 use cage_runtime::config::Site;
@@ -61,6 +62,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the retry schedule the current config implies for a queue (no jitter).
+    Schedule {
+        /// The queue.
+        #[arg(long, default_value = "retry")]
+        queue: String,
+        /// Print JSON: one {"attempt", "delay_secs", "at_secs"} object per attempt.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure a running cage.
     Bench {
         #[command(subcommand)]
@@ -96,6 +106,7 @@ pub fn main() -> ExitCode {
             timeout,
         } => call::call(&site, &cage, &target, &args, timeout),
         Command::Modules { cage, json } => modules::modules(&site, &cage, json),
+        Command::Schedule { queue, json } => schedule::schedule(&site, &queue, json),
         Command::Bench { scenario } => bench::bench(&site, scenario),
     }
 }
