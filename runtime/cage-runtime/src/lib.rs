@@ -7,6 +7,7 @@
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
 //! - [`executor`]: the actor in front of the worker threads that run module code.
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
+//! - [`queue`]: the durable queue (sled): pending calls, due index, dead letters, history.
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
 //! - [`retry_policy`]: when a failed queued call runs next (pure functions of the policy).
@@ -22,6 +23,7 @@ pub mod dispatch;
 pub mod executor;
 pub mod host;
 pub mod loader;
+pub mod queue;
 pub mod registry;
 pub mod retry_policy;
 pub mod transport;

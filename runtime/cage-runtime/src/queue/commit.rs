@@ -1,0 +1,169 @@
+//! Group commit: writers ask for durability and wait; one thread runs a flush for everyone
+//! waiting, so many concurrent enqueues share one disk sync.
+//!
+//! sled's `flush` writes with `sync_file_range`, which survives a process crash but does not
+//! empty the device's write cache; with `fdatasync` on (the default) each flush is followed by an
+//! `fdatasync` of sled's data file, which does, so an acknowledged call also survives power loss.
+
+use super::QueueError;
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::sync::oneshot;
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+#[derive(Default)]
+struct State {
+    waiters: Vec<Waiter>,
+    nudged: bool,
+    stopping: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    flushes: AtomicU64,
+}
+
+/// The group-commit thread of one queue database.
+pub struct GroupCommit {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GroupCommit {
+    /// Starts committing `db` (stored in `dir`); with `fdatasync`, each flush also syncs the
+    /// data file to the device.
+    pub fn start(db: sled::Db, dir: &Path, fdatasync: bool) -> Result<Self, QueueError> {
+        let data = if fdatasync {
+            Some(File::open(dir.join("db")).map_err(|e| {
+                QueueError::Flush(format!("open {}/db for fdatasync: {e}", dir.display()))
+            })?)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            flushes: AtomicU64::new(0),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("cage-commit".into())
+            .spawn(move || run(&worker, &db, data.as_ref()))
+            .map_err(|e| QueueError::Flush(format!("cannot start the commit thread: {e}")))?;
+        Ok(GroupCommit {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Resolves once everything written before this call is durable.
+    pub fn durable(&self) -> impl std::future::Future<Output = Result<(), QueueError>> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.waiters.push(tx);
+        }
+        self.shared.wake.notify_one();
+        async move {
+            match rx.await {
+                Ok(r) => r.map_err(QueueError::Flush),
+                Err(_) => Err(QueueError::Flush("the commit thread stopped".into())),
+            }
+        }
+    }
+
+    /// Asks for a flush soon without waiting for it (for changes nobody is acknowledged on).
+    pub fn nudge(&self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .nudged = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// Flushes done so far.
+    pub fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Relaxed)
+    }
+}
+
+fn run(shared: &Shared, db: &sled::Db, data: Option<&File>) {
+    loop {
+        let batch = {
+            let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            while s.waiters.is_empty() && !s.nudged && !s.stopping {
+                s = shared.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+            }
+            if s.stopping && s.waiters.is_empty() && !s.nudged {
+                return;
+            }
+            s.nudged = false;
+            std::mem::take(&mut s.waiters)
+        };
+        // Writers that arrive while this flush runs wait for the next one: their writes may
+        // have missed this flush, so acknowledging them now could lose them.
+        let result = db
+            .flush()
+            .map_err(|e| format!("sled flush: {e}"))
+            .and_then(|_| {
+                data.map_or(Ok(()), |f| {
+                    f.sync_data().map_err(|e| format!("fdatasync: {e}"))
+                })
+            });
+        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            tracing::error!(
+                "queue flush failed, {} waiting writer(s) get an error: {e}",
+                batch.len()
+            );
+        }
+        for w in batch {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopping = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_writers_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let commit = GroupCommit::start(db.clone(), dir.path(), true).unwrap();
+        let mut waits = Vec::new();
+        for i in 0..200u32 {
+            db.insert(i.to_be_bytes(), &[1u8][..]).unwrap();
+            waits.push(commit.durable());
+        }
+        for w in waits {
+            w.await.unwrap();
+        }
+        assert!(commit.flushes() >= 1);
+        assert!(
+            commit.flushes() < 200,
+            "writers waiting together share flushes: {}",
+            commit.flushes()
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! Byte layout of the queue tree. One tree, one prefix byte per kind of entry; times are
+//! big-endian so that key order is time order.
+
+/// `c` + id → pending call record.
+pub const CALL: u8 = b'c';
+/// `d` + due ms + inverted priority + id → queue name: the schedule, in due order.
+pub const DUE: u8 = b'd';
+/// `x` + id → dead call record.
+pub const DEAD: u8 = b'x';
+/// `h` + id → history of an accepted call (for deduplication).
+pub const HISTORY: u8 = b'h';
+/// `t` + expiry ms + id → (): when history entries expire, in time order.
+pub const EXPIRY: u8 = b't';
+/// `k` + target + 0 + queue + 0 + key → id: idempotency keys.
+pub const IDEMPOTENCY: u8 = b'k';
+
+/// `prefix` followed by `id`.
+pub fn with_id(prefix: u8, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(prefix);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Higher priorities sort first: flip the sign bit (order-preserving) then invert.
+fn priority_rank(priority: i32) -> u32 {
+    !((priority as u32) ^ 0x8000_0000)
+}
+
+/// The due-index key of a call.
+pub fn due(at_ms: u64, priority: i32, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(13 + id.len());
+    k.push(DUE);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&priority_rank(priority).to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Splits a due-index key into (due ms, priority, id).
+pub fn parse_due(key: &[u8]) -> Option<(u64, i32, String)> {
+    if key.len() < 13 || key[0] != DUE {
+        return None;
+    }
+    let at = u64::from_be_bytes(key[1..9].try_into().ok()?);
+    let rank = u32::from_be_bytes(key[9..13].try_into().ok()?);
+    let priority = ((!rank) ^ 0x8000_0000) as i32;
+    Some((at, priority, String::from_utf8(key[13..].to_vec()).ok()?))
+}
+
+/// The expiry-index key of a history entry.
+pub fn expiry(at_ms: u64, id: &str) -> Vec<u8> {
+    let mut k = vec![EXPIRY];
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Splits an expiry key into (expiry ms, id).
+pub fn parse_expiry(key: &[u8]) -> Option<(u64, String)> {
+    if key.len() < 9 || key[0] != EXPIRY {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(key[1..9].try_into().ok()?),
+        String::from_utf8(key[9..].to_vec()).ok()?,
+    ))
+}
+
+/// The idempotency-key entry of (`target`, `queue`, `key`).
+pub fn idempotency(target: &str, queue: &str, key: &str) -> Vec<u8> {
+    let mut k = vec![IDEMPOTENCY];
+    for part in [target, queue] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_keys_order_by_time_then_priority_descending() {
+        let mut keys = [
+            due(20, 0, "a"),
+            due(10, -5, "b"),
+            due(10, 7, "c"),
+            due(10, 0, "d"),
+            due(10, i32::MIN, "e"),
+            due(10, i32::MAX, "f"),
+        ];
+        keys.sort();
+        let ids: Vec<String> = keys.iter().map(|k| parse_due(k).unwrap().2).collect();
+        assert_eq!(ids, vec!["f", "c", "d", "b", "e", "a"]);
+        assert_eq!(parse_due(&due(10, -5, "b")), Some((10, -5, "b".into())));
+    }
+
+    #[test]
+    fn expiry_round_trips() {
+        assert_eq!(parse_expiry(&expiry(99, "x-1")), Some((99, "x-1".into())));
+        assert_eq!(parse_expiry(b"t"), None);
+    }
+}

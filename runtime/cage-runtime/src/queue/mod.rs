@@ -1,0 +1,43 @@
+//! The durable queue of one cage: calls held until accepted (source side) or executed (target
+//! side), in sled, with a due-time index, dead letters and the history used to deduplicate.
+//!
+//! - [`record`]: what is stored (call, stage, attempts).
+//! - [`keys`]: the byte layout of the one sled tree (prefix per kind, big-endian times).
+//! - [`store`]: operations on it; every multi-key change is one atomic batch.
+//! - [`commit`]: group commit: a flush plus `fdatasync` shared by every waiting writer.
+//!
+//! The queue knows nothing of modules or the network: the scheduler asks it for due calls and
+//! tells it how attempts ended.
+
+pub mod commit;
+mod keys;
+pub mod record;
+pub mod store;
+
+pub use commit::GroupCommit;
+pub use record::{Attempt, CallRecord, QueuedCall, Stage};
+pub use store::{Acceptance, DueCall, QueueStore};
+
+/// Why the queue could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The sled database failed.
+    #[error("queue database {path}: {source}")]
+    Storage {
+        /// The database directory.
+        path: String,
+        /// The sled error.
+        source: sled::Error,
+    },
+    /// A stored record does not decode (corruption or an incompatible version).
+    #[error("queue record {key} does not decode: {source}")]
+    Corrupt {
+        /// The record's key, printable.
+        key: String,
+        /// The decode error.
+        source: postcard::Error,
+    },
+    /// Flushing to disk failed: nothing written since the last good flush is durable.
+    #[error("cannot make the queue durable: {0}")]
+    Flush(String),
+}

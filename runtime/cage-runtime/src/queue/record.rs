@@ -1,0 +1,103 @@
+//! What the queue stores: a queued call, its place in the two-hop journey, its attempts.
+
+use serde::{Deserialize, Serialize};
+
+/// A call as enqueued: where it goes, what it runs, and how it is queued.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct QueuedCall {
+    /// Unique id, assigned by the cage that took the enqueue.
+    pub id: String,
+    /// Cage that took the enqueue.
+    pub source: String,
+    /// Cage that executes the call.
+    pub target: String,
+    /// Module to call.
+    pub module: String,
+    /// Method of that module.
+    pub method: String,
+    /// JSON arguments.
+    pub args: Vec<u8>,
+    /// Queue whose retry policy applies.
+    pub queue: String,
+    /// Among due calls of a queue, higher runs first.
+    pub priority: i32,
+    /// Idempotency key: a second call with the same key (same target, same queue) is a duplicate.
+    pub key: Option<String>,
+    /// When the source cage took it (ms since the epoch).
+    pub enqueued_at_ms: u64,
+}
+
+/// Where a call is on its way: held by its source until the target accepts it, then executed.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// On the source cage: to be handed to the target cage.
+    Deliver,
+    /// On the target cage: to be run by the local module.
+    Execute,
+}
+
+impl Stage {
+    /// Short name for tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Deliver => "deliver",
+            Stage::Execute => "execute",
+        }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Attempt {
+    /// 1-based attempt number within the stage.
+    pub number: u32,
+    /// When it started (ms since the epoch).
+    pub started_ms: u64,
+    /// How long it ran (µs).
+    pub duration_us: u64,
+    /// `None` for success, else the error text.
+    pub error: Option<String>,
+    /// Module version that ran it (execute stage), if known.
+    pub module_version: Option<String>,
+}
+
+/// A call in a cage's queue, pending or dead.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CallRecord {
+    /// The call.
+    pub call: QueuedCall,
+    /// Its stage on this cage.
+    pub stage: Stage,
+    /// Attempts so far on this cage, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// When the next attempt is due (ms since the epoch).
+    pub next_at_ms: u64,
+    /// Start of the give-up window: the enqueue, or the last revive.
+    pub window_start_ms: u64,
+    /// Why it is dead, if it is.
+    pub dead_reason: Option<String>,
+}
+
+impl CallRecord {
+    /// A new pending record due at once.
+    pub fn new(call: QueuedCall, stage: Stage, now_ms: u64) -> Self {
+        CallRecord {
+            stage,
+            attempts: Vec::new(),
+            next_at_ms: now_ms,
+            window_start_ms: now_ms,
+            dead_reason: None,
+            call,
+        }
+    }
+
+    /// Number of the next attempt.
+    pub fn next_attempt(&self) -> u32 {
+        self.attempts.len() as u32 + 1
+    }
+
+    /// Error text of the latest attempt, if it failed.
+    pub fn last_error(&self) -> Option<&str> {
+        self.attempts.last().and_then(|a| a.error.as_deref())
+    }
+}

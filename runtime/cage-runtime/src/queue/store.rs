@@ -1,0 +1,491 @@
+//! [`QueueStore`]: the operations on a cage's queue tree. Every change that touches several
+//! keys is one `apply_batch`, so a crash leaves either the old state or the new one. Nothing
+//! here flushes: durability is [`super::GroupCommit`]'s job, asked for by the caller.
+
+use super::keys::{self, CALL, DEAD, DUE, EXPIRY};
+use super::record::{CallRecord, Stage};
+use super::QueueError;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Cache sled may use; bounded so a million pending calls do not mean a million in memory.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A call whose next attempt is due, as the due index lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueCall {
+    /// The call id.
+    pub id: String,
+    /// Its queue.
+    pub queue: String,
+    /// Its priority.
+    pub priority: i32,
+    /// When it became due (ms since the epoch).
+    pub due_ms: u64,
+}
+
+/// What the target did with an offered call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acceptance {
+    /// Stored; it will run here.
+    Accepted,
+    /// This id was accepted before (a re-send after a lost acknowledgement).
+    AlreadyAccepted,
+    /// Another call with the same idempotency key was accepted; its id.
+    DuplicateKey(String),
+}
+
+/// What the target remembers of an accepted call, to refuse it a second time.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct History {
+    accepted_ms: u64,
+    expires_ms: u64,
+    key: Option<Vec<u8>>,
+}
+
+/// A cage's queue, in one sled tree.
+pub struct QueueStore {
+    path: PathBuf,
+    db: sled::Db,
+}
+
+fn decode<T: for<'a> Deserialize<'a>>(key: &[u8], bytes: &[u8]) -> Result<T, QueueError> {
+    postcard::from_bytes(bytes).map_err(|source| QueueError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding plain structs into a Vec cannot fail.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+impl QueueStore {
+    /// Opens (or creates) the queue database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, QueueError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|source| QueueError::Storage {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        Ok(QueueStore {
+            path: dir.to_owned(),
+            db,
+        })
+    }
+
+    /// The sled database, for group commit.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: sled::Error) -> QueueError {
+        QueueError::Storage {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn apply(&self, batch: sled::Batch) -> Result<(), QueueError> {
+        self.db.apply_batch(batch).map_err(|e| self.err(e))
+    }
+
+    fn due_key(r: &CallRecord) -> Vec<u8> {
+        keys::due(r.next_at_ms, r.call.priority, &r.call.id)
+    }
+
+    /// Stores a new pending call and schedules it.
+    pub fn insert(&self, record: &CallRecord) -> Result<(), QueueError> {
+        let mut b = sled::Batch::default();
+        b.insert(keys::with_id(CALL, &record.call.id), encode(record));
+        b.insert(Self::due_key(record), record.call.queue.as_bytes());
+        self.apply(b)
+    }
+
+    /// Stores an offered call for execution here unless it, or its idempotency key, was
+    /// accepted before; history is kept until `expires_ms`.
+    pub fn accept(
+        &self,
+        record: &CallRecord,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<Acceptance, QueueError> {
+        let id = &record.call.id;
+        if self
+            .db
+            .contains_key(keys::with_id(keys::HISTORY, id))
+            .map_err(|e| self.err(e))?
+        {
+            return Ok(Acceptance::AlreadyAccepted);
+        }
+        let key = record
+            .call
+            .key
+            .as_ref()
+            .map(|k| keys::idempotency(&record.call.target, &record.call.queue, k));
+        if let Some(k) = &key {
+            if let Some(owner) = self.db.get(k).map_err(|e| self.err(e))? {
+                return Ok(Acceptance::DuplicateKey(
+                    String::from_utf8_lossy(&owner).into_owned(),
+                ));
+            }
+        }
+        let mut b = sled::Batch::default();
+        b.insert(keys::with_id(CALL, id), encode(record));
+        b.insert(Self::due_key(record), record.call.queue.as_bytes());
+        b.insert(
+            keys::with_id(keys::HISTORY, id),
+            encode(&History {
+                accepted_ms: now_ms,
+                expires_ms,
+                key: key.clone(),
+            }),
+        );
+        b.insert(keys::expiry(expires_ms, id), &[][..]);
+        if let Some(k) = key {
+            b.insert(k, id.as_bytes());
+        }
+        self.apply(b)?;
+        Ok(Acceptance::Accepted)
+    }
+
+    /// The pending record of `id`.
+    pub fn get(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
+        let key = keys::with_id(CALL, id);
+        match self.db.get(&key).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(decode(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The dead record of `id`.
+    pub fn get_dead(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
+        let key = keys::with_id(DEAD, id);
+        match self.db.get(&key).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(decode(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces pending record `old` by `new` (same id), moving its place in the schedule.
+    pub fn update(&self, old: &CallRecord, new: &CallRecord) -> Result<(), QueueError> {
+        let mut b = sled::Batch::default();
+        b.remove(Self::due_key(old));
+        b.insert(keys::with_id(CALL, &new.call.id), encode(new));
+        b.insert(Self::due_key(new), new.call.queue.as_bytes());
+        self.apply(b)
+    }
+
+    /// Removes a pending call that is done with on this cage (executed, or accepted by its target).
+    pub fn finish(&self, record: &CallRecord) -> Result<(), QueueError> {
+        let mut b = sled::Batch::default();
+        b.remove(Self::due_key(record));
+        b.remove(keys::with_id(CALL, &record.call.id));
+        self.apply(b)
+    }
+
+    /// Moves pending `old` to dead letters as `dead` (which carries the reason).
+    pub fn bury(&self, old: &CallRecord, dead: &CallRecord) -> Result<(), QueueError> {
+        let mut b = sled::Batch::default();
+        b.remove(Self::due_key(old));
+        b.remove(keys::with_id(CALL, &old.call.id));
+        b.insert(keys::with_id(DEAD, &dead.call.id), encode(dead));
+        self.apply(b)
+    }
+
+    /// Moves dead call `id` back to pending, due at `now_ms` with a fresh give-up window.
+    pub fn revive(&self, id: &str, now_ms: u64) -> Result<Option<CallRecord>, QueueError> {
+        let Some(mut record) = self.get_dead(id)? else {
+            return Ok(None);
+        };
+        record.dead_reason = None;
+        record.next_at_ms = now_ms;
+        record.window_start_ms = now_ms;
+        let mut b = sled::Batch::default();
+        b.remove(keys::with_id(DEAD, id));
+        b.insert(keys::with_id(CALL, id), encode(&record));
+        b.insert(Self::due_key(&record), record.call.queue.as_bytes());
+        self.apply(b)?;
+        Ok(Some(record))
+    }
+
+    /// Removes call `id`, pending or dead; returns what it was.
+    pub fn cancel(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
+        if let Some(record) = self.get(id)? {
+            self.finish(&record)?;
+            return Ok(Some(record));
+        }
+        if let Some(record) = self.get_dead(id)? {
+            self.db
+                .remove(keys::with_id(DEAD, id))
+                .map_err(|e| self.err(e))?;
+            return Ok(Some(record));
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` calls due at or before `now_ms`, earliest first (higher priority first at
+    /// equal times).
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueCall>, QueueError> {
+        let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}");
+        let mut out = Vec::new();
+        for item in self.db.range(vec![DUE]..end).take(limit) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Some((due_ms, priority, id)) = keys::parse_due(&k) {
+                out.push(DueCall {
+                    id,
+                    queue: String::from_utf8_lossy(&v).into_owned(),
+                    priority,
+                    due_ms,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the earliest scheduled call is due, if any is.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, QueueError> {
+        match self.db.scan_prefix([DUE]).next() {
+            Some(item) => {
+                Ok(keys::parse_due(&item.map_err(|e| self.err(e))?.0).map(|(at, _, _)| at))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn scan(
+        &self,
+        prefix: u8,
+        keep: &dyn Fn(&CallRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<CallRecord>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([prefix]) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let record: CallRecord = decode(&k, &v)?;
+            if keep(&record) {
+                out.push(record);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pending calls that `keep` selects, at most `limit`.
+    pub fn pending(
+        &self,
+        keep: &dyn Fn(&CallRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<CallRecord>, QueueError> {
+        self.scan(CALL, keep, limit)
+    }
+
+    /// Dead calls that `keep` selects, at most `limit`.
+    pub fn dead(
+        &self,
+        keep: &dyn Fn(&CallRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<CallRecord>, QueueError> {
+        self.scan(DEAD, keep, limit)
+    }
+
+    /// Number of (pending, dead) calls.
+    pub fn counts(&self) -> (usize, usize) {
+        (
+            self.db.scan_prefix([CALL]).count(),
+            self.db.scan_prefix([DEAD]).count(),
+        )
+    }
+
+    /// Drops history entries that expired by `now_ms` (at most `limit`), so their ids and keys
+    /// could be accepted again; entries of calls still pending here are looked at again
+    /// `recheck_ms` later. Returns how many were dropped.
+    pub fn expire_history(
+        &self,
+        now_ms: u64,
+        recheck_ms: u64,
+        limit: usize,
+    ) -> Result<usize, QueueError> {
+        let end = keys::expiry(now_ms, "\u{10FFFF}");
+        let mut expired = 0;
+        for item in self.db.range(vec![EXPIRY]..end).take(limit) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let Some((_, id)) = keys::parse_expiry(&k) else {
+                continue;
+            };
+            let mut b = sled::Batch::default();
+            b.remove(k.clone());
+            if self
+                .db
+                .contains_key(keys::with_id(CALL, &id))
+                .map_err(|e| self.err(e))?
+            {
+                // Still pending: its history must outlive it.
+                b.insert(
+                    keys::expiry(now_ms.saturating_add(recheck_ms), &id),
+                    &[][..],
+                );
+                self.apply(b)?;
+                continue;
+            }
+            let hkey = keys::with_id(keys::HISTORY, &id);
+            if let Some(h) = self.db.get(&hkey).map_err(|e| self.err(e))? {
+                let h: History = decode(&hkey, &h)?;
+                if let Some(key) = h.key {
+                    b.remove(key);
+                }
+            }
+            b.remove(hkey);
+            self.apply(b)?;
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// Stage of the pending call `id`, if it is pending.
+    pub fn stage_of(&self, id: &str) -> Result<Option<Stage>, QueueError> {
+        Ok(self.get(id)?.map(|r| r.stage))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::record::QueuedCall;
+
+    fn call(id: &str, priority: i32, key: Option<&str>) -> QueuedCall {
+        QueuedCall {
+            id: id.into(),
+            source: "a".into(),
+            target: "b".into(),
+            module: "m".into(),
+            method: "f".into(),
+            args: b"null".to_vec(),
+            queue: "retry".into(),
+            priority,
+            key: key.map(Into::into),
+            enqueued_at_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn due_lists_only_what_is_due_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        let mut late = CallRecord::new(call("late", 0, None), Stage::Execute, 5000);
+        s.insert(&CallRecord::new(call("low", 0, None), Stage::Execute, 1000))
+            .unwrap();
+        s.insert(&CallRecord::new(
+            call("high", 9, None),
+            Stage::Execute,
+            1000,
+        ))
+        .unwrap();
+        s.insert(&late).unwrap();
+        let ids: Vec<String> = s.due(2000, 10).unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec!["high", "low"]);
+        assert_eq!(s.next_due_ms().unwrap(), Some(1000));
+
+        let old = late.clone();
+        late.next_at_ms = 1500;
+        s.update(&old, &late).unwrap();
+        assert_eq!(s.due(2000, 10).unwrap().len(), 3);
+        assert_eq!(s.counts(), (3, 0));
+    }
+
+    #[test]
+    fn accept_deduplicates_by_id_and_key_until_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        let r = CallRecord::new(call("c1", 0, Some("order-7")), Stage::Execute, 1000);
+        assert_eq!(s.accept(&r, 1000, 9000).unwrap(), Acceptance::Accepted);
+        assert_eq!(
+            s.accept(&r, 1100, 9000).unwrap(),
+            Acceptance::AlreadyAccepted
+        );
+        let other = CallRecord::new(call("c2", 0, Some("order-7")), Stage::Execute, 1000);
+        assert_eq!(
+            s.accept(&other, 1200, 9000).unwrap(),
+            Acceptance::DuplicateKey("c1".into())
+        );
+
+        // Pending calls keep their history past expiry; finished ones lose it.
+        assert_eq!(s.expire_history(10_000, 50_000, 100).unwrap(), 0);
+        s.finish(&r).unwrap();
+        s.accept(
+            &CallRecord::new(call("c3", 0, None), Stage::Execute, 1000),
+            1000,
+            9000,
+        )
+        .unwrap();
+        s.finish(&s.get("c3").unwrap().unwrap()).unwrap();
+        // c3 expires now; c1 was pushed back to 60 000 while it was pending.
+        assert_eq!(s.expire_history(10_000, 50_000, 100).unwrap(), 1);
+        assert_eq!(
+            s.accept(&other, 11_000, 20_000).unwrap(),
+            Acceptance::DuplicateKey("c1".into())
+        );
+        assert_eq!(s.expire_history(60_000, 50_000, 100).unwrap(), 1);
+        assert_eq!(
+            s.accept(&other, 61_000, 90_000).unwrap(),
+            Acceptance::Accepted
+        );
+    }
+
+    #[test]
+    fn bury_revive_and_cancel() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        let r = CallRecord::new(call("c1", 0, None), Stage::Execute, 1000);
+        s.insert(&r).unwrap();
+        let mut dead = r.clone();
+        dead.dead_reason = Some("gave up".into());
+        s.bury(&r, &dead).unwrap();
+        assert_eq!(s.counts(), (0, 1));
+        assert!(s.due(u64::MAX - 1, 10).unwrap().is_empty());
+
+        let revived = s.revive("c1", 7000).unwrap().unwrap();
+        assert_eq!(
+            (
+                revived.next_at_ms,
+                revived.window_start_ms,
+                revived.dead_reason
+            ),
+            (7000, 7000, None)
+        );
+        assert_eq!(s.due(7000, 10).unwrap().len(), 1);
+        assert!(s.cancel("c1").unwrap().is_some());
+        assert_eq!(s.counts(), (0, 0));
+        assert!(s.cancel("c1").unwrap().is_none());
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = QueueStore::open(dir.path()).unwrap();
+            s.insert(&CallRecord::new(
+                call("keep", 3, None),
+                Stage::Deliver,
+                1000,
+            ))
+            .unwrap();
+            s.db().flush().unwrap();
+        }
+        let s = QueueStore::open(dir.path()).unwrap();
+        let r = s.get("keep").unwrap().unwrap();
+        assert_eq!((r.stage, r.call.priority), (Stage::Deliver, 3));
+        assert_eq!(s.due(1000, 10).unwrap()[0].id, "keep");
+    }
+}
