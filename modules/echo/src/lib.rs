@@ -77,8 +77,38 @@ fn forward(ctx: &Ctx, args: Forward) -> Result<Value, CallError> {
     )
 }
 
+#[derive(Deserialize)]
+struct Append {
+    file: String,
+    #[serde(default)]
+    sleep_ms: u64,
+}
+
+/// Appends `call_id attempt` to a file: a visible, countable effect for queue tests.
+fn append(ctx: &Ctx, args: Append) -> Result<(), CallError> {
+    use std::io::Write;
+    std::thread::sleep(Duration::from_millis(args.sleep_ms));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.file)
+        .map_err(|e| CallError::new(format!("cannot open {}: {e}", args.file)))?;
+    writeln!(f, "{} {}", ctx.call_id(), ctx.attempt())
+        .map_err(|e| CallError::new(format!("cannot write {}: {e}", args.file)))
+}
+
+/// Refuses for good: the queue moves the call to dead letters at once.
+fn refuse(_ctx: &Ctx, reason: String) -> Result<(), CallError> {
+    Err(CallError::permanent(reason))
+}
+
+/// Queues a call on behalf of the module and returns its id.
+fn relay(ctx: &Ctx, args: Forward) -> Result<String, CallError> {
+    ctx.enqueue(&args.cage, &args.target, &args.args)
+}
+
 export_module! {
     name: "echo",
     version: VERSION,
-    methods: [echo, shout, sleep, version, boom, forward],
+    methods: [echo, shout, sleep, version, boom, forward, append, refuse, relay],
 }

@@ -2,10 +2,13 @@
 //! listener actors, serve until told to stop.
 
 use crate::config::{CageConfig, ConfigError, Site};
+use crate::delivery::Delivery;
 use crate::dispatch::{Dispatcher, Load};
 use crate::executor::CallExecutor;
 use crate::host::HostEnv;
+use crate::queue::{GroupCommit, QueueStore};
 use crate::registry::ModuleRegistry;
+use crate::scheduler::{Pause, Scheduler};
 use crate::transport::server::{Limits, Listener, StopListening};
 use actix::{Actor, Addr};
 use std::net::SocketAddr;
@@ -41,6 +44,16 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// The durable queue could not be opened.
+    #[error(
+        "cage {cage}: cannot open its queue: {source} (is another process running this cage?)"
+    )]
+    Queue {
+        /// The cage.
+        cage: String,
+        /// The error.
+        source: crate::queue::QueueError,
+    },
     /// Executor threads could not be started.
     #[error("cage {cage}: cannot start executor threads: {source}")]
     Executor {
@@ -56,6 +69,8 @@ pub struct PreparedCage {
     config: CageConfig,
     env: Arc<HostEnv>,
     socket: std::net::TcpListener,
+    store: Arc<QueueStore>,
+    commit: Arc<GroupCommit>,
 }
 
 impl PreparedCage {
@@ -75,15 +90,28 @@ impl PreparedCage {
                 file: config.path.clone(),
                 source,
             })?;
+        let queue_dir = config.data_dir.join("queue");
+        let queue_error = |source| StartError::Queue {
+            cage: name.to_owned(),
+            source,
+        };
+        let store = Arc::new(QueueStore::open(&queue_dir).map_err(queue_error)?);
+        let commit = Arc::new(
+            GroupCommit::start(store.db().clone(), &queue_dir, config.fdatasync)
+                .map_err(queue_error)?,
+        );
         let env = Arc::new(HostEnv {
             cage: name.to_owned(),
             site: site.clone(),
             execute_on,
+            listen: config.listen,
         });
         Ok(PreparedCage {
             config,
             env,
             socket,
+            store,
+            commit,
         })
     }
 
@@ -111,11 +139,26 @@ impl PreparedCage {
                 source,
             })?
             .start();
+        let delivery = Arc::new(Delivery::new(
+            self.env.site.clone(),
+            self.env.execute_on.clone(),
+        ));
+        let scheduler = Scheduler::new(
+            &c.name,
+            self.store.clone(),
+            self.commit.clone(),
+            self.env.execute_on.clone(),
+            registry.clone(),
+            executor.clone(),
+            delivery,
+        )
+        .start();
         let load = Arc::new(Load::default());
         let dispatcher = Dispatcher {
             cage: c.name.clone(),
             registry,
             executor,
+            scheduler: scheduler.clone(),
             default_timeout: c.call_timeout,
             started,
             load: load.clone(),
@@ -146,6 +189,8 @@ impl PreparedCage {
         Ok(CageHandle {
             name: c.name.clone(),
             listener,
+            scheduler,
+            store: self.store.clone(),
             load,
             grace: c.shutdown_grace,
         })
@@ -156,6 +201,8 @@ impl PreparedCage {
 pub struct CageHandle {
     name: String,
     listener: Addr<Listener>,
+    scheduler: Addr<Scheduler>,
+    store: Arc<QueueStore>,
     load: Arc<Load>,
     grace: Duration,
 }
@@ -166,12 +213,17 @@ impl CageHandle {
     pub async fn shutdown(self) -> usize {
         self.load.drain();
         let _ = self.listener.send(StopListening).await;
+        let _ = self.scheduler.send(Pause).await;
         let deadline = Instant::now() + self.grace;
         if self.load.in_flight() > 0 {
             tracing::info!(cage = %self.name, "waiting up to {} for {} call(s) under way", humantime::format_duration(self.grace), self.load.in_flight());
         }
         while self.load.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Outcomes recorded since the last group commit: make them durable before exiting.
+        if let Err(e) = self.store.db().flush() {
+            tracing::error!(cage = %self.name, "final queue flush failed: {e}");
         }
         self.load.in_flight()
     }

@@ -3,6 +3,7 @@
 
 use crate::executor::{CallExecutor, Execute};
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
+use crate::scheduler::{Accept, Enqueue, Query, Scheduler};
 use crate::transport::protocol::{
     new_call_id, CageInfo, CallFailure, CallRequest, Request, Response,
 };
@@ -57,6 +58,8 @@ pub struct Dispatcher {
     pub registry: Addr<ModuleRegistry>,
     /// The call executor.
     pub executor: Addr<CallExecutor>,
+    /// The durable queue's scheduler.
+    pub scheduler: Addr<Scheduler>,
     /// Limit for calls that do not name one.
     pub default_timeout: Duration,
     /// When the cage started.
@@ -73,6 +76,44 @@ impl Dispatcher {
             Request::Modules => match self.registry.send(ListModules).await {
                 Ok(list) => Response::Modules(list),
                 Err(_) => Response::Modules(Vec::new()),
+            },
+            Request::Enqueue(request) => {
+                if self.load.draining.load(Ordering::Acquire) {
+                    return Response::Error(format!(
+                        "cage {} is shutting down; enqueue again once it is back",
+                        self.cage
+                    ));
+                }
+                let (target, module, method) = (
+                    request.target.clone(),
+                    request.module.clone(),
+                    request.method.clone(),
+                );
+                match self.scheduler.send(Enqueue(request)).await {
+                    Ok(Ok((id, duplicate_of))) => Response::Enqueued { id, duplicate_of },
+                    Ok(Err(error)) => Response::Failed(CallFailure {
+                        cage: target,
+                        module,
+                        method,
+                        call_id: String::new(),
+                        error,
+                    }),
+                    Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+                }
+            }
+            Request::Accept(call) => {
+                if self.load.draining.load(Ordering::Acquire) {
+                    return Response::Error(format!("cage {} is shutting down", self.cage));
+                }
+                match self.scheduler.send(Accept(call)).await {
+                    Ok(Ok(duplicate_of)) => Response::Accepted { duplicate_of },
+                    Ok(Err(e)) => Response::Error(e.to_string()),
+                    Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+                }
+            }
+            Request::Queue(query) => match self.scheduler.send(Query(query)).await {
+                Ok(answer) => answer,
+                Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
             },
             Request::Ping => Response::Pong(CageInfo {
                 cage: self.cage.clone(),
@@ -143,6 +184,7 @@ impl Dispatcher {
                 method: call.method.clone(),
                 args: call.args.clone(),
                 deadline,
+                attempt: 1,
             })
             .await
             .map_err(gone)??;

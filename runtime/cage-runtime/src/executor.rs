@@ -30,6 +30,8 @@ pub struct Execute {
     pub args: Vec<u8>,
     /// A call still waiting for a worker at this instant is not started.
     pub deadline: Instant,
+    /// Attempt number, as the module's `ctx.attempt()` reports it.
+    pub attempt: u32,
 }
 
 struct Job {
@@ -64,7 +66,7 @@ impl CallExecutor {
 
 fn run_job(env: &HostEnv, job: Job) {
     let Job { call, reply } = job;
-    let span = tracing::info_span!("call", call_id = %call.call_id, cage = %env.cage, module = %call.module.name, method = %call.method);
+    let span = tracing::info_span!("call", call_id = %call.call_id, cage = %env.cage, module = %call.module.name, method = %call.method, attempt = call.attempt);
     let _entered = span.enter();
     if reply.is_closed() || Instant::now() >= call.deadline {
         tracing::warn!("not started: its caller stopped waiting while it queued for a worker");
@@ -75,7 +77,13 @@ fn run_job(env: &HostEnv, job: Job) {
         return;
     }
     let started = Instant::now();
-    let result = env.run(&call.module, &call.call_id, &call.method, &call.args);
+    let result = env.run(
+        &call.module,
+        &call.call_id,
+        &call.method,
+        &call.args,
+        call.attempt,
+    );
     match &result {
         Ok(_) => {
             tracing::debug!(version = %call.module.version, elapsed = ?started.elapsed(), "call done")

@@ -3,8 +3,8 @@
 
 use crate::config::{ExecuteOn, Site};
 use crate::loader::LoadedModule;
-use crate::transport::client::Client;
-use crate::transport::protocol::{new_call_id, CallFailure, CallRequest};
+use crate::transport::client::{Client, ClientError};
+use crate::transport::protocol::{new_call_id, CallFailure, CallRequest, EnqueueRequest};
 use cage_sdk::abi::{self, Bytes, HostContext, OwnedBytes};
 use cage_sdk::{CallError, ErrorKind};
 use std::ffi::c_void;
@@ -19,6 +19,8 @@ pub struct HostEnv {
     pub site: Site,
     /// Where other cages are.
     pub execute_on: ExecuteOn,
+    /// This cage's own address, for enqueues made by its modules.
+    pub listen: std::net::SocketAddr,
 }
 
 /// One call's identity, passed to callbacks through `HostContext::data`.
@@ -37,6 +39,7 @@ impl HostEnv {
         call_id: &str,
         method: &str,
         args: &[u8],
+        attempt: u32,
     ) -> Result<Vec<u8>, CallError> {
         let scope = CallScope {
             env: self,
@@ -55,6 +58,8 @@ impl HostEnv {
             log: host_log,
             call: host_call,
             free: cage_sdk::export::free_bytes,
+            attempt,
+            enqueue: host_enqueue,
         };
         module.call(&ctx, method, args)
     }
@@ -97,6 +102,39 @@ impl HostEnv {
             args: args.to_vec(),
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         })
+    }
+}
+
+impl HostEnv {
+    /// Queues a call through this cage's own queue on behalf of call `parent`; returns its id.
+    pub fn enqueue(
+        &self,
+        request: cage_sdk::ctx::EnqueueRequest,
+        parent: &str,
+    ) -> Result<String, CallError> {
+        let route = crate::config::CageRoute::single(
+            self.listen,
+            crate::config::CageFileDefaults::CALL_TIMEOUT,
+        );
+        let target = format!("{}.{}", request.module, request.method);
+        let mut client =
+            Client::connect(&self.cage, &route).map_err(ClientError::into_call_error)?;
+        let (id, _) = client
+            .enqueue(
+                EnqueueRequest {
+                    target: request.cage.clone(),
+                    module: request.module,
+                    method: request.method,
+                    args: serde_json::to_vec(&request.args).unwrap_or_default(),
+                    queue: request.queue,
+                    priority: request.priority,
+                    key: request.key,
+                },
+                Duration::from_secs(30),
+            )
+            .map_err(ClientError::into_call_error)?;
+        tracing::debug!(parent, child = %id, cage = %request.cage, target, "module queued a call");
+        Ok(id)
     }
 }
 
@@ -158,6 +196,42 @@ unsafe extern "C" fn host_call(
             serde_json::to_vec(&CallError::with_kind(
                 ErrorKind::Internal,
                 "the cage failed while making the call",
+            ))
+            .unwrap_or_default(),
+        ),
+    };
+    // SAFETY: the module passes a writable slot and frees it with our `free`.
+    unsafe { out.write(OwnedBytes::from_vec(bytes)) };
+    status
+}
+
+/// # Safety
+/// As the ABI's `HostEnqueueFn`: `data` is a running call's scope, `request` live, `out` writable.
+unsafe extern "C" fn host_enqueue(
+    data: *const c_void,
+    request: Bytes,
+    out: *mut OwnedBytes,
+) -> u32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host set `data` to the scope of the call that is running this callback.
+        let scope = unsafe { &*(data as *const CallScope) };
+        // SAFETY: the module passes a live view.
+        let request = unsafe { request.as_slice() };
+        let request: cage_sdk::ctx::EnqueueRequest = serde_json::from_slice(request)
+            .map_err(|e| CallError::bad_arguments(format!("enqueue request: {e}")))?;
+        scope.env.enqueue(request, scope.call_id)
+    }));
+    let (status, bytes) = match result {
+        Ok(Ok(id)) => (abi::status::OK, serde_json::to_vec(&id).unwrap_or_default()),
+        Ok(Err(e)) => (
+            abi::status::ERROR,
+            serde_json::to_vec(&e).unwrap_or_default(),
+        ),
+        Err(_) => (
+            abi::status::ERROR,
+            serde_json::to_vec(&CallError::with_kind(
+                ErrorKind::Internal,
+                "the cage failed while queueing the call",
             ))
             .unwrap_or_default(),
         ),

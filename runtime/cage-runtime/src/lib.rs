@@ -5,6 +5,8 @@
 //! - [`cage`]: wiring of one running cage: config → actors → listener.
 //! - [`transport`]: frames on the wire, the protocol, the listener actor and a blocking client.
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
+//! - [`scheduler`]: the actor running the durable queue: due attempts, retries, dead letters.
+//! - [`delivery`]: handing queued calls to their target cages.
 //! - [`executor`]: the actor in front of the worker threads that run module code.
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
 //! - [`queue`]: the durable queue (sled): pending calls, due index, dead letters, history.
@@ -19,6 +21,7 @@
 
 pub mod cage;
 pub mod config;
+pub mod delivery;
 pub mod dispatch;
 pub mod executor;
 pub mod host;
@@ -26,4 +29,5 @@ pub mod loader;
 pub mod queue;
 pub mod registry;
 pub mod retry_policy;
+pub mod scheduler;
 pub mod transport;

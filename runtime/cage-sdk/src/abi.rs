@@ -155,6 +155,11 @@ pub type HostCallFn = unsafe extern "C" fn(
     out: *mut OwnedBytes,
 ) -> u32;
 
+/// Host callback: put a call into this cage's durable queue. `request` is a JSON
+/// [`crate::ctx::EnqueueRequest`]; `out` receives the call id as a JSON string, or a JSON error.
+pub type HostEnqueueFn =
+    unsafe extern "C" fn(data: *const c_void, request: Bytes, out: *mut OwnedBytes) -> u32;
+
 /// What a module exports through its entry symbol: identity, methods and its two functions.
 #[repr(C)]
 pub struct ModuleDescriptor {
@@ -205,6 +210,10 @@ pub struct HostContext {
     pub log: HostLogFn,
     /// Calls another cage (or this one) synchronously.
     pub call: HostCallFn,
-    /// Frees buffers the host returned through `call`.
+    /// Frees buffers the host returned through `call` and `enqueue`.
     pub free: FreeFn,
+    /// Attempt number of this call: 1 for sync calls and first attempts of queued calls.
+    pub attempt: u32,
+    /// Puts a call into this cage's durable queue.
+    pub enqueue: HostEnqueueFn,
 }

@@ -7,6 +7,46 @@ use serde::Serialize;
 use std::mem::offset_of;
 use std::time::Duration;
 
+/// How [`Ctx::enqueue_with`] queues a call.
+#[derive(Debug, Clone)]
+pub struct EnqueueOptions {
+    /// Queue whose retry policy applies (`"retry"` by default).
+    pub queue: String,
+    /// Among due calls of a queue, higher runs first.
+    pub priority: i32,
+    /// Idempotency key: a second call with the same key is taken as the first.
+    pub key: Option<String>,
+}
+
+impl Default for EnqueueOptions {
+    fn default() -> Self {
+        EnqueueOptions {
+            queue: "retry".to_owned(),
+            priority: 0,
+            key: None,
+        }
+    }
+}
+
+/// The JSON request behind the host's `enqueue` callback.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct EnqueueRequest {
+    /// Cage that executes the call.
+    pub cage: String,
+    /// Module to call.
+    pub module: String,
+    /// Method of that module.
+    pub method: String,
+    /// Arguments.
+    pub args: serde_json::Value,
+    /// Queue.
+    pub queue: String,
+    /// Priority.
+    pub priority: i32,
+    /// Idempotency key.
+    pub key: Option<String>,
+}
+
 /// Severity of a log line sent through [`Ctx::log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -71,6 +111,79 @@ impl Ctx {
     /// Id of this call, as it appears in the cage's logs and errors.
     pub fn call_id(&self) -> &str {
         self.text(self.host().call_id)
+    }
+
+    /// Attempt number of this call: 1 for a sync call or a queued call's first attempt, then 2, 3…
+    /// A module whose effects must happen once can key them on `(call_id, attempt)`.
+    pub fn attempt(&self) -> u32 {
+        if self.has_field(offset_of!(HostContext, attempt) + size_of::<u32>()) {
+            self.host().attempt
+        } else {
+            1
+        }
+    }
+
+    /// Queues `target` (`"module.method"`) on `cage` with `args` in the default queue; returns
+    /// the call id once the call is durable. It runs later, retried on failure.
+    pub fn enqueue<A: Serialize>(
+        &self,
+        cage: &str,
+        target: &str,
+        args: &A,
+    ) -> Result<String, CallError> {
+        self.enqueue_with(cage, target, args, EnqueueOptions::default())
+    }
+
+    /// [`Ctx::enqueue`] with a queue, priority and idempotency key.
+    pub fn enqueue_with<A: Serialize>(
+        &self,
+        cage: &str,
+        target: &str,
+        args: &A,
+        options: EnqueueOptions,
+    ) -> Result<String, CallError> {
+        let host = self.host();
+        if !self.has_field(offset_of!(HostContext, enqueue) + size_of::<abi::HostEnqueueFn>()) {
+            return Err(CallError::with_kind(
+                ErrorKind::Internal,
+                "this cage does not offer queued calls to modules",
+            ));
+        }
+        let (module, method) = target.split_once('.').ok_or_else(|| {
+            CallError::bad_arguments(format!("target {target:?} is not MODULE.METHOD"))
+        })?;
+        let args = serde_json::to_value(args).map_err(|e| {
+            CallError::bad_arguments(format!("cannot encode arguments for {cage} {target}: {e}"))
+        })?;
+        let request = EnqueueRequest {
+            cage: cage.to_owned(),
+            module: module.to_owned(),
+            method: method.to_owned(),
+            args,
+            queue: options.queue,
+            priority: options.priority,
+            key: options.key,
+        };
+        let request = serde_json::to_vec(&request)
+            .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))?;
+        let mut out = OwnedBytes::empty();
+        // SAFETY: the callback and views are valid for the call; `out` is written by the host.
+        let status = unsafe { (host.enqueue)(host.data, Bytes::from_slice(&request), &mut out) };
+        // SAFETY: `out` was filled by the host and is read before being handed back to it.
+        let bytes = unsafe { out.as_slice() }.to_vec();
+        // SAFETY: the host allocated `out`; only its own `free` may release it.
+        unsafe { (host.free)(out) };
+        if status == abi::status::OK {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))
+        } else {
+            Err(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                CallError::with_kind(
+                    ErrorKind::Internal,
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )
+            }))
+        }
     }
 
     /// Logs `message` through the cage's logger, tagged with this call.

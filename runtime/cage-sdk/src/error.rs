@@ -27,6 +27,8 @@ pub enum ErrorKind {
     Refused,
     /// A fault in the cage or protocol, not in the module.
     Internal,
+    /// The module refuses the call for good: a queued call goes to dead letters, not retried.
+    Permanent,
 }
 
 impl ErrorKind {
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::Unreachable => "cage unreachable",
             ErrorKind::Refused => "refused",
             ErrorKind::Internal => "internal error",
+            ErrorKind::Permanent => "permanent rejection",
         }
     }
 }
@@ -71,6 +74,11 @@ impl CallError {
             kind,
             message: message.into(),
         }
+    }
+
+    /// A refusal that no retry can change: a queued call moves straight to dead letters.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::with_kind(ErrorKind::Permanent, message)
     }
 
     /// Arguments that the method cannot accept.

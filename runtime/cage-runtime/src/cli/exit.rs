@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 /// A configuration file is wrong (the message names file, line and reason).
 pub const CONFIG: u8 = 3;
+/// The call id asked about is held by no cage.
+pub const NOT_FOUND: u8 = 4;
 /// Anything else that stopped the command.
 pub const OTHER: u8 = 1;
 
@@ -21,6 +23,7 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::Unreachable => 17,
         ErrorKind::Refused => 18,
         ErrorKind::Internal => 19,
+        ErrorKind::Permanent => 20,
     }
 }
 

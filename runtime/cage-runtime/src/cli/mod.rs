@@ -2,13 +2,19 @@
 
 mod bench;
 mod call;
+mod enqueue;
 mod exit;
 mod modules;
+mod pending;
+mod queue_view;
 mod run;
 mod schedule;
+mod show;
+mod steer;
 mod target;
 
 use cage_runtime::config::Site;
+use cage_runtime::transport::protocol::{Filter, QueueQuery};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +68,83 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Put a call into a durable queue; prints its id once it is on disk.
+    Enqueue {
+        /// The cage that executes the call.
+        cage: String,
+        /// MODULE.METHOD to call.
+        target: String,
+        /// JSON arguments.
+        #[arg(default_value = "null")]
+        args: String,
+        /// Queue whose retry policy applies.
+        #[arg(long, default_value = "retry")]
+        queue: String,
+        /// Among due calls of the queue, higher runs first.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        priority: i32,
+        /// Idempotency key: a second enqueue with the same key is the first call.
+        #[arg(long)]
+        key: Option<String>,
+        /// Hand the call to this cage, which keeps it until CAGE accepts it (default: CAGE).
+        #[arg(long)]
+        from: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List pending queued calls: target, attempts, next attempt, age, last error.
+    Pending {
+        /// Only this cage (default: every cage of the site).
+        cage: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List dead letters: calls that gave up or were rejected for good.
+    Dead {
+        /// Only this cage (default: every cage of the site).
+        cage: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one queued call: arguments and every attempt.
+    Show {
+        /// The call id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a pending call (or, with --all, every pending call that passes the filters) due now.
+    RetryNow {
+        /// The call id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every pending call that passes the filters.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this cage.
+        #[arg(long)]
+        cage: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Remove a call, pending or dead.
+    Cancel {
+        /// The call id.
+        id: String,
+    },
+    /// Move a dead call back to pending, due now, with a fresh give-up window.
+    Revive {
+        /// The call id.
+        id: String,
+    },
     /// Print the retry schedule the current config implies for a queue (no jitter).
     Schedule {
         /// The queue.
@@ -76,6 +159,30 @@ enum Command {
         #[command(subcommand)]
         scenario: bench::Scenario,
     },
+}
+
+/// Filters shared by the queue listings.
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// Only calls of this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Only calls to this module.
+    #[arg(long)]
+    module: Option<String>,
+    /// At most this many calls per cage (default 1000).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+}
+
+impl From<FilterArgs> for Filter {
+    fn from(f: FilterArgs) -> Self {
+        Filter {
+            queue: f.queue,
+            module: f.module,
+            limit: f.limit,
+        }
+    }
 }
 
 fn init_logs(format: LogFormat, default: &str) {
@@ -106,6 +213,46 @@ pub fn main() -> ExitCode {
             timeout,
         } => call::call(&site, &cage, &target, &args, timeout),
         Command::Modules { cage, json } => modules::modules(&site, &cage, json),
+        Command::Enqueue {
+            cage,
+            target,
+            args,
+            queue,
+            priority,
+            key,
+            from,
+            json,
+        } => enqueue::enqueue(
+            &site,
+            enqueue::EnqueueArgs {
+                cage: &cage,
+                target: &target,
+                args: &args,
+                queue,
+                priority,
+                key,
+                from,
+                json,
+            },
+        ),
+        Command::Pending { cage, filter, json } => {
+            pending::list(&site, cage.as_deref(), filter.into(), false, json)
+        }
+        Command::Dead { cage, filter, json } => {
+            pending::list(&site, cage.as_deref(), filter.into(), true, json)
+        }
+        Command::Show { id, json } => show::show(&site, &id, json),
+        Command::RetryNow { id: Some(id), .. } => {
+            steer::by_id(&site, &id, "retry-now", QueueQuery::RetryNow)
+        }
+        Command::RetryNow {
+            id: None,
+            cage,
+            filter,
+            ..
+        } => steer::retry_all(&site, cage.as_deref(), filter.into()),
+        Command::Cancel { id } => steer::by_id(&site, &id, "cancelled", QueueQuery::Cancel),
+        Command::Revive { id } => steer::by_id(&site, &id, "revived", QueueQuery::Revive),
         Command::Schedule { queue, json } => schedule::schedule(&site, &queue, json),
         Command::Bench { scenario } => bench::bench(&site, scenario),
     }

@@ -49,6 +49,7 @@ struct RawCageFile {
     idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
+    fdatasync: Option<bool>,
 }
 
 /// A validated cage file.
@@ -80,10 +81,12 @@ pub struct CageConfig {
     pub idle_timeout: Duration,
     /// How long a stopping cage waits for calls under way.
     pub shutdown_grace: Duration,
+    /// Follow each queue flush with `fdatasync`, so acknowledged calls survive power loss.
+    pub fdatasync: bool,
 }
 
 /// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
-pub(crate) fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -180,6 +183,7 @@ impl CageConfig {
             shutdown_grace: raw
                 .shutdown_grace
                 .unwrap_or(CageFileDefaults::SHUTDOWN_GRACE),
+            fdatasync: raw.fdatasync.unwrap_or(true),
         })
     }
 }

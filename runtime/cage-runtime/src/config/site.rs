@@ -46,6 +46,24 @@ impl Site {
         self.root.join("cages").join(format!("{name}.toml"))
     }
 
+    /// Names of the cages defined in this site (`cages/*.toml`), sorted.
+    pub fn cage_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.root.join("cages"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let p = e.path();
+                (p.extension()? == "toml")
+                    .then(|| p.file_stem()?.to_str().map(str::to_owned))
+                    .flatten()
+            })
+            .filter(|n| super::cage_file::valid_name(n))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Reads and validates the cage file of `name`.
     pub fn cage(&self, name: &str) -> Result<CageConfig, ConfigError> {
         let path = self.cage_file(name);

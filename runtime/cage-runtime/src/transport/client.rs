@@ -3,9 +3,11 @@
 
 use super::frame::{self, FrameError};
 use super::protocol::{
-    CageInfo, CallFailure, CallRequest, ModuleInfo, Request, RequestFrame, Response, ResponseFrame,
+    CageInfo, CallFailure, CallRequest, CallView, EnqueueRequest, ModuleInfo, QueueQuery, Request,
+    RequestFrame, Response, ResponseFrame,
 };
 use crate::config::CageRoute;
+use crate::queue::QueuedCall;
 use cage_sdk::{CallError, ErrorKind};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -42,6 +44,14 @@ pub enum ClientError {
         /// What went wrong.
         source: FrameError,
     },
+    /// The cage could not serve the request, and said why.
+    #[error("cage {cage}: {reason}")]
+    Rejected {
+        /// The cage.
+        cage: String,
+        /// Its explanation.
+        reason: String,
+    },
     /// The cage answered with something that does not fit the request.
     #[error("cage {cage} answered out of protocol: {what}")]
     Protocol {
@@ -58,6 +68,7 @@ impl ClientError {
         let kind = match self {
             ClientError::Unreachable { .. } => ErrorKind::Unreachable,
             ClientError::Timeout { .. } => ErrorKind::Timeout,
+            ClientError::Rejected { .. } => ErrorKind::Refused,
             ClientError::Connection { .. } | ClientError::Protocol { .. } => ErrorKind::Internal,
         };
         CallError::with_kind(kind, self.to_string())
@@ -164,6 +175,54 @@ impl Client {
         }
     }
 
+    /// Puts a call into the cage's durable queue; returns (id, id of an earlier duplicate).
+    pub fn enqueue(
+        &mut self,
+        request: EnqueueRequest,
+        timeout: Duration,
+    ) -> Result<(String, Option<String>), ClientError> {
+        match self.request(Request::Enqueue(request), timeout)? {
+            Response::Enqueued { id, duplicate_of } => Ok((id, duplicate_of)),
+            Response::Failed(f) => Err(ClientError::Rejected {
+                cage: self.cage.clone(),
+                reason: f.to_string(),
+            }),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Offers a queued call to this (target) cage; returns the id it duplicates, if any.
+    pub fn accept(
+        &mut self,
+        call: QueuedCall,
+        timeout: Duration,
+    ) -> Result<Option<String>, ClientError> {
+        match self.request(Request::Accept(call), timeout)? {
+            Response::Accepted { duplicate_of } => Ok(duplicate_of),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Asks about queued calls.
+    pub fn calls(
+        &mut self,
+        query: QueueQuery,
+        timeout: Duration,
+    ) -> Result<Vec<CallView>, ClientError> {
+        match self.request(Request::Queue(query), timeout)? {
+            Response::Calls(calls) => Ok(calls),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Gives an order about queued calls; returns how many it changed.
+    pub fn steer(&mut self, query: QueueQuery, timeout: Duration) -> Result<usize, ClientError> {
+        match self.request(Request::Queue(query), timeout)? {
+            Response::Changed(n) => Ok(n),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Lists the cage's modules.
     pub fn modules(&mut self, timeout: Duration) -> Result<Vec<ModuleInfo>, ClientError> {
         match self.request(Request::Modules, timeout)? {
@@ -186,6 +245,16 @@ impl Client {
             Response::Failed(_) => "a call failure",
             Response::Modules(_) => "a module list",
             Response::Pong(_) => "a ping answer",
+            Response::Enqueued { .. } => "an enqueue receipt",
+            Response::Accepted { .. } => "an acceptance",
+            Response::Calls(_) => "a call listing",
+            Response::Changed(_) => "a change count",
+            Response::Error(e) => {
+                return ClientError::Rejected {
+                    cage: self.cage.clone(),
+                    reason: e.clone(),
+                }
+            }
         };
         ClientError::Protocol {
             cage: self.cage.clone(),

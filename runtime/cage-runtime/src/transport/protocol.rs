@@ -1,6 +1,7 @@
 //! What frames carry: a request or response body tagged with the id that pairs them, so one
 //! connection can carry many calls at once.
 
+use crate::queue::{CallRecord, QueuedCall};
 use cage_sdk::CallError;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,83 @@ pub enum Request {
     Modules,
     /// Say who you are.
     Ping,
+    /// Take a call into the durable queue (for this cage or for another one).
+    Enqueue(EnqueueRequest),
+    /// From another cage: accept a queued call for execution here.
+    Accept(QueuedCall),
+    /// Inspect or steer the queue.
+    Queue(QueueQuery),
+}
+
+/// A call to put into the queue of the cage that receives the request.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct EnqueueRequest {
+    /// Cage that executes the call (may be the receiving cage itself).
+    pub target: String,
+    /// Module to call.
+    pub module: String,
+    /// Method of that module.
+    pub method: String,
+    /// JSON arguments.
+    pub args: Vec<u8>,
+    /// Queue whose retry policy applies.
+    pub queue: String,
+    /// Among due calls of a queue, higher runs first.
+    pub priority: i32,
+    /// Idempotency key.
+    pub key: Option<String>,
+}
+
+/// Which queued calls an operator command is about.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only calls to this module.
+    pub module: Option<String>,
+    /// At most this many (0: no limit).
+    pub limit: usize,
+}
+
+impl Filter {
+    /// Whether `record` passes the filter.
+    pub fn keeps(&self, record: &CallRecord) -> bool {
+        self.queue.as_ref().is_none_or(|q| *q == record.call.queue)
+            && self
+                .module
+                .as_ref()
+                .is_none_or(|m| *m == record.call.module)
+    }
+}
+
+/// An operator's question or order about the queue.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum QueueQuery {
+    /// Pending calls.
+    Pending(Filter),
+    /// Dead letters.
+    Dead(Filter),
+    /// One call, pending or dead.
+    Show(String),
+    /// Make one call due now.
+    RetryNow(String),
+    /// Make every pending call that passes the filter due now.
+    RetryAllNow(Filter),
+    /// Remove a call, pending or dead.
+    Cancel(String),
+    /// Move a dead call back to pending, due now.
+    Revive(String),
+}
+
+/// A queued call as an operator sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CallView {
+    /// Cage holding the record.
+    pub cage: String,
+    /// The record.
+    pub record: CallRecord,
+    /// Whether an attempt is running now.
+    pub running: bool,
 }
 
 /// A synchronous call.
@@ -61,6 +139,25 @@ pub enum Response {
     Modules(Vec<ModuleInfo>),
     /// Who the cage is.
     Pong(CageInfo),
+    /// The queue took the call; its id, and the id of an earlier call with the same key if
+    /// this one was a duplicate.
+    Enqueued {
+        /// Id of the call.
+        id: String,
+        /// Set when an earlier call with the same idempotency key stands for this one.
+        duplicate_of: Option<String>,
+    },
+    /// Answer to [`Request::Accept`].
+    Accepted {
+        /// Set when the call (or its key) was accepted before.
+        duplicate_of: Option<String>,
+    },
+    /// Queued calls.
+    Calls(Vec<CallView>),
+    /// How many calls an order changed.
+    Changed(usize),
+    /// The request could not be served.
+    Error(String),
 }
 
 /// A cage's identity, as answered to [`Request::Ping`].

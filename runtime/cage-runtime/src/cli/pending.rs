@@ -1,0 +1,97 @@
+//! `cage pending` and `cage dead`: queued calls of one cage or of the whole site.
+
+use super::queue_view::{ask, cages, next_attempt, now_ms, words};
+use cage_runtime::config::Site;
+use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
+use std::process::ExitCode;
+
+fn target_of(v: &CallView) -> String {
+    let c = &v.record.call;
+    format!("{} {}.{}", c.target, c.module, c.method)
+}
+
+/// Lists pending (`dead` false) or dead calls.
+pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: bool) -> ExitCode {
+    let mut all = Vec::new();
+    for c in cages(site, cage) {
+        let query = if dead {
+            QueueQuery::Dead(filter.clone())
+        } else {
+            QueueQuery::Pending(filter.clone())
+        };
+        match ask(site, &c, query) {
+            Ok(calls) => all.extend(calls),
+            Err(code) => return code,
+        }
+    }
+    all.sort_by_key(|v| (v.record.next_at_ms, v.record.call.enqueued_at_ms));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    if all.is_empty() {
+        println!(
+            "{}",
+            if dead {
+                "no dead calls"
+            } else {
+                "no pending calls"
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
+    let now = now_ms();
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    if dead {
+        table.set_header([
+            "ID", "HELD BY", "TARGET", "QUEUE", "ATTEMPTS", "AGE", "WHY DEAD",
+        ]);
+        for v in &all {
+            table.add_row([
+                v.record.call.id.clone(),
+                v.cage.clone(),
+                target_of(v),
+                v.record.call.queue.clone(),
+                v.record.attempts.len().to_string(),
+                words(now.saturating_sub(v.record.call.enqueued_at_ms)),
+                v.record.dead_reason.clone().unwrap_or_default(),
+            ]);
+        }
+    } else {
+        table.set_header([
+            "ID",
+            "HELD BY",
+            "STAGE",
+            "TARGET",
+            "QUEUE",
+            "ATTEMPTS",
+            "NEXT ATTEMPT",
+            "AGE",
+            "LAST ERROR",
+        ]);
+        for v in &all {
+            table.add_row([
+                v.record.call.id.clone(),
+                v.cage.clone(),
+                v.record.stage.as_str().to_owned(),
+                target_of(v),
+                v.record.call.queue.clone(),
+                v.record.attempts.len().to_string(),
+                next_attempt(v),
+                words(now.saturating_sub(v.record.call.enqueued_at_ms)),
+                v.record.last_error().unwrap_or("-").to_owned(),
+            ]);
+        }
+    }
+    println!("{table}");
+    println!(
+        "{} {} call(s)",
+        all.len(),
+        if dead { "dead" } else { "pending" }
+    );
+    ExitCode::SUCCESS
+}

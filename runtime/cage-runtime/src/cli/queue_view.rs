@@ -1,0 +1,79 @@
+//! Shared by the queue commands: asking one or all cages, and showing times in words.
+
+use super::{exit, target};
+use cage_runtime::config::Site;
+use cage_runtime::transport::client::Client;
+use cage_runtime::transport::protocol::{unix_ms, CallView, QueueQuery};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+/// How long a queue command waits for each cage.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The cages a command is about: the one named, or every cage of the site.
+pub fn cages(site: &Site, cage: Option<&str>) -> Vec<String> {
+    match cage {
+        Some(c) => vec![c.to_owned()],
+        None => site.cage_names(),
+    }
+}
+
+/// Asks `cage` a question about its queue; an unreachable cage is reported on stderr and
+/// yields nothing, so one cage down does not hide the others.
+pub fn ask(site: &Site, cage: &str, query: QueueQuery) -> Result<Vec<CallView>, ExitCode> {
+    let route = target::route(site, cage)?;
+    match Client::connect(cage, &route).and_then(|mut c| c.calls(query, TIMEOUT)) {
+        Ok(calls) => Ok(calls),
+        Err(e) => {
+            eprintln!("warning: {e}");
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Finds the cages of the site holding call `id` (its source and its target may both).
+pub fn find(site: &Site, id: &str) -> Result<Vec<CallView>, ExitCode> {
+    let mut found = Vec::new();
+    for cage in site.cage_names() {
+        found.extend(ask(site, &cage, QueueQuery::Show(id.to_owned()))?);
+    }
+    if found.is_empty() {
+        return Err(exit::fail(
+            exit::NOT_FOUND,
+            format!(
+                "no cage of the site {} holds a call {id:?} (pending or dead)",
+                site.root().display()
+            ),
+        ));
+    }
+    Ok(found)
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+/// A duration in words, to the second (to the millisecond below ten seconds).
+pub fn words(ms: u64) -> String {
+    let d = if ms < 10_000 {
+        Duration::from_millis(ms)
+    } else {
+        Duration::from_secs(ms / 1000)
+    };
+    humantime::format_duration(d).to_string()
+}
+
+/// When the next attempt of a pending call runs, in words.
+pub fn next_attempt(view: &CallView) -> String {
+    let now = now_ms();
+    if view.running {
+        "running now".into()
+    } else if view.record.dead_reason.is_some() {
+        "never (dead)".into()
+    } else if view.record.next_at_ms <= now {
+        "due now".into()
+    } else {
+        format!("in {}", words(view.record.next_at_ms - now))
+    }
+}

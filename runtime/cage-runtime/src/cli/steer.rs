@@ -1,0 +1,52 @@
+//! `cage retry-now`, `cage cancel`, `cage revive`: operator orders about queued calls.
+
+use super::exit;
+use super::queue_view::{cages, find, TIMEOUT};
+use super::target;
+use cage_runtime::config::Site;
+use cage_runtime::transport::client::Client;
+use cage_runtime::transport::protocol::{Filter, QueueQuery};
+use std::process::ExitCode;
+
+/// Gives `order` (built from the call id) to every cage holding call `id`.
+pub fn by_id(site: &Site, id: &str, what: &str, order: fn(String) -> QueueQuery) -> ExitCode {
+    let holders = match find(site, id) {
+        Ok(f) => f,
+        Err(code) => return code,
+    };
+    let mut changed = 0;
+    for v in holders {
+        changed += match steer(site, &v.cage, order(id.to_owned())) {
+            Ok(n) => n,
+            Err(code) => return code,
+        };
+    }
+    if changed == 0 {
+        return exit::fail(exit::NOT_FOUND, format!("{what}: call {id} is not in a state that allows it (pending for retry-now and cancel, dead for revive)"));
+    }
+    println!("{what}: {id}");
+    ExitCode::SUCCESS
+}
+
+/// Makes every pending call that passes `filter` due now, on one cage or the whole site.
+pub fn retry_all(site: &Site, cage: Option<&str>, filter: Filter) -> ExitCode {
+    let mut changed = 0;
+    for c in cages(site, cage) {
+        match steer(site, &c, QueueQuery::RetryAllNow(filter.clone())) {
+            Ok(n) => changed += n,
+            Err(code) => return code,
+        }
+    }
+    println!("retry-now: {changed} call(s) due now");
+    ExitCode::SUCCESS
+}
+
+fn steer(site: &Site, cage: &str, order: QueueQuery) -> Result<usize, ExitCode> {
+    let route = target::route(site, cage)?;
+    Client::connect(cage, &route)
+        .and_then(|mut c| c.steer(order, TIMEOUT))
+        .map_err(|e| {
+            let e = e.into_call_error();
+            exit::fail(exit::for_kind(e.kind), e)
+        })
+}

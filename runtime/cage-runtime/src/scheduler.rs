@@ -1,0 +1,623 @@
+//! The scheduler actor: runs one cage's durable queue. It takes enqueues and acceptances (and
+//! acknowledges them only once durable), starts due attempts within each queue's concurrency,
+//! and records how they ended: done, retried later by the queue's policy, or dead.
+//!
+//! An attempt of a call in the *deliver* stage offers it to its target cage; one in the
+//! *execute* stage runs the module here. The decisions (when next, when to give up) are
+//! [`crate::retry_policy`]'s; the storage is [`crate::queue`]'s.
+
+use crate::config::{valid_name, ExecuteOn};
+use crate::delivery::Delivery;
+use crate::executor::{CallExecutor, Execute};
+use crate::queue::{
+    Acceptance, Attempt, CallRecord, GroupCommit, QueueError, QueueStore, QueuedCall, Stage,
+};
+use crate::registry::{ModuleRegistry, Resolve};
+use crate::retry_policy::next_attempt_at;
+use crate::transport::protocol::{
+    new_call_id, unix_ms, CallView, EnqueueRequest, Filter, QueueQuery, Response,
+};
+use actix::prelude::*;
+use cage_sdk::{CallError, ErrorKind};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often due calls are looked for (also right after every enqueue and every attempt).
+const PUMP_EVERY: Duration = Duration::from_millis(10);
+/// Due calls looked at per pump.
+const DUE_BATCH: usize = 1024;
+/// How often expired deduplication history is dropped.
+const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Most calls a listing returns when the operator gives no limit.
+const DEFAULT_LISTING: usize = 1000;
+
+fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+fn storage_error(e: QueueError) -> CallError {
+    CallError::with_kind(ErrorKind::Internal, format!("queue storage: {e}"))
+}
+
+/// Put a call into this cage's queue; answers (id, earlier duplicate) once durable.
+#[derive(Message)]
+#[rtype(result = "Result<(String, Option<String>), CallError>")]
+pub struct Enqueue(pub EnqueueRequest);
+
+/// Accept a call from its source cage; answers the id it duplicates, if any, once durable.
+#[derive(Message)]
+#[rtype(result = "Result<Option<String>, CallError>")]
+pub struct Accept(pub QueuedCall);
+
+/// An operator's question or order.
+#[derive(Message)]
+#[rtype(result = "Response")]
+pub struct Query(pub QueueQuery);
+
+/// New queue policies and cage locations (the site config changed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PoliciesChanged(pub ExecuteOn);
+
+/// Stop starting attempts (the cage is stopping); running ones finish.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Pause;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AttemptDone {
+    id: String,
+    started_ms: u64,
+    duration: Duration,
+    outcome: Result<(), CallError>,
+    version: Option<String>,
+}
+
+/// The scheduler of one cage.
+pub struct Scheduler {
+    cage: String,
+    store: Arc<QueueStore>,
+    commit: Arc<GroupCommit>,
+    policies: ExecuteOn,
+    registry: Addr<ModuleRegistry>,
+    executor: Addr<CallExecutor>,
+    delivery: Arc<Delivery>,
+    running: HashMap<String, String>,
+    busy: HashMap<String, usize>,
+    paused: bool,
+    rng: SmallRng,
+}
+
+impl Scheduler {
+    /// A scheduler over `store` for cage `cage`.
+    pub fn new(
+        cage: &str,
+        store: Arc<QueueStore>,
+        commit: Arc<GroupCommit>,
+        policies: ExecuteOn,
+        registry: Addr<ModuleRegistry>,
+        executor: Addr<CallExecutor>,
+        delivery: Arc<Delivery>,
+    ) -> Self {
+        Scheduler {
+            cage: cage.to_owned(),
+            store,
+            commit,
+            policies,
+            registry,
+            executor,
+            delivery,
+            running: HashMap::new(),
+            busy: HashMap::new(),
+            paused: false,
+            rng: SmallRng::from_entropy(),
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.paused {
+            return;
+        }
+        let due = match self.store.due(now_ms(), DUE_BATCH) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
+                return;
+            }
+        };
+        let mut due: Vec<_> = due
+            .into_iter()
+            .filter(|d| !self.running.contains_key(&d.id))
+            .collect();
+        // Higher priority first; the sort is stable, so due order holds within a priority.
+        due.sort_by_key(|d| std::cmp::Reverse(d.priority));
+        for d in due {
+            let limit = self.policies.queue(&d.queue).concurrency;
+            if self.busy.get(&d.queue).copied().unwrap_or(0) >= limit {
+                continue;
+            }
+            let record = match self.store.get(&d.id) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(cage = %self.cage, call_id = %d.id, "cannot read a due call: {e}");
+                    continue;
+                }
+            };
+            self.running.insert(d.id.clone(), d.queue.clone());
+            *self.busy.entry(d.queue).or_default() += 1;
+            self.start_attempt(record, ctx);
+        }
+    }
+
+    fn start_attempt(&mut self, record: CallRecord, ctx: &mut Context<Self>) {
+        let (addr, started_ms, t0) = (ctx.address(), now_ms(), Instant::now());
+        let attempt = record.next_attempt();
+        let call = record.call;
+        tracing::debug!(call_id = %call.id, stage = record.stage.as_str(), attempt, "attempt starts");
+        match record.stage {
+            Stage::Execute => {
+                let time_limit = self.policies.queue(&call.queue).time_limit;
+                let (registry, executor) = (self.registry.clone(), self.executor.clone());
+                actix_rt::spawn(async move {
+                    let (outcome, version) =
+                        execute(registry, executor, &call, attempt, time_limit).await;
+                    addr.do_send(AttemptDone {
+                        id: call.id,
+                        started_ms,
+                        duration: t0.elapsed(),
+                        outcome,
+                        version,
+                    });
+                });
+            }
+            Stage::Deliver => {
+                let delivery = self.delivery.clone();
+                actix_rt::spawn(async move {
+                    let id = call.id.clone();
+                    let outcome = delivery.offer(call).await;
+                    addr.do_send(AttemptDone {
+                        id,
+                        started_ms,
+                        duration: t0.elapsed(),
+                        outcome,
+                        version: None,
+                    });
+                });
+            }
+        }
+    }
+
+    fn attempt_done(&mut self, done: AttemptDone) -> Result<(), QueueError> {
+        if let Some(queue) = self.running.remove(&done.id) {
+            if let Some(n) = self.busy.get_mut(&queue) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        // Cancelled while it ran: nothing left to record.
+        let Some(record) = self.store.get(&done.id)? else {
+            return Ok(());
+        };
+        let mut updated = record.clone();
+        let number = record.next_attempt();
+        updated.attempts.push(Attempt {
+            number,
+            started_ms: done.started_ms,
+            duration_us: done.duration.as_micros() as u64,
+            error: done.outcome.as_ref().err().map(ToString::to_string),
+            module_version: done.version,
+        });
+        let call = &record.call;
+        let span = tracing::info_span!("call", call_id = %call.id, cage = %self.cage, module = %call.module, method = %call.method, attempt = number);
+        let _entered = span.enter();
+        match done.outcome {
+            Ok(()) => {
+                self.store.finish(&record)?;
+                match record.stage {
+                    Stage::Execute => tracing::info!("done after {number} attempt(s)"),
+                    Stage::Deliver => {
+                        tracing::info!(target = %call.target, "accepted by cage {} after {number} attempt(s)", call.target)
+                    }
+                }
+            }
+            Err(e) if e.kind == ErrorKind::Permanent => {
+                updated.dead_reason = Some(format!("permanent rejection: {}", e.message));
+                self.store.bury(&record, &updated)?;
+                tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
+            }
+            Err(e) => {
+                let policy = self.policies.queue(&call.queue);
+                let jitter = self.rng.gen_range(-1.0..=1.0);
+                match next_attempt_at(
+                    policy,
+                    number + 1,
+                    updated.window_start_ms,
+                    now_ms(),
+                    jitter,
+                ) {
+                    Some(at) => {
+                        updated.next_at_ms = at;
+                        self.store.update(&record, &updated)?;
+                        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                        tracing::warn!(
+                            "attempt {number} failed: {e}; next attempt in {}",
+                            humantime::format_duration(Duration::from_millis(
+                                wait.as_millis() as u64
+                            ))
+                        );
+                    }
+                    None => {
+                        updated.dead_reason = Some(format!(
+                            "gave up after {number} attempt(s) in {} (give_up_after of queue {}); last error: {e}",
+                            humantime::format_duration(Duration::from_secs((now_ms().saturating_sub(updated.window_start_ms)) / 1000)),
+                            call.queue
+                        ));
+                        self.store.bury(&record, &updated)?;
+                        tracing::warn!("moved to dead letters: gave up after {number} attempt(s); last error: {e}");
+                    }
+                }
+            }
+        }
+        self.commit.nudge();
+        Ok(())
+    }
+
+    /// Stores a call for execution here; returns the id it duplicates, if any.
+    fn take_for_execution(&mut self, call: QueuedCall) -> Result<Option<String>, CallError> {
+        let now = now_ms();
+        let expires =
+            now.saturating_add(self.policies.queue(&call.queue).retention.as_millis() as u64);
+        let record = CallRecord::new(call, Stage::Execute, now);
+        match self
+            .store
+            .accept(&record, now, expires)
+            .map_err(storage_error)?
+        {
+            Acceptance::Accepted => Ok(None),
+            Acceptance::AlreadyAccepted => Ok(Some(record.call.id)),
+            Acceptance::DuplicateKey(of) => Ok(Some(of)),
+        }
+    }
+
+    fn enqueue(&mut self, r: EnqueueRequest) -> Result<(String, Option<String>), CallError> {
+        if !valid_name(&r.target) {
+            return Err(CallError::with_kind(
+                ErrorKind::UnknownCage,
+                format!("{:?} is not a cage name", r.target),
+            ));
+        }
+        if r.module.is_empty() || r.method.is_empty() {
+            return Err(CallError::bad_arguments(
+                "module and method must not be empty",
+            ));
+        }
+        if !valid_name(&r.queue) {
+            return Err(CallError::bad_arguments(format!(
+                "{:?} is not a queue name",
+                r.queue
+            )));
+        }
+        serde_json::from_slice::<serde::de::IgnoredAny>(&r.args)
+            .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
+        if r.target != self.cage {
+            // Refuse now what could never be delivered, rather than retry it for days.
+            self.delivery.route(&r.target)?;
+        }
+        let now = now_ms();
+        let call = QueuedCall {
+            id: new_call_id(&self.cage),
+            source: self.cage.clone(),
+            target: r.target,
+            module: r.module,
+            method: r.method,
+            args: r.args,
+            queue: r.queue,
+            priority: r.priority,
+            key: r.key,
+            enqueued_at_ms: now,
+        };
+        let id = call.id.clone();
+        if call.target == self.cage {
+            let duplicate_of = self.take_for_execution(call)?;
+            return Ok((id, duplicate_of));
+        }
+        self.store
+            .insert(&CallRecord::new(call, Stage::Deliver, now))
+            .map_err(storage_error)?;
+        Ok((id, None))
+    }
+
+    fn view(&self, record: CallRecord) -> CallView {
+        CallView {
+            cage: self.cage.clone(),
+            running: self.running.contains_key(&record.call.id),
+            record,
+        }
+    }
+
+    fn listing(&self, filter: &Filter, dead: bool) -> Result<Vec<CallView>, QueueError> {
+        let limit = if filter.limit == 0 {
+            DEFAULT_LISTING
+        } else {
+            filter.limit
+        };
+        let keep = |r: &CallRecord| filter.keeps(r);
+        let records = if dead {
+            self.store.dead(&keep, limit)?
+        } else {
+            self.store.pending(&keep, limit)?
+        };
+        Ok(records.into_iter().map(|r| self.view(r)).collect())
+    }
+
+    fn retry_now(&mut self, id: &str) -> Result<usize, QueueError> {
+        let Some(record) = self.store.get(id)? else {
+            return Ok(0);
+        };
+        let mut updated = record.clone();
+        updated.next_at_ms = now_ms();
+        self.store.update(&record, &updated)?;
+        Ok(1)
+    }
+
+    fn query(&mut self, q: QueueQuery) -> Result<Response, QueueError> {
+        let changed = |n: usize, commit: &GroupCommit| {
+            commit.nudge();
+            Response::Changed(n)
+        };
+        Ok(match q {
+            QueueQuery::Pending(f) => Response::Calls(self.listing(&f, false)?),
+            QueueQuery::Dead(f) => Response::Calls(self.listing(&f, true)?),
+            QueueQuery::Show(id) => {
+                let found = match self.store.get(&id)? {
+                    Some(r) => Some(r),
+                    None => self.store.get_dead(&id)?,
+                };
+                Response::Calls(found.into_iter().map(|r| self.view(r)).collect())
+            }
+            QueueQuery::RetryNow(id) => changed(self.retry_now(&id)?, &self.commit),
+            QueueQuery::RetryAllNow(f) => {
+                let ids: Vec<String> = self
+                    .store
+                    .pending(&|r| f.keeps(r), usize::MAX)?
+                    .into_iter()
+                    .map(|r| r.call.id)
+                    .collect();
+                let mut n = 0;
+                for id in ids {
+                    n += self.retry_now(&id)?;
+                }
+                changed(n, &self.commit)
+            }
+            QueueQuery::Cancel(id) => {
+                let n = usize::from(self.store.cancel(&id)?.is_some());
+                if n == 1 {
+                    tracing::info!(cage = %self.cage, call_id = %id, "cancelled by an operator");
+                }
+                changed(n, &self.commit)
+            }
+            QueueQuery::Revive(id) => {
+                let n = usize::from(self.store.revive(&id, now_ms())?.is_some());
+                if n == 1 {
+                    tracing::info!(cage = %self.cage, call_id = %id, "revived by an operator: pending again, due now");
+                }
+                changed(n, &self.commit)
+            }
+        })
+    }
+
+    /// Moves pending calls that already failed to the schedule the current policies imply.
+    fn reschedule_all(&mut self) -> Result<usize, QueueError> {
+        let waiting = self
+            .store
+            .pending(&|r| !r.attempts.is_empty(), usize::MAX)?;
+        let mut moved = 0;
+        for record in waiting {
+            if self.running.contains_key(&record.call.id) {
+                continue;
+            }
+            let Some(last) = record.attempts.last() else {
+                continue;
+            };
+            let ended = last.started_ms + last.duration_us / 1000;
+            let policy = self.policies.queue(&record.call.queue);
+            let jitter = self.rng.gen_range(-1.0..=1.0);
+            let mut updated = record.clone();
+            match next_attempt_at(
+                policy,
+                record.next_attempt(),
+                record.window_start_ms,
+                ended,
+                jitter,
+            ) {
+                Some(at) => updated.next_at_ms = at,
+                // Past the new give-up time: one more attempt now decides (and buries it if it fails).
+                None => updated.next_at_ms = now_ms(),
+            }
+            if updated.next_at_ms != record.next_at_ms {
+                self.store.update(&record, &updated)?;
+                moved += 1;
+            }
+        }
+        self.commit.nudge();
+        Ok(moved)
+    }
+}
+
+/// Runs one attempt of `call` on this cage's module; returns its outcome and the module version.
+async fn execute(
+    registry: Addr<ModuleRegistry>,
+    executor: Addr<CallExecutor>,
+    call: &QueuedCall,
+    attempt: u32,
+    time_limit: Duration,
+) -> (Result<(), CallError>, Option<String>) {
+    let gone = |_| CallError::with_kind(ErrorKind::Refused, "cage is shutting down");
+    let module = match registry
+        .send(Resolve(call.module.clone()))
+        .await
+        .map_err(gone)
+        .and_then(|r| r)
+    {
+        Ok(m) => m,
+        Err(e) => return (Err(e), None),
+    };
+    let version = Some(module.version.clone());
+    if !module.has_method(&call.method) {
+        let e = CallError::with_kind(
+            ErrorKind::UnknownMethod,
+            format!(
+                "module {} {} has no method {:?}",
+                module.name, module.version, call.method
+            ),
+        );
+        return (Err(e), version);
+    }
+    let deadline = Instant::now() + time_limit;
+    let execute = Execute {
+        module,
+        call_id: call.id.clone(),
+        method: call.method.clone(),
+        args: call.args.clone(),
+        deadline,
+        attempt,
+    };
+    let reply = match executor.send(execute).await.map_err(gone).and_then(|r| r) {
+        Ok(r) => r,
+        Err(e) => return (Err(e), version),
+    };
+    let outcome = match tokio::time::timeout_at(deadline.into(), reply).await {
+        Ok(Ok(result)) => result.map(drop),
+        Ok(Err(_)) => Err(CallError::with_kind(
+            ErrorKind::Internal,
+            "executor thread ended without an answer",
+        )),
+        Err(_) => Err(CallError::with_kind(
+            ErrorKind::Timeout,
+            format!(
+                "attempt ran longer than the queue's time_limit of {}",
+                humantime::format_duration(time_limit)
+            ),
+        )),
+    };
+    (outcome, version)
+}
+
+impl Actor for Scheduler {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (pending, dead) = self.store.counts();
+        tracing::info!(cage = %self.cage, "queue open: {pending} pending, {dead} dead");
+        ctx.run_interval(PUMP_EVERY, |this, ctx| this.pump(ctx));
+        ctx.run_interval(HISTORY_SWEEP_EVERY, |this, _| {
+            let recheck = this
+                .policies
+                .queue(crate::config::DEFAULT_QUEUE)
+                .retention
+                .as_millis() as u64;
+            match this.store.expire_history(now_ms(), recheck, 10_000) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(cage = %this.cage, "dropped {n} expired deduplication entries");
+                    this.commit.nudge();
+                }
+                Err(e) => tracing::error!(cage = %this.cage, "cannot expire history: {e}"),
+            }
+        });
+    }
+}
+
+impl Handler<Enqueue> for Scheduler {
+    type Result = ResponseFuture<Result<(String, Option<String>), CallError>>;
+
+    fn handle(&mut self, Enqueue(request): Enqueue, ctx: &mut Context<Self>) -> Self::Result {
+        let taken = self.enqueue(request);
+        let durable = self.commit.durable();
+        self.pump(ctx);
+        Box::pin(async move {
+            let taken = taken?;
+            // Acknowledge only after the group flush, or a crash loses an acknowledged call.
+            durable.await.map_err(storage_error)?;
+            Ok(taken)
+        })
+    }
+}
+
+impl Handler<Accept> for Scheduler {
+    type Result = ResponseFuture<Result<Option<String>, CallError>>;
+
+    fn handle(&mut self, Accept(call): Accept, ctx: &mut Context<Self>) -> Self::Result {
+        let taken = if call.target == self.cage {
+            self.take_for_execution(call)
+        } else {
+            Err(CallError::with_kind(
+                ErrorKind::UnknownCage,
+                format!(
+                    "this is cage {}, not {} (check config/config_execute_on.toml on {})",
+                    self.cage, call.target, call.source
+                ),
+            ))
+        };
+        let durable = self.commit.durable();
+        self.pump(ctx);
+        Box::pin(async move {
+            let taken = taken?;
+            durable.await.map_err(storage_error)?;
+            Ok(taken)
+        })
+    }
+}
+
+impl Handler<Query> for Scheduler {
+    type Result = MessageResult<Query>;
+
+    fn handle(&mut self, Query(q): Query, ctx: &mut Context<Self>) -> Self::Result {
+        let answer = self
+            .query(q)
+            .unwrap_or_else(|e| Response::Error(format!("queue storage: {e}")));
+        self.pump(ctx);
+        MessageResult(answer)
+    }
+}
+
+impl Handler<AttemptDone> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, done: AttemptDone, ctx: &mut Context<Self>) {
+        let id = done.id.clone();
+        if let Err(e) = self.attempt_done(done) {
+            tracing::error!(cage = %self.cage, call_id = %id, "cannot record the attempt: {e}");
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<PoliciesChanged> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, PoliciesChanged(policies): PoliciesChanged, _: &mut Context<Self>) {
+        self.delivery.set_routes(policies.clone());
+        self.policies = policies;
+        match self.reschedule_all() {
+            Ok(n) => {
+                tracing::info!(cage = %self.cage, "new queue settings in force; {n} pending call(s) rescheduled")
+            }
+            Err(e) => {
+                tracing::error!(cage = %self.cage, "new queue settings in force, but rescheduling failed: {e}")
+            }
+        }
+    }
+}
+
+impl Handler<Pause> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, _: Pause, _: &mut Context<Self>) {
+        self.paused = true;
+    }
+}
