@@ -218,6 +218,33 @@ impl Site {
         self.cage_cmd(&["call", cage, target, args])
     }
 
+    /// `cage enqueue CAGE TARGET ARGS EXTRA…`; returns the call id.
+    pub fn enqueue(&self, cage: &str, target: &str, args: &str, extra: &[&str]) -> String {
+        let mut cmd = vec!["enqueue", cage, target, args];
+        cmd.extend_from_slice(extra);
+        let run = self.cage_cmd(&cmd);
+        assert_eq!(run.code, 0, "enqueue failed: {run:?}");
+        run.stdout.trim().to_owned()
+    }
+
+    /// `cage show ID --json`: the records of the call on every cage holding it.
+    pub fn show(&self, id: &str) -> Vec<serde_json::Value> {
+        let run = self.cage_cmd(&["show", id, "--json"]);
+        if run.code != 0 {
+            return Vec::new();
+        }
+        serde_json::from_str(&run.stdout).unwrap()
+    }
+
+    /// `cage pending [CAGE] --json` (or `cage dead`).
+    pub fn listing(&self, command: &str, cage: Option<&str>) -> Vec<serde_json::Value> {
+        let mut cmd = vec![command, "--json"];
+        cmd.extend(cage);
+        let run = self.cage_cmd(&cmd);
+        assert_eq!(run.code, 0, "{run:?}");
+        serde_json::from_str(&run.stdout).unwrap()
+    }
+
     /// `cage call CAGE TARGET ARGS` on another thread, for a call that stays in flight.
     pub fn call_in_background(
         &self,

@@ -93,7 +93,9 @@ fn append(ctx: &Ctx, args: Append) -> Result<(), CallError> {
         .append(true)
         .open(&args.file)
         .map_err(|e| CallError::new(format!("cannot open {}: {e}", args.file)))?;
-    writeln!(f, "{} {}", ctx.call_id(), ctx.attempt())
+    // One write per line: with O_APPEND, concurrent calls then never interleave within a line.
+    let line = format!("{} {}\n", ctx.call_id(), ctx.attempt());
+    f.write_all(line.as_bytes())
         .map_err(|e| CallError::new(format!("cannot write {}: {e}", args.file)))
 }
 

@@ -153,6 +153,11 @@ impl PreparedCage {
             delivery,
         )
         .start();
+        crate::config_watch::watch(
+            self.env.site.clone(),
+            &self.env.execute_on,
+            scheduler.clone().recipient(),
+        );
         let load = Arc::new(Load::default());
         let dispatcher = Dispatcher {
             cage: c.name.clone(),

@@ -13,6 +13,7 @@
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
 //! - [`retry_policy`]: when a failed queued call runs next (pure functions of the policy).
+//! - [`config_watch`]: re-reading the site config when it changes.
 //! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
 //!
 //! A sync call's path: client frame → [`transport::server`] → [`dispatch::Dispatcher`] →
@@ -21,6 +22,7 @@
 
 pub mod cage;
 pub mod config;
+pub mod config_watch;
 pub mod delivery;
 pub mod dispatch;
 pub mod executor;

@@ -32,9 +32,16 @@ pub fn by_id(site: &Site, id: &str, what: &str, order: fn(String) -> QueueQuery)
 pub fn retry_all(site: &Site, cage: Option<&str>, filter: Filter) -> ExitCode {
     let mut changed = 0;
     for c in cages(site, cage) {
-        match steer(site, &c, QueueQuery::RetryAllNow(filter.clone())) {
-            Ok(n) => changed += n,
+        let route = match target::route(site, &c) {
+            Ok(r) => r,
             Err(code) => return code,
+        };
+        // One cage down must not keep the others' calls waiting: warn and go on.
+        match Client::connect(&c, &route)
+            .and_then(|mut cl| cl.steer(QueueQuery::RetryAllNow(filter.clone()), TIMEOUT))
+        {
+            Ok(n) => changed += n,
+            Err(e) => eprintln!("warning: {e}"),
         }
     }
     println!("retry-now: {changed} call(s) due now");

@@ -11,4 +11,4 @@ mod site;
 pub use cage_file::{valid_name, CageConfig, CageFileDefaults};
 pub use error::ConfigError;
 pub use execute_on::{CageRoute, ExecuteOn, QueuePolicy, DEFAULT_QUEUE};
-pub use site::Site;
+pub use site::{Site, EXECUTE_ON_FILE};

@@ -1,0 +1,298 @@
+//! Durable queued calls: retried on the configured schedule until a fixed module completes
+//! them, delivered to a target that was down, expired to dead letters and steered by operators.
+
+mod support;
+use serde_json::Value;
+use std::time::Duration;
+use support::{eventually, module_so, Site};
+
+const FAST_RETRY: &str = "[queues.retry]\nfirst_retry = \"300ms\"\ngrowth = 2.0\nmax_delay = \"2s\"\ngive_up_after = \"1m\"\njitter = 0.1\n";
+
+fn attempts(record: &Value) -> Vec<Value> {
+    record["record"]["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn attempts_of(site: &Site, id: &str) -> Vec<Value> {
+    site.show(id).first().map(attempts).unwrap_or_default()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap()
+}
+
+#[test]
+fn a_failing_call_is_retried_on_schedule_and_the_fixed_module_completes_it() {
+    let mut site = Site::new();
+    site.write("config/config_execute_on.toml", FAST_RETRY);
+    site.cage("back", &["billing"], "");
+    site.install("billing", &module_so("billing", &[]));
+    let cage = site.start("back");
+
+    let id = site.enqueue(
+        "back",
+        "billing.charge",
+        r#"{"customer":"ann","cents":500}"#,
+        &[],
+    );
+    let tries = eventually(Duration::from_secs(30), "three failed attempts", || {
+        let a = attempts_of(&site, &id);
+        (a.len() >= 3).then_some(a)
+    });
+    for (i, a) in tries.iter().enumerate() {
+        assert_eq!(u(&a["number"]), i as u64 + 1);
+        assert_eq!(a["module_version"], "0.9.0");
+        assert!(a["error"].as_str().unwrap().contains("rounding bug"), "{a}");
+    }
+    // Each retry waits the policy's delay (300 ms, then 600 ms) within ±10 % jitter after the
+    // previous attempt ended; the upper side allows for a busy machine.
+    for (k, delay) in [(1usize, 300u64), (2, 600)] {
+        let prev_end = u(&tries[k - 1]["started_ms"]) + u(&tries[k - 1]["duration_us"]) / 1000;
+        let gap = u(&tries[k]["started_ms"]) - prev_end;
+        assert!(
+            gap + 2 >= delay * 9 / 10,
+            "attempt {} came {gap} ms after the previous one, policy says {delay} ms ±10%",
+            k + 1
+        );
+        assert!(
+            gap <= delay * 11 / 10 + 1000,
+            "attempt {} came {gap} ms after the previous one, policy says {delay} ms ±10%",
+            k + 1
+        );
+    }
+    let pending = site.listing("pending", Some("back"));
+    assert_eq!(pending.len(), 1);
+    assert!(pending[0]["record"]["attempts"].as_array().unwrap().len() >= 3);
+
+    site.install("billing", &module_so("billing", &["no-default"]));
+    eventually(
+        Duration::from_secs(30),
+        "the fixed module completes the call",
+        || {
+            cage.log()
+                .lines()
+                .any(|l| l.contains(&id) && l.contains("done after"))
+                .then_some(())
+        },
+    );
+    assert!(
+        site.show(&id).is_empty(),
+        "a completed call leaves the queue"
+    );
+    assert!(site.listing("pending", Some("back")).is_empty());
+}
+
+#[test]
+fn a_target_that_was_down_receives_every_call_once_back() {
+    let mut site = Site::new();
+    site.write("config/config_execute_on.toml", FAST_RETRY);
+    site.cage("front", &[], "").cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let out = site.path().join("effects.txt");
+    let _front = site.start("front");
+
+    let args = format!(r#"{{"file": {:?}}}"#, out.display().to_string());
+    let ids: Vec<String> = (0..20)
+        .map(|_| site.enqueue("back", "echo.append", &args, &["--from", "front"]))
+        .collect();
+    let held = eventually(
+        Duration::from_secs(20),
+        "the source holds every call and has tried them",
+        || {
+            let p = site.listing("pending", Some("front"));
+            (p.len() == 20 && p.iter().all(|v| !attempts(v).is_empty())).then_some(p)
+        },
+    );
+    assert!(held.iter().all(|v| v["record"]["stage"] == "Deliver"));
+    assert!(
+        held[0]["record"]["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{}",
+        held[0]
+    );
+
+    let _back = site.start("back");
+    let lines = eventually(
+        Duration::from_secs(30),
+        "every call ran on the target",
+        || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            (lines.len() >= 20 && text.ends_with('\n')).then_some(lines)
+        },
+    );
+    let mut ran: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    ran.sort();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(ran, expected, "each call ran exactly once");
+    eventually(Duration::from_secs(10), "both queues are empty", || {
+        (site.listing("pending", Some("front")).is_empty()
+            && site.listing("pending", Some("back")).is_empty())
+        .then_some(())
+    });
+}
+
+#[test]
+fn expiry_dead_letters_revive_retry_now_and_cancel() {
+    let mut site = Site::new();
+    site.write(
+        "config/config_execute_on.toml",
+        "[queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.0\nmax_delay = \"100ms\"\ngive_up_after = \"600ms\"\n\n\
+         [queues.slow]\nfirst_retry = \"1h\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\n",
+    );
+    site.cage("back", &["billing", "echo"], "");
+    site.install("billing", &module_so("billing", &[]));
+    site.install("echo", &module_so("echo", &[]));
+    let cage = site.start("back");
+    let charge = r#"{"customer":"ann","cents":500}"#;
+
+    // Expiry: a call still failing after give_up_after moves to dead letters with the reason.
+    let expiring = site.enqueue("back", "billing.charge", charge, &[]);
+    let dead = eventually(Duration::from_secs(20), "the call is dead", || {
+        site.listing("dead", Some("back"))
+            .into_iter()
+            .find(|v| v["record"]["call"]["id"] == expiring.as_str())
+    });
+    let reason = dead["record"]["dead_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("gave up after") && reason.contains("rounding bug"),
+        "{reason}"
+    );
+
+    // A permanent rejection goes straight to dead letters.
+    let refused = site.enqueue("back", "echo.refuse", r#""not for us""#, &[]);
+    eventually(Duration::from_secs(10), "the refused call is dead", || {
+        site.listing("dead", Some("back")).into_iter().find(|v| {
+            v["record"]["call"]["id"] == refused.as_str()
+                && v["record"]["dead_reason"] == "permanent rejection: not for us"
+        })
+    });
+
+    // retry-now: a call whose next attempt is an hour away runs again at once.
+    let slow = site.enqueue("back", "billing.charge", charge, &["--queue", "slow"]);
+    eventually(
+        Duration::from_secs(10),
+        "first attempt of the slow call",
+        || (attempts_of(&site, &slow).len() == 1).then_some(()),
+    );
+    assert_eq!(site.cage_cmd(&["retry-now", &slow]).code, 0);
+    eventually(Duration::from_secs(10), "retry-now ran it again", || {
+        (attempts_of(&site, &slow).len() == 2).then_some(())
+    });
+
+    // cancel removes it.
+    assert_eq!(site.cage_cmd(&["cancel", &slow]).code, 0);
+    assert!(site.show(&slow).is_empty());
+    assert_eq!(
+        site.cage_cmd(&["cancel", &slow]).code,
+        4,
+        "a second cancel finds nothing"
+    );
+
+    // revive: with the module fixed, the revived call completes.
+    site.install("billing", &module_so("billing", &["no-default"]));
+    eventually(
+        Duration::from_secs(20),
+        "the fixed billing is loaded",
+        || (site.call("back", "billing.charge", charge).code == 0).then_some(()),
+    );
+    assert_eq!(site.cage_cmd(&["revive", &expiring]).code, 0);
+    eventually(
+        Duration::from_secs(20),
+        "the revived call completes",
+        || {
+            cage.log()
+                .lines()
+                .any(|l| l.contains(&expiring) && l.contains("done after"))
+                .then_some(())
+        },
+    );
+    assert!(site
+        .listing("dead", Some("back"))
+        .iter()
+        .all(|v| v["record"]["call"]["id"] != expiring.as_str()));
+}
+
+#[test]
+fn editing_the_config_changes_the_delays_of_pending_calls() {
+    let mut site = Site::new();
+    let slow = "[queues.retry]\nfirst_retry = \"1h\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\n";
+    site.write("config/config_execute_on.toml", slow);
+    site.cage("back", &["billing"], "");
+    site.install("billing", &module_so("billing", &[]));
+    let cage = site.start("back");
+
+    let id = site.enqueue(
+        "back",
+        "billing.charge",
+        r#"{"customer":"ann","cents":500}"#,
+        &[],
+    );
+    eventually(Duration::from_secs(10), "the first attempt failed", || {
+        (attempts_of(&site, &id).len() == 1).then_some(())
+    });
+    let next = u(&site.show(&id)[0]["record"]["next_at_ms"]);
+    let first_end = u(&attempts_of(&site, &id)[0]["started_ms"]);
+    assert!(
+        next >= first_end + 3_500_000,
+        "next attempt about an hour away"
+    );
+
+    // A broken edit is rejected with file and line, and the settings in force stay.
+    site.write(
+        "config/config_execute_on.toml",
+        "[queues.retry]\nfirst_retry = \"soon\"\n",
+    );
+    eventually(Duration::from_secs(10), "the bad edit is logged", || {
+        cage.log()
+            .lines()
+            .any(|l| l.contains("config_execute_on.toml:2:") && l.contains("edit rejected"))
+            .then_some(())
+    });
+
+    site.write(
+        "config/config_execute_on.toml",
+        "[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"200ms\"\ngive_up_after = \"3d\"\n",
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the pending call follows the new delays",
+        || (attempts_of(&site, &id).len() >= 3).then_some(()),
+    );
+}
+
+#[test]
+fn a_module_queues_a_call_through_its_context() {
+    let mut site = Site::new();
+    site.write("config/config_execute_on.toml", FAST_RETRY);
+    site.cage("front", &["echo"], "")
+        .cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let _front = site.start("front");
+    let _back = site.start("back");
+    let out = site.path().join("relayed.txt");
+
+    let args = format!(
+        r#"{{"cage":"back","target":"echo.append","args":{{"file":{:?}}}}}"#,
+        out.display().to_string()
+    );
+    let run = site.call("front", "echo.relay", &args);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id: String = serde_json::from_str(&run.stdout).unwrap();
+    assert!(id.starts_with("front-"), "{id}");
+    let text = eventually(
+        Duration::from_secs(20),
+        "the relayed call ran on back",
+        || {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|t| t.ends_with('\n'))
+        },
+    );
+    assert_eq!(text.trim(), format!("{id} 1"));
+}
