@@ -172,6 +172,14 @@ impl Site {
         self
     }
 
+    /// How to reach cage `name` of this site.
+    pub fn route(&self, name: &str) -> CageRoute {
+        CageRoute::single(
+            format!("127.0.0.1:{}", self.ports[name]).parse().unwrap(),
+            Duration::from_secs(30),
+        )
+    }
+
     /// Writes a file of the site.
     pub fn write(&self, rel: &str, body: &str) {
         let p = self.path().join(rel);
@@ -324,6 +332,12 @@ impl RunningCage {
     /// Everything the cage logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills the cage with SIGKILL, as a crash or power cut would, and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Process id of the cage.

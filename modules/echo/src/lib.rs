@@ -82,9 +82,11 @@ struct Append {
     file: String,
     #[serde(default)]
     sleep_ms: u64,
+    #[serde(default)]
+    tag: String,
 }
 
-/// Appends `call_id attempt` to a file: a visible, countable effect for queue tests.
+/// Appends `call_id attempt tag` to a file: a visible, countable effect for queue tests.
 fn append(ctx: &Ctx, args: Append) -> Result<(), CallError> {
     use std::io::Write;
     std::thread::sleep(Duration::from_millis(args.sleep_ms));
@@ -94,7 +96,7 @@ fn append(ctx: &Ctx, args: Append) -> Result<(), CallError> {
         .open(&args.file)
         .map_err(|e| CallError::new(format!("cannot open {}: {e}", args.file)))?;
     // One write per line: with O_APPEND, concurrent calls then never interleave within a line.
-    let line = format!("{} {}\n", ctx.call_id(), ctx.attempt());
+    let line = format!("{} {} {}\n", ctx.call_id(), ctx.attempt(), args.tag);
     f.write_all(line.as_bytes())
         .map_err(|e| CallError::new(format!("cannot write {}: {e}", args.file)))
 }
