@@ -296,3 +296,87 @@ fn a_module_queues_a_call_through_its_context() {
     );
     assert_eq!(text.trim(), format!("{id} 1"));
 }
+
+#[test]
+fn keep_order_makes_a_call_wait_for_the_one_before_it() {
+    let mut site = Site::new();
+    site.write(
+        "config/config_execute_on.toml",
+        "[queues.ordered]\nfirst_retry = \"100ms\"\nmax_delay = \"100ms\"\ngive_up_after = \"1h\"\nkeep_order = true\n",
+    );
+    site.cage("back", &["billing", "echo"], "");
+    site.install("billing", &module_so("billing", &[]));
+    site.install("echo", &module_so("echo", &[]));
+    let _cage = site.start("back");
+    let out = site.path().join("ordered.txt");
+
+    let first = site.enqueue(
+        "back",
+        "billing.charge",
+        r#"{"customer":"ann","cents":500}"#,
+        &["--queue", "ordered"],
+    );
+    let args = format!(r#"{{"file": {:?}}}"#, out.display().to_string());
+    let second = site.enqueue("back", "echo.append", &args, &["--queue", "ordered"]);
+    eventually(
+        Duration::from_secs(10),
+        "the first call keeps failing",
+        || (attempts_of(&site, &first).len() >= 3).then_some(()),
+    );
+    assert!(
+        attempts_of(&site, &second).is_empty(),
+        "the second call waits for the first"
+    );
+    assert!(!out.exists());
+
+    // Once the first call is out of the way (here: cancelled), the second one runs.
+    assert_eq!(site.cage_cmd(&["cancel", &first]).code, 0);
+    let text = eventually(Duration::from_secs(10), "the second call ran", || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|t| t.ends_with('\n'))
+    });
+    assert!(text.starts_with(&format!("{second} 1")), "{text}");
+}
+
+#[test]
+fn an_idempotency_key_makes_a_second_enqueue_the_first_call() {
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let _cage = site.start("back");
+    let out = site.path().join("once.txt");
+    let args = format!(r#"{{"file": {:?}}}"#, out.display().to_string());
+
+    let first = site.cage_cmd(&[
+        "enqueue",
+        "back",
+        "echo.append",
+        &args,
+        "--key",
+        "order-42",
+        "--json",
+    ]);
+    let second = site.cage_cmd(&[
+        "enqueue",
+        "back",
+        "echo.append",
+        &args,
+        "--key",
+        "order-42",
+        "--json",
+    ]);
+    let (a, b): (Value, Value) = (
+        serde_json::from_str(&first.stdout).unwrap(),
+        serde_json::from_str(&second.stdout).unwrap(),
+    );
+    assert_eq!(a["duplicate_of"], Value::Null);
+    assert_eq!(b["duplicate_of"], a["id"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let text = eventually(Duration::from_secs(10), "the call ran", || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|t| t.ends_with('\n'))
+    });
+    assert_eq!(text.lines().count(), 1, "{text}");
+}

@@ -136,8 +136,14 @@ impl Scheduler {
         // Higher priority first; the sort is stable, so due order holds within a priority.
         due.sort_by_key(|d| std::cmp::Reverse(d.priority));
         for d in due {
-            let limit = self.policies.queue(&d.queue).concurrency;
-            if self.busy.get(&d.queue).copied().unwrap_or(0) >= limit {
+            let policy = self.policies.queue(&d.queue);
+            if self.busy.get(&d.queue).copied().unwrap_or(0) >= policy.concurrency {
+                continue;
+            }
+            // keep_order: a call waits until every call stored before it in its queue is done.
+            if policy.keep_order
+                && self.store.head_of(&d.queue).ok().flatten().as_deref() != Some(d.id.as_str())
+            {
                 continue;
             }
             let record = match self.store.get(&d.id) {

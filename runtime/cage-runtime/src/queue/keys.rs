@@ -13,6 +13,23 @@ pub const HISTORY: u8 = b'h';
 pub const EXPIRY: u8 = b't';
 /// `k` + target + 0 + queue + 0 + key → id: idempotency keys.
 pub const IDEMPOTENCY: u8 = b'k';
+/// `o` + queue + 0 + seq → id: pending calls of each queue in the order they were stored.
+pub const ORDER: u8 = b'o';
+
+/// The prefix of a queue's order entries.
+pub fn order_prefix(queue: &str) -> Vec<u8> {
+    let mut k = vec![ORDER];
+    k.extend_from_slice(queue.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The order entry of a call.
+pub fn order(queue: &str, seq: u64) -> Vec<u8> {
+    let mut k = order_prefix(queue);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
 
 /// `prefix` followed by `id`.
 pub fn with_id(prefix: u8, id: &str) -> Vec<u8> {

@@ -76,6 +76,8 @@ pub struct CallRecord {
     pub window_start_ms: u64,
     /// Why it is dead, if it is.
     pub dead_reason: Option<String>,
+    /// Place in its queue's order on this cage (assigned when stored; rises monotonically).
+    pub seq: u64,
 }
 
 impl CallRecord {
@@ -87,6 +89,7 @@ impl CallRecord {
             next_at_ms: now_ms,
             window_start_ms: now_ms,
             dead_reason: None,
+            seq: 0,
             call,
         }
     }

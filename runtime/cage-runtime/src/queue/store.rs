@@ -103,12 +103,34 @@ impl QueueStore {
         keys::due(r.next_at_ms, r.call.priority, &r.call.id)
     }
 
-    /// Stores a new pending call and schedules it.
+    fn next_seq(&self) -> Result<u64, QueueError> {
+        self.db.generate_id().map_err(|e| self.err(e))
+    }
+
+    fn order_key(r: &CallRecord) -> Vec<u8> {
+        keys::order(&r.call.queue, r.seq)
+    }
+
+    /// Stores a new pending call, gives it its place in its queue's order, and schedules it.
     pub fn insert(&self, record: &CallRecord) -> Result<(), QueueError> {
+        let mut record = record.clone();
+        record.seq = self.next_seq()?;
         let mut b = sled::Batch::default();
-        b.insert(keys::with_id(CALL, &record.call.id), encode(record));
-        b.insert(Self::due_key(record), record.call.queue.as_bytes());
+        b.insert(keys::with_id(CALL, &record.call.id), encode(&record));
+        b.insert(Self::due_key(&record), record.call.queue.as_bytes());
+        b.insert(Self::order_key(&record), record.call.id.as_bytes());
         self.apply(b)
+    }
+
+    /// Id of the first pending call of `queue` in stored order: the only one a queue with
+    /// `keep_order` may run.
+    pub fn head_of(&self, queue: &str) -> Result<Option<String>, QueueError> {
+        match self.db.scan_prefix(keys::order_prefix(queue)).next() {
+            Some(item) => Ok(Some(
+                String::from_utf8_lossy(&item.map_err(|e| self.err(e))?.1).into_owned(),
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Stores an offered call for execution here unless it, or its idempotency key, was
@@ -139,9 +161,12 @@ impl QueueStore {
                 ));
             }
         }
+        let mut record = record.clone();
+        record.seq = self.next_seq()?;
         let mut b = sled::Batch::default();
-        b.insert(keys::with_id(CALL, id), encode(record));
-        b.insert(Self::due_key(record), record.call.queue.as_bytes());
+        b.insert(keys::with_id(CALL, id), encode(&record));
+        b.insert(Self::due_key(&record), record.call.queue.as_bytes());
+        b.insert(Self::order_key(&record), id.as_bytes());
         b.insert(
             keys::with_id(keys::HISTORY, id),
             encode(&History {
@@ -189,6 +214,7 @@ impl QueueStore {
     pub fn finish(&self, record: &CallRecord) -> Result<(), QueueError> {
         let mut b = sled::Batch::default();
         b.remove(Self::due_key(record));
+        b.remove(Self::order_key(record));
         b.remove(keys::with_id(CALL, &record.call.id));
         self.apply(b)
     }
@@ -197,6 +223,7 @@ impl QueueStore {
     pub fn bury(&self, old: &CallRecord, dead: &CallRecord) -> Result<(), QueueError> {
         let mut b = sled::Batch::default();
         b.remove(Self::due_key(old));
+        b.remove(Self::order_key(old));
         b.remove(keys::with_id(CALL, &old.call.id));
         b.insert(keys::with_id(DEAD, &dead.call.id), encode(dead));
         self.apply(b)
@@ -214,6 +241,8 @@ impl QueueStore {
         b.remove(keys::with_id(DEAD, id));
         b.insert(keys::with_id(CALL, id), encode(&record));
         b.insert(Self::due_key(&record), record.call.queue.as_bytes());
+        // Back in its old place: in an ordered queue it again goes before later calls.
+        b.insert(Self::order_key(&record), id.as_bytes());
         self.apply(b)?;
         Ok(Some(record))
     }
@@ -441,6 +470,28 @@ mod tests {
             s.accept(&other, 61_000, 90_000).unwrap(),
             Acceptance::Accepted
         );
+    }
+
+    #[test]
+    fn head_of_follows_stored_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        assert_eq!(s.head_of("retry").unwrap(), None);
+        s.insert(&CallRecord::new(
+            call("first", 0, None),
+            Stage::Execute,
+            9000,
+        ))
+        .unwrap();
+        s.insert(&CallRecord::new(
+            call("second", 9, None),
+            Stage::Execute,
+            1000,
+        ))
+        .unwrap();
+        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("first"));
+        s.finish(&s.get("first").unwrap().unwrap()).unwrap();
+        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("second"));
     }
 
     #[test]
