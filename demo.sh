@@ -35,6 +35,12 @@ show call demo echo.echo '{"order": 42}'
 show call demo echo.boom '"a deliberate panic"'
 show call demo billing.charge '{"customer": "ann", "cents": 500}'
 
+step "A queued call: durable before it is acknowledged, retried until it succeeds"
+id=$("$cage" enqueue demo billing.charge '{"customer": "bo", "cents": 1200}')
+echo "queued as $id"
+sleep 0.5
+show pending demo
+
 step "Fixing billing: rebuild it without the rounding bug and drop it into modules/"
 cargo build -p billing --no-default-features --target-dir target/demo-fixed
 cp target/demo-fixed/debug/libbilling.so modules/libbilling.so
@@ -45,8 +51,16 @@ done
 show call demo billing.charge '{"customer": "ann", "cents": 500}'
 show modules demo
 
+step "The queued call's next retry runs on the fixed module (retry-now instead of waiting a minute)"
+show retry-now "$id"
+for _ in $(seq 100); do
+    "$cage" show "$id" >/dev/null 2>&1 || break
+    sleep 0.1
+done
+show pending demo
+
 step "What the cage logged"
-grep -E 'loaded version|swapped in|rejected' data/demo.log || true
+grep -E 'loaded version|swapped in|rejected|attempt 1 failed|done after' data/demo.log || true
 
 # Put the shipped build back so the next run of the demo shows the bug again.
 cp target/debug/libbilling.so modules/libbilling.so

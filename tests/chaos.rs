@@ -63,6 +63,7 @@ fn kill_9_of_source_or_target_loses_nothing() {
                     queue: "retry".into(),
                     priority: 0,
                     key: Some(format!("t{i}")),
+                    delay_ms: 0,
                 };
                 let started = Instant::now();
                 loop {

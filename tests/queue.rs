@@ -380,3 +380,49 @@ fn an_idempotency_key_makes_a_second_enqueue_the_first_call() {
     });
     assert_eq!(text.lines().count(), 1, "{text}");
 }
+
+#[test]
+fn due_calls_of_higher_priority_run_first() {
+    let mut site = Site::new();
+    site.write(
+        "config/config_execute_on.toml",
+        "[queues.single]\nconcurrency = 1\n",
+    );
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let _cage = site.start("back");
+    let out = site.path().join("order.txt");
+    let args = |tag: &str, sleep_ms: u64| {
+        format!(
+            r#"{{"file": {:?}, "tag": "{tag}", "sleep_ms": {sleep_ms}}}"#,
+            out.display().to_string()
+        )
+    };
+
+    // The first call holds the queue's only slot while the other two become due.
+    site.enqueue(
+        "back",
+        "echo.append",
+        &args("blocker", 800),
+        &["--queue", "single"],
+    );
+    site.enqueue(
+        "back",
+        "echo.append",
+        &args("low", 0),
+        &["--queue", "single", "--priority", "-3"],
+    );
+    site.enqueue(
+        "back",
+        "echo.append",
+        &args("high", 0),
+        &["--queue", "single", "--priority", "7"],
+    );
+    let text = eventually(Duration::from_secs(20), "all three ran", || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|t| t.lines().count() == 3 && t.ends_with('\n'))
+    });
+    let tags: Vec<&str> = text.lines().map(|l| l.split(' ').nth(2).unwrap()).collect();
+    assert_eq!(tags, vec!["blocker", "high", "low"]);
+}

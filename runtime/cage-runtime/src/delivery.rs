@@ -19,6 +19,7 @@ pub struct Delivery {
     site: Site,
     execute_on: RwLock<ExecuteOn>,
     pool: Mutex<HashMap<String, Vec<Client>>>,
+    routes: Mutex<HashMap<String, CageRoute>>,
 }
 
 impl Delivery {
@@ -28,6 +29,7 @@ impl Delivery {
             site,
             execute_on: RwLock::new(execute_on),
             pool: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -35,14 +37,33 @@ impl Delivery {
     pub fn set_routes(&self, execute_on: ExecuteOn) {
         *self.execute_on.write().unwrap_or_else(|p| p.into_inner()) = execute_on;
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
-    /// How to reach `cage`, or an unknown-cage error.
+    /// How to reach `cage`, or an unknown-cage error. Found routes are remembered until the
+    /// site config changes, so delivery does not re-read cage files for every call.
     pub fn route(&self, cage: &str) -> Result<CageRoute, CallError> {
+        if let Some(route) = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cage)
+        {
+            return Ok(route.clone());
+        }
         let execute_on = self.execute_on.read().unwrap_or_else(|p| p.into_inner());
-        self.site
+        let route = self
+            .site
             .route(&execute_on, cage)
-            .map_err(|e| CallError::with_kind(ErrorKind::UnknownCage, e.to_string()))
+            .map_err(|e| CallError::with_kind(ErrorKind::UnknownCage, e.to_string()))?;
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cage.to_owned(), route.clone());
+        Ok(route)
     }
 
     fn take(&self, cage: &str) -> Result<Client, CallError> {

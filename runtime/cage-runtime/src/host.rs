@@ -129,6 +129,7 @@ impl HostEnv {
                     queue: request.queue,
                     priority: request.priority,
                     key: request.key,
+                    delay_ms: 0,
                 },
                 Duration::from_secs(30),
             )

@@ -15,7 +15,7 @@ use crate::queue::{
 use crate::registry::{ModuleRegistry, Resolve};
 use crate::retry_policy::next_attempt_at;
 use crate::transport::protocol::{
-    new_call_id, unix_ms, CallView, EnqueueRequest, Filter, QueueQuery, Response,
+    new_call_id, unix_ms, CallView, EnqueueRequest, Filter, QueueQuery, QueueStats, Response,
 };
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
@@ -90,6 +90,8 @@ pub struct Scheduler {
     busy: HashMap<String, usize>,
     paused: bool,
     rng: SmallRng,
+    stats: QueueStats,
+    pump_asked: bool,
 }
 
 impl Scheduler {
@@ -115,6 +117,19 @@ impl Scheduler {
             busy: HashMap::new(),
             paused: false,
             rng: SmallRng::from_entropy(),
+            stats: QueueStats::default(),
+            pump_asked: false,
+        }
+    }
+
+    /// Pumps once after the messages already waiting are handled, however many ask for it.
+    fn pump_soon(&mut self, ctx: &mut Context<Self>) {
+        if !self.pump_asked {
+            self.pump_asked = true;
+            ctx.run_later(Duration::ZERO, |this, ctx| {
+                this.pump_asked = false;
+                this.pump(ctx);
+            });
         }
     }
 
@@ -122,17 +137,39 @@ impl Scheduler {
         if self.paused {
             return;
         }
-        let due = match self.store.due(now_ms(), DUE_BATCH) {
+        // Free slots of the configured queues, plus one queue's worth for queues without a table
+        // of their own: no point reading more of the schedule than could start now.
+        let configured: usize = self
+            .policies
+            .queues
+            .iter()
+            .map(|(q, p)| {
+                p.concurrency
+                    .saturating_sub(self.busy.get(q).copied().unwrap_or(0))
+            })
+            .sum();
+        let free = configured
+            + self
+                .policies
+                .queue(crate::config::DEFAULT_QUEUE)
+                .concurrency;
+        if configured == 0 && self.running.len() >= free {
+            return;
+        }
+        let want = (free * 2 + 8).min(DUE_BATCH);
+        let running = &self.running;
+        let due = match self
+            .store
+            .due_where(now_ms(), want, want + running.len() + 64, &|id| {
+                running.contains_key(id)
+            }) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
                 return;
             }
         };
-        let mut due: Vec<_> = due
-            .into_iter()
-            .filter(|d| !self.running.contains_key(&d.id))
-            .collect();
+        let mut due = due;
         // Higher priority first; the sort is stable, so due order holds within a priority.
         due.sort_by_key(|d| std::cmp::Reverse(d.priority));
         for d in due {
@@ -224,6 +261,10 @@ impl Scheduler {
             Ok(()) => {
                 self.store.finish(&record)?;
                 match record.stage {
+                    Stage::Execute => self.stats.executed += 1,
+                    Stage::Deliver => self.stats.delivered += 1,
+                }
+                match record.stage {
                     Stage::Execute => tracing::info!("done after {number} attempt(s)"),
                     Stage::Deliver => {
                         tracing::info!(target = %call.target, "accepted by cage {} after {number} attempt(s)", call.target)
@@ -233,9 +274,11 @@ impl Scheduler {
             Err(e) if e.kind == ErrorKind::Permanent => {
                 updated.dead_reason = Some(format!("permanent rejection: {}", e.message));
                 self.store.bury(&record, &updated)?;
+                self.stats.died += 1;
                 tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
             }
             Err(e) => {
+                self.stats.failed_attempts += 1;
                 let policy = self.policies.queue(&call.queue);
                 let jitter = self.rng.gen_range(-1.0..=1.0);
                 match next_attempt_at(
@@ -263,6 +306,7 @@ impl Scheduler {
                             call.queue
                         ));
                         self.store.bury(&record, &updated)?;
+                        self.stats.died += 1;
                         tracing::warn!("moved to dead letters: gave up after {number} attempt(s); last error: {e}");
                     }
                 }
@@ -324,16 +368,23 @@ impl Scheduler {
             queue: r.queue,
             priority: r.priority,
             key: r.key,
+            not_before_ms: if r.delay_ms == 0 {
+                0
+            } else {
+                now.saturating_add(r.delay_ms)
+            },
             enqueued_at_ms: now,
         };
         let id = call.id.clone();
         if call.target == self.cage {
+            self.stats.enqueued += 1;
             let duplicate_of = self.take_for_execution(call)?;
             return Ok((id, duplicate_of));
         }
         self.store
             .insert(&CallRecord::new(call, Stage::Deliver, now))
             .map_err(storage_error)?;
+        self.stats.enqueued += 1;
         Ok((id, None))
     }
 
@@ -405,6 +456,28 @@ impl Scheduler {
                     tracing::info!(cage = %self.cage, call_id = %id, "cancelled by an operator");
                 }
                 changed(n, &self.commit)
+            }
+            QueueQuery::CancelAll(f) => {
+                let ids: Vec<String> = self
+                    .store
+                    .pending(&|r| f.keeps(r), usize::MAX)?
+                    .into_iter()
+                    .map(|r| r.call.id)
+                    .collect();
+                let mut n = 0;
+                for id in &ids {
+                    n += usize::from(self.store.cancel(id)?.is_some());
+                }
+                tracing::info!(cage = %self.cage, "{n} pending call(s) cancelled by an operator");
+                changed(n, &self.commit)
+            }
+            QueueQuery::Stats(count) => {
+                let mut stats = self.stats.clone();
+                if count {
+                    let (pending, dead) = self.store.counts();
+                    (stats.pending, stats.dead) = (Some(pending as u64), Some(dead as u64));
+                }
+                Response::Stats(stats)
             }
             QueueQuery::Revive(id) => {
                 let n = usize::from(self.store.revive(&id, now_ms())?.is_some());
@@ -517,8 +590,18 @@ impl Actor for Scheduler {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let (pending, dead) = self.store.counts();
-        tracing::info!(cage = %self.cage, "queue open: {pending} pending, {dead} dead");
+        // No count here: with a million pending calls a count is a full scan, and a restart
+        // must reach its first due call without one.
+        match self.store.next_due_ms() {
+            Ok(Some(at)) => {
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                tracing::info!(cage = %self.cage, "queue open; next call due in {}", humantime::format_duration(Duration::from_secs(wait.as_secs())));
+            }
+            Ok(None) => tracing::info!(cage = %self.cage, "queue open; nothing scheduled"),
+            Err(e) => {
+                tracing::error!(cage = %self.cage, "queue open, but its schedule is unreadable: {e}")
+            }
+        }
         ctx.run_interval(PUMP_EVERY, |this, ctx| this.pump(ctx));
         ctx.run_interval(HISTORY_SWEEP_EVERY, |this, _| {
             let recheck = this
@@ -544,7 +627,7 @@ impl Handler<Enqueue> for Scheduler {
     fn handle(&mut self, Enqueue(request): Enqueue, ctx: &mut Context<Self>) -> Self::Result {
         let taken = self.enqueue(request);
         let durable = self.commit.durable();
-        self.pump(ctx);
+        self.pump_soon(ctx);
         Box::pin(async move {
             let taken = taken?;
             // Acknowledge only after the group flush, or a crash loses an acknowledged call.
@@ -559,6 +642,7 @@ impl Handler<Accept> for Scheduler {
 
     fn handle(&mut self, Accept(call): Accept, ctx: &mut Context<Self>) -> Self::Result {
         let taken = if call.target == self.cage {
+            self.stats.accepted += 1;
             self.take_for_execution(call)
         } else {
             Err(CallError::with_kind(
@@ -570,7 +654,7 @@ impl Handler<Accept> for Scheduler {
             ))
         };
         let durable = self.commit.durable();
-        self.pump(ctx);
+        self.pump_soon(ctx);
         Box::pin(async move {
             let taken = taken?;
             durable.await.map_err(storage_error)?;
@@ -586,7 +670,7 @@ impl Handler<Query> for Scheduler {
         let answer = self
             .query(q)
             .unwrap_or_else(|e| Response::Error(format!("queue storage: {e}")));
-        self.pump(ctx);
+        self.pump_soon(ctx);
         MessageResult(answer)
     }
 }
@@ -599,7 +683,7 @@ impl Handler<AttemptDone> for Scheduler {
         if let Err(e) = self.attempt_done(done) {
             tracing::error!(cage = %self.cage, call_id = %id, "cannot record the attempt: {e}");
         }
-        self.pump(ctx);
+        self.pump_soon(ctx);
     }
 }
 

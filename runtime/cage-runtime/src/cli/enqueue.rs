@@ -17,6 +17,7 @@ pub struct EnqueueArgs<'a> {
     pub priority: i32,
     pub key: Option<String>,
     pub from: Option<String>,
+    pub delay: std::time::Duration,
     pub json: bool,
 }
 
@@ -46,6 +47,7 @@ pub fn enqueue(site: &Site, a: EnqueueArgs<'_>) -> ExitCode {
         queue: a.queue,
         priority: a.priority,
         key: a.key,
+        delay_ms: a.delay.as_millis() as u64,
     };
     match Client::connect(via, &route).and_then(|mut c| c.enqueue(request, TIMEOUT)) {
         Ok((id, duplicate_of)) => {

@@ -89,6 +89,9 @@ enum Command {
         /// Hand the call to this cage, which keeps it until CAGE accepts it (default: CAGE).
         #[arg(long)]
         from: Option<String>,
+        /// Run it no earlier than this long from now (e.g. 10m).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        delay: Duration,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -135,10 +138,19 @@ enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Remove a call, pending or dead.
+    /// Remove a call, pending or dead (or, with --all, every pending call that passes the filters).
     Cancel {
         /// The call id.
-        id: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every pending call that passes the filters.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this cage.
+        #[arg(long)]
+        cage: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Move a dead call back to pending, due now, with a fresh give-up window.
     Revive {
@@ -221,6 +233,7 @@ pub fn main() -> ExitCode {
             priority,
             key,
             from,
+            delay,
             json,
         } => enqueue::enqueue(
             &site,
@@ -232,6 +245,7 @@ pub fn main() -> ExitCode {
                 priority,
                 key,
                 from,
+                delay,
                 json,
             },
         ),
@@ -250,8 +264,28 @@ pub fn main() -> ExitCode {
             cage,
             filter,
             ..
-        } => steer::retry_all(&site, cage.as_deref(), filter.into()),
-        Command::Cancel { id } => steer::by_id(&site, &id, "cancelled", QueueQuery::Cancel),
+        } => steer::all(
+            &site,
+            cage.as_deref(),
+            filter.into(),
+            "due now",
+            QueueQuery::RetryAllNow,
+        ),
+        Command::Cancel { id: Some(id), .. } => {
+            steer::by_id(&site, &id, "cancelled", QueueQuery::Cancel)
+        }
+        Command::Cancel {
+            id: None,
+            cage,
+            filter,
+            ..
+        } => steer::all(
+            &site,
+            cage.as_deref(),
+            filter.into(),
+            "cancelled",
+            QueueQuery::CancelAll,
+        ),
         Command::Revive { id } => steer::by_id(&site, &id, "revived", QueueQuery::Revive),
         Command::Schedule { queue, json } => schedule::schedule(&site, &queue, json),
         Command::Bench { scenario } => bench::bench(&site, scenario),

@@ -28,8 +28,14 @@ pub fn by_id(site: &Site, id: &str, what: &str, order: fn(String) -> QueueQuery)
     ExitCode::SUCCESS
 }
 
-/// Makes every pending call that passes `filter` due now, on one cage or the whole site.
-pub fn retry_all(site: &Site, cage: Option<&str>, filter: Filter) -> ExitCode {
+/// Gives `order` about every pending call that passes `filter`, on one cage or the whole site.
+pub fn all(
+    site: &Site,
+    cage: Option<&str>,
+    filter: Filter,
+    what: &str,
+    order: fn(Filter) -> QueueQuery,
+) -> ExitCode {
     let mut changed = 0;
     for c in cages(site, cage) {
         let route = match target::route(site, &c) {
@@ -38,13 +44,13 @@ pub fn retry_all(site: &Site, cage: Option<&str>, filter: Filter) -> ExitCode {
         };
         // One cage down must not keep the others' calls waiting: warn and go on.
         match Client::connect(&c, &route)
-            .and_then(|mut cl| cl.steer(QueueQuery::RetryAllNow(filter.clone()), TIMEOUT))
+            .and_then(|mut cl| cl.steer(order(filter.clone()), TIMEOUT))
         {
             Ok(n) => changed += n,
             Err(e) => eprintln!("warning: {e}"),
         }
     }
-    println!("retry-now: {changed} call(s) due now");
+    println!("{changed} call(s) {what}");
     ExitCode::SUCCESS
 }
 

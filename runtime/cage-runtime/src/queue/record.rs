@@ -25,6 +25,8 @@ pub struct QueuedCall {
     pub key: Option<String>,
     /// When the source cage took it (ms since the epoch).
     pub enqueued_at_ms: u64,
+    /// Not to run before this time (ms since the epoch; 0: at once).
+    pub not_before_ms: u64,
 }
 
 /// Where a call is on its way: held by its source until the target accepts it, then executed.
@@ -81,13 +83,17 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    /// A new pending record due at once.
+    /// A new pending record, due at once (or, to execute, at its `not_before_ms`).
     pub fn new(call: QueuedCall, stage: Stage, now_ms: u64) -> Self {
+        let due = match stage {
+            Stage::Execute => now_ms.max(call.not_before_ms),
+            Stage::Deliver => now_ms,
+        };
         CallRecord {
             stage,
             attempts: Vec::new(),
-            next_at_ms: now_ms,
-            window_start_ms: now_ms,
+            next_at_ms: due,
+            window_start_ms: due,
             dead_reason: None,
             seq: 0,
             call,

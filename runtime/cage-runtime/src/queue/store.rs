@@ -281,6 +281,36 @@ impl QueueStore {
         Ok(out)
     }
 
+    /// Up to `want` calls due at or before `now_ms` for which `skip` is false, in due order,
+    /// looking at no more than `max_scan` index entries.
+    pub fn due_where(
+        &self,
+        now_ms: u64,
+        want: usize,
+        max_scan: usize,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<DueCall>, QueueError> {
+        let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}");
+        let mut out = Vec::new();
+        for item in self.db.range(vec![DUE]..end).take(max_scan) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Some((due_ms, priority, id)) = keys::parse_due(&k) {
+                if !skip(&id) {
+                    out.push(DueCall {
+                        id,
+                        queue: String::from_utf8_lossy(&v).into_owned(),
+                        priority,
+                        due_ms,
+                    });
+                    if out.len() >= want {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// When the earliest scheduled call is due, if any is.
     pub fn next_due_ms(&self) -> Result<Option<u64>, QueueError> {
         match self.db.scan_prefix([DUE]).next() {
@@ -405,6 +435,7 @@ mod tests {
             priority,
             key: key.map(Into::into),
             enqueued_at_ms: 1000,
+            not_before_ms: 0,
         }
     }
 

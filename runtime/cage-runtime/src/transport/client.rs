@@ -3,8 +3,8 @@
 
 use super::frame::{self, FrameError};
 use super::protocol::{
-    CageInfo, CallFailure, CallRequest, CallView, EnqueueRequest, ModuleInfo, QueueQuery, Request,
-    RequestFrame, Response, ResponseFrame,
+    CageInfo, CallFailure, CallRequest, CallView, EnqueueRequest, ModuleInfo, QueueQuery,
+    QueueStats, Request, RequestFrame, Response, ResponseFrame,
 };
 use crate::config::CageRoute;
 use crate::queue::QueuedCall;
@@ -223,6 +223,14 @@ impl Client {
         }
     }
 
+    /// The cage's queue counters (with `count`, also its pending and dead totals).
+    pub fn stats(&mut self, count: bool, timeout: Duration) -> Result<QueueStats, ClientError> {
+        match self.request(Request::Queue(QueueQuery::Stats(count)), timeout)? {
+            Response::Stats(s) => Ok(s),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Lists the cage's modules.
     pub fn modules(&mut self, timeout: Duration) -> Result<Vec<ModuleInfo>, ClientError> {
         match self.request(Request::Modules, timeout)? {
@@ -249,6 +257,7 @@ impl Client {
             Response::Accepted { .. } => "an acceptance",
             Response::Calls(_) => "a call listing",
             Response::Changed(_) => "a change count",
+            Response::Stats(_) => "queue counters",
             Response::Error(e) => {
                 return ClientError::Rejected {
                     cage: self.cage.clone(),

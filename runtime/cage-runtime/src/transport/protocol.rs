@@ -50,6 +50,8 @@ pub struct EnqueueRequest {
     pub priority: i32,
     /// Idempotency key.
     pub key: Option<String>,
+    /// Run no earlier than this many milliseconds after the enqueue (0: at once).
+    pub delay_ms: u64,
 }
 
 /// Which queued calls an operator command is about.
@@ -89,8 +91,33 @@ pub enum QueueQuery {
     RetryAllNow(Filter),
     /// Remove a call, pending or dead.
     Cancel(String),
+    /// Remove every pending call that passes the filter.
+    CancelAll(Filter),
     /// Move a dead call back to pending, due now.
     Revive(String),
+    /// Counters of the queue; with `true`, also count pending and dead calls (a full scan).
+    Stats(bool),
+}
+
+/// What a cage's queue has done since the cage started, and what it holds.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct QueueStats {
+    /// Calls taken by enqueue (on this cage as source).
+    pub enqueued: u64,
+    /// Calls accepted from other cages.
+    pub accepted: u64,
+    /// Calls handed to their target and accepted there.
+    pub delivered: u64,
+    /// Calls executed successfully here.
+    pub executed: u64,
+    /// Attempts that failed (and will be retried or died).
+    pub failed_attempts: u64,
+    /// Calls moved to dead letters.
+    pub died: u64,
+    /// Pending calls now (when counted).
+    pub pending: Option<u64>,
+    /// Dead calls now (when counted).
+    pub dead: Option<u64>,
 }
 
 /// A queued call as an operator sees it.
@@ -156,6 +183,8 @@ pub enum Response {
     Calls(Vec<CallView>),
     /// How many calls an order changed.
     Changed(usize),
+    /// Queue counters.
+    Stats(QueueStats),
     /// The request could not be served.
     Error(String),
 }

@@ -1,5 +1,9 @@
 //! `cage bench`: measure a running cage, one file per scenario.
 
+mod e2e;
+mod enqueue;
+mod load;
+mod pending;
 mod reload;
 mod rpc;
 
@@ -26,6 +30,54 @@ pub enum Scenario {
         calls: usize,
         /// Concurrent callers, each on its own connection.
         #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Durable enqueue rate (acknowledged = on disk) with 1 and with C concurrent clients,
+    /// against the disk's raw fdatasync rate.
+    Enqueue {
+        /// The cage to enqueue into (the calls are due a day later and cancelled afterwards).
+        cage: String,
+        /// Calls per run.
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+        /// Concurrent clients of the second run (the first has one).
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queued calls from SOURCE to TARGET: first enqueue to last completion, calls/s.
+    E2e {
+        /// The cage that takes the enqueues.
+        source: String,
+        /// The cage that executes the calls.
+        target: String,
+        /// MODULE.METHOD of every call (called with null).
+        #[arg(long, default_value = "echo.version")]
+        call: String,
+        /// Calls in all.
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+        /// Concurrent enqueuing clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fill a cage with calls due in a week, then report queue bytes on disk and the cage's RSS.
+    Pending {
+        /// The cage to fill.
+        cage: String,
+        /// Calls to add.
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: usize,
+        /// Concurrent enqueuing clients.
+        #[arg(long, default_value_t = 16)]
         clients: usize,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -64,6 +116,26 @@ pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
             clients,
             json,
         } => rpc::rpc(site, &cage, &target, &args, calls, clients.max(1), json),
+        Scenario::Enqueue {
+            cage,
+            calls,
+            clients,
+            json,
+        } => enqueue::enqueue(site, &cage, calls, &[1, clients.max(1)], json),
+        Scenario::E2e {
+            source,
+            target,
+            call,
+            calls,
+            clients,
+            json,
+        } => e2e::e2e(site, &source, &target, &call, calls, clients.max(1), json),
+        Scenario::Pending {
+            cage,
+            calls,
+            clients,
+            json,
+        } => pending::pending(site, &cage, calls, clients.max(1), json),
         Scenario::Reload {
             cage,
             module,

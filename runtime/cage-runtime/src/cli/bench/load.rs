@@ -1,0 +1,83 @@
+//! Shared by the queue benchmarks: enqueueing many calls from concurrent clients, and the
+//! disk's raw `fdatasync` rate to read durability costs against.
+
+use cage_runtime::config::CageRoute;
+use cage_runtime::transport::client::Client;
+use cage_runtime::transport::protocol::EnqueueRequest;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Enqueues `calls` copies of `request` through cage `via` from `clients` concurrent clients,
+/// each on its own connection; returns each enqueue's acknowledgement latency.
+pub fn enqueue_many(
+    via: &str,
+    route: &CageRoute,
+    request: &EnqueueRequest,
+    calls: usize,
+    clients: usize,
+    label: &str,
+) -> Result<Vec<Duration>, String> {
+    let progress = Arc::new(
+        ProgressBar::new(calls as u64).with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+    );
+    progress.set_message(label.to_owned());
+    let per_client = calls.div_ceil(clients);
+    let workers: Vec<_> = (0..clients)
+        .map(|i| {
+            let (via, route, request, progress) = (
+                via.to_owned(),
+                route.clone(),
+                request.clone(),
+                progress.clone(),
+            );
+            let n = per_client.min(calls.saturating_sub(i * per_client));
+            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                let mut client = Client::connect(&via, &route).map_err(|e| e.to_string())?;
+                let mut latencies = Vec::with_capacity(n);
+                for k in 0..n {
+                    let t = Instant::now();
+                    client
+                        .enqueue(request.clone(), Duration::from_secs(60))
+                        .map_err(|e| e.to_string())?;
+                    latencies.push(t.elapsed());
+                    if k % 128 == 127 {
+                        progress.inc(128);
+                    }
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(calls);
+    for w in workers {
+        all.extend(
+            w.join()
+                .map_err(|_| "a bench client panicked".to_owned())??,
+        );
+    }
+    progress.finish_and_clear();
+    Ok(all)
+}
+
+/// `fdatasync` calls per second on a small file in `dir`, each after a 4 KiB write: the
+/// disk's limit for durable acknowledgements that do not share a flush.
+pub fn fdatasync_rate(dir: &Path, rounds: usize) -> Result<f64, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let path = dir.join(".fdatasync-probe");
+    let mut f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let block = [0x5au8; 4096];
+    let started = Instant::now();
+    for _ in 0..rounds {
+        f.write_all(&block).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+    }
+    let rate = rounds as f64 / started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    Ok(rate)
+}
