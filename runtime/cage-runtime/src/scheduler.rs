@@ -187,7 +187,15 @@ impl Scheduler {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::error!(cage = %self.cage, call_id = %d.id, "cannot read a due call: {e}");
+                    // Unreadable (corrupt, or an unknown format): move it aside, keep the queue going.
+                    match self.store.quarantine(&d) {
+                        Ok(()) => {
+                            tracing::error!(cage = %self.cage, call_id = %d.id, "{e}; record moved to quarantine")
+                        }
+                        Err(q) => {
+                            tracing::error!(cage = %self.cage, call_id = %d.id, "{e}; and quarantine failed: {q}")
+                        }
+                    }
                     continue;
                 }
             };

@@ -37,6 +37,16 @@ pub enum QueueError {
         /// The decode error.
         source: postcard::Error,
     },
+    /// A stored record was written in a format this cage does not read.
+    #[error("queue record {key} has format {found}, this cage reads format {expected}")]
+    Format {
+        /// The record's key, printable.
+        key: String,
+        /// Format byte found.
+        found: u8,
+        /// Format this cage reads.
+        expected: u8,
+    },
     /// Flushing to disk failed: nothing written since the last good flush is durable.
     #[error("cannot make the queue durable: {0}")]
     Flush(String),
