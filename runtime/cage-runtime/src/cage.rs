@@ -8,7 +8,7 @@ use crate::executor::CallExecutor;
 use crate::host::HostEnv;
 use crate::queue::{GroupCommit, QueueStore};
 use crate::registry::ModuleRegistry;
-use crate::scheduler::{Pause, Scheduler};
+use crate::scheduler::{JobsDeclared, Pause, Scheduler};
 use crate::transport::server::{Limits, Listener, StopListening};
 use actix::{Actor, Addr};
 use std::net::SocketAddr;
@@ -153,10 +153,12 @@ impl PreparedCage {
             delivery,
         )
         .start();
+        scheduler.do_send(JobsDeclared(c.jobs.clone()));
         crate::config_watch::watch(
             self.env.site.clone(),
+            c,
             &self.env.execute_on,
-            scheduler.clone().recipient(),
+            scheduler.clone(),
         );
         let load = Arc::new(Load::default());
         let dispatcher = Dispatcher {

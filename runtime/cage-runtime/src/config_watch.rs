@@ -1,84 +1,119 @@
-//! Re-reading `config/config_execute_on.toml` when it changes: a good edit is handed to the
-//! scheduler (pending calls follow it from their next attempt), a bad one is logged with file,
-//! line and reason while the settings in force stay.
+//! Re-reading the site config and the cage's own file when they change.
+//!
+//! - `config/config_execute_on.toml`: a good edit is handed to the scheduler (pending calls
+//!   follow it from their next attempt);
+//! - `cages/NAME.toml`: its declared jobs are reconciled (a job removed from the file stops);
+//!   other settings of the cage file take effect at the next start.
+//!
+//! A bad edit is logged with file, line and reason, and the settings in force stay.
 
-use crate::config::{ExecuteOn, Site};
-use crate::scheduler::PoliciesChanged;
-use actix::Recipient;
+use crate::config::{CageConfig, ExecuteOn, Site, EXECUTE_ON_FILE};
+use crate::scheduler::{JobsDeclared, PoliciesChanged, Scheduler};
+use actix::Addr;
 use notify::Watcher;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Quiet time after a file event before the file is read (editors write in several steps).
+/// Quiet time after a file event before the files are read (editors write in several steps).
 const SETTLE: Duration = Duration::from_millis(100);
-/// The file is also compared this often, in case an event was missed.
+/// The files are also compared this often, in case an event was missed.
 const POLL: Duration = Duration::from_secs(2);
 
-/// Watches the site's `config/` directory on a thread of its own for the life of the process.
-pub fn watch(site: Site, current: &ExecuteOn, recipient: Recipient<PoliciesChanged>) {
+/// One watched file: its path and the text last acted on.
+struct Watched {
+    path: PathBuf,
+    last: Option<String>,
+}
+
+impl Watched {
+    fn new(path: PathBuf) -> Self {
+        let last = std::fs::read_to_string(&path).ok();
+        Watched { path, last }
+    }
+
+    /// Whether the file's text changed since last asked.
+    fn changed(&mut self) -> bool {
+        let now = std::fs::read_to_string(&self.path).ok();
+        if now == self.last {
+            return false;
+        }
+        self.last = now;
+        true
+    }
+}
+
+/// Watches the site config and `cage`'s file on a thread of its own for the life of the process.
+pub fn watch(site: Site, cage: &CageConfig, current: &ExecuteOn, scheduler: Addr<Scheduler>) {
     let (tx, rx) = mpsc::channel::<()>();
-    let dir = site.root().join("config");
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if event
-                .paths
-                .iter()
-                .any(|p| p.ends_with("config_execute_on.toml"))
-            {
-                let _ = tx.send(());
-            }
+        if event.is_ok() {
+            let _ = tx.send(());
         }
     })
     .and_then(|mut w| {
-        w.watch(&dir, notify::RecursiveMode::NonRecursive)
-            .map(|_| w)
+        w.watch(
+            &site.root().join("config"),
+            notify::RecursiveMode::NonRecursive,
+        )?;
+        w.watch(
+            &site.root().join("cages"),
+            notify::RecursiveMode::NonRecursive,
+        )?;
+        Ok(w)
     });
     let watcher = match watcher {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), "config file events unavailable ({e}); checking every {POLL:?}");
+            tracing::warn!("config file events unavailable ({e}); checking every {POLL:?}");
             None
         }
     };
-    let mut in_force = current.clone();
-    let mut last_text =
-        std::fs::read_to_string(site.root().join(crate::config::EXECUTE_ON_FILE)).ok();
-    let spawned = std::thread::Builder::new()
-        .name("cage-config".into())
-        .spawn(move || {
-            let _keep_alive = watcher;
-            loop {
-                match rx.recv_timeout(POLL) {
-                    Ok(()) => {
-                        std::thread::sleep(SETTLE);
-                        while rx.try_recv().is_ok() {}
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
+    let mut execute_on = Watched::new(site.root().join(EXECUTE_ON_FILE));
+    let mut cage_file = Watched::new(cage.path.clone());
+    let (name, mut in_force, mut jobs_in_force) =
+        (cage.name.clone(), current.clone(), cage.jobs.clone());
+    let spawned = std::thread::Builder::new().name("cage-config".into()).spawn(move || {
+        let _keep_alive = watcher;
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(()) => {
+                    std::thread::sleep(SETTLE);
+                    while rx.try_recv().is_ok() {}
                 }
-                let text =
-                    std::fs::read_to_string(site.root().join(crate::config::EXECUTE_ON_FILE)).ok();
-                if text == last_text {
-                    continue;
-                }
-                last_text = text;
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
+            }
+            if execute_on.changed() {
                 match site.execute_on() {
                     Ok(new) if new == in_force => {}
                     Ok(new) => {
-                        tracing::info!(
-                            "{} changed: new settings in force",
-                            crate::config::EXECUTE_ON_FILE
-                        );
+                        tracing::info!("{EXECUTE_ON_FILE} changed: new settings in force");
                         in_force = new.clone();
-                        if recipient.try_send(PoliciesChanged(new)).is_err() {
+                        if scheduler.try_send(PoliciesChanged(new)).is_err() {
                             return;
                         }
                     }
                     Err(e) => tracing::error!("{e} — edit rejected, the settings in force stay"),
                 }
             }
-        });
+            if cage_file.changed() {
+                match site.cage(&name) {
+                    Ok(new) if new.jobs == jobs_in_force => {
+                        tracing::info!("{} changed; settings other than jobs take effect at the next start", new.path.display())
+                    }
+                    Ok(new) => {
+                        jobs_in_force = new.jobs.clone();
+                        if scheduler.try_send(JobsDeclared(new.jobs)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::error!("{e} — edit rejected, the jobs in force stay"),
+                }
+            }
+        }
+    });
     if let Err(e) = spawned {
-        tracing::error!("cannot watch {}: {e}", crate::config::EXECUTE_ON_FILE);
+        tracing::error!("cannot watch the config files: {e}");
     }
 }

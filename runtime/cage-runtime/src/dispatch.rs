@@ -3,7 +3,7 @@
 
 use crate::executor::{CallExecutor, Execute};
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
-use crate::scheduler::{Accept, Enqueue, Query, Scheduler};
+use crate::scheduler::{Accept, Enqueue, JobCommand, Query, Scheduler};
 use crate::transport::protocol::{
     new_call_id, CageInfo, CallFailure, CallRequest, Request, Response,
 };
@@ -111,6 +111,11 @@ impl Dispatcher {
                     Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
                 }
             }
+            Request::Job(request) => match self.scheduler.send(JobCommand(request)).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => Response::Error(e.to_string()),
+                Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+            },
             Request::Queue(query) => match self.scheduler.send(Query(query)).await {
                 Ok(answer) => answer,
                 Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),

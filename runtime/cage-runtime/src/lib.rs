@@ -12,6 +12,7 @@
 //! - [`queue`]: the durable queue (sled): pending calls, due index, dead letters, history.
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
+//! - [`jobs`]: scheduled and recurring calls: what is due, catch-up, signatures.
 //! - [`retry_policy`]: when a failed queued call runs next (pure functions of the policy).
 //! - [`config_watch`]: re-reading the site config when it changes.
 //! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
@@ -27,6 +28,7 @@ pub mod delivery;
 pub mod dispatch;
 pub mod executor;
 pub mod host;
+pub mod jobs;
 pub mod loader;
 pub mod queue;
 pub mod registry;

@@ -4,6 +4,7 @@ mod bench;
 mod call;
 mod enqueue;
 mod exit;
+mod jobs;
 mod modules;
 mod pending;
 mod queue_view;
@@ -157,6 +158,19 @@ enum Command {
         /// The call id.
         id: String,
     },
+    /// Add, remove or run a job.
+    Job {
+        #[command(subcommand)]
+        action: jobs::JobAction,
+    },
+    /// List jobs: target, schedule in words, next run, last run and outcome.
+    Jobs {
+        /// Only this cage (default: every cage of the site).
+        cage: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the retry schedule the current config implies for a queue (no jitter).
     Schedule {
         /// The queue.
@@ -287,7 +301,20 @@ pub fn main() -> ExitCode {
             QueueQuery::CancelAll,
         ),
         Command::Revive { id } => steer::by_id(&site, &id, "revived", QueueQuery::Revive),
+        Command::Job { action } => jobs::job(&site, action),
+        Command::Jobs { cage, json } => jobs::list(&site, cage.as_deref(), json),
         Command::Schedule { queue, json } => schedule::schedule(&site, &queue, json),
         Command::Bench { scenario } => bench::bench(&site, scenario),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -1,6 +1,7 @@
 //! The cage file `cages/NAME.toml`: where one cage listens, what it serves, how it runs.
 
 use super::error::ConfigError;
+use crate::jobs::CatchUp;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,42 @@ struct RawCageFile {
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
     fdatasync: Option<bool>,
+    #[serde(default)]
+    jobs: Vec<Spanned<RawJob>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: Spanned<String>,
+    call: Spanned<String>,
+    #[serde(default)]
+    args: Option<toml::Value>,
+    #[serde(with = "humantime_serde")]
+    every: Duration,
+    #[serde(default)]
+    catch_up: CatchUp,
+    #[serde(default)]
+    queue: Option<String>,
+}
+
+/// A recurring job declared in a cage file (`[[jobs]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeclaredJob {
+    /// Its name, unique in the file.
+    pub name: String,
+    /// Module to call.
+    pub module: String,
+    /// Method of that module.
+    pub method: String,
+    /// JSON arguments.
+    pub args: Vec<u8>,
+    /// Time between runs.
+    pub every: Duration,
+    /// What to do about runs missed while the cage was down.
+    pub catch_up: CatchUp,
+    /// Queue the runs go through.
+    pub queue: String,
 }
 
 /// A validated cage file.
@@ -83,6 +120,8 @@ pub struct CageConfig {
     pub shutdown_grace: Duration,
     /// Follow each queue flush with `fdatasync`, so acknowledged calls survive power loss.
     pub fdatasync: bool,
+    /// Recurring jobs declared in the file.
+    pub jobs: Vec<DeclaredJob>,
 }
 
 /// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
@@ -144,6 +183,60 @@ impl CageConfig {
                     Some(s) => Ok(*s.get_ref()),
                 }
             };
+        let mut jobs: Vec<DeclaredJob> = Vec::new();
+        for j in &raw.jobs {
+            let r = j.get_ref();
+            let name = r.name.get_ref();
+            if !valid_name(name) {
+                return Err(at(
+                    r.name.span(),
+                    format!("jobs: {name:?} is not a job name (letters, digits, '-', '_')"),
+                ));
+            }
+            if jobs.iter().any(|d| d.name == *name) {
+                return Err(at(
+                    r.name.span(),
+                    format!("jobs: two jobs are named {name:?}"),
+                ));
+            }
+            let Some((module, method)) = r
+                .call
+                .get_ref()
+                .split_once('.')
+                .filter(|(m, f)| !m.is_empty() && !f.is_empty())
+            else {
+                return Err(at(
+                    r.call.span(),
+                    format!(
+                        "jobs.{name}.call: expected MODULE.METHOD, found {:?}",
+                        r.call.get_ref()
+                    ),
+                ));
+            };
+            if r.every.is_zero() {
+                return Err(at(
+                    j.span(),
+                    format!("jobs.{name}.every: must be longer than zero"),
+                ));
+            }
+            let args = match &r.args {
+                Some(v) => serde_json::to_vec(v)
+                    .map_err(|e| at(j.span(), format!("jobs.{name}.args: {e}")))?,
+                None => b"null".to_vec(),
+            };
+            jobs.push(DeclaredJob {
+                name: name.clone(),
+                module: module.to_owned(),
+                method: method.to_owned(),
+                args,
+                every: r.every,
+                catch_up: r.catch_up,
+                queue: r
+                    .queue
+                    .clone()
+                    .unwrap_or_else(|| super::DEFAULT_QUEUE.to_owned()),
+            });
+        }
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(name));
@@ -184,6 +277,7 @@ impl CageConfig {
                 .shutdown_grace
                 .unwrap_or(CageFileDefaults::SHUTDOWN_GRACE),
             fdatasync: raw.fdatasync.unwrap_or(true),
+            jobs,
         })
     }
 }
@@ -253,6 +347,25 @@ mod tests {
             e.contains("cages/demo.toml:2:20") && e.contains("at least 1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn declared_jobs_parse_and_are_checked() {
+        let c = parse("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"echo.append\"\nargs = { file = \"/tmp/x\" }\nevery = \"2s\"\ncatch_up = \"all\"\n").unwrap();
+        assert_eq!(c.jobs.len(), 1);
+        assert_eq!(
+            (c.jobs[0].module.as_str(), c.jobs[0].method.as_str()),
+            ("echo", "append")
+        );
+        assert_eq!(c.jobs[0].args, br#"{"file":"/tmp/x"}"#);
+        assert_eq!(c.jobs[0].catch_up, CatchUp::All);
+        let e = parse("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"echo\"\nevery = \"2s\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("cages/demo.toml:4:8") && e.contains("expected MODULE.METHOD"),
+            "{e}"
+        );
+        let e = parse("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"echo.x\"\nevery = \"2s\"\ncatch_up = \"sometimes\"\n").unwrap_err().to_string();
+        assert!(e.contains("cages/demo.toml:6:"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub const HISTORY: u8 = b'h';
 pub const EXPIRY: u8 = b't';
 /// `k` + target + 0 + queue + 0 + key → id: idempotency keys.
 pub const IDEMPOTENCY: u8 = b'k';
+/// `j` + job id → job.
+pub const JOB: u8 = b'j';
 /// `q` + id → the raw bytes of a record that could not be read, kept for inspection.
 pub const QUARANTINE: u8 = b'q';
 /// `o` + queue + 0 + seq → id: pending calls of each queue in the order they were stored.

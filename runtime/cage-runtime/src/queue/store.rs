@@ -5,6 +5,7 @@
 use super::keys::{self, CALL, DEAD, DUE, EXPIRY};
 use super::record::{CallRecord, Stage};
 use super::QueueError;
+use crate::jobs::Job;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -326,6 +327,57 @@ impl QueueStore {
             }
         }
         Ok(out)
+    }
+
+    /// Stores (or replaces) a job.
+    pub fn put_job(&self, job: &Job) -> Result<(), QueueError> {
+        self.db
+            .insert(keys::with_id(keys::JOB, &job.id), encode(job))
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Removes a job; whether it existed.
+    pub fn remove_job(&self, id: &str) -> Result<bool, QueueError> {
+        self.db
+            .remove(keys::with_id(keys::JOB, id))
+            .map(|old| old.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every stored job (unreadable ones are logged and left out).
+    pub fn jobs(&self) -> Result<Vec<Job>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([keys::JOB]) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            match decode(&k, &v) {
+                Ok(job) => out.push(job),
+                Err(e) => tracing::error!("{e}; this job is not run"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Queues the runs `records` of a job and stores the job as `job` (its next run moved on),
+    /// in one batch: a crash leaves either no run queued and the old next run, or both done.
+    pub fn fire(&self, job: &Job, records: &[CallRecord]) -> Result<(), QueueError> {
+        let mut b = sled::Batch::default();
+        for record in records {
+            if self
+                .db
+                .contains_key(keys::with_id(CALL, &record.call.id))
+                .map_err(|e| self.err(e))?
+            {
+                continue; // this very run is already queued (run-now twice in one millisecond)
+            }
+            let mut record = record.clone();
+            record.seq = self.next_seq()?;
+            b.insert(keys::with_id(CALL, &record.call.id), encode(&record));
+            b.insert(Self::due_key(&record), record.call.queue.as_bytes());
+            b.insert(Self::order_key(&record), record.call.id.as_bytes());
+        }
+        b.insert(keys::with_id(keys::JOB, &job.id), encode(job));
+        self.apply(b)
     }
 
     /// Moves the unreadable record of due call `due` out of the schedule into quarantine

@@ -3,10 +3,11 @@
 
 use super::frame::{self, FrameError};
 use super::protocol::{
-    CageInfo, CallFailure, CallRequest, CallView, EnqueueRequest, ModuleInfo, QueueQuery,
-    QueueStats, Request, RequestFrame, Response, ResponseFrame,
+    CageInfo, CallFailure, CallRequest, CallView, EnqueueRequest, JobRequest, ModuleInfo,
+    QueueQuery, QueueStats, Request, RequestFrame, Response, ResponseFrame,
 };
 use crate::config::CageRoute;
+use crate::jobs::Job;
 use crate::queue::QueuedCall;
 use cage_sdk::{CallError, ErrorKind};
 use std::net::{SocketAddr, TcpStream};
@@ -231,6 +232,15 @@ impl Client {
         }
     }
 
+    /// Asks about jobs; answers the jobs concerned (none for orders).
+    pub fn job(&mut self, request: JobRequest, timeout: Duration) -> Result<Vec<Job>, ClientError> {
+        match self.request(Request::Job(request), timeout)? {
+            Response::Jobs(jobs) => Ok(jobs),
+            Response::Changed(_) => Ok(Vec::new()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Lists the cage's modules.
     pub fn modules(&mut self, timeout: Duration) -> Result<Vec<ModuleInfo>, ClientError> {
         match self.request(Request::Modules, timeout)? {
@@ -258,6 +268,7 @@ impl Client {
             Response::Calls(_) => "a call listing",
             Response::Changed(_) => "a change count",
             Response::Stats(_) => "queue counters",
+            Response::Jobs(_) => "a job list",
             Response::Error(e) => {
                 return ClientError::Rejected {
                     cage: self.cage.clone(),

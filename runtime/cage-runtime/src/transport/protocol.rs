@@ -1,6 +1,7 @@
 //! What frames carry: a request or response body tagged with the id that pairs them, so one
 //! connection can carry many calls at once.
 
+use crate::jobs::{CatchUp, Job, Schedule};
 use crate::queue::{CallRecord, QueuedCall};
 use cage_sdk::CallError;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,43 @@ pub enum Request {
     Accept(QueuedCall),
     /// Inspect or steer the queue.
     Queue(QueueQuery),
+    /// Add, list, remove or run jobs.
+    Job(JobRequest),
+}
+
+/// A job to add: what it calls and when.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// Module to call.
+    pub module: String,
+    /// Method of that module.
+    pub method: String,
+    /// JSON arguments of every run.
+    pub args: Vec<u8>,
+    /// Queue the runs go through.
+    pub queue: String,
+    /// When it runs.
+    pub schedule: Schedule,
+    /// What to do about missed runs.
+    pub catch_up: CatchUp,
+}
+
+/// What can be asked about jobs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum JobRequest {
+    /// Add a job; `replace` lets it take the place of a recurring job with the same signature.
+    Add {
+        /// The job.
+        spec: JobSpec,
+        /// Replace a recurring job of the same signature instead of refusing.
+        replace: bool,
+    },
+    /// Every job of the cage.
+    List,
+    /// Remove a job.
+    Remove(String),
+    /// Fire a run of a job now, leaving its schedule as it is.
+    RunNow(String),
 }
 
 /// A call to put into the queue of the cage that receives the request.
@@ -185,6 +223,8 @@ pub enum Response {
     Changed(usize),
     /// Queue counters.
     Stats(QueueStats),
+    /// Jobs.
+    Jobs(Vec<Job>),
     /// The request could not be served.
     Error(String),
 }

@@ -6,9 +6,14 @@
 //! *execute* stage runs the module here. The decisions (when next, when to give up) are
 //! [`crate::retry_policy`]'s; the storage is [`crate::queue`]'s.
 
+mod jobs;
+
+pub use jobs::{JobCommand, JobsDeclared};
+
 use crate::config::{valid_name, ExecuteOn};
 use crate::delivery::Delivery;
 use crate::executor::{CallExecutor, Execute};
+use crate::jobs::Job;
 use crate::queue::{
     Acceptance, Attempt, CallRecord, GroupCommit, QueueError, QueueStore, QueuedCall, Stage,
 };
@@ -34,11 +39,11 @@ const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Most calls a listing returns when the operator gives no limit.
 const DEFAULT_LISTING: usize = 1000;
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }
 
-fn storage_error(e: QueueError) -> CallError {
+pub(super) fn storage_error(e: QueueError) -> CallError {
     CallError::with_kind(ErrorKind::Internal, format!("queue storage: {e}"))
 }
 
@@ -92,6 +97,7 @@ pub struct Scheduler {
     rng: SmallRng,
     stats: QueueStats,
     pump_asked: bool,
+    jobs: std::collections::BTreeMap<String, Job>,
 }
 
 impl Scheduler {
@@ -119,11 +125,12 @@ impl Scheduler {
             rng: SmallRng::from_entropy(),
             stats: QueueStats::default(),
             pump_asked: false,
+            jobs: std::collections::BTreeMap::new(),
         }
     }
 
     /// Pumps once after the messages already waiting are handled, however many ask for it.
-    fn pump_soon(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn pump_soon(&mut self, ctx: &mut Context<Self>) {
         if !self.pump_asked {
             self.pump_asked = true;
             ctx.run_later(Duration::ZERO, |this, ctx| {
@@ -137,6 +144,7 @@ impl Scheduler {
         if self.paused {
             return;
         }
+        self.fire_due_jobs();
         // Free slots of the configured queues, plus one queue's worth for queues without a table
         // of their own: no point reading more of the schedule than could start now.
         let configured: usize = self
@@ -265,7 +273,7 @@ impl Scheduler {
         let call = &record.call;
         let span = tracing::info_span!("call", call_id = %call.id, cage = %self.cage, module = %call.module, method = %call.method, attempt = number);
         let _entered = span.enter();
-        match done.outcome {
+        let job_outcome = match done.outcome {
             Ok(()) => {
                 self.store.finish(&record)?;
                 match record.stage {
@@ -278,12 +286,17 @@ impl Scheduler {
                         tracing::info!(target = %call.target, "accepted by cage {} after {number} attempt(s)", call.target)
                     }
                 }
+                match record.stage {
+                    Stage::Execute => "done".to_owned(),
+                    Stage::Deliver => format!("handed to cage {}", call.target),
+                }
             }
             Err(e) if e.kind == ErrorKind::Permanent => {
                 updated.dead_reason = Some(format!("permanent rejection: {}", e.message));
                 self.store.bury(&record, &updated)?;
                 self.stats.died += 1;
                 tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
+                format!("dead: permanent rejection: {}", e.message)
             }
             Err(e) => {
                 self.stats.failed_attempts += 1;
@@ -306,6 +319,7 @@ impl Scheduler {
                                 wait.as_millis() as u64
                             ))
                         );
+                        format!("attempt {number} failed, retrying: {e}")
                     }
                     None => {
                         updated.dead_reason = Some(format!(
@@ -316,10 +330,12 @@ impl Scheduler {
                         self.store.bury(&record, &updated)?;
                         self.stats.died += 1;
                         tracing::warn!("moved to dead letters: gave up after {number} attempt(s); last error: {e}");
+                        format!("dead: gave up after {number} attempt(s): {e}")
                     }
                 }
             }
-        }
+        };
+        self.job_run_ended(&record.call.id, job_outcome);
         self.commit.nudge();
         Ok(())
     }
@@ -598,6 +614,7 @@ impl Actor for Scheduler {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.load_jobs();
         // No count here: with a million pending calls a count is a full scan, and a restart
         // must reach its first due call without one.
         match self.store.next_due_ms() {

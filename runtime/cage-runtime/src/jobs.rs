@@ -1,0 +1,245 @@
+//! Jobs: calls that run at a time (`--at`, `--in`) or at an interval (`--every`), stored in the
+//! cage's queue database and fired through the queue, so failures retry by policy.
+//!
+//! This file holds the plain data and the decisions: which runs are due, what a catch-up does,
+//! what a job's signature is. The scheduler stores jobs and fires their runs.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// When a job runs.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// Once, at this time (ms since the epoch).
+    Once {
+        /// When.
+        at_ms: u64,
+    },
+    /// Every `interval_ms`, the first run at `first_ms`.
+    Every {
+        /// Time between runs.
+        interval_ms: u64,
+        /// The first run.
+        first_ms: u64,
+    },
+}
+
+impl Schedule {
+    /// The schedule in words, for tables.
+    pub fn words(&self) -> String {
+        match self {
+            Schedule::Once { at_ms } => format!("once at {}", timestamp(*at_ms)),
+            Schedule::Every { interval_ms, .. } => {
+                format!(
+                    "every {}",
+                    humantime::format_duration(Duration::from_millis(*interval_ms))
+                )
+            }
+        }
+    }
+}
+
+/// RFC 3339 time of `ms` since the epoch, to the second.
+pub fn timestamp(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// What a recurring job does about runs missed while the cage was down.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Run once for all the missed ticks.
+    #[default]
+    Once,
+    /// Run every missed tick.
+    All,
+    /// Run none of them; wait for the next tick.
+    Skip,
+}
+
+/// Most missed runs `catch_up = "all"` fires at once.
+pub const CATCH_UP_LIMIT: usize = 1000;
+
+/// A job as stored.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Job id.
+    pub id: String,
+    /// Cage that executes its runs.
+    pub cage: String,
+    /// Module to call.
+    pub module: String,
+    /// Method of that module.
+    pub method: String,
+    /// JSON arguments of every run.
+    pub args: Vec<u8>,
+    /// Queue the runs go through.
+    pub queue: String,
+    /// When it runs.
+    pub schedule: Schedule,
+    /// What to do about missed runs.
+    pub catch_up: CatchUp,
+    /// Declared in the cage file (reconciled with it) rather than added by a command.
+    pub declared: bool,
+    /// When the next run is due; `None` once a one-shot job has run.
+    pub next_run_ms: Option<u64>,
+    /// The latest run fired.
+    pub last_run: Option<LastRun>,
+}
+
+/// A fired run of a job.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct LastRun {
+    /// The time it was scheduled for.
+    pub scheduled_ms: u64,
+    /// The queued call carrying it.
+    pub call_id: String,
+    /// How it ended, once known ("done", or the error).
+    pub outcome: Option<String>,
+}
+
+impl Job {
+    /// Identity of what the job does: two recurring jobs with one signature are one job twice.
+    pub fn signature(&self) -> String {
+        let args = serde_json::from_slice::<serde_json::Value>(&self.args)
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        format!("{} {}.{} {}", self.cage, self.module, self.method, args)
+    }
+
+    /// Whether the job recurs.
+    pub fn recurring(&self) -> bool {
+        matches!(self.schedule, Schedule::Every { .. })
+    }
+}
+
+/// The call id of the run of `job_id` scheduled for `scheduled_ms`: the same run always gets
+/// the same id, so firing it twice (say, around a crash) queues it once.
+pub fn run_id(job_id: &str, scheduled_ms: u64) -> String {
+    format!("{job_id}@{scheduled_ms}")
+}
+
+/// The job a run's call id belongs to, if it is a run id.
+pub fn job_of_run(call_id: &str) -> Option<&str> {
+    call_id
+        .rsplit_once('@')
+        .filter(|(j, t)| j.starts_with("job-") && t.parse::<u64>().is_ok())
+        .map(|(j, _)| j)
+}
+
+/// The runs to fire now (scheduled times, oldest first) and the job's next due time after them.
+pub fn due_runs(job: &Job, now_ms: u64) -> (Vec<u64>, Option<u64>) {
+    let Some(next) = job.next_run_ms else {
+        return (Vec::new(), None);
+    };
+    if next > now_ms {
+        return (Vec::new(), Some(next));
+    }
+    match job.schedule {
+        Schedule::Once { .. } => (vec![next], None),
+        Schedule::Every { interval_ms, .. } => {
+            let interval = interval_ms.max(1);
+            let missed = (now_ms - next) / interval;
+            let latest = next + missed * interval;
+            let following = Some(latest + interval);
+            let runs = if missed == 0 {
+                vec![next]
+            } else {
+                match job.catch_up {
+                    CatchUp::Once => vec![latest],
+                    CatchUp::All => {
+                        let count = (missed + 1).min(CATCH_UP_LIMIT as u64);
+                        (0..count)
+                            .map(|k| latest - (count - 1 - k) * interval)
+                            .collect()
+                    }
+                    CatchUp::Skip => Vec::new(),
+                }
+            };
+            (runs, following)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every(interval_ms: u64, next: u64, catch_up: CatchUp) -> Job {
+        Job {
+            id: "job-1".into(),
+            cage: "c".into(),
+            module: "m".into(),
+            method: "f".into(),
+            args: br#"{"b": 1, "a": 2}"#.to_vec(),
+            queue: "retry".into(),
+            schedule: Schedule::Every {
+                interval_ms,
+                first_ms: next,
+            },
+            catch_up,
+            declared: false,
+            next_run_ms: Some(next),
+            last_run: None,
+        }
+    }
+
+    #[test]
+    fn nothing_runs_before_its_time() {
+        assert_eq!(
+            due_runs(&every(100, 1000, CatchUp::Once), 999),
+            (vec![], Some(1000))
+        );
+    }
+
+    #[test]
+    fn on_time_tick_runs_once_whatever_the_catch_up() {
+        for c in [CatchUp::Once, CatchUp::All, CatchUp::Skip] {
+            assert_eq!(
+                due_runs(&every(100, 1000, c), 1050),
+                (vec![1000], Some(1100))
+            );
+        }
+    }
+
+    #[test]
+    fn missed_ticks_follow_catch_up() {
+        // Ticks at 1000..=1300 were missed by 1350.
+        assert_eq!(
+            due_runs(&every(100, 1000, CatchUp::Once), 1350),
+            (vec![1300], Some(1400))
+        );
+        assert_eq!(
+            due_runs(&every(100, 1000, CatchUp::All), 1350),
+            (vec![1000, 1100, 1200, 1300], Some(1400))
+        );
+        assert_eq!(
+            due_runs(&every(100, 1000, CatchUp::Skip), 1350),
+            (vec![], Some(1400))
+        );
+    }
+
+    #[test]
+    fn one_shot_runs_once() {
+        let mut j = every(100, 1000, CatchUp::Once);
+        j.schedule = Schedule::Once { at_ms: 1000 };
+        assert_eq!(due_runs(&j, 5000), (vec![1000], None));
+        j.next_run_ms = None;
+        assert_eq!(due_runs(&j, 9000), (vec![], None));
+    }
+
+    #[test]
+    fn run_ids_name_their_job() {
+        assert_eq!(job_of_run(&run_id("job-7f", 1234)), Some("job-7f"));
+        assert_eq!(job_of_run("front-1a-2"), None);
+        assert_eq!(job_of_run("job-x@later"), None);
+    }
+
+    #[test]
+    fn signature_ignores_key_order_of_args() {
+        let a = every(100, 0, CatchUp::Once);
+        let mut b = a.clone();
+        b.args = br#"{"a": 2, "b": 1}"#.to_vec();
+        assert_eq!(a.signature(), b.signature());
+    }
+}

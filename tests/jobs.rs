@@ -1,0 +1,337 @@
+//! Jobs: a call at a time or at an interval, stored before the command returns, fired through
+//! the queue, surviving restarts, catching up on missed ticks as configured.
+
+mod support;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::{eventually, module_so, Site};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Lines of an effects file: (scheduled ms from the run id, tag).
+fn runs(file: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split(' ');
+            let id = parts.next()?;
+            let tag = parts.nth(1).unwrap_or("").to_owned();
+            Some((id.rsplit_once('@')?.1.parse().ok()?, tag))
+        })
+        .collect()
+}
+
+fn append_args(file: &Path, tag: &str) -> String {
+    format!(
+        r#"{{"file": {:?}, "tag": "{tag}"}}"#,
+        file.display().to_string()
+    )
+}
+
+fn site_with_echo() -> Site {
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "shutdown_grace = \"2s\"\n");
+    site.install("echo", &module_so("echo", &[]));
+    site
+}
+
+#[test]
+fn a_scheduled_job_runs_at_its_time_not_before_and_survives_a_restart() {
+    let site = site_with_echo();
+    let mut cage = site.start("back");
+    let out = site.path().join("once.txt");
+
+    let added = now_ms();
+    let run = site.cage_cmd(&[
+        "job",
+        "add",
+        "back",
+        "echo.append",
+        &append_args(&out, "once"),
+        "--in",
+        "2s",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id = run.stdout.trim().to_owned();
+    assert!(id.starts_with("job-"), "{id}");
+
+    // A crash between add and due time loses nothing.
+    cage.kill9();
+    let _cage = site.start("back");
+    let listed = site.cage_cmd(&["jobs", "back", "--json"]);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["id"], id.as_str());
+
+    let ran = eventually(Duration::from_secs(20), "the job ran", || {
+        let r = runs(&out);
+        (!r.is_empty()).then_some(r)
+    });
+    let modified = std::fs::metadata(&out)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(ran[0].0 >= added + 2000, "scheduled for its time");
+    assert!(
+        modified >= added + 2000,
+        "ran {} ms after being added, before its time",
+        modified - added
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(runs(&out).len(), 1, "a one-shot job runs once");
+}
+
+#[test]
+fn a_recurring_job_ticks_at_its_interval_and_a_duplicate_is_refused() {
+    let site = site_with_echo();
+    let _cage = site.start("back");
+    let out = site.path().join("ticks.txt");
+    let args = append_args(&out, "tick");
+
+    let id = site
+        .cage_cmd(&[
+            "job",
+            "add",
+            "back",
+            "echo.append",
+            &args,
+            "--every",
+            "300ms",
+        ])
+        .stdout
+        .trim()
+        .to_owned();
+    let dup = site.cage_cmd(&["job", "add", "back", "echo.append", &args, "--every", "1m"]);
+    assert_eq!(dup.code, 18, "{dup:?}");
+    assert!(
+        dup.stderr
+            .contains(&format!("recurring job {id} already calls"))
+            && dup.stderr.contains("--replace"),
+        "{}",
+        dup.stderr
+    );
+
+    let ticks = eventually(Duration::from_secs(20), "four ticks", || {
+        let r = runs(&out);
+        (r.len() >= 4).then_some(r)
+    });
+    for pair in ticks.windows(2) {
+        assert_eq!(
+            pair[1].0 - pair[0].0,
+            300,
+            "ticks are scheduled one interval apart: {ticks:?}"
+        );
+    }
+    let table = site.cage_cmd(&["jobs"]);
+    assert!(
+        table.stdout.contains(&id) && table.stdout.contains("every 300ms"),
+        "{}",
+        table.stdout
+    );
+
+    // --replace takes the old job's place; remove stops it.
+    let replaced = site.cage_cmd(&[
+        "job",
+        "add",
+        "back",
+        "echo.append",
+        &args,
+        "--every",
+        "1h",
+        "--replace",
+    ]);
+    assert_eq!(replaced.code, 0, "{replaced:?}");
+    let new_id = replaced.stdout.trim().to_owned();
+    let jobs: Vec<serde_json::Value> =
+        serde_json::from_str(&site.cage_cmd(&["jobs", "back", "--json"]).stdout).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["id"], new_id.as_str());
+    assert_eq!(site.cage_cmd(&["job", "run-now", &new_id]).code, 0);
+    eventually(Duration::from_secs(10), "run-now ran it", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains(&format!("{new_id}@"))
+            .then_some(())
+    });
+    assert_eq!(site.cage_cmd(&["job", "remove", &new_id]).code, 0);
+    assert_eq!(site.cage_cmd(&["job", "remove", &new_id]).code, 4);
+}
+
+#[test]
+fn missed_ticks_follow_catch_up() {
+    let site = site_with_echo();
+    let mut cage = site.start("back");
+    let out = site.path().join("missed.txt");
+    for mode in ["all", "once", "skip"] {
+        let run = site.cage_cmd(&[
+            "job",
+            "add",
+            "back",
+            "echo.append",
+            &append_args(&out, mode),
+            "--every",
+            "200ms",
+            "--catch-up",
+            mode,
+        ]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    eventually(Duration::from_secs(10), "every job ticked", || {
+        let r = runs(&out);
+        ["all", "once", "skip"]
+            .iter()
+            .all(|m| r.iter().any(|x| x.1 == *m))
+            .then_some(())
+    });
+
+    assert_eq!(cage.terminate(), Some(0));
+    let down_from = now_ms();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before: Vec<(u64, String)> = runs(&out);
+    let _cage = site.start("back");
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = runs(&out);
+    let new = |mode: &str| -> Vec<u64> {
+        after
+            .iter()
+            .filter(|r| r.1 == mode && !before.contains(r))
+            .map(|r| r.0)
+            .collect()
+    };
+    let missed = |ticks: &[u64]| {
+        ticks
+            .iter()
+            .filter(|t| **t > down_from + 250 && **t < down_from + 1400)
+            .count()
+    };
+    // all: every tick of the downtime ran; once: one run stood for them; skip: none did.
+    assert!(missed(&new("all")) >= 5, "catch_up = all: {:?}", new("all"));
+    assert!(
+        missed(&new("once")) <= 1,
+        "catch_up = once: {:?}",
+        new("once")
+    );
+    assert_eq!(
+        missed(&new("skip")),
+        0,
+        "catch_up = skip: {:?}",
+        new("skip")
+    );
+    for mode in ["once", "skip"] {
+        assert!(
+            !new(mode).is_empty(),
+            "{mode}: ticks resume after the restart"
+        );
+    }
+}
+
+#[test]
+fn a_job_removed_from_the_cage_file_stops() {
+    let mut site = Site::new();
+    let out = site.path().join("declared.txt");
+    let job = format!(
+        "[[jobs]]\nname = \"heartbeat\"\ncall = \"echo.append\"\nargs = {{ file = {:?}, tag = \"beat\" }}\nevery = \"200ms\"\n",
+        out.display().to_string()
+    );
+    site.cage("back", &["echo"], &job);
+    site.install("echo", &module_so("echo", &[]));
+    let cage = site.start("back");
+    eventually(Duration::from_secs(10), "the declared job ticks", || {
+        (runs(&out).len() >= 2).then_some(())
+    });
+    let listed = site.cage_cmd(&["jobs", "back"]);
+    assert!(
+        listed.stdout.contains("job-decl-heartbeat") && listed.stdout.contains("(cage file)"),
+        "{}",
+        listed.stdout
+    );
+    let refused = site.cage_cmd(&["job", "remove", "job-decl-heartbeat"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("declared in cages/back.toml"),
+        "{}",
+        refused.stderr
+    );
+
+    // Redeploy without the job: it stops.
+    let body = std::fs::read_to_string(site.path().join("cages/back.toml")).unwrap();
+    site.write("cages/back.toml", &body[..body.find("[[jobs]]").unwrap()]);
+    eventually(
+        Duration::from_secs(10),
+        "the job is reported stopped",
+        || {
+            cage.log()
+                .contains("no longer declared in the cage file: stopped")
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let settled = runs(&out).len();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        runs(&out).len(),
+        settled,
+        "no tick after the job left the cage file"
+    );
+    assert!(site.cage_cmd(&["jobs", "back"]).stdout.contains("no jobs"));
+}
+
+#[test]
+fn a_slow_job_does_not_delay_another() {
+    let site = site_with_echo();
+    let _cage = site.start("back");
+    let out = site.path().join("slow.txt");
+    let slow = format!(
+        r#"{{"file": {:?}, "tag": "slow", "sleep_ms": 3000}}"#,
+        out.display().to_string()
+    );
+    assert_eq!(
+        site.cage_cmd(&[
+            "job",
+            "add",
+            "back",
+            "echo.append",
+            &slow,
+            "--every",
+            "200ms"
+        ])
+        .code,
+        0
+    );
+    let started = now_ms();
+    assert_eq!(
+        site.cage_cmd(&[
+            "job",
+            "add",
+            "back",
+            "echo.append",
+            &append_args(&out, "fast"),
+            "--every",
+            "200ms"
+        ])
+        .code,
+        0
+    );
+    // While every slow run sleeps three seconds, the fast job keeps its pace.
+    let fast = eventually(Duration::from_secs(10), "five fast runs", || {
+        let r: Vec<u64> = runs(&out)
+            .into_iter()
+            .filter(|r| r.1 == "fast")
+            .map(|r| r.0)
+            .collect();
+        (r.len() >= 5).then_some(r)
+    });
+    assert!(
+        runs(&out).iter().all(|r| r.1 != "slow"),
+        "the fast runs came before any slow run finished"
+    );
+    assert!(fast[4] < started + 2500);
+}
