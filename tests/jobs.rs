@@ -335,3 +335,23 @@ fn a_slow_job_does_not_delay_another() {
     );
     assert!(fast[4] < started + 2500);
 }
+
+#[test]
+fn a_module_adds_a_job_through_its_context() {
+    let site = site_with_echo();
+    let _cage = site.start("back");
+    let out = site.path().join("later.txt");
+    let args = format!(
+        r#"{{"cage": "back", "target": "echo.append", "args": {}, "in_ms": 300}}"#,
+        append_args(&out, "later")
+    );
+    let run = site.call("back", "echo.later", &args);
+    assert_eq!(run.code, 0, "{run:?}");
+    let id: String = serde_json::from_str(&run.stdout).unwrap();
+    assert!(id.starts_with("job-"), "{id}");
+    let ran = eventually(Duration::from_secs(10), "the module's job ran", || {
+        let r = runs(&out);
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(ran[0].1, "later");
+}

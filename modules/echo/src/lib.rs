@@ -111,8 +111,26 @@ fn relay(ctx: &Ctx, args: Forward) -> Result<String, CallError> {
     ctx.enqueue(&args.cage, &args.target, &args.args)
 }
 
+#[derive(Deserialize)]
+struct Later {
+    cage: String,
+    target: String,
+    args: Value,
+    in_ms: u64,
+}
+
+/// Adds a one-shot job on behalf of the module and returns its id.
+fn later(ctx: &Ctx, args: Later) -> Result<String, CallError> {
+    ctx.add_job(
+        &args.cage,
+        &args.target,
+        &args.args,
+        cage_sdk::JobWhen::InMs(args.in_ms),
+    )
+}
+
 export_module! {
     name: "echo",
     version: VERSION,
-    methods: [echo, shout, sleep, version, boom, forward, append, refuse, relay],
+    methods: [echo, shout, sleep, version, boom, forward, append, refuse, relay, later],
 }

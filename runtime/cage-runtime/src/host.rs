@@ -60,6 +60,7 @@ impl HostEnv {
             free: cage_sdk::export::free_bytes,
             attempt,
             enqueue: host_enqueue,
+            add_job: host_add_job,
         };
         module.call(&ctx, method, args)
     }
@@ -233,6 +234,91 @@ unsafe extern "C" fn host_enqueue(
             serde_json::to_vec(&CallError::with_kind(
                 ErrorKind::Internal,
                 "the cage failed while queueing the call",
+            ))
+            .unwrap_or_default(),
+        ),
+    };
+    // SAFETY: the module passes a writable slot and frees it with our `free`.
+    unsafe { out.write(OwnedBytes::from_vec(bytes)) };
+    status
+}
+
+impl HostEnv {
+    /// Adds a job on the cage the request names, on behalf of call `parent`; returns its id.
+    pub fn add_job(
+        &self,
+        request: cage_sdk::ctx::JobRequest,
+        parent: &str,
+    ) -> Result<String, CallError> {
+        use crate::jobs::{CatchUp, Schedule};
+        use crate::transport::protocol::{JobRequest, JobSpec};
+        let now = crate::transport::protocol::unix_ms(std::time::SystemTime::now());
+        let (schedule, replace) = match request.when {
+            cage_sdk::JobWhen::InMs(ms) => (Schedule::Once { at_ms: now + ms }, false),
+            cage_sdk::JobWhen::EveryMs(ms) => (
+                Schedule::Every {
+                    interval_ms: ms,
+                    first_ms: now + ms,
+                },
+                true,
+            ),
+        };
+        let route = if request.cage == self.cage {
+            crate::config::CageRoute::single(
+                self.listen,
+                crate::config::CageFileDefaults::CALL_TIMEOUT,
+            )
+        } else {
+            self.site
+                .route(&self.execute_on, &request.cage)
+                .map_err(|e| CallError::with_kind(ErrorKind::UnknownCage, e.to_string()))?
+        };
+        let spec = JobSpec {
+            module: request.module,
+            method: request.method,
+            args: serde_json::to_vec(&request.args).unwrap_or_default(),
+            queue: crate::config::DEFAULT_QUEUE.to_owned(),
+            schedule,
+            catch_up: CatchUp::Once,
+        };
+        let mut client =
+            Client::connect(&request.cage, &route).map_err(ClientError::into_call_error)?;
+        let jobs = client
+            .job(JobRequest::Add { spec, replace }, Duration::from_secs(30))
+            .map_err(ClientError::into_call_error)?;
+        let id = jobs.into_iter().next().map(|j| j.id).unwrap_or_default();
+        tracing::debug!(parent, job = %id, cage = %request.cage, "module added a job");
+        Ok(id)
+    }
+}
+
+/// # Safety
+/// As the ABI's `HostJobFn`: `data` is a running call's scope, `request` live, `out` writable.
+unsafe extern "C" fn host_add_job(
+    data: *const c_void,
+    request: Bytes,
+    out: *mut OwnedBytes,
+) -> u32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host set `data` to the scope of the call that is running this callback.
+        let scope = unsafe { &*(data as *const CallScope) };
+        // SAFETY: the module passes a live view.
+        let request = unsafe { request.as_slice() };
+        let request: cage_sdk::ctx::JobRequest = serde_json::from_slice(request)
+            .map_err(|e| CallError::bad_arguments(format!("job request: {e}")))?;
+        scope.env.add_job(request, scope.call_id)
+    }));
+    let (status, bytes) = match result {
+        Ok(Ok(id)) => (abi::status::OK, serde_json::to_vec(&id).unwrap_or_default()),
+        Ok(Err(e)) => (
+            abi::status::ERROR,
+            serde_json::to_vec(&e).unwrap_or_default(),
+        ),
+        Err(_) => (
+            abi::status::ERROR,
+            serde_json::to_vec(&CallError::with_kind(
+                ErrorKind::Internal,
+                "the cage failed while adding the job",
             ))
             .unwrap_or_default(),
         ),

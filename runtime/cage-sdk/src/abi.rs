@@ -160,6 +160,11 @@ pub type HostCallFn = unsafe extern "C" fn(
 pub type HostEnqueueFn =
     unsafe extern "C" fn(data: *const c_void, request: Bytes, out: *mut OwnedBytes) -> u32;
 
+/// Host callback: add a job (a call at a time or an interval). `request` is a JSON
+/// [`crate::ctx::JobRequest`]; `out` receives the job id as a JSON string, or a JSON error.
+pub type HostJobFn =
+    unsafe extern "C" fn(data: *const c_void, request: Bytes, out: *mut OwnedBytes) -> u32;
+
 /// What a module exports through its entry symbol: identity, methods and its two functions.
 #[repr(C)]
 pub struct ModuleDescriptor {
@@ -216,4 +221,6 @@ pub struct HostContext {
     pub attempt: u32,
     /// Puts a call into this cage's durable queue.
     pub enqueue: HostEnqueueFn,
+    /// Adds a job.
+    pub add_job: HostJobFn,
 }

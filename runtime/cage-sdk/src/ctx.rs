@@ -47,6 +47,32 @@ pub struct EnqueueRequest {
     pub key: Option<String>,
 }
 
+/// When a job added with [`Ctx::add_job`] runs.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobWhen {
+    /// Once, this many milliseconds from now.
+    InMs(u64),
+    /// Every this many milliseconds; a recurring job with the same target and arguments is
+    /// replaced.
+    EveryMs(u64),
+}
+
+/// The JSON request behind the host's `add_job` callback.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    /// Cage that stores and runs the job.
+    pub cage: String,
+    /// Module to call.
+    pub module: String,
+    /// Method of that module.
+    pub method: String,
+    /// Arguments.
+    pub args: serde_json::Value,
+    /// When.
+    pub when: JobWhen,
+}
+
 /// Severity of a log line sent through [`Ctx::log`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -169,6 +195,58 @@ impl Ctx {
         let mut out = OwnedBytes::empty();
         // SAFETY: the callback and views are valid for the call; `out` is written by the host.
         let status = unsafe { (host.enqueue)(host.data, Bytes::from_slice(&request), &mut out) };
+        // SAFETY: `out` was filled by the host and is read before being handed back to it.
+        let bytes = unsafe { out.as_slice() }.to_vec();
+        // SAFETY: the host allocated `out`; only its own `free` may release it.
+        unsafe { (host.free)(out) };
+        if status == abi::status::OK {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))
+        } else {
+            Err(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                CallError::with_kind(
+                    ErrorKind::Internal,
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )
+            }))
+        }
+    }
+
+    /// Adds a job on `cage` calling `target` (`"module.method"`) with `args`: once after `delay`,
+    /// or, with `every`, at that interval from one interval from now. Returns the job id once
+    /// the job is stored.
+    pub fn add_job<A: Serialize>(
+        &self,
+        cage: &str,
+        target: &str,
+        args: &A,
+        when: JobWhen,
+    ) -> Result<String, CallError> {
+        let host = self.host();
+        if !self.has_field(offset_of!(HostContext, add_job) + size_of::<abi::HostJobFn>()) {
+            return Err(CallError::with_kind(
+                ErrorKind::Internal,
+                "this cage does not offer jobs to modules",
+            ));
+        }
+        let (module, method) = target.split_once('.').ok_or_else(|| {
+            CallError::bad_arguments(format!("target {target:?} is not MODULE.METHOD"))
+        })?;
+        let args = serde_json::to_value(args).map_err(|e| {
+            CallError::bad_arguments(format!("cannot encode arguments for {cage} {target}: {e}"))
+        })?;
+        let request = JobRequest {
+            cage: cage.to_owned(),
+            module: module.to_owned(),
+            method: method.to_owned(),
+            args,
+            when,
+        };
+        let request = serde_json::to_vec(&request)
+            .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))?;
+        let mut out = OwnedBytes::empty();
+        // SAFETY: the callback and views are valid for the call; `out` is written by the host.
+        let status = unsafe { (host.add_job)(host.data, Bytes::from_slice(&request), &mut out) };
         // SAFETY: `out` was filled by the host and is read before being handed back to it.
         let bytes = unsafe { out.as_slice() }.to_vec();
         // SAFETY: the host allocated `out`; only its own `free` may release it.
