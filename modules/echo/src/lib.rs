@@ -129,8 +129,152 @@ fn later(ctx: &Ctx, args: Later) -> Result<String, CallError> {
     )
 }
 
+/// This invocation's id.
+fn whoami(ctx: &Ctx, _: ()) -> Result<String, CallError> {
+    Ok(ctx.invocation_id().to_owned())
+}
+
+#[derive(Deserialize)]
+struct SendTo {
+    target: String,
+    port: String,
+    message: String,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    90_000
+}
+
+/// Sends a message to another invocation.
+fn send_to(ctx: &Ctx, args: SendTo) -> Result<&'static str, CallError> {
+    ctx.send_message(
+        &args.target,
+        &args.port,
+        args.message.as_bytes(),
+        Duration::from_millis(args.timeout_ms),
+    )?;
+    Ok("handed over")
+}
+
+#[derive(Deserialize)]
+struct Receive {
+    port: String,
+    timeout_ms: Option<u64>,
+}
+
+/// Waits for a message on a port and returns it.
+fn receive(ctx: &Ctx, args: Receive) -> Result<String, CallError> {
+    let m = ctx.receive_message(&args.port, args.timeout_ms.map(Duration::from_millis))?;
+    Ok(String::from_utf8_lossy(&m).into_owned())
+}
+
+#[derive(Deserialize)]
+struct Idle {
+    file: String,
+    ms: u64,
+}
+
+/// Writes its invocation id to a file, then stays running without opening any port.
+fn idle(ctx: &Ctx, args: Idle) -> Result<(), CallError> {
+    std::fs::write(&args.file, ctx.invocation_id()).map_err(|e| CallError::new(e.to_string()))?;
+    std::thread::sleep(Duration::from_millis(args.ms));
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Orchestrate {
+    cage_a: String,
+    cage_b: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    role: String,
+    id: String,
+}
+
+fn json_msg<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> {
+    serde_json::from_slice(bytes).map_err(|e| CallError::new(format!("bad message: {e}")))
+}
+
+/// A parent: starts two children (queued calls on two cages), introduces them to each other,
+/// and returns what each reported back.
+fn orchestrate(ctx: &Ctx, args: Orchestrate) -> Result<Value, CallError> {
+    let me = ctx.invocation_id().to_owned();
+    let wait = Some(Duration::from_secs(30));
+    ctx.enqueue(
+        &args.cage_a,
+        "echo.child",
+        &serde_json::json!({ "parent": me, "role": "a" }),
+    )?;
+    ctx.enqueue(
+        &args.cage_b,
+        "echo.child",
+        &serde_json::json!({ "parent": me, "role": "b" }),
+    )?;
+    let first: Hello = json_msg(&ctx.receive_message("hello", wait)?)?;
+    let second: Hello = json_msg(&ctx.receive_message("hello", wait)?)?;
+    let step = Duration::from_secs(30);
+    ctx.send_message(&first.id, "peer", second.id.as_bytes(), step)?;
+    ctx.send_message(&second.id, "peer", first.id.as_bytes(), step)?;
+    let mut results = serde_json::Map::new();
+    for _ in 0..2 {
+        let r: Hello = json_msg(&ctx.receive_message("result", wait)?)?;
+        results.insert(r.role, Value::String(r.id));
+    }
+    Ok(Value::Object(results))
+}
+
+#[derive(Deserialize)]
+struct Child {
+    parent: String,
+    role: String,
+}
+
+/// A child: says hello to its parent, learns its peer, exchanges a ping and a pong with it,
+/// and reports the message it got to the parent.
+fn child(ctx: &Ctx, args: Child) -> Result<(), CallError> {
+    let me = ctx.invocation_id().to_owned();
+    let step = Duration::from_secs(30);
+    let hello = serde_json::to_vec(&Hello {
+        role: args.role.clone(),
+        id: me.clone(),
+    })
+    .unwrap_or_default();
+    ctx.send_message(&args.parent, "hello", &hello, step)?;
+    let peer = String::from_utf8_lossy(&ctx.receive_message("peer", Some(step))?).into_owned();
+    let got = if args.role == "a" {
+        ctx.send_message(&peer, "ping", format!("ping from {me}").as_bytes(), step)?;
+        ctx.receive_message("pong", Some(step))?
+    } else {
+        let ping = ctx.receive_message("ping", Some(step))?;
+        ctx.send_message(
+            &peer,
+            "pong",
+            format!("pong from {me} to {}", String::from_utf8_lossy(&ping)).as_bytes(),
+            step,
+        )?;
+        ping
+    };
+    let report = Hello {
+        role: args.role,
+        id: String::from_utf8_lossy(&got).into_owned(),
+    };
+    ctx.send_message(
+        &args.parent,
+        "result",
+        &serde_json::to_vec(&report).unwrap_or_default(),
+        step,
+    )
+}
+
 export_module! {
     name: "echo",
     version: VERSION,
-    methods: [echo, shout, sleep, version, boom, forward, append, refuse, relay, later],
+    methods: [
+        echo, shout, sleep, version, boom, forward, append, refuse, relay, later, whoami, send_to, receive, idle,
+        orchestrate, child
+    ],
 }

@@ -6,6 +6,7 @@ use crate::delivery::Delivery;
 use crate::dispatch::{Dispatcher, Load};
 use crate::executor::CallExecutor;
 use crate::host::HostEnv;
+use crate::messaging::Mailboxes;
 use crate::queue::{GroupCommit, QueueStore};
 use crate::registry::ModuleRegistry;
 use crate::scheduler::{JobsDeclared, Pause, Scheduler};
@@ -105,6 +106,8 @@ impl PreparedCage {
             site: site.clone(),
             execute_on,
             listen: config.listen,
+            mailboxes: Arc::new(Mailboxes::new(name)),
+            port_wait: config.port_wait,
         });
         Ok(PreparedCage {
             config,
@@ -166,6 +169,8 @@ impl PreparedCage {
             registry,
             executor,
             scheduler: scheduler.clone(),
+            mailboxes: self.env.mailboxes.clone(),
+            port_wait: c.port_wait,
             default_timeout: c.call_timeout,
             started,
             load: load.clone(),

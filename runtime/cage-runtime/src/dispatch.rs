@@ -2,6 +2,7 @@
 //! version and handing the call to the executor, within the call's deadline.
 
 use crate::executor::{CallExecutor, Execute};
+use crate::messaging::{parse_invocation, Mailboxes};
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
 use crate::scheduler::{Accept, Enqueue, JobCommand, Query, Scheduler};
 use crate::transport::protocol::{
@@ -60,6 +61,10 @@ pub struct Dispatcher {
     pub executor: Addr<CallExecutor>,
     /// The durable queue's scheduler.
     pub scheduler: Addr<Scheduler>,
+    /// Mailboxes of this cage's running invocations.
+    pub mailboxes: Arc<Mailboxes>,
+    /// Longest a message waits for a receiver.
+    pub port_wait: Duration,
     /// Limit for calls that do not name one.
     pub default_timeout: Duration,
     /// When the cage started.
@@ -110,6 +115,28 @@ impl Dispatcher {
                     Ok(Err(e)) => Response::Error(e.to_string()),
                     Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
                 }
+            }
+            Request::Message(m) => {
+                let (mailboxes, wait) = (
+                    self.mailboxes.clone(),
+                    Duration::from_millis(m.timeout_ms).min(self.port_wait),
+                );
+                let handed =
+                    actix_rt::task::spawn_blocking(move || match parse_invocation(&m.target) {
+                        Some((_, n)) => mailboxes.send(n, &m.port, m.message, wait),
+                        None => Err(CallError::with_kind(
+                            ErrorKind::UnknownInvocation,
+                            format!("{:?} is not an invocation id", m.target),
+                        )),
+                    })
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(CallError::with_kind(
+                            ErrorKind::Internal,
+                            "message delivery failed",
+                        ))
+                    });
+                Response::Handed(handed)
             }
             Request::Job(request) => match self.scheduler.send(JobCommand(request)).await {
                 Ok(Ok(answer)) => answer,

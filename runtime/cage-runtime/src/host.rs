@@ -3,12 +3,14 @@
 
 use crate::config::{ExecuteOn, Site};
 use crate::loader::LoadedModule;
+use crate::messaging::{parse_invocation, Mailboxes};
 use crate::transport::client::{Client, ClientError};
 use crate::transport::protocol::{new_call_id, CallFailure, CallRequest, EnqueueRequest};
 use cage_sdk::abi::{self, Bytes, HostContext, OwnedBytes};
 use cage_sdk::{CallError, ErrorKind};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the host offers every call of one cage: its name and how to reach other cages.
@@ -21,6 +23,19 @@ pub struct HostEnv {
     pub execute_on: ExecuteOn,
     /// This cage's own address, for enqueues made by its modules.
     pub listen: std::net::SocketAddr,
+    /// Mailboxes of this cage's running invocations.
+    pub mailboxes: Arc<Mailboxes>,
+    /// How long a message waits for a receiver to open its port.
+    pub port_wait: Duration,
+}
+
+/// Ends an invocation when the call leaves the module, however it leaves.
+struct Running<'a>(&'a Mailboxes, u64);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.end(self.1);
+    }
 }
 
 /// One call's identity, passed to callbacks through `HostContext::data`.
@@ -29,6 +44,7 @@ struct CallScope<'a> {
     call_id: &'a str,
     module: &'a str,
     method: &'a str,
+    invocation: u64,
 }
 
 impl HostEnv {
@@ -41,11 +57,15 @@ impl HostEnv {
         args: &[u8],
         attempt: u32,
     ) -> Result<Vec<u8>, CallError> {
+        let invocation = self.mailboxes.begin();
+        let _running = Running(&self.mailboxes, invocation);
+        let invocation_id = self.mailboxes.id(invocation);
         let scope = CallScope {
             env: self,
             call_id,
             module: &module.name,
             method,
+            invocation,
         };
         let ctx = HostContext {
             abi_version: abi::ABI_VERSION,
@@ -61,6 +81,9 @@ impl HostEnv {
             attempt,
             enqueue: host_enqueue,
             add_job: host_add_job,
+            invocation_id: Bytes::from_slice(invocation_id.as_bytes()),
+            send_message: host_send,
+            receive_message: host_receive,
         };
         module.call(&ctx, method, args)
     }
@@ -326,4 +349,137 @@ unsafe extern "C" fn host_add_job(
     // SAFETY: the module passes a writable slot and frees it with our `free`.
     unsafe { out.write(OwnedBytes::from_vec(bytes)) };
     status
+}
+
+impl HostEnv {
+    /// Hands a message to invocation `target` (`CAGE/N`, here or on another cage).
+    pub fn send_message(
+        &self,
+        target: &str,
+        port: &str,
+        message: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        let (cage, n) = parse_invocation(target).ok_or_else(|| {
+            CallError::with_kind(
+                ErrorKind::UnknownInvocation,
+                format!("{target:?} is not an invocation id (CAGE/N)"),
+            )
+        })?;
+        let wait = timeout.min(self.port_wait);
+        if cage == self.cage {
+            return self.mailboxes.send(n, port, message, wait);
+        }
+        // Another cage runs it: hand the message to that cage, which waits for the receiver.
+        let route = self
+            .site
+            .route(&self.execute_on, cage)
+            .map_err(|e| CallError::with_kind(ErrorKind::UnknownCage, e.to_string()))?;
+        let mut client = Client::connect(cage, &route).map_err(ClientError::into_call_error)?;
+        client
+            .message(
+                crate::transport::protocol::MessageRequest {
+                    target: target.to_owned(),
+                    port: port.to_owned(),
+                    message,
+                    timeout_ms: wait.as_millis() as u64,
+                },
+                wait + Duration::from_secs(5),
+            )
+            .map_err(ClientError::into_call_error)?
+    }
+}
+
+/// Writes a host answer into the module's slot: `Ok` bytes or a JSON error.
+///
+/// # Safety
+/// `out` must be writable; the module frees it with the host's `free`.
+unsafe fn answer(
+    out: *mut OwnedBytes,
+    result: std::thread::Result<Result<Vec<u8>, CallError>>,
+) -> u32 {
+    let (status, bytes) = match result {
+        Ok(Ok(bytes)) => (abi::status::OK, bytes),
+        Ok(Err(e)) => (
+            abi::status::ERROR,
+            serde_json::to_vec(&e).unwrap_or_default(),
+        ),
+        Err(_) => (
+            abi::status::ERROR,
+            serde_json::to_vec(&CallError::with_kind(
+                ErrorKind::Internal,
+                "the cage failed while serving the module",
+            ))
+            .unwrap_or_default(),
+        ),
+    };
+    // SAFETY: guaranteed by the caller.
+    unsafe { out.write(OwnedBytes::from_vec(bytes)) };
+    status
+}
+
+/// # Safety
+/// As the ABI's `HostSendFn`.
+unsafe extern "C" fn host_send(
+    data: *const c_void,
+    target: Bytes,
+    port: Bytes,
+    message: Bytes,
+    timeout_ms: u64,
+    out: *mut OwnedBytes,
+) -> u32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host set `data` to the scope of the running call; the views are live.
+        let (scope, target, port, message) = unsafe {
+            (
+                &*(data as *const CallScope),
+                target.as_slice(),
+                port.as_slice(),
+                message.as_slice(),
+            )
+        };
+        let target = String::from_utf8_lossy(target);
+        let port = String::from_utf8_lossy(port);
+        tracing::debug!(from = %scope.env.mailboxes.id(scope.invocation), to = %target, port = %port, "message sent");
+        scope
+            .env
+            .send_message(
+                &target,
+                &port,
+                message.to_vec(),
+                Duration::from_millis(timeout_ms),
+            )
+            .map(|()| Vec::new())
+    }));
+    // SAFETY: the module passes a writable slot.
+    unsafe { answer(out, result) }
+}
+
+/// # Safety
+/// As the ABI's `HostReceiveFn`.
+unsafe extern "C" fn host_receive(
+    data: *const c_void,
+    ports: Bytes,
+    timeout_ms: u64,
+    out: *mut OwnedBytes,
+) -> u32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host set `data` to the scope of the running call; the view is live.
+        let (scope, ports) = unsafe { (&*(data as *const CallScope), ports.as_slice()) };
+        let ports: Vec<String> = ports
+            .split(|b| *b == 0)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let timeout = (timeout_ms != u64::MAX).then(|| Duration::from_millis(timeout_ms));
+        let got = scope
+            .env
+            .mailboxes
+            .receive(scope.invocation, &ports, timeout)?;
+        let mut bytes = got.port.into_bytes();
+        bytes.push(0);
+        bytes.extend_from_slice(&got.message);
+        Ok(bytes)
+    }));
+    // SAFETY: the module passes a writable slot.
+    unsafe { answer(out, result) }
 }

@@ -10,6 +10,7 @@
 //! - [`executor`]: the actor in front of the worker threads that run module code.
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
 //! - [`queue`]: the durable queue (sled): pending calls, due index, dead letters, history.
+//! - [`messaging`]: messages between running invocations through named ports.
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
 //! - [`jobs`]: scheduled and recurring calls: what is due, catch-up, signatures.
@@ -30,6 +31,7 @@ pub mod executor;
 pub mod host;
 pub mod jobs;
 pub mod loader;
+pub mod messaging;
 pub mod queue;
 pub mod registry;
 pub mod retry_policy;

@@ -165,6 +165,27 @@ pub type HostEnqueueFn =
 pub type HostJobFn =
     unsafe extern "C" fn(data: *const c_void, request: Bytes, out: *mut OwnedBytes) -> u32;
 
+/// Host callback: hand `message` to a receiver on `port` of invocation `target` (`CAGE/N`),
+/// waiting at most `timeout_ms`; `out` stays empty on success or receives a JSON error.
+pub type HostSendFn = unsafe extern "C" fn(
+    data: *const c_void,
+    target: Bytes,
+    port: Bytes,
+    message: Bytes,
+    timeout_ms: u64,
+    out: *mut OwnedBytes,
+) -> u32;
+
+/// Host callback: wait up to `timeout_ms` (`u64::MAX`: forever) for a message on any of
+/// `ports` (names separated by NUL bytes); `out` receives the port, a NUL byte and the message,
+/// or a JSON error.
+pub type HostReceiveFn = unsafe extern "C" fn(
+    data: *const c_void,
+    ports: Bytes,
+    timeout_ms: u64,
+    out: *mut OwnedBytes,
+) -> u32;
+
 /// What a module exports through its entry symbol: identity, methods and its two functions.
 #[repr(C)]
 pub struct ModuleDescriptor {
@@ -223,4 +244,10 @@ pub struct HostContext {
     pub enqueue: HostEnqueueFn,
     /// Adds a job.
     pub add_job: HostJobFn,
+    /// Id of this invocation, `CAGE/N`: where other invocations send it messages.
+    pub invocation_id: Bytes,
+    /// Sends a message to another invocation.
+    pub send_message: HostSendFn,
+    /// Receives a message on one or more ports.
+    pub receive_message: HostReceiveFn,
 }

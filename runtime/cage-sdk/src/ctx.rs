@@ -264,6 +264,115 @@ impl Ctx {
         }
     }
 
+    /// Id of this invocation (`CAGE/N`); pass it to children so they can send messages back.
+    pub fn invocation_id(&self) -> &str {
+        if self.has_field(offset_of!(HostContext, invocation_id) + size_of::<Bytes>()) {
+            self.text(self.host().invocation_id)
+        } else {
+            ""
+        }
+    }
+
+    /// Hands `message` to a receiver waiting on `port` of invocation `target`; returns once it
+    /// has been handed over. Fails at once if the target has finished or never existed, and
+    /// with a timeout if no receiver appears within the cage's `port_wait` (or `timeout`).
+    pub fn send_message(
+        &self,
+        target: &str,
+        port: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        let host = self.host();
+        if !self.has_field(offset_of!(HostContext, send_message) + size_of::<abi::HostSendFn>()) {
+            return Err(CallError::with_kind(
+                ErrorKind::Internal,
+                "this cage does not offer messages",
+            ));
+        }
+        let mut out = OwnedBytes::empty();
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        // SAFETY: callback and views valid for the call; `out` is written by the host.
+        let status = unsafe {
+            (host.send_message)(
+                host.data,
+                Bytes::from_slice(target.as_bytes()),
+                Bytes::from_slice(port.as_bytes()),
+                Bytes::from_slice(message),
+                timeout_ms,
+                &mut out,
+            )
+        };
+        self.finish(status, out).map(drop)
+    }
+
+    /// Waits for one message on `port` (forever with `None`); a timeout is a
+    /// [`ErrorKind::ReceiveTimeout`] error.
+    pub fn receive_message(
+        &self,
+        port: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, CallError> {
+        self.receive_any(&[port], timeout).map(|(_, m)| m)
+    }
+
+    /// Waits for one message on any of `ports`; returns the port it came through and the message.
+    pub fn receive_any(
+        &self,
+        ports: &[&str],
+        timeout: Option<Duration>,
+    ) -> Result<(String, Vec<u8>), CallError> {
+        let host = self.host();
+        if !self
+            .has_field(offset_of!(HostContext, receive_message) + size_of::<abi::HostReceiveFn>())
+        {
+            return Err(CallError::with_kind(
+                ErrorKind::Internal,
+                "this cage does not offer messages",
+            ));
+        }
+        if ports.iter().any(|p| p.contains('\0')) {
+            return Err(CallError::bad_arguments("port names cannot contain NUL"));
+        }
+        let joined = ports.join("\0");
+        let timeout_ms = timeout.map_or(u64::MAX, |t| {
+            u64::try_from(t.as_millis()).unwrap_or(u64::MAX - 1)
+        });
+        let mut out = OwnedBytes::empty();
+        // SAFETY: callback and views valid for the call; `out` is written by the host.
+        let status = unsafe {
+            (host.receive_message)(
+                host.data,
+                Bytes::from_slice(joined.as_bytes()),
+                timeout_ms,
+                &mut out,
+            )
+        };
+        let bytes = self.finish(status, out)?;
+        let split = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        let port = String::from_utf8_lossy(&bytes[..split]).into_owned();
+        Ok((port, bytes.get(split + 1..).unwrap_or_default().to_vec()))
+    }
+
+    /// Reads a host answer, gives its buffer back, and turns a failure status into its error.
+    fn finish(&self, status: u32, out: OwnedBytes) -> Result<Vec<u8>, CallError> {
+        let host = self.host();
+        // SAFETY: `out` was filled by the host and is read before being handed back to it.
+        let bytes = unsafe { out.as_slice() }.to_vec();
+        // SAFETY: the host allocated `out`; only its own `free` may release it.
+        unsafe { (host.free)(out) };
+        if status == abi::status::OK {
+            Ok(bytes)
+        } else {
+            Err(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                CallError::with_kind(
+                    ErrorKind::Internal,
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                )
+            }))
+        }
+    }
+
     /// Logs `message` through the cage's logger, tagged with this call.
     pub fn log(&self, level: LogLevel, message: &str) {
         let host = self.host();

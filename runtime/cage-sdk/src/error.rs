@@ -29,6 +29,12 @@ pub enum ErrorKind {
     Internal,
     /// The module refuses the call for good: a queued call goes to dead letters, not retried.
     Permanent,
+    /// A message's target invocation has already finished.
+    InvocationFinished,
+    /// A message's target invocation never existed (or is from before a restart).
+    UnknownInvocation,
+    /// No message arrived on the ports waited on in time.
+    ReceiveTimeout,
 }
 
 impl ErrorKind {
@@ -46,6 +52,9 @@ impl ErrorKind {
             ErrorKind::Refused => "refused",
             ErrorKind::Internal => "internal error",
             ErrorKind::Permanent => "permanent rejection",
+            ErrorKind::InvocationFinished => "invocation finished",
+            ErrorKind::UnknownInvocation => "unknown invocation",
+            ErrorKind::ReceiveTimeout => "receive timeout",
         }
     }
 }

@@ -24,6 +24,9 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::Refused => 18,
         ErrorKind::Internal => 19,
         ErrorKind::Permanent => 20,
+        ErrorKind::InvocationFinished => 21,
+        ErrorKind::UnknownInvocation => 22,
+        ErrorKind::ReceiveTimeout => 23,
     }
 }
 

@@ -28,6 +28,8 @@ impl CageFileDefaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     /// How long a stopping cage waits for calls under way.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+    /// How long a message waits for its receiver to open the port.
+    pub const PORT_WAIT: Duration = Duration::from_secs(90);
 }
 
 #[derive(Deserialize)]
@@ -51,6 +53,8 @@ struct RawCageFile {
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
     fdatasync: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    port_wait: Option<Duration>,
     #[serde(default)]
     jobs: Vec<Spanned<RawJob>>,
 }
@@ -122,6 +126,8 @@ pub struct CageConfig {
     pub fdatasync: bool,
     /// Recurring jobs declared in the file.
     pub jobs: Vec<DeclaredJob>,
+    /// How long a message waits for its receiver to open the port.
+    pub port_wait: Duration,
 }
 
 /// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
@@ -278,6 +284,7 @@ impl CageConfig {
                 .unwrap_or(CageFileDefaults::SHUTDOWN_GRACE),
             fdatasync: raw.fdatasync.unwrap_or(true),
             jobs,
+            port_wait: raw.port_wait.unwrap_or(CageFileDefaults::PORT_WAIT),
         })
     }
 }

@@ -3,8 +3,8 @@
 
 use super::frame::{self, FrameError};
 use super::protocol::{
-    CageInfo, CallFailure, CallRequest, CallView, EnqueueRequest, JobRequest, ModuleInfo,
-    QueueQuery, QueueStats, Request, RequestFrame, Response, ResponseFrame,
+    CageInfo, CallFailure, CallRequest, CallView, EnqueueRequest, JobRequest, MessageRequest,
+    ModuleInfo, QueueQuery, QueueStats, Request, RequestFrame, Response, ResponseFrame,
 };
 use crate::config::CageRoute;
 use crate::jobs::Job;
@@ -241,6 +241,18 @@ impl Client {
         }
     }
 
+    /// Hands a message to an invocation of this cage; the inner result is the delivery's.
+    pub fn message(
+        &mut self,
+        request: MessageRequest,
+        timeout: Duration,
+    ) -> Result<Result<(), CallError>, ClientError> {
+        match self.request(Request::Message(request), timeout)? {
+            Response::Handed(r) => Ok(r),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Lists the cage's modules.
     pub fn modules(&mut self, timeout: Duration) -> Result<Vec<ModuleInfo>, ClientError> {
         match self.request(Request::Modules, timeout)? {
@@ -269,6 +281,7 @@ impl Client {
             Response::Changed(_) => "a change count",
             Response::Stats(_) => "queue counters",
             Response::Jobs(_) => "a job list",
+            Response::Handed(_) => "a message receipt",
             Response::Error(e) => {
                 return ClientError::Rejected {
                     cage: self.cage.clone(),

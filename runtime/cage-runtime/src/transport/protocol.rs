@@ -34,6 +34,21 @@ pub enum Request {
     Queue(QueueQuery),
     /// Add, list, remove or run jobs.
     Job(JobRequest),
+    /// Hand a message to a receiver on a port of an invocation running on this cage.
+    Message(MessageRequest),
+}
+
+/// A message for an invocation of the receiving cage.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct MessageRequest {
+    /// The invocation, `CAGE/N`.
+    pub target: String,
+    /// Its port.
+    pub port: String,
+    /// The message.
+    pub message: Vec<u8>,
+    /// Longest to wait for a receiver, in milliseconds.
+    pub timeout_ms: u64,
 }
 
 /// A job to add: what it calls and when.
@@ -225,6 +240,8 @@ pub enum Response {
     Stats(QueueStats),
     /// Jobs.
     Jobs(Vec<Job>),
+    /// A message was handed over (`Ok`), or why not.
+    Handed(Result<(), CallError>),
     /// The request could not be served.
     Error(String),
 }

@@ -1,0 +1,380 @@
+//! Messages between running invocations: named ports, hand-over semantics.
+//!
+//! A send returns once the message has been handed to a receiver waiting on the target's port
+//! (waiting up to `port_wait` for one to appear); a receiver may wait on several ports at once.
+//! Each waiting receiver holds a *ticket* queued on every port it waits on; a sender claims one
+//! ticket (removing it from all its ports), so each message goes to exactly one receiver and
+//! each receiver gets exactly one message.
+//!
+//! Everything here is plain blocking code over a mutex and a condition variable: module code
+//! calls it from executor threads.
+
+use cage_sdk::{CallError, ErrorKind};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Finished invocations remembered, to tell "finished" from "never existed".
+const FINISHED_KEPT: usize = 100_000;
+/// Longest a port name may be.
+const PORT_MAX: usize = 128;
+
+/// A message handed over, and the port it came through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    /// The port.
+    pub port: String,
+    /// The message.
+    pub message: Vec<u8>,
+}
+
+struct Ticket {
+    invocation: u64,
+    ports: Vec<String>,
+    mail: Option<Delivered>,
+}
+
+#[derive(Default)]
+struct State {
+    next: u64,
+    first: u64,
+    running: HashSet<u64>,
+    finished: HashSet<u64>,
+    finished_order: VecDeque<u64>,
+    waiting: HashMap<(u64, String), VecDeque<u64>>,
+    tickets: HashMap<u64, Ticket>,
+    next_ticket: u64,
+}
+
+/// The mailboxes of one cage's running invocations.
+pub struct Mailboxes {
+    cage: String,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// Whether `port` can name a port: 1 to 128 visible characters, no NUL.
+pub fn valid_port(port: &str) -> bool {
+    !port.is_empty() && port.len() <= PORT_MAX && !port.chars().any(|c| c.is_control())
+}
+
+/// Splits an invocation id `CAGE/N`.
+pub fn parse_invocation(id: &str) -> Option<(&str, u64)> {
+    let (cage, n) = id.rsplit_once('/')?;
+    Some((cage, n.parse().ok()?)).filter(|(c, _)| !c.is_empty())
+}
+
+impl Mailboxes {
+    /// Mailboxes of cage `cage`. Invocation numbers start from the clock in microseconds, so
+    /// ids are not reused after a restart.
+    pub fn new(cage: &str) -> Self {
+        let first = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        let state = State {
+            next: first,
+            first,
+            ..State::default()
+        };
+        Mailboxes {
+            cage: cage.to_owned(),
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts an invocation; returns its number (its id is `CAGE/N`).
+    pub fn begin(&self) -> u64 {
+        let mut s = self.lock();
+        s.next += 1;
+        let n = s.next;
+        s.running.insert(n);
+        n
+    }
+
+    /// Ends invocation `n`: senders waiting for it fail at once.
+    pub fn end(&self, n: u64) {
+        let mut s = self.lock();
+        s.running.remove(&n);
+        s.finished.insert(n);
+        s.finished_order.push_back(n);
+        if s.finished_order.len() > FINISHED_KEPT {
+            if let Some(old) = s.finished_order.pop_front() {
+                s.finished.remove(&old);
+            }
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+
+    /// The full id of invocation `n`.
+    pub fn id(&self, n: u64) -> String {
+        format!("{}/{n}", self.cage)
+    }
+
+    fn not_running(&self, s: &State, n: u64) -> CallError {
+        let id = self.id(n);
+        if s.finished.contains(&n) {
+            CallError::with_kind(
+                ErrorKind::InvocationFinished,
+                format!("invocation {id} has already finished"),
+            )
+        } else if n <= s.first {
+            CallError::with_kind(
+                ErrorKind::UnknownInvocation,
+                format!("invocation {id} is not running: it is unknown to this run of cage {} (from before a restart, or never existed)", self.cage),
+            )
+        } else if n > s.next {
+            CallError::with_kind(
+                ErrorKind::UnknownInvocation,
+                format!("invocation {id} never existed"),
+            )
+        } else {
+            CallError::with_kind(
+                ErrorKind::InvocationFinished,
+                format!("invocation {id} has already finished (long ago)"),
+            )
+        }
+    }
+
+    /// Hands `message` to a receiver waiting on `port` of invocation `n`, waiting up to `wait`
+    /// for one; fails at once if the invocation is not running.
+    pub fn send(
+        &self,
+        n: u64,
+        port: &str,
+        message: Vec<u8>,
+        wait: Duration,
+    ) -> Result<(), CallError> {
+        if !valid_port(port) {
+            return Err(CallError::bad_arguments(format!(
+                "{port:?} is not a port name"
+            )));
+        }
+        let deadline = Instant::now() + wait;
+        let key = (n, port.to_owned());
+        let mut s = self.lock();
+        loop {
+            if !s.running.contains(&n) {
+                return Err(self.not_running(&s, n));
+            }
+            if let Some(ticket) = s.waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+                let ports = s
+                    .tickets
+                    .get(&ticket)
+                    .map(|t| t.ports.clone())
+                    .unwrap_or_default();
+                for p in ports.iter().filter(|p| **p != port) {
+                    if let Some(q) = s.waiting.get_mut(&(n, p.clone())) {
+                        q.retain(|t| *t != ticket);
+                    }
+                }
+                if let Some(t) = s.tickets.get_mut(&ticket) {
+                    t.mail = Some(Delivered {
+                        port: port.to_owned(),
+                        message,
+                    });
+                }
+                drop(s);
+                self.changed.notify_all();
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(CallError::with_kind(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no receiver on port {port:?} of invocation {} within {} (port_wait)",
+                        self.id(n),
+                        humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
+                    ),
+                ));
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits up to `timeout` (forever with `None`) for a message on any of `ports` of
+    /// invocation `n`.
+    pub fn receive(
+        &self,
+        n: u64,
+        ports: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<Delivered, CallError> {
+        if ports.is_empty() || !ports.iter().all(|p| valid_port(p)) {
+            return Err(CallError::bad_arguments(format!(
+                "{ports:?} are not port names"
+            )));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut s = self.lock();
+        s.next_ticket += 1;
+        let ticket = s.next_ticket;
+        s.tickets.insert(
+            ticket,
+            Ticket {
+                invocation: n,
+                ports: ports.to_vec(),
+                mail: None,
+            },
+        );
+        for p in ports {
+            s.waiting
+                .entry((n, p.clone()))
+                .or_default()
+                .push_back(ticket);
+        }
+        self.changed.notify_all();
+        loop {
+            if let Some(mail) = s.tickets.get_mut(&ticket).and_then(|t| t.mail.take()) {
+                s.tickets.remove(&ticket);
+                return Ok(mail);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                Self::withdraw(&mut s, ticket);
+                return Err(CallError::with_kind(
+                    ErrorKind::ReceiveTimeout,
+                    format!(
+                        "no message on port(s) {} of invocation {} within {}",
+                        ports.join(", "),
+                        self.id(n),
+                        humantime::format_duration(timeout.unwrap_or_default())
+                    ),
+                ));
+            }
+            s = match deadline {
+                Some(d) => {
+                    self.changed
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    fn withdraw(s: &mut State, ticket: u64) {
+        if let Some(t) = s.tickets.remove(&ticket) {
+            for p in t.ports {
+                let key = (t.invocation, p);
+                if let Some(q) = s.waiting.get_mut(&key) {
+                    q.retain(|x| *x != ticket);
+                    if q.is_empty() {
+                        s.waiting.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_send_waits_for_a_receiver_and_hands_over() {
+        let m = Arc::new(Mailboxes::new("c"));
+        let n = m.begin();
+        let m2 = m.clone();
+        let receiver = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            m2.receive(n, &["in".into()], Some(Duration::from_secs(5)))
+        });
+        m.send(n, "in", b"hello".to_vec(), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(
+            receiver.join().unwrap().unwrap(),
+            Delivered {
+                port: "in".into(),
+                message: b"hello".to_vec()
+            }
+        );
+    }
+
+    #[test]
+    fn one_receiver_on_two_ports_takes_one_message() {
+        let m = Arc::new(Mailboxes::new("c"));
+        let n = m.begin();
+        let m2 = m.clone();
+        let receiver = std::thread::spawn(move || {
+            m2.receive(n, &["a".into(), "b".into()], Some(Duration::from_secs(5)))
+        });
+        m.send(n, "b", b"1".to_vec(), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(receiver.join().unwrap().unwrap().port, "b");
+        // The ticket left port "a" too: nobody waits there now.
+        let e = m
+            .send(n, "a", b"2".to_vec(), Duration::from_millis(50))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Timeout);
+    }
+
+    #[test]
+    fn errors_tell_finished_unknown_and_timeouts_apart() {
+        let m = Mailboxes::new("c");
+        let n = m.begin();
+        let e = m
+            .receive(n, &["x".into()], Some(Duration::from_millis(20)))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ReceiveTimeout);
+        let e = m
+            .send(n, "x", vec![], Duration::from_millis(20))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Timeout);
+        m.end(n);
+        assert_eq!(
+            m.send(n, "x", vec![], Duration::from_secs(1))
+                .unwrap_err()
+                .kind,
+            ErrorKind::InvocationFinished
+        );
+        assert_eq!(
+            m.send(n + 1000, "x", vec![], Duration::from_secs(1))
+                .unwrap_err()
+                .kind,
+            ErrorKind::UnknownInvocation
+        );
+        assert_eq!(
+            m.send(1, "x", vec![], Duration::from_secs(1))
+                .unwrap_err()
+                .kind,
+            ErrorKind::UnknownInvocation
+        );
+    }
+
+    #[test]
+    fn ending_an_invocation_fails_its_waiting_senders() {
+        let m = Arc::new(Mailboxes::new("c"));
+        let n = m.begin();
+        let m2 = m.clone();
+        let sender =
+            std::thread::spawn(move || m2.send(n, "late", vec![1], Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(50));
+        m.end(n);
+        assert_eq!(
+            sender.join().unwrap().unwrap_err().kind,
+            ErrorKind::InvocationFinished
+        );
+    }
+
+    #[test]
+    fn invocation_ids_parse() {
+        assert_eq!(parse_invocation("demo/42"), Some(("demo", 42)));
+        assert_eq!(parse_invocation("demo"), None);
+        assert_eq!(parse_invocation("/42"), None);
+    }
+}
