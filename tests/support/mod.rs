@@ -106,7 +106,8 @@ pub fn c_fixture_so(name: &str) -> PathBuf {
     so
 }
 
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -145,9 +146,12 @@ impl Site {
     /// A site with no cages yet.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        for d in ["cages", "config", "modules"] {
+        for d in ["cages", "config", "modules", "clients/python"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
+        // Like the repository, a site carries the Python client its modules' scripts import.
+        let client = workspace().join("clients/python/cage_connection.py");
+        std::fs::copy(client, dir.path().join("clients/python/cage_connection.py")).unwrap();
         Site {
             dir,
             ports: HashMap::new(),

@@ -270,11 +270,62 @@ fn child(ctx: &Ctx, args: Child) -> Result<(), CallError> {
     )
 }
 
+#[derive(Deserialize)]
+struct RunScript {
+    script: String,
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+/// Runs a Python script as a child acting as this invocation; returns what it printed.
+fn run_python(ctx: &Ctx, args: RunScript) -> Result<String, CallError> {
+    let out = ctx
+        .child_command("python3")
+        .arg(&args.script)
+        .args(&args.args)
+        .output()
+        .map_err(|e| CallError::new(format!("cannot start python3: {e}")))?;
+    if !out.status.success() {
+        return Err(CallError::new(format!(
+            "{} failed ({}): {}",
+            args.script,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[derive(Deserialize)]
+struct Respond {
+    file: String,
+    port_in: String,
+    port_out: String,
+}
+
+#[derive(Deserialize)]
+struct Note {
+    from: String,
+    text: String,
+}
+
+/// Writes its id to a file, waits for a `{from, text}` message, answers `echo: text` to `from`.
+fn respond(ctx: &Ctx, args: Respond) -> Result<(), CallError> {
+    std::fs::write(&args.file, ctx.invocation_id()).map_err(|e| CallError::new(e.to_string()))?;
+    let note: Note = json_msg(&ctx.receive_message(&args.port_in, Some(Duration::from_secs(30)))?)?;
+    ctx.send_message(
+        &note.from,
+        &args.port_out,
+        format!("echo: {}", note.text).as_bytes(),
+        Duration::from_secs(30),
+    )
+}
+
 export_module! {
     name: "echo",
     version: VERSION,
     methods: [
         echo, shout, sleep, version, boom, forward, append, refuse, relay, later, whoami, send_to, receive, idle,
-        orchestrate, child
+        orchestrate, child, run_python, respond
     ],
 }

@@ -70,6 +70,7 @@ pub struct PreparedCage {
     config: CageConfig,
     env: Arc<HostEnv>,
     socket: std::net::TcpListener,
+    http: std::net::TcpListener,
     store: Arc<QueueStore>,
     commit: Arc<GroupCommit>,
 }
@@ -91,6 +92,20 @@ impl PreparedCage {
                 file: config.path.clone(),
                 source,
             })?;
+        let http = std::net::TcpListener::bind(config.http_listen).map_err(|source| {
+            StartError::Listen {
+                cage: name.to_owned(),
+                addr: config.http_listen,
+                file: config.path.clone(),
+                source,
+            }
+        })?;
+        let api_addr = http.local_addr().map_err(|source| StartError::Listen {
+            cage: name.to_owned(),
+            addr: config.http_listen,
+            file: config.path.clone(),
+            source,
+        })?;
         let queue_dir = config.data_dir.join("queue");
         let queue_error = |source| StartError::Queue {
             cage: name.to_owned(),
@@ -108,11 +123,14 @@ impl PreparedCage {
             listen: config.listen,
             mailboxes: Arc::new(Mailboxes::new(name)),
             port_wait: config.port_wait,
+            api_url: format!("http://{api_addr}"),
+            client_path: site.root().join("clients/python").display().to_string(),
         });
         Ok(PreparedCage {
             config,
             env,
             socket,
+            http,
             store,
             commit,
         })
@@ -197,6 +215,15 @@ impl PreparedCage {
             idle_timeout: c.idle_timeout,
         };
         let listener = Listener::new(socket, dispatcher, limits).start();
+        crate::api::start(self.http, self.env.clone(), c.http_max_body).map_err(|source| {
+            StartError::Listen {
+                cage: c.name.clone(),
+                addr: c.http_listen,
+                file: c.path.clone(),
+                source,
+            }
+        })?;
+        tracing::info!(cage = %c.name, "HTTP API on {}", self.env.api_url);
         tracing::info!(cage = %c.name, "listening on {}, serving {} with {} executor threads", c.listen, c.modules.join(", "), c.executor_threads);
         Ok(CageHandle {
             name: c.name.clone(),

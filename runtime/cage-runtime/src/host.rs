@@ -27,6 +27,10 @@ pub struct HostEnv {
     pub mailboxes: Arc<Mailboxes>,
     /// How long a message waits for a receiver to open its port.
     pub port_wait: Duration,
+    /// Base URL of this cage's HTTP API.
+    pub api_url: String,
+    /// Directory of the Python client, for children's `PYTHONPATH`.
+    pub client_path: String,
 }
 
 /// Ends an invocation when the call leaves the module, however it leaves.
@@ -57,7 +61,7 @@ impl HostEnv {
         args: &[u8],
         attempt: u32,
     ) -> Result<Vec<u8>, CallError> {
-        let invocation = self.mailboxes.begin();
+        let (invocation, token) = self.mailboxes.begin();
         let _running = Running(&self.mailboxes, invocation);
         let invocation_id = self.mailboxes.id(invocation);
         let scope = CallScope {
@@ -84,6 +88,9 @@ impl HostEnv {
             invocation_id: Bytes::from_slice(invocation_id.as_bytes()),
             send_message: host_send,
             receive_message: host_receive,
+            api_url: Bytes::from_slice(self.api_url.as_bytes()),
+            api_token: Bytes::from_slice(token.as_bytes()),
+            client_path: Bytes::from_slice(self.client_path.as_bytes()),
         };
         module.call(&ctx, method, args)
     }

@@ -2,6 +2,7 @@
 //!
 //! Map of the crate, top to bottom (arrows point down):
 //! - `cli` (in the `cage` binary, not this library): run, call, modules, bench.
+//! - [`api`]: the HTTP API for processes outside the cage.
 //! - [`cage`]: wiring of one running cage: config → actors → listener.
 //! - [`transport`]: frames on the wire, the protocol, the listener actor and a blocking client.
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
@@ -22,6 +23,7 @@
 //! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
 //! [`host::HostEnv::run`] → the module's `call` → response frame.
 
+pub mod api;
 pub mod cage;
 pub mod config;
 pub mod config_watch;

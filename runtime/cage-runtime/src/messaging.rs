@@ -44,6 +44,8 @@ struct State {
     waiting: HashMap<(u64, String), VecDeque<u64>>,
     tickets: HashMap<u64, Ticket>,
     next_ticket: u64,
+    tokens: HashMap<String, u64>,
+    token_of: HashMap<u64, String>,
 }
 
 /// The mailboxes of one cage's running invocations.
@@ -88,19 +90,31 @@ impl Mailboxes {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts an invocation; returns its number (its id is `CAGE/N`).
-    pub fn begin(&self) -> u64 {
+    /// Starts an invocation; returns its number (its id is `CAGE/N`) and the token that lets
+    /// a process outside the cage act as it through the HTTP API while it runs.
+    pub fn begin(&self) -> (u64, String) {
+        let token = format!("{:032x}", rand::random::<u128>());
         let mut s = self.lock();
         s.next += 1;
         let n = s.next;
         s.running.insert(n);
-        n
+        s.tokens.insert(token.clone(), n);
+        s.token_of.insert(n, token.clone());
+        (n, token)
+    }
+
+    /// The running invocation a token stands for.
+    pub fn invocation_of(&self, token: &str) -> Option<u64> {
+        self.lock().tokens.get(token).copied()
     }
 
     /// Ends invocation `n`: senders waiting for it fail at once.
     pub fn end(&self, n: u64) {
         let mut s = self.lock();
         s.running.remove(&n);
+        if let Some(token) = s.token_of.remove(&n) {
+            s.tokens.remove(&token);
+        }
         s.finished.insert(n);
         s.finished_order.push_back(n);
         if s.finished_order.len() > FINISHED_KEPT {
@@ -288,7 +302,7 @@ mod tests {
     #[test]
     fn a_send_waits_for_a_receiver_and_hands_over() {
         let m = Arc::new(Mailboxes::new("c"));
-        let n = m.begin();
+        let (n, _) = m.begin();
         let m2 = m.clone();
         let receiver = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
@@ -308,7 +322,7 @@ mod tests {
     #[test]
     fn one_receiver_on_two_ports_takes_one_message() {
         let m = Arc::new(Mailboxes::new("c"));
-        let n = m.begin();
+        let (n, _) = m.begin();
         let m2 = m.clone();
         let receiver = std::thread::spawn(move || {
             m2.receive(n, &["a".into(), "b".into()], Some(Duration::from_secs(5)))
@@ -326,7 +340,7 @@ mod tests {
     #[test]
     fn errors_tell_finished_unknown_and_timeouts_apart() {
         let m = Mailboxes::new("c");
-        let n = m.begin();
+        let (n, _) = m.begin();
         let e = m
             .receive(n, &["x".into()], Some(Duration::from_millis(20)))
             .unwrap_err();
@@ -359,7 +373,7 @@ mod tests {
     #[test]
     fn ending_an_invocation_fails_its_waiting_senders() {
         let m = Arc::new(Mailboxes::new("c"));
-        let n = m.begin();
+        let (n, _) = m.begin();
         let m2 = m.clone();
         let sender =
             std::thread::spawn(move || m2.send(n, "late", vec![1], Duration::from_secs(10)));

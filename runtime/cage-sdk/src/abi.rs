@@ -250,4 +250,10 @@ pub struct HostContext {
     pub send_message: HostSendFn,
     /// Receives a message on one or more ports.
     pub receive_message: HostReceiveFn,
+    /// Base URL of the cage's HTTP API, for processes the module starts.
+    pub api_url: Bytes,
+    /// Token that lets a process act as this invocation through the HTTP API while it runs.
+    pub api_token: Bytes,
+    /// Directory of the Python client (`cage_connection.py`), for `PYTHONPATH`.
+    pub client_path: Bytes,
 }

@@ -354,6 +354,32 @@ impl Ctx {
         Ok((port, bytes.get(split + 1..).unwrap_or_default().to_vec()))
     }
 
+    /// A command for a child process that can act as this invocation through the cage's HTTP
+    /// API: its environment carries `CAGE_API`, `CAGE_INVOCATION_ID`, `CAGE_TOKEN` and a
+    /// `PYTHONPATH` entry for the Python client `cage_connection`.
+    pub fn child_command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut command = std::process::Command::new(program);
+        if self.has_field(offset_of!(HostContext, client_path) + size_of::<Bytes>()) {
+            let host = self.host();
+            let client_path = self.text(host.client_path);
+            let python_path = match std::env::var_os("PYTHONPATH") {
+                Some(existing) if !existing.is_empty() => {
+                    let mut p = std::ffi::OsString::from(client_path);
+                    p.push(":");
+                    p.push(existing);
+                    p
+                }
+                _ => std::ffi::OsString::from(client_path),
+            };
+            command
+                .env("CAGE_API", self.text(host.api_url))
+                .env("CAGE_INVOCATION_ID", self.invocation_id())
+                .env("CAGE_TOKEN", self.text(host.api_token))
+                .env("PYTHONPATH", python_path);
+        }
+        command
+    }
+
     /// Reads a host answer, gives its buffer back, and turns a failure status into its error.
     fn finish(&self, status: u32, out: OwnedBytes) -> Result<Vec<u8>, CallError> {
         let host = self.host();

@@ -30,6 +30,8 @@ impl CageFileDefaults {
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
     /// How long a message waits for its receiver to open the port.
     pub const PORT_WAIT: Duration = Duration::from_secs(90);
+    /// Largest HTTP request body accepted.
+    pub const HTTP_MAX_BODY: usize = 1024 * 1024;
 }
 
 #[derive(Deserialize)]
@@ -55,6 +57,8 @@ struct RawCageFile {
     fdatasync: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     port_wait: Option<Duration>,
+    http_listen: Option<Spanned<String>>,
+    http_max_body: Option<Spanned<usize>>,
     #[serde(default)]
     jobs: Vec<Spanned<RawJob>>,
 }
@@ -128,6 +132,10 @@ pub struct CageConfig {
     pub jobs: Vec<DeclaredJob>,
     /// How long a message waits for its receiver to open the port.
     pub port_wait: Duration,
+    /// Address of the HTTP API (loopback; port 0 picks a free one).
+    pub http_listen: SocketAddr,
+    /// Largest HTTP request body accepted.
+    pub http_max_body: usize,
 }
 
 /// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
@@ -189,6 +197,18 @@ impl CageConfig {
                     Some(s) => Ok(*s.get_ref()),
                 }
             };
+        let http_listen: SocketAddr = match &raw.http_listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
+            Some(h) => {
+                let addr: SocketAddr = h.get_ref().parse().map_err(|_| {
+                    at(h.span(), format!("http_listen: expected an address such as \"127.0.0.1:7501\", found {:?}", h.get_ref()))
+                })?;
+                if !addr.ip().is_loopback() {
+                    return Err(at(h.span(), format!("http_listen: {addr} is not a loopback address; the HTTP API serves this host only")));
+                }
+                addr
+            }
+        };
         let mut jobs: Vec<DeclaredJob> = Vec::new();
         for j in &raw.jobs {
             let r = j.get_ref();
@@ -285,6 +305,12 @@ impl CageConfig {
             fdatasync: raw.fdatasync.unwrap_or(true),
             jobs,
             port_wait: raw.port_wait.unwrap_or(CageFileDefaults::PORT_WAIT),
+            http_listen,
+            http_max_body: positive(
+                &raw.http_max_body,
+                "http_max_body",
+                CageFileDefaults::HTTP_MAX_BODY,
+            )?,
         })
     }
 }
