@@ -86,6 +86,7 @@ except cc.MessageSendError as e:
     print("send error:", e.kind, e.reason)
 print("call:", cc.call("back", "echo.shout", "py"))
 print("enqueued:", cc.enqueue("back", "echo.version").startswith("back-"))
+print("job:", cc.job_add("echo.version", every_secs=3600)["id"].startswith("job-"))
 "#,
     )
     .unwrap();
@@ -111,6 +112,7 @@ print("enqueued:", cc.enqueue("back", "echo.version").startswith("back-"))
     );
     assert_eq!(lines[3], "call: PY");
     assert_eq!(lines[4], "enqueued: True");
+    assert_eq!(lines[5], "job: True");
     assert_eq!(peer.join().unwrap().code, 0);
 }
 

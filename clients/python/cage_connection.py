@@ -26,6 +26,7 @@ __all__ = [
     "message_to_invocation_receive",
     "call",
     "enqueue",
+    "job_add",
     "invocation_id",
 ]
 
@@ -131,3 +132,15 @@ def enqueue(cage, target, args=None, queue="retry", priority=0, key=None, delay=
     if delay is not None:
         body["delay_secs"] = delay
     return _request("POST", "/v1/enqueue", body, wait=30)["id"]
+
+
+def job_add(target, args=None, at=None, in_secs=None, every_secs=None, queue="retry", catch_up="once", replace=False):
+    """Add a job to this cage: once ``at`` (RFC 3339) or after ``in_secs``, or every ``every_secs``.
+
+    Returns the job as stored (a dict with its ``id``).
+    """
+    body = {"target": target, "args": args, "queue": queue, "catch_up": catch_up, "replace": replace}
+    for name, value in (("at", at), ("in_secs", in_secs), ("every_secs", every_secs)):
+        if value is not None:
+            body[name] = value
+    return _request("POST", "/v1/jobs", body, wait=30)

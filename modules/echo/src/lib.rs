@@ -321,11 +321,61 @@ fn respond(ctx: &Ctx, args: Respond) -> Result<(), CallError> {
     )
 }
 
+#[derive(Deserialize)]
+struct PingPong {
+    peer_cage: String,
+    rounds: u32,
+}
+
+/// Message round trips with a child on `peer_cage`: returns latency percentiles in µs.
+fn pingpong(ctx: &Ctx, args: PingPong) -> Result<Value, CallError> {
+    let step = Duration::from_secs(30);
+    ctx.enqueue(
+        &args.peer_cage,
+        "echo.ponger",
+        &serde_json::json!({ "parent": ctx.invocation_id(), "rounds": args.rounds }),
+    )?;
+    let child = String::from_utf8_lossy(&ctx.receive_message("hello", Some(step))?).into_owned();
+    let mut rtts = Vec::with_capacity(args.rounds as usize);
+    for i in 0..args.rounds {
+        let t = std::time::Instant::now();
+        ctx.send_message(&child, "ping", i.to_string().as_bytes(), step)?;
+        ctx.receive_message("pong", Some(step))?;
+        rtts.push(t.elapsed().as_micros() as u64);
+    }
+    rtts.sort_unstable();
+    let at = |p: f64| {
+        rtts.get(((rtts.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok(
+        serde_json::json!({ "rounds": args.rounds, "child": child, "p50_us": at(0.5), "p99_us": at(0.99), "max_us": at(1.0) }),
+    )
+}
+
+#[derive(Deserialize)]
+struct Ponger {
+    parent: String,
+    rounds: u32,
+}
+
+/// The other side of `pingpong`: answers each ping with a pong.
+fn ponger(ctx: &Ctx, args: Ponger) -> Result<(), CallError> {
+    let step = Duration::from_secs(30);
+    ctx.send_message(&args.parent, "hello", ctx.invocation_id().as_bytes(), step)?;
+    for _ in 0..args.rounds {
+        let ping = ctx.receive_message("ping", Some(step))?;
+        ctx.send_message(&args.parent, "pong", &ping, step)?;
+    }
+    Ok(())
+}
+
 export_module! {
     name: "echo",
     version: VERSION,
     methods: [
         echo, shout, sleep, version, boom, forward, append, refuse, relay, later, whoami, send_to, receive, idle,
-        orchestrate, child, run_python, respond
+        orchestrate, child, run_python, respond, pingpong, ponger
     ],
 }
