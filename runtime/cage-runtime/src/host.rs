@@ -217,24 +217,8 @@ unsafe extern "C" fn host_call(
             )
             .map_err(|f| CallError::with_kind(f.error.kind, f.to_string()))
     }));
-    let (status, bytes) = match result {
-        Ok(Ok(bytes)) => (abi::status::OK, bytes),
-        Ok(Err(e)) => (
-            abi::status::ERROR,
-            serde_json::to_vec(&e).unwrap_or_default(),
-        ),
-        Err(_) => (
-            abi::status::ERROR,
-            serde_json::to_vec(&CallError::with_kind(
-                ErrorKind::Internal,
-                "the cage failed while making the call",
-            ))
-            .unwrap_or_default(),
-        ),
-    };
     // SAFETY: the module passes a writable slot and frees it with our `free`.
-    unsafe { out.write(OwnedBytes::from_vec(bytes)) };
-    status
+    unsafe { answer(out, result) }
 }
 
 /// # Safety
@@ -253,24 +237,9 @@ unsafe extern "C" fn host_enqueue(
             .map_err(|e| CallError::bad_arguments(format!("enqueue request: {e}")))?;
         scope.env.enqueue(request, scope.call_id)
     }));
-    let (status, bytes) = match result {
-        Ok(Ok(id)) => (abi::status::OK, serde_json::to_vec(&id).unwrap_or_default()),
-        Ok(Err(e)) => (
-            abi::status::ERROR,
-            serde_json::to_vec(&e).unwrap_or_default(),
-        ),
-        Err(_) => (
-            abi::status::ERROR,
-            serde_json::to_vec(&CallError::with_kind(
-                ErrorKind::Internal,
-                "the cage failed while queueing the call",
-            ))
-            .unwrap_or_default(),
-        ),
-    };
+    let result = result.map(|r| r.map(|id| serde_json::to_vec(&id).unwrap_or_default()));
     // SAFETY: the module passes a writable slot and frees it with our `free`.
-    unsafe { out.write(OwnedBytes::from_vec(bytes)) };
-    status
+    unsafe { answer(out, result) }
 }
 
 impl HostEnv {
@@ -338,24 +307,9 @@ unsafe extern "C" fn host_add_job(
             .map_err(|e| CallError::bad_arguments(format!("job request: {e}")))?;
         scope.env.add_job(request, scope.call_id)
     }));
-    let (status, bytes) = match result {
-        Ok(Ok(id)) => (abi::status::OK, serde_json::to_vec(&id).unwrap_or_default()),
-        Ok(Err(e)) => (
-            abi::status::ERROR,
-            serde_json::to_vec(&e).unwrap_or_default(),
-        ),
-        Err(_) => (
-            abi::status::ERROR,
-            serde_json::to_vec(&CallError::with_kind(
-                ErrorKind::Internal,
-                "the cage failed while adding the job",
-            ))
-            .unwrap_or_default(),
-        ),
-    };
+    let result = result.map(|r| r.map(|id| serde_json::to_vec(&id).unwrap_or_default()));
     // SAFETY: the module passes a writable slot and frees it with our `free`.
-    unsafe { out.write(OwnedBytes::from_vec(bytes)) };
-    status
+    unsafe { answer(out, result) }
 }
 
 impl HostEnv {

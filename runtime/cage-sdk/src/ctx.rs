@@ -195,21 +195,9 @@ impl Ctx {
         let mut out = OwnedBytes::empty();
         // SAFETY: the callback and views are valid for the call; `out` is written by the host.
         let status = unsafe { (host.enqueue)(host.data, Bytes::from_slice(&request), &mut out) };
-        // SAFETY: `out` was filled by the host and is read before being handed back to it.
-        let bytes = unsafe { out.as_slice() }.to_vec();
-        // SAFETY: the host allocated `out`; only its own `free` may release it.
-        unsafe { (host.free)(out) };
-        if status == abi::status::OK {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))
-        } else {
-            Err(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                CallError::with_kind(
-                    ErrorKind::Internal,
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                )
-            }))
-        }
+        let bytes = self.finish(status, out)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))
     }
 
     /// Adds a job on `cage` calling `target` (`"module.method"`) with `args`: once after `delay`,
@@ -247,21 +235,9 @@ impl Ctx {
         let mut out = OwnedBytes::empty();
         // SAFETY: the callback and views are valid for the call; `out` is written by the host.
         let status = unsafe { (host.add_job)(host.data, Bytes::from_slice(&request), &mut out) };
-        // SAFETY: `out` was filled by the host and is read before being handed back to it.
-        let bytes = unsafe { out.as_slice() }.to_vec();
-        // SAFETY: the host allocated `out`; only its own `free` may release it.
-        unsafe { (host.free)(out) };
-        if status == abi::status::OK {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))
-        } else {
-            Err(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                CallError::with_kind(
-                    ErrorKind::Internal,
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                )
-            }))
-        }
+        let bytes = self.finish(status, out)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))
     }
 
     /// Id of this invocation (`CAGE/N`); pass it to children so they can send messages back.
