@@ -371,11 +371,29 @@ fn ponger(ctx: &Ctx, args: Ponger) -> Result<(), CallError> {
     Ok(())
 }
 
+#[derive(Deserialize)]
+struct Counter {
+    key: String,
+}
+
+/// Adds one to a counter in the module's state; exactly once per queued call, whatever happens.
+fn count(ctx: &Ctx, args: Counter) -> Result<u64, CallError> {
+    let state = ctx.state();
+    let n = state.get_json::<u64>(&args.key)?.unwrap_or(0) + 1;
+    state.put_json(&args.key, &n)?;
+    Ok(n)
+}
+
+/// The counter's value.
+fn count_get(ctx: &Ctx, args: Counter) -> Result<u64, CallError> {
+    Ok(ctx.state().get_json::<u64>(&args.key)?.unwrap_or(0))
+}
+
 export_module! {
     name: "echo",
     version: VERSION,
     methods: [
         echo, shout, sleep, version, boom, forward, append, refuse, relay, later, whoami, send_to, receive, idle,
-        orchestrate, child, run_python, respond, pingpong, ponger
+        orchestrate, child, run_python, respond, pingpong, ponger, count, count_get
     ],
 }

@@ -5,7 +5,7 @@ use crate::config::{CageConfig, ConfigError, Site};
 use crate::delivery::Delivery;
 use crate::dispatch::{Dispatcher, Load};
 use crate::executor::CallExecutor;
-use crate::host::HostEnv;
+use crate::host::{HostEnv, StateLocks};
 use crate::messaging::Mailboxes;
 use crate::queue::{GroupCommit, QueueStore};
 use crate::registry::ModuleRegistry;
@@ -125,6 +125,8 @@ impl PreparedCage {
             port_wait: config.port_wait,
             api_url: format!("http://{api_addr}"),
             client_path: site.root().join("clients/python").display().to_string(),
+            store: store.clone(),
+            state_locks: StateLocks::default(),
         });
         Ok(PreparedCage {
             config,

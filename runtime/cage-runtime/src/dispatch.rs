@@ -217,6 +217,7 @@ impl Dispatcher {
                 args: call.args.clone(),
                 deadline,
                 attempt: 1,
+                queued: false,
             })
             .await
             .map_err(gone)??;

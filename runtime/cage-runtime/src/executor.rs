@@ -32,6 +32,8 @@ pub struct Execute {
     pub deadline: Instant,
     /// Attempt number, as the module's `ctx.attempt()` reports it.
     pub attempt: u32,
+    /// A queued call (its committed effects mark it executed) rather than a sync one.
+    pub queued: bool,
 }
 
 struct Job {
@@ -83,6 +85,7 @@ fn run_job(env: &HostEnv, job: Job) {
         &call.method,
         &call.args,
         call.attempt,
+        call.queued,
     );
     match &result {
         Ok(_) => {

@@ -186,6 +186,22 @@ pub type HostReceiveFn = unsafe extern "C" fn(
     out: *mut OwnedBytes,
 ) -> u32;
 
+/// Host callback: read `key` of the calling module's state; `out` receives `1` and the value,
+/// `0` when the key is absent, or a JSON error.
+pub type HostStateGetFn =
+    unsafe extern "C" fn(data: *const c_void, key: Bytes, out: *mut OwnedBytes) -> u32;
+
+/// Host callback: set `key` to `value` (`present` = 1) or delete it (`present` = 0) in the
+/// calling module's state. Writes take effect when the call succeeds, atomically with its
+/// completion; `out` receives a JSON error on failure.
+pub type HostStatePutFn = unsafe extern "C" fn(
+    data: *const c_void,
+    key: Bytes,
+    value: Bytes,
+    present: u32,
+    out: *mut OwnedBytes,
+) -> u32;
+
 /// What a module exports through its entry symbol: identity, methods and its two functions.
 #[repr(C)]
 pub struct ModuleDescriptor {
@@ -256,4 +272,8 @@ pub struct HostContext {
     pub api_token: Bytes,
     /// Directory of the Python client (`cage_connection.py`), for `PYTHONPATH`.
     pub client_path: Bytes,
+    /// Reads the module's state.
+    pub state_get: HostStateGetFn,
+    /// Writes the module's state (committed with the call's success).
+    pub state_put: HostStatePutFn,
 }

@@ -330,6 +330,13 @@ impl Ctx {
         Ok((port, bytes.get(split + 1..).unwrap_or_default().to_vec()))
     }
 
+    /// The module's key-value state in its cage. Writes made during a call take effect only if
+    /// the call succeeds, atomically with its completion, so a queued call retried or delivered
+    /// again never applies them twice; calls of one module that use state run one at a time.
+    pub fn state(&self) -> State<'_> {
+        State { ctx: self }
+    }
+
     /// A command for a child process that can act as this invocation through the cage's HTTP
     /// API: its environment carries `CAGE_API`, `CAGE_INVOCATION_ID`, `CAGE_TOKEN` and a
     /// `PYTHONPATH` entry for the Python client `cage_connection`.
@@ -468,5 +475,90 @@ impl Ctx {
                 )
             }))
         }
+    }
+}
+
+/// A module's key-value state, from [`Ctx::state`].
+pub struct State<'a> {
+    ctx: &'a Ctx,
+}
+
+impl State<'_> {
+    fn available(&self) -> Result<&HostContext, CallError> {
+        if self
+            .ctx
+            .has_field(offset_of!(HostContext, state_put) + size_of::<abi::HostStatePutFn>())
+        {
+            Ok(self.ctx.host())
+        } else {
+            Err(CallError::with_kind(
+                ErrorKind::Internal,
+                "this cage does not offer module state",
+            ))
+        }
+    }
+
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CallError> {
+        let host = self.available()?;
+        let mut out = OwnedBytes::empty();
+        // SAFETY: callback and views valid for the call; `out` is written by the host.
+        let status =
+            unsafe { (host.state_get)(host.data, Bytes::from_slice(key.as_bytes()), &mut out) };
+        let bytes = self.ctx.finish(status, out)?;
+        Ok(match bytes.split_first() {
+            Some((1, value)) => Some(value.to_vec()),
+            _ => None,
+        })
+    }
+
+    fn write(&self, key: &str, value: Option<&[u8]>) -> Result<(), CallError> {
+        let host = self.available()?;
+        let mut out = OwnedBytes::empty();
+        let (value, present) = match value {
+            Some(v) => (Bytes::from_slice(v), 1),
+            None => (Bytes::from_slice(&[]), 0),
+        };
+        // SAFETY: callback and views valid for the call; `out` is written by the host.
+        let status = unsafe {
+            (host.state_put)(
+                host.data,
+                Bytes::from_slice(key.as_bytes()),
+                value,
+                present,
+                &mut out,
+            )
+        };
+        self.ctx.finish(status, out).map(drop)
+    }
+
+    /// Sets `key` to `value` (when the call succeeds).
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<(), CallError> {
+        self.write(key, Some(value))
+    }
+
+    /// Deletes `key` (when the call succeeds).
+    pub fn delete(&self, key: &str) -> Result<(), CallError> {
+        self.write(key, None)
+    }
+
+    /// The value of `key` decoded from JSON, if set.
+    pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CallError> {
+        match self.get(key)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                CallError::with_kind(
+                    ErrorKind::Internal,
+                    format!("state {key:?} does not decode: {e}"),
+                )
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Sets `key` to `value` encoded as JSON (when the call succeeds).
+    pub fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), CallError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| CallError::bad_arguments(format!("state {key:?}: {e}")))?;
+        self.put(key, &bytes)
     }
 }

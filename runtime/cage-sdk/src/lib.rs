@@ -33,5 +33,5 @@ pub mod ctx;
 pub mod error;
 pub mod export;
 
-pub use ctx::{Ctx, EnqueueOptions, JobWhen, LogLevel};
+pub use ctx::{Ctx, EnqueueOptions, JobWhen, LogLevel, State};
 pub use error::{CallError, ErrorKind};

@@ -13,6 +13,20 @@ pub const HISTORY: u8 = b'h';
 pub const EXPIRY: u8 = b't';
 /// `k` + target + 0 + queue + 0 + key → id: idempotency keys.
 pub const IDEMPOTENCY: u8 = b'k';
+/// `s` + module + 0 + key → value: modules' state.
+pub const STATE: u8 = b's';
+/// `e` + call id → (): the call's state writes are committed (it must not run again).
+pub const EXECUTED: u8 = b'e';
+
+/// The state entry `key` of `module`.
+pub fn state(module: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = vec![STATE];
+    k.extend_from_slice(module.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
 /// `j` + job id → job.
 pub const JOB: u8 = b'j';
 /// `q` + id → the raw bytes of a record that could not be read, kept for inspection.

@@ -233,6 +233,7 @@ impl QueueStore {
         let mut b = sled::Batch::default();
         b.remove(Self::due_key(record));
         b.remove(Self::order_key(record));
+        b.remove(keys::with_id(keys::EXECUTED, &record.call.id));
         b.remove(keys::with_id(CALL, &record.call.id));
         self.apply(b)
     }
@@ -327,6 +328,43 @@ impl QueueStore {
             }
         }
         Ok(out)
+    }
+
+    /// The value of `key` in `module`'s state.
+    pub fn state_get(&self, module: &str, key: &[u8]) -> Result<Option<Vec<u8>>, QueueError> {
+        Ok(self
+            .db
+            .get(keys::state(module, key))
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Applies `module`'s state `writes` (`None` deletes) in one batch; with `call_id`, also
+    /// marks that call as executed, in the same batch, so it is never run again.
+    pub fn commit_state(
+        &self,
+        module: &str,
+        writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        call_id: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let mut b = sled::Batch::default();
+        for (key, value) in writes {
+            match value {
+                Some(v) => b.insert(keys::state(module, key), v.as_slice()),
+                None => b.remove(keys::state(module, key)),
+            }
+        }
+        if let Some(id) = call_id {
+            b.insert(keys::with_id(keys::EXECUTED, id), &[][..]);
+        }
+        self.apply(b)
+    }
+
+    /// Whether call `id` already committed its effects (see [`QueueStore::commit_state`]).
+    pub fn executed(&self, id: &str) -> Result<bool, QueueError> {
+        self.db
+            .contains_key(keys::with_id(keys::EXECUTED, id))
+            .map_err(|e| self.err(e))
     }
 
     /// Stores (or replaces) a job.

@@ -588,6 +588,7 @@ async fn execute(
         args: call.args.clone(),
         deadline,
         attempt,
+        queued: true,
     };
     let reply = match executor.send(execute).await.map_err(gone).and_then(|r| r) {
         Ok(r) => r,

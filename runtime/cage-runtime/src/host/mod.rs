@@ -4,10 +4,17 @@
 use crate::config::{ExecuteOn, Site};
 use crate::loader::LoadedModule;
 use crate::messaging::{parse_invocation, Mailboxes};
+use crate::queue::QueueStore;
+use state::{host_state_get, host_state_put, StateTx};
+use std::cell::RefCell;
+
+mod state;
+
 use crate::transport::client::{Client, ClientError};
 use crate::transport::protocol::{new_call_id, CallFailure, CallRequest, EnqueueRequest};
 use cage_sdk::abi::{self, Bytes, HostContext, OwnedBytes};
 use cage_sdk::{CallError, ErrorKind};
+pub use state::StateLocks;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -31,6 +38,10 @@ pub struct HostEnv {
     pub api_url: String,
     /// Directory of the Python client, for children's `PYTHONPATH`.
     pub client_path: String,
+    /// The cage's database, for modules' state.
+    pub store: Arc<QueueStore>,
+    /// One state lock per module.
+    pub state_locks: StateLocks,
 }
 
 /// Ends an invocation when the call leaves the module, however it leaves.
@@ -49,10 +60,13 @@ struct CallScope<'a> {
     module: &'a str,
     method: &'a str,
     invocation: u64,
+    state: RefCell<StateTx>,
 }
 
 impl HostEnv {
     /// Runs `method` of `module` with JSON `args` on this thread, giving it a host context.
+    /// A `queued` call whose state writes were already committed (by an attempt cut short
+    /// before its completion was recorded) is not run again.
     pub fn run(
         &self,
         module: &LoadedModule,
@@ -60,7 +74,17 @@ impl HostEnv {
         method: &str,
         args: &[u8],
         attempt: u32,
+        queued: bool,
     ) -> Result<Vec<u8>, CallError> {
+        let storage = |e: crate::queue::QueueError| {
+            CallError::with_kind(ErrorKind::Internal, format!("state storage: {e}"))
+        };
+        if queued && self.store.executed(call_id).map_err(storage)? {
+            tracing::info!(
+                "already executed (its effects were committed before a restart); not run again"
+            );
+            return Ok(b"null".to_vec());
+        }
         let (invocation, token) = self.mailboxes.begin();
         let _running = Running(&self.mailboxes, invocation);
         let invocation_id = self.mailboxes.id(invocation);
@@ -70,6 +94,7 @@ impl HostEnv {
             module: &module.name,
             method,
             invocation,
+            state: RefCell::new(StateTx::default()),
         };
         let ctx = HostContext {
             abi_version: abi::ABI_VERSION,
@@ -91,8 +116,20 @@ impl HostEnv {
             api_url: Bytes::from_slice(self.api_url.as_bytes()),
             api_token: Bytes::from_slice(token.as_bytes()),
             client_path: Bytes::from_slice(self.client_path.as_bytes()),
+            state_get: host_state_get,
+            state_put: host_state_put,
         };
-        module.call(&ctx, method, args)
+        let result = module.call(&ctx, method, args);
+        let tx = scope.state.into_inner();
+        if result.is_ok() && !tx.writes.is_empty() {
+            // The writes and the executed mark go in one batch; the lock (in `tx`) is released
+            // only after it, so the next call of the module reads what this one wrote.
+            self.store
+                .commit_state(&module.name, &tx.writes, queued.then_some(call_id))
+                .map_err(storage)?;
+        }
+        drop(tx);
+        result
     }
 
     /// Calls `target` (`module.method`) on `cage` synchronously, on behalf of call `parent`.
