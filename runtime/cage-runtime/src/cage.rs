@@ -10,6 +10,7 @@ use crate::messaging::Mailboxes;
 use crate::queue::{GroupCommit, QueueStore};
 use crate::registry::ModuleRegistry;
 use crate::scheduler::{JobsDeclared, Pause, Scheduler};
+use crate::transport::pool::Pool;
 use crate::transport::server::{Limits, Listener, StopListening};
 use actix::{Actor, Addr};
 use std::net::SocketAddr;
@@ -127,6 +128,7 @@ impl PreparedCage {
             client_path: site.root().join("clients/python").display().to_string(),
             store: store.clone(),
             state_locks: StateLocks::default(),
+            pool: Arc::new(Pool::default()),
         });
         Ok(PreparedCage {
             config,
@@ -165,6 +167,7 @@ impl PreparedCage {
         let delivery = Arc::new(Delivery::new(
             self.env.site.clone(),
             self.env.execute_on.clone(),
+            self.env.pool.clone(),
         ));
         let scheduler = Scheduler::new(
             &c.name,

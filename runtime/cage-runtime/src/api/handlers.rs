@@ -38,12 +38,25 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn own_client(state: &ApiState) -> Result<Client, CallError> {
+/// Runs `request` against this cage's own listener over a pooled connection.
+fn own<T>(
+    state: &ApiState,
+    request: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+) -> Result<T, CallError> {
     let route = crate::config::CageRoute::single(
         state.env.listen,
         crate::config::CageFileDefaults::CALL_TIMEOUT,
     );
-    Client::connect(&state.env.cage, &route).map_err(ClientError::into_call_error)
+    state
+        .env
+        .pool
+        .with(&state.env.cage, &route, request)
+        .map_err(|e| match e {
+            ClientError::Rejected { reason, .. } => {
+                CallError::with_kind(ErrorKind::Refused, reason)
+            }
+            e => e.into_call_error(),
+        })
 }
 
 fn split(target: &str) -> Result<(String, String), ApiError> {
@@ -179,12 +192,8 @@ pub async fn enqueue(
         delay_ms: seconds(body.delay_secs, Duration::ZERO).as_millis() as u64,
     };
     let state = state.into_inner();
-    let (id, duplicate_of) = blocking(move || {
-        own_client(&state)?
-            .enqueue(request, Duration::from_secs(30))
-            .map_err(ClientError::into_call_error)
-    })
-    .await?;
+    let (id, duplicate_of) =
+        blocking(move || own(&state, |c| c.enqueue(request, Duration::from_secs(30)))).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": id, "duplicate_of": duplicate_of })))
 }
 
@@ -195,12 +204,12 @@ pub async fn pending(
 ) -> Result<HttpResponse, ApiError> {
     let state = state.into_inner();
     let calls = blocking(move || {
-        own_client(&state)?
-            .calls(
+        own(&state, |c| {
+            c.calls(
                 QueueQuery::Pending(Filter::default()),
                 Duration::from_secs(30),
             )
-            .map_err(ClientError::into_call_error)
+        })
     })
     .await?;
     Ok(HttpResponse::Ok().json(calls))
@@ -267,14 +276,9 @@ pub async fn add_job(
     };
     let (state, replace) = (state.into_inner(), body.replace);
     let jobs = blocking(move || {
-        own_client(&state)?
-            .job(JobRequest::Add { spec, replace }, Duration::from_secs(30))
-            .map_err(|e| match e {
-                ClientError::Rejected { reason, .. } => {
-                    CallError::with_kind(ErrorKind::Refused, reason)
-                }
-                e => e.into_call_error(),
-            })
+        own(&state, |c| {
+            c.job(JobRequest::Add { spec, replace }, Duration::from_secs(30))
+        })
     })
     .await?;
     Ok(HttpResponse::Ok().json(jobs.into_iter().next()))
@@ -283,12 +287,8 @@ pub async fn add_job(
 /// The jobs of this cage.
 pub async fn jobs(state: web::Data<ApiState>, _me: Invocation) -> Result<HttpResponse, ApiError> {
     let state = state.into_inner();
-    let jobs = blocking(move || {
-        own_client(&state)?
-            .job(JobRequest::List, Duration::from_secs(30))
-            .map_err(ClientError::into_call_error)
-    })
-    .await?;
+    let jobs =
+        blocking(move || own(&state, |c| c.job(JobRequest::List, Duration::from_secs(30)))).await?;
     Ok(HttpResponse::Ok().json(jobs))
 }
 

@@ -5,6 +5,7 @@ use crate::config::{ExecuteOn, Site};
 use crate::loader::LoadedModule;
 use crate::messaging::{parse_invocation, Mailboxes};
 use crate::queue::QueueStore;
+use crate::transport::pool::Pool;
 use state::{host_state_get, host_state_put, StateTx};
 use std::cell::RefCell;
 
@@ -42,6 +43,8 @@ pub struct HostEnv {
     pub store: Arc<QueueStore>,
     /// One state lock per module.
     pub state_locks: StateLocks,
+    /// Idle connections to cages, shared with delivery.
+    pub pool: Arc<Pool>,
 }
 
 /// Ends an invocation when the call leaves the module, however it leaves.
@@ -162,14 +165,16 @@ impl HostEnv {
             .route(&self.execute_on, cage)
             .map_err(|e| failure(CallError::with_kind(ErrorKind::UnknownCage, e.to_string())))?;
         tracing::debug!(parent, child = %call_id, cage, target, "module calls another cage");
-        let mut client = Client::connect(cage, &route).map_err(|e| failure(e.into_call_error()))?;
-        client.call(CallRequest {
+        let request = CallRequest {
             call_id: call_id.clone(),
             module: module.to_owned(),
             method: method.to_owned(),
             args: args.to_vec(),
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        })
+        };
+        self.pool
+            .with(cage, &route, |c| Ok(c.call(request)))
+            .map_err(|e| failure(e.into_call_error()))?
     }
 }
 
@@ -185,22 +190,23 @@ impl HostEnv {
             crate::config::CageFileDefaults::CALL_TIMEOUT,
         );
         let target = format!("{}.{}", request.module, request.method);
-        let mut client =
-            Client::connect(&self.cage, &route).map_err(ClientError::into_call_error)?;
-        let (id, _) = client
-            .enqueue(
-                EnqueueRequest {
-                    target: request.cage.clone(),
-                    module: request.module,
-                    method: request.method,
-                    args: serde_json::to_vec(&request.args).unwrap_or_default(),
-                    queue: request.queue,
-                    priority: request.priority,
-                    key: request.key,
-                    delay_ms: 0,
-                },
-                Duration::from_secs(30),
-            )
+        let (id, _) = self
+            .pool
+            .with(&self.cage, &route, |client| {
+                client.enqueue(
+                    EnqueueRequest {
+                        target: request.cage.clone(),
+                        module: request.module,
+                        method: request.method,
+                        args: serde_json::to_vec(&request.args).unwrap_or_default(),
+                        queue: request.queue,
+                        priority: request.priority,
+                        key: request.key,
+                        delay_ms: 0,
+                    },
+                    Duration::from_secs(30),
+                )
+            })
             .map_err(ClientError::into_call_error)?;
         tracing::debug!(parent, child = %id, cage = %request.cage, target, "module queued a call");
         Ok(id)
@@ -317,10 +323,11 @@ impl HostEnv {
             schedule,
             catch_up: CatchUp::Once,
         };
-        let mut client =
-            Client::connect(&request.cage, &route).map_err(ClientError::into_call_error)?;
-        let jobs = client
-            .job(JobRequest::Add { spec, replace }, Duration::from_secs(30))
+        let jobs = self
+            .pool
+            .with(&request.cage, &route, |c| {
+                c.job(JobRequest::Add { spec, replace }, Duration::from_secs(30))
+            })
             .map_err(ClientError::into_call_error)?;
         let id = jobs.into_iter().next().map(|j| j.id).unwrap_or_default();
         tracing::debug!(parent, job = %id, cage = %request.cage, "module added a job");

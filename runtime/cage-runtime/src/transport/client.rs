@@ -112,6 +112,21 @@ impl Client {
         })
     }
 
+    /// Whether the connection is still open (the peer has not closed it); never blocks.
+    pub fn is_open(&self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let open = match self.stream.peek(&mut probe) {
+            Ok(0) => false,
+            // Unread bytes on an idle connection are a stale answer: do not reuse it.
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        };
+        open && self.stream.set_nonblocking(false).is_ok()
+    }
+
     /// Sends `body` and waits up to `timeout` for its response.
     pub fn request(&mut self, body: Request, timeout: Duration) -> Result<Response, ClientError> {
         let id = self.next_id;

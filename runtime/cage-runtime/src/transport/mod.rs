@@ -3,10 +3,12 @@
 //! - [`frame`]: the wire form, a 4-byte big-endian length then a postcard body, with a size cap.
 //! - [`protocol`]: what the frames carry (requests, responses, module listings).
 //! - [`client`]: a blocking client, used by the CLI, by benchmarks and by module calls.
+//! - [`pool`]: idle client connections kept per cage and reused.
 //! - [`server`]: the listener actor and the per-connection loop that reads requests and
 //!   hands calls to the dispatcher.
 
 pub mod client;
 pub mod frame;
+pub mod pool;
 pub mod protocol;
 pub mod server;
