@@ -7,6 +7,21 @@ use serde::Serialize;
 use std::mem::offset_of;
 use std::time::Duration;
 
+/// Splits `target` into module and method and encodes `args`, for requests to `cage`.
+fn request_parts<A: Serialize>(
+    cage: &str,
+    target: &str,
+    args: &A,
+) -> Result<(String, String, serde_json::Value), CallError> {
+    let (module, method) = target.split_once('.').ok_or_else(|| {
+        CallError::bad_arguments(format!("target {target:?} is not MODULE.METHOD"))
+    })?;
+    let args = serde_json::to_value(args).map_err(|e| {
+        CallError::bad_arguments(format!("cannot encode arguments for {cage} {target}: {e}"))
+    })?;
+    Ok((module.to_owned(), method.to_owned(), args))
+}
+
 /// How [`Ctx::enqueue_with`] queues a call.
 #[derive(Debug, Clone)]
 pub struct EnqueueOptions {
@@ -175,29 +190,17 @@ impl Ctx {
                 "this cage does not offer queued calls to modules",
             ));
         }
-        let (module, method) = target.split_once('.').ok_or_else(|| {
-            CallError::bad_arguments(format!("target {target:?} is not MODULE.METHOD"))
-        })?;
-        let args = serde_json::to_value(args).map_err(|e| {
-            CallError::bad_arguments(format!("cannot encode arguments for {cage} {target}: {e}"))
-        })?;
+        let (module, method, args) = request_parts(cage, target, args)?;
         let request = EnqueueRequest {
             cage: cage.to_owned(),
-            module: module.to_owned(),
-            method: method.to_owned(),
+            module,
+            method,
             args,
             queue: options.queue,
             priority: options.priority,
             key: options.key,
         };
-        let request = serde_json::to_vec(&request)
-            .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))?;
-        let mut out = OwnedBytes::empty();
-        // SAFETY: the callback and views are valid for the call; `out` is written by the host.
-        let status = unsafe { (host.enqueue)(host.data, Bytes::from_slice(&request), &mut out) };
-        let bytes = self.finish(status, out)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))
+        self.json_request(host.enqueue, &request)
     }
 
     /// Adds a job on `cage` calling `target` (`"module.method"`) with `args`: once after `delay`,
@@ -217,24 +220,31 @@ impl Ctx {
                 "this cage does not offer jobs to modules",
             ));
         }
-        let (module, method) = target.split_once('.').ok_or_else(|| {
-            CallError::bad_arguments(format!("target {target:?} is not MODULE.METHOD"))
-        })?;
-        let args = serde_json::to_value(args).map_err(|e| {
-            CallError::bad_arguments(format!("cannot encode arguments for {cage} {target}: {e}"))
-        })?;
-        let request = JobRequest {
-            cage: cage.to_owned(),
-            module: module.to_owned(),
-            method: method.to_owned(),
-            args,
-            when,
-        };
-        let request = serde_json::to_vec(&request)
+        let (module, method, args) = request_parts(cage, target, args)?;
+        self.json_request(
+            host.add_job,
+            &JobRequest {
+                cage: cage.to_owned(),
+                module,
+                method,
+                args,
+                when,
+            },
+        )
+    }
+
+    /// Sends a JSON request through a host callback that answers an id as a JSON string.
+    fn json_request<R: Serialize>(
+        &self,
+        callback: abi::HostEnqueueFn,
+        request: &R,
+    ) -> Result<String, CallError> {
+        let host = self.host();
+        let request = serde_json::to_vec(request)
             .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))?;
         let mut out = OwnedBytes::empty();
         // SAFETY: the callback and views are valid for the call; `out` is written by the host.
-        let status = unsafe { (host.add_job)(host.data, Bytes::from_slice(&request), &mut out) };
+        let status = unsafe { callback(host.data, Bytes::from_slice(&request), &mut out) };
         let bytes = self.finish(status, out)?;
         serde_json::from_slice(&bytes)
             .map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))

@@ -271,18 +271,16 @@ unsafe extern "C" fn host_enqueue(
     request: Bytes,
     out: *mut OwnedBytes,
 ) -> u32 {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: the host set `data` to the scope of the call that is running this callback.
-        let scope = unsafe { &*(data as *const CallScope) };
-        // SAFETY: the module passes a live view.
-        let request = unsafe { request.as_slice() };
-        let request: cage_sdk::ctx::EnqueueRequest = serde_json::from_slice(request)
-            .map_err(|e| CallError::bad_arguments(format!("enqueue request: {e}")))?;
-        scope.env.enqueue(request, scope.call_id)
-    }));
-    let result = result.map(|r| r.map(|id| serde_json::to_vec(&id).unwrap_or_default()));
-    // SAFETY: the module passes a writable slot and frees it with our `free`.
-    unsafe { answer(out, result) }
+    // SAFETY: forwarded from the module under the same contract.
+    unsafe {
+        json_callback(
+            data,
+            request,
+            out,
+            "enqueue request",
+            |scope, r: cage_sdk::ctx::EnqueueRequest| scope.env.enqueue(r, scope.call_id),
+        )
+    }
 }
 
 impl HostEnv {
@@ -342,18 +340,16 @@ unsafe extern "C" fn host_add_job(
     request: Bytes,
     out: *mut OwnedBytes,
 ) -> u32 {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: the host set `data` to the scope of the call that is running this callback.
-        let scope = unsafe { &*(data as *const CallScope) };
-        // SAFETY: the module passes a live view.
-        let request = unsafe { request.as_slice() };
-        let request: cage_sdk::ctx::JobRequest = serde_json::from_slice(request)
-            .map_err(|e| CallError::bad_arguments(format!("job request: {e}")))?;
-        scope.env.add_job(request, scope.call_id)
-    }));
-    let result = result.map(|r| r.map(|id| serde_json::to_vec(&id).unwrap_or_default()));
-    // SAFETY: the module passes a writable slot and frees it with our `free`.
-    unsafe { answer(out, result) }
+    // SAFETY: forwarded from the module under the same contract.
+    unsafe {
+        json_callback(
+            data,
+            request,
+            out,
+            "job request",
+            |scope, r: cage_sdk::ctx::JobRequest| scope.env.add_job(r, scope.call_id),
+        )
+    }
 }
 
 impl HostEnv {
@@ -486,5 +482,28 @@ unsafe extern "C" fn host_receive(
         Ok(bytes)
     }));
     // SAFETY: the module passes a writable slot.
+    unsafe { answer(out, result) }
+}
+
+/// Serves a host callback whose request is JSON and whose answer is an id (a JSON string).
+///
+/// # Safety
+/// `data` is a running call's scope, `request` a live view, `out` writable.
+unsafe fn json_callback<R: serde::de::DeserializeOwned>(
+    data: *const c_void,
+    request: Bytes,
+    out: *mut OwnedBytes,
+    what: &str,
+    serve: impl FnOnce(&CallScope, R) -> Result<String, CallError>,
+) -> u32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host set `data` to the scope of the call that is running this callback.
+        let scope = unsafe { &*(data as *const CallScope) };
+        // SAFETY: the module passes a live view.
+        let request: R = serde_json::from_slice(unsafe { request.as_slice() })
+            .map_err(|e| CallError::bad_arguments(format!("{what}: {e}")))?;
+        serve(scope, request).map(|id| serde_json::to_vec(&id).unwrap_or_default())
+    }));
+    // SAFETY: the module passes a writable slot and frees it with our `free`.
     unsafe { answer(out, result) }
 }
