@@ -229,7 +229,7 @@ impl PreparedCage {
             }
         })?;
         tracing::info!(cage = %c.name, "HTTP API on {}", self.env.api_url);
-        tracing::info!(cage = %c.name, "listening on {}, serving {} with {} executor threads", c.listen, c.modules.join(", "), c.executor_threads);
+        tracing::info!(cage = %c.name, "listening on {}, serving {} with {} executor threads", c.listen, if c.modules.is_empty() { "no modules".to_owned() } else { c.modules.join(", ") }, c.executor_threads);
         Ok(CageHandle {
             name: c.name.clone(),
             listener,

@@ -51,16 +51,18 @@ pub fn watch(site: Site, cage: &CageConfig, current: &ExecuteOn, scheduler: Addr
             let _ = tx.send(());
         }
     })
-    .and_then(|mut w| {
-        w.watch(
-            &site.root().join("config"),
-            notify::RecursiveMode::NonRecursive,
-        )?;
-        w.watch(
-            &site.root().join("cages"),
-            notify::RecursiveMode::NonRecursive,
-        )?;
-        Ok(w)
+    .map(|mut w| {
+        // A site without a config/ directory is fine (all defaults); the poll below notices
+        // the file if it appears.
+        for dir in ["config", "cages"] {
+            let path = site.root().join(dir);
+            if path.is_dir() {
+                if let Err(e) = w.watch(&path, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %path.display(), "cannot watch ({e}); checking every {POLL:?}");
+                }
+            }
+        }
+        w
     });
     let watcher = match watcher {
         Ok(w) => Some(w),
