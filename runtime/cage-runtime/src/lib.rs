@@ -23,6 +23,8 @@
 //! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
 //! [`host::HostEnv::run`] → the module's `call` → response frame.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod cage;
 pub mod config;

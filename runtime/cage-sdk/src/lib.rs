@@ -28,6 +28,8 @@
 //! The SDK deliberately uses no `thread_local!`: a module that registers a thread-local destructor
 //! can never be unmapped by `dlclose`, so hot reload would leak every old version.
 
+#![warn(missing_docs)]
+
 pub mod abi;
 pub mod ctx;
 pub mod error;
