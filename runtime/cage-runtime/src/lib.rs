@@ -1,7 +1,7 @@
 //! The cages runtime: a cage serves hot-reloaded modules to callers over framed TCP.
 //!
 //! Map of the crate, top to bottom (arrows point down):
-//! - `cli` (in the `cage` binary, not this library): run, call, modules, bench.
+//! - `cli` (in the `cage` binary, not this library): run, call, enqueue, pending, jobs, bench…
 //! - [`api`]: the HTTP API for processes outside the cage.
 //! - [`cage`]: wiring of one running cage: config → actors → listener.
 //! - [`transport`]: frames on the wire, the protocol, the listener actor and a blocking client.
@@ -22,6 +22,11 @@
 //! A sync call's path: client frame → [`transport::server`] → [`dispatch::Dispatcher`] →
 //! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
 //! [`host::HostEnv::run`] → the module's `call` → response frame.
+//!
+//! A queued call's path: enqueue → [`scheduler::Scheduler`] stores it in [`queue`] and answers
+//! after the group commit → the due index makes it due → deliver ([`delivery`], stage
+//! *deliver*) → the target's scheduler accepts it into its own queue (dedup by id and key) →
+//! execute on the target ([`executor`], retried by [`retry_policy`]) → complete (or dead letter).
 
 #![warn(missing_docs)]
 
