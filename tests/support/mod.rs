@@ -282,10 +282,16 @@ impl Site {
 
     /// Starts `cage run NAME` and waits until it answers.
     pub fn start(&self, name: &str) -> RunningCage {
+        self.start_with_env(name, &[])
+    }
+
+    /// Starts `cage run NAME` with extra environment variables and waits until it answers.
+    pub fn start_with_env(&self, name: &str, env: &[(&str, &str)]) -> RunningCage {
         let log = self.path().join(format!("{name}.log"));
         let child = Command::new(cage_bin())
             .args(["run", name, "--site"])
             .arg(self.path())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

@@ -114,8 +114,13 @@ impl PreparedCage {
         };
         let store = Arc::new(QueueStore::open(&queue_dir).map_err(queue_error)?);
         let commit = Arc::new(
-            GroupCommit::start(store.db().clone(), &queue_dir, config.fdatasync)
-                .map_err(queue_error)?,
+            GroupCommit::start(
+                store.db().clone(),
+                &queue_dir,
+                config.fdatasync,
+                store.issued(),
+            )
+            .map_err(queue_error)?,
         );
         let env = Arc::new(HostEnv {
             cage: name.to_owned(),

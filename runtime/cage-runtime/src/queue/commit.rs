@@ -25,6 +25,8 @@ struct Shared {
     state: Mutex<State>,
     wake: Condvar,
     flushes: AtomicU64,
+    /// Calls stored with a sequence number up to this are on disk.
+    durable_seq: AtomicU64,
 }
 
 /// The group-commit thread of one queue database.
@@ -35,8 +37,14 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Starts committing `db` (stored in `dir`); with `fdatasync`, each flush also syncs the
-    /// data file to the device.
-    pub fn start(db: sled::Db, dir: &Path, fdatasync: bool) -> Result<Self, QueueError> {
+    /// data file to the device. `issued` is the store's highest sequence number given out: what
+    /// it was when a flush began is durable once the flush succeeds.
+    pub fn start(
+        db: sled::Db,
+        dir: &Path,
+        fdatasync: bool,
+        issued: Arc<AtomicU64>,
+    ) -> Result<Self, QueueError> {
         let data = if fdatasync {
             Some(File::open(dir.join("db")).map_err(|e| {
                 QueueError::Flush(format!("open {}/db for fdatasync: {e}", dir.display()))
@@ -48,11 +56,12 @@ impl GroupCommit {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             flushes: AtomicU64::new(0),
+            durable_seq: AtomicU64::new(issued.load(Ordering::Acquire)),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("cage-commit".into())
-            .spawn(move || run(&worker, &db, data.as_ref()))
+            .spawn(move || run(&worker, &db, data.as_ref(), &issued))
             .map_err(|e| QueueError::Flush(format!("cannot start the commit thread: {e}")))?;
         Ok(GroupCommit {
             shared,
@@ -86,13 +95,29 @@ impl GroupCommit {
         self.shared.wake.notify_one();
     }
 
+    /// Calls stored with a sequence number up to this are durable; later ones may not be yet
+    /// and must not run (a failed flush would leave them run but not acknowledged).
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
     /// Flushes done so far.
     pub fn flushes(&self) -> u64 {
         self.shared.flushes.load(Ordering::Relaxed)
     }
 }
 
-fn run(shared: &Shared, db: &sled::Db, data: Option<&File>) {
+/// Set by the test suites to make flushes fail while the named file exists (fault injection).
+const FAULT_ENV: &str = "CAGE_FAULT_FLUSH_FILE";
+
+fn injected_fault() -> Option<String> {
+    let path = std::env::var_os(FAULT_ENV)?;
+    std::path::Path::new(&path)
+        .exists()
+        .then(|| format!("injected fault ({} exists)", path.to_string_lossy()))
+}
+
+fn run(shared: &Shared, db: &sled::Db, data: Option<&File>, issued: &AtomicU64) {
     loop {
         let batch = {
             let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -107,15 +132,23 @@ fn run(shared: &Shared, db: &sled::Db, data: Option<&File>) {
         };
         // Writers that arrive while this flush runs wait for the next one: their writes may
         // have missed this flush, so acknowledging them now could lose them.
-        let result = db
-            .flush()
-            .map_err(|e| format!("sled flush: {e}"))
-            .and_then(|_| {
-                data.map_or(Ok(()), |f| {
-                    f.sync_data().map_err(|e| format!("fdatasync: {e}"))
-                })
-            });
+        let covered = issued.load(Ordering::Acquire);
+        let result = match injected_fault() {
+            Some(fault) => Err(fault),
+            None => db
+                .flush()
+                .map(drop)
+                .map_err(|e| format!("sled flush: {e}"))
+                .and_then(|_| {
+                    data.map_or(Ok(()), |f| {
+                        f.sync_data().map_err(|e| format!("fdatasync: {e}"))
+                    })
+                }),
+        };
         shared.flushes.fetch_add(1, Ordering::Relaxed);
+        if result.is_ok() {
+            shared.durable_seq.fetch_max(covered, Ordering::AcqRel);
+        }
         if let Err(e) = &result {
             tracing::error!(
                 "queue flush failed, {} waiting writer(s) get an error: {e}",
@@ -150,7 +183,8 @@ mod tests {
     async fn concurrent_writers_share_flushes() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let commit = GroupCommit::start(db.clone(), dir.path(), true).unwrap();
+        let commit =
+            GroupCommit::start(db.clone(), dir.path(), true, Arc::new(AtomicU64::new(0))).unwrap();
         let mut waits = Vec::new();
         for i in 0..200u32 {
             db.insert(i.to_be_bytes(), &[1u8][..]).unwrap();

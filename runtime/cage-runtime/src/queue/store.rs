@@ -8,6 +8,8 @@ use super::QueueError;
 use crate::jobs::Job;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Cache sled may use; bounded so a million pending calls do not mean a million in memory.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -48,6 +50,7 @@ struct History {
 pub struct QueueStore {
     path: PathBuf,
     db: sled::Db,
+    issued: Arc<AtomicU64>,
 }
 
 /// Format of stored values, written as their first byte so a later format can read (or
@@ -90,9 +93,16 @@ impl QueueStore {
                 path: dir.display().to_string(),
                 source,
             })?;
+        // Everything stored before this open is on disk: start the issued sequence there, so
+        // the durable watermark (see `GroupCommit`) covers it from the first moment.
+        let issued = db.generate_id().map_err(|source| QueueError::Storage {
+            path: dir.display().to_string(),
+            source,
+        })?;
         Ok(QueueStore {
             path: dir.to_owned(),
             db,
+            issued: Arc::new(AtomicU64::new(issued)),
         })
     }
 
@@ -125,6 +135,19 @@ impl QueueStore {
         self.db.generate_id().map_err(|e| self.err(e))
     }
 
+    /// Applies a batch that stored calls up to sequence `seq`, then publishes `seq` as issued:
+    /// only after the batch is applied may a flush that starts later count it as covered.
+    fn apply_stored(&self, batch: sled::Batch, seq: u64) -> Result<(), QueueError> {
+        self.apply(batch)?;
+        self.issued.fetch_max(seq, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The highest sequence number given to a stored call so far, shared with group commit.
+    pub fn issued(&self) -> Arc<AtomicU64> {
+        self.issued.clone()
+    }
+
     fn order_key(r: &CallRecord) -> Vec<u8> {
         keys::order(&r.call.queue, r.seq)
     }
@@ -137,7 +160,7 @@ impl QueueStore {
         b.insert(keys::with_id(CALL, &record.call.id), encode(&record));
         b.insert(Self::due_key(&record), record.call.queue.as_bytes());
         b.insert(Self::order_key(&record), record.call.id.as_bytes());
-        self.apply(b)
+        self.apply_stored(b, record.seq)
     }
 
     /// Id of the first pending call of `queue` in stored order: the only one a queue with
@@ -197,7 +220,7 @@ impl QueueStore {
         if let Some(k) = key {
             b.insert(k, id.as_bytes());
         }
-        self.apply(b)?;
+        self.apply_stored(b, record.seq)?;
         Ok(Acceptance::Accepted)
     }
 
@@ -400,6 +423,7 @@ impl QueueStore {
     /// in one batch: a crash leaves either no run queued and the old next run, or both done.
     pub fn fire(&self, job: &Job, records: &[CallRecord]) -> Result<(), QueueError> {
         let mut b = sled::Batch::default();
+        let mut last_seq = 0;
         for record in records {
             if self
                 .db
@@ -410,12 +434,13 @@ impl QueueStore {
             }
             let mut record = record.clone();
             record.seq = self.next_seq()?;
+            last_seq = record.seq;
             b.insert(keys::with_id(CALL, &record.call.id), encode(&record));
             b.insert(Self::due_key(&record), record.call.queue.as_bytes());
             b.insert(Self::order_key(&record), record.call.id.as_bytes());
         }
         b.insert(keys::with_id(keys::JOB, &job.id), encode(job));
-        self.apply(b)
+        self.apply_stored(b, last_seq)
     }
 
     /// Moves the unreadable record of due call `due` out of the schedule into quarantine

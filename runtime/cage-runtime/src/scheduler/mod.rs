@@ -192,6 +192,9 @@ impl Scheduler {
                 continue;
             }
             let record = match self.store.get(&d.id) {
+                // Not on disk yet: running it now could leave an effect for a call whose
+                // acknowledgement then fails. The next pump after its flush starts it.
+                Ok(Some(r)) if r.seq > self.commit.durable_seq() => continue,
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
@@ -338,6 +341,30 @@ impl Scheduler {
         self.job_run_ended(&record.call.id, job_outcome);
         self.commit.nudge();
         Ok(())
+    }
+
+    /// After the flush that was to make call `stored` durable: on failure the call is taken back
+    /// (it never ran: the scheduler starts only durable calls), so "not accepted" is the truth.
+    fn settle(
+        &mut self,
+        durable: Result<(), QueueError>,
+        stored: Option<&str>,
+    ) -> Result<(), CallError> {
+        let Err(e) = durable else { return Ok(()) };
+        if let Some(id) = stored {
+            match self.store.cancel(id) {
+                Ok(_) => {
+                    tracing::error!(cage = %self.cage, call_id = %id, "not accepted, and removed again: {e}")
+                }
+                Err(c) => {
+                    tracing::error!(cage = %self.cage, call_id = %id, "not accepted ({e}), and could not be removed: {c}")
+                }
+            }
+        }
+        Err(CallError::with_kind(
+            ErrorKind::Refused,
+            format!("not accepted: {e}"),
+        ))
     }
 
     /// Stores a call for execution here; returns the id it duplicates, if any.
@@ -648,25 +675,32 @@ impl Actor for Scheduler {
 }
 
 impl Handler<Enqueue> for Scheduler {
-    type Result = ResponseFuture<Result<(String, Option<String>), CallError>>;
+    type Result = ResponseActFuture<Self, Result<(String, Option<String>), CallError>>;
 
     fn handle(&mut self, Enqueue(request): Enqueue, ctx: &mut Context<Self>) -> Self::Result {
         let taken = self.enqueue(request);
+        // A key duplicate of a call held here stored nothing new: nothing to take back.
+        let stored = taken
+            .as_ref()
+            .ok()
+            .filter(|(_, dup)| dup.is_none())
+            .map(|(id, _)| id.clone());
         let durable = self.commit.durable();
         self.pump_soon(ctx);
-        Box::pin(async move {
+        // Acknowledge only after the group flush, or a crash loses an acknowledged call.
+        Box::pin(durable.into_actor(self).map(move |durable, this, _| {
             let taken = taken?;
-            // Acknowledge only after the group flush, or a crash loses an acknowledged call.
-            durable.await.map_err(storage_error)?;
+            this.settle(durable, stored.as_deref())?;
             Ok(taken)
-        })
+        }))
     }
 }
 
 impl Handler<Accept> for Scheduler {
-    type Result = ResponseFuture<Result<Option<String>, CallError>>;
+    type Result = ResponseActFuture<Self, Result<Option<String>, CallError>>;
 
     fn handle(&mut self, Accept(call): Accept, ctx: &mut Context<Self>) -> Self::Result {
+        let id = call.id.clone();
         let taken = if call.target == self.cage {
             self.stats.accepted += 1;
             self.take_for_execution(call)
@@ -679,13 +713,15 @@ impl Handler<Accept> for Scheduler {
                 ),
             ))
         };
+        // Only a newly accepted call was stored by this request.
+        let stored = matches!(taken, Ok(None)).then_some(id);
         let durable = self.commit.durable();
         self.pump_soon(ctx);
-        Box::pin(async move {
+        Box::pin(durable.into_actor(self).map(move |durable, this, _| {
             let taken = taken?;
-            durable.await.map_err(storage_error)?;
+            this.settle(durable, stored.as_deref())?;
             Ok(taken)
-        })
+        }))
     }
 }
 

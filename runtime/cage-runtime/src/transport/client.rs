@@ -201,7 +201,7 @@ impl Client {
             Response::Enqueued { id, duplicate_of } => Ok((id, duplicate_of)),
             Response::Failed(f) => Err(ClientError::Rejected {
                 cage: self.cage.clone(),
-                reason: f.to_string(),
+                reason: f.error.to_string(),
             }),
             other => Err(self.unexpected(&other)),
         }

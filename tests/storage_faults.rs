@@ -1,0 +1,66 @@
+//! A queue that cannot reach its disk says "not accepted", never success, keeps serving what it
+//! can, and takes calls again once the disk is back.
+
+mod support;
+use std::time::Duration;
+use support::{eventually, module_so, Site};
+
+#[test]
+fn a_failed_flush_is_not_accepted_and_the_cage_recovers() {
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let fault = site.path().join("disk-fails");
+    let _cage = site.start_with_env(
+        "back",
+        &[("CAGE_FAULT_FLUSH_FILE", fault.to_str().unwrap())],
+    );
+    let out = site.path().join("effects.txt");
+    let args = |tag: &str| {
+        format!(
+            r#"{{"file": {:?}, "tag": "{tag}"}}"#,
+            out.display().to_string()
+        )
+    };
+
+    let ok = site.enqueue("back", "echo.append", &args("before"), &[]);
+    eventually(Duration::from_secs(10), "the first call ran", || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|t| t.contains("before"))
+    });
+
+    std::fs::write(&fault, b"").unwrap();
+    let refused = site.cage_cmd(&["enqueue", "back", "echo.append", &args("during")]);
+    assert_eq!(refused.code, 18, "{refused:?}");
+    assert!(
+        refused.stderr.contains("not accepted") && refused.stderr.contains("injected fault"),
+        "{}",
+        refused.stderr
+    );
+    // The cage still answers what needs no disk.
+    assert_eq!(
+        site.call("back", "echo.shout", r#""up""#).stdout.trim(),
+        r#""UP""#
+    );
+
+    std::fs::remove_file(&fault).unwrap();
+    let after = site.enqueue("back", "echo.append", &args("after"), &[]);
+    let text = eventually(
+        Duration::from_secs(10),
+        "the call after recovery ran",
+        || {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|t| t.contains("after"))
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&out).unwrap_or(text);
+    assert!(
+        !text.contains("during"),
+        "a call that was not accepted must never run: {text}"
+    );
+    assert!(text.contains(&ok) && text.contains(&after));
+    assert!(site.listing("pending", Some("back")).is_empty());
+}
