@@ -564,10 +564,6 @@ impl QueueStore {
         Ok(expired)
     }
 
-    /// Stage of the pending call `id`, if it is pending.
-    pub fn stage_of(&self, id: &str) -> Result<Option<Stage>, QueueError> {
-        Ok(self.get(id)?.map(|r| r.stage))
-    }
 }
 
 #[cfg(test)]
