@@ -3,7 +3,7 @@
 //! here flushes: durability is [`super::GroupCommit`]'s job, asked for by the caller.
 
 use super::keys::{self, CALL, DEAD, DUE, EXPIRY};
-use super::record::{CallRecord, Stage};
+use super::record::CallRecord;
 use super::QueueError;
 use crate::jobs::Job;
 use serde::{Deserialize, Serialize};
@@ -563,13 +563,12 @@ impl QueueStore {
         }
         Ok(expired)
     }
-
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::record::QueuedCall;
+    use crate::queue::record::{QueuedCall, Stage};
 
     fn call(id: &str, priority: i32, key: Option<&str>) -> QueuedCall {
         QueuedCall {
