@@ -3,13 +3,12 @@
 //! kill interrupted that very attempt.
 
 mod support;
-use cages::runtime::transport::client::Client;
 use cages::runtime::transport::protocol::EnqueueRequest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use support::{eventually, module_so, Site};
+use std::time::Duration;
+use support::{eventually, module_so, Enqueuer, Site};
 
 const CALLS: usize = 1000;
 const KILLS: usize = 8;
@@ -49,8 +48,7 @@ fn kill_9_of_source_or_target_loses_nothing() {
     let enqueuer = {
         let (site, out, acked) = (site.clone(), out.clone(), acked.clone());
         std::thread::spawn(move || {
-            let route = site.route("front");
-            let mut client: Option<Client> = None;
+            let mut enqueuer = Enqueuer::new(&site, "front");
             for i in 0..CALLS {
                 let request = EnqueueRequest {
                     target: "back".into(),
@@ -65,27 +63,7 @@ fn kill_9_of_source_or_target_loses_nothing() {
                     key: Some(format!("t{i}")),
                     delay_ms: 0,
                 };
-                let started = Instant::now();
-                loop {
-                    assert!(
-                        started.elapsed() < Duration::from_secs(60),
-                        "call {i} could not be enqueued"
-                    );
-                    let c = match client.as_mut() {
-                        Some(c) => c,
-                        None => match Client::connect("front", &route) {
-                            Ok(c) => client.insert(c),
-                            Err(_) => {
-                                std::thread::sleep(Duration::from_millis(20));
-                                continue;
-                            }
-                        },
-                    };
-                    match c.enqueue(request.clone(), Duration::from_secs(10)) {
-                        Ok(_) => break,
-                        Err(_) => client = None,
-                    }
-                }
+                enqueuer.enqueue(&request);
                 acked.fetch_add(1, Ordering::Relaxed);
             }
         })

@@ -2,11 +2,10 @@
 //! exactly 10 000, although the source and target cages are killed with SIGKILL throughout.
 
 mod support;
-use cages::runtime::transport::client::Client;
 use cages::runtime::transport::protocol::EnqueueRequest;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::{eventually, module_so, Site};
+use std::time::Duration;
+use support::{eventually, module_so, Enqueuer, Site};
 
 const CALLS: usize = 10_000;
 const KILLS: usize = 8;
@@ -27,8 +26,7 @@ fn a_counter_incremented_by_every_call_ends_at_exactly_the_number_of_calls() {
     let enqueuer = {
         let site = site.clone();
         std::thread::spawn(move || {
-            let route = site.route("front");
-            let mut client: Option<Client> = None;
+            let mut enqueuer = Enqueuer::new(&site, "front");
             for i in 0..CALLS {
                 let request = EnqueueRequest {
                     target: "back".into(),
@@ -40,26 +38,7 @@ fn a_counter_incremented_by_every_call_ends_at_exactly_the_number_of_calls() {
                     key: Some(format!("hit-{i}")),
                     delay_ms: 0,
                 };
-                let started = Instant::now();
-                loop {
-                    assert!(
-                        started.elapsed() < Duration::from_secs(60),
-                        "call {i} could not be enqueued"
-                    );
-                    if client.is_none() {
-                        client = Client::connect("front", &route).ok();
-                    }
-                    match client
-                        .as_mut()
-                        .map(|c| c.enqueue(request.clone(), Duration::from_secs(10)))
-                    {
-                        Some(Ok(_)) => break,
-                        _ => {
-                            client = None;
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                    }
-                }
+                enqueuer.enqueue(&request);
             }
         })
     };

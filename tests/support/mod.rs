@@ -329,6 +329,52 @@ impl Site {
     }
 }
 
+/// Enqueues through one cage of a site as a careful client does while that cage may be killed
+/// and restarted: on any failure it reconnects and sends the same request again (its
+/// idempotency key makes a resent enqueue the first one).
+pub struct Enqueuer {
+    cage: String,
+    route: CageRoute,
+    client: Option<Client>,
+}
+
+impl Enqueuer {
+    /// An enqueuer sending to `cage` of `site`.
+    pub fn new(site: &Site, cage: &str) -> Self {
+        Enqueuer {
+            cage: cage.to_owned(),
+            route: site.route(cage),
+            client: None,
+        }
+    }
+
+    /// Sends `request` until it is acknowledged; fails the test after a minute.
+    pub fn enqueue(&mut self, request: &cages::runtime::transport::protocol::EnqueueRequest) {
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "could not enqueue {:?}",
+                request.key
+            );
+            if self.client.is_none() {
+                self.client = Client::connect(&self.cage, &self.route).ok();
+            }
+            match self
+                .client
+                .as_mut()
+                .map(|c| c.enqueue(request.clone(), Duration::from_secs(10)))
+            {
+                Some(Ok(_)) => return,
+                _ => {
+                    self.client = None;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+}
+
 /// A `cage run` process; killed when dropped.
 pub struct RunningCage {
     /// Its name.

@@ -471,20 +471,7 @@ impl Ctx {
                 &mut out,
             )
         };
-        // SAFETY: `out` was filled by the host and is read before being handed back to it.
-        let bytes = unsafe { out.as_slice() }.to_vec();
-        // SAFETY: the host allocated `out`; only its own `free` may release it.
-        unsafe { (host.free)(out) };
-        if status == abi::status::OK {
-            Ok(bytes)
-        } else {
-            Err(serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                CallError::with_kind(
-                    ErrorKind::Internal,
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                )
-            }))
-        }
+        self.finish(status, out)
     }
 }
 
