@@ -1,10 +1,11 @@
 //! Wiring of one running cage: read its configuration, start the registry, executor and
 //! listener actors, serve until told to stop.
 
+use crate::chains::ChainWatch;
 use crate::config::{CageConfig, ConfigError, Site};
 use crate::delivery::Delivery;
 use crate::dispatch::{Dispatcher, Load};
-use crate::executor::CallExecutor;
+use crate::executor::{CallExecutor, SpareWorkers};
 use crate::host::{HostEnv, StateLocks};
 use crate::messaging::Mailboxes;
 use crate::queue::{GroupCommit, QueueStore};
@@ -134,6 +135,8 @@ impl PreparedCage {
             store: store.clone(),
             state_locks: StateLocks::default(),
             pool: Arc::new(Pool::default()),
+            chains: Arc::new(ChainWatch::default()),
+            spare: SpareWorkers::default(),
         });
         Ok(PreparedCage {
             config,
@@ -182,6 +185,7 @@ impl PreparedCage {
             registry.clone(),
             executor.clone(),
             delivery,
+            self.env.chains.clone(),
         )
         .start();
         scheduler.do_send(JobsDeclared(c.jobs.clone()));
@@ -202,6 +206,8 @@ impl PreparedCage {
             default_timeout: c.call_timeout,
             started,
             load: load.clone(),
+            store: self.store.clone(),
+            chains: self.env.chains.clone(),
         };
         self.socket
             .set_nonblocking(true)

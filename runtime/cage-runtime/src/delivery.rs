@@ -5,6 +5,7 @@ use crate::config::{CageRoute, ExecuteOn, Site};
 use crate::queue::QueuedCall;
 use crate::transport::client::ClientError;
 use crate::transport::pool::Pool;
+use crate::transport::protocol::{CallRequest, QueueQuery};
 use cage_sdk::{CallError, ErrorKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -64,6 +65,25 @@ impl Delivery {
             .unwrap_or_else(|p| p.into_inner())
             .insert(cage.to_owned(), route.clone());
         Ok(route)
+    }
+
+    /// Calls a method on `cage` synchronously (a step of a direct chain); blocks.
+    pub fn call(&self, cage: &str, request: CallRequest) -> Result<Vec<u8>, CallError> {
+        let route = self.route(cage)?;
+        self.pool
+            .with(cage, &route, |c| Ok(c.call(request)))
+            .map_err(ClientError::into_call_error)?
+            .map_err(|f| CallError::with_kind(f.error.kind, f.to_string()))
+    }
+
+    /// Asks `cage` to cancel call `id` (and the chains it started); blocks.
+    pub fn cancel(&self, cage: &str, id: &str) -> Result<usize, CallError> {
+        let route = self.route(cage)?;
+        self.pool
+            .with(cage, &route, |c| {
+                c.steer(QueueQuery::Cancel(id.to_owned()), ACCEPT_TIMEOUT)
+            })
+            .map_err(ClientError::into_call_error)
     }
 
     /// Offers `call` to its target; `Ok` once the target holds it durably (or held it before).

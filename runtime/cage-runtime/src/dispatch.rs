@@ -1,12 +1,14 @@
 //! The dispatcher: turns one request into a response by asking the registry for the module
 //! version and handing the call to the executor, within the call's deadline.
 
+use crate::chains::{ChainRecord, ChainWatch};
 use crate::executor::{CallExecutor, Execute};
 use crate::messaging::{parse_invocation, Mailboxes};
+use crate::queue::QueueStore;
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
-use crate::scheduler::{Accept, Enqueue, JobCommand, Query, Scheduler};
+use crate::scheduler::{Accept, Enqueue, JobCommand, Query, Scheduler, StartChains};
 use crate::transport::protocol::{
-    new_call_id, CageInfo, CallFailure, CallRequest, Request, Response,
+    new_call_id, CageInfo, CallFailure, CallRequest, ChainRequest, Request, Response,
 };
 use actix::Addr;
 use cage_sdk::{CallError, ErrorKind};
@@ -71,6 +73,10 @@ pub struct Dispatcher {
     pub started: Instant,
     /// Calls under way, and whether the cage is draining.
     pub load: Arc<Load>,
+    /// The cage's queue, for reading chains.
+    pub store: Arc<QueueStore>,
+    /// Wakes waiters when chains change.
+    pub chains: Arc<ChainWatch>,
 }
 
 impl Dispatcher {
@@ -147,12 +153,65 @@ impl Dispatcher {
                 Ok(answer) => answer,
                 Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
             },
+            Request::Chain(request) => self.chain(request).await,
             Request::Ping => Response::Pong(CageInfo {
                 cage: self.cage.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 pid: std::process::id(),
                 uptime_secs: self.started.elapsed().as_secs(),
             }),
+        }
+    }
+
+    async fn chain(&self, request: ChainRequest) -> Response {
+        let failed = |error: CallError| {
+            Response::Failed(CallFailure {
+                cage: self.cage.clone(),
+                module: String::new(),
+                method: String::new(),
+                call_id: String::new(),
+                error,
+            })
+        };
+        if let ChainRequest::Start {
+            chains,
+            max_parallel,
+            parent,
+        } = request
+        {
+            if self.load.draining.load(Ordering::Acquire) {
+                return failed(CallError::with_kind(
+                    ErrorKind::Refused,
+                    format!(
+                        "cage {} is shutting down; start the chain again once it is back",
+                        self.cage
+                    ),
+                ));
+            }
+            let start = StartChains {
+                chains,
+                max_parallel,
+                parent,
+            };
+            return match self.scheduler.send(start).await {
+                Ok(Ok(ids)) => Response::ChainsStarted(ids),
+                Ok(Err(e)) => failed(e),
+                Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+            };
+        }
+        let (store, watch, cage) = (self.store.clone(), self.chains.clone(), self.cage.clone());
+        let answer =
+            actix_rt::task::spawn_blocking(move || chain_query(&store, &watch, &cage, request))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(CallError::with_kind(
+                        ErrorKind::Internal,
+                        "chain query failed",
+                    ))
+                });
+        match answer {
+            Ok(chains) => Response::Chains(chains),
+            Err(e) => failed(e),
         }
     }
 
@@ -218,11 +277,12 @@ impl Dispatcher {
                 deadline,
                 attempt: 1,
                 queued: false,
+                chain: None,
             })
             .await
             .map_err(gone)??;
         match tokio::time::timeout_at(deadline.into(), reply).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.map(|output| output.result),
             Ok(Err(_)) => Err(CallError::with_kind(
                 ErrorKind::Internal,
                 "executor thread ended without an answer",
@@ -235,5 +295,76 @@ impl Dispatcher {
                 ),
             )),
         }
+    }
+}
+
+/// Answers a question about chains from the store; a wait blocks until a chain finished.
+fn chain_query(
+    store: &QueueStore,
+    watch: &ChainWatch,
+    cage: &str,
+    request: ChainRequest,
+) -> Result<Vec<ChainRecord>, CallError> {
+    let storage = |e: crate::queue::QueueError| {
+        CallError::with_kind(ErrorKind::Internal, format!("chain storage: {e}"))
+    };
+    let unknown = |id: &str| {
+        CallError::with_kind(
+            ErrorKind::BadArguments,
+            format!("cage {cage} holds no chain {id}"),
+        )
+    };
+    match request {
+        ChainRequest::Get(id) => Ok(vec![store
+            .chain(&id)
+            .map_err(storage)?
+            .ok_or_else(|| unknown(&id))?]),
+        ChainRequest::Children(id) => store.children(&id).map_err(storage),
+        ChainRequest::List { all, limit } => {
+            let limit = if limit == 0 { 1000 } else { limit };
+            let mut chains = store
+                .chains(&|c| all || !c.is_finished(), usize::MAX)
+                .map_err(storage)?;
+            // Newest first: the ones an operator is asking about.
+            chains.sort_by_key(|c| std::cmp::Reverse(c.started_ms));
+            chains.truncate(limit);
+            Ok(chains)
+        }
+        ChainRequest::Wait {
+            ids,
+            any,
+            timeout_ms,
+        } => {
+            let watched = if any {
+                &ids[..]
+            } else {
+                &ids[..ids.len().min(1)]
+            };
+            let found = watch.wait_for(Some(Duration::from_millis(timeout_ms)), || {
+                for id in watched {
+                    match store.chain(id) {
+                        Ok(Some(c)) if c.is_finished() => return Some(Ok(c)),
+                        Ok(Some(_)) => {}
+                        Ok(None) => return Some(Err(unknown(id))),
+                        Err(e) => return Some(Err(storage(e))),
+                    }
+                }
+                None
+            });
+            match found {
+                Some(chain) => Ok(vec![chain?]),
+                None => Err(CallError::with_kind(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no chain of {} finished within {timeout_ms} ms",
+                        watched.join(", ")
+                    ),
+                )),
+            }
+        }
+        ChainRequest::Start { .. } => Err(CallError::with_kind(
+            ErrorKind::Internal,
+            "start is served by the scheduler",
+        )),
     }
 }

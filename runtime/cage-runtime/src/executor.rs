@@ -1,20 +1,22 @@
 //! The call executor: an actor in front of a bounded pool of worker threads that run module
 //! code, so a slow call never blocks the actor threads or other calls.
 
-use crate::host::HostEnv;
+use crate::host::{HostEnv, Output};
 use crate::loader::LoadedModule;
+use crate::queue::ChainLink;
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
-use crossbeam_channel::{bounded, Sender, TrySendError};
-use std::sync::Arc;
-use std::time::Instant;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Calls that may wait for a worker per worker thread before new ones are refused.
 const BACKLOG_PER_WORKER: usize = 256;
 
 /// Where a call's result arrives.
-pub type Reply = oneshot::Receiver<Result<Vec<u8>, CallError>>;
+pub type Reply = oneshot::Receiver<Result<Output, CallError>>;
 
 /// Run one method on the pool.
 #[derive(Message)]
@@ -34,11 +36,56 @@ pub struct Execute {
     pub attempt: u32,
     /// A queued call (its committed effects mark it executed) rather than a sync one.
     pub queued: bool,
+    /// The chain the call is a step of, if any.
+    pub chain: Option<ChainLink>,
 }
 
 struct Job {
     call: Execute,
-    reply: oneshot::Sender<Result<Vec<u8>, CallError>>,
+    reply: oneshot::Sender<Result<Output, CallError>>,
+}
+
+/// Extra worker threads lent to calls that block waiting for other calls of this cage (their
+/// child chains), so a cage whose every worker waits on children cannot deadlock.
+#[derive(Clone, Default)]
+pub struct SpareWorkers(Arc<OnceLock<SpareSource>>);
+
+struct SpareSource {
+    queue: Receiver<Job>,
+    env: Weak<HostEnv>,
+}
+
+/// A lent worker thread; it stops taking calls once this is dropped.
+pub struct SpareGuard(Arc<AtomicBool>);
+
+impl Drop for SpareGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl SpareWorkers {
+    /// Starts one more worker for as long as the guard lives (`None` before the pool exists).
+    pub fn hold(&self) -> Option<SpareGuard> {
+        let source = self.0.get()?;
+        let env = source.env.upgrade()?;
+        let queue = source.queue.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let running = alive.clone();
+        std::thread::Builder::new()
+            .name("cage-exec-spare".to_owned())
+            .spawn(move || {
+                while running.load(Ordering::Acquire) {
+                    match queue.recv_timeout(Duration::from_millis(100)) {
+                        Ok(job) => run_job(&env, job),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            })
+            .ok()?;
+        Some(SpareGuard(alive))
+    }
 }
 
 /// The executor actor; dropping it closes the pool once queued calls have run.
@@ -51,6 +98,10 @@ impl CallExecutor {
     /// Starts `workers` threads that run calls with `env` as their host.
     pub fn new(workers: usize, env: Arc<HostEnv>) -> std::io::Result<Self> {
         let (jobs, queue) = bounded::<Job>(workers * BACKLOG_PER_WORKER);
+        let _ = env.spare.0.set(SpareSource {
+            queue: queue.clone(),
+            env: Arc::downgrade(&env),
+        });
         for i in 0..workers {
             let queue = queue.clone();
             let env = env.clone();
@@ -86,6 +137,7 @@ fn run_job(env: &HostEnv, job: Job) {
         &call.args,
         call.attempt,
         call.queued,
+        call.chain.as_ref(),
     );
     match &result {
         Ok(_) => {

@@ -32,6 +32,7 @@
 
 pub mod api;
 pub mod cage;
+pub mod chains;
 pub mod config;
 pub mod config_watch;
 pub mod delivery;

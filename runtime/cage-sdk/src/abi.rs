@@ -186,6 +186,11 @@ pub type HostReceiveFn = unsafe extern "C" fn(
     out: *mut OwnedBytes,
 ) -> u32;
 
+/// Host callback: serve a chain request (JSON in, JSON out): start child chains, wait for them,
+/// read their results, continue the current chain.
+pub type HostChainFn =
+    unsafe extern "C" fn(data: *const c_void, request: Bytes, out: *mut OwnedBytes) -> u32;
+
 /// Host callback: read `key` of the calling module's state; `out` receives `1` and the value,
 /// `0` when the key is absent, or a JSON error.
 pub type HostStateGetFn =
@@ -276,4 +281,6 @@ pub struct HostContext {
     pub state_get: HostStateGetFn,
     /// Writes the module's state (committed with the call's success).
     pub state_put: HostStatePutFn,
+    /// Starts, waits on and reads chains of calls; continues the current chain.
+    pub chain: HostChainFn,
 }

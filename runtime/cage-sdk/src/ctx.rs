@@ -120,12 +120,12 @@ impl Ctx {
         Ctx { host }
     }
 
-    fn host(&self) -> &HostContext {
+    pub(crate) fn host(&self) -> &HostContext {
         // SAFETY: `from_raw`'s contract keeps the context alive during the call.
         unsafe { &*self.host }
     }
 
-    fn has_field(&self, end_of_field: usize) -> bool {
+    pub(crate) fn has_field(&self, end_of_field: usize) -> bool {
         self.host().size as usize >= end_of_field
     }
 
@@ -374,7 +374,7 @@ impl Ctx {
     }
 
     /// Reads a host answer, gives its buffer back, and turns a failure status into its error.
-    fn finish(&self, status: u32, out: OwnedBytes) -> Result<Vec<u8>, CallError> {
+    pub(crate) fn finish(&self, status: u32, out: OwnedBytes) -> Result<Vec<u8>, CallError> {
         let host = self.host();
         // SAFETY: `out` was filled by the host and is read before being handed back to it.
         let bytes = unsafe { out.as_slice() }.to_vec();

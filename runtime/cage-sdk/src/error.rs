@@ -35,6 +35,8 @@ pub enum ErrorKind {
     UnknownInvocation,
     /// No message arrived on the ports waited on in time.
     ReceiveTimeout,
+    /// A child chain the call waited on failed.
+    ChildFailed,
 }
 
 impl ErrorKind {
@@ -55,6 +57,7 @@ impl ErrorKind {
             ErrorKind::InvocationFinished => "invocation finished",
             ErrorKind::UnknownInvocation => "unknown invocation",
             ErrorKind::ReceiveTimeout => "receive timeout",
+            ErrorKind::ChildFailed => "child chain failed",
         }
     }
 }

@@ -17,6 +17,8 @@
 //!   crossing the boundary between a cage and a module (bytes and function pointers).
 //! - [`error`]: [`CallError`], the error a method returns, also the wire form of every call failure.
 //! - [`ctx`]: [`Ctx`], the module's view of the host during one call (identity, logging, calls).
+//! - [`chain`]: chains of calls: starting child chains, waiting on them, reading their
+//!   results, continuing the current chain.
 //! - [`export`]: the machinery behind [`export_module!`]: argument decoding, panic capture,
 //!   result encoding.
 //!
@@ -31,9 +33,11 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod chain;
 pub mod ctx;
 pub mod error;
 pub mod export;
 
+pub use chain::{Chain, ChainFailure, Finished, Handle, ResultOptions, Waiter};
 pub use ctx::{Ctx, EnqueueOptions, JobWhen, LogLevel, State};
 pub use error::{CallError, ErrorKind};

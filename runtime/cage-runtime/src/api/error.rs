@@ -55,9 +55,10 @@ impl From<CallError> for ApiError {
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unreachable => StatusCode::BAD_GATEWAY,
             ErrorKind::Refused => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::ModuleError | ErrorKind::Panic | ErrorKind::Permanent => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ErrorKind::ModuleError
+            | ErrorKind::Panic
+            | ErrorKind::Permanent
+            | ErrorKind::ChildFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let kind = serde_json::to_value(e.kind)

@@ -27,6 +27,7 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::InvocationFinished => 21,
         ErrorKind::UnknownInvocation => 22,
         ErrorKind::ReceiveTimeout => 23,
+        ErrorKind::ChildFailed => 24,
     }
 }
 

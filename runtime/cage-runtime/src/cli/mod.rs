@@ -2,6 +2,7 @@
 
 mod bench;
 mod call;
+mod chain;
 mod enqueue;
 mod exit;
 mod jobs;
@@ -139,7 +140,8 @@ enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Remove a call, pending or dead (or, with --all, every pending call that passes the filters).
+    /// Remove a call, pending or dead, and cancel the chains it started; or cancel a chain (or,
+    /// with --all, every pending call that passes the filters).
     Cancel {
         /// The call id.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -177,6 +179,49 @@ enum Command {
         #[arg(long, default_value = "retry")]
         queue: String,
         /// Print JSON: one {"attempt", "delay_secs", "at_secs"} object per attempt.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a chain of calls on CAGE and print its results: `cage chain CAGE 'm.a | m.b |
+    /// other:m.c' 'JSON'`; or start a continuation chain: `cage chain start
+    /// CAGE.MODULE.METHOD 'JSON'` (prints its id).
+    Chain {
+        /// CAGE 'STEPS' ['JSON'], or start CAGE.MODULE.METHOD ['JSON'].
+        #[arg(num_args = 2..=3, required = true)]
+        words: Vec<String>,
+        /// Run the steps durably through this queue (default: directly; `start`: retry).
+        #[arg(long)]
+        queue: Option<String>,
+        /// Print the chain id and return at once.
+        #[arg(long = "async")]
+        detach: bool,
+        /// Print the values of these keys, in this order (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        return_keys: Option<Vec<String>>,
+        /// Include the chain's inputs in the results.
+        #[arg(long)]
+        all_keys: bool,
+        /// Merge in the results of chains the steps started.
+        #[arg(long)]
+        merge_children: bool,
+        /// Longest to wait for the chain to finish.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List running chains (with --all, recent finished ones too): state, step, path so far.
+    Chains {
+        /// Only this cage (default: every cage of the site).
+        cage: Option<String>,
+        /// Include finished chains.
+        #[arg(long)]
+        all: bool,
+        /// At most this many per cage (default 1000).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -285,9 +330,7 @@ pub fn main() -> ExitCode {
             "due now",
             QueueQuery::RetryAllNow,
         ),
-        Command::Cancel { id: Some(id), .. } => {
-            steer::by_id(&site, &id, "cancelled", QueueQuery::Cancel)
-        }
+        Command::Cancel { id: Some(id), .. } => steer::cancel(&site, &id),
         Command::Cancel {
             id: None,
             cage,
@@ -304,6 +347,34 @@ pub fn main() -> ExitCode {
         Command::Job { action } => jobs::job(&site, action),
         Command::Jobs { cage, json } => jobs::list(&site, cage.as_deref(), json),
         Command::Schedule { queue, json } => schedule::schedule(&site, &queue, json),
+        Command::Chain {
+            words,
+            queue,
+            detach,
+            return_keys,
+            all_keys,
+            merge_children,
+            timeout,
+            json,
+        } => chain::chain(
+            &site,
+            chain::ChainArgs {
+                words,
+                queue,
+                detach,
+                return_keys,
+                all_keys,
+                merge_children,
+                timeout,
+                json,
+            },
+        ),
+        Command::Chains {
+            cage,
+            all,
+            limit,
+            json,
+        } => chain::list(&site, cage.as_deref(), all, limit, json),
         Command::Bench { scenario } => bench::bench(&site, scenario),
     }
 }

@@ -1,11 +1,90 @@
-//! `cage show ID`: one queued call with its arguments and full attempt history.
+//! `cage show ID`: one queued call with its arguments, full attempt history, its chain and the
+//! chains it started; or one chain with its path.
 
+use super::chain::{path, related, view};
 use super::queue_view::{find, next_attempt, now_ms, words};
+use cage_runtime::chains::ChainRecord;
 use cage_runtime::config::Site;
+use cage_runtime::transport::protocol::ChainRequest;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use std::process::ExitCode;
 
+fn show_chain(c: &ChainRecord) {
+    let now = now_ms();
+    println!(
+        "chain {}  (held by cage {}, {})",
+        c.id,
+        c.owner,
+        c.state.as_str()
+    );
+    if let Some(f) = c.failure() {
+        println!("  failure     {f}");
+    }
+    println!(
+        "  steps       {}",
+        c.steps
+            .iter()
+            .map(|s| s.label())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!(
+        "  runs        {}",
+        c.queue
+            .as_deref()
+            .map(|q| format!("on queue {q}"))
+            .unwrap_or_else(|| "directly".into())
+    );
+    if let Some(p) = &c.parent {
+        println!("  parent      call {p}");
+    }
+    println!(
+        "  started     {} ago",
+        words(now.saturating_sub(c.started_ms))
+    );
+    println!("  path        {}", path(c));
+    let v = view(c);
+    println!("  bag         {}", v["bag"]);
+    if c.path.is_empty() {
+        println!();
+        return;
+    }
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(["STEP", "CALL", "CAGE", "CALL ID", "DURATION", "OUTCOME"]);
+    for r in &c.path {
+        table.add_row([
+            (r.step + 1).to_string(),
+            r.call.clone(),
+            r.cage.clone(),
+            r.call_id.clone(),
+            words(r.ended_ms.saturating_sub(r.started_ms)),
+            r.error
+                .clone()
+                .map(|e| format!("failed: {e}"))
+                .unwrap_or_else(|| "ok".into()),
+        ]);
+    }
+    println!("{table}\n");
+}
+
 pub fn show(site: &Site, id: &str, json: bool) -> ExitCode {
+    let chains: Vec<ChainRecord> = site
+        .cage_names()
+        .iter()
+        .flat_map(|c| related(site, c, ChainRequest::Get(id.to_owned())))
+        .collect();
+    if !chains.is_empty() {
+        if json {
+            let views: Vec<_> = chains.iter().map(view).collect();
+            println!("{}", serde_json::Value::Array(views));
+        } else {
+            chains.iter().for_each(show_chain);
+        }
+        return ExitCode::SUCCESS;
+    }
     let found = match find(site, id) {
         Ok(f) => f,
         Err(code) => return code,
@@ -31,6 +110,22 @@ pub fn show(site: &Site, id: &str, json: bool) -> ExitCode {
         println!("  queue       {} (priority {})", c.queue, c.priority);
         if let Some(k) = &c.key {
             println!("  key         {k}");
+        }
+        if let Some(link) = &c.chain {
+            println!(
+                "  chain       step {} of chain {} (held by cage {})",
+                link.step + 1,
+                link.chain,
+                link.owner
+            );
+        }
+        for child in related(site, &v.cage, ChainRequest::Children(c.id.clone())) {
+            println!(
+                "  child       chain {} ({}): {}",
+                child.id,
+                child.state.as_str(),
+                path(&child)
+            );
         }
         println!(
             "  enqueued    {} ago",

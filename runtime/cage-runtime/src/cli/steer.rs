@@ -28,6 +28,32 @@ pub fn by_id(site: &Site, id: &str, what: &str, order: fn(String) -> QueueQuery)
     ExitCode::SUCCESS
 }
 
+/// Cancels `id` wherever it is: a call pending or dead, a chain, or a call whose chains are
+/// still running (a sync call that started children has no record of its own).
+pub fn cancel(site: &Site, id: &str) -> ExitCode {
+    let mut changed = 0;
+    for c in site.cage_names() {
+        let route = match target::route(site, &c) {
+            Ok(r) => r,
+            Err(code) => return code,
+        };
+        match Client::connect(&c, &route)
+            .and_then(|mut cl| cl.steer(QueueQuery::Cancel(id.to_owned()), TIMEOUT))
+        {
+            Ok(n) => changed += n,
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    if changed == 0 {
+        return exit::fail(
+            exit::NOT_FOUND,
+            format!("no cage of the site holds a call or chain {id:?} to cancel"),
+        );
+    }
+    println!("cancelled: {id} ({changed} call(s) and chain(s))");
+    ExitCode::SUCCESS
+}
+
 /// Gives `order` about every pending call that passes `filter`, on one cage or the whole site.
 pub fn all(
     site: &Site,

@@ -1,14 +1,20 @@
 //! The host side of the module ABI: the [`HostContext`] a module receives for one call, and the
 //! callbacks behind it (log, call another cage). No callback ever unwinds into module code.
 
+use crate::chains::{ChainWatch, StepSpec};
 use crate::config::{ExecuteOn, Site};
+use crate::executor::SpareWorkers;
 use crate::loader::LoadedModule;
 use crate::messaging::{parse_invocation, Mailboxes};
+use crate::queue::ChainLink;
 use crate::queue::QueueStore;
 use crate::transport::pool::Pool;
+use chains::host_chain;
+use serde::{Deserialize, Serialize};
 use state::{host_state_get, host_state_put, StateTx};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
+mod chains;
 mod state;
 
 use crate::transport::client::{Client, ClientError};
@@ -45,6 +51,26 @@ pub struct HostEnv {
     pub state_locks: StateLocks,
     /// Idle connections to cages, shared with delivery.
     pub pool: Arc<Pool>,
+    /// Wakes calls waiting for chains of this cage.
+    pub chains: Arc<ChainWatch>,
+    /// Extra executor threads for calls that block waiting for their children.
+    pub spare: SpareWorkers,
+}
+
+/// What a call returned: its JSON result and, for a chain step, the continuation it asked for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The JSON result.
+    pub result: Vec<u8>,
+    /// The next call of its chain, from `ctx.chain_next`.
+    pub next: Option<StepSpec>,
+}
+
+impl Output {
+    /// A plain result.
+    pub fn result(result: Vec<u8>) -> Self {
+        Output { result, next: None }
+    }
 }
 
 /// Ends an invocation when the call leaves the module, however it leaves.
@@ -64,12 +90,19 @@ struct CallScope<'a> {
     method: &'a str,
     invocation: u64,
     state: RefCell<StateTx>,
+    /// The chain this call is a step of.
+    chain: Option<&'a ChainLink>,
+    /// The continuation asked for with `chain_next`.
+    next: RefCell<Option<StepSpec>>,
+    /// Child chains started so far (their ordinals, and part of their ids).
+    children: Cell<u32>,
 }
 
 impl HostEnv {
     /// Runs `method` of `module` with JSON `args` on this thread, giving it a host context.
     /// A `queued` call whose state writes were already committed (by an attempt cut short
-    /// before its completion was recorded) is not run again.
+    /// before its completion was recorded) is not run again: its committed outcome is answered.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         module: &LoadedModule,
@@ -78,15 +111,19 @@ impl HostEnv {
         args: &[u8],
         attempt: u32,
         queued: bool,
-    ) -> Result<Vec<u8>, CallError> {
+        chain: Option<&ChainLink>,
+    ) -> Result<Output, CallError> {
         let storage = |e: crate::queue::QueueError| {
             CallError::with_kind(ErrorKind::Internal, format!("state storage: {e}"))
         };
-        if queued && self.store.executed(call_id).map_err(storage)? {
-            tracing::info!(
-                "already executed (its effects were committed before a restart); not run again"
-            );
-            return Ok(b"null".to_vec());
+        if queued {
+            if let Some(outcome) = self.store.executed(call_id).map_err(storage)? {
+                tracing::info!(
+                    "already executed (its effects were committed before a restart); not run again"
+                );
+                return Ok(postcard::from_bytes(&outcome)
+                    .unwrap_or_else(|_| Output::result(b"null".to_vec())));
+            }
         }
         let (invocation, token) = self.mailboxes.begin();
         let _running = Running(&self.mailboxes, invocation);
@@ -98,6 +135,9 @@ impl HostEnv {
             method,
             invocation,
             state: RefCell::new(StateTx::default()),
+            chain,
+            next: RefCell::new(None),
+            children: Cell::new(0),
         };
         let ctx = HostContext {
             abi_version: abi::ABI_VERSION,
@@ -121,14 +161,24 @@ impl HostEnv {
             client_path: Bytes::from_slice(self.client_path.as_bytes()),
             state_get: host_state_get,
             state_put: host_state_put,
+            chain: host_chain,
         };
-        let result = module.call(&ctx, method, args);
+        let result = module.call(&ctx, method, args).map(|result| Output {
+            result,
+            next: scope.next.take(),
+        });
         let tx = scope.state.into_inner();
-        if result.is_ok() && !tx.writes.is_empty() {
-            // The writes and the executed mark go in one batch; the lock (in `tx`) is released
-            // only after it, so the next call of the module reads what this one wrote.
+        if let (Ok(output), false) = (&result, tx.writes.is_empty()) {
+            // The writes and the executed mark (with the outcome) go in one batch; the lock (in
+            // `tx`) is released only after it, so the next call of the module reads what this
+            // one wrote.
+            let outcome = postcard::to_allocvec(output).unwrap_or_default();
             self.store
-                .commit_state(&module.name, &tx.writes, queued.then_some(call_id))
+                .commit_state(
+                    &module.name,
+                    &tx.writes,
+                    queued.then_some((call_id, outcome.as_slice())),
+                )
                 .map_err(storage)?;
         }
         drop(tx);

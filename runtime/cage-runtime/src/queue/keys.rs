@@ -27,6 +27,38 @@ pub fn state(module: &str, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// `g` + chain id → chain record (on the chain's owner).
+pub const CHAIN: u8 = b'g';
+/// `p` + parent call id + 0 + chain id → (): the chains a call started.
+pub const CHILD: u8 = b'p';
+/// `u` + group id → ids of chains started together under a `max_parallel` cap.
+pub const GROUP: u8 = b'u';
+/// `z` + end ms + chain id → (): finished chains in the order they ended, for expiry.
+pub const ENDED: u8 = b'z';
+
+/// The prefix of the child entries of `parent`.
+pub fn child_prefix(parent: &str) -> Vec<u8> {
+    let mut k = vec![CHILD];
+    k.extend_from_slice(parent.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The child entry of chain `chain` started by call `parent`.
+pub fn child(parent: &str, chain: &str) -> Vec<u8> {
+    let mut k = child_prefix(parent);
+    k.extend_from_slice(chain.as_bytes());
+    k
+}
+
+/// The end entry of a chain.
+pub fn ended(at_ms: u64, chain: &str) -> Vec<u8> {
+    let mut k = vec![ENDED];
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(chain.as_bytes());
+    k
+}
+
 /// `j` + job id → job.
 pub const JOB: u8 = b'j';
 /// `q` + id → the raw bytes of a record that could not be read, kept for inspection.

@@ -4,6 +4,7 @@
 //! - [`record`]: what is stored (call, stage, attempts).
 //! - [`keys`]: the byte layout of the one sled tree (prefix per kind, big-endian times).
 //! - [`store`]: operations on it; every multi-key change is one atomic batch.
+//! - [`txn`]: one atomic change of several records (a step's end with its chain's advance).
 //! - [`commit`]: group commit: a flush plus `fdatasync` shared by every waiting writer.
 //!
 //! The queue knows nothing of modules or the network: the scheduler asks it for due calls and
@@ -13,10 +14,12 @@ pub mod commit;
 mod keys;
 pub mod record;
 pub mod store;
+mod txn;
 
 pub use commit::GroupCommit;
-pub use record::{Attempt, CallRecord, QueuedCall, Stage};
+pub use record::{Attempt, CallRecord, ChainLink, QueuedCall, Stage};
 pub use store::{Acceptance, DueCall, QueueStore};
+pub use txn::Txn;
 
 /// Why the queue could not do what was asked.
 #[derive(Debug, thiserror::Error)]

@@ -27,6 +27,19 @@ pub struct QueuedCall {
     pub enqueued_at_ms: u64,
     /// Not to run before this time (ms since the epoch; 0: at once).
     pub not_before_ms: u64,
+    /// The chain this call is a step of, if any.
+    pub chain: Option<ChainLink>,
+}
+
+/// A queued call's place in a chain: which chain, which step, and the cage that holds it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ChainLink {
+    /// Chain id.
+    pub chain: String,
+    /// Cage that holds the chain's record and is told how the step ended.
+    pub owner: String,
+    /// Index of the step.
+    pub step: u32,
 }
 
 /// Where a call is on its way: held by its source until the target accepts it, then executed.
@@ -108,5 +121,65 @@ impl CallRecord {
     /// Error text of the latest attempt, if it failed.
     pub fn last_error(&self) -> Option<&str> {
         self.attempts.last().and_then(|a| a.error.as_deref())
+    }
+}
+
+/// Records as format 1 wrote them (before calls could belong to chains), read on upgrade.
+pub(super) mod v1 {
+    use super::{Attempt, Stage};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct QueuedCall {
+        id: String,
+        source: String,
+        target: String,
+        module: String,
+        method: String,
+        args: Vec<u8>,
+        queue: String,
+        priority: i32,
+        key: Option<String>,
+        enqueued_at_ms: u64,
+        not_before_ms: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct CallRecord {
+        call: QueuedCall,
+        stage: Stage,
+        attempts: Vec<Attempt>,
+        next_at_ms: u64,
+        window_start_ms: u64,
+        dead_reason: Option<String>,
+        seq: u64,
+    }
+
+    impl From<CallRecord> for super::CallRecord {
+        fn from(r: CallRecord) -> Self {
+            let c = r.call;
+            super::CallRecord {
+                call: super::QueuedCall {
+                    id: c.id,
+                    source: c.source,
+                    target: c.target,
+                    module: c.module,
+                    method: c.method,
+                    args: c.args,
+                    queue: c.queue,
+                    priority: c.priority,
+                    key: c.key,
+                    enqueued_at_ms: c.enqueued_at_ms,
+                    not_before_ms: c.not_before_ms,
+                    chain: None,
+                },
+                stage: r.stage,
+                attempts: r.attempts,
+                next_at_ms: r.next_at_ms,
+                window_start_ms: r.window_start_ms,
+                dead_reason: r.dead_reason,
+                seq: r.seq,
+            }
+        }
     }
 }

@@ -54,16 +54,37 @@ pub struct QueueStore {
 }
 
 /// Format of stored values, written as their first byte so a later format can read (or
-/// refuse, by name) what an earlier one wrote.
-const FORMAT: u8 = 1;
+/// refuse, by name) what an earlier one wrote. Format 2 added the chain link of a call; every
+/// other value is laid out as in format 1.
+const FORMAT: u8 = 2;
+/// The first format, still read.
+const FORMAT_1: u8 = 1;
 
-fn decode<T: for<'a> Deserialize<'a>>(key: &[u8], bytes: &[u8]) -> Result<T, QueueError> {
+fn corrupt(key: &[u8]) -> impl FnOnce(postcard::Error) -> QueueError + '_ {
+    move |source| QueueError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    }
+}
+
+/// Decodes a call record of either format.
+pub(super) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<CallRecord, QueueError> {
+    match bytes.split_first() {
+        Some((&FORMAT_1, body)) => postcard::from_bytes::<super::record::v1::CallRecord>(body)
+            .map(Into::into)
+            .map_err(corrupt(key)),
+        _ => decode(key, bytes),
+    }
+}
+
+/// Decodes a value other than a call record (whose layout is the same in both formats).
+pub(super) fn decode<T: for<'a> Deserialize<'a>>(
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, QueueError> {
     let printable = || String::from_utf8_lossy(key).into_owned();
     match bytes.split_first() {
-        Some((&FORMAT, body)) => postcard::from_bytes(body).map_err(|source| QueueError::Corrupt {
-            key: printable(),
-            source,
-        }),
+        Some((&(FORMAT | FORMAT_1), body)) => postcard::from_bytes(body).map_err(corrupt(key)),
         Some((&other, _)) => Err(QueueError::Format {
             key: printable(),
             found: other,
@@ -77,7 +98,7 @@ fn decode<T: for<'a> Deserialize<'a>>(key: &[u8], bytes: &[u8]) -> Result<T, Que
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding plain structs into a Vec cannot fail.
     postcard::to_extend(value, vec![FORMAT]).unwrap_or_default()
 }
@@ -116,28 +137,28 @@ impl QueueStore {
         &self.path
     }
 
-    fn err(&self, source: sled::Error) -> QueueError {
+    pub(super) fn err(&self, source: sled::Error) -> QueueError {
         QueueError::Storage {
             path: self.path.display().to_string(),
             source,
         }
     }
 
-    fn apply(&self, batch: sled::Batch) -> Result<(), QueueError> {
+    pub(super) fn apply(&self, batch: sled::Batch) -> Result<(), QueueError> {
         self.db.apply_batch(batch).map_err(|e| self.err(e))
     }
 
-    fn due_key(r: &CallRecord) -> Vec<u8> {
+    pub(super) fn due_key(r: &CallRecord) -> Vec<u8> {
         keys::due(r.next_at_ms, r.call.priority, &r.call.id)
     }
 
-    fn next_seq(&self) -> Result<u64, QueueError> {
+    pub(super) fn next_seq(&self) -> Result<u64, QueueError> {
         self.db.generate_id().map_err(|e| self.err(e))
     }
 
     /// Applies a batch that stored calls up to sequence `seq`, then publishes `seq` as issued:
     /// only after the batch is applied may a flush that starts later count it as covered.
-    fn apply_stored(&self, batch: sled::Batch, seq: u64) -> Result<(), QueueError> {
+    pub(super) fn apply_stored(&self, batch: sled::Batch, seq: u64) -> Result<(), QueueError> {
         self.apply(batch)?;
         self.issued.fetch_max(seq, Ordering::AcqRel);
         Ok(())
@@ -148,19 +169,15 @@ impl QueueStore {
         self.issued.clone()
     }
 
-    fn order_key(r: &CallRecord) -> Vec<u8> {
+    pub(super) fn order_key(r: &CallRecord) -> Vec<u8> {
         keys::order(&r.call.queue, r.seq)
     }
 
     /// Stores a new pending call, gives it its place in its queue's order, and schedules it.
     pub fn insert(&self, record: &CallRecord) -> Result<(), QueueError> {
-        let mut record = record.clone();
-        record.seq = self.next_seq()?;
-        let mut b = sled::Batch::default();
-        b.insert(keys::with_id(CALL, &record.call.id), encode(&record));
-        b.insert(Self::due_key(&record), record.call.queue.as_bytes());
-        b.insert(Self::order_key(&record), record.call.id.as_bytes());
-        self.apply_stored(b, record.seq)
+        let mut t = self.txn();
+        t.insert_call(record)?;
+        t.commit()
     }
 
     /// Id of the first pending call of `queue` in stored order: the only one a queue with
@@ -228,7 +245,7 @@ impl QueueStore {
     pub fn get(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
         let key = keys::with_id(CALL, id);
         match self.db.get(&key).map_err(|e| self.err(e))? {
-            Some(v) => Ok(Some(decode(&key, &v)?)),
+            Some(v) => Ok(Some(decode_record(&key, &v)?)),
             None => Ok(None),
         }
     }
@@ -237,7 +254,7 @@ impl QueueStore {
     pub fn get_dead(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
         let key = keys::with_id(DEAD, id);
         match self.db.get(&key).map_err(|e| self.err(e))? {
-            Some(v) => Ok(Some(decode(&key, &v)?)),
+            Some(v) => Ok(Some(decode_record(&key, &v)?)),
             None => Ok(None),
         }
     }
@@ -253,22 +270,16 @@ impl QueueStore {
 
     /// Removes a pending call that is done with on this cage (executed, or accepted by its target).
     pub fn finish(&self, record: &CallRecord) -> Result<(), QueueError> {
-        let mut b = sled::Batch::default();
-        b.remove(Self::due_key(record));
-        b.remove(Self::order_key(record));
-        b.remove(keys::with_id(keys::EXECUTED, &record.call.id));
-        b.remove(keys::with_id(CALL, &record.call.id));
-        self.apply(b)
+        let mut t = self.txn();
+        t.finish(record);
+        t.commit()
     }
 
     /// Moves pending `old` to dead letters as `dead` (which carries the reason).
     pub fn bury(&self, old: &CallRecord, dead: &CallRecord) -> Result<(), QueueError> {
-        let mut b = sled::Batch::default();
-        b.remove(Self::due_key(old));
-        b.remove(Self::order_key(old));
-        b.remove(keys::with_id(CALL, &old.call.id));
-        b.insert(keys::with_id(DEAD, &dead.call.id), encode(dead));
-        self.apply(b)
+        let mut t = self.txn();
+        t.bury(old, dead);
+        t.commit()
     }
 
     /// Moves dead call `id` back to pending, due at `now_ms` with a fresh give-up window.
@@ -362,13 +373,14 @@ impl QueueStore {
             .map(|v| v.to_vec()))
     }
 
-    /// Applies `module`'s state `writes` (`None` deletes) in one batch; with `call_id`, also
-    /// marks that call as executed, in the same batch, so it is never run again.
+    /// Applies `module`'s state `writes` (`None` deletes) in one batch; with `executed` (a call
+    /// id and the call's encoded outcome), also marks that call as executed in the same batch,
+    /// so it is never run again and its outcome can be answered instead.
     pub fn commit_state(
         &self,
         module: &str,
         writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-        call_id: Option<&str>,
+        executed: Option<(&str, &[u8])>,
     ) -> Result<(), QueueError> {
         let mut b = sled::Batch::default();
         for (key, value) in writes {
@@ -377,17 +389,20 @@ impl QueueStore {
                 None => b.remove(keys::state(module, key)),
             }
         }
-        if let Some(id) = call_id {
-            b.insert(keys::with_id(keys::EXECUTED, id), &[][..]);
+        if let Some((id, outcome)) = executed {
+            b.insert(keys::with_id(keys::EXECUTED, id), outcome);
         }
         self.apply(b)
     }
 
-    /// Whether call `id` already committed its effects (see [`QueueStore::commit_state`]).
-    pub fn executed(&self, id: &str) -> Result<bool, QueueError> {
-        self.db
-            .contains_key(keys::with_id(keys::EXECUTED, id))
-            .map_err(|e| self.err(e))
+    /// The outcome call `id` committed with its effects, if it did (see
+    /// [`QueueStore::commit_state`]).
+    pub fn executed(&self, id: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        Ok(self
+            .db
+            .get(keys::with_id(keys::EXECUTED, id))
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
     }
 
     /// Stores (or replaces) a job.
@@ -476,7 +491,7 @@ impl QueueStore {
         for item in self.db.scan_prefix([prefix]) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             // One unreadable record must not hide every other call from the operator.
-            let record: CallRecord = match decode(&k, &v) {
+            let record: CallRecord = match decode_record(&k, &v) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!("{e}; skipped in this listing (quarantined when it falls due)");
@@ -583,6 +598,7 @@ mod tests {
             key: key.map(Into::into),
             enqueued_at_ms: 1000,
             not_before_ms: 0,
+            chain: None,
         }
     }
 

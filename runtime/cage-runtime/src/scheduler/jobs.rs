@@ -47,6 +47,7 @@ impl Scheduler {
             key: None,
             enqueued_at_ms: now,
             not_before_ms: 0,
+            chain: None,
         };
         let stage = if job.cage == self.cage {
             Stage::Execute

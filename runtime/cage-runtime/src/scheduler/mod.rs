@@ -6,13 +6,17 @@
 //! *execute* stage runs the module here. The decisions (when next, when to give up) are
 //! [`crate::retry_policy`]'s; the storage is [`crate::queue`]'s.
 
+mod chains;
 mod jobs;
 
+pub use chains::StartChains;
 pub use jobs::{JobCommand, JobsDeclared};
 
+use crate::chains::{ChainWatch, StepOutcome, REPORT_MODULE};
 use crate::config::{valid_name, ExecuteOn};
 use crate::delivery::Delivery;
 use crate::executor::{CallExecutor, Execute};
+use crate::host::Output;
 use crate::jobs::Job;
 use crate::queue::{
     Acceptance, Attempt, CallRecord, GroupCommit, QueueError, QueueStore, QueuedCall, Stage,
@@ -78,7 +82,7 @@ struct AttemptDone {
     id: String,
     started_ms: u64,
     duration: Duration,
-    outcome: Result<(), CallError>,
+    outcome: Result<Output, CallError>,
     version: Option<String>,
 }
 
@@ -98,10 +102,14 @@ pub struct Scheduler {
     stats: QueueStats,
     pump_asked: bool,
     jobs: std::collections::BTreeMap<String, Job>,
+    watch: Arc<ChainWatch>,
+    direct_due: Vec<String>,
+    chains_touched: bool,
 }
 
 impl Scheduler {
     /// A scheduler over `store` for cage `cage`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cage: &str,
         store: Arc<QueueStore>,
@@ -110,6 +118,7 @@ impl Scheduler {
         registry: Addr<ModuleRegistry>,
         executor: Addr<CallExecutor>,
         delivery: Arc<Delivery>,
+        watch: Arc<ChainWatch>,
     ) -> Self {
         Scheduler {
             cage: cage.to_owned(),
@@ -126,6 +135,9 @@ impl Scheduler {
             stats: QueueStats::default(),
             pump_asked: false,
             jobs: std::collections::BTreeMap::new(),
+            watch,
+            direct_due: Vec::new(),
+            chains_touched: false,
         }
     }
 
@@ -210,10 +222,18 @@ impl Scheduler {
                     continue;
                 }
             };
+            if record.stage == Stage::Execute && record.call.module == REPORT_MODULE {
+                // A chain step's report for this cage (the chain's owner): applied here.
+                if let Err(e) = self.take_report(record) {
+                    tracing::error!(cage = %self.cage, call_id = %d.id, "cannot apply the chain step report: {e}");
+                }
+                continue;
+            }
             self.running.insert(d.id.clone(), d.queue.clone());
             *self.busy.entry(d.queue).or_default() += 1;
             self.start_attempt(record, ctx);
         }
+        self.after_chains(ctx);
     }
 
     fn start_attempt(&mut self, record: CallRecord, ctx: &mut Context<Self>) {
@@ -227,7 +247,7 @@ impl Scheduler {
                 let (registry, executor) = (self.registry.clone(), self.executor.clone());
                 actix_rt::spawn(async move {
                     let (outcome, version) =
-                        execute(registry, executor, &call, attempt, time_limit).await;
+                        execute(registry, executor, &call, attempt, time_limit, true).await;
                     addr.do_send(AttemptDone {
                         id: call.id,
                         started_ms,
@@ -246,7 +266,7 @@ impl Scheduler {
                         id,
                         started_ms,
                         duration: t0.elapsed(),
-                        outcome,
+                        outcome: outcome.map(|()| Output::result(Vec::new())),
                         version: None,
                     });
                 });
@@ -277,8 +297,17 @@ impl Scheduler {
         let span = tracing::info_span!("call", call_id = %call.id, cage = %self.cage, module = %call.module, method = %call.method, attempt = number);
         let _entered = span.enter();
         let job_outcome = match done.outcome {
-            Ok(()) => {
-                self.store.finish(&record)?;
+            Ok(output) => {
+                if record.stage == Stage::Execute && record.call.chain.is_some() {
+                    let outcome = StepOutcome::Done {
+                        result: output.result,
+                        next: output.next,
+                        children: self.children_results(&record.call.id),
+                    };
+                    self.end_step(&record, None, done.started_ms, outcome)?;
+                } else {
+                    self.store.finish(&record)?;
+                }
                 match record.stage {
                     Stage::Execute => self.stats.executed += 1,
                     Stage::Deliver => self.stats.delivered += 1,
@@ -296,7 +325,8 @@ impl Scheduler {
             }
             Err(e) if e.kind == ErrorKind::Permanent => {
                 updated.dead_reason = Some(format!("permanent rejection: {}", e.message));
-                self.store.bury(&record, &updated)?;
+                let reason = StepOutcome::Failed(format!("permanent rejection: {}", e.message));
+                self.end_step(&record, Some(&updated), done.started_ms, reason)?;
                 self.stats.died += 1;
                 tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
                 format!("dead: permanent rejection: {}", e.message)
@@ -330,7 +360,9 @@ impl Scheduler {
                             humantime::format_duration(Duration::from_secs((now_ms().saturating_sub(updated.window_start_ms)) / 1000)),
                             call.queue
                         ));
-                        self.store.bury(&record, &updated)?;
+                        let reason =
+                            StepOutcome::Failed(updated.dead_reason.clone().unwrap_or_default());
+                        self.end_step(&record, Some(&updated), done.started_ms, reason)?;
                         self.stats.died += 1;
                         tracing::warn!("moved to dead letters: gave up after {number} attempt(s); last error: {e}");
                         format!("dead: gave up after {number} attempt(s): {e}")
@@ -396,6 +428,12 @@ impl Scheduler {
                 "module and method must not be empty",
             ));
         }
+        if r.module.starts_with('$') {
+            return Err(CallError::bad_arguments(format!(
+                "{:?} is reserved for the cage's own use",
+                r.module
+            )));
+        }
         if !valid_name(&r.queue) {
             return Err(CallError::bad_arguments(format!(
                 "{:?} is not a queue name",
@@ -425,6 +463,7 @@ impl Scheduler {
                 now.saturating_add(r.delay_ms)
             },
             enqueued_at_ms: now,
+            chain: None,
         };
         let id = call.id.clone();
         if call.target == self.cage {
@@ -502,8 +541,8 @@ impl Scheduler {
                 changed(n, &self.commit)
             }
             QueueQuery::Cancel(id) => {
-                let n = usize::from(self.store.cancel(&id)?.is_some());
-                if n == 1 {
+                let n = self.cancel_cascade(&id, "cancelled by an operator")?;
+                if n >= 1 {
                     tracing::info!(cage = %self.cage, call_id = %id, "cancelled by an operator");
                 }
                 changed(n, &self.commit)
@@ -517,7 +556,7 @@ impl Scheduler {
                     .collect();
                 let mut n = 0;
                 for id in &ids {
-                    n += usize::from(self.store.cancel(id)?.is_some());
+                    n += self.cancel_cascade(id, "cancelled by an operator")?;
                 }
                 tracing::info!(cage = %self.cage, "{n} pending call(s) cancelled by an operator");
                 changed(n, &self.commit)
@@ -585,7 +624,8 @@ async fn execute(
     call: &QueuedCall,
     attempt: u32,
     time_limit: Duration,
-) -> (Result<(), CallError>, Option<String>) {
+    queued: bool,
+) -> (Result<Output, CallError>, Option<String>) {
     let gone = |_| CallError::with_kind(ErrorKind::Refused, "cage is shutting down");
     let module = match registry
         .send(Resolve(call.module.clone()))
@@ -615,14 +655,15 @@ async fn execute(
         args: call.args.clone(),
         deadline,
         attempt,
-        queued: true,
+        queued,
+        chain: call.chain.clone(),
     };
     let reply = match executor.send(execute).await.map_err(gone).and_then(|r| r) {
         Ok(r) => r,
         Err(e) => return (Err(e), version),
     };
     let outcome = match tokio::time::timeout_at(deadline.into(), reply).await {
-        Ok(Ok(result)) => result.map(drop),
+        Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(CallError::with_kind(
             ErrorKind::Internal,
             "executor thread ended without an answer",
@@ -643,6 +684,7 @@ impl Actor for Scheduler {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load_jobs();
+        self.fail_interrupted_direct_chains();
         // No count here: with a million pending calls a count is a full scan, and a restart
         // must reach its first due call without one.
         match self.store.next_due_ms() {
@@ -669,6 +711,16 @@ impl Actor for Scheduler {
                     this.commit.nudge();
                 }
                 Err(e) => tracing::error!(cage = %this.cage, "cannot expire history: {e}"),
+            }
+            match this
+                .store
+                .expire_chains(now_ms().saturating_sub(recheck), 10_000)
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(cage = %this.cage, "dropped {n} finished chains past retention")
+                }
+                Err(e) => tracing::error!(cage = %this.cage, "cannot expire chains: {e}"),
             }
         });
     }
@@ -732,6 +784,7 @@ impl Handler<Query> for Scheduler {
         let answer = self
             .query(q)
             .unwrap_or_else(|e| Response::Error(format!("queue storage: {e}")));
+        self.after_chains(ctx);
         self.pump_soon(ctx);
         MessageResult(answer)
     }
@@ -745,6 +798,7 @@ impl Handler<AttemptDone> for Scheduler {
         if let Err(e) = self.attempt_done(done) {
             tracing::error!(cage = %self.cage, call_id = %id, "cannot record the attempt: {e}");
         }
+        self.after_chains(ctx);
         self.pump_soon(ctx);
     }
 }

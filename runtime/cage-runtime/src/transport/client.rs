@@ -3,9 +3,11 @@
 
 use super::frame::{self, FrameError};
 use super::protocol::{
-    CageInfo, CallFailure, CallRequest, CallView, EnqueueRequest, JobRequest, MessageRequest,
-    ModuleInfo, QueueQuery, QueueStats, Request, RequestFrame, Response, ResponseFrame,
+    CageInfo, CallFailure, CallRequest, CallView, ChainRequest, EnqueueRequest, JobRequest,
+    MessageRequest, ModuleInfo, QueueQuery, QueueStats, Request, RequestFrame, Response,
+    ResponseFrame,
 };
+use crate::chains::ChainRecord;
 use crate::config::CageRoute;
 use crate::jobs::Job;
 use crate::queue::QueuedCall;
@@ -268,6 +270,32 @@ impl Client {
         }
     }
 
+    /// Starts chains on this cage; the inner result is the cage's answer (ids, or why not).
+    pub fn start_chains(
+        &mut self,
+        request: ChainRequest,
+        timeout: Duration,
+    ) -> Result<Result<Vec<String>, CallError>, ClientError> {
+        match self.request(Request::Chain(request), timeout)? {
+            Response::ChainsStarted(ids) => Ok(Ok(ids)),
+            Response::Failed(f) => Ok(Err(f.error)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Asks about chains of this cage.
+    pub fn chains(
+        &mut self,
+        request: ChainRequest,
+        timeout: Duration,
+    ) -> Result<Result<Vec<ChainRecord>, CallError>, ClientError> {
+        match self.request(Request::Chain(request), timeout)? {
+            Response::Chains(c) => Ok(Ok(c)),
+            Response::Failed(f) => Ok(Err(f.error)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Lists the cage's modules.
     pub fn modules(&mut self, timeout: Duration) -> Result<Vec<ModuleInfo>, ClientError> {
         match self.request(Request::Modules, timeout)? {
@@ -297,6 +325,8 @@ impl Client {
             Response::Stats(_) => "queue counters",
             Response::Jobs(_) => "a job list",
             Response::Handed(_) => "a message receipt",
+            Response::ChainsStarted(_) => "chain ids",
+            Response::Chains(_) => "a chain listing",
             Response::Error(e) => {
                 return ClientError::Rejected {
                     cage: self.cage.clone(),

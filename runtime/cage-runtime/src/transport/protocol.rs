@@ -1,6 +1,7 @@
 //! What frames carry: a request or response body tagged with the id that pairs them, so one
 //! connection can carry many calls at once.
 
+use crate::chains::{ChainRecord, StepSpec};
 use crate::jobs::{CatchUp, Job, Schedule};
 use crate::queue::{CallRecord, QueuedCall};
 use cage_sdk::CallError;
@@ -36,6 +37,57 @@ pub enum Request {
     Job(JobRequest),
     /// Hand a message to a receiver on a port of an invocation running on this cage.
     Message(MessageRequest),
+    /// Start, wait on or look at chains of calls.
+    Chain(ChainRequest),
+}
+
+/// A chain to start on the receiving cage (its owner).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct NewChain {
+    /// Its id; `None`: the cage picks one. A chain id already held starts nothing new.
+    pub id: Option<String>,
+    /// Its steps.
+    pub steps: Vec<StepSpec>,
+    /// Its inputs (a JSON object).
+    pub inputs: Vec<u8>,
+    /// Queue of its steps; `None` runs them directly.
+    pub queue: Option<String>,
+    /// Its place among its parent's children.
+    pub ordinal: u32,
+}
+
+/// What can be asked about chains.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ChainRequest {
+    /// Start chains, at most `max_parallel` running at once (0: all); answers their ids.
+    Start {
+        /// The chains.
+        chains: Vec<NewChain>,
+        /// Cap on chains of this request running at once.
+        max_parallel: u32,
+        /// Call id of the invocation starting them.
+        parent: Option<String>,
+    },
+    /// Waits until the first of `ids` (or, with `any`, any of them) finished; answers it.
+    Wait {
+        /// Chains.
+        ids: Vec<String>,
+        /// Any rather than the first.
+        any: bool,
+        /// Longest to wait, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// One chain.
+    Get(String),
+    /// The chains a call started.
+    Children(String),
+    /// Chains of the cage, running ones and (with `all`) finished ones, at most `limit`.
+    List {
+        /// Include finished chains.
+        all: bool,
+        /// At most this many (0: the default listing size).
+        limit: usize,
+    },
 }
 
 /// A message for an invocation of the receiving cage.
@@ -242,6 +294,10 @@ pub enum Response {
     Jobs(Vec<Job>),
     /// A message was handed over (`Ok`), or why not.
     Handed(Result<(), CallError>),
+    /// Ids of chains started.
+    ChainsStarted(Vec<String>),
+    /// Chains.
+    Chains(Vec<ChainRecord>),
     /// The request could not be served.
     Error(String),
 }

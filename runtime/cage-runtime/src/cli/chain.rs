@@ -1,0 +1,268 @@
+//! `cage chain` (start a chain of calls, wait for its results) and `cage chains` (list them).
+
+use super::queue_view::{cages, now_ms, words};
+use super::{exit, target};
+use cage_runtime::chains::{parse_steps, ChainRecord, ChainState, StepSpec};
+use cage_runtime::config::Site;
+use cage_runtime::transport::client::Client;
+use cage_runtime::transport::protocol::{ChainRequest, NewChain};
+use cage_sdk::{CallError, ErrorKind, ResultOptions};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// What `cage chain` was told besides its words.
+pub struct ChainArgs {
+    /// `CAGE 'STEPS' ['JSON']`, or `start CAGE.MODULE.METHOD ['JSON']`.
+    pub words: Vec<String>,
+    /// Queue of the steps (none: run directly).
+    pub queue: Option<String>,
+    /// Print the chain id and return without waiting.
+    pub detach: bool,
+    /// Keys whose values to print, in order.
+    pub return_keys: Option<Vec<String>>,
+    /// Print the inputs too.
+    pub all_keys: bool,
+    /// Merge the results of chains the steps started.
+    pub merge_children: bool,
+    /// Longest to wait for the chain.
+    pub timeout: Duration,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// How long the start of a chain may take (it is stored durably first).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn bad(message: impl std::fmt::Display) -> ExitCode {
+    exit::fail(exit::for_kind(ErrorKind::BadArguments), message)
+}
+
+fn refused(cage: &str, e: CallError) -> ExitCode {
+    exit::fail(exit::for_kind(e.kind), format!("cage {cage}: {e}"))
+}
+
+pub fn chain(site: &Site, a: ChainArgs) -> ExitCode {
+    let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
+    let (cage, new) = match words.as_slice() {
+        ["start", target, rest @ ..] if rest.len() <= 1 => {
+            let args = rest.first().copied().unwrap_or("null");
+            if let Err(e) = serde_json::from_str::<Value>(args) {
+                return bad(format!("arguments are not JSON: {e}"));
+            }
+            let Some((cage, local)) = target.split_once('.') else {
+                return bad(format!("{target:?} is not CAGE.MODULE.METHOD"));
+            };
+            let step = match StepSpec::parse_dotted(local, args.as_bytes().to_vec()) {
+                Ok(s) if s.cage.is_none() => s,
+                _ => return bad(format!("{target:?} is not CAGE.MODULE.METHOD")),
+            };
+            let queue = a.queue.clone().unwrap_or_else(|| "retry".to_owned());
+            (
+                cage.to_owned(),
+                new_chain(vec![step], b"{}".to_vec(), Some(queue)),
+            )
+        }
+        [cage, steps, rest @ ..] if rest.len() <= 1 => {
+            let steps = match parse_steps(steps) {
+                Ok(s) => s,
+                Err(e) => return bad(e),
+            };
+            let inputs = rest.first().copied().unwrap_or("{}").as_bytes().to_vec();
+            (
+                (*cage).to_owned(),
+                new_chain(steps, inputs, a.queue.clone()),
+            )
+        }
+        _ => {
+            return bad(
+                "usage: cage chain CAGE 'module.a | module.b | other:module.c' ['JSON'] \
+                 or cage chain start CAGE.MODULE.METHOD ['JSON']",
+            )
+        }
+    };
+    let continuation = words.first() == Some(&"start");
+    let route = match target::route(site, &cage) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let mut client = match Client::connect(&cage, &route) {
+        Ok(c) => c,
+        Err(e) => {
+            return exit::fail(
+                exit::for_kind(e.into_call_error().kind),
+                format!("cage {cage}: unreachable"),
+            )
+        }
+    };
+    let start = ChainRequest::Start {
+        chains: vec![new],
+        max_parallel: 0,
+        parent: None,
+    };
+    let id = match client.start_chains(start, START_TIMEOUT) {
+        Ok(Ok(mut ids)) => ids.pop().unwrap_or_default(),
+        Ok(Err(e)) => return refused(&cage, e),
+        Err(e) => return exit::fail(exit::OTHER, e),
+    };
+    if a.detach || continuation {
+        if a.json {
+            println!("{}", json!({ "chain": id, "cage": cage }));
+        } else {
+            println!("{id}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let wait = ChainRequest::Wait {
+        ids: vec![id.clone()],
+        any: false,
+        timeout_ms: a.timeout.as_millis() as u64,
+    };
+    let chain = match client.chains(wait, a.timeout + Duration::from_secs(5)) {
+        Ok(Ok(mut c)) if !c.is_empty() => c.remove(0),
+        Ok(Ok(_)) => return exit::fail(exit::OTHER, format!("cage {cage} answered no chain {id}")),
+        Ok(Err(e)) => return refused(&cage, e),
+        Err(e) => return exit::fail(exit::OTHER, e),
+    };
+    if let Some(f) = chain.failure() {
+        if a.json {
+            println!("{}", json!({ "chain": id, "failure": f }));
+        }
+        return exit::fail(exit::for_kind(ErrorKind::ChildFailed), f);
+    }
+    let options = ResultOptions {
+        return_keys: a.return_keys,
+        merge_children_results: a.merge_children,
+        return_keys_only: !a.all_keys,
+    };
+    let results = chain.results(&options);
+    println!(
+        "{}",
+        if a.json {
+            results.to_string()
+        } else {
+            serde_json::to_string_pretty(&results).unwrap_or_default()
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+fn new_chain(steps: Vec<StepSpec>, inputs: Vec<u8>, queue: Option<String>) -> NewChain {
+    NewChain {
+        id: None,
+        steps,
+        inputs,
+        queue,
+        ordinal: 0,
+    }
+}
+
+/// A chain record for people and tools: JSON values instead of bytes.
+pub fn view(c: &ChainRecord) -> Value {
+    let parse = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap_or(Value::Null);
+    json!({
+        "id": c.id,
+        "owner": c.owner,
+        "parent": c.parent,
+        "state": c.state.as_str(),
+        "failure": c.failure(),
+        "queue": c.queue,
+        "step": c.step,
+        "steps": c.steps.iter().map(StepSpec::label).collect::<Vec<_>>(),
+        "inputs": parse(&c.inputs),
+        "bag": parse(&c.bag),
+        "returned": c.returned,
+        "children_results": parse(&c.children_results),
+        "path": c.path,
+        "started_ms": c.started_ms,
+        "ended_ms": c.ended_ms,
+    })
+}
+
+/// The path so far: `m.a@demo ✓ → m.b@demo ✗`, then the current step.
+pub fn path(c: &ChainRecord) -> String {
+    let mut parts: Vec<String> = c
+        .path
+        .iter()
+        .map(|r| {
+            format!(
+                "{}@{} {}",
+                r.call,
+                r.cage,
+                if r.error.is_some() { "✗" } else { "✓" }
+            )
+        })
+        .collect();
+    if matches!(c.state, ChainState::Running | ChainState::Held) {
+        if let Some(s) = c.current() {
+            parts.push(format!("{} …", s.label()));
+        }
+    }
+    parts.join(" → ")
+}
+
+pub fn list(site: &Site, cage: Option<&str>, all: bool, limit: usize, json: bool) -> ExitCode {
+    let mut found = Vec::new();
+    for c in cages(site, cage) {
+        let route = match target::route(site, &c) {
+            Ok(r) => r,
+            Err(code) => return code,
+        };
+        match Client::connect(&c, &route)
+            .and_then(|mut cl| cl.chains(ChainRequest::List { all, limit }, START_TIMEOUT))
+        {
+            Ok(Ok(chains)) => found.extend(chains),
+            Ok(Err(e)) => eprintln!("warning: cage {c}: {e}"),
+            // One cage down must not hide the others' chains.
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    if json {
+        let views: Vec<Value> = found.iter().map(view).collect();
+        println!("{}", Value::Array(views));
+        return ExitCode::SUCCESS;
+    }
+    if found.is_empty() {
+        println!("no {}chains", if all { "" } else { "running " });
+        return ExitCode::SUCCESS;
+    }
+    let now = now_ms();
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(["CHAIN", "CAGE", "STATE", "STEP", "PATH", "AGE", "PARENT"]);
+    for c in &found {
+        let state = match c.failure() {
+            Some(f) => format!("{}: {}", c.state.as_str(), f.reason),
+            None => c.state.as_str().to_owned(),
+        };
+        table.add_row([
+            c.id.clone(),
+            c.owner.clone(),
+            state,
+            format!(
+                "{}/{}",
+                (c.step as usize + 1).min(c.steps.len()),
+                c.steps.len()
+            ),
+            path(c),
+            words(now.saturating_sub(c.started_ms)),
+            c.parent.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{table}");
+    ExitCode::SUCCESS
+}
+
+/// Chains held by `cage` that call `id` started, or the chain `id` itself.
+pub fn related(site: &Site, cage: &str, request: ChainRequest) -> Vec<ChainRecord> {
+    let Ok(route) = target::route(site, cage) else {
+        return Vec::new();
+    };
+    match Client::connect(cage, &route).and_then(|mut c| c.chains(request, START_TIMEOUT)) {
+        Ok(Ok(chains)) => chains,
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,255 @@
+//! The host side of chains: a module starts child chains, waits on them, reads their results
+//! and continues the chain it is a step of. Starting goes through the cage's own listener (the
+//! scheduler makes every queue write and answers once the chains are durable); waiting and
+//! reading look at the store, woken by the cage's [`crate::chains::ChainWatch`].
+
+use super::{answer, CallScope};
+use crate::chains::{ChainRecord, ChainState, StepSpec};
+use crate::config::{CageFileDefaults, CageRoute};
+use crate::queue::QueueError;
+use crate::transport::client::ClientError;
+use crate::transport::protocol::{ChainRequest, NewChain};
+use cage_sdk::abi::{Bytes, OwnedBytes};
+use cage_sdk::chain::{ChainCall, Finished};
+use cage_sdk::{CallError, Chain, ErrorKind, Handle, ResultOptions};
+use serde::Serialize;
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+/// Longest the cage may take to store new chains durably.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn storage(e: QueueError) -> CallError {
+    CallError::with_kind(ErrorKind::Internal, format!("chain storage: {e}"))
+}
+
+fn json(value: impl Serialize) -> Result<Vec<u8>, CallError> {
+    serde_json::to_vec(&value).map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))
+}
+
+impl CallScope<'_> {
+    fn serve_chain(&self, call: ChainCall) -> Result<Vec<u8>, CallError> {
+        match call {
+            ChainCall::Start {
+                chains,
+                max_parallel,
+            } => json(self.start(&chains, max_parallel)?),
+            ChainCall::Children => json(
+                self.env
+                    .store
+                    .children(self.call_id)
+                    .map_err(storage)?
+                    .into_iter()
+                    .map(|c| Handle(c.id))
+                    .collect::<Vec<_>>(),
+            ),
+            ChainCall::Wait {
+                handles,
+                any,
+                options,
+                timeout_ms,
+            } => json(self.wait(&handles, any, &options, timeout_ms)?),
+            ChainCall::Results { handle, options } => {
+                let chain = self.chain(&handle)?;
+                match chain.state {
+                    ChainState::Done => json(chain.results(&options)),
+                    ChainState::Failed(_) | ChainState::Cancelled(_) => {
+                        Err(chain.failure().map(Into::into).unwrap_or_else(|| {
+                            CallError::with_kind(ErrorKind::ChildFailed, "chain failed")
+                        }))
+                    }
+                    ChainState::Held | ChainState::Running => Err(CallError::with_kind(
+                        ErrorKind::Refused,
+                        format!(
+                            "chain {handle} is still {} (step {} of {}); wait on it first",
+                            chain.state.as_str(),
+                            chain.step + 1,
+                            chain.steps.len()
+                        ),
+                    )),
+                }
+            }
+            ChainCall::Next { target, args } => {
+                self.continue_with(&target, &args)?;
+                json(serde_json::Value::Null)
+            }
+            ChainCall::Begin {
+                target,
+                args,
+                queue,
+            } => {
+                let args = serde_json::to_vec(&args).unwrap_or_default();
+                let step = StepSpec::parse_dotted(&target, args)
+                    .map_err(|e| CallError::bad_arguments(e.to_string()))?;
+                let new = self.new_chain(vec![step], b"{}".to_vec(), Some(queue));
+                let mut ids = self.send_start(vec![new], 0)?;
+                json(Handle(ids.pop().unwrap_or_default()))
+            }
+        }
+    }
+
+    /// The next child's id and ordinal: the same sequence on every attempt of this call, so a
+    /// retried call finds the children its earlier attempt started instead of starting more.
+    fn new_chain(&self, steps: Vec<StepSpec>, inputs: Vec<u8>, queue: Option<String>) -> NewChain {
+        let ordinal = self.children.get();
+        self.children.set(ordinal + 1);
+        NewChain {
+            id: Some(format!("{}.c{ordinal}", self.call_id)),
+            steps,
+            inputs,
+            queue,
+            ordinal,
+        }
+    }
+
+    fn start(&self, chains: &[Chain], max_parallel: u32) -> Result<Vec<Handle>, CallError> {
+        let mut new = Vec::with_capacity(chains.len());
+        for (i, chain) in chains.iter().enumerate() {
+            let steps = chain
+                .steps
+                .iter()
+                .map(|s| StepSpec::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CallError::bad_arguments(format!("chain {}: {e}", i + 1)))?;
+            let inputs = serde_json::to_vec(&chain.inputs).unwrap_or_else(|_| b"{}".to_vec());
+            new.push(self.new_chain(steps, inputs, chain.queue.clone()));
+        }
+        Ok(self
+            .send_start(new, max_parallel)?
+            .into_iter()
+            .map(Handle)
+            .collect())
+    }
+
+    fn send_start(
+        &self,
+        chains: Vec<NewChain>,
+        max_parallel: u32,
+    ) -> Result<Vec<String>, CallError> {
+        let env = self.env;
+        let route = CageRoute::single(env.listen, CageFileDefaults::CALL_TIMEOUT);
+        let request = ChainRequest::Start {
+            chains,
+            max_parallel,
+            parent: Some(self.call_id.to_owned()),
+        };
+        let ids = env
+            .pool
+            .with(&env.cage, &route, |c| {
+                c.start_chains(request, START_TIMEOUT)
+            })
+            .map_err(ClientError::into_call_error)??;
+        tracing::debug!(parent = self.call_id, chains = ?ids, "module started chains");
+        Ok(ids)
+    }
+
+    fn chain(&self, handle: &Handle) -> Result<ChainRecord, CallError> {
+        self.env
+            .store
+            .chain(handle.id())
+            .map_err(storage)?
+            .ok_or_else(|| {
+                CallError::bad_arguments(format!(
+                    "no chain {handle} on cage {} (a handle is valid on the cage that started it)",
+                    self.env.cage
+                ))
+            })
+    }
+
+    fn wait(
+        &self,
+        handles: &[Handle],
+        any: bool,
+        options: &ResultOptions,
+        timeout_ms: Option<u64>,
+    ) -> Result<Finished, CallError> {
+        // This call blocks a worker while its children may need one: lend the pool a thread.
+        let _spare = self.env.spare.hold();
+        let watched = if any {
+            handles
+        } else {
+            &handles[..handles.len().min(1)]
+        };
+        let found = self
+            .env
+            .chains
+            .wait_for(timeout_ms.map(Duration::from_millis), || {
+                for handle in watched {
+                    match self.chain(handle) {
+                        Ok(c) if c.is_finished() => return Some(Ok(c)),
+                        Ok(_) => {}
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                None
+            });
+        let chain = match found {
+            Some(found) => found?,
+            None => {
+                return Err(CallError::with_kind(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no chain of {} finished within {} ms",
+                        watched
+                            .iter()
+                            .map(Handle::id)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        timeout_ms.unwrap_or_default()
+                    ),
+                ))
+            }
+        };
+        let failure = chain.failure();
+        Ok(Finished {
+            handle: Handle(chain.id.clone()),
+            results: if failure.is_none() {
+                chain.results(options)
+            } else {
+                serde_json::Value::Null
+            },
+            failure,
+        })
+    }
+
+    fn continue_with(&self, target: &str, args: &serde_json::Value) -> Result<(), CallError> {
+        if self.chain.is_none() {
+            return Err(CallError::bad_arguments(
+                "chain_next needs a call that is a step of a queued chain (cage chain start, \
+                 ctx.chain_start, or a chain on a queue)",
+            ));
+        }
+        let mut next = self.next.borrow_mut();
+        if let Some(already) = next.as_ref() {
+            return Err(CallError::bad_arguments(format!(
+                "chain_next was already called in this call (with {})",
+                already.label()
+            )));
+        }
+        let args = serde_json::to_vec(args).unwrap_or_default();
+        *next = Some(
+            StepSpec::parse_dotted(target, args)
+                .map_err(|e| CallError::bad_arguments(e.to_string()))?,
+        );
+        Ok(())
+    }
+}
+
+/// # Safety
+/// As the ABI's `HostChainFn`: `data` is a running call's scope, `request` live, `out` writable.
+pub(super) unsafe extern "C" fn host_chain(
+    data: *const c_void,
+    request: Bytes,
+    out: *mut OwnedBytes,
+) -> u32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host set `data` to the scope of the running call; the view is live.
+        let (scope, request) = unsafe { (&*(data as *const CallScope), request.as_slice()) };
+        let call: ChainCall = serde_json::from_slice(request)
+            .map_err(|e| CallError::bad_arguments(format!("chain request: {e}")))?;
+        scope.serve_chain(call)
+    }));
+    // SAFETY: the module passes a writable slot and frees it with our `free`.
+    unsafe { answer(out, result) }
+}

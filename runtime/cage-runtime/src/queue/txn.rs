@@ -1,0 +1,167 @@
+//! [`Txn`]: several changes to the queue tree applied as one sled batch, so a crash leaves all
+//! of them or none: a chain step's completion, its chain's new state and the next step's call
+//! (or the report to the chain's owner) are one such change.
+
+use super::keys::{self, CALL, DEAD};
+use super::record::CallRecord;
+use super::store::{decode, encode};
+use super::{QueueError, QueueStore};
+use crate::chains::ChainRecord;
+
+/// Changes collected for one atomic apply; nothing is written before [`Txn::commit`].
+pub struct Txn<'a> {
+    store: &'a QueueStore,
+    batch: sled::Batch,
+    last_seq: u64,
+}
+
+impl QueueStore {
+    /// An empty transaction on this store.
+    pub fn txn(&self) -> Txn<'_> {
+        Txn {
+            store: self,
+            batch: sled::Batch::default(),
+            last_seq: 0,
+        }
+    }
+
+    /// The chain record `id`, if this cage holds it.
+    pub fn chain(&self, id: &str) -> Result<Option<ChainRecord>, QueueError> {
+        let key = keys::with_id(keys::CHAIN, id);
+        match self.db().get(&key).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(decode(&key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The chains call `parent` started, in the order it started them.
+    pub fn children(&self, parent: &str) -> Result<Vec<ChainRecord>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.db().scan_prefix(keys::child_prefix(parent)) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let id = String::from_utf8_lossy(&k[keys::child_prefix(parent).len()..]).into_owned();
+            if let Some(c) = self.chain(&id)? {
+                out.push(c);
+            }
+        }
+        out.sort_by_key(|c| c.ordinal);
+        Ok(out)
+    }
+
+    /// Every chain record that `keep` selects, at most `limit`, unreadable ones left out.
+    pub fn chains(
+        &self,
+        keep: &dyn Fn(&ChainRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<ChainRecord>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.db().scan_prefix([keys::CHAIN]) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            match decode::<ChainRecord>(&k, &v) {
+                Ok(c) if keep(&c) => {
+                    out.push(c);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("{e}; this chain is left out"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of the chains of group `id`, in start order.
+    pub fn group(&self, id: &str) -> Result<Vec<String>, QueueError> {
+        let key = keys::with_id(keys::GROUP, id);
+        match self.db().get(&key).map_err(|e| self.err(e))? {
+            Some(v) => decode(&key, &v),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Removes chains that ended before `before_ms` (at most `limit`); returns how many.
+    pub fn expire_chains(&self, before_ms: u64, limit: usize) -> Result<usize, QueueError> {
+        let end = keys::ended(before_ms, "");
+        let mut removed = 0;
+        for item in self.db().range(vec![keys::ENDED]..end).take(limit) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            let id = String::from_utf8_lossy(&k[9..]).into_owned();
+            let mut b = sled::Batch::default();
+            b.remove(k);
+            if let Some(c) = self.chain(&id)? {
+                if let Some(p) = &c.parent {
+                    b.remove(keys::child(p, &id));
+                }
+                if let Some(g) = &c.group {
+                    b.remove(keys::with_id(keys::GROUP, &g.id));
+                }
+            }
+            b.remove(keys::with_id(keys::CHAIN, &id));
+            self.apply(b)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+impl Txn<'_> {
+    /// Stores a new pending call in its queue's order and schedules it.
+    pub fn insert_call(&mut self, record: &CallRecord) -> Result<(), QueueError> {
+        let mut record = record.clone();
+        record.seq = self.store.next_seq()?;
+        self.last_seq = record.seq;
+        self.batch
+            .insert(keys::with_id(CALL, &record.call.id), encode(&record));
+        self.batch
+            .insert(QueueStore::due_key(&record), record.call.queue.as_bytes());
+        self.batch
+            .insert(QueueStore::order_key(&record), record.call.id.as_bytes());
+        Ok(())
+    }
+
+    /// Removes a pending call that is done with on this cage.
+    pub fn finish(&mut self, record: &CallRecord) {
+        self.batch.remove(QueueStore::due_key(record));
+        self.batch.remove(QueueStore::order_key(record));
+        self.batch
+            .remove(keys::with_id(keys::EXECUTED, &record.call.id));
+        self.batch.remove(keys::with_id(CALL, &record.call.id));
+    }
+
+    /// Moves pending `old` to dead letters as `dead`.
+    pub fn bury(&mut self, old: &CallRecord, dead: &CallRecord) {
+        self.batch.remove(QueueStore::due_key(old));
+        self.batch.remove(QueueStore::order_key(old));
+        self.batch
+            .remove(keys::with_id(keys::EXECUTED, &old.call.id));
+        self.batch.remove(keys::with_id(CALL, &old.call.id));
+        self.batch
+            .insert(keys::with_id(DEAD, &dead.call.id), encode(dead));
+    }
+
+    /// Stores chain `chain` (new, or changed from `old`), keeping its indexes in step.
+    pub fn put_chain(&mut self, chain: &ChainRecord, old: Option<&ChainRecord>) {
+        self.batch
+            .insert(keys::with_id(keys::CHAIN, &chain.id), encode(chain));
+        if old.is_none() {
+            if let Some(p) = &chain.parent {
+                self.batch.insert(keys::child(p, &chain.id), &[][..]);
+            }
+        }
+        if let (Some(at), None) = (chain.ended_ms, old.and_then(|o| o.ended_ms)) {
+            self.batch.insert(keys::ended(at, &chain.id), &[][..]);
+        }
+    }
+
+    /// Stores the members of group `id`.
+    pub fn put_group(&mut self, id: &str, members: &[String]) {
+        self.batch
+            .insert(keys::with_id(keys::GROUP, id), encode(&members.to_vec()));
+    }
+
+    /// Applies every change at once.
+    pub fn commit(self) -> Result<(), QueueError> {
+        self.store.apply_stored(self.batch, self.last_seq)
+    }
+}
