@@ -1,5 +1,6 @@
 //! `cage bench`: measure a running cage, one file per scenario.
 
+mod chain;
 mod e2e;
 mod enqueue;
 mod load;
@@ -83,6 +84,33 @@ pub enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// Chain step overhead: chains of one and of STEPS steps, start to finish, local and (with
+    /// --other) across cages, direct and queued.
+    Chain {
+        /// The cage that runs the chains.
+        cage: String,
+        /// A second cage serving the same step, for the across-cages rows.
+        #[arg(long)]
+        other: Option<String>,
+        /// MODULE.METHOD of every step.
+        #[arg(long, default_value = "orders.reserve")]
+        step: String,
+        /// Inputs of every chain.
+        #[arg(long, default_value = "{\"qty\": 1}")]
+        inputs: String,
+        /// Steps of the long chains.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Chains timed per row.
+        #[arg(long, default_value_t = 100)]
+        chains: usize,
+        /// Queue of the queued rows.
+        #[arg(long, default_value = "retry")]
+        queue: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hot-reload latency: from dropping a new `.so` into modules/ to the first call it answers.
     Reload {
         /// The running cage (of this site) serving the module.
@@ -136,6 +164,28 @@ pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
             clients,
             json,
         } => pending::pending(site, &cage, calls, clients.max(1), json),
+        Scenario::Chain {
+            cage,
+            other,
+            step,
+            inputs,
+            steps,
+            chains,
+            queue,
+            json,
+        } => chain::chain(
+            site,
+            chain::ChainBench {
+                cage: &cage,
+                other: other.as_deref(),
+                step: &step,
+                inputs: &inputs,
+                steps,
+                chains: chains.max(1),
+                queue: &queue,
+                json,
+            },
+        ),
         Scenario::Reload {
             cage,
             module,
