@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cages demo on a fresh clone: build the example modules, start the demo cage on loopback,
-# make calls (a result, a panic, a module bug), then fix the bug by dropping a rebuilt module
-# into modules/ while the cage keeps running.
+# make calls (a result, a panic, a module bug), fix the bug by dropping a rebuilt module
+# into modules/ while the cage keeps running, and run chains of calls.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -9,9 +9,9 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ cage %s\n' "$*"; "$cage" "$@" || printf '(exit code %s)\n' "$?"; }
 
 step "Building the cage binary and the example modules (cargo build)"
-cargo build -p cage-runtime -p echo -p billing
+cargo build -p cage-runtime -p echo -p billing -p orders
 cage=target/debug/cage
-cp target/debug/libecho.so target/debug/libbilling.so modules/
+cp target/debug/libecho.so target/debug/libbilling.so target/debug/liborders.so modules/
 
 step "Starting cage demo (cages/demo.toml, 127.0.0.1:7401); its log goes to data/demo.log"
 mkdir -p data
@@ -58,6 +58,12 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 show pending demo
+
+step "A chain of calls: each step gets the bag (inputs + every result so far), durably on a queue"
+show chain demo 'orders.reserve | orders.charge' '{"qty": 2, "price": 5}' --queue retry
+show chain demo 'orders.reserve | orders.charge' '{"qty": 2, "price": 5, "card": "declined"}' --queue retry
+show call demo orders.fan_out '{"sleeps_ms": [300, 100, 200], "max_parallel": 2, "queue": "retry", "any": true}'
+show chains demo --all
 
 step "What the cage logged"
 grep -E 'loaded version|swapped in|rejected|attempt 1 failed|done after' data/demo.log || true

@@ -583,7 +583,7 @@ impl QueueStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::record::{QueuedCall, Stage};
+    use crate::queue::record::{Attempt, QueuedCall, Stage};
 
     fn call(id: &str, priority: i32, key: Option<&str>) -> QueuedCall {
         QueuedCall {
@@ -754,6 +754,40 @@ mod tests {
             .db()
             .contains_key(keys::with_id(keys::QUARANTINE, "bad"))
             .unwrap());
+    }
+
+    #[test]
+    fn a_record_of_format_1_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        // Format 1's layout: the call without its chain link, then the record's fields.
+        let call = (
+            "old",
+            "a",
+            "b",
+            "m",
+            "f",
+            b"null".to_vec(),
+            "retry",
+            4i32,
+            None::<String>,
+            1000u64,
+            0u64,
+        );
+        let record = (
+            call,
+            Stage::Execute,
+            Vec::<Attempt>::new(),
+            2000u64,
+            1000u64,
+            None::<String>,
+            7u64,
+        );
+        let bytes = postcard::to_extend(&record, vec![FORMAT_1]).unwrap();
+        s.db().insert(keys::with_id(CALL, "old"), bytes).unwrap();
+        let r = s.get("old").unwrap().unwrap();
+        assert_eq!((r.call.priority, r.call.chain, r.seq), (4, None, 7));
+        assert_eq!(s.pending(&|_| true, 10).unwrap().len(), 1);
     }
 
     #[test]

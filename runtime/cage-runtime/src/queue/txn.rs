@@ -165,3 +165,55 @@ impl Txn<'_> {
         self.store.apply_stored(self.batch, self.last_seq)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chains::{parse_steps, ChainState};
+
+    fn chain(id: &str, parent: &str, ordinal: u32) -> ChainRecord {
+        ChainRecord::new(
+            id.into(),
+            "a",
+            Some(parent.into()),
+            ordinal,
+            None,
+            parse_steps("m.f").unwrap(),
+            b"{}".to_vec(),
+            Some("retry".into()),
+            1000,
+            false,
+        )
+    }
+
+    #[test]
+    fn children_are_listed_in_start_order_and_finished_chains_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        let mut t = s.txn();
+        // Ids sort c10 < c2; the ordinal keeps start order.
+        t.put_chain(&chain("p.c10", "p", 10), None);
+        t.put_chain(&chain("p.c2", "p", 2), None);
+        t.put_chain(&chain("q.c0", "q", 0), None);
+        t.commit().unwrap();
+        let ids: Vec<String> = s.children("p").unwrap().into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec!["p.c2", "p.c10"]);
+
+        let old = s.chain("p.c2").unwrap().unwrap();
+        let mut ended = old.clone();
+        ended.state = ChainState::Done;
+        ended.ended_ms = Some(5000);
+        let mut t = s.txn();
+        t.put_chain(&ended, Some(&old));
+        t.commit().unwrap();
+        assert_eq!(
+            s.expire_chains(5000, 100).unwrap(),
+            0,
+            "not yet past retention"
+        );
+        assert_eq!(s.expire_chains(5001, 100).unwrap(), 1);
+        assert!(s.chain("p.c2").unwrap().is_none());
+        assert_eq!(s.children("p").unwrap().len(), 1);
+        assert_eq!(s.chains(&|_| true, 10).unwrap().len(), 2);
+    }
+}
