@@ -62,7 +62,7 @@ show pending demo
 step "A chain of calls: each step gets the bag (inputs + every result so far), durably on a queue"
 show chain demo 'orders.reserve | orders.charge' '{"qty": 2, "price": 5}' --queue retry
 show chain demo 'orders.reserve | orders.charge' '{"qty": 2, "price": 5, "card": "declined"}' --queue retry
-show call demo orders.fan_out '{"sleeps_ms": [300, 100, 200], "max_parallel": 2, "queue": "retry", "any": true}'
+show call demo orders.fan_out '{"sleeps_ms": [300, 100, 200], "max_parallel": 2, "queue": "retry", "wait": "any_children"}'
 show chains demo --all
 
 step "What the cage logged"

@@ -239,28 +239,29 @@ fn a_module_runs_child_chains_and_reads_their_results() {
 fn waits_yield_by_completion_or_start_order_and_max_parallel_is_never_exceeded() {
     let site = shop_and_depot();
     let _shop = site.start("shop");
-    let fan_out = |sleeps: &[u64], max_parallel: u32, queue: Value, any: bool| {
-        let args =
-            json!({"sleeps_ms": sleeps, "max_parallel": max_parallel, "queue": queue, "any": any});
+    let fan_out = |sleeps: &[u64], max_parallel: u32, queue: Value, wait: &str| {
+        let args = json!({"sleeps_ms": sleeps, "max_parallel": max_parallel, "queue": queue, "wait": wait});
         json_of(&site.call("shop", "orders.fan_out", &args.to_string()))
     };
     let most = || json_of(&site.call("shop", "orders.most_parallel", "null"));
     most();
 
-    // wait_for_any_children: by completion (all start at once, shortest first).
-    let out = fan_out(&[2000, 400, 1000, 10], 0, json!("retry"), true);
-    assert_eq!(out["order"], json!([3, 1, 2, 0]), "{out}");
-    assert_eq!(out["results"]["slow_0"], 2000);
-    assert_eq!(most(), json!(4));
+    // wait_for_any_children and wait_for_any: by completion (all start at once, shortest first).
+    for (wait, queue) in [("any_children", json!("retry")), ("any", Value::Null)] {
+        let out = fan_out(&[2000, 400, 1000, 10], 0, queue, wait);
+        assert_eq!(out["order"], json!([3, 1, 2, 0]), "{wait}: {out}");
+        assert_eq!(out["results"]["slow_0"], 2000);
+        assert_eq!(most(), json!(4));
+    }
 
     // wait_for_children: in start order, whatever the completion order.
-    let out = fan_out(&[300, 10, 100], 0, Value::Null, false);
+    let out = fan_out(&[300, 10, 100], 0, Value::Null, "children");
     assert_eq!(out["order"], json!([0, 1, 2]), "{out}");
     most();
 
     // enqueue_in_parallel with a cap, queued and direct: the module saw at most 2 at once.
     for queue in [json!("retry"), Value::Null] {
-        let out = fan_out(&[150, 150, 150, 150, 150, 150], 2, queue, true);
+        let out = fan_out(&[150, 150, 150, 150, 150, 150], 2, queue, "any");
         assert_eq!(out["order"].as_array().unwrap().len(), 6, "{out}");
         assert_eq!(most(), json!(2), "max_parallel 2 held and was used");
     }
@@ -301,7 +302,7 @@ fn a_continuation_chain_goes_on_until_its_last_call() {
 fn cancelling_the_parent_cancels_its_pending_children() {
     let site = shop_and_depot();
     let _shop = site.start("shop");
-    let args = json!({"sleeps_ms": [800, 800, 800, 800], "max_parallel": 1, "queue": "retry", "any": true});
+    let args = json!({"sleeps_ms": [800, 800, 800, 800], "max_parallel": 1, "queue": "retry", "wait": "any_children"});
     let parent = site.enqueue("shop", "orders.fan_out", &args.to_string(), &[]);
     let children = eventually(
         Duration::from_secs(20),

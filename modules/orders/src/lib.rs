@@ -86,8 +86,9 @@ struct FanOut {
     sleeps_ms: Vec<u64>,
     max_parallel: u32,
     queue: Option<String>,
-    /// Collect with `wait_for_any_children` (completion order) instead of `wait_for_children`.
-    any: bool,
+    /// How to collect: `"children"` (`wait_for_children`, start order), `"any_children"`
+    /// (`wait_for_any_children`) or `"any"` (`wait_for_any` on the handles), both by completion.
+    wait: String,
 }
 
 /// Starts one `slow` chain per sleep, at most `max_parallel` at once; returns the inputs `n`
@@ -106,10 +107,11 @@ fn fan_out(ctx: &Ctx, args: FanOut) -> Result<Value, CallError> {
         })
         .collect();
     let handles = ctx.enqueue_in_parallel(&chains, args.max_parallel)?;
-    let waiter = if args.any {
-        ctx.wait_for_any_children()
-    } else {
-        ctx.wait_for_children()
+    let waiter = match args.wait.as_str() {
+        "children" => ctx.wait_for_children(),
+        "any_children" => ctx.wait_for_any_children(),
+        "any" => ctx.wait_for_any(&handles),
+        other => return Err(CallError::bad_arguments(format!("wait {other:?}"))),
     };
     let mut order = Vec::new();
     let mut merged = Map::new();
