@@ -31,6 +31,13 @@ fn chains(site: &Site, cage: &str) -> Vec<Value> {
     json_of(&run).as_array().cloned().unwrap_or_default()
 }
 
+fn children_of(site: &Site, cage: &str, parent: &str) -> Vec<Value> {
+    chains(site, cage)
+        .into_iter()
+        .filter(|c| c["parent"] == parent)
+        .collect()
+}
+
 fn chain(site: &Site, cage: &str, id: &str) -> Value {
     chains(site, cage)
         .into_iter()
@@ -308,10 +315,7 @@ fn cancelling_the_parent_cancels_its_pending_children() {
         Duration::from_secs(20),
         "the parent starts its children",
         || {
-            let c: Vec<Value> = chains(&site, "shop")
-                .into_iter()
-                .filter(|c| c["parent"] == parent.as_str())
-                .collect();
+            let c = children_of(&site, "shop", &parent);
             (c.len() == 4).then_some(c)
         },
     );
@@ -329,13 +333,10 @@ fn cancelling_the_parent_cancels_its_pending_children() {
         Duration::from_secs(20),
         "children cancelled, nothing pending",
         || {
-            let states: Vec<Value> = chains(&site, "shop")
-                .into_iter()
-                .filter(|c| c["parent"] == parent.as_str())
-                .map(|c| c["state"].clone())
-                .collect();
-            (states.iter().all(|s| s == "cancelled") && site.listing("pending", None).is_empty())
-                .then_some(())
+            let children = children_of(&site, "shop", &parent);
+            (children.iter().all(|c| c["state"] == "cancelled")
+                && site.listing("pending", None).is_empty())
+            .then_some(())
         },
     );
 }

@@ -12,24 +12,33 @@ use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// What `cage chain` was told besides its words.
+/// What `cage chain` was told.
+#[derive(clap::Args)]
 pub struct ChainArgs {
-    /// `CAGE 'STEPS' ['JSON']`, or `start CAGE.MODULE.METHOD ['JSON']`.
-    pub words: Vec<String>,
-    /// Queue of the steps (none: run directly).
-    pub queue: Option<String>,
-    /// Print the chain id and return without waiting.
-    pub detach: bool,
-    /// Keys whose values to print, in order.
-    pub return_keys: Option<Vec<String>>,
-    /// Print the inputs too.
-    pub all_keys: bool,
-    /// Merge the results of chains the steps started.
-    pub merge_children: bool,
-    /// Longest to wait for the chain.
-    pub timeout: Duration,
+    /// CAGE 'STEPS' ['JSON'], or start CAGE.MODULE.METHOD ['JSON'].
+    #[arg(num_args = 2..=3, required = true, value_names = ["CAGE|start", "STEPS|TARGET", "JSON"])]
+    words: Vec<String>,
+    /// Run the steps durably through this queue (default: directly; `start`: retry).
+    #[arg(long)]
+    queue: Option<String>,
+    /// Print the chain id and return at once.
+    #[arg(long = "async")]
+    detach: bool,
+    /// Print the values of these keys, in this order (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    return_keys: Option<Vec<String>>,
+    /// Include the chain's inputs in the results.
+    #[arg(long)]
+    all_keys: bool,
+    /// Merge in the results of chains the steps started.
+    #[arg(long)]
+    merge_children: bool,
+    /// Longest to wait for the chain to finish.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     /// Print JSON.
-    pub json: bool,
+    #[arg(long)]
+    json: bool,
 }
 
 /// How long the start of a chain may take (it is stored durably first).

@@ -185,32 +185,7 @@ enum Command {
     /// Run a chain of calls on CAGE and print its results: `cage chain CAGE 'm.a | m.b |
     /// other:m.c' 'JSON'`; or start a continuation chain: `cage chain start
     /// CAGE.MODULE.METHOD 'JSON'` (prints its id).
-    Chain {
-        /// CAGE 'STEPS' ['JSON'], or start CAGE.MODULE.METHOD ['JSON'].
-        #[arg(num_args = 2..=3, required = true)]
-        words: Vec<String>,
-        /// Run the steps durably through this queue (default: directly; `start`: retry).
-        #[arg(long)]
-        queue: Option<String>,
-        /// Print the chain id and return at once.
-        #[arg(long = "async")]
-        detach: bool,
-        /// Print the values of these keys, in this order (comma-separated).
-        #[arg(long, value_delimiter = ',')]
-        return_keys: Option<Vec<String>>,
-        /// Include the chain's inputs in the results.
-        #[arg(long)]
-        all_keys: bool,
-        /// Merge in the results of chains the steps started.
-        #[arg(long)]
-        merge_children: bool,
-        /// Longest to wait for the chain to finish.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Chain(chain::ChainArgs),
     /// List running chains (with --all, recent finished ones too): state, step, path so far.
     Chains {
         /// Only this cage (default: every cage of the site).
@@ -347,28 +322,7 @@ pub fn main() -> ExitCode {
         Command::Job { action } => jobs::job(&site, action),
         Command::Jobs { cage, json } => jobs::list(&site, cage.as_deref(), json),
         Command::Schedule { queue, json } => schedule::schedule(&site, &queue, json),
-        Command::Chain {
-            words,
-            queue,
-            detach,
-            return_keys,
-            all_keys,
-            merge_children,
-            timeout,
-            json,
-        } => chain::chain(
-            &site,
-            chain::ChainArgs {
-                words,
-                queue,
-                detach,
-                return_keys,
-                all_keys,
-                merge_children,
-                timeout,
-                json,
-            },
-        ),
+        Command::Chain(args) => chain::chain(&site, args),
         Command::Chains {
             cage,
             all,
