@@ -8,8 +8,9 @@ use support::{eventually, module_so, Site};
 #[test]
 fn a_failed_flush_is_not_accepted_and_the_cage_recovers() {
     let mut site = Site::new();
-    site.cage("back", &["echo"], "");
+    site.cage("back", &["echo", "orders"], "");
     site.install("echo", &module_so("echo", &[]));
+    site.install("orders", &module_so("orders", &[]));
     let fault = site.path().join("disk-fails");
     let _cage = site.start_with_env(
         "back",
@@ -38,6 +39,10 @@ fn a_failed_flush_is_not_accepted_and_the_cage_recovers() {
         "{}",
         refused.stderr
     );
+    // A chain is not stored either, and is taken back so it never runs.
+    let chain = site.cage_cmd(&["chain", "back", "orders.mark", "{}", "--queue", "retry"]);
+    assert_eq!(chain.code, 18, "{chain:?}");
+    assert!(chain.stderr.contains("not stored"), "{chain:?}");
     // The cage still answers what needs no disk.
     assert_eq!(
         site.call("back", "echo.shout", r#""up""#).stdout.trim(),
@@ -62,5 +67,8 @@ fn a_failed_flush_is_not_accepted_and_the_cage_recovers() {
         "a call that was not accepted must never run: {text}"
     );
     assert!(text.contains(&ok) && text.contains(&after));
+    let chains = site.cage_cmd(&["chains", "back", "--all", "--json"]);
+    assert_eq!(chains.stdout.trim(), "[]", "{chains:?}");
+    assert_eq!(site.call("back", "orders.runs", "null").stdout.trim(), "{}");
     assert!(site.listing("pending", Some("back")).is_empty());
 }

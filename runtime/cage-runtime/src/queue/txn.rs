@@ -80,6 +80,19 @@ impl QueueStore {
         }
     }
 
+    /// Removes chain `chain` and its index entries (a start that was not made durable).
+    pub fn remove_chain(&self, chain: &ChainRecord) -> Result<(), QueueError> {
+        let mut b = sled::Batch::default();
+        if let Some(p) = &chain.parent {
+            b.remove(keys::child(p, &chain.id));
+        }
+        if let Some(g) = &chain.group {
+            b.remove(keys::with_id(keys::GROUP, &g.id));
+        }
+        b.remove(keys::with_id(keys::CHAIN, &chain.id));
+        self.apply(b)
+    }
+
     /// Removes chains that ended before `before_ms` (at most `limit`); returns how many.
     pub fn expire_chains(&self, before_ms: u64, limit: usize) -> Result<usize, QueueError> {
         let end = keys::ended(before_ms, "");

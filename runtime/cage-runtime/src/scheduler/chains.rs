@@ -33,7 +33,8 @@ pub struct StartChains {
 struct DirectStepDone(StepReport);
 
 impl Scheduler {
-    fn start_chains(&mut self, s: StartChains) -> Result<Vec<String>, CallError> {
+    /// Stores new chains and their first steps; returns every id and those stored now.
+    fn start_chains(&mut self, s: StartChains) -> Result<(Vec<String>, Vec<String>), CallError> {
         if s.chains.is_empty() {
             return Err(CallError::bad_arguments("no chain to start"));
         }
@@ -74,7 +75,7 @@ impl Scheduler {
         });
         let store = self.store.clone();
         let mut t = store.txn();
-        let mut fresh = 0;
+        let mut fresh = Vec::new();
         for (i, (id, steps, inputs, queue, ordinal)) in records.into_iter().enumerate() {
             // Started before (a retried parent asks again with the same ids): nothing new.
             if self.store.chain(&id).map_err(storage_error)?.is_some() {
@@ -96,17 +97,34 @@ impl Scheduler {
             if !held {
                 self.start_step(&mut t, &chain).map_err(storage_error)?;
             }
+            fresh.push(chain.id.clone());
             t.put_chain(&chain, None);
-            fresh += 1;
         }
-        if let (Some(g), true) = (&group, fresh > 0) {
+        if let (Some(g), false) = (&group, fresh.is_empty()) {
             t.put_group(&g.id, &ids);
         }
         t.commit().map_err(storage_error)?;
-        if fresh > 0 {
-            tracing::info!(cage = %self.cage, parent = ?s.parent, "{fresh} chain(s) started: {}", ids.join(", "));
+        if !fresh.is_empty() {
+            tracing::info!(cage = %self.cage, parent = ?s.parent, "{} chain(s) started: {}", fresh.len(), fresh.join(", "));
         }
-        Ok(ids)
+        Ok((ids, fresh))
+    }
+
+    /// Takes back chains whose start could not be made durable: they never ran (only durable
+    /// steps are started), so "not stored" stays the truth.
+    fn take_back_chains(&mut self, ids: &[String]) {
+        for id in ids {
+            let removed = self.store.chain(id).and_then(|chain| match chain {
+                Some(c) => {
+                    self.store.cancel(&c.step_call_id())?;
+                    self.store.remove_chain(&c)
+                }
+                None => Ok(()),
+            });
+            if let Err(e) = removed {
+                tracing::error!(cage = %self.cage, chain = %id, "chain not stored, and could not be removed: {e}");
+            }
+        }
     }
 
     /// Schedules the current step of `chain`: a queued call, or a direct run after the commit.
@@ -483,11 +501,15 @@ impl Handler<StartChains> for Scheduler {
         self.chains_touched = true;
         self.after_chains(ctx);
         // Answer only once durable: the caller may rely on the chains surviving a crash.
-        Box::pin(durable.into_actor(self).map(move |durable, _, _| {
-            let ids = started?;
-            durable.map_err(|e| {
-                CallError::with_kind(ErrorKind::Refused, format!("chains not stored: {e}"))
-            })?;
+        Box::pin(durable.into_actor(self).map(move |durable, this, _| {
+            let (ids, fresh) = started?;
+            if let Err(e) = durable {
+                this.take_back_chains(&fresh);
+                return Err(CallError::with_kind(
+                    ErrorKind::Refused,
+                    format!("chains not stored: {e}"),
+                ));
+            }
             Ok(ids)
         }))
     }
