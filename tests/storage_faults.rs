@@ -72,3 +72,29 @@ fn a_failed_flush_is_not_accepted_and_the_cage_recovers() {
     assert_eq!(site.call("back", "orders.runs", "null").stdout.trim(), "{}");
     assert!(site.listing("pending", Some("back")).is_empty());
 }
+
+#[test]
+fn a_queue_database_whose_files_were_corrupted_is_refused_with_its_path() {
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let mut cage = site.start("back");
+    let id = site.enqueue("back", "echo.version", "null", &["--delay", "1h"]);
+    cage.terminate();
+    // A clean restart keeps the call.
+    let mut cage = site.start("back");
+    assert_eq!(site.show(&id).len(), 1);
+    cage.terminate();
+
+    let db = site.path().join("data/back/queue/db");
+    let len = std::fs::metadata(&db).unwrap().len() as usize;
+    let garbage: Vec<u8> = (0..len.max(4096)).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&db, garbage).unwrap();
+    let run = site.cage_cmd(&["run", "back"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("data/back/queue") && run.stderr.contains("corrupt"),
+        "the refusal names the database and why: {run:?}"
+    );
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+}

@@ -48,9 +48,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The durable queue could not be opened.
-    #[error(
-        "cage {cage}: cannot open its queue: {source} (is another process running this cage?)"
-    )]
+    #[error("cage {cage}: cannot open its queue: {source}{}", open_hint(source))]
     Queue {
         /// The cage.
         cage: String,
@@ -65,6 +63,14 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// What to suggest when a queue does not open: sled's own errors are mostly a held lock.
+fn open_hint(e: &crate::queue::QueueError) -> &'static str {
+    match e {
+        crate::queue::QueueError::Storage { .. } => " (is another process running this cage?)",
+        _ => "",
+    }
 }
 
 /// A cage whose configuration is read and whose socket is bound, ready to serve.

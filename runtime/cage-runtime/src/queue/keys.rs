@@ -1,6 +1,9 @@
 //! Byte layout of the queue tree. One tree, one prefix byte per kind of entry; times are
 //! big-endian so that key order is time order.
 
+/// The record every cages queue database holds from its first open, to tell a database that
+/// lost its contents from a new one.
+pub const MARKER: &[u8] = b"!cages-queue";
 /// `c` + id → pending call record.
 pub const CALL: u8 = b'c';
 /// `d` + due ms + inverted priority + id → queue name: the schedule, in due order.

@@ -32,6 +32,17 @@ pub enum QueueError {
         /// The sled error.
         source: sled::Error,
     },
+    /// The database directory held data, but sled opened it without this cage's marker record:
+    /// the files were corrupted or replaced, and starting would look like an empty queue.
+    #[error(
+        "queue database {path} exists but holds no cages marker record: its files are corrupt or \
+         were replaced (sled opened what it could read). Nothing was changed; move the directory \
+         aside (or restore it from a backup) to start this cage with an empty queue"
+    )]
+    Unrecognised {
+        /// The database directory.
+        path: String,
+    },
     /// A stored record does not decode (corruption or an incompatible version).
     #[error("queue record {key} does not decode: {source}")]
     Corrupt {

@@ -104,8 +104,10 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl QueueStore {
-    /// Opens (or creates) the queue database in `dir`.
+    /// Opens (or creates) the queue database in `dir`; refuses a directory whose files held
+    /// data that sled could not read back as this cage's database.
     pub fn open(dir: &Path) -> Result<Self, QueueError> {
+        let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
@@ -116,10 +118,23 @@ impl QueueStore {
             })?;
         // Everything stored before this open is on disk: start the issued sequence there, so
         // the durable watermark (see `GroupCommit`) covers it from the first moment.
-        let issued = db.generate_id().map_err(|source| QueueError::Storage {
+        let storage = |source| QueueError::Storage {
             path: dir.display().to_string(),
             source,
-        })?;
+        };
+        let issued = db.generate_id().map_err(storage)?;
+        // sled starts from whatever it can read of a damaged file, possibly nothing: without the
+        // marker, "empty" and "lost" would look the same. A database from before the marker
+        // (records but no marker) gets one.
+        if db.get(keys::MARKER).map_err(storage)?.is_none() {
+            if had_data && db.first().map_err(storage)?.is_none() {
+                return Err(QueueError::Unrecognised {
+                    path: dir.display().to_string(),
+                });
+            }
+            db.insert(keys::MARKER, &[FORMAT][..]).map_err(storage)?;
+            db.flush().map_err(storage)?;
+        }
         Ok(QueueStore {
             path: dir.to_owned(),
             db,
