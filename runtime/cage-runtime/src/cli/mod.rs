@@ -3,6 +3,7 @@
 mod bench;
 mod call;
 mod chain;
+mod chaos;
 mod enqueue;
 mod exit;
 mod jobs;
@@ -200,6 +201,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run three cages in a temporary site under faults (kill -9, broken modules, failed
+    /// flushes, cut connections) while calls, chains and a job flow; then check that nothing
+    /// acknowledged was lost or run twice, and print the report.
+    Chaos(chaos::ChaosArgs),
     /// Measure a running cage.
     Bench {
         #[command(subcommand)]
@@ -329,6 +334,7 @@ pub fn main() -> ExitCode {
             limit,
             json,
         } => chain::list(&site, cage.as_deref(), all, limit, json),
+        Command::Chaos(args) => chaos::chaos(&site, args),
         Command::Bench { scenario } => bench::bench(&site, scenario),
     }
 }

@@ -315,6 +315,31 @@ impl QueueStore {
         Ok(Some(record))
     }
 
+    /// Undoes the storing of pending call `id` whose acknowledgement failed: the record and, for
+    /// an accepted call, its deduplication history and idempotency key, so that the same call
+    /// offered again is taken as new rather than as "already accepted" (which would lose it).
+    pub fn take_back(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
+        let Some(record) = self.get(id)? else {
+            return Ok(None);
+        };
+        let mut b = sled::Batch::default();
+        b.remove(Self::due_key(&record));
+        b.remove(Self::order_key(&record));
+        b.remove(keys::with_id(keys::EXECUTED, id));
+        b.remove(keys::with_id(CALL, id));
+        let hkey = keys::with_id(keys::HISTORY, id);
+        if let Some(h) = self.db.get(&hkey).map_err(|e| self.err(e))? {
+            let h: History = decode(&hkey, &h)?;
+            if let Some(key) = h.key {
+                b.remove(key);
+            }
+            b.remove(keys::expiry(h.expires_ms, id));
+            b.remove(hkey);
+        }
+        self.apply(b)?;
+        Ok(Some(record))
+    }
+
     /// Removes call `id`, pending or dead; returns what it was.
     pub fn cancel(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
         if let Some(record) = self.get(id)? {
@@ -679,6 +704,18 @@ mod tests {
             s.accept(&other, 61_000, 90_000).unwrap(),
             Acceptance::Accepted
         );
+    }
+
+    #[test]
+    fn a_call_taken_back_can_be_accepted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        let r = CallRecord::new(call("c1", 0, Some("k")), Stage::Execute, 1000);
+        assert_eq!(s.accept(&r, 1000, 9000).unwrap(), Acceptance::Accepted);
+        assert!(s.take_back("c1").unwrap().is_some());
+        assert_eq!(s.counts(), (0, 0));
+        assert_eq!(s.accept(&r, 1100, 9000).unwrap(), Acceptance::Accepted);
+        assert!(s.take_back("missing").unwrap().is_none());
     }
 
     #[test]

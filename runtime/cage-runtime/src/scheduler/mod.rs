@@ -384,7 +384,7 @@ impl Scheduler {
     ) -> Result<(), CallError> {
         let Err(e) = durable else { return Ok(()) };
         if let Some(id) = stored {
-            match self.store.cancel(id) {
+            match self.store.take_back(id) {
                 Ok(_) => {
                     tracing::error!(cage = %self.cage, call_id = %id, "not accepted, and removed again: {e}")
                 }

@@ -1,0 +1,491 @@
+//! `cage chaos`: three cages on loopback in a temporary site, a stream of queued calls, chains
+//! and a recurring job, while cages are killed with SIGKILL and restarted, module files are
+//! replaced by garbage and restored, flushes fail (the storage fault hook) and connections are
+//! cut (a proxy in front of every cage). Then the faults stop, the queues drain, and the
+//! invariants are checked: see [`check`].
+
+mod check;
+mod proxy;
+mod workload;
+
+use crate::cli::exit;
+use cage_runtime::config::{CageRoute, Site};
+use cage_runtime::jobs::{CatchUp, Schedule};
+use cage_runtime::transport::client::Client;
+use cage_runtime::transport::protocol::{
+    unix_ms, ChainRequest, Filter, JobRequest, JobSpec, QueueQuery,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use proxy::Proxy;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The cages of a chaos run.
+const CAGES: [&str; 3] = ["alpha", "beta", "gamma"];
+/// Modules every cage serves (their `.so` files come from `--modules`).
+const MODULES: [&str; 2] = ["echo", "orders"];
+
+/// What `cage chaos` was told.
+#[derive(clap::Args)]
+pub struct ChaosArgs {
+    /// How long to inject faults, in minutes (fractions allowed).
+    #[arg(long, default_value_t = 1.0)]
+    minutes: f64,
+    /// Seed of the fault schedule (default: from the clock); a failing run replays with it.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Directory holding libecho.so and liborders.so (default: the site's modules/).
+    #[arg(long)]
+    modules: Option<PathBuf>,
+    /// Longest to wait for the queues to drain once the faults stop.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Keep the temporary site (logs, data) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A small deterministic generator, so a run can be replayed from its seed.
+pub struct Lcg(u64);
+
+impl Lcg {
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+/// Faults injected, by kind.
+#[derive(Serialize, Default, Debug)]
+pub struct Faults {
+    kills: usize,
+    restarts: usize,
+    broken_module_drops: usize,
+    disk_faults: usize,
+    connection_cuts: usize,
+    connections_cut: usize,
+}
+
+/// The final report.
+#[derive(Serialize)]
+pub struct Report {
+    seed: u64,
+    minutes: f64,
+    site: String,
+    faults: Faults,
+    workload: workload::Tally,
+    outcome: check::Outcome,
+    drained_in_secs: f64,
+}
+
+/// One cage of the run: its process and where it listens.
+struct CageProc {
+    name: &'static str,
+    addr: SocketAddr,
+    child: Option<Child>,
+}
+
+/// The temporary site and its processes.
+pub struct Lab {
+    dir: PathBuf,
+    cages: Vec<CageProc>,
+    proxies: Vec<Proxy>,
+    modules: PathBuf,
+}
+
+fn free_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+impl Lab {
+    fn create(modules: &Path) -> Result<Lab, String> {
+        for m in MODULES {
+            let so = modules.join(format!("lib{m}.so"));
+            if !so.is_file() {
+                return Err(format!(
+                    "{} is missing: build the example modules (cargo build -p echo -p orders) and \
+                     pass --modules target/debug, or copy them into the site's modules/",
+                    so.display()
+                ));
+            }
+        }
+        let stamp = unix_ms(SystemTime::now());
+        let dir = std::env::temp_dir().join(format!("cage-chaos-{}-{stamp}", std::process::id()));
+        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+        for d in ["cages", "config", "modules", "clients/python"] {
+            std::fs::create_dir_all(dir.join(d)).map_err(io)?;
+        }
+        let mut cages = Vec::new();
+        let mut proxies = Vec::new();
+        let mut routes = String::new();
+        for name in CAGES {
+            let addr = free_addr().map_err(io)?;
+            std::fs::write(
+                dir.join(format!("cages/{name}.toml")),
+                format!(
+                    "listen = \"{addr}\"\nmodules = [\"echo\", \"orders\"]\nreload_debounce = \"100ms\"\nrescan_interval = \"500ms\"\nshutdown_grace = \"2s\"\n"
+                ),
+            )
+            .map_err(io)?;
+            let proxy = Proxy::start(addr).map_err(io)?;
+            routes.push_str(&format!(
+                "[cages.{name}]\naddresses = [\"{}\"]\nconnect_timeout = \"1s\"\ncall_timeout = \"10s\"\n\n",
+                proxy.addr
+            ));
+            proxies.push(proxy);
+            cages.push(CageProc {
+                name,
+                addr,
+                child: None,
+            });
+        }
+        routes.push_str(
+            "[queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"1s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 8\n",
+        );
+        std::fs::write(dir.join("config/config_execute_on.toml"), routes).map_err(io)?;
+        let lab = Lab {
+            dir,
+            cages,
+            proxies,
+            modules: modules.to_owned(),
+        };
+        for m in MODULES {
+            lab.restore_module(m)?;
+        }
+        Ok(lab)
+    }
+
+    /// The site directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How clients reach cage `name`: through its proxy, so cuts hit them too.
+    pub fn route(&self, name: &str) -> CageRoute {
+        let i = CAGES.iter().position(|c| *c == name).unwrap_or(0);
+        CageRoute::single(self.proxies[i].addr, Duration::from_secs(10))
+    }
+
+    /// How to reach cage `name` directly (for the checks, once the faults stopped).
+    pub fn direct(&self, name: &str) -> CageRoute {
+        let c = self.cages.iter().find(|c| c.name == name);
+        CageRoute::single(
+            c.map(|c| c.addr).unwrap_or_else(|| self.cages[0].addr),
+            Duration::from_secs(30),
+        )
+    }
+
+    fn start(&mut self, i: usize) -> Result<(), String> {
+        let name = self.cages[i].name;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(["run", name, "--site"])
+            .arg(&self.dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("CAGE_FAULT_FLUSH_FILE", self.fault_file(name))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start cage {name}: {e}"))?;
+        self.cages[i].child = Some(child);
+        let route = self.direct(name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if Client::connect(name, &route)
+                .and_then(|mut c| c.ping(Duration::from_secs(2)))
+                .is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "cage {name} did not answer within 30 s (see {name}.log)"
+        ))
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.cages[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn fault_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("fault-{name}"))
+    }
+
+    fn module_file(&self, m: &str) -> PathBuf {
+        self.dir.join(format!("modules/lib{m}.so"))
+    }
+
+    /// Puts a good build of module `m` in place by atomic rename.
+    fn restore_module(&self, m: &str) -> Result<(), String> {
+        let tmp = self.dir.join(format!("modules/.lib{m}.so.tmp"));
+        std::fs::copy(self.modules.join(format!("lib{m}.so")), &tmp)
+            .and_then(|_| std::fs::rename(&tmp, self.module_file(m)))
+            .map_err(|e| format!("cannot install module {m}: {e}"))
+    }
+
+    /// Replaces module `m` by a file that is not a module (cut short, then garbage).
+    fn break_module(&self, m: &str, rng: &mut Lcg) {
+        let tmp = self.dir.join(format!("modules/.lib{m}.so.tmp"));
+        let mut bytes = std::fs::read(self.modules.join(format!("lib{m}.so"))).unwrap_or_default();
+        bytes.truncate(rng.below(bytes.len() as u64) as usize);
+        bytes.extend((0..4096).map(|i| (i * 31 + 7) as u8));
+        let _ =
+            std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, self.module_file(m)));
+    }
+
+    fn stop_all(&mut self) {
+        for i in 0..self.cages.len() {
+            if let Some(mut child) = self.cages[i].child.take() {
+                // SIGTERM: a graceful stop, so the last logs are flushed.
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Every cage log, by cage.
+    pub fn logs(&self) -> BTreeMap<String, String> {
+        CAGES
+            .iter()
+            .map(|c| {
+                let text =
+                    std::fs::read_to_string(self.dir.join(format!("{c}.log"))).unwrap_or_default();
+                ((*c).to_owned(), text)
+            })
+            .collect()
+    }
+
+    /// Whether every cage's queue is empty and no chain is running.
+    fn drained(&self) -> bool {
+        CAGES.iter().all(|c| {
+            let route = self.direct(c);
+            let Ok(mut client) = Client::connect(c, &route) else {
+                return false;
+            };
+            let pending = client.calls(
+                QueueQuery::Pending(Filter::default()),
+                Duration::from_secs(30),
+            );
+            let chains = client.chains(
+                ChainRequest::List {
+                    all: false,
+                    limit: 1,
+                },
+                Duration::from_secs(30),
+            );
+            matches!(pending, Ok(p) if p.is_empty()) && matches!(chains, Ok(Ok(c)) if c.is_empty())
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 0..self.cages.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Adds (or, with `remove`, removes) the recurring job of the run on the first cage.
+fn job(lab: &Lab, remove: Option<String>) -> Result<Option<String>, String> {
+    let cage = CAGES[0];
+    let mut client = Client::connect(cage, &lab.direct(cage)).map_err(|e| e.to_string())?;
+    let request = match remove {
+        Some(id) => JobRequest::Remove(id),
+        None => JobRequest::Add {
+            spec: JobSpec {
+                module: "echo".into(),
+                method: "append".into(),
+                args: serde_json::to_vec(&serde_json::json!({
+                    "file": lab.dir.join("job-effects.txt"), "tag": "job"
+                }))
+                .unwrap_or_default(),
+                queue: "retry".into(),
+                schedule: Schedule::Every {
+                    interval_ms: 500,
+                    first_ms: unix_ms(SystemTime::now()) + 500,
+                },
+                catch_up: CatchUp::Once,
+            },
+            replace: true,
+        },
+    };
+    let jobs = client
+        .job(request, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    Ok(jobs.into_iter().next().map(|j| j.id))
+}
+
+pub fn chaos(site: &Site, a: ChaosArgs) -> ExitCode {
+    let seed = a
+        .seed
+        .unwrap_or_else(|| unix_ms(SystemTime::now()) ^ u64::from(std::process::id()));
+    let modules = a.modules.unwrap_or_else(|| site.modules_dir());
+    let mut lab = match Lab::create(&modules) {
+        Ok(l) => l,
+        Err(e) => return exit::fail(exit::OTHER, e),
+    };
+    let result = run(&mut lab, seed, a.minutes, a.drain);
+    lab.stop_all();
+    let dir = lab.dir.clone();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            return exit::fail(
+                exit::OTHER,
+                format!(
+                    "chaos run (seed {seed}) stopped: {e}; its site is kept at {}",
+                    dir.display()
+                ),
+            )
+        }
+    };
+    let ok = report.outcome.ok();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        check::print(&report);
+    }
+    drop(lab);
+    if ok && !a.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("the run's site (logs, data) is kept at {}", dir.display());
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        exit::fail(exit::OTHER, format!("invariants violated (seed {seed})"))
+    }
+}
+
+fn run(lab: &mut Lab, seed: u64, minutes: f64, drain: Duration) -> Result<Report, String> {
+    for i in 0..CAGES.len() {
+        lab.start(i)?;
+    }
+    let job_id = job(lab, None)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = workload::start(lab, seed, stop.clone());
+    let mut rng = Lcg(seed);
+    let mut faults = Faults::default();
+    let length = Duration::from_secs_f64((minutes * 60.0).max(1.0));
+    let progress = ProgressBar::new(length.as_secs()).with_style(
+        ProgressStyle::with_template("chaos [{bar:30}] {pos}/{len} s  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    while started.elapsed() < length {
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
+        let i = rng.below(CAGES.len() as u64) as usize;
+        match rng.below(8) {
+            0..=2 => {
+                lab.kill(i);
+                faults.kills += 1;
+                std::thread::sleep(Duration::from_millis(rng.below(500)));
+                lab.start(i)?;
+                faults.restarts += 1;
+            }
+            3 => {
+                let m = MODULES[rng.below(2) as usize];
+                lab.break_module(m, &mut rng);
+                faults.broken_module_drops += 1;
+                std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+                lab.restore_module(m)?;
+            }
+            4 | 5 => {
+                let fault = lab.fault_file(CAGES[i]);
+                std::fs::write(&fault, b"").map_err(|e| e.to_string())?;
+                faults.disk_faults += 1;
+                std::thread::sleep(Duration::from_millis(300 + rng.below(900)));
+                std::fs::remove_file(&fault).map_err(|e| e.to_string())?;
+            }
+            _ => {
+                faults.connection_cuts += 1;
+                faults.connections_cut += lab.proxies.iter().map(Proxy::cut).sum::<usize>();
+            }
+        }
+        progress.set_position(started.elapsed().as_secs());
+        progress.set_message(format!(
+            "{} kills, {} broken modules, {} disk faults, {} cuts",
+            faults.kills, faults.broken_module_drops, faults.disk_faults, faults.connection_cuts
+        ));
+    }
+    progress.finish_and_clear();
+    stop.store(true, Ordering::Release);
+    let tally = workload::join(workers)?;
+    // Faults off, every cage up, the job gone: what was acknowledged must now finish.
+    for m in MODULES {
+        lab.restore_module(m)?;
+    }
+    for c in CAGES {
+        let _ = std::fs::remove_file(lab.fault_file(c));
+    }
+    for i in 0..CAGES.len() {
+        let up = lab.cages[i]
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !up {
+            lab.start(i)?;
+        }
+    }
+    if let Some(id) = job_id {
+        job(lab, Some(id))?;
+    }
+    let draining = Instant::now();
+    while !lab.drained() {
+        if draining.elapsed() > drain {
+            return Err(format!(
+                "the queues did not drain within {}",
+                humantime::format_duration(drain)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let drained_in_secs = draining.elapsed().as_secs_f64();
+    let outcome = check::check(lab, &tally, faults.kills)?;
+    Ok(Report {
+        seed,
+        minutes,
+        site: lab.dir.display().to_string(),
+        faults,
+        workload: tally,
+        outcome,
+        drained_in_secs,
+    })
+}
