@@ -1,7 +1,9 @@
 //! Property tests over untrusted input: whatever bytes or text arrive, the decoders and parsers
 //! answer with a value or an error, never a panic, and never allocate past their limits.
 
+use cage_runtime::chains::{object_bytes, parse_steps, StepSpec};
 use cage_runtime::config::{CageConfig, ExecuteOn};
+use cage_runtime::loader::descriptor::{self, DescriptorFields};
 use cage_runtime::loader::elf_check;
 use cage_runtime::transport::frame;
 use cage_runtime::transport::protocol::{CallRequest, Request, RequestFrame, ResponseFrame};
@@ -59,6 +61,33 @@ proptest! {
     #[test]
     fn site_configs_parse_or_fail(text in "(?s).{0,300}") {
         let _ = ExecuteOn::parse(Path::new("config/config_execute_on.toml"), &text);
+    }
+
+    #[test]
+    fn descriptors_are_checked_without_panic(
+        abi_version in prop_oneof![Just(cage_sdk::abi::ABI_VERSION), any::<u32>()],
+        descriptor_size in any::<u32>(),
+        name in proptest::collection::vec(any::<u8>(), 0..64),
+        version in proptest::collection::vec(any::<u8>(), 0..64),
+        methods in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..5000), 0..4),
+    ) {
+        let fields = DescriptorFields { abi_version, descriptor_size, name, version, methods };
+        if let Ok(d) = descriptor::check("echo", &fields) {
+            prop_assert_eq!(d.name, "echo");
+            prop_assert!(d.methods.iter().all(|m| m.len() <= descriptor::TEXT_MAX));
+        }
+    }
+
+    #[test]
+    fn chain_steps_and_inputs_parse_or_fail(steps in "(?s).{0,120}", inputs in proptest::collection::vec(any::<u8>(), 0..64)) {
+        if let Ok(parsed) = parse_steps(&steps) {
+            // A step that parses prints back to a form that parses to the same step.
+            for s in parsed {
+                prop_assert_eq!(StepSpec::parse(&s.label()).unwrap(), s);
+            }
+        }
+        let _ = StepSpec::parse_dotted(&steps, inputs.clone());
+        let _ = object_bytes(&inputs);
     }
 
     #[test]

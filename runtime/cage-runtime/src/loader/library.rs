@@ -4,6 +4,7 @@
 //! copy is unloaded and deleted when the last `Arc` to it drops, i.e. when the last call that
 //! started on this version has finished.
 
+use super::descriptor::{self, Described, DescriptorFields};
 use super::{elf_check, LoadError};
 use cage_sdk::abi::{
     self, Bytes, CallFn, EntryFn, FreeFn, HostContext, ModuleDescriptor, OwnedBytes,
@@ -52,17 +53,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn text(b: Bytes, what: &str) -> Result<String, LoadError> {
-    if b.len > 4096 {
-        return Err(LoadError::BadDescriptor(format!(
-            "{what} is {} bytes long",
-            b.len
-        )));
-    }
+/// The bytes of a descriptor text field, refused unread if longer than the limit.
+fn raw(b: Bytes, what: &str) -> Result<Vec<u8>, LoadError> {
+    descriptor::check_len(b.len, what)?;
     // SAFETY: the descriptor points at static data of the loaded library.
-    let s = unsafe { b.as_slice() };
-    String::from_utf8(s.to_vec())
-        .map_err(|_| LoadError::BadDescriptor(format!("{what} is not UTF-8")))
+    Ok(unsafe { b.as_slice() }.to_vec())
 }
 
 impl LoadedModule {
@@ -133,32 +128,27 @@ impl LoadedModule {
         }
         // SAFETY: same ABI version, so the layout is ours.
         let d = unsafe { &*descriptor };
-        if (d.descriptor_size as usize) < std::mem::size_of::<ModuleDescriptor>() {
-            return Err(LoadError::BadDescriptor(format!(
-                "descriptor is {} bytes, expected {}",
-                d.descriptor_size,
-                std::mem::size_of::<ModuleDescriptor>()
-            )));
+        descriptor::check_table(d.method_count, d.methods.is_null())?;
+        let mut fields = DescriptorFields {
+            abi_version,
+            descriptor_size: d.descriptor_size,
+            ..DescriptorFields::default()
+        };
+        if (d.descriptor_size as usize) >= std::mem::size_of::<ModuleDescriptor>() {
+            fields.name = raw(d.name, "module name")?;
+            fields.version = raw(d.version, "module version")?;
+            for i in 0..d.method_count {
+                // SAFETY: `methods` points at `method_count` entries, checked non-null above.
+                fields
+                    .methods
+                    .push(raw(unsafe { *d.methods.add(i) }, "method name")?);
+            }
         }
-        let name = text(d.name, "module name")?;
-        if name != expected {
-            return Err(LoadError::NameMismatch {
-                expected: expected.to_owned(),
-                found: name,
-            });
-        }
-        let version = text(d.version, "module version")?;
-        if d.method_count > 10_000 || (d.method_count > 0 && d.methods.is_null()) {
-            return Err(LoadError::BadDescriptor(format!(
-                "method table of {} entries",
-                d.method_count
-            )));
-        }
-        let mut methods = Vec::with_capacity(d.method_count);
-        for i in 0..d.method_count {
-            // SAFETY: `methods` points at `method_count` entries, checked non-null above.
-            methods.push(text(unsafe { *d.methods.add(i) }, "method name")?);
-        }
+        let Described {
+            name,
+            version,
+            methods,
+        } = descriptor::check(expected, &fields)?;
         Ok(LoadedModule {
             name,
             version,

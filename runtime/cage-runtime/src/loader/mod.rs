@@ -5,6 +5,7 @@
 //! - [`file_watch`]: when a module file may have changed, and whether it has settled.
 //! - [`library`]: a loaded module version; unloading and deleting its copy when the last call ends.
 
+pub mod descriptor;
 pub mod elf_check;
 mod error;
 pub mod file_watch;
