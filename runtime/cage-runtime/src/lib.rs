@@ -6,7 +6,8 @@
 //! - [`cage`]: wiring of one running cage: config → actors → listener.
 //! - [`transport`]: frames on the wire, the protocol, the listener actor and a blocking client.
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
-//! - [`scheduler`]: the actor running the durable queue: due attempts, retries, dead letters.
+//! - [`scheduler`]: the actor running the durable queue: due attempts, retries, dead letters,
+//!   and chains (starting them, advancing them step by step, cancelling a call's children).
 //! - [`delivery`]: handing queued calls to their target cages.
 //! - [`executor`]: the actor in front of the worker threads that run module code.
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
@@ -15,6 +16,7 @@
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
 //! - [`jobs`]: scheduled and recurring calls: what is due, catch-up, signatures.
+//! - [`chains`]: chains of calls as data: steps, the bag, what runs next, result shapes.
 //! - [`retry_policy`]: when a failed queued call runs next (pure functions of the policy).
 //! - [`config_watch`]: re-reading the site config when it changes.
 //! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
@@ -27,6 +29,10 @@
 //! after the group commit → the due index makes it due → deliver ([`delivery`], stage
 //! *deliver*) → the target's scheduler accepts it into its own queue (dedup by id and key) →
 //! execute on the target ([`executor`], retried by [`retry_policy`]) → complete (or dead letter).
+//!
+//! A queued chain's step is such a call carrying a chain link; its completion, the chain's new
+//! bag and the next step's call are one atomic write on the chain's owner (a step that ran
+//! elsewhere reports back to the owner as a queued call of its own).
 
 #![warn(missing_docs)]
 
