@@ -371,7 +371,19 @@ impl ChainRecord {
     /// The queued call of the current step (a chain on a queue); `None` when no step is left or
     /// the chain runs directly.
     pub fn step_call(&self, now_ms: u64) -> Option<QueuedCall> {
-        let (spec, queue) = (self.current()?, self.queue.clone()?);
+        let mut call = self.step_call_on(self.queue.as_deref()?, now_ms)?;
+        call.chain = Some(ChainLink {
+            chain: self.id.clone(),
+            owner: self.owner.clone(),
+            step: self.step,
+        });
+        Some(call)
+    }
+
+    /// The current step as a call through `queue`, without a chain link (how a direct chain
+    /// runs it); `None` when no step is left.
+    pub fn step_call_on(&self, queue: &str, now_ms: u64) -> Option<QueuedCall> {
+        let spec = self.current()?;
         Some(QueuedCall {
             id: self.step_call_id(),
             source: self.owner.clone(),
@@ -379,16 +391,12 @@ impl ChainRecord {
             module: spec.module.clone(),
             method: spec.method.clone(),
             args: self.step_args(),
-            queue,
+            queue: queue.to_owned(),
             priority: 0,
             key: None,
             enqueued_at_ms: now_ms,
             not_before_ms: 0,
-            chain: Some(ChainLink {
-                chain: self.id.clone(),
-                owner: self.owner.clone(),
-                step: self.step,
-            }),
+            chain: None,
         })
     }
 

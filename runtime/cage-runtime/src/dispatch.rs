@@ -1,8 +1,9 @@
 //! The dispatcher: turns one request into a response by asking the registry for the module
 //! version and handing the call to the executor, within the call's deadline.
 
-use crate::chains::{ChainRecord, ChainWatch};
+use crate::chains::ChainWatch;
 use crate::executor::{CallExecutor, Execute};
+use crate::host::query_chains;
 use crate::messaging::{parse_invocation, Mailboxes};
 use crate::queue::QueueStore;
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
@@ -201,7 +202,7 @@ impl Dispatcher {
         }
         let (store, watch, cage) = (self.store.clone(), self.chains.clone(), self.cage.clone());
         let answer =
-            actix_rt::task::spawn_blocking(move || chain_query(&store, &watch, &cage, request))
+            actix_rt::task::spawn_blocking(move || query_chains(&store, &watch, &cage, request))
                 .await
                 .unwrap_or_else(|_| {
                     Err(CallError::with_kind(
@@ -295,76 +296,5 @@ impl Dispatcher {
                 ),
             )),
         }
-    }
-}
-
-/// Answers a question about chains from the store; a wait blocks until a chain finished.
-fn chain_query(
-    store: &QueueStore,
-    watch: &ChainWatch,
-    cage: &str,
-    request: ChainRequest,
-) -> Result<Vec<ChainRecord>, CallError> {
-    let storage = |e: crate::queue::QueueError| {
-        CallError::with_kind(ErrorKind::Internal, format!("chain storage: {e}"))
-    };
-    let unknown = |id: &str| {
-        CallError::with_kind(
-            ErrorKind::BadArguments,
-            format!("cage {cage} holds no chain {id}"),
-        )
-    };
-    match request {
-        ChainRequest::Get(id) => Ok(vec![store
-            .chain(&id)
-            .map_err(storage)?
-            .ok_or_else(|| unknown(&id))?]),
-        ChainRequest::Children(id) => store.children(&id).map_err(storage),
-        ChainRequest::List { all, limit } => {
-            let limit = if limit == 0 { 1000 } else { limit };
-            let mut chains = store
-                .chains(&|c| all || !c.is_finished(), usize::MAX)
-                .map_err(storage)?;
-            // Newest first: the ones an operator is asking about.
-            chains.sort_by_key(|c| std::cmp::Reverse(c.started_ms));
-            chains.truncate(limit);
-            Ok(chains)
-        }
-        ChainRequest::Wait {
-            ids,
-            any,
-            timeout_ms,
-        } => {
-            let watched = if any {
-                &ids[..]
-            } else {
-                &ids[..ids.len().min(1)]
-            };
-            let found = watch.wait_for(Some(Duration::from_millis(timeout_ms)), || {
-                for id in watched {
-                    match store.chain(id) {
-                        Ok(Some(c)) if c.is_finished() => return Some(Ok(c)),
-                        Ok(Some(_)) => {}
-                        Ok(None) => return Some(Err(unknown(id))),
-                        Err(e) => return Some(Err(storage(e))),
-                    }
-                }
-                None
-            });
-            match found {
-                Some(chain) => Ok(vec![chain?]),
-                None => Err(CallError::with_kind(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no chain of {} finished within {timeout_ms} ms",
-                        watched.join(", ")
-                    ),
-                )),
-            }
-        }
-        ChainRequest::Start { .. } => Err(CallError::with_kind(
-            ErrorKind::Internal,
-            "start is served by the scheduler",
-        )),
     }
 }

@@ -4,9 +4,9 @@
 //! reading look at the store, woken by the cage's [`crate::chains::ChainWatch`].
 
 use super::{answer, CallScope};
-use crate::chains::{ChainRecord, ChainState, StepSpec};
+use crate::chains::{ChainRecord, ChainState, ChainWatch, StepSpec};
 use crate::config::{CageFileDefaults, CageRoute};
-use crate::queue::QueueError;
+use crate::queue::{QueueError, QueueStore};
 use crate::transport::client::ClientError;
 use crate::transport::protocol::{ChainRequest, NewChain};
 use cage_sdk::abi::{Bytes, OwnedBytes};
@@ -149,12 +149,7 @@ impl CallScope<'_> {
             .store
             .chain(handle.id())
             .map_err(storage)?
-            .ok_or_else(|| {
-                CallError::bad_arguments(format!(
-                    "no chain {handle} on cage {} (a handle is valid on the cage that started it)",
-                    self.env.cage
-                ))
-            })
+            .ok_or_else(|| unknown(&self.env.cage, handle.id()))
     }
 
     fn wait(
@@ -166,41 +161,16 @@ impl CallScope<'_> {
     ) -> Result<Finished, CallError> {
         // This call blocks a worker while its children may need one: lend the pool a thread.
         let _spare = self.env.spare.hold();
-        let watched = if any {
-            handles
-        } else {
-            &handles[..handles.len().min(1)]
-        };
-        let found = self
-            .env
-            .chains
-            .wait_for(timeout_ms.map(Duration::from_millis), || {
-                for handle in watched {
-                    match self.chain(handle) {
-                        Ok(c) if c.is_finished() => return Some(Ok(c)),
-                        Ok(_) => {}
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
-                None
-            });
-        let chain = match found {
-            Some(found) => found?,
-            None => {
-                return Err(CallError::with_kind(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no chain of {} finished within {} ms",
-                        watched
-                            .iter()
-                            .map(Handle::id)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        timeout_ms.unwrap_or_default()
-                    ),
-                ))
-            }
-        };
+        let ids: Vec<String> = handles.iter().map(|h| h.id().to_owned()).collect();
+        let timeout = timeout_ms.map(Duration::from_millis);
+        let chain = wait_for_chain(
+            &self.env.store,
+            &self.env.chains,
+            &self.env.cage,
+            &ids,
+            any,
+            timeout,
+        )?;
         let failure = chain.failure();
         Ok(Finished {
             handle: Handle(chain.id.clone()),
@@ -233,6 +203,90 @@ impl CallScope<'_> {
                 .map_err(|e| CallError::bad_arguments(e.to_string()))?,
         );
         Ok(())
+    }
+}
+
+/// The error for a chain id `cage` does not hold.
+fn unknown(cage: &str, id: &str) -> CallError {
+    CallError::bad_arguments(format!(
+        "no chain {id} on cage {cage} (a chain is held by the cage that started it)"
+    ))
+}
+
+/// Waits until the first of `ids` (with `any`, any of them) has finished and returns it; a
+/// timeout, or an id `cage` does not hold, is an error.
+pub fn wait_for_chain(
+    store: &QueueStore,
+    watch: &ChainWatch,
+    cage: &str,
+    ids: &[String],
+    any: bool,
+    timeout: Option<Duration>,
+) -> Result<ChainRecord, CallError> {
+    let watched = if any { ids } else { &ids[..ids.len().min(1)] };
+    let found = watch.wait_for(timeout, || {
+        for id in watched {
+            match store.chain(id) {
+                Ok(Some(c)) if c.is_finished() => return Some(Ok(c)),
+                Ok(Some(_)) => {}
+                Ok(None) => return Some(Err(unknown(cage, id))),
+                Err(e) => return Some(Err(storage(e))),
+            }
+        }
+        None
+    });
+    found.unwrap_or_else(|| {
+        Err(CallError::with_kind(
+            ErrorKind::Timeout,
+            format!(
+                "no chain of {} finished within {}",
+                watched.join(", "),
+                humantime::format_duration(timeout.unwrap_or_default())
+            ),
+        ))
+    })
+}
+
+/// Answers a question about chains from the store; a wait blocks until a chain finished.
+pub fn query_chains(
+    store: &QueueStore,
+    watch: &ChainWatch,
+    cage: &str,
+    request: ChainRequest,
+) -> Result<Vec<ChainRecord>, CallError> {
+    match request {
+        ChainRequest::Get(id) => Ok(vec![store
+            .chain(&id)
+            .map_err(storage)?
+            .ok_or_else(|| unknown(cage, &id))?]),
+        ChainRequest::Children(id) => store.children(&id).map_err(storage),
+        ChainRequest::List { all, limit } => {
+            let limit = if limit == 0 { 1000 } else { limit };
+            let mut chains = store
+                .chains(&|c| all || !c.is_finished(), usize::MAX)
+                .map_err(storage)?;
+            // Newest first: the ones an operator is asking about.
+            chains.sort_by_key(|c| std::cmp::Reverse(c.started_ms));
+            chains.truncate(limit);
+            Ok(chains)
+        }
+        ChainRequest::Wait {
+            ids,
+            any,
+            timeout_ms,
+        } => wait_for_chain(
+            store,
+            watch,
+            cage,
+            &ids,
+            any,
+            Some(Duration::from_millis(timeout_ms)),
+        )
+        .map(|c| vec![c]),
+        ChainRequest::Start { .. } => Err(CallError::with_kind(
+            ErrorKind::Internal,
+            "start is served by the scheduler",
+        )),
     }
 }
 

@@ -322,21 +322,18 @@ impl QueueStore {
         let Some(record) = self.get(id)? else {
             return Ok(None);
         };
-        let mut b = sled::Batch::default();
-        b.remove(Self::due_key(&record));
-        b.remove(Self::order_key(&record));
-        b.remove(keys::with_id(keys::EXECUTED, id));
-        b.remove(keys::with_id(CALL, id));
+        let mut t = self.txn();
+        t.finish(&record);
         let hkey = keys::with_id(keys::HISTORY, id);
         if let Some(h) = self.db.get(&hkey).map_err(|e| self.err(e))? {
             let h: History = decode(&hkey, &h)?;
             if let Some(key) = h.key {
-                b.remove(key);
+                t.remove(key);
             }
-            b.remove(keys::expiry(h.expires_ms, id));
-            b.remove(hkey);
+            t.remove(keys::expiry(h.expires_ms, id));
+            t.remove(hkey);
         }
-        self.apply(b)?;
+        t.commit()?;
         Ok(Some(record))
     }
 

@@ -144,11 +144,7 @@ impl Txn<'_> {
 
     /// Moves pending `old` to dead letters as `dead`.
     pub fn bury(&mut self, old: &CallRecord, dead: &CallRecord) {
-        self.batch.remove(QueueStore::due_key(old));
-        self.batch.remove(QueueStore::order_key(old));
-        self.batch
-            .remove(keys::with_id(keys::EXECUTED, &old.call.id));
-        self.batch.remove(keys::with_id(CALL, &old.call.id));
+        self.finish(old);
         self.batch
             .insert(keys::with_id(DEAD, &dead.call.id), encode(dead));
     }
@@ -165,6 +161,11 @@ impl Txn<'_> {
         if let (Some(at), None) = (chain.ended_ms, old.and_then(|o| o.ended_ms)) {
             self.batch.insert(keys::ended(at, &chain.id), &[][..]);
         }
+    }
+
+    /// Removes `key` (for changes the queue module makes itself).
+    pub(super) fn remove(&mut self, key: Vec<u8>) {
+        self.batch.remove(key);
     }
 
     /// Stores the members of group `id`.

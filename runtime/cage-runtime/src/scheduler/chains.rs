@@ -316,22 +316,8 @@ impl Scheduler {
                 return;
             }
         };
-        let Some(spec) = chain.current().cloned() else {
+        let Some(call) = chain.step_call_on(crate::config::DEFAULT_QUEUE, now_ms()) else {
             return;
-        };
-        let call = QueuedCall {
-            id: chain.step_call_id(),
-            source: self.cage.clone(),
-            target: spec.cage_or(&self.cage).to_owned(),
-            module: spec.module.clone(),
-            method: spec.method.clone(),
-            args: chain.step_args(),
-            queue: crate::config::DEFAULT_QUEUE.to_owned(),
-            priority: 0,
-            key: None,
-            enqueued_at_ms: now_ms(),
-            not_before_ms: 0,
-            chain: None,
         };
         let (addr, step, cage, chain_id) = (
             ctx.address(),
