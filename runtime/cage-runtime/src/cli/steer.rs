@@ -31,19 +31,12 @@ pub fn by_id(site: &Site, id: &str, what: &str, order: fn(String) -> QueueQuery)
 /// Cancels `id` wherever it is: a call pending or dead, a chain, or a call whose chains are
 /// still running (a sync call that started children has no record of its own).
 pub fn cancel(site: &Site, id: &str) -> ExitCode {
-    let mut changed = 0;
-    for c in site.cage_names() {
-        let route = match target::route(site, &c) {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
-        match Client::connect(&c, &route)
-            .and_then(|mut cl| cl.steer(QueueQuery::Cancel(id.to_owned()), TIMEOUT))
-        {
-            Ok(n) => changed += n,
-            Err(e) => eprintln!("warning: {e}"),
-        }
-    }
+    let changed = match everywhere(site, site.cage_names(), &|| {
+        QueueQuery::Cancel(id.to_owned())
+    }) {
+        Ok(n) => n,
+        Err(code) => return code,
+    };
     if changed == 0 {
         return exit::fail(
             exit::NOT_FOUND,
@@ -62,22 +55,31 @@ pub fn all(
     what: &str,
     order: fn(Filter) -> QueueQuery,
 ) -> ExitCode {
+    match everywhere(site, cages(site, cage), &|| order(filter.clone())) {
+        Ok(changed) => {
+            println!("{changed} call(s) {what}");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Gives the order `order` builds to each of `cages`; returns how many calls it changed in all.
+fn everywhere(
+    site: &Site,
+    cages: Vec<String>,
+    order: &dyn Fn() -> QueueQuery,
+) -> Result<usize, ExitCode> {
     let mut changed = 0;
-    for c in cages(site, cage) {
-        let route = match target::route(site, &c) {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
+    for c in cages {
+        let route = target::route(site, &c)?;
         // One cage down must not keep the others' calls waiting: warn and go on.
-        match Client::connect(&c, &route)
-            .and_then(|mut cl| cl.steer(order(filter.clone()), TIMEOUT))
-        {
+        match Client::connect(&c, &route).and_then(|mut cl| cl.steer(order(), TIMEOUT)) {
             Ok(n) => changed += n,
             Err(e) => eprintln!("warning: {e}"),
         }
     }
-    println!("{changed} call(s) {what}");
-    ExitCode::SUCCESS
+    Ok(changed)
 }
 
 fn steer(site: &Site, cage: &str, order: QueueQuery) -> Result<usize, ExitCode> {

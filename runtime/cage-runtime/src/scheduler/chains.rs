@@ -9,7 +9,7 @@ use crate::chains::{
     REPORT_METHOD, REPORT_MODULE,
 };
 use crate::config::valid_name;
-use crate::queue::{CallRecord, QueueError, QueuedCall, Stage, Txn};
+use crate::queue::{CallRecord, QueueError, QueueStore, QueuedCall, Stage, Txn};
 use crate::transport::protocol::{new_call_id, CallRequest, NewChain};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
@@ -260,17 +260,6 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The merged results of the finished chains that call `id` started.
-    pub(super) fn children_results(&self, id: &str) -> Vec<u8> {
-        match self.store.children(id) {
-            Ok(children) => merge_children(&children),
-            Err(e) => {
-                tracing::error!(cage = %self.cage, call_id = %id, "cannot read child chains: {e}");
-                b"{}".to_vec()
-            }
-        }
-    }
-
     /// Applies a step report that reached this cage (the chain's owner) as a queued call.
     pub(super) fn take_report(&mut self, record: CallRecord) -> Result<(), QueueError> {
         match serde_json::from_slice::<StepReport>(&record.call.args) {
@@ -362,10 +351,7 @@ impl Scheduler {
                 Ok(result) => StepOutcome::Done {
                     result,
                     next: None,
-                    children: match store.children(&call.id) {
-                        Ok(c) => merge_children(&c),
-                        Err(_) => b"{}".to_vec(),
-                    },
+                    children: children_results(&store, &call.id),
                 },
                 Err(e) => StepOutcome::Failed(e.to_string()),
             };
@@ -475,6 +461,18 @@ impl Scheduler {
             }
         }
         self.chains_touched = true;
+    }
+}
+
+/// The merged results of the finished chains that call `id` started (none if they cannot be
+/// read: the step's own result still counts).
+pub(super) fn children_results(store: &QueueStore, id: &str) -> Vec<u8> {
+    match store.children(id) {
+        Ok(children) => merge_children(&children),
+        Err(e) => {
+            tracing::error!(call_id = %id, "cannot read child chains: {e}");
+            b"{}".to_vec()
+        }
     }
 }
 

@@ -302,7 +302,7 @@ impl Scheduler {
                     let outcome = StepOutcome::Done {
                         result: output.result,
                         next: output.next,
-                        children: self.children_results(&record.call.id),
+                        children: chains::children_results(&self.store, &record.call.id),
                     };
                     self.end_step(&record, None, done.started_ms, outcome)?;
                 } else {
