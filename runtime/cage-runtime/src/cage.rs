@@ -8,6 +8,7 @@ use crate::dispatch::{Dispatcher, Load};
 use crate::executor::{CallExecutor, SpareWorkers};
 use crate::host::{HostEnv, StateLocks};
 use crate::messaging::Mailboxes;
+use crate::metrics::Metrics;
 use crate::queue::{GroupCommit, QueueStore};
 use crate::registry::ModuleRegistry;
 use crate::scheduler::{JobsDeclared, Pause, Scheduler};
@@ -143,6 +144,7 @@ impl PreparedCage {
             pool: Arc::new(Pool::default()),
             chains: Arc::new(ChainWatch::default()),
             spare: SpareWorkers::default(),
+            metrics: Arc::new(Metrics::default()),
         });
         Ok(PreparedCage {
             config,
@@ -192,6 +194,7 @@ impl PreparedCage {
             executor.clone(),
             delivery,
             self.env.chains.clone(),
+            self.env.metrics.clone(),
         )
         .start();
         scheduler.do_send(JobsDeclared(c.jobs.clone()));
@@ -214,6 +217,8 @@ impl PreparedCage {
             load: load.clone(),
             store: self.store.clone(),
             chains: self.env.chains.clone(),
+            metrics: self.env.metrics.clone(),
+            queues: self.env.execute_on.queues.keys().cloned().collect(),
         };
         self.socket
             .set_nonblocking(true)

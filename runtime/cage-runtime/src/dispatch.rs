@@ -5,6 +5,7 @@ use crate::chains::ChainWatch;
 use crate::executor::{CallExecutor, Execute};
 use crate::host::query_chains;
 use crate::messaging::{parse_invocation, Mailboxes};
+use crate::metrics::{Metrics, MetricsSnapshot, ModuleLoads, QueueMetrics};
 use crate::queue::QueueStore;
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
 use crate::scheduler::{Accept, Enqueue, JobCommand, Query, Scheduler, StartChains};
@@ -78,6 +79,10 @@ pub struct Dispatcher {
     pub store: Arc<QueueStore>,
     /// Wakes waiters when chains change.
     pub chains: Arc<ChainWatch>,
+    /// What the cage counts.
+    pub metrics: Arc<Metrics>,
+    /// Queues named in the site config, listed in metrics even before their first call.
+    pub queues: Vec<String>,
 }
 
 impl Dispatcher {
@@ -155,6 +160,10 @@ impl Dispatcher {
                 Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
             },
             Request::Chain(request) => self.chain(request).await,
+            Request::Metrics => match self.metrics_snapshot().await {
+                Ok(snapshot) => Response::Metrics(Box::new(snapshot)),
+                Err(e) => Response::Error(e),
+            },
             Request::Ping => Response::Pong(CageInfo {
                 cage: self.cage.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -214,6 +223,50 @@ impl Dispatcher {
             Ok(chains) => Response::Chains(chains),
             Err(e) => failed(e),
         }
+    }
+
+    /// The counters with the gauges read now: pending and dead calls per queue (counted on a
+    /// blocking thread, as a large queue takes a while) and module loads.
+    async fn metrics_snapshot(&self) -> Result<MetricsSnapshot, String> {
+        let modules = self
+            .registry
+            .send(ListModules)
+            .await
+            .map_err(|e| format!("module registry unavailable: {e}"))?;
+        let store = self.store.clone();
+        let counts = tokio::task::spawn_blocking(move || store.counts_by_queue())
+            .await
+            .map_err(|e| format!("counting queued calls failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let mut counters = self.metrics.queues();
+        for queue in self.queues.iter().chain(counts.keys()) {
+            counters.entry(queue.clone()).or_default();
+        }
+        Ok(MetricsSnapshot {
+            cage: self.cage.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            queues: counters
+                .into_iter()
+                .map(|(queue, counters)| {
+                    let (pending, dead_now) = counts.get(&queue).copied().unwrap_or_default();
+                    QueueMetrics {
+                        queue,
+                        counters,
+                        pending,
+                        dead_now,
+                    }
+                })
+                .collect(),
+            methods: self.metrics.methods(),
+            modules: modules
+                .into_iter()
+                .map(|m| ModuleLoads {
+                    module: m.name,
+                    loads: m.loads,
+                    rejected: m.rejected,
+                })
+                .collect(),
+        })
     }
 
     async fn call(&self, mut call: CallRequest) -> Response {

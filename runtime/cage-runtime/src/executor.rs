@@ -4,6 +4,7 @@
 use crate::host::{HostEnv, Output};
 use crate::loader::LoadedModule;
 use crate::queue::ChainLink;
+use crate::transport::protocol::unix_ms;
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -139,12 +140,19 @@ fn run_job(env: &HostEnv, job: Job) {
         call.queued,
         call.chain.as_ref(),
     );
-    match &result {
-        Ok(_) => {
-            tracing::debug!(version = %call.module.version, elapsed = ?started.elapsed(), "call done")
-        }
-        Err(e) => {
-            tracing::warn!(version = %call.module.version, elapsed = ?started.elapsed(), "call failed: {e}")
+    let took = started.elapsed();
+    let error = result.as_ref().err().map(ToString::to_string);
+    env.metrics.method_run(
+        &call.module.name,
+        &call.method,
+        took,
+        error.as_deref(),
+        unix_ms(std::time::SystemTime::now()),
+    );
+    match &error {
+        None => tracing::debug!(version = %call.module.version, elapsed = ?took, "call done"),
+        Some(e) => {
+            tracing::warn!(version = %call.module.version, elapsed = ?took, "call failed: {e}")
         }
     }
     let _ = reply.send(result);

@@ -58,6 +58,7 @@ struct Slot {
     again: bool,
     draining: Vec<Weak<LoadedModule>>,
     loads: u64,
+    rejected: u64,
 }
 
 /// The registry actor of one cage.
@@ -111,6 +112,7 @@ impl ModuleRegistry {
                 again: false,
                 draining: Vec::new(),
                 loads: 0,
+                rejected: 0,
             };
             registry.slots.insert(name.clone(), slot);
             let tag = registry.next_tag();
@@ -220,6 +222,7 @@ impl ModuleRegistry {
                     "module {name}: {file} rejected: {error} — {keeping}"
                 );
                 slot.last_error = Some((SystemTime::now(), error.to_string()));
+                slot.rejected += 1;
             }
         }
         slot.draining.retain(|w| w.strong_count() > 0);
@@ -380,6 +383,7 @@ impl Handler<ListModules> for ModuleRegistry {
                     last_error_at_ms: slot.last_error.as_ref().map(|(t, _)| unix_ms(*t)),
                     draining_versions: slot.draining.len(),
                     loads: slot.loads,
+                    rejected: slot.rejected,
                 }
             })
             .collect()

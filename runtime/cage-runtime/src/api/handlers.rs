@@ -3,7 +3,9 @@
 
 use super::auth::Invocation;
 use super::{ApiError, ApiState};
+use crate::dashboard::gather::Cluster;
 use crate::jobs::{CatchUp, Schedule};
+use crate::metrics::exposition;
 use crate::transport::client::{Client, ClientError};
 use crate::transport::protocol::{
     unix_ms, EnqueueRequest, Filter, JobRequest, JobSpec, QueueQuery,
@@ -305,4 +307,15 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
         "not_found",
         "no such endpoint; see clients/openapi.yaml",
     ))
+}
+
+/// `GET /metrics`: the cage's counters and gauges in the Prometheus text format.
+pub async fn metrics(cluster: web::Data<Cluster>) -> HttpResponse {
+    match web::block(move || cluster.metrics()).await {
+        Ok(snapshots) if !snapshots.is_empty() => HttpResponse::Ok()
+            .content_type(exposition::CONTENT_TYPE)
+            .body(exposition::encode(snapshots)),
+        Ok(_) => HttpResponse::ServiceUnavailable().body("metrics: the cage did not answer\n"),
+        Err(e) => HttpResponse::InternalServerError().body(format!("metrics: {e}\n")),
+    }
 }

@@ -4,6 +4,7 @@ mod bench;
 mod call;
 mod chain;
 mod chaos;
+mod dashboard;
 mod enqueue;
 mod exit;
 mod jobs;
@@ -49,6 +50,16 @@ enum Command {
     Run {
         /// The cage to run.
         name: String,
+    },
+    /// Serve the operator dashboard for every cage of the site (pending calls, dead letters,
+    /// modules, jobs, metrics).
+    Dashboard {
+        /// Address to serve on (loopback only).
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: std::net::SocketAddr,
+        /// Token that opens it (default: config/keys/dashboard.token, made on first use).
+        #[arg(long, env = "CAGE_DASHBOARD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Call MODULE.METHOD on a cage synchronously and print the JSON result.
     Call {
@@ -263,6 +274,7 @@ pub fn main() -> ExitCode {
             args,
             timeout,
         } => call::call(&site, &cage, &target, &args, timeout),
+        Command::Dashboard { listen, token } => dashboard::dashboard(&site, listen, token),
         Command::Modules { cage, json } => modules::modules(&site, &cage, json),
         Command::Enqueue {
             cage,

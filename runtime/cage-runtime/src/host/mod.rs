@@ -6,6 +6,7 @@ use crate::config::{ExecuteOn, Site};
 use crate::executor::SpareWorkers;
 use crate::loader::LoadedModule;
 use crate::messaging::{parse_invocation, Mailboxes};
+use crate::metrics::Metrics;
 use crate::queue::ChainLink;
 use crate::queue::QueueStore;
 use crate::transport::pool::Pool;
@@ -56,6 +57,8 @@ pub struct HostEnv {
     pub chains: Arc<ChainWatch>,
     /// Extra executor threads for calls that block waiting for their children.
     pub spare: SpareWorkers,
+    /// What the cage counts.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What a call returned: its JSON result and, for a chain step, the continuation it asked for.

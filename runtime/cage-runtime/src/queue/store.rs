@@ -7,6 +7,7 @@ use super::record::CallRecord;
 use super::QueueError;
 use crate::jobs::Job;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -569,6 +570,30 @@ impl QueueStore {
             self.db.scan_prefix([CALL]).count(),
             self.db.scan_prefix([DEAD]).count(),
         )
+    }
+
+    /// Pending and dead calls per queue: the pending from the order index (keys only), the
+    /// dead by reading their records.
+    pub fn counts_by_queue(&self) -> Result<BTreeMap<String, (u64, u64)>, QueueError> {
+        let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for item in self.db.scan_prefix([keys::ORDER]) {
+            let (k, _) = item.map_err(|e| self.err(e))?;
+            // `o` + queue + 0 + seq (8 bytes).
+            let Some(queue) = k.get(1..k.len().saturating_sub(9)) else {
+                continue;
+            };
+            let queue = String::from_utf8_lossy(queue);
+            match out.get_mut(queue.as_ref()) {
+                Some(c) => c.0 += 1,
+                None => {
+                    out.insert(queue.into_owned(), (1, 0));
+                }
+            }
+        }
+        for record in self.dead(&|_| true, usize::MAX)? {
+            out.entry(record.call.queue).or_default().1 += 1;
+        }
+        Ok(out)
     }
 
     /// Drops history entries that expired by `now_ms` (at most `limit`), so their ids and keys

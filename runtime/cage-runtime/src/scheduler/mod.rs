@@ -18,6 +18,7 @@ use crate::delivery::Delivery;
 use crate::executor::{CallExecutor, Execute};
 use crate::host::Output;
 use crate::jobs::Job;
+use crate::metrics::{Metrics, QueueEvent};
 use crate::queue::{
     Acceptance, Attempt, CallRecord, GroupCommit, QueueError, QueueStore, QueuedCall, Stage,
 };
@@ -45,6 +46,36 @@ const DEFAULT_LISTING: usize = 1000;
 
 pub(super) fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
+}
+
+/// How a successful attempt of a call at `stage` is counted.
+fn success_of(stage: Stage) -> QueueEvent {
+    match stage {
+        Stage::Execute => QueueEvent::Succeeded,
+        Stage::Deliver => QueueEvent::Delivered,
+    }
+}
+
+/// How a failed attempt of a call at `stage` is counted.
+fn failure_of(stage: Stage) -> QueueEvent {
+    match stage {
+        Stage::Execute => QueueEvent::Failed,
+        Stage::Deliver => QueueEvent::DeliveryFailed,
+    }
+}
+
+/// The queue counters of every queue added up, as `cage pending --stats` shows them.
+fn totals(metrics: &Metrics) -> QueueStats {
+    let mut stats = QueueStats::default();
+    for q in metrics.queues().values() {
+        stats.enqueued += q.enqueued;
+        stats.accepted += q.accepted;
+        stats.delivered += q.delivered;
+        stats.executed += q.successes;
+        stats.failed_attempts += q.failures + q.delivery_failures;
+        stats.died += q.dead;
+    }
+    stats
 }
 
 pub(super) fn storage_error(e: QueueError) -> CallError {
@@ -99,7 +130,7 @@ pub struct Scheduler {
     busy: HashMap<String, usize>,
     paused: bool,
     rng: SmallRng,
-    stats: QueueStats,
+    metrics: Arc<Metrics>,
     pump_asked: bool,
     jobs: std::collections::BTreeMap<String, Job>,
     watch: Arc<ChainWatch>,
@@ -119,6 +150,7 @@ impl Scheduler {
         executor: Addr<CallExecutor>,
         delivery: Arc<Delivery>,
         watch: Arc<ChainWatch>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Scheduler {
             cage: cage.to_owned(),
@@ -132,7 +164,7 @@ impl Scheduler {
             busy: HashMap::new(),
             paused: false,
             rng: SmallRng::from_entropy(),
-            stats: QueueStats::default(),
+            metrics,
             pump_asked: false,
             jobs: std::collections::BTreeMap::new(),
             watch,
@@ -274,6 +306,11 @@ impl Scheduler {
         }
     }
 
+    fn count(&self, record: &CallRecord, event: QueueEvent) {
+        self.metrics
+            .queue_event(&record.call.queue, event, now_ms());
+    }
+
     fn attempt_done(&mut self, done: AttemptDone) -> Result<(), QueueError> {
         if let Some(queue) = self.running.remove(&done.id) {
             if let Some(n) = self.busy.get_mut(&queue) {
@@ -308,10 +345,7 @@ impl Scheduler {
                 } else {
                     self.store.finish(&record)?;
                 }
-                match record.stage {
-                    Stage::Execute => self.stats.executed += 1,
-                    Stage::Deliver => self.stats.delivered += 1,
-                }
+                self.count(&record, success_of(record.stage));
                 match record.stage {
                     Stage::Execute => tracing::info!("done after {number} attempt(s)"),
                     Stage::Deliver => {
@@ -327,12 +361,13 @@ impl Scheduler {
                 updated.dead_reason = Some(format!("permanent rejection: {}", e.message));
                 let reason = StepOutcome::Failed(format!("permanent rejection: {}", e.message));
                 self.end_step(&record, Some(&updated), done.started_ms, reason)?;
-                self.stats.died += 1;
+                self.count(&record, failure_of(record.stage));
+                self.count(&record, QueueEvent::Died);
                 tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
                 format!("dead: permanent rejection: {}", e.message)
             }
             Err(e) => {
-                self.stats.failed_attempts += 1;
+                self.count(&record, failure_of(record.stage));
                 let policy = self.policies.queue(&call.queue);
                 let jitter = self.rng.gen_range(-1.0..=1.0);
                 match next_attempt_at(
@@ -363,7 +398,7 @@ impl Scheduler {
                         let reason =
                             StepOutcome::Failed(updated.dead_reason.clone().unwrap_or_default());
                         self.end_step(&record, Some(&updated), done.started_ms, reason)?;
-                        self.stats.died += 1;
+                        self.count(&record, QueueEvent::Died);
                         tracing::warn!("moved to dead letters: gave up after {number} attempt(s); last error: {e}");
                         format!("dead: gave up after {number} attempt(s): {e}")
                     }
@@ -466,16 +501,17 @@ impl Scheduler {
             chain: None,
         };
         let id = call.id.clone();
-        if call.target == self.cage {
-            self.stats.enqueued += 1;
-            let duplicate_of = self.take_for_execution(call)?;
-            return Ok((id, duplicate_of));
-        }
-        self.store
-            .insert(&CallRecord::new(call, Stage::Deliver, now))
-            .map_err(storage_error)?;
-        self.stats.enqueued += 1;
-        Ok((id, None))
+        let queue = call.queue.clone();
+        let duplicate_of = if call.target == self.cage {
+            self.take_for_execution(call)?
+        } else {
+            self.store
+                .insert(&CallRecord::new(call, Stage::Deliver, now))
+                .map_err(storage_error)?;
+            None
+        };
+        self.metrics.queue_event(&queue, QueueEvent::Enqueued, now);
+        Ok((id, duplicate_of))
     }
 
     fn view(&self, record: CallRecord) -> CallView {
@@ -562,7 +598,7 @@ impl Scheduler {
                 changed(n, &self.commit)
             }
             QueueQuery::Stats(count) => {
-                let mut stats = self.stats.clone();
+                let mut stats = totals(&self.metrics);
                 if count {
                     let (pending, dead) = self.store.counts();
                     (stats.pending, stats.dead) = (Some(pending as u64), Some(dead as u64));
@@ -754,7 +790,8 @@ impl Handler<Accept> for Scheduler {
     fn handle(&mut self, Accept(call): Accept, ctx: &mut Context<Self>) -> Self::Result {
         let id = call.id.clone();
         let taken = if call.target == self.cage {
-            self.stats.accepted += 1;
+            self.metrics
+                .queue_event(&call.queue, QueueEvent::Accepted, now_ms());
             self.take_for_execution(call)
         } else {
             Err(CallError::with_kind(

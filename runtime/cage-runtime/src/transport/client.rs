@@ -10,6 +10,7 @@ use super::protocol::{
 use crate::chains::ChainRecord;
 use crate::config::CageRoute;
 use crate::jobs::Job;
+use crate::metrics::MetricsSnapshot;
 use crate::queue::QueuedCall;
 use cage_sdk::{CallError, ErrorKind};
 use std::net::{SocketAddr, TcpStream};
@@ -304,6 +305,14 @@ impl Client {
         }
     }
 
+    /// The cage's counters and gauges.
+    pub fn metrics(&mut self, timeout: Duration) -> Result<MetricsSnapshot, ClientError> {
+        match self.request(Request::Metrics, timeout)? {
+            Response::Metrics(m) => Ok(*m),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Asks the cage who it is.
     pub fn ping(&mut self, timeout: Duration) -> Result<CageInfo, ClientError> {
         match self.request(Request::Ping, timeout)? {
@@ -327,6 +336,7 @@ impl Client {
             Response::Handed(_) => "a message receipt",
             Response::ChainsStarted(_) => "chain ids",
             Response::Chains(_) => "a chain listing",
+            Response::Metrics(_) => "metrics",
             Response::Error(e) => {
                 return ClientError::Rejected {
                     cage: self.cage.clone(),

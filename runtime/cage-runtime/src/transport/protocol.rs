@@ -3,6 +3,7 @@
 
 use crate::chains::{ChainRecord, StepSpec};
 use crate::jobs::{CatchUp, Job, Schedule};
+use crate::metrics::MetricsSnapshot;
 use crate::queue::{CallRecord, QueuedCall};
 use cage_sdk::CallError;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,8 @@ pub enum Request {
     Message(MessageRequest),
     /// Start, wait on or look at chains of calls.
     Chain(ChainRequest),
+    /// What the cage counted since it started, and what its queues hold now.
+    Metrics,
 }
 
 /// A chain to start on the receiving cage (its owner).
@@ -298,6 +301,8 @@ pub enum Response {
     ChainsStarted(Vec<String>),
     /// Chains.
     Chains(Vec<ChainRecord>),
+    /// Counters and gauges of the cage.
+    Metrics(Box<MetricsSnapshot>),
     /// The request could not be served.
     Error(String),
 }
@@ -338,6 +343,8 @@ pub struct ModuleInfo {
     pub draining_versions: usize,
     /// Successful loads since the cage started.
     pub loads: u64,
+    /// Files rejected since the cage started.
+    pub rejected: u64,
 }
 
 /// Milliseconds since the epoch of `t`.

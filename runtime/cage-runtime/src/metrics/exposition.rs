@@ -1,0 +1,282 @@
+//! Snapshots of one or more cages in the Prometheus text format (OpenMetrics flavour), every
+//! sample labelled with its cage so a dashboard can serve a whole site from one endpoint.
+
+use super::{MetricsSnapshot, DURATION_BUCKETS};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The text exposition of `snapshots`.
+pub fn encode(snapshots: Vec<MetricsSnapshot>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshots(snapshots)));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+#[derive(Debug)]
+struct Snapshots(Vec<MetricsSnapshot>);
+
+/// A family of counters or gauges: name, help, and one sample per label set.
+fn family(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: Vec<(Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in samples {
+        let sample = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(sample)?,
+            _ => ConstGauge::new(value as i64).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+impl Snapshots {
+    fn per_queue(&self, value: impl Fn(&super::QueueMetrics) -> u64) -> Vec<(Labels, u64)> {
+        let value = &value;
+        self.0
+            .iter()
+            .flat_map(|s| {
+                s.queues.iter().map(move |q| {
+                    (
+                        vec![("cage", s.cage.clone()), ("queue", q.queue.clone())],
+                        value(q),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn per_method(&self, value: impl Fn(&super::MethodCounters) -> u64) -> Vec<(Labels, u64)> {
+        let value = &value;
+        self.0
+            .iter()
+            .flat_map(|s| {
+                s.methods.iter().map(move |m| {
+                    (
+                        vec![
+                            ("cage", s.cage.clone()),
+                            ("module", m.module.clone()),
+                            ("method", m.method.clone()),
+                        ],
+                        value(&m.counters),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn per_module(&self, value: impl Fn(&super::ModuleLoads) -> u64) -> Vec<(Labels, u64)> {
+        let value = &value;
+        self.0
+            .iter()
+            .flat_map(|s| {
+                s.modules.iter().map(move |m| {
+                    (
+                        vec![("cage", s.cage.clone()), ("module", m.module.clone())],
+                        value(m),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+impl Collector for Snapshots {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let e = &mut encoder;
+        let uptime = self
+            .0
+            .iter()
+            .map(|s| (vec![("cage", s.cage.clone())], s.uptime_secs))
+            .collect();
+        family(
+            e,
+            "cage_uptime_seconds",
+            "Seconds since the cage started.",
+            Gauge,
+            uptime,
+        )?;
+        let queue_counters: [(&str, &str, fn(&super::QueueMetrics) -> u64); 8] = [
+            (
+                "cage_calls_enqueued",
+                "Calls taken by enqueue on this cage.",
+                |q| q.counters.enqueued,
+            ),
+            (
+                "cage_calls_accepted",
+                "Calls accepted from other cages.",
+                |q| q.counters.accepted,
+            ),
+            (
+                "cage_calls_delivered",
+                "Calls handed to their target cage and accepted there.",
+                |q| q.counters.delivered,
+            ),
+            (
+                "cage_delivery_failures",
+                "Failed hand-overs of calls to their target cage.",
+                |q| q.counters.delivery_failures,
+            ),
+            (
+                "cage_attempts",
+                "Execution attempts of queued calls that ended.",
+                |q| q.counters.attempts,
+            ),
+            (
+                "cage_attempt_successes",
+                "Execution attempts that succeeded.",
+                |q| q.counters.successes,
+            ),
+            (
+                "cage_attempt_failures",
+                "Execution attempts that failed.",
+                |q| q.counters.failures,
+            ),
+            ("cage_calls_dead", "Calls moved to dead letters.", |q| {
+                q.counters.dead
+            }),
+        ];
+        for (name, help, value) in queue_counters {
+            family(e, name, help, Counter, self.per_queue(value))?;
+        }
+        family(
+            e,
+            "cage_pending_calls",
+            "Calls pending in the queue now.",
+            Gauge,
+            self.per_queue(|q| q.pending),
+        )?;
+        family(
+            e,
+            "cage_dead_calls",
+            "Dead letters held now.",
+            Gauge,
+            self.per_queue(|q| q.dead_now),
+        )?;
+        family(
+            e,
+            "cage_method_calls",
+            "Runs of a module method that ended (sync and queued).",
+            Counter,
+            self.per_method(|m| m.calls),
+        )?;
+        family(
+            e,
+            "cage_method_errors",
+            "Runs of a module method that returned an error.",
+            Counter,
+            self.per_method(|m| m.errors),
+        )?;
+        let mut histogram = e.encode_descriptor(
+            "cage_attempt_duration_seconds",
+            "How long runs of a module method took.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for s in &self.0 {
+            for m in &s.methods {
+                let labels: Labels = vec![
+                    ("cage", s.cage.clone()),
+                    ("module", m.module.clone()),
+                    ("method", m.method.clone()),
+                ];
+                // The encoder accumulates the per-bucket counts and writes `f64::MAX` as `+Inf`.
+                let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+                    .iter()
+                    .copied()
+                    .chain([f64::MAX])
+                    .zip(
+                        m.counters
+                            .buckets
+                            .iter()
+                            .copied()
+                            .chain(std::iter::repeat(0)),
+                    )
+                    .collect();
+                histogram
+                    .encode_family(&labels)?
+                    .encode_histogram::<Labels>(
+                        m.counters.seconds,
+                        m.counters.calls,
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        family(
+            e,
+            "cage_module_loads",
+            "Module versions loaded.",
+            Counter,
+            self.per_module(|m| m.loads),
+        )?;
+        family(
+            e,
+            "cage_module_rejected_loads",
+            "Module files rejected.",
+            Counter,
+            self.per_module(|m| m.rejected),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Metrics, ModuleLoads, QueueEvent, QueueMetrics};
+    use std::time::Duration;
+
+    #[test]
+    fn samples_carry_cage_and_queue_or_method() {
+        let m = Metrics::default();
+        m.queue_event("retry", QueueEvent::Enqueued, 0);
+        m.queue_event("retry", QueueEvent::Failed, 0);
+        m.method_run("echo", "boom", Duration::from_millis(2), Some("no"), 0);
+        let snapshot = MetricsSnapshot {
+            cage: "demo".into(),
+            uptime_secs: 5,
+            queues: vec![QueueMetrics {
+                queue: "retry".into(),
+                counters: m.queues()["retry"].clone(),
+                pending: 1,
+                dead_now: 0,
+            }],
+            methods: m.methods(),
+            modules: vec![ModuleLoads {
+                module: "echo".into(),
+                loads: 1,
+                rejected: 2,
+            }],
+        };
+        let text = encode(vec![snapshot]);
+        for line in [
+            "cage_calls_enqueued_total{cage=\"demo\",queue=\"retry\"} 1",
+            "cage_attempt_failures_total{cage=\"demo\",queue=\"retry\"} 1",
+            "cage_pending_calls{cage=\"demo\",queue=\"retry\"} 1",
+            "cage_attempt_duration_seconds_count{cage=\"demo\",module=\"echo\",method=\"boom\"} 1",
+            "cage_attempt_duration_seconds_bucket{le=\"+Inf\",cage=\"demo\",module=\"echo\",method=\"boom\"} 1",
+            "cage_module_rejected_loads_total{cage=\"demo\",module=\"echo\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
