@@ -287,8 +287,14 @@ impl Site {
 
     /// Starts `cage run NAME` with extra environment variables and waits until it answers.
     pub fn start_with_env(&self, name: &str, env: &[(&str, &str)]) -> RunningCage {
+        self.start_with(name, env, &[])
+    }
+
+    /// Starts `cage ARGS… run NAME` with extra environment variables and waits until it answers.
+    pub fn start_with(&self, name: &str, env: &[(&str, &str)], args: &[&str]) -> RunningCage {
         let log = self.path().join(format!("{name}.log"));
         let child = Command::new(cage_bin())
+            .args(args)
             .args(["run", name, "--site"])
             .arg(self.path())
             .envs(env.iter().copied())

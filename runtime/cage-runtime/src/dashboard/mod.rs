@@ -92,16 +92,16 @@ fn login_page(d: &Dashboard, status: StatusCode, why: &str) -> HttpResponse {
     )
 }
 
-/// Lets the request through if it holds the token; else answers the login page (401).
-fn admit(d: &Dashboard, req: &HttpRequest) -> Result<(), HttpResponse> {
+/// Nothing if the request holds the token; else the login page (401) to answer instead.
+fn refusal(d: &Dashboard, req: &HttpRequest) -> Option<HttpResponse> {
     match guard::presented(req) {
-        Some(t) if d.token.opens(&t) => Ok(()),
-        Some(_) => Err(login_page(
+        Some(t) if d.token.opens(&t) => None,
+        Some(_) => Some(login_page(
             d,
             StatusCode::UNAUTHORIZED,
             "That token does not open this dashboard.",
         )),
-        None => Err(login_page(
+        None => Some(login_page(
             d,
             StatusCode::UNAUTHORIZED,
             "Log in with the dashboard token.",
@@ -161,7 +161,7 @@ async fn show<T: Send + 'static>(
     gather: impl FnOnce(&Cluster) -> T + Send + 'static,
     render: impl FnOnce(&Frame, T) -> Markup,
 ) -> HttpResponse {
-    if let Err(refused) = admit(&d, &req) {
+    if let Some(refused) = refusal(&d, &req) {
         return refused;
     }
     let dash = d.clone();
@@ -262,7 +262,7 @@ async fn jobs(d: web::Data<Dashboard>, req: HttpRequest) -> HttpResponse {
 }
 
 async fn metrics(d: web::Data<Dashboard>, req: HttpRequest) -> HttpResponse {
-    if let Err(refused) = admit(&d, &req) {
+    if let Some(refused) = refusal(&d, &req) {
         return refused;
     }
     let dash = d.clone();

@@ -14,6 +14,9 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Reads one counter of a queue.
+type QueueValue = fn(&super::QueueMetrics) -> u64;
+
 /// The text exposition of `snapshots`.
 pub fn encode(snapshots: Vec<MetricsSnapshot>) -> String {
     let mut registry = Registry::default();
@@ -113,7 +116,7 @@ impl Collector for Snapshots {
             Gauge,
             uptime,
         )?;
-        let queue_counters: [(&str, &str, fn(&super::QueueMetrics) -> u64); 8] = [
+        let queue_counters: [(&str, &str, QueueValue); 8] = [
             (
                 "cage_calls_enqueued",
                 "Calls taken by enqueue on this cage.",
