@@ -305,3 +305,89 @@ fn dashboard_actions_need_the_token_and_the_csrf_value() {
         "the call was cancelled"
     );
 }
+
+#[test]
+fn dashboard_beyond_loopback_needs_tls() {
+    eprintln!("T0 {:?}", std::time::SystemTime::now());
+    let mut site = Site::new();
+    site.cage("front", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let _cage = site.start("front");
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+
+    let refused = site.cage_cmd(&["dashboard", "--listen", &listen]);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    assert!(refused.stderr.contains("--tls-cert"), "{}", refused.stderr);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&key, "not a key").unwrap();
+    std::fs::write(&cert, "not a cert").unwrap();
+    let bad = site.cage_cmd(&[
+        "dashboard",
+        "--listen",
+        &listen,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.code, 3, "{bad:?}");
+    assert!(
+        bad.stderr.contains("cert.pem"),
+        "the error names the file: {}",
+        bad.stderr
+    );
+
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let mut served = std::process::Command::new(support::cage_bin())
+        .args(["dashboard", "--listen", &listen, "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--site")
+        .arg(site.path())
+        .env("CAGE_DASHBOARD_TOKEN", "tls-test-token-0123456789")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), "the dashboard listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
+    });
+    // A client that trusts the certificate gets the pages over HTTPS: without the token the
+    // login page (401), with it the cages page.
+    let script = r#"
+import ssl, sys, urllib.request, urllib.error
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+url = "https://localhost:%s/" % sys.argv[2]
+try:
+    urllib.request.urlopen(url, context=ctx)
+    print("no-token 200")
+except urllib.error.HTTPError as e:
+    print("no-token", e.code)
+req = urllib.request.Request(url, headers={"Authorization": "Bearer tls-test-token-0123456789"})
+body = urllib.request.urlopen(req, context=ctx).read().decode()
+print("token", "front" in body and "Cages" in body)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&cert)
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    let _ = served.kill();
+    let _ = served.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "no-token 401\ntoken True");
+}

@@ -52,6 +52,7 @@ pub fn start(
             cluster: cluster.clone(),
             token,
             base: "/ui".to_owned(),
+            secure: false,
         })
     });
     let own = web::Data::new(cluster);

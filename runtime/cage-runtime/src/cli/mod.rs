@@ -60,6 +60,12 @@ enum Command {
         /// Token that opens it (default: config/keys/dashboard.token, made on first use).
         #[arg(long, env = "CAGE_DASHBOARD_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Serve HTTPS with this certificate chain (PEM); needed beyond loopback.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Call MODULE.METHOD on a cage synchronously and print the JSON result.
     Call {
@@ -274,7 +280,17 @@ pub fn main() -> ExitCode {
             args,
             timeout,
         } => call::call(&site, &cage, &target, &args, timeout),
-        Command::Dashboard { listen, token } => dashboard::dashboard(&site, listen, token),
+        Command::Dashboard {
+            listen,
+            token,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert, key)| dashboard::TlsFiles { cert, key });
+            dashboard::dashboard(&site, listen, token, tls)
+        }
         Command::Modules { cage, json } => modules::modules(&site, &cage, json),
         Command::Enqueue {
             cage,

@@ -33,6 +33,8 @@ pub struct Dashboard {
     pub token: Token,
     /// Path prefix ("" or "/ui").
     pub base: String,
+    /// Served over TLS (the login cookie is then marked Secure).
+    pub secure: bool,
 }
 
 /// Adds the dashboard's routes to an actix-web scope; the [`Dashboard`] must be app data.
@@ -126,6 +128,7 @@ fn logged_in(d: &Dashboard, token: &str) -> HttpResponse {
         .path(path.to_owned())
         .http_only(true)
         .same_site(SameSite::Strict)
+        .secure(d.secure)
         .finish();
     HttpResponse::SeeOther()
         .cookie(cookie)
