@@ -308,7 +308,6 @@ fn dashboard_actions_need_the_token_and_the_csrf_value() {
 
 #[test]
 fn dashboard_beyond_loopback_needs_tls() {
-    eprintln!("T0 {:?}", std::time::SystemTime::now());
     let mut site = Site::new();
     site.cage("front", &["echo"], "");
     site.install("echo", &module_so("echo", &[]));

@@ -20,6 +20,24 @@ pub fn workspace() -> PathBuf {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace());
+    // `cargo test` gives test processes the variables it gives a crate's build (the package's
+    // manifest dir, name, version…). Build scripts that watch one of them (ring's does) would
+    // see a change from the top-level build and rebuild everything above them, in every test
+    // process; a nested build must see the environment the top-level one saw.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+            || name == "CARGO_RUSTC_CURRENT_DIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+        {
+            c.env_remove(name.as_ref());
+        }
+    }
     c
 }
 
