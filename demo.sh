@@ -65,6 +65,12 @@ show chain demo 'orders.reserve | orders.charge' '{"qty": 2, "price": 5, "card":
 show call demo orders.fan_out '{"sleeps_ms": [300, 100, 200], "max_parallel": 2, "queue": "retry", "wait": "any_children"}'
 show chains demo --all
 
+step "Metrics: what the cage counted, in the Prometheus text format (GET /metrics)"
+if command -v curl >/dev/null 2>&1; then
+    curl -s http://127.0.0.1:7501/metrics | grep -E '^cage_(attempts_total|attempt_(successes|failures)_total|calls_dead_total|pending_calls)\{' || true
+fi
+echo "(the dashboard: run \`$cage dashboard\` and open the login link it prints; this cage's own is at http://127.0.0.1:7501/ui/)"
+
 step "What the cage logged"
 grep -E 'loaded version|swapped in|rejected|attempt 1 failed|done after' data/demo.log || true
 

@@ -2,7 +2,8 @@
 //!
 //! Map of the crate, top to bottom (arrows point down):
 //! - `cli` (in the `cage` binary, not this library): run, call, enqueue, pending, jobs, bench…
-//! - [`api`]: the HTTP API for processes outside the cage.
+//! - [`dashboard`]: the operator dashboard (HTML pages gathered from every cage).
+//! - [`api`]: the HTTP API for processes outside the cage, `/metrics`, and the cage's `/ui`.
 //! - [`cage`]: wiring of one running cage: config → actors → listener.
 //! - [`transport`]: frames on the wire, the protocol, the listener actor and a blocking client.
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
@@ -12,6 +13,7 @@
 //! - [`executor`]: the actor in front of the worker threads that run module code.
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
 //! - [`queue`]: the durable queue (sled): pending calls, due index, dead letters, history.
+//! - [`metrics`]: what a cage counts (per queue, per module method) and its Prometheus text.
 //! - [`messaging`]: messages between running invocations through named ports.
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.

@@ -91,10 +91,10 @@ pub fn render(
                     h2 { "Chains it started" }
                     @if d.children.is_empty() { p.muted { "none" } } @else {
                         table #children {
-                            thead { tr { th { "chain" } th { "owner" } th { "steps" } th { "state" } } }
+                            thead { tr { th { "chain" } th { "owner" } th { "steps" } th { "state" } th { "step calls so far" } } }
                             tbody {
                                 @for ch in &d.children {
-                                    tr { td { code { (ch.id) } } td { (ch.owner) } td { (ch.steps.iter().map(|s| s.label()).collect::<Vec<_>>().join(" | ")) } td { (state(ch)) } }
+                                    tr { td { code { (ch.id) } } td { (ch.owner) } td { (ch.steps.iter().map(|s| s.label()).collect::<Vec<_>>().join(" | ")) } td { (state(ch)) } td { @for run in &ch.path { (call_link(frame, &run.cage, &run.call_id)) " " } } }
                                 }
                             }
                         }
