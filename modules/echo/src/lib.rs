@@ -389,11 +389,22 @@ fn count_get(ctx: &Ctx, args: Counter) -> Result<u64, CallError> {
     Ok(ctx.state().get_json::<u64>(&args.key)?.unwrap_or(0))
 }
 
+/// Fails the first `fail_first` attempts of a queued call, then succeeds (for retry
+/// benchmarks and demos of the retry policy).
+fn flaky(ctx: &Ctx, fail_first: u32) -> Result<u32, CallError> {
+    match ctx.attempt() {
+        n if n <= fail_first => Err(CallError::new(format!(
+            "attempt {n} fails on purpose (the first {fail_first} do)"
+        ))),
+        n => Ok(n),
+    }
+}
+
 export_module! {
     name: "echo",
     version: VERSION,
     methods: [
         echo, shout, sleep, version, boom, forward, append, refuse, relay, later, whoami, send_to, receive, idle,
-        orchestrate, child, run_python, respond, pingpong, ponger, count, count_get
+        orchestrate, child, run_python, respond, pingpong, ponger, count, count_get, flaky
     ],
 }

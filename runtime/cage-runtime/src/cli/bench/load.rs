@@ -20,13 +20,7 @@ pub fn enqueue_many(
     clients: usize,
     label: &str,
 ) -> Result<Vec<Duration>, String> {
-    let progress = Arc::new(
-        ProgressBar::new(calls as u64).with_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        ),
-    );
-    progress.set_message(label.to_owned());
+    let progress = Arc::new(bar(calls, label));
     let per_client = calls.div_ceil(clients);
     let workers: Vec<_> = (0..clients)
         .map(|i| {
@@ -63,6 +57,16 @@ pub fn enqueue_many(
     }
     progress.finish_and_clear();
     Ok(all)
+}
+
+/// A progress bar (on stderr) for `total` steps of work named `label`.
+pub fn bar(total: usize, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(label.to_owned());
+    bar
 }
 
 /// `fdatasync` calls per second on a small file in `dir`, each after a 4 KiB write: the

@@ -1,88 +1,130 @@
-//! `cage bench`: measure a running cage, one file per scenario.
+//! `cage bench`: measure cages, one file per scenario; without cage names a scenario starts
+//! its own cages in a temporary site (`lab`), runs, reports (`report`) and cleans up.
 
 mod chain;
 mod e2e;
 mod enqueue;
+mod lab;
 mod load;
 mod pending;
 mod reload;
+mod report;
+mod retry;
 mod rpc;
 
+use crate::cli::exit;
 use cage_runtime::config::Site;
-use clap::Subcommand;
-use std::path::PathBuf;
+use clap::{Args, Subcommand};
+use lab::Lab;
+use report::Report;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Options every scenario takes.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// Calls per scenario (default: each scenario's own; `all` with --calls uses it for every
+    /// scenario, e.g. a quick smoke run).
+    #[arg(long)]
+    calls: Option<usize>,
+    /// Concurrent clients (default: each scenario's own).
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Directory holding libecho.so for the benchmark's own cages (default: the site's
+    /// modules/, then beside the cage binary).
+    #[arg(long)]
+    modules: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Common {
+    fn calls(&self, default: usize) -> usize {
+        self.calls.unwrap_or(default).max(1)
+    }
+    fn clients(&self, default: usize) -> usize {
+        self.clients.unwrap_or(default).max(1)
+    }
+}
+
+/// Without cage names, a scenario starts its own two cages in a temporary site (see `lab`);
+/// with them, it measures those cages of the site (`--site`), which must be running.
 #[derive(Subcommand)]
 pub enum Scenario {
-    /// Sync call latency (p50/p90/p99/p99.9) and calls/s against a running cage.
+    /// Every scenario below, on the benchmark's own cages, with the targets of each figure.
+    All(Common),
+    /// Durable enqueue rate (acknowledged = on disk) with 1 and with C concurrent clients.
+    Enqueue {
+        /// A running cage to enqueue into (its calls are due a day later and cancelled after).
+        cage: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Queued no-op calls from SOURCE to TARGET: first enqueue to last completion, calls/s.
+    E2e {
+        /// The cage that takes the enqueues.
+        source: Option<String>,
+        /// The cage that executes the calls.
+        #[arg(requires = "source")]
+        target: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Calls that fail twice and then succeed, retried after milliseconds: total time, none lost.
+    Retry {
+        /// The cage that takes the enqueues.
+        source: Option<String>,
+        /// The cage that executes the calls (it must serve `echo` with `flaky`).
+        #[arg(requires = "source")]
+        target: Option<String>,
+        /// Queue of the calls (its retry policy should retry within milliseconds).
+        #[arg(long, default_value = "retry")]
+        queue: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Sync call latency (p50/p99/p99.9) with one caller, and calls/s with C callers.
     Rpc {
         /// The cage to call.
-        cage: String,
+        cage: Option<String>,
         /// MODULE.METHOD to call.
         #[arg(long, default_value = "echo.shout")]
         target: String,
         /// JSON arguments of every call.
         #[arg(long, default_value = "\"ping\"")]
         args: String,
-        /// Calls in all, after warm-up.
-        #[arg(long, default_value_t = 20_000)]
-        calls: usize,
-        /// Concurrent callers, each on its own connection.
-        #[arg(long, default_value_t = 1)]
-        clients: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        common: Common,
     },
-    /// Durable enqueue rate (acknowledged = on disk) with 1 and with C concurrent clients,
-    /// against the disk's raw fdatasync rate.
-    Enqueue {
-        /// The cage to enqueue into (the calls are due a day later and cancelled afterwards).
-        cage: String,
-        /// Calls per run.
-        #[arg(long, default_value_t = 20_000)]
-        calls: usize,
-        /// Concurrent clients of the second run (the first has one).
-        #[arg(long, default_value_t = 64)]
-        clients: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Queued calls from SOURCE to TARGET: first enqueue to last completion, calls/s.
-    E2e {
-        /// The cage that takes the enqueues.
-        source: String,
-        /// The cage that executes the calls.
-        target: String,
-        /// MODULE.METHOD of every call (called with null).
-        #[arg(long, default_value = "echo.version")]
-        call: String,
-        /// Calls in all.
-        #[arg(long, default_value_t = 20_000)]
-        calls: usize,
-        /// Concurrent enqueuing clients.
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Fill a cage with calls due in a week, then report queue bytes on disk and the cage's RSS.
+    /// Fill a cage with calls due in a week: bytes on disk, RSS, and (own cages only) the time
+    /// from a restart to the first due call executed.
     Pending {
         /// The cage to fill.
-        cage: String,
-        /// Calls to add.
-        #[arg(long, default_value_t = 1_000_000)]
-        calls: usize,
-        /// Concurrent enqueuing clients.
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        cage: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Hot-reload latency: from dropping a new `.so` into modules/ to the first call it answers.
+    Reload {
+        /// The running cage (of this site) serving the module.
+        cage: Option<String>,
+        /// The module to swap.
+        #[arg(long, default_value = "echo")]
+        module: String,
+        /// Two or more different builds of the module, dropped in turn (default on the
+        /// benchmark's own cages: the echo build and a copy of it with bytes appended).
+        #[arg(long = "file", num_args = 1)]
+        files: Vec<PathBuf>,
+        /// MODULE.METHOD called once each swap is seen, timed as the first call on new code.
+        #[arg(long, default_value = "echo.version")]
+        call: String,
+        /// Swaps to time.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        #[command(flatten)]
+        common: Common,
     },
     /// Chain step overhead: chains of one and of STEPS steps, start to finish, local and (with
     /// --other) across cages, direct and queued.
@@ -111,59 +153,167 @@ pub enum Scenario {
         #[arg(long)]
         json: bool,
     },
-    /// Hot-reload latency: from dropping a new `.so` into modules/ to the first call it answers.
-    Reload {
-        /// The running cage (of this site) serving the module.
-        cage: String,
-        /// The module to swap.
-        #[arg(long, default_value = "echo")]
-        module: String,
-        /// Two or more builds of the module, dropped in turn (they must differ).
-        #[arg(long = "file", required = true, num_args = 1)]
-        files: Vec<PathBuf>,
-        /// MODULE.METHOD called once each swap is seen, timed as the first call on new code.
-        #[arg(long, default_value = "echo.version")]
-        call: String,
-        /// Swaps to time.
-        #[arg(long, default_value_t = 10)]
-        rounds: usize,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
-/// Runs one scenario.
+/// Where a scenario runs: the benchmark's own cages, or named running cages of a site.
+pub struct Place {
+    lab: Option<Lab>,
+    site: Site,
+    first: String,
+    second: String,
+}
+
+impl Place {
+    fn own(site: &Site, modules: Option<&Path>) -> Result<Place, String> {
+        let echo = lab::find_echo(site, modules)?;
+        eprintln!(
+            "starting the benchmark's own cages (echo from {})",
+            echo.display()
+        );
+        let lab = Lab::start(&echo)?;
+        Ok(Place {
+            site: lab.site(),
+            lab: Some(lab),
+            first: lab::CAGES[0].to_owned(),
+            second: lab::CAGES[1].to_owned(),
+        })
+    }
+
+    fn of(
+        site: &Site,
+        cage: Option<String>,
+        second: Option<String>,
+        modules: Option<&Path>,
+    ) -> Result<Place, String> {
+        match cage {
+            None => Place::own(site, modules),
+            Some(first) => Ok(Place {
+                lab: None,
+                site: site.clone(),
+                second: second.unwrap_or_else(|| first.clone()),
+                first,
+            }),
+        }
+    }
+
+    /// How to reach `cage`.
+    fn route(&self, cage: &str) -> Result<cage_runtime::config::CageRoute, String> {
+        self.site
+            .execute_on()
+            .and_then(|e| self.site.route(&e, cage))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The cage's data directory, where the disk's fdatasync rate is measured.
+    fn data_dir(&self, cage: &str) -> Result<PathBuf, String> {
+        self.site
+            .cage(cage)
+            .map(|c| c.data_dir)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A report whose fdatasync rate was measured now, on the disk of the first cage.
+    fn report(&self) -> Result<Report, String> {
+        let dir = self.data_dir(&self.first)?;
+        let rate = load::fdatasync_rate(&dir, 300)
+            .map_err(|e| format!("cannot measure fdatasync in {}: {e}", dir.display()))?;
+        Ok(Report {
+            fdatasync_per_sec: rate,
+            figures: Vec::new(),
+        })
+    }
+}
+
+fn finish(result: Result<Report, String>, json: bool) -> ExitCode {
+    match result {
+        Ok(report) => {
+            report.print(json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => exit::fail(exit::OTHER, format!("bench: {e}")),
+    }
+}
+
+/// Runs one scenario (or all of them).
 pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
     match scenario {
+        Scenario::All(common) => finish(all(site, &common), common.json),
+        Scenario::Enqueue { cage, common } => finish(
+            Place::of(site, cage, None, common.modules.as_deref()).and_then(|p| {
+                let mut r = p.report()?;
+                enqueue::run(&p, common.calls(20_000), common.clients(64), &mut r)?;
+                Ok(r)
+            }),
+            common.json,
+        ),
+        Scenario::E2e {
+            source,
+            target,
+            common,
+        } => finish(
+            Place::of(site, source, target, common.modules.as_deref()).and_then(|p| {
+                let mut r = p.report()?;
+                e2e::run(&p, common.calls(20_000), common.clients(16), &mut r)?;
+                Ok(r)
+            }),
+            common.json,
+        ),
+        Scenario::Retry {
+            source,
+            target,
+            queue,
+            common,
+        } => finish(
+            Place::of(site, source, target, common.modules.as_deref()).and_then(|p| {
+                let mut r = p.report()?;
+                retry::run(&p, &queue, common.calls(2_000), common.clients(16), &mut r)?;
+                Ok(r)
+            }),
+            common.json,
+        ),
         Scenario::Rpc {
             cage,
             target,
             args,
-            calls,
-            clients,
-            json,
-        } => rpc::rpc(site, &cage, &target, &args, calls, clients.max(1), json),
-        Scenario::Enqueue {
+            common,
+        } => finish(
+            Place::of(site, cage, None, common.modules.as_deref()).and_then(|p| {
+                let mut r = p.report()?;
+                rpc::run(
+                    &p,
+                    &target,
+                    &args,
+                    common.calls(20_000),
+                    common.clients(8),
+                    &mut r,
+                )?;
+                Ok(r)
+            }),
+            common.json,
+        ),
+        Scenario::Pending { cage, common } => finish(
+            Place::of(site, cage, None, common.modules.as_deref()).and_then(|mut p| {
+                let mut r = p.report()?;
+                pending::run(&mut p, common.calls(1_000_000), common.clients(16), &mut r)?;
+                Ok(r)
+            }),
+            common.json,
+        ),
+        Scenario::Reload {
             cage,
-            calls,
-            clients,
-            json,
-        } => enqueue::enqueue(site, &cage, calls, &[1, clients.max(1)], json),
-        Scenario::E2e {
-            source,
-            target,
+            module,
+            files,
             call,
-            calls,
-            clients,
-            json,
-        } => e2e::e2e(site, &source, &target, &call, calls, clients.max(1), json),
-        Scenario::Pending {
-            cage,
-            calls,
-            clients,
-            json,
-        } => pending::pending(site, &cage, calls, clients.max(1), json),
+            rounds,
+            common,
+        } => finish(
+            Place::of(site, cage, None, common.modules.as_deref()).and_then(|p| {
+                let mut r = p.report()?;
+                reload::run(&p, &module, &files, &call, rounds.max(1), &mut r)?;
+                Ok(r)
+            }),
+            common.json,
+        ),
         Scenario::Chain {
             cage,
             other,
@@ -186,15 +336,40 @@ pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
                 json,
             },
         ),
-        Scenario::Reload {
-            cage,
-            module,
-            files,
-            call,
-            rounds,
-            json,
-        } => reload::reload(site, &cage, &module, &files, &call, rounds.max(1), json),
     }
+}
+
+/// Every scenario on one set of the benchmark's own cages; `pending` last, as it leaves a
+/// million calls behind.
+fn all(site: &Site, common: &Common) -> Result<Report, String> {
+    let mut place = Place::own(site, common.modules.as_deref())?;
+    let mut r = place.report()?;
+    let rounds = if common.calls.is_some() { 3 } else { 10 };
+    rpc::run(
+        &place,
+        "echo.shout",
+        "\"ping\"",
+        common.calls(20_000),
+        common.clients(8),
+        &mut r,
+    )?;
+    enqueue::run(&place, common.calls(20_000), common.clients(64), &mut r)?;
+    e2e::run(&place, common.calls(20_000), common.clients(16), &mut r)?;
+    retry::run(
+        &place,
+        "retry",
+        common.calls(2_000),
+        common.clients(16),
+        &mut r,
+    )?;
+    reload::run(&place, "echo", &[], "echo.version", rounds, &mut r)?;
+    pending::run(
+        &mut place,
+        common.calls(1_000_000),
+        common.clients(16),
+        &mut r,
+    )?;
+    Ok(r)
 }
 
 /// The `p` quantile (0 to 1) of sorted durations, in microseconds.

@@ -1,25 +1,13 @@
-//! `cage bench pending`: fill a cage with calls due later, then report its disk and memory.
+//! `cage bench pending`: fill a cage with calls due later, then report its disk and memory and
+//! (on the benchmark's own cages) how soon after a restart the first due call runs.
 
 use super::load::enqueue_many;
-use crate::cli::{exit, target};
-use cage_runtime::config::Site;
+use super::report::{Goal, Report};
+use super::Place;
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::EnqueueRequest;
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
-use serde::Serialize;
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-#[derive(Serialize)]
-struct Report {
-    cage: String,
-    added: usize,
-    pending: u64,
-    enqueue_secs: f64,
-    disk_bytes: u64,
-    rss_bytes: Option<u64>,
-}
 
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -46,17 +34,19 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-pub fn pending(site: &Site, cage: &str, calls: usize, clients: usize, json: bool) -> ExitCode {
-    let route = match target::route(site, cage) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let data_dir = match site.cage(cage) {
-        Ok(c) => c.data_dir,
-        Err(e) => return exit::fail(exit::CONFIG, e),
-    };
+/// Fills the first cage with `calls` calls due in a week, measures, and on the benchmark's own
+/// cages restarts it with one call overdue and times that call's execution.
+pub fn run(
+    place: &mut Place,
+    calls: usize,
+    clients: usize,
+    report: &mut Report,
+) -> Result<(), String> {
+    let cage = place.first.clone();
+    let route = place.route(&cage)?;
+    let data_dir = place.data_dir(&cage)?;
     let request = EnqueueRequest {
-        target: cage.to_owned(),
+        target: cage.clone(),
         module: "bench".into(),
         method: "noop".into(),
         args: b"{\"order\": 12345, \"customer\": \"c-0001\"}".to_vec(),
@@ -66,63 +56,101 @@ pub fn pending(site: &Site, cage: &str, calls: usize, clients: usize, json: bool
         delay_ms: 7 * 24 * 3600 * 1000,
     };
     let started = Instant::now();
-    if let Err(e) = enqueue_many(
-        cage,
+    enqueue_many(
+        &cage,
         &route,
         &request,
         calls,
         clients,
-        &format!("filling {cage}"),
-    ) {
-        return exit::fail(exit::OTHER, format!("enqueue failed: {e}"));
-    }
+        &format!("filling {cage} with {calls} calls"),
+    )?;
     let enqueue_secs = started.elapsed().as_secs_f64();
-    let probe = Client::connect(cage, &route).and_then(|mut c| {
-        let pid = c.ping(Duration::from_secs(10))?.pid;
-        let stats = c.stats(true, Duration::from_secs(600))?;
-        Ok((pid, stats))
-    });
-    let (pid, stats) = match probe {
-        Ok(p) => p,
-        Err(e) => return exit::fail(exit::OTHER, e),
-    };
-    let report = Report {
-        cage: cage.to_owned(),
-        added: calls,
-        pending: stats.pending.unwrap_or(0),
-        enqueue_secs,
-        disk_bytes: dir_bytes(&data_dir.join("queue")),
-        rss_bytes: rss_bytes(pid),
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
+    let pid = Client::connect(&cage, &route)
+        .and_then(|mut c| c.ping(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?
+        .pid;
+    let mb = |b: u64| b as f64 / 1e6;
+    report.add(
+        "pending",
+        format!("{calls} pending calls enqueued at"),
+        calls as f64 / enqueue_secs,
+        "calls/s",
+        None,
+    );
+    report.add(
+        "pending",
+        format!("queue on disk with {calls} pending"),
+        mb(dir_bytes(&data_dir.join("queue"))),
+        "MB",
+        None,
+    );
+    if let Some(rss) = rss_bytes(pid) {
+        report.add(
+            "pending",
+            format!("cage RSS with {calls} pending"),
+            mb(rss),
+            "MB",
+            Some(Goal::AtMost(300.0)),
         );
-    } else {
-        let mut table = Table::new();
-        table.load_preset(UTF8_BORDERS_ONLY).set_header([
-            "SCENARIO",
-            "ADDED",
-            "PENDING NOW",
-            "ENQUEUED IN",
-            "QUEUE ON DISK",
-            "CAGE RSS",
-        ]);
-        let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
-        table.add_row([
-            format!("pending {cage}"),
-            report.added.to_string(),
-            report.pending.to_string(),
-            format!("{:.1} s", report.enqueue_secs),
-            mib(report.disk_bytes),
-            report
-                .rss_bytes
-                .map(mib)
-                .unwrap_or_else(|| "? (not this host)".into()),
-        ]);
-        println!("{table}");
-        println!("the calls are due in 7 days in queue `bench`; remove them with: cage cancel --all --queue bench --cage {cage}");
     }
-    ExitCode::SUCCESS
+    let Some(lab) = place.lab.as_mut() else {
+        eprintln!("the calls are due in 7 days in queue `bench`; remove them with: cage cancel --all --queue bench --cage {cage}");
+        eprintln!("(the restart figure needs the benchmark's own cages: run without a cage name)");
+        return Ok(());
+    };
+    // One call due 2 s from now; the cage stops before it is due and starts after, so it
+    // is the first call due when the cage is back.
+    let marker = EnqueueRequest {
+        module: "echo".into(),
+        method: "version".into(),
+        args: b"null".to_vec(),
+        queue: "retry".into(),
+        delay_ms: 2_000,
+        ..request
+    };
+    Client::connect(&cage, &route)
+        .and_then(|mut c| c.enqueue(marker, Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let due = Instant::now() + Duration::from_millis(2_000);
+    eprintln!("restarting {cage} with {calls} calls pending");
+    lab.stop(&cage);
+    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    let restart = Instant::now();
+    lab.run(&cage)?;
+    loop {
+        let executed = Client::connect(&cage, &route)
+            .and_then(|mut c| c.stats(false, Duration::from_secs(10)))
+            .map(|s| s.executed)
+            .unwrap_or(0);
+        if executed >= 1 {
+            break;
+        }
+        if restart.elapsed() > Duration::from_secs(300) {
+            return Err(format!(
+                "the overdue call did not run within 5 minutes of restarting {cage}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    report.add(
+        "pending",
+        format!("restart to first due call executed, {calls} pending"),
+        restart.elapsed().as_secs_f64(),
+        "s",
+        Some(Goal::AtMost(5.0)),
+    );
+    let pid = Client::connect(&cage, &route)
+        .and_then(|mut c| c.ping(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?
+        .pid;
+    if let Some(rss) = rss_bytes(pid) {
+        report.add(
+            "pending",
+            format!("cage RSS after restart, {calls} pending"),
+            mb(rss),
+            "MB",
+            Some(Goal::AtMost(300.0)),
+        );
+    }
+    Ok(())
 }

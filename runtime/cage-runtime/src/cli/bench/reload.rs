@@ -1,70 +1,62 @@
 //! `cage bench reload`: how long from dropping a new build into modules/ until the cage serves
 //! it, and until the first call on it has been answered.
 
-use super::percentile_us;
-use crate::cli::{exit, target};
-use cage_runtime::config::Site;
+use super::report::{Goal, Report};
+use super::{percentile_us, Place};
 use cage_runtime::loader::file_watch::module_file;
 use cage_runtime::loader::library::sha256_hex;
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{new_call_id, CallRequest};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use indicatif::ProgressBar;
-use serde::Serialize;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// A swap not seen within this long counts as failed.
 const SWAP_LIMIT: Duration = Duration::from_secs(30);
 
-#[derive(Serialize)]
-struct ReloadReport {
-    scenario: &'static str,
-    cage: String,
-    module: String,
-    rounds: usize,
-    swap_p50_ms: f64,
-    swap_max_ms: f64,
-    first_call_p50_ms: f64,
-    first_call_max_ms: f64,
-}
-
-pub fn reload(
-    site: &Site,
-    cage: &str,
+/// Drops the builds of `module` in turn into the first cage's site, `rounds` times, timing
+/// each until the cage serves it and until `call` has been answered on it. Without `files`,
+/// on the benchmark's own cages: the echo build and a copy of it with bytes appended (a
+/// different file that loads the same code).
+pub fn run(
+    place: &Place,
     module: &str,
     files: &[PathBuf],
     call: &str,
     rounds: usize,
-    json: bool,
-) -> ExitCode {
-    let (call_module, call_method) = match target::split(call) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
-    let route = match target::route(site, cage) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+    report: &mut Report,
+) -> Result<(), String> {
+    let (call_module, call_method) = call
+        .split_once('.')
+        .filter(|(m, f)| !m.is_empty() && !f.is_empty())
+        .ok_or_else(|| format!("call {call:?} is not MODULE.METHOD"))?;
+    let cage = place.first.as_str();
+    let route = place.route(cage)?;
     let mut builds = Vec::new();
-    for f in files {
-        match std::fs::read(f) {
-            Ok(bytes) => builds.push((sha256_hex(&bytes), bytes)),
-            Err(e) => return exit::fail(exit::OTHER, format!("cannot read {}: {e}", f.display())),
+    match (files.is_empty(), &place.lab) {
+        (true, Some(lab)) => {
+            let bytes = std::fs::read(lab.echo())
+                .map_err(|e| format!("cannot read {}: {e}", lab.echo().display()))?;
+            let mut other = bytes.clone();
+            other.extend_from_slice(b"\0cage bench reload: the same code in another file\0");
+            builds.push((sha256_hex(&bytes), bytes));
+            builds.push((sha256_hex(&other), other));
+        }
+        _ => {
+            for f in files {
+                let bytes =
+                    std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                builds.push((sha256_hex(&bytes), bytes));
+            }
         }
     }
     if builds.len() < 2 || builds.windows(2).any(|w| w[0].0 == w[1].0) {
-        return exit::fail(
-            exit::OTHER,
-            "give at least two different builds with --file, in the order to drop them",
+        return Err(
+            "give at least two different builds with --file, in the order to drop them".into(),
         );
     }
-    let mut client = match Client::connect(cage, &route) {
-        Ok(c) => c,
-        Err(e) => return exit::fail(exit::OTHER, e),
-    };
-    let dest = module_file(&site.modules_dir(), module);
+    let mut client = Client::connect(cage, &route).map_err(|e| e.to_string())?;
+    let dest = module_file(&place.site.modules_dir(), module);
     let tmp = dest.with_extension("so.bench-tmp");
     let progress = ProgressBar::new(rounds as u64);
     let (mut swaps, mut firsts) = (Vec::new(), Vec::new());
@@ -72,10 +64,10 @@ pub fn reload(
         let (hash, bytes) = &builds[(round + 1) % builds.len()];
         // Drop the build the way deploy tools do: write aside, then rename over the old file.
         if let Err(e) = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &dest)) {
-            return exit::fail(
-                exit::OTHER,
-                format!("cannot drop the build into {}: {e}", dest.display()),
-            );
+            return Err(format!(
+                "cannot drop the build into {}: {e}",
+                dest.display()
+            ));
         }
         let dropped = Instant::now();
         loop {
@@ -91,7 +83,7 @@ pub fn reload(
                 break;
             }
             if dropped.elapsed() > SWAP_LIMIT {
-                return exit::fail(exit::OTHER, format!("round {round}: cage {cage} did not serve the new {module} within {SWAP_LIMIT:?}"));
+                return Err(format!("round {round}: cage {cage} did not serve the new {module} within {SWAP_LIMIT:?}"));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -104,10 +96,9 @@ pub fn reload(
             timeout_ms: 10_000,
         });
         if let Err(f) = answered {
-            return exit::fail(
-                exit::OTHER,
-                format!("round {round}: first call on the new build failed: {f}"),
-            );
+            return Err(format!(
+                "round {round}: first call on the new build failed: {f}"
+            ));
         }
         firsts.push(dropped.elapsed());
         progress.inc(1);
@@ -116,41 +107,26 @@ pub fn reload(
     swaps.sort_unstable();
     firsts.sort_unstable();
     let ms = |v: &[Duration], p: f64| percentile_us(v, p) / 1000.0;
-    let report = ReloadReport {
-        scenario: "reload",
-        cage: cage.to_owned(),
-        module: module.to_owned(),
-        rounds,
-        swap_p50_ms: ms(&swaps, 0.5),
-        swap_max_ms: ms(&swaps, 1.0),
-        first_call_p50_ms: ms(&firsts, 0.5),
-        first_call_max_ms: ms(&firsts, 1.0),
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
-    } else {
-        let mut table = Table::new();
-        table.load_preset(UTF8_BORDERS_ONLY).set_header([
-            "SCENARIO",
-            "ROUNDS",
-            "SWAP P50",
-            "SWAP MAX",
-            "FIRST CALL P50",
-            "FIRST CALL MAX",
-        ]);
-        let f = |v: f64| format!("{v:.1} ms");
-        table.add_row([
-            format!("reload {module}"),
-            rounds.to_string(),
-            f(report.swap_p50_ms),
-            f(report.swap_max_ms),
-            f(report.first_call_p50_ms),
-            f(report.first_call_max_ms),
-        ]);
-        println!("{table}");
-    }
-    ExitCode::SUCCESS
+    report.add(
+        "reload",
+        format!("drop to {module} served, p50 of {rounds}"),
+        ms(&swaps, 0.5),
+        "ms",
+        None,
+    );
+    report.add(
+        "reload",
+        format!("drop to first call answered by it, p50 of {rounds}"),
+        ms(&firsts, 0.5),
+        "ms",
+        Some(Goal::AtMost(1000.0)),
+    );
+    report.add(
+        "reload",
+        format!("drop to first call answered by it, max of {rounds}"),
+        ms(&firsts, 1.0),
+        "ms",
+        Some(Goal::AtMost(1000.0)),
+    );
+    Ok(())
 }

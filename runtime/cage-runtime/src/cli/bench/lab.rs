@@ -1,0 +1,174 @@
+//! The benchmarks' own site: two cages (`a` and `b`) serving the example module `echo` on
+//! loopback in a temporary directory, started as child processes of `cage bench` and removed
+//! with everything they wrote when the run ends.
+
+use cage_runtime::config::Site;
+use cage_runtime::transport::client::Client;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The cages of a lab.
+pub const CAGES: [&str; 2] = ["a", "b"];
+
+/// Queue whose calls the benchmarks make: fast retries, so the retry scenario finishes in
+/// milliseconds, and a high concurrency, so the queue is not the limit being measured.
+const QUEUES: &str = "[queues.retry]\nfirst_retry = \"1ms\"\ngrowth = 2.0\nmax_delay = \"20ms\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 256\n\n[queues.bench]\nconcurrency = 256\n";
+
+/// A temporary site with its cage processes.
+pub struct Lab {
+    dir: PathBuf,
+    children: Vec<(String, Option<Child>)>,
+    echo: PathBuf,
+}
+
+/// Where `libecho.so` is: `modules` if given, else the site's `modules/`, else beside the
+/// `cage` binary (where `cargo build` puts it).
+pub fn find_echo(site: &Site, modules: Option<&Path>) -> Result<PathBuf, String> {
+    let mut places: Vec<PathBuf> = Vec::new();
+    match modules {
+        Some(m) => places.push(m.to_owned()),
+        None => {
+            places.push(site.modules_dir());
+            if let Some(dir) = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(Path::to_owned))
+            {
+                places.push(dir);
+            }
+        }
+    }
+    places
+        .iter()
+        .map(|d| d.join("libecho.so"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "libecho.so not found in {}: build the example module (cargo build --release) or pass --modules DIR",
+                places.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )
+        })
+}
+
+impl Lab {
+    /// Makes the site and starts its cages.
+    pub fn start(echo: &Path) -> Result<Lab, String> {
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("cage-bench-{}-{stamp}", std::process::id()));
+        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+        for d in ["cages", "config", "modules"] {
+            std::fs::create_dir_all(dir.join(d)).map_err(io)?;
+        }
+        std::fs::copy(echo, dir.join("modules/libecho.so")).map_err(io)?;
+        let mut routes = String::new();
+        for name in CAGES {
+            let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(io)?;
+            std::fs::write(
+                dir.join(format!("cages/{name}.toml")),
+                format!("listen = \"{addr}\"\nmodules = [\"echo\"]\nreload_debounce = \"50ms\"\nrescan_interval = \"1s\"\nshutdown_grace = \"5s\"\n"),
+            )
+            .map_err(io)?;
+            routes.push_str(&format!("[cages.{name}]\naddresses = [\"{addr}\"]\n\n"));
+        }
+        routes.push_str(QUEUES);
+        std::fs::write(dir.join("config/config_execute_on.toml"), routes).map_err(io)?;
+        let mut lab = Lab {
+            dir,
+            children: CAGES.iter().map(|c| ((*c).to_owned(), None)).collect(),
+            echo: echo.to_owned(),
+        };
+        for name in CAGES {
+            lab.run(name)?;
+        }
+        Ok(lab)
+    }
+
+    /// The lab's site.
+    pub fn site(&self) -> Site {
+        Site::new(&self.dir)
+    }
+
+    /// The echo build the lab serves.
+    pub fn echo(&self) -> &Path {
+        &self.echo
+    }
+
+    /// Starts cage `name` and waits until it answers; returns how long that took.
+    pub fn run(&mut self, name: &str) -> Result<Duration, String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(["run", name, "--site"])
+            .arg(&self.dir)
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start cage {name}: {e}"))?;
+        if let Some(slot) = self.children.iter_mut().find(|(n, _)| n == name) {
+            slot.1 = Some(child);
+        }
+        let site = self.site();
+        let route = site
+            .execute_on()
+            .and_then(|e| site.route(&e, name))
+            .map_err(|e| e.to_string())?;
+        while started.elapsed() < Duration::from_secs(120) {
+            if Client::connect(name, &route)
+                .and_then(|mut c| c.ping(Duration::from_secs(2)))
+                .is_ok()
+            {
+                return Ok(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(format!(
+            "cage {name} did not answer within 2 minutes (log: {}/{name}.log)",
+            self.dir.display()
+        ))
+    }
+
+    /// Stops cage `name` gracefully (SIGTERM), killing it if it takes over 30 s.
+    pub fn stop(&mut self, name: &str) {
+        let Some(mut child) = self
+            .children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .and_then(|s| s.1.take())
+        else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for name in CAGES {
+            self.stop(name);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

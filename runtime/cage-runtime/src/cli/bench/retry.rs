@@ -1,0 +1,110 @@
+//! `cage bench retry`: calls that fail twice and succeed on their third attempt, with retries
+//! a few milliseconds apart: how long until all are done, and that none is lost.
+
+use super::load::enqueue_many;
+use super::report::{Goal, Report};
+use super::Place;
+use cage_runtime::transport::client::Client;
+use cage_runtime::transport::protocol::{EnqueueRequest, Filter, QueueQuery};
+use std::time::{Duration, Instant};
+
+/// Enqueues `calls` calls of `echo.flaky` (failing the first two attempts) on the first cage
+/// for the second, on `queue`, and waits until every one succeeded.
+pub fn run(
+    place: &Place,
+    queue: &str,
+    calls: usize,
+    clients: usize,
+    report: &mut Report,
+) -> Result<(), String> {
+    let (source, to) = (place.first.as_str(), place.second.as_str());
+    let (source_route, target_route) = (place.route(source)?, place.route(to)?);
+    let stats = || {
+        Client::connect(to, &target_route)
+            .and_then(|mut c| c.stats(false, Duration::from_secs(10)))
+            .map_err(|e| e.to_string())
+    };
+    let before = stats()?;
+    let request = EnqueueRequest {
+        target: to.to_owned(),
+        module: "echo".into(),
+        method: "flaky".into(),
+        args: b"2".to_vec(),
+        queue: queue.to_owned(),
+        priority: 0,
+        key: None,
+        delay_ms: 0,
+    };
+    let started = Instant::now();
+    enqueue_many(
+        source,
+        &source_route,
+        &request,
+        calls,
+        clients,
+        &format!("retry {source} → {to}"),
+    )?;
+    let progress = super::load::bar(calls, &format!("third attempts on {to}"));
+    let after = loop {
+        let now = stats()?;
+        let done = now.executed.saturating_sub(before.executed);
+        progress.set_position(done.min(calls as u64));
+        if done >= calls as u64 {
+            break now;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(format!(
+                "{done} of {calls} flaky calls done after 10 minutes; see cage pending {to}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    progress.finish_and_clear();
+    let total = started.elapsed();
+    let dead = Client::connect(to, &target_route)
+        .and_then(|mut c| {
+            c.calls(
+                QueueQuery::Dead(Filter {
+                    queue: Some(queue.to_owned()),
+                    module: Some("echo".into()),
+                    limit: 0,
+                }),
+                Duration::from_secs(60),
+            )
+        })
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter(|v| v.record.call.method == "flaky")
+        .count();
+    let done = after.executed - before.executed;
+    let failed = after.failed_attempts - before.failed_attempts;
+    report.add(
+        "retry",
+        format!("{calls} calls failing twice, all done in"),
+        total.as_secs_f64(),
+        "s",
+        None,
+    );
+    report.add(
+        "retry",
+        "calls/s through three attempts each",
+        calls as f64 / total.as_secs_f64(),
+        "calls/s",
+        None,
+    );
+    report.add(
+        "retry",
+        "failed attempts per call",
+        failed as f64 / done.max(1) as f64,
+        "attempts",
+        Some(Goal::AtMost(2.0)),
+    );
+    report.add(
+        "retry",
+        "calls lost or dead",
+        (calls as u64).saturating_sub(done) as f64 + dead as f64,
+        "calls",
+        Some(Goal::AtMost(0.0)),
+    );
+    Ok(())
+}
