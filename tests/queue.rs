@@ -426,3 +426,48 @@ fn due_calls_of_higher_priority_run_first() {
     let tags: Vec<&str> = text.lines().map(|l| l.split(' ').nth(2).unwrap()).collect();
     assert_eq!(tags, vec!["blocker", "high", "low"]);
 }
+
+#[test]
+fn pipelined_enqueues_are_each_answered_and_stored() {
+    use cages::runtime::transport::client::Client;
+    use cages::runtime::transport::protocol::{EnqueueRequest, Request, Response};
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let _cage = site.start("back");
+    let request = |i: usize| {
+        Request::Enqueue(EnqueueRequest {
+            target: "back".into(),
+            module: "echo".into(),
+            method: "echo".into(),
+            args: i.to_string().into_bytes(),
+            queue: "retry".into(),
+            priority: 0,
+            key: Some(format!("k{}", i % 40)),
+            delay_ms: 3_600_000,
+        })
+    };
+    let mut client = Client::connect("back", &site.route("back")).unwrap();
+    // 50 requests sent before any answer is read; keys repeat from the 41st on, so the last
+    // ten answers name the call they duplicate, in request order.
+    let answers = client
+        .pipeline((0..50).map(request).collect(), Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(answers.len(), 50);
+    let ids: Vec<(String, Option<String>)> = answers
+        .into_iter()
+        .map(|a| match a {
+            Response::Enqueued { id, duplicate_of } => (id, duplicate_of),
+            other => panic!("not an enqueue receipt: {other:?}"),
+        })
+        .collect();
+    for i in 40..50 {
+        assert_eq!(
+            ids[i].1.as_deref(),
+            Some(ids[i - 40].0.as_str()),
+            "answer {i}"
+        );
+    }
+    assert!(ids[..40].iter().all(|(_, dup)| dup.is_none()));
+    assert_eq!(site.listing("pending", Some("back")).len(), 40);
+}

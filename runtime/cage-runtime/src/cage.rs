@@ -127,6 +127,7 @@ impl PreparedCage {
                 &queue_dir,
                 config.fdatasync,
                 store.issued(),
+                config.commit_window,
             )
             .map_err(queue_error)?,
         );

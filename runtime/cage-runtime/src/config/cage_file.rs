@@ -32,6 +32,9 @@ impl CageFileDefaults {
     pub const PORT_WAIT: Duration = Duration::from_secs(90);
     /// Largest HTTP request body accepted.
     pub const HTTP_MAX_BODY: usize = 1024 * 1024;
+    /// How long a queue flush waits to gather more writers when the last one was shared (0:
+    /// flush at once; measured, a window did not raise throughput on this machine's disk).
+    pub const COMMIT_WINDOW: Duration = Duration::ZERO;
 }
 
 #[derive(Deserialize)]
@@ -55,6 +58,8 @@ struct RawCageFile {
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
     fdatasync: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    commit_window: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     port_wait: Option<Duration>,
     http_listen: Option<Spanned<String>>,
@@ -128,6 +133,8 @@ pub struct CageConfig {
     pub shutdown_grace: Duration,
     /// Follow each queue flush with `fdatasync`, so acknowledged calls survive power loss.
     pub fdatasync: bool,
+    /// Longest a flush waits to gather more writers under load.
+    pub commit_window: Duration,
     /// Recurring jobs declared in the file.
     pub jobs: Vec<DeclaredJob>,
     /// How long a message waits for its receiver to open the port.
@@ -303,6 +310,7 @@ impl CageConfig {
                 .shutdown_grace
                 .unwrap_or(CageFileDefaults::SHUTDOWN_GRACE),
             fdatasync: raw.fdatasync.unwrap_or(true),
+            commit_window: raw.commit_window.unwrap_or(CageFileDefaults::COMMIT_WINDOW),
             jobs,
             port_wait: raw.port_wait.unwrap_or(CageFileDefaults::PORT_WAIT),
             http_listen,

@@ -1,5 +1,7 @@
 //! Group commit: writers ask for durability and wait; one thread runs a flush for everyone
-//! waiting, so many concurrent enqueues share one disk sync.
+//! waiting, so many concurrent enqueues share one disk sync. Under load (the last flush was
+//! shared) a flush first waits the cage's `commit_window` so more writers share it; a lone
+//! writer is flushed at once.
 //!
 //! sled's `flush` writes with `sync_file_range`, which survives a process crash but does not
 //! empty the device's write cache; with `fdatasync` on (the default) each flush is followed by an
@@ -10,6 +12,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
@@ -19,6 +22,9 @@ struct State {
     waiters: Vec<Waiter>,
     nudged: bool,
     stopping: bool,
+    /// The commit thread waits on the condition variable: a writer must wake it. While it
+    /// flushes it takes every waiter when done, so writers skip the wake-up (a system call).
+    sleeping: bool,
 }
 
 struct Shared {
@@ -44,6 +50,7 @@ impl GroupCommit {
         dir: &Path,
         fdatasync: bool,
         issued: Arc<AtomicU64>,
+        window: Duration,
     ) -> Result<Self, QueueError> {
         let data = if fdatasync {
             Some(File::open(dir.join("db")).map_err(|e| {
@@ -61,7 +68,7 @@ impl GroupCommit {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("cage-commit".into())
-            .spawn(move || run(&worker, &db, data.as_ref(), &issued))
+            .spawn(move || run(&worker, &db, data.as_ref(), &issued, window))
             .map_err(|e| QueueError::Flush(format!("cannot start the commit thread: {e}")))?;
         Ok(GroupCommit {
             shared,
@@ -72,11 +79,14 @@ impl GroupCommit {
     /// Resolves once everything written before this call is durable.
     pub fn durable(&self) -> impl std::future::Future<Output = Result<(), QueueError>> {
         let (tx, rx) = oneshot::channel();
-        {
+        let sleeping = {
             let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
             s.waiters.push(tx);
+            s.sleeping
+        };
+        if sleeping {
+            self.shared.wake.notify_one();
         }
-        self.shared.wake.notify_one();
         async move {
             match rx.await {
                 Ok(r) => r.map_err(QueueError::Flush),
@@ -87,12 +97,14 @@ impl GroupCommit {
 
     /// Asks for a flush soon without waiting for it (for changes nobody is acknowledged on).
     pub fn nudge(&self) {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .nudged = true;
-        self.shared.wake.notify_one();
+        let sleeping = {
+            let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.nudged = true;
+            s.sleeping
+        };
+        if sleeping {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Calls stored with a sequence number up to this are durable; later ones may not be yet
@@ -117,19 +129,58 @@ fn injected_fault() -> Option<String> {
         .then(|| format!("injected fault ({} exists)", path.to_string_lossy()))
 }
 
-fn run(shared: &Shared, db: &sled::Db, data: Option<&File>, issued: &AtomicU64) {
+/// Under load (the previous flush was shared), waits `window` before the next flush so more
+/// writers join it; a lone writer (the last flush had one) is flushed at once, so the window
+/// costs latency only when there are others to share the flush with.
+///
+/// Why wait rather than flush back to back: sled's `flush` holds its global concurrency lock
+/// (shared) while the log is written and synced, and every multi-key batch takes that lock
+/// exclusively, so writes stall while a flush runs. Flushing back to back lets only a few
+/// writes in between flushes; the window is when they get in.
+fn gather<'a>(
+    shared: &'a Shared,
+    mut s: std::sync::MutexGuard<'a, State>,
+    window: Duration,
+    last_batch: usize,
+) -> std::sync::MutexGuard<'a, State> {
+    if window.is_zero() || last_batch <= 1 || s.stopping {
+        return s;
+    }
+    let deadline = Instant::now() + window;
+    s.sleeping = true;
+    while !s.stopping {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        s = shared
+            .wake
+            .wait_timeout(s, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    s.sleeping = false;
+    s
+}
+
+fn run(shared: &Shared, db: &sled::Db, data: Option<&File>, issued: &AtomicU64, window: Duration) {
+    let mut last_batch = 0;
     loop {
         let batch = {
             let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             while s.waiters.is_empty() && !s.nudged && !s.stopping {
+                s.sleeping = true;
                 s = shared.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                s.sleeping = false;
             }
             if s.stopping && s.waiters.is_empty() && !s.nudged {
                 return;
             }
+            let mut s = gather(shared, s, window, last_batch);
             s.nudged = false;
             std::mem::take(&mut s.waiters)
         };
+        last_batch = batch.len();
         // Writers that arrive while this flush runs wait for the next one: their writes may
         // have missed this flush, so acknowledging them now could lose them.
         let covered = issued.load(Ordering::Acquire);
@@ -183,8 +234,14 @@ mod tests {
     async fn concurrent_writers_share_flushes() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let commit =
-            GroupCommit::start(db.clone(), dir.path(), true, Arc::new(AtomicU64::new(0))).unwrap();
+        let commit = GroupCommit::start(
+            db.clone(),
+            dir.path(),
+            true,
+            Arc::new(AtomicU64::new(0)),
+            Duration::from_millis(1),
+        )
+        .unwrap();
         let mut waits = Vec::new();
         for i in 0..200u32 {
             db.insert(i.to_be_bytes(), &[1u8][..]).unwrap();

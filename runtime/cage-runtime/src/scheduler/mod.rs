@@ -765,7 +765,10 @@ impl Actor for Scheduler {
 impl Handler<Enqueue> for Scheduler {
     type Result = ResponseActFuture<Self, Result<(String, Option<String>), CallError>>;
 
-    fn handle(&mut self, Enqueue(request): Enqueue, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Enqueue(request): Enqueue, _: &mut Context<Self>) -> Self::Result {
+        // A call due later is found by the periodic pump; one due now is pumped as soon as it
+        // is durable (the pump starts only durable calls, so a pump before would skip it).
+        let due_now = request.delay_ms == 0;
         let taken = self.enqueue(request);
         // A key duplicate of a call held here stored nothing new: nothing to take back.
         let stored = taken
@@ -774,9 +777,11 @@ impl Handler<Enqueue> for Scheduler {
             .filter(|(_, dup)| dup.is_none())
             .map(|(id, _)| id.clone());
         let durable = self.commit.durable();
-        self.pump_soon(ctx);
         // Acknowledge only after the group flush, or a crash loses an acknowledged call.
-        Box::pin(durable.into_actor(self).map(move |durable, this, _| {
+        Box::pin(durable.into_actor(self).map(move |durable, this, ctx| {
+            if due_now {
+                this.pump_soon(ctx);
+            }
             let taken = taken?;
             this.settle(durable, stored.as_deref())?;
             Ok(taken)

@@ -169,6 +169,65 @@ impl Client {
         }
     }
 
+    /// Sends every request of `bodies` before reading any answer (pipelining: one round trip
+    /// for all of them), then waits up to `timeout` for every answer; answers in request order.
+    pub fn pipeline(
+        &mut self,
+        bodies: Vec<Request>,
+        timeout: Duration,
+    ) -> Result<Vec<Response>, ClientError> {
+        let conn = |cage: &str, source: FrameError| ClientError::Connection {
+            cage: cage.to_owned(),
+            source,
+        };
+        let first = self.next_id;
+        let count = bodies.len() as u64;
+        self.next_id += count;
+        let mut out = Vec::new();
+        for (i, body) in bodies.into_iter().enumerate() {
+            let id = first + i as u64;
+            out.extend(frame::encode(&RequestFrame { id, body }).map_err(|e| conn(&self.cage, e))?);
+        }
+        self.stream
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(|e| conn(&self.cage, e.into()))?;
+        // One write for the whole batch: the frames go out in as few packets as they fit.
+        frame::write_blocking(&mut self.stream, &out).map_err(|e| conn(&self.cage, e))?;
+        let mut answers: Vec<Option<Response>> = (0..count).map(|_| None).collect();
+        let mut left = count;
+        while left > 0 {
+            let body =
+                frame::read_blocking(&mut self.stream, MAX_RESPONSE_BYTES).map_err(
+                    |e| match e {
+                        FrameError::Io(io)
+                            if matches!(
+                                io.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            ClientError::Timeout {
+                                cage: self.cage.clone(),
+                                after: timeout,
+                            }
+                        }
+                        other => conn(&self.cage, other),
+                    },
+                )?;
+            let response: ResponseFrame = frame::decode(&body).map_err(|e| conn(&self.cage, e))?;
+            // Answers to earlier requests that timed out may still arrive; skip them.
+            if let Some(slot) = response
+                .id
+                .checked_sub(first)
+                .and_then(|i| answers.get_mut(i as usize))
+            {
+                if slot.replace(response.body).is_none() {
+                    left -= 1;
+                }
+            }
+        }
+        Ok(answers.into_iter().flatten().collect())
+    }
+
     /// Runs a sync call; the client waits a little longer than the call's own limit so the cage
     /// can report its timeout itself.
     pub fn call(&mut self, call: CallRequest) -> Result<Vec<u8>, Box<CallFailure>> {

@@ -37,6 +37,7 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
         &request,
         calls,
         clients,
+        1,
         &format!("e2e {source} → {to}"),
     )?;
     let enqueued = started.elapsed();

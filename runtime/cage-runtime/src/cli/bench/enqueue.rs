@@ -8,6 +8,9 @@ use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{EnqueueRequest, Filter, QueueQuery};
 use std::time::{Duration, Instant};
 
+/// Enqueues each client keeps in flight in the pipelined run.
+const PIPELINED: usize = 16;
+
 /// Queue the benchmark's calls go to (cancelled afterwards).
 const BENCH_QUEUE: &str = "bench";
 
@@ -27,7 +30,14 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
         key: None,
         delay_ms: 24 * 3600 * 1000,
     };
-    for c in [1, clients] {
+    // One request at a time per client, then with PIPELINED requests in flight per client (as
+    // an asynchronous producer sends them): the last shows what the queue takes when its
+    // clients do not wait a round trip and a flush between calls.
+    for (c, in_flight) in [(1, 1), (clients, 1), (clients, PIPELINED)] {
+        let label = match in_flight {
+            1 => format!("{c} client(s)"),
+            n => format!("{c} client(s) × {n} pipelined"),
+        };
         let started = Instant::now();
         let mut lat = enqueue_many(
             cage,
@@ -35,7 +45,8 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
             &request,
             calls,
             c,
-            &format!("enqueue, {c} client(s)"),
+            in_flight,
+            &format!("enqueue, {label}"),
         )?;
         let rate = lat.len() as f64 / started.elapsed().as_secs_f64();
         lat.sort_unstable();
@@ -48,21 +59,21 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
         };
         report.add(
             "enqueue",
-            format!("durable enqueues/s, {c} client(s)"),
+            format!("durable enqueues/s, {label}"),
             rate,
             "calls/s",
             goal,
         );
         report.add(
             "enqueue",
-            format!("ack p50, {c} client(s)"),
+            format!("ack p50, {label}"),
             percentile_us(&lat, 0.5),
             "µs",
             None,
         );
         report.add(
             "enqueue",
-            format!("ack p99, {c} client(s)"),
+            format!("ack p99, {label}"),
             percentile_us(&lat, 0.99),
             "µs",
             None,

@@ -3,7 +3,7 @@
 
 use cage_runtime::config::CageRoute;
 use cage_runtime::transport::client::Client;
-use cage_runtime::transport::protocol::EnqueueRequest;
+use cage_runtime::transport::protocol::{EnqueueRequest, Request, Response};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
@@ -11,15 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Enqueues `calls` copies of `request` through cage `via` from `clients` concurrent clients,
-/// each on its own connection; returns each enqueue's acknowledgement latency.
+/// each on its own connection with `in_flight` enqueues pipelined at a time (1: one request,
+/// one answer); returns each enqueue's acknowledgement latency (for a pipelined batch, the
+/// batch's).
 pub fn enqueue_many(
     via: &str,
     route: &CageRoute,
     request: &EnqueueRequest,
     calls: usize,
     clients: usize,
+    in_flight: usize,
     label: &str,
 ) -> Result<Vec<Duration>, String> {
+    let in_flight = in_flight.max(1);
     let progress = Arc::new(bar(calls, label));
     let per_client = calls.div_ceil(clients);
     let workers: Vec<_> = (0..clients)
@@ -34,15 +38,32 @@ pub fn enqueue_many(
             std::thread::spawn(move || -> Result<Vec<Duration>, String> {
                 let mut client = Client::connect(&via, &route).map_err(|e| e.to_string())?;
                 let mut latencies = Vec::with_capacity(n);
-                for k in 0..n {
+                let mut sent = 0;
+                while sent < n {
+                    let batch = in_flight.min(n - sent);
                     let t = Instant::now();
-                    client
-                        .enqueue(request.clone(), Duration::from_secs(60))
-                        .map_err(|e| e.to_string())?;
-                    latencies.push(t.elapsed());
-                    if k % 128 == 127 {
-                        progress.inc(128);
+                    if batch == 1 {
+                        client
+                            .enqueue(request.clone(), Duration::from_secs(60))
+                            .map_err(|e| e.to_string())?;
+                    } else {
+                        let answers = client
+                            .pipeline(
+                                vec![Request::Enqueue(request.clone()); batch],
+                                Duration::from_secs(60),
+                            )
+                            .map_err(|e| e.to_string())?;
+                        if let Some(bad) = answers
+                            .iter()
+                            .find(|a| !matches!(a, Response::Enqueued { .. }))
+                        {
+                            return Err(format!("enqueue refused: {bad:?}"));
+                        }
                     }
+                    let took = t.elapsed();
+                    latencies.extend(std::iter::repeat_n(took, batch));
+                    sent += batch;
+                    progress.inc(batch as u64);
                 }
                 Ok(latencies)
             })

@@ -345,6 +345,8 @@ fn all(site: &Site, common: &Common) -> Result<Report, String> {
     let mut place = Place::own(site, common.modules.as_deref())?;
     let mut r = place.report()?;
     let rounds = if common.calls.is_some() { 3 } else { 10 };
+    // Progress bars show only on a terminal; a line per scenario shows in logs too.
+    let step = |name: &str| eprintln!("bench: {name}");
     rpc::run(
         &place,
         "echo.shout",
@@ -353,7 +355,9 @@ fn all(site: &Site, common: &Common) -> Result<Report, String> {
         common.clients(8),
         &mut r,
     )?;
+    step("enqueue");
     enqueue::run(&place, common.calls(20_000), common.clients(64), &mut r)?;
+    step("e2e");
     e2e::run(&place, common.calls(20_000), common.clients(16), &mut r)?;
     retry::run(
         &place,
@@ -362,6 +366,7 @@ fn all(site: &Site, common: &Common) -> Result<Report, String> {
         common.clients(16),
         &mut r,
     )?;
+    step("reload");
     reload::run(&place, "echo", &[], "echo.version", rounds, &mut r)?;
     pending::run(
         &mut place,

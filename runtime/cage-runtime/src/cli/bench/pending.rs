@@ -62,6 +62,7 @@ pub fn run(
         &request,
         calls,
         clients,
+        1,
         &format!("filling {cage} with {calls} calls"),
     )?;
     let enqueue_secs = started.elapsed().as_secs_f64();

@@ -42,6 +42,7 @@ pub fn run(
         &request,
         calls,
         clients,
+        1,
         &format!("retry {source} → {to}"),
     )?;
     let progress = super::load::bar(calls, &format!("third attempts on {to}"));
