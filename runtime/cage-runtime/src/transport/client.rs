@@ -144,29 +144,36 @@ impl Client {
             .map_err(|e| conn(&self.cage, e.into()))?;
         frame::write_blocking(&mut self.stream, &bytes).map_err(|e| conn(&self.cage, e))?;
         loop {
-            let body =
-                frame::read_blocking(&mut self.stream, MAX_RESPONSE_BYTES).map_err(
-                    |e| match e {
-                        FrameError::Io(io)
-                            if matches!(
-                                io.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            ClientError::Timeout {
-                                cage: self.cage.clone(),
-                                after: timeout,
-                            }
-                        }
-                        other => conn(&self.cage, other),
-                    },
-                )?;
-            let response: ResponseFrame = frame::decode(&body).map_err(|e| conn(&self.cage, e))?;
+            let response = self.read_response(timeout)?;
             // Responses to earlier requests that timed out may still arrive; skip them.
             if response.id == id {
                 return Ok(response.body);
             }
         }
+    }
+
+    /// Reads the next response frame, waiting at most `timeout` (the read timeout set).
+    fn read_response(&mut self, timeout: Duration) -> Result<ResponseFrame, ClientError> {
+        let conn = |cage: &str, source: FrameError| ClientError::Connection {
+            cage: cage.to_owned(),
+            source,
+        };
+        let body =
+            frame::read_blocking(&mut self.stream, MAX_RESPONSE_BYTES).map_err(|e| match e {
+                FrameError::Io(io)
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    ClientError::Timeout {
+                        cage: self.cage.clone(),
+                        after: timeout,
+                    }
+                }
+                other => conn(&self.cage, other),
+            })?;
+        frame::decode(&body).map_err(|e| conn(&self.cage, e))
     }
 
     /// Sends every request of `bodies` before reading any answer (pipelining: one round trip
@@ -196,24 +203,7 @@ impl Client {
         let mut answers: Vec<Option<Response>> = (0..count).map(|_| None).collect();
         let mut left = count;
         while left > 0 {
-            let body =
-                frame::read_blocking(&mut self.stream, MAX_RESPONSE_BYTES).map_err(
-                    |e| match e {
-                        FrameError::Io(io)
-                            if matches!(
-                                io.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            ClientError::Timeout {
-                                cage: self.cage.clone(),
-                                after: timeout,
-                            }
-                        }
-                        other => conn(&self.cage, other),
-                    },
-                )?;
-            let response: ResponseFrame = frame::decode(&body).map_err(|e| conn(&self.cage, e))?;
+            let response = self.read_response(timeout)?;
             // Answers to earlier requests that timed out may still arrive; skip them.
             if let Some(slot) = response
                 .id

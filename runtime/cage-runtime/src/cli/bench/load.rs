@@ -3,7 +3,7 @@
 
 use cage_runtime::config::CageRoute;
 use cage_runtime::transport::client::Client;
-use cage_runtime::transport::protocol::{EnqueueRequest, Request, Response};
+use cage_runtime::transport::protocol::{EnqueueRequest, QueueStats, Request, Response};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
@@ -105,4 +105,39 @@ pub fn fdatasync_rate(dir: &Path, rounds: usize) -> Result<f64, String> {
     let rate = rounds as f64 / started.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&path);
     Ok(rate)
+}
+
+/// The queue counters of cage `cage`.
+pub fn stats(cage: &str, route: &CageRoute) -> Result<QueueStats, String> {
+    Client::connect(cage, route)
+        .and_then(|mut c| c.stats(false, Duration::from_secs(10)))
+        .map_err(|e| e.to_string())
+}
+
+/// Waits (at most 10 minutes, showing progress as `label`) until cage `cage` has executed
+/// `calls` more calls than `before` says; answers its counters then.
+pub fn wait_executed(
+    cage: &str,
+    route: &CageRoute,
+    before: &QueueStats,
+    calls: usize,
+    label: &str,
+) -> Result<QueueStats, String> {
+    let started = Instant::now();
+    let progress = bar(calls, label);
+    loop {
+        let now = stats(cage, route)?;
+        let done = now.executed.saturating_sub(before.executed);
+        progress.set_position(done.min(calls as u64));
+        if done >= calls as u64 {
+            progress.finish_and_clear();
+            return Ok(now);
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(format!(
+                "{done} of {calls} calls executed on {cage} after 10 minutes; see cage pending {cage}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

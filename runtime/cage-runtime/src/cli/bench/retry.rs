@@ -1,7 +1,7 @@
 //! `cage bench retry`: calls that fail twice and succeed on their third attempt, with retries
 //! a few milliseconds apart: how long until all are done, and that none is lost.
 
-use super::load::enqueue_many;
+use super::load::{enqueue_many, stats, wait_executed};
 use super::report::{Goal, Report};
 use super::Place;
 use cage_runtime::transport::client::Client;
@@ -19,12 +19,7 @@ pub fn run(
 ) -> Result<(), String> {
     let (source, to) = (place.first.as_str(), place.second.as_str());
     let (source_route, target_route) = (place.route(source)?, place.route(to)?);
-    let stats = || {
-        Client::connect(to, &target_route)
-            .and_then(|mut c| c.stats(false, Duration::from_secs(10)))
-            .map_err(|e| e.to_string())
-    };
-    let before = stats()?;
+    let before = stats(to, &target_route)?;
     let request = EnqueueRequest {
         target: to.to_owned(),
         module: "echo".into(),
@@ -45,22 +40,13 @@ pub fn run(
         1,
         &format!("retry {source} → {to}"),
     )?;
-    let progress = super::load::bar(calls, &format!("third attempts on {to}"));
-    let after = loop {
-        let now = stats()?;
-        let done = now.executed.saturating_sub(before.executed);
-        progress.set_position(done.min(calls as u64));
-        if done >= calls as u64 {
-            break now;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            return Err(format!(
-                "{done} of {calls} flaky calls done after 10 minutes; see cage pending {to}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    progress.finish_and_clear();
+    let after = wait_executed(
+        to,
+        &target_route,
+        &before,
+        calls,
+        &format!("third attempts on {to}"),
+    )?;
     let total = started.elapsed();
     let dead = Client::connect(to, &target_route)
         .and_then(|mut c| {
