@@ -54,8 +54,8 @@ fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
 }
 
-#[test]
-fn metrics_count_the_calls_made_and_parse_as_prometheus_text() {
+/// A site with cage `front` serving echo, its HTTP API on a known port.
+fn site_with_http_port() -> (Site, u16) {
     let mut site = Site::new();
     let http = free_port();
     site.cage(
@@ -63,6 +63,12 @@ fn metrics_count_the_calls_made_and_parse_as_prometheus_text() {
         &["echo"],
         &format!("http_listen = \"127.0.0.1:{http}\"\n"),
     );
+    (site, http)
+}
+
+#[test]
+fn metrics_count_the_calls_made_and_parse_as_prometheus_text() {
+    let (site, http) = site_with_http_port();
     site.write(
         "config/config_execute_on.toml",
         "[queues.fast]\nfirst_retry = \"50ms\"\ngrowth = 1.0\nmax_delay = \"50ms\"\ngive_up_after = \"1h\"\n",
@@ -195,13 +201,7 @@ fn metrics_count_the_calls_made_and_parse_as_prometheus_text() {
 
 #[test]
 fn dashboard_actions_need_the_token_and_the_csrf_value() {
-    let mut site = Site::new();
-    let http = free_port();
-    site.cage(
-        "front",
-        &["echo"],
-        &format!("http_listen = \"127.0.0.1:{http}\"\n"),
-    );
+    let (site, http) = site_with_http_port();
     site.install("echo", &module_so("echo", &[]));
     let _cage = site.start("front");
     let id = site.enqueue("front", "echo.echo", "1", &["--delay", "1h"]);

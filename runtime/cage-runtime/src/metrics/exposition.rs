@@ -1,7 +1,7 @@
 //! Snapshots of one or more cages in the Prometheus text format (OpenMetrics flavour), every
 //! sample labelled with its cage so a dashboard can serve a whole site from one endpoint.
 
-use super::{MetricsSnapshot, DURATION_BUCKETS};
+use super::{MethodCounters, MetricsSnapshot, ModuleLoads, QueueMetrics, DURATION_BUCKETS};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -15,7 +15,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 type Labels = Vec<(&'static str, String)>;
 
 /// Reads one counter of a queue.
-type QueueValue = fn(&super::QueueMetrics) -> u64;
+type QueueValue = fn(&QueueMetrics) -> u64;
 
 /// The text exposition of `snapshots`.
 pub fn encode(snapshots: Vec<MetricsSnapshot>) -> String {
@@ -50,53 +50,47 @@ fn family(
 }
 
 impl Snapshots {
-    fn per_queue(&self, value: impl Fn(&super::QueueMetrics) -> u64) -> Vec<(Labels, u64)> {
-        let value = &value;
-        self.0
-            .iter()
-            .flat_map(|s| {
-                s.queues.iter().map(move |q| {
-                    (
-                        vec![("cage", s.cage.clone()), ("queue", q.queue.clone())],
-                        value(q),
-                    )
-                })
-            })
-            .collect()
+    /// One sample per item that `items` picks from each snapshot, labelled with its cage and
+    /// the labels `labels` gives the item.
+    fn samples<'a, T: 'a, I: Iterator<Item = &'a T>>(
+        &'a self,
+        items: impl Fn(&'a MetricsSnapshot) -> I,
+        labels: impl Fn(&T) -> Labels,
+        value: impl Fn(&T) -> u64,
+    ) -> Vec<(Labels, u64)> {
+        let mut out = Vec::new();
+        for s in &self.0 {
+            for item in items(s) {
+                let mut l = vec![("cage", s.cage.clone())];
+                l.extend(labels(item));
+                out.push((l, value(item)));
+            }
+        }
+        out
     }
 
-    fn per_method(&self, value: impl Fn(&super::MethodCounters) -> u64) -> Vec<(Labels, u64)> {
-        let value = &value;
-        self.0
-            .iter()
-            .flat_map(|s| {
-                s.methods.iter().map(move |m| {
-                    (
-                        vec![
-                            ("cage", s.cage.clone()),
-                            ("module", m.module.clone()),
-                            ("method", m.method.clone()),
-                        ],
-                        value(&m.counters),
-                    )
-                })
-            })
-            .collect()
+    fn per_queue(&self, value: impl Fn(&QueueMetrics) -> u64) -> Vec<(Labels, u64)> {
+        self.samples(
+            |s| s.queues.iter(),
+            |q| vec![("queue", q.queue.clone())],
+            value,
+        )
     }
 
-    fn per_module(&self, value: impl Fn(&super::ModuleLoads) -> u64) -> Vec<(Labels, u64)> {
-        let value = &value;
-        self.0
-            .iter()
-            .flat_map(|s| {
-                s.modules.iter().map(move |m| {
-                    (
-                        vec![("cage", s.cage.clone()), ("module", m.module.clone())],
-                        value(m),
-                    )
-                })
-            })
-            .collect()
+    fn per_method(&self, value: impl Fn(&MethodCounters) -> u64) -> Vec<(Labels, u64)> {
+        self.samples(
+            |s| s.methods.iter(),
+            |m| vec![("module", m.module.clone()), ("method", m.method.clone())],
+            |m| value(&m.counters),
+        )
+    }
+
+    fn per_module(&self, value: impl Fn(&ModuleLoads) -> u64) -> Vec<(Labels, u64)> {
+        self.samples(
+            |s| s.modules.iter(),
+            |m| vec![("module", m.module.clone())],
+            value,
+        )
     }
 }
 

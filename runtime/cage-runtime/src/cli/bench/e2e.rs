@@ -1,10 +1,9 @@
 //! `cage bench e2e`: queued no-op calls from one cage to another, first enqueue to last
 //! completion.
 
-use super::load::{enqueue_many, stats, wait_executed};
+use super::load::{echo_call, enqueue_many, stats, wait_executed};
 use super::report::{Goal, Report};
 use super::Place;
-use cage_runtime::transport::protocol::EnqueueRequest;
 use std::time::Instant;
 
 /// Enqueues `calls` calls of `echo.version` on the first cage for the second, and waits until
@@ -13,16 +12,7 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
     let (source, to) = (place.first.as_str(), place.second.as_str());
     let (source_route, target_route) = (place.route(source)?, place.route(to)?);
     let before = stats(to, &target_route)?;
-    let request = EnqueueRequest {
-        target: to.to_owned(),
-        module: "echo".into(),
-        method: "version".into(),
-        args: b"null".to_vec(),
-        queue: "retry".into(),
-        priority: 0,
-        key: None,
-        delay_ms: 0,
-    };
+    let request = echo_call(to, "version", b"null", "retry");
     let started = Instant::now();
     enqueue_many(
         source,

@@ -141,3 +141,17 @@ pub fn wait_executed(
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A call of `echo.METHOD` with `args` for cage `to` on `queue`, due at once.
+pub fn echo_call(to: &str, method: &str, args: &[u8], queue: &str) -> EnqueueRequest {
+    EnqueueRequest {
+        target: to.to_owned(),
+        module: "echo".into(),
+        method: method.to_owned(),
+        args: args.to_vec(),
+        queue: queue.to_owned(),
+        priority: 0,
+        key: None,
+        delay_ms: 0,
+    }
+}

@@ -1,11 +1,11 @@
 //! `cage bench retry`: calls that fail twice and succeed on their third attempt, with retries
 //! a few milliseconds apart: how long until all are done, and that none is lost.
 
-use super::load::{enqueue_many, stats, wait_executed};
+use super::load::{echo_call, enqueue_many, stats, wait_executed};
 use super::report::{Goal, Report};
 use super::Place;
 use cage_runtime::transport::client::Client;
-use cage_runtime::transport::protocol::{EnqueueRequest, Filter, QueueQuery};
+use cage_runtime::transport::protocol::{Filter, QueueQuery};
 use std::time::{Duration, Instant};
 
 /// Enqueues `calls` calls of `echo.flaky` (failing the first two attempts) on the first cage
@@ -20,16 +20,7 @@ pub fn run(
     let (source, to) = (place.first.as_str(), place.second.as_str());
     let (source_route, target_route) = (place.route(source)?, place.route(to)?);
     let before = stats(to, &target_route)?;
-    let request = EnqueueRequest {
-        target: to.to_owned(),
-        module: "echo".into(),
-        method: "flaky".into(),
-        args: b"2".to_vec(),
-        queue: queue.to_owned(),
-        priority: 0,
-        key: None,
-        delay_ms: 0,
-    };
+    let request = echo_call(to, "flaky", b"2", queue);
     let started = Instant::now();
     enqueue_many(
         source,
