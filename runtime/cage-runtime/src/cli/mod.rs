@@ -4,6 +4,7 @@ mod bench;
 mod call;
 mod chain;
 mod chaos;
+mod child;
 mod dashboard;
 mod enqueue;
 mod exit;

@@ -5,17 +5,17 @@ use cage_runtime::config::{CageRoute, ConfigError, Site};
 use cage_sdk::ErrorKind;
 use std::process::ExitCode;
 
-/// Splits `MODULE.METHOD`, or fails with the bad-arguments exit code.
-pub fn split(target: &str) -> Result<(&str, &str), ExitCode> {
+/// Splits `MODULE.METHOD`, or says what is wrong with it.
+pub fn parse(target: &str) -> Result<(&str, &str), String> {
     target
         .split_once('.')
         .filter(|(m, f)| !m.is_empty() && !f.is_empty())
-        .ok_or_else(|| {
-            exit::fail(
-                exit::for_kind(ErrorKind::BadArguments),
-                format!("target {target:?} is not MODULE.METHOD (e.g. echo.shout)"),
-            )
-        })
+        .ok_or_else(|| format!("target {target:?} is not MODULE.METHOD (e.g. echo.shout)"))
+}
+
+/// Splits `MODULE.METHOD`, or fails with the bad-arguments exit code.
+pub fn split(target: &str) -> Result<(&str, &str), ExitCode> {
+    parse(target).map_err(|e| exit::fail(exit::for_kind(ErrorKind::BadArguments), e))
 }
 
 /// How to reach `cage`, or fails with the unknown-cage or config exit code.

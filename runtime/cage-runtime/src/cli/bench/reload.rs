@@ -26,10 +26,7 @@ pub fn run(
     rounds: usize,
     report: &mut Report,
 ) -> Result<(), String> {
-    let (call_module, call_method) = call
-        .split_once('.')
-        .filter(|(m, f)| !m.is_empty() && !f.is_empty())
-        .ok_or_else(|| format!("call {call:?} is not MODULE.METHOD"))?;
+    let (call_module, call_method) = crate::cli::target::parse(call)?;
     let cage = place.first.as_str();
     let route = place.route(cage)?;
     let mut builds = Vec::new();

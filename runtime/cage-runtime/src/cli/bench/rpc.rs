@@ -19,10 +19,7 @@ pub fn run(
     clients: usize,
     report: &mut Report,
 ) -> Result<(), String> {
-    let (module, method) = target
-        .split_once('.')
-        .filter(|(m, f)| !m.is_empty() && !f.is_empty())
-        .ok_or_else(|| format!("target {target:?} is not MODULE.METHOD"))?;
+    let (module, method) = crate::cli::target::parse(target)?;
     let cage = place.first.as_str();
     let route = place.route(cage)?;
     let request = CallRequest {

@@ -258,19 +258,7 @@ impl Lab {
     fn stop_all(&mut self) {
         for i in 0..self.cages.len() {
             if let Some(mut child) = self.cages[i].child.take() {
-                // SIGTERM: a graceful stop, so the last logs are flushed.
-                let _ = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
+                crate::cli::child::terminate(&mut child, Duration::from_secs(10));
             }
         }
     }
