@@ -234,71 +234,70 @@ fn finish(result: Result<Report, String>, json: bool) -> ExitCode {
     }
 }
 
+/// Calls and clients of each scenario when the command line gives none.
+const RPC: (usize, usize) = (20_000, 8);
+const ENQUEUE: (usize, usize) = (20_000, 64);
+const E2E: (usize, usize) = (20_000, 16);
+const RETRY: (usize, usize) = (2_000, 16);
+const PENDING: (usize, usize) = (1_000_000, 16);
+
+/// Runs one scenario where `first` (and `second`) say, or on the benchmark's own cages, and
+/// prints its report.
+fn measure(
+    site: &Site,
+    first: Option<String>,
+    second: Option<String>,
+    common: &Common,
+    scenario: impl FnOnce(&mut Place, &mut Report) -> Result<(), String>,
+) -> ExitCode {
+    let report = Place::of(site, first, second, common.modules.as_deref()).and_then(|mut p| {
+        let mut r = p.report()?;
+        scenario(&mut p, &mut r)?;
+        Ok(r)
+    });
+    finish(report, common.json)
+}
+
 /// Runs one scenario (or all of them).
 pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
     match scenario {
         Scenario::All(common) => finish(all(site, &common), common.json),
-        Scenario::Enqueue { cage, common } => finish(
-            Place::of(site, cage, None, common.modules.as_deref()).and_then(|p| {
-                let mut r = p.report()?;
-                enqueue::run(&p, common.calls(20_000), common.clients(64), &mut r)?;
-                Ok(r)
-            }),
-            common.json,
-        ),
+        Scenario::Enqueue { cage, common } => measure(site, cage, None, &common, |p, r| {
+            enqueue::run(p, common.calls(ENQUEUE.0), common.clients(ENQUEUE.1), r)
+        }),
         Scenario::E2e {
             source,
             target,
             common,
-        } => finish(
-            Place::of(site, source, target, common.modules.as_deref()).and_then(|p| {
-                let mut r = p.report()?;
-                e2e::run(&p, common.calls(20_000), common.clients(16), &mut r)?;
-                Ok(r)
-            }),
-            common.json,
-        ),
+        } => measure(site, source, target, &common, |p, r| {
+            e2e::run(p, common.calls(E2E.0), common.clients(E2E.1), r)
+        }),
         Scenario::Retry {
             source,
             target,
             queue,
             common,
-        } => finish(
-            Place::of(site, source, target, common.modules.as_deref()).and_then(|p| {
-                let mut r = p.report()?;
-                retry::run(&p, &queue, common.calls(2_000), common.clients(16), &mut r)?;
-                Ok(r)
-            }),
-            common.json,
-        ),
+        } => measure(site, source, target, &common, |p, r| {
+            retry::run(p, &queue, common.calls(RETRY.0), common.clients(RETRY.1), r)
+        }),
         Scenario::Rpc {
             cage,
             target,
             args,
             common,
-        } => finish(
-            Place::of(site, cage, None, common.modules.as_deref()).and_then(|p| {
-                let mut r = p.report()?;
-                rpc::run(
-                    &p,
-                    &target,
-                    &args,
-                    common.calls(20_000),
-                    common.clients(8),
-                    &mut r,
-                )?;
-                Ok(r)
-            }),
-            common.json,
-        ),
-        Scenario::Pending { cage, common } => finish(
-            Place::of(site, cage, None, common.modules.as_deref()).and_then(|mut p| {
-                let mut r = p.report()?;
-                pending::run(&mut p, common.calls(1_000_000), common.clients(16), &mut r)?;
-                Ok(r)
-            }),
-            common.json,
-        ),
+        } => measure(site, cage, None, &common, |p, r| {
+            rpc::run(
+                p,
+                &target,
+                &args,
+                common.calls(RPC.0),
+                common.clients(RPC.1),
+                r,
+            )
+        }),
+        Scenario::Pending { cage, common } => measure(site, cage, None, &common, |p, r| {
+            pending::run(p, common.calls(PENDING.0), common.clients(PENDING.1), r)
+        }),
         Scenario::Reload {
             cage,
             module,
@@ -306,14 +305,9 @@ pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
             call,
             rounds,
             common,
-        } => finish(
-            Place::of(site, cage, None, common.modules.as_deref()).and_then(|p| {
-                let mut r = p.report()?;
-                reload::run(&p, &module, &files, &call, rounds.max(1), &mut r)?;
-                Ok(r)
-            }),
-            common.json,
-        ),
+        } => measure(site, cage, None, &common, |p, r| {
+            reload::run(p, &module, &files, &call, rounds.max(1), r)
+        }),
         Scenario::Chain {
             cage,
             other,
@@ -345,35 +339,26 @@ fn all(site: &Site, common: &Common) -> Result<Report, String> {
     let mut place = Place::own(site, common.modules.as_deref())?;
     let mut r = place.report()?;
     let rounds = if common.calls.is_some() { 3 } else { 10 };
+    let calls = |default: (usize, usize)| (common.calls(default.0), common.clients(default.1));
     // Progress bars show only on a terminal; a line per scenario shows in logs too.
     let step = |name: &str| eprintln!("bench: {name}");
-    rpc::run(
-        &place,
-        "echo.shout",
-        "\"ping\"",
-        common.calls(20_000),
-        common.clients(8),
-        &mut r,
-    )?;
+    step("rpc");
+    let (n, c) = calls(RPC);
+    rpc::run(&place, "echo.shout", "\"ping\"", n, c, &mut r)?;
     step("enqueue");
-    enqueue::run(&place, common.calls(20_000), common.clients(64), &mut r)?;
+    let (n, c) = calls(ENQUEUE);
+    enqueue::run(&place, n, c, &mut r)?;
     step("e2e");
-    e2e::run(&place, common.calls(20_000), common.clients(16), &mut r)?;
-    retry::run(
-        &place,
-        "retry",
-        common.calls(2_000),
-        common.clients(16),
-        &mut r,
-    )?;
+    let (n, c) = calls(E2E);
+    e2e::run(&place, n, c, &mut r)?;
+    step("retry");
+    let (n, c) = calls(RETRY);
+    retry::run(&place, "retry", n, c, &mut r)?;
     step("reload");
     reload::run(&place, "echo", &[], "echo.version", rounds, &mut r)?;
-    pending::run(
-        &mut place,
-        common.calls(1_000_000),
-        common.clients(16),
-        &mut r,
-    )?;
+    step("pending");
+    let (n, c) = calls(PENDING);
+    pending::run(&mut place, n, c, &mut r)?;
     Ok(r)
 }
 
