@@ -122,14 +122,8 @@ impl PreparedCage {
         };
         let store = Arc::new(QueueStore::open(&queue_dir).map_err(queue_error)?);
         let commit = Arc::new(
-            GroupCommit::start(
-                store.db().clone(),
-                &queue_dir,
-                config.fdatasync,
-                store.issued(),
-                config.commit_window,
-            )
-            .map_err(queue_error)?,
+            GroupCommit::start(&store, config.fdatasync, config.commit_window)
+                .map_err(queue_error)?,
         );
         let env = Arc::new(HostEnv {
             cage: name.to_owned(),
@@ -288,9 +282,10 @@ impl CageHandle {
         while self.load.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Outcomes recorded since the last group commit: make them durable before exiting.
-        if let Err(e) = self.store.db().flush() {
-            tracing::error!(cage = %self.name, "final queue flush failed: {e}");
+        // Outcomes recorded since the last group commit: make them durable in sled itself, so
+        // the next start has no journal to replay.
+        if let Err(e) = self.store.checkpoint() {
+            tracing::error!(cage = %self.name, "final queue checkpoint failed (the journal keeps every change): {e}");
         }
         self.load.in_flight()
     }

@@ -1,21 +1,29 @@
-//! Group commit: writers ask for durability and wait; one thread runs a flush for everyone
-//! waiting, so many concurrent enqueues share one disk sync. Under load (the last flush was
-//! shared) a flush first waits the cage's `commit_window` so more writers share it; a lone
-//! writer is flushed at once.
+//! Group commit: writers ask for durability and wait; one thread syncs the journal for everyone
+//! waiting, so many concurrent enqueues share one disk sync. Under load (the last sync was
+//! shared) a sync first waits the cage's `commit_window` so more writers share it; a lone
+//! writer is synced at once.
 //!
-//! sled's `flush` writes with `sync_file_range`, which survives a process crash but does not
-//! empty the device's write cache; with `fdatasync` on (the default) each flush is followed by an
-//! `fdatasync` of sled's data file, which does, so an acknowledged call also survives power loss.
+//! Every change is in the journal file (the kernel's page cache) before it is applied, which
+//! survives a process crash; with `fdatasync` on (the default) the journal is also synced to the
+//! device before anyone is acknowledged, so an acknowledged call survives power loss too.
+//!
+//! Between syncs the thread checkpoints when the journal has grown past [`CHECKPOINT_BYTES`] or
+//! has held changes for [`CHECKPOINT_EVERY`]: sled is flushed and the old segments dropped, so
+//! the journal (and the replay on the next start) stays short.
 
-use super::QueueError;
-use std::fs::File;
-use std::path::Path;
+use super::journal::Journal;
+use super::{QueueError, QueueStore};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// A journal this long is checkpointed at the next pause between syncs.
+pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// A journal holding changes is checkpointed at least this often.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct State {
@@ -42,22 +50,19 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts committing `db` (stored in `dir`); with `fdatasync`, each flush also syncs the
-    /// data file to the device. `issued` is the store's highest sequence number given out: what
-    /// it was when a flush began is durable once the flush succeeds.
+    /// Starts committing `store`; with `fdatasync`, each round syncs the journal to the device
+    /// (without, changes are durable against a process crash only). What the store's issued
+    /// sequence number was when a sync began is durable once the sync succeeds.
     pub fn start(
-        db: sled::Db,
-        dir: &Path,
+        store: &QueueStore,
         fdatasync: bool,
-        issued: Arc<AtomicU64>,
         window: Duration,
     ) -> Result<Self, QueueError> {
-        let data = if fdatasync {
-            Some(File::open(dir.join("db")).map_err(|e| {
-                QueueError::Flush(format!("open {}/db for fdatasync: {e}", dir.display()))
-            })?)
-        } else {
-            None
+        let issued = store.issued();
+        let disk = Disk {
+            db: store.db().clone(),
+            journal: store.journal(),
+            fdatasync,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -68,7 +73,7 @@ impl GroupCommit {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("cage-commit".into())
-            .spawn(move || run(&worker, &db, data.as_ref(), &issued, window))
+            .spawn(move || run(&worker, &disk, &issued, window))
             .map_err(|e| QueueError::Flush(format!("cannot start the commit thread: {e}")))?;
         Ok(GroupCommit {
             shared,
@@ -129,14 +134,11 @@ fn injected_fault() -> Option<String> {
         .then(|| format!("injected fault ({} exists)", path.to_string_lossy()))
 }
 
-/// Under load (the previous flush was shared), waits `window` before the next flush so more
-/// writers join it; a lone writer (the last flush had one) is flushed at once, so the window
-/// costs latency only when there are others to share the flush with.
-///
-/// Why wait rather than flush back to back: sled's `flush` holds its global concurrency lock
-/// (shared) while the log is written and synced, and every multi-key batch takes that lock
-/// exclusively, so writes stall while a flush runs. Flushing back to back lets only a few
-/// writes in between flushes; the window is when they get in.
+/// Under load (the previous sync was shared), waits `window` before the next sync so more
+/// writers join it; a lone writer (the last sync had one) is synced at once, so the window
+/// costs latency only when there are others to share the sync with. Writers never wait for a
+/// sync to apply their changes, so the window only trades latency for fewer device syncs
+/// (worth it on disks where `fdatasync` is slow); it is off by default.
 fn gather<'a>(
     shared: &'a Shared,
     mut s: std::sync::MutexGuard<'a, State>,
@@ -163,18 +165,64 @@ fn gather<'a>(
     s
 }
 
-fn run(shared: &Shared, db: &sled::Db, data: Option<&File>, issued: &AtomicU64, window: Duration) {
+/// What the commit thread syncs and checkpoints.
+struct Disk {
+    db: sled::Db,
+    journal: Arc<Journal>,
+    fdatasync: bool,
+}
+
+impl Disk {
+    fn sync(&self) -> Result<(), String> {
+        if let Some(fault) = injected_fault() {
+            return Err(fault);
+        }
+        if self.fdatasync {
+            self.journal.sync().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoints if the journal is long or old; a failed checkpoint loses nothing (the
+    /// journal keeps every change) and is tried again later.
+    fn maybe_checkpoint(&self, last: &mut Instant) {
+        let len = self.journal.len();
+        let due = len >= CHECKPOINT_BYTES
+            || (!self.journal.is_empty() && last.elapsed() >= CHECKPOINT_EVERY);
+        if !due {
+            return;
+        }
+        *last = Instant::now();
+        if let Err(e) = self.journal.checkpoint(&self.db) {
+            tracing::error!("queue checkpoint failed (the journal keeps every change): {e}");
+        }
+    }
+}
+
+fn run(shared: &Shared, disk: &Disk, issued: &AtomicU64, window: Duration) {
     let mut last_batch = 0;
+    let mut last_checkpoint = Instant::now();
     loop {
+        disk.maybe_checkpoint(&mut last_checkpoint);
         let batch = {
             let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             while s.waiters.is_empty() && !s.nudged && !s.stopping {
                 s.sleeping = true;
-                s = shared.wake.wait(s).unwrap_or_else(|p| p.into_inner());
+                let (guard, timeout) = shared
+                    .wake
+                    .wait_timeout(s, CHECKPOINT_EVERY)
+                    .unwrap_or_else(|p| p.into_inner());
+                s = guard;
                 s.sleeping = false;
+                if timeout.timed_out() {
+                    break;
+                }
             }
             if s.stopping && s.waiters.is_empty() && !s.nudged {
                 return;
+            }
+            if s.waiters.is_empty() && !s.nudged {
+                continue;
             }
             let mut s = gather(shared, s, window, last_batch);
             s.nudged = false;
@@ -184,25 +232,14 @@ fn run(shared: &Shared, db: &sled::Db, data: Option<&File>, issued: &AtomicU64, 
         // Writers that arrive while this flush runs wait for the next one: their writes may
         // have missed this flush, so acknowledging them now could lose them.
         let covered = issued.load(Ordering::Acquire);
-        let result = match injected_fault() {
-            Some(fault) => Err(fault),
-            None => db
-                .flush()
-                .map(drop)
-                .map_err(|e| format!("sled flush: {e}"))
-                .and_then(|_| {
-                    data.map_or(Ok(()), |f| {
-                        f.sync_data().map_err(|e| format!("fdatasync: {e}"))
-                    })
-                }),
-        };
+        let result = disk.sync();
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         if result.is_ok() {
             shared.durable_seq.fetch_max(covered, Ordering::AcqRel);
         }
         if let Err(e) = &result {
             tracing::error!(
-                "queue flush failed, {} waiting writer(s) get an error: {e}",
+                "queue sync failed, {} waiting writer(s) get an error: {e}",
                 batch.len()
             );
         }
@@ -233,18 +270,13 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn concurrent_writers_share_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let commit = GroupCommit::start(
-            db.clone(),
-            dir.path(),
-            true,
-            Arc::new(AtomicU64::new(0)),
-            Duration::from_millis(1),
-        )
-        .unwrap();
+        let store = QueueStore::open(dir.path()).unwrap();
+        let commit = GroupCommit::start(&store, true, Duration::from_millis(1)).unwrap();
         let mut waits = Vec::new();
         for i in 0..200u32 {
-            db.insert(i.to_be_bytes(), &[1u8][..]).unwrap();
+            let mut b = super::super::journal::Batch::default();
+            b.insert(i.to_be_bytes(), [1u8]);
+            store.apply(b).unwrap();
             waits.push(commit.durable());
         }
         for w in waits {

@@ -4,13 +4,16 @@
 //! - [`record`]: what is stored (call, stage, attempts).
 //! - [`keys`]: the byte layout of the one sled tree (prefix per kind, big-endian times).
 //! - [`store`]: operations on it; every multi-key change is one atomic batch.
+//! - [`journal`]: each batch appended (length, CRC) before it reaches sled; replayed on open.
 //! - [`txn`]: one atomic change of several records (a step's end with its chain's advance).
-//! - [`commit`]: group commit: a flush plus `fdatasync` shared by every waiting writer.
+//! - [`commit`]: group commit: one `fdatasync` of the journal shared by every waiting writer,
+//!   and checkpoints (sled flushed, old journal segments dropped).
 //!
 //! The queue knows nothing of modules or the network: the scheduler asks it for due calls and
 //! tells it how attempts ended.
 
 pub mod commit;
+pub mod journal;
 mod keys;
 pub mod record;
 pub mod store;
@@ -60,6 +63,16 @@ pub enum QueueError {
         found: u8,
         /// Format this cage reads.
         expected: u8,
+    },
+    /// A journal file could not be read, written or synced.
+    #[error("queue journal: cannot {action} {path}: {source}")]
+    Journal {
+        /// What was being done ("append to", "fdatasync", …).
+        action: &'static str,
+        /// The file or directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// Flushing to disk failed: nothing written since the last good flush is durable.
     #[error("cannot make the queue durable: {0}")]

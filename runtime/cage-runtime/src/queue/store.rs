@@ -1,7 +1,9 @@
 //! [`QueueStore`]: the operations on a cage's queue tree. Every change that touches several
-//! keys is one `apply_batch`, so a crash leaves either the old state or the new one. Nothing
-//! here flushes: durability is [`super::GroupCommit`]'s job, asked for by the caller.
+//! keys is one [`Batch`], appended to the [`Journal`] before it is applied, so a crash leaves
+//! either the old state or the new one. Nothing here waits for the disk: durability is
+//! [`super::GroupCommit`]'s job, asked for by the caller.
 
+use super::journal::{Batch, Journal};
 use super::keys::{self, CALL, DEAD, DUE, EXPIRY};
 use super::record::CallRecord;
 use super::QueueError;
@@ -51,6 +53,7 @@ struct History {
 pub struct QueueStore {
     path: PathBuf,
     db: sled::Db,
+    journal: Arc<Journal>,
     issued: Arc<AtomicU64>,
 }
 
@@ -112,6 +115,8 @@ impl QueueStore {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
+            // The journal makes changes durable; sled is flushed only at checkpoints.
+            .flush_every_ms(None)
             .open()
             .map_err(|source| QueueError::Storage {
                 path: dir.display().to_string(),
@@ -136,16 +141,36 @@ impl QueueStore {
             db.insert(keys::MARKER, &[FORMAT][..]).map_err(storage)?;
             db.flush().map_err(storage)?;
         }
+        let (journal, replayed) = Journal::open(dir, &db)?;
+        if replayed.entries > 0 {
+            tracing::info!(
+                "queue database {}: {} change(s) replayed from the journal",
+                dir.display(),
+                replayed.entries
+            );
+        }
         Ok(QueueStore {
             path: dir.to_owned(),
             db,
+            journal: Arc::new(journal),
             issued: Arc::new(AtomicU64::new(issued)),
         })
     }
 
-    /// The sled database, for group commit.
+    /// The sled database.
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// The journal, for group commit.
+    pub fn journal(&self) -> Arc<Journal> {
+        self.journal.clone()
+    }
+
+    /// Makes every change so far durable in sled itself and empties the journal (at shutdown,
+    /// and from group commit as the journal grows).
+    pub fn checkpoint(&self) -> Result<(), QueueError> {
+        self.journal.checkpoint(&self.db)
     }
 
     /// The database directory.
@@ -160,8 +185,8 @@ impl QueueStore {
         }
     }
 
-    pub(super) fn apply(&self, batch: sled::Batch) -> Result<(), QueueError> {
-        self.db.apply_batch(batch).map_err(|e| self.err(e))
+    pub(super) fn apply(&self, batch: Batch) -> Result<(), QueueError> {
+        self.journal.apply(&self.db, &batch, || {})
     }
 
     pub(super) fn due_key(r: &CallRecord) -> Vec<u8> {
@@ -174,10 +199,10 @@ impl QueueStore {
 
     /// Applies a batch that stored calls up to sequence `seq`, then publishes `seq` as issued:
     /// only after the batch is applied may a flush that starts later count it as covered.
-    pub(super) fn apply_stored(&self, batch: sled::Batch, seq: u64) -> Result<(), QueueError> {
-        self.apply(batch)?;
-        self.issued.fetch_max(seq, Ordering::AcqRel);
-        Ok(())
+    pub(super) fn apply_stored(&self, batch: Batch, seq: u64) -> Result<(), QueueError> {
+        self.journal.apply(&self.db, &batch, || {
+            self.issued.fetch_max(seq, Ordering::AcqRel);
+        })
     }
 
     /// The highest sequence number given to a stored call so far, shared with group commit.
@@ -237,7 +262,7 @@ impl QueueStore {
         }
         let mut record = record.clone();
         record.seq = self.next_seq()?;
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         b.insert(keys::with_id(CALL, id), encode(&record));
         b.insert(Self::due_key(&record), record.call.queue.as_bytes());
         b.insert(Self::order_key(&record), id.as_bytes());
@@ -277,7 +302,7 @@ impl QueueStore {
 
     /// Replaces pending record `old` by `new` (same id), moving its place in the schedule.
     pub fn update(&self, old: &CallRecord, new: &CallRecord) -> Result<(), QueueError> {
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         b.remove(Self::due_key(old));
         b.insert(keys::with_id(CALL, &new.call.id), encode(new));
         b.insert(Self::due_key(new), new.call.queue.as_bytes());
@@ -306,7 +331,7 @@ impl QueueStore {
         record.dead_reason = None;
         record.next_at_ms = now_ms;
         record.window_start_ms = now_ms;
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         b.remove(keys::with_id(DEAD, id));
         b.insert(keys::with_id(CALL, id), encode(&record));
         b.insert(Self::due_key(&record), record.call.queue.as_bytes());
@@ -420,7 +445,7 @@ impl QueueStore {
         writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
         executed: Option<(&str, &[u8])>,
     ) -> Result<(), QueueError> {
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         for (key, value) in writes {
             match value {
                 Some(v) => b.insert(keys::state(module, key), v.as_slice()),
@@ -475,7 +500,7 @@ impl QueueStore {
     /// Queues the runs `records` of a job and stores the job as `job` (its next run moved on),
     /// in one batch: a crash leaves either no run queued and the old next run, or both done.
     pub fn fire(&self, job: &Job, records: &[CallRecord]) -> Result<(), QueueError> {
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         let mut last_seq = 0;
         for record in records {
             if self
@@ -500,7 +525,7 @@ impl QueueStore {
     /// (`q` + id, bytes kept as they were), so it neither blocks the queue nor is lost.
     pub fn quarantine(&self, due: &DueCall) -> Result<(), QueueError> {
         let call_key = keys::with_id(CALL, &due.id);
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         if let Some(bytes) = self.db.get(&call_key).map_err(|e| self.err(e))? {
             b.insert(keys::with_id(keys::QUARANTINE, &due.id), bytes);
         }
@@ -612,7 +637,7 @@ impl QueueStore {
             let Some((_, id)) = keys::parse_expiry(&k) else {
                 continue;
             };
-            let mut b = sled::Batch::default();
+            let mut b = Batch::default();
             b.remove(k.clone());
             if self
                 .db

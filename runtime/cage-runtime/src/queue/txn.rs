@@ -1,7 +1,8 @@
-//! [`Txn`]: several changes to the queue tree applied as one sled batch, so a crash leaves all
+//! [`Txn`]: several changes to the queue tree applied as one journal entry, so a crash leaves all
 //! of them or none: a chain step's completion, its chain's new state and the next step's call
 //! (or the report to the chain's owner) are one such change.
 
+use super::journal::Batch;
 use super::keys::{self, CALL, DEAD};
 use super::record::CallRecord;
 use super::store::{decode, encode};
@@ -11,7 +12,7 @@ use crate::chains::ChainRecord;
 /// Changes collected for one atomic apply; nothing is written before [`Txn::commit`].
 pub struct Txn<'a> {
     store: &'a QueueStore,
-    batch: sled::Batch,
+    batch: Batch,
     last_seq: u64,
 }
 
@@ -20,7 +21,7 @@ impl QueueStore {
     pub fn txn(&self) -> Txn<'_> {
         Txn {
             store: self,
-            batch: sled::Batch::default(),
+            batch: Batch::default(),
             last_seq: 0,
         }
     }
@@ -82,7 +83,7 @@ impl QueueStore {
 
     /// Removes chain `chain` and its index entries (a start that was not made durable).
     pub fn remove_chain(&self, chain: &ChainRecord) -> Result<(), QueueError> {
-        let mut b = sled::Batch::default();
+        let mut b = Batch::default();
         if let Some(p) = &chain.parent {
             b.remove(keys::child(p, &chain.id));
         }
@@ -100,7 +101,7 @@ impl QueueStore {
         for item in self.db().range(vec![keys::ENDED]..end).take(limit) {
             let (k, _) = item.map_err(|e| self.err(e))?;
             let id = String::from_utf8_lossy(&k[9..]).into_owned();
-            let mut b = sled::Batch::default();
+            let mut b = Batch::default();
             b.remove(k);
             if let Some(c) = self.chain(&id)? {
                 if let Some(p) = &c.parent {
