@@ -20,8 +20,9 @@ use tokio::sync::oneshot;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
-/// A journal this long is checkpointed at the next pause between syncs.
-pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// A journal segment this full is checkpointed at the next pause between syncs (before it
+/// fills and a writer has to make the next segment itself).
+pub const CHECKPOINT_BYTES: u64 = super::journal::SEGMENT_BYTES / 4 * 3;
 /// A journal holding changes is checkpointed at least this often.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 

@@ -11,6 +11,11 @@
 //! lock exclusively, and sled's `flush` holds that lock too, so batches and flushes queue behind
 //! each other. Single inserts and removes take no exclusive lock and never wait for a flush.
 //!
+//! Segments are written full of zeros when made, and entries overwrite them in place: the
+//! file's size never changes, so syncing it writes the entries' blocks and no file metadata
+//! (an appended file costs an inode write on every `fdatasync`, roughly halving the sync rate).
+//! A zero length field ends a segment's entries.
+//!
 //! A *checkpoint* flushes sled (and syncs its data file), after which the journal segments
 //! written before it are no longer needed and are deleted. Replaying an entry twice is harmless:
 //! entries are whole values set or removed, so replaying every entry since the last checkpoint,
@@ -19,6 +24,7 @@
 use super::QueueError;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,6 +32,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const MAGIC: &[u8; 8] = b"CAGEJRN1";
 /// An entry larger than this is not one this journal wrote (a length field read from garbage).
 const MAX_ENTRY: u32 = 256 * 1024 * 1024;
+/// Size of a segment as made (zero-filled); an entry that does not fit starts a new one.
+pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// A checkpoint makes the next segment under this name ahead of time, then renames it.
+const PREPARED: &str = "journal.prepared";
+/// An entry that does not fit makes the next segment under this name, then renames it.
+const ROLLED: &str = "journal.rolled";
 const INSERT: u8 = 1;
 const REMOVE: u8 = 0;
 
@@ -146,6 +158,10 @@ fn scan(reader: impl Read) -> std::io::Result<Scan> {
         }
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if n == head.len() && len == 0 {
+            // The zeros the segment was made with: no entry was written here.
+            return Ok(scan);
+        }
         if n < head.len() || len > MAX_ENTRY {
             scan.torn_at = Some(offset);
             return Ok(scan);
@@ -221,7 +237,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 struct Segment {
     number: u64,
     file: Arc<File>,
+    /// Where the next entry goes (bytes in use).
     bytes: u64,
+    /// The file's size.
+    capacity: u64,
     /// An append failed part-way: the file may end in half an entry, after which nothing may
     /// be appended (replay stops there), so the next append starts a new segment first.
     torn: bool,
@@ -233,6 +252,15 @@ struct Segment {
 pub struct Journal {
     dir: PathBuf,
     current: Mutex<Segment>,
+    /// One checkpoint at a time (group commit's and the one at shutdown).
+    checkpointing: Mutex<()>,
+}
+
+/// A zero-filled segment file under a temporary name, not yet in use.
+struct Made {
+    file: File,
+    name: &'static str,
+    capacity: u64,
 }
 
 /// What opening the journal replayed.
@@ -268,11 +296,15 @@ impl Journal {
                 );
             }
         }
+        for leftover in [PREPARED, ROLLED] {
+            let _ = std::fs::remove_file(dir.join(leftover));
+        }
         let next = found.last().map_or(1, |(n, _)| n + 1);
-        let segment = Self::create(dir, next)?;
+        let segment = Self::install(dir, Self::prepare(dir, ROLLED, SEGMENT_BYTES)?, next)?;
         let journal = Journal {
             dir: dir.to_owned(),
             current: Mutex::new(segment),
+            checkpointing: Mutex::new(()),
         };
         if !found.is_empty() {
             journal.flush_db(db)?;
@@ -281,24 +313,60 @@ impl Journal {
         Ok((journal, replayed))
     }
 
-    fn create(dir: &Path, number: u64) -> Result<Segment, QueueError> {
-        let path = dir.join(segment_name(number));
+    /// Makes a zero-filled segment of `capacity` bytes under the temporary `name`, synced.
+    fn prepare(dir: &Path, name: &'static str, capacity: u64) -> Result<Made, QueueError> {
+        let path = dir.join(name);
         let mut file = OpenOptions::new()
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .write(true)
             .open(&path)
             .map_err(io_error("create", &path))?;
         file.write_all(MAGIC).map_err(io_error("write", &path))?;
+        let zeros = vec![0u8; 1024 * 1024];
+        let mut left = capacity.saturating_sub(MAGIC.len() as u64);
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])
+                .map_err(io_error("write", &path))?;
+            left -= n as u64;
+        }
         file.sync_data().map_err(io_error("fdatasync", &path))?;
+        Ok(Made {
+            file,
+            name,
+            capacity: capacity.max(MAGIC.len() as u64),
+        })
+    }
+
+    /// Renames a made segment to segment `number` and makes the name durable.
+    fn install(dir: &Path, made: Made, number: u64) -> Result<Segment, QueueError> {
+        let Made {
+            file,
+            name,
+            capacity,
+        } = made;
+        let path = dir.join(segment_name(number));
+        std::fs::rename(dir.join(name), &path).map_err(io_error("rename to", &path))?;
         // The segment's name must survive a power loss too, or its entries would.
         sync_dir(dir).map_err(io_error("fsync", dir))?;
         Ok(Segment {
             number,
             file: Arc::new(file),
             bytes: MAGIC.len() as u64,
+            capacity,
             torn: false,
             buf: Vec::new(),
         })
+    }
+
+    /// A new segment after the current one, big enough for an entry of `need` bytes (made
+    /// while the journal is held: only when an entry does not fit or an append failed).
+    fn roll(&self, seg: &mut Segment, need: u64) -> Result<(), QueueError> {
+        let capacity = SEGMENT_BYTES.max(need + MAGIC.len() as u64 + 8);
+        let made = Self::prepare(&self.dir, ROLLED, capacity)?;
+        *seg = Self::install(&self.dir, made, seg.number + 1)?;
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Segment> {
@@ -317,24 +385,31 @@ impl Journal {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut seg = self.lock();
-        if seg.torn {
-            // The torn segment stays until the next checkpoint; replay reads past its end into
-            // this new one.
-            *seg = Self::create(&self.dir, seg.number + 1)?;
+        let mut guard = self.lock();
+        let seg = &mut *guard;
+        let mut buf = std::mem::take(&mut seg.buf);
+        frame(batch, &mut buf);
+        if seg.torn || seg.bytes + buf.len() as u64 > seg.capacity {
+            // A torn segment stays until the next checkpoint; replay reads past its end into
+            // the new one.
+            if let Err(e) = self.roll(seg, buf.len() as u64) {
+                seg.buf = buf;
+                return Err(e);
+            }
         }
-        let seg = &mut *seg;
-        frame(batch, &mut seg.buf);
         // Written to the file (the kernel's page cache) before sled sees any key: a process
         // crash after this point finds the whole entry on the next open.
-        if let Err(e) = (&*seg.file).write_all(&seg.buf) {
+        let written = seg.file.write_all_at(&buf, seg.bytes);
+        let len = buf.len() as u64;
+        seg.buf = buf;
+        if let Err(e) = written {
             seg.torn = true;
             return Err(io_error(
-                "append to",
+                "write to",
                 &self.dir.join(segment_name(seg.number)),
             )(e));
         }
-        seg.bytes += seg.buf.len() as u64;
+        seg.bytes += len;
         batch.apply_to(db).map_err(|source| QueueError::Storage {
             path: self.dir.display().to_string(),
             source,
@@ -367,10 +442,12 @@ impl Journal {
     pub fn checkpoint(&self, db: &sled::Db) -> Result<(), QueueError> {
         // A new segment first: entries appended from now on go there and are kept; everything
         // in the older ones was applied to sled before the switch, so the flush below covers it.
+        let _one = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        // The zero-filling happens before the journal is held, so writers do not wait for it.
+        let prepared = Self::prepare(&self.dir, PREPARED, SEGMENT_BYTES)?;
         let number = {
             let mut seg = self.lock();
-            let next = Self::create(&self.dir, seg.number + 1)?;
-            *seg = next;
+            *seg = Self::install(&self.dir, prepared, seg.number + 1)?;
             seg.number
         };
         self.flush_db(db)?;
@@ -427,9 +504,37 @@ mod tests {
     fn entries_read_back_as_written() {
         let a = batch(&[("a", Some("1")), ("b", None)]);
         let b = batch(&[("c", Some(""))]);
-        let scan = scan(&segment_of(&[a.clone(), b.clone()])[..]).unwrap();
-        assert_eq!(scan.entries, vec![a, b]);
-        assert_eq!(scan.torn_at, None);
+        let mut bytes = segment_of(&[a.clone(), b.clone()]);
+        let scan_of = |bytes: &[u8]| scan(bytes).unwrap();
+        assert_eq!(scan_of(&bytes).entries, vec![a.clone(), b.clone()]);
+        // The zeros a segment is made with end it cleanly.
+        bytes.extend_from_slice(&[0; 100]);
+        let found = scan_of(&bytes);
+        assert_eq!(found.entries, vec![a, b]);
+        assert_eq!(found.torn_at, None);
+    }
+
+    #[test]
+    fn an_entry_that_does_not_fit_starts_the_next_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (journal, _) = Journal::open(dir.path(), &db).unwrap();
+        let big = vec![7u8; (SEGMENT_BYTES / 3) as usize];
+        for k in ["a", "b", "c", "d"] {
+            let mut b = Batch::default();
+            b.insert(k, &big);
+            journal.apply(&db, &b, || {}).unwrap();
+        }
+        let found = segments(dir.path()).unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        let entries: usize = found
+            .iter()
+            .map(|(_, p)| scan(File::open(p).unwrap()).unwrap().entries.len())
+            .sum();
+        assert_eq!(entries, 4);
+        for (_, p) in &found {
+            assert!(std::fs::metadata(p).unwrap().len() >= SEGMENT_BYTES);
+        }
     }
 
     #[test]
@@ -468,7 +573,7 @@ mod tests {
                 &batch(&[("x", Some("2")), ("y", Some("2")), ("z", None)]),
                 &mut seg.buf,
             );
-            (&*seg.file).write_all(&seg.buf).unwrap();
+            seg.file.write_all_at(&seg.buf, seg.bytes).unwrap();
         }
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();

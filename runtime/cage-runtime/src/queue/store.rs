@@ -157,8 +157,8 @@ impl QueueStore {
         })
     }
 
-    /// The sled database.
-    pub fn db(&self) -> &sled::Db {
+    /// The sled database; only the queue module writes it, and only through the journal.
+    pub(super) fn db(&self) -> &sled::Db {
         &self.db
     }
 
@@ -370,9 +370,9 @@ impl QueueStore {
             return Ok(Some(record));
         }
         if let Some(record) = self.get_dead(id)? {
-            self.db
-                .remove(keys::with_id(DEAD, id))
-                .map_err(|e| self.err(e))?;
+            let mut b = Batch::default();
+            b.remove(keys::with_id(DEAD, id));
+            self.apply(b)?;
             return Ok(Some(record));
         }
         Ok(None)
@@ -470,18 +470,21 @@ impl QueueStore {
 
     /// Stores (or replaces) a job.
     pub fn put_job(&self, job: &Job) -> Result<(), QueueError> {
-        self.db
-            .insert(keys::with_id(keys::JOB, &job.id), encode(job))
-            .map(drop)
-            .map_err(|e| self.err(e))
+        let mut b = Batch::default();
+        b.insert(keys::with_id(keys::JOB, &job.id), encode(job));
+        self.apply(b)
     }
 
     /// Removes a job; whether it existed.
     pub fn remove_job(&self, id: &str) -> Result<bool, QueueError> {
-        self.db
-            .remove(keys::with_id(keys::JOB, id))
-            .map(|old| old.is_some())
-            .map_err(|e| self.err(e))
+        let key = keys::with_id(keys::JOB, id);
+        if !self.db.contains_key(&key).map_err(|e| self.err(e))? {
+            return Ok(false);
+        }
+        let mut b = Batch::default();
+        b.remove(key);
+        self.apply(b)?;
+        Ok(true)
     }
 
     /// Every stored job (unreadable ones are logged and left out).
