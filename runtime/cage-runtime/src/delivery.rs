@@ -86,26 +86,59 @@ impl Delivery {
             .map_err(ClientError::into_call_error)
     }
 
-    /// Offers `call` to its target; `Ok` once the target holds it durably (or held it before).
-    pub async fn offer(self: Arc<Self>, call: QueuedCall) -> Result<(), CallError> {
+    /// Offers `calls`, all for cage `target`, in one request; per call, `Ok` once the target
+    /// holds it durably (or held it before). A lone call goes as a plain acceptance.
+    pub async fn offer_many(
+        self: Arc<Self>,
+        target: String,
+        calls: Vec<QueuedCall>,
+    ) -> Vec<(String, Result<(), CallError>)> {
+        let ids: Vec<String> = calls.iter().map(|c| c.id.clone()).collect();
+        let cage = target.clone();
         let joined = actix_rt::task::spawn_blocking(move || {
-            let route = self.route(&call.target)?;
-            let (id, target) = (call.id.clone(), call.target.clone());
-            let duplicate_of = self
+            let route = self.route(&target)?;
+            let answers = self
                 .pool
-                .with(&target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
+                .with(&target, &route, |c| {
+                    if calls.len() == 1 {
+                        let call = calls.into_iter().next().expect("one call");
+                        c.accept(call, ACCEPT_TIMEOUT).map(|dup| vec![Ok(dup)])
+                    } else {
+                        c.accept_many(calls, ACCEPT_TIMEOUT)
+                    }
+                })
                 .map_err(ClientError::into_call_error)?;
-            if let Some(of) = duplicate_of {
-                tracing::info!(call_id = %id, target, "target already holds this call (as {of})");
-            }
-            Ok(())
+            Ok::<_, CallError>(answers)
         })
-        .await;
-        joined.unwrap_or_else(|_| {
+        .await
+        .unwrap_or_else(|_| {
             Err(CallError::with_kind(
                 ErrorKind::Internal,
                 "delivery thread failed",
             ))
-        })
+        });
+        match joined {
+            Ok(answers) => ids
+                .into_iter()
+                .zip(answers)
+                .map(|(id, answer)| {
+                    let outcome = match answer {
+                        Ok(Some(of)) => {
+                            tracing::info!(call_id = %id, target = %cage, "target already holds this call (as {of})");
+                            Ok(())
+                        }
+                        Ok(None) => Ok(()),
+                        Err(reason) => Err(ClientError::Rejected {
+                            cage: cage.clone(),
+                            reason,
+                        }
+                        .into_call_error()),
+                    };
+                    (id, outcome)
+                })
+                .collect(),
+            // The request as a whole failed: every call in it failed this attempt.
+            Err(e) => ids.into_iter().map(|id| (id, Err(e.clone()))).collect(),
+        }
     }
 }

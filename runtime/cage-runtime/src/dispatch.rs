@@ -8,7 +8,7 @@ use crate::messaging::{parse_invocation, Mailboxes};
 use crate::metrics::{Metrics, MetricsSnapshot, ModuleLoads, QueueMetrics};
 use crate::queue::QueueStore;
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
-use crate::scheduler::{Accept, Enqueue, JobCommand, Query, Scheduler, StartChains};
+use crate::scheduler::{Accept, AcceptMany, Enqueue, JobCommand, Query, Scheduler, StartChains};
 use crate::transport::protocol::{
     new_call_id, CageInfo, CallFailure, CallRequest, ChainRequest, Request, Response,
 };
@@ -125,6 +125,20 @@ impl Dispatcher {
                 match self.scheduler.send(Accept(call)).await {
                     Ok(Ok(duplicate_of)) => Response::Accepted { duplicate_of },
                     Ok(Err(e)) => Response::Error(e.to_string()),
+                    Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+                }
+            }
+            Request::AcceptMany(calls) => {
+                if self.load.draining.load(Ordering::Acquire) {
+                    return Response::Error(format!("cage {} is shutting down", self.cage));
+                }
+                match self.scheduler.send(AcceptMany(calls)).await {
+                    Ok(answers) => Response::AcceptedMany(
+                        answers
+                            .into_iter()
+                            .map(|a| a.map_err(|e| e.to_string()))
+                            .collect(),
+                    ),
                     Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
                 }
             }

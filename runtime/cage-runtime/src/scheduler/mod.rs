@@ -31,7 +31,7 @@ use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,6 +39,8 @@ use std::time::{Duration, Instant, SystemTime};
 const PUMP_EVERY: Duration = Duration::from_millis(10);
 /// Due calls looked at per pump.
 const DUE_BATCH: usize = 1024;
+/// Most calls offered to one cage in one request.
+const DELIVER_BATCH: usize = 128;
 /// How often expired deduplication history is dropped.
 const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Most calls a listing returns when the operator gives no limit.
@@ -91,6 +93,12 @@ pub struct Enqueue(pub EnqueueRequest);
 #[derive(Message)]
 #[rtype(result = "Result<Option<String>, CallError>")]
 pub struct Accept(pub QueuedCall);
+
+/// Accept several calls from their source cage; answers each as [`Accept`] would, after one
+/// group commit for all of them.
+#[derive(Message)]
+#[rtype(result = "Vec<Result<Option<String>, CallError>>")]
+pub struct AcceptMany(pub Vec<QueuedCall>);
 
 /// An operator's question or order.
 #[derive(Message)]
@@ -222,6 +230,7 @@ impl Scheduler {
             }
         };
         let mut due = due;
+        let mut deliveries: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
         // Higher priority first; the sort is stable, so due order holds within a priority.
         due.sort_by_key(|d| std::cmp::Reverse(d.priority));
         for d in due {
@@ -263,47 +272,78 @@ impl Scheduler {
             }
             self.running.insert(d.id.clone(), d.queue.clone());
             *self.busy.entry(d.queue).or_default() += 1;
-            self.start_attempt(record, ctx);
+            if record.stage == Stage::Deliver {
+                deliveries
+                    .entry(record.call.target.clone())
+                    .or_default()
+                    .push(record);
+            } else {
+                self.start_attempt(record, ctx);
+            }
+        }
+        // Calls for the same cage go in one request (one round trip, one commit on the target).
+        for (target, records) in deliveries {
+            let mut records = records.into_iter().peekable();
+            while records.peek().is_some() {
+                let batch: Vec<CallRecord> = records.by_ref().take(DELIVER_BATCH).collect();
+                self.start_deliveries(target.clone(), batch, ctx);
+            }
         }
         self.after_chains(ctx);
     }
 
     fn start_attempt(&mut self, record: CallRecord, ctx: &mut Context<Self>) {
+        if record.stage == Stage::Deliver {
+            let target = record.call.target.clone();
+            return self.start_deliveries(target, vec![record], ctx);
+        }
         let (addr, started_ms, t0) = (ctx.address(), now_ms(), Instant::now());
         let attempt = record.next_attempt();
         let call = record.call;
         tracing::debug!(call_id = %call.id, stage = record.stage.as_str(), attempt, "attempt starts");
-        match record.stage {
-            Stage::Execute => {
-                let time_limit = self.policies.queue(&call.queue).time_limit;
-                let (registry, executor) = (self.registry.clone(), self.executor.clone());
-                actix_rt::spawn(async move {
-                    let (outcome, version) =
-                        execute(registry, executor, &call, attempt, time_limit, true).await;
-                    addr.do_send(AttemptDone {
-                        id: call.id,
-                        started_ms,
-                        duration: t0.elapsed(),
-                        outcome,
-                        version,
-                    });
+        let time_limit = self.policies.queue(&call.queue).time_limit;
+        let (registry, executor) = (self.registry.clone(), self.executor.clone());
+        actix_rt::spawn(async move {
+            let (outcome, version) =
+                execute(registry, executor, &call, attempt, time_limit, true).await;
+            addr.do_send(AttemptDone {
+                id: call.id,
+                started_ms,
+                duration: t0.elapsed(),
+                outcome,
+                version,
+            });
+        });
+    }
+
+    /// Offers `records` (all for cage `target`) in one request; each outcome is an attempt of
+    /// its own call.
+    fn start_deliveries(
+        &mut self,
+        target: String,
+        records: Vec<CallRecord>,
+        ctx: &mut Context<Self>,
+    ) {
+        let (addr, started_ms, t0) = (ctx.address(), now_ms(), Instant::now());
+        let calls: Vec<QueuedCall> = records
+            .into_iter()
+            .map(|r| {
+                tracing::debug!(call_id = %r.call.id, stage = r.stage.as_str(), attempt = r.next_attempt(), "attempt starts");
+                r.call
+            })
+            .collect();
+        let delivery = self.delivery.clone();
+        actix_rt::spawn(async move {
+            for (id, outcome) in delivery.offer_many(target, calls).await {
+                addr.do_send(AttemptDone {
+                    id,
+                    started_ms,
+                    duration: t0.elapsed(),
+                    outcome: outcome.map(|()| Output::result(Vec::new())),
+                    version: None,
                 });
             }
-            Stage::Deliver => {
-                let delivery = self.delivery.clone();
-                actix_rt::spawn(async move {
-                    let id = call.id.clone();
-                    let outcome = delivery.offer(call).await;
-                    addr.do_send(AttemptDone {
-                        id,
-                        started_ms,
-                        duration: t0.elapsed(),
-                        outcome: outcome.map(|()| Output::result(Vec::new())),
-                        version: None,
-                    });
-                });
-            }
-        }
+        });
     }
 
     fn count(&self, record: &CallRecord, event: QueueEvent) {
@@ -789,10 +829,13 @@ impl Handler<Enqueue> for Scheduler {
     }
 }
 
-impl Handler<Accept> for Scheduler {
-    type Result = ResponseActFuture<Self, Result<Option<String>, CallError>>;
-
-    fn handle(&mut self, Accept(call): Accept, ctx: &mut Context<Self>) -> Self::Result {
+impl Scheduler {
+    /// Takes an offered call into this cage's queue; also what was stored (to take back if the
+    /// commit fails).
+    fn take_offered(
+        &mut self,
+        call: QueuedCall,
+    ) -> (Result<Option<String>, CallError>, Option<String>) {
         let id = call.id.clone();
         let taken = if call.target == self.cage {
             self.metrics
@@ -809,12 +852,47 @@ impl Handler<Accept> for Scheduler {
         };
         // Only a newly accepted call was stored by this request.
         let stored = matches!(taken, Ok(None)).then_some(id);
+        (taken, stored)
+    }
+}
+
+impl Handler<Accept> for Scheduler {
+    type Result = ResponseActFuture<Self, Result<Option<String>, CallError>>;
+
+    fn handle(&mut self, Accept(call): Accept, ctx: &mut Context<Self>) -> Self::Result {
+        let (taken, stored) = self.take_offered(call);
         let durable = self.commit.durable();
         self.pump_soon(ctx);
         Box::pin(durable.into_actor(self).map(move |durable, this, _| {
             let taken = taken?;
             this.settle(durable, stored.as_deref())?;
             Ok(taken)
+        }))
+    }
+}
+
+impl Handler<AcceptMany> for Scheduler {
+    type Result = ResponseActFuture<Self, Vec<Result<Option<String>, CallError>>>;
+
+    fn handle(&mut self, AcceptMany(calls): AcceptMany, ctx: &mut Context<Self>) -> Self::Result {
+        let taken: Vec<_> = calls.into_iter().map(|c| self.take_offered(c)).collect();
+        let durable = self.commit.durable();
+        self.pump_soon(ctx);
+        Box::pin(durable.into_actor(self).map(move |durable, this, _| {
+            // One commit stands for every call: if it failed, each stored call is taken back.
+            let failed = durable.err().map(|e| e.to_string());
+            taken
+                .into_iter()
+                .map(|(taken, stored)| {
+                    let taken = taken?;
+                    let durable = match &failed {
+                        None => Ok(()),
+                        Some(e) => Err(QueueError::Flush(e.clone())),
+                    };
+                    this.settle(durable, stored.as_deref())?;
+                    Ok(taken)
+                })
+                .collect()
         }))
     }
 }

@@ -271,6 +271,24 @@ impl Client {
         }
     }
 
+    /// Offers several queued calls to this (target) cage in one request; per call, in order,
+    /// the id it duplicates or why the target refused it.
+    pub fn accept_many(
+        &mut self,
+        calls: Vec<QueuedCall>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<Option<String>, String>>, ClientError> {
+        let sent = calls.len();
+        match self.request(Request::AcceptMany(calls), timeout)? {
+            Response::AcceptedMany(answers) if answers.len() == sent => Ok(answers),
+            Response::AcceptedMany(answers) => Err(ClientError::Protocol {
+                cage: self.cage.clone(),
+                what: format!("{} answers to {sent} offered calls", answers.len()),
+            }),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Asks about queued calls.
     pub fn calls(
         &mut self,
@@ -378,6 +396,7 @@ impl Client {
             Response::Pong(_) => "a ping answer",
             Response::Enqueued { .. } => "an enqueue receipt",
             Response::Accepted { .. } => "an acceptance",
+            Response::AcceptedMany(_) => "acceptances",
             Response::Calls(_) => "a call listing",
             Response::Changed(_) => "a change count",
             Response::Stats(_) => "queue counters",

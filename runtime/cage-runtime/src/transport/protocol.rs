@@ -42,6 +42,8 @@ pub enum Request {
     Chain(ChainRequest),
     /// What the cage counted since it started, and what its queues hold now.
     Metrics,
+    /// From another cage: accept several queued calls, made durable by one group commit.
+    AcceptMany(Vec<QueuedCall>),
 }
 
 /// A chain to start on the receiving cage (its owner).
@@ -305,6 +307,9 @@ pub enum Response {
     Metrics(Box<MetricsSnapshot>),
     /// The request could not be served.
     Error(String),
+    /// Answer to [`Request::AcceptMany`], in the order of its calls: the id each duplicates
+    /// (if it or its key was accepted before), or why it was not accepted.
+    AcceptedMany(Vec<Result<Option<String>, String>>),
 }
 
 /// A cage's identity, as answered to [`Request::Ping`].
