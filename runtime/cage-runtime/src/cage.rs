@@ -120,7 +120,8 @@ impl PreparedCage {
             cage: name.to_owned(),
             source,
         };
-        let store = Arc::new(QueueStore::open(&queue_dir).map_err(queue_error)?);
+        let cache = config.queue_cache_mb as u64 * 1024 * 1024;
+        let store = Arc::new(QueueStore::open_with_cache(&queue_dir, cache).map_err(queue_error)?);
         let commit = Arc::new(
             GroupCommit::start(&store, config.fdatasync, config.commit_window)
                 .map_err(queue_error)?,

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Cache sled may use; bounded so a million pending calls do not mean a million in memory
-/// (64 MiB put a cage holding a million pending calls at 340 MB RSS, 32 MiB at 270 MB).
-const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Cache sled may use unless told otherwise; bounded so a million pending calls do not mean a
+/// million in memory (64 MiB put a cage holding a million pending calls at 340 MB RSS, 32 MiB
+/// at 270 MB).
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A call whose next attempt is due, as the due index lists it.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,13 +110,19 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl QueueStore {
-    /// Opens (or creates) the queue database in `dir`; refuses a directory whose files held
-    /// data that sled could not read back as this cage's database.
+    /// Opens (or creates) the queue database in `dir` with the default cache.
     pub fn open(dir: &Path) -> Result<Self, QueueError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the queue database in `dir`, letting sled cache `cache_bytes`;
+    /// refuses a directory whose files held data that sled could not read back as this cage's
+    /// database.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, QueueError> {
         let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(cache_bytes)
             // The journal makes changes durable; sled is flushed only at checkpoints.
             .flush_every_ms(None)
             .open()
