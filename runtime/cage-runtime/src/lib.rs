@@ -12,7 +12,8 @@
 //! - [`delivery`]: handing queued calls to their target cages.
 //! - [`executor`]: the actor in front of the worker threads that run module code.
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
-//! - [`queue`]: the durable queue (sled): pending calls, due index, dead letters, history.
+//! - [`queue`]: the durable queue (sled, behind a write-ahead journal): pending calls, due
+//!   index, dead letters, history.
 //! - [`metrics`]: what a cage counts (per queue, per module method) and its Prometheus text.
 //! - [`messaging`]: messages between running invocations through named ports.
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
@@ -27,10 +28,12 @@
 //! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
 //! [`host::HostEnv::run`] → the module's `call` → response frame.
 //!
-//! A queued call's path: enqueue → [`scheduler::Scheduler`] stores it in [`queue`] and answers
-//! after the group commit → the due index makes it due → deliver ([`delivery`], stage
-//! *deliver*) → the target's scheduler accepts it into its own queue (dedup by id and key) →
-//! execute on the target ([`executor`], retried by [`retry_policy`]) → complete (or dead letter).
+//! A queued call's path: enqueue → [`scheduler::Scheduler`] stores it in [`queue`] (journal
+//! entry, then sled) and answers after the group commit (one journal sync for every waiting
+//! writer) → the due index makes it due → deliver ([`delivery`], stage *deliver*; due calls for
+//! one cage go in one request) → the target's scheduler accepts it into its own queue (dedup
+//! by id and key) → execute on the target ([`executor`], retried by [`retry_policy`]) →
+//! complete (or dead letter).
 //!
 //! A queued chain's step is such a call carrying a chain link; its completion, the chain's new
 //! bag and the next step's call are one atomic write on the chain's owner (a step that ran
