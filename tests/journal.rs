@@ -1,0 +1,93 @@
+//! The queue's journal in real cages: what was acknowledged before a `kill -9` is replayed on
+//! the next start, a last entry that a crash cut short is left out with a warning, and a
+//! graceful stop leaves nothing to replay.
+
+mod support;
+use std::path::{Path, PathBuf};
+use support::{module_so, Site};
+
+/// The newest journal segment of cage `cage`.
+fn newest_segment(site: &Site, cage: &str) -> PathBuf {
+    let dir = site.path().join(format!("data/{cage}/queue"));
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("journal-") && n.ends_with(".log"))
+        })
+        .collect();
+    segments.sort();
+    segments.pop().expect("a journal segment")
+}
+
+/// Where the entries of a segment end: each is a 4-byte length, a 4-byte CRC and the payload,
+/// after an 8-byte header; the zeros the segment was made with follow the last one.
+fn end_of_entries(segment: &Path) -> usize {
+    let bytes = std::fs::read(segment).unwrap();
+    let mut at = 8;
+    loop {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            return at;
+        }
+        at += 8 + len;
+    }
+}
+
+fn pending_ids(site: &Site) -> Vec<String> {
+    let mut ids: Vec<String> = site
+        .listing("pending", Some("back"))
+        .iter()
+        .map(|c| c["record"]["call"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn acknowledged_calls_are_replayed_after_kill_9_and_a_torn_entry_is_left_out() {
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let mut cage = site.start("back");
+    let mut ids: Vec<String> = (0..40)
+        .map(|_| site.enqueue("back", "echo.version", "null", &["--delay", "1h"]))
+        .collect();
+    ids.sort();
+    cage.kill9();
+
+    // A write the crash cut short: an entry header promising more bytes than follow.
+    let segment = newest_segment(&site, "back");
+    let end = end_of_entries(&segment);
+    assert!(end > 8, "the acknowledged calls are in the journal");
+    let mut torn = 4096u32.to_le_bytes().to_vec();
+    torn.extend_from_slice(&[0xab; 20]);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &torn, end as u64).unwrap();
+    drop(file);
+
+    let mut cage = site.start("back");
+    assert_eq!(pending_ids(&site), ids, "every acknowledged call is back");
+    let log = cage.log();
+    assert!(log.contains("replayed from the journal"), "{log}");
+    assert!(
+        log.contains("cut short by a crash") && log.contains("journal-"),
+        "the torn entry is named: {log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+
+    // The cage goes on writing, and a graceful stop checkpoints: nothing to replay next time.
+    ids.push(site.enqueue("back", "echo.version", "null", &["--delay", "1h"]));
+    ids.sort();
+    cage.terminate();
+    let cage = site.start("back");
+    assert_eq!(pending_ids(&site), ids);
+    let log = cage.log();
+    assert!(!log.contains("replayed from the journal"), "{log}");
+    assert!(!log.contains("cut short"), "{log}");
+}
