@@ -375,7 +375,9 @@ impl Journal {
 
     /// Appends `batch` and then applies it to `db`; `then` runs while the journal is still
     /// held, so what it publishes is ordered with the entry. Journal order is apply order, which
-    /// replay relies on when two writers change the same key.
+    /// replay relies on when two writers change the same key. If sled fails part-way, the
+    /// caller gets the error (nothing was acknowledged) and the whole entry, already in the
+    /// journal, is completed by the replay at the next start.
     pub fn apply(
         &self,
         db: &sled::Db,
