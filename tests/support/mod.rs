@@ -310,11 +310,46 @@ impl Site {
 
     /// Starts `cage ARGS… run NAME` with extra environment variables and waits until it answers.
     pub fn start_with(&self, name: &str, env: &[(&str, &str)], args: &[&str]) -> RunningCage {
-        let log = self.path().join(format!("{name}.log"));
+        self.spawn(
+            name,
+            env,
+            args,
+            &[],
+            self.ports[name],
+            &format!("{name}.log"),
+        )
+    }
+
+    /// Starts one more instance of cage `name`, listening on loopback `port` with its own data
+    /// directory (`data/NAME-PORT`), and waits until it answers.
+    pub fn start_instance(&self, name: &str, port: u16) -> RunningCage {
+        let listen = format!("127.0.0.1:{port}");
+        let data = format!("data/{name}-{port}");
+        self.spawn(
+            name,
+            &[],
+            &[],
+            &["--listen", &listen, "--data-dir", &data],
+            port,
+            &format!("{name}-{port}.log"),
+        )
+    }
+
+    fn spawn(
+        &self,
+        name: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        run_args: &[&str],
+        port: u16,
+        log_name: &str,
+    ) -> RunningCage {
+        let log = self.path().join(log_name);
         let child = Command::new(cage_bin())
             .args(args)
             .args(["run", name, "--site"])
             .arg(self.path())
+            .args(run_args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -322,7 +357,7 @@ impl Site {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.ports[name]).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cage = RunningCage {
             name: name.to_owned(),
             child,

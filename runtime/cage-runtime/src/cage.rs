@@ -2,7 +2,7 @@
 //! listener actors, serve until told to stop.
 
 use crate::chains::ChainWatch;
-use crate::config::{CageConfig, ConfigError, Site};
+use crate::config::{CageConfig, ConfigError, InstanceOverrides, Site};
 use crate::delivery::Delivery;
 use crate::dispatch::{Dispatcher, Load};
 use crate::executor::{CallExecutor, SpareWorkers};
@@ -87,7 +87,17 @@ pub struct PreparedCage {
 impl PreparedCage {
     /// Reads and checks cage `name` of `site` and binds its listen address.
     pub fn prepare(site: &Site, name: &str) -> Result<Self, StartError> {
-        let config = site.cage(name)?;
+        Self::prepare_instance(site, name, &InstanceOverrides::default())
+    }
+
+    /// Like [`PreparedCage::prepare`], for an instance whose addresses or data directory
+    /// differ from the cage file's.
+    pub fn prepare_instance(
+        site: &Site,
+        name: &str,
+        overrides: &InstanceOverrides,
+    ) -> Result<Self, StartError> {
+        let config = overrides.apply(site.cage(name)?, site.root())?;
         let execute_on = site.execute_on()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             cage: name.to_owned(),

@@ -51,6 +51,17 @@ enum Command {
     Run {
         /// The cage to run.
         name: String,
+        /// Listen here instead of the cage file's `listen` (a second instance of the cage on
+        /// this host; list every instance under `[cages.NAME]` in config_execute_on.toml).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Serve the HTTP API here instead of the cage file's `http_listen`.
+        #[arg(long)]
+        http_listen: Option<std::net::SocketAddr>,
+        /// Keep the queue here instead of the cage file's `data_dir` (relative: to the site);
+        /// every instance needs its own.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
     /// Serve the operator dashboard for every cage of the site (pending calls, dead letters,
     /// modules, jobs, metrics).
@@ -274,7 +285,20 @@ pub fn main() -> ExitCode {
     let is_run = matches!(cli.command, Command::Run { .. });
     init_logs(cli.log_format, if is_run { "info" } else { "warn" });
     match cli.command {
-        Command::Run { name } => run::run(&site, &name),
+        Command::Run {
+            name,
+            listen,
+            http_listen,
+            data_dir,
+        } => run::run(
+            &site,
+            &name,
+            &cage_runtime::config::InstanceOverrides {
+                listen,
+                http_listen,
+                data_dir,
+            },
+        ),
         Command::Call {
             cage,
             target,

@@ -1,12 +1,13 @@
-//! `cage run NAME`: serve a cage until SIGINT or SIGTERM.
+//! `cage run NAME [--listen ADDR] [--http-listen ADDR] [--data-dir DIR]`: serve a cage (or
+//! one more instance of it) until SIGINT or SIGTERM.
 
 use super::exit;
 use cage_runtime::cage::{PreparedCage, StartError};
-use cage_runtime::config::Site;
+use cage_runtime::config::{InstanceOverrides, Site};
 use std::process::ExitCode;
 
-pub fn run(site: &Site, name: &str) -> ExitCode {
-    let prepared = match PreparedCage::prepare(site, name) {
+pub fn run(site: &Site, name: &str, overrides: &InstanceOverrides) -> ExitCode {
+    let prepared = match PreparedCage::prepare_instance(site, name, overrides) {
         Ok(p) => p,
         Err(e @ StartError::Config(_)) => return exit::fail(exit::CONFIG, e),
         Err(e) => return exit::fail(exit::OTHER, e),

@@ -335,6 +335,54 @@ impl CageConfig {
     }
 }
 
+/// Settings of one instance of a cage that differ from its file: a second instance of the
+/// same cage on this host needs its own addresses and data directory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstanceOverrides {
+    /// Address to listen on instead of the file's `listen`.
+    pub listen: Option<SocketAddr>,
+    /// Address of the HTTP API instead of the file's `http_listen`.
+    pub http_listen: Option<SocketAddr>,
+    /// Data directory instead of the file's `data_dir` (relative: to the site).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl InstanceOverrides {
+    /// `config` with these overrides, checked as the file's own settings are.
+    pub fn apply(&self, mut config: CageConfig, site: &Path) -> Result<CageConfig, ConfigError> {
+        let loopback = |flag: &'static str, addr: SocketAddr, why: &str| {
+            if addr.ip().is_loopback() {
+                Ok(addr)
+            } else {
+                Err(ConfigError::Override {
+                    flag,
+                    value: addr.to_string(),
+                    reason: format!("not a loopback address; {why}"),
+                })
+            }
+        };
+        if let Some(a) = self.listen {
+            config.listen = loopback(
+                "--listen",
+                a,
+                "listening beyond this host needs TLS, which this cage does not configure",
+            )?;
+        }
+        if let Some(a) = self.http_listen {
+            config.http_listen =
+                loopback("--http-listen", a, "the HTTP API serves this host only")?;
+        }
+        if let Some(d) = &self.data_dir {
+            config.data_dir = if d.is_absolute() {
+                d.clone()
+            } else {
+                site.join(d)
+            };
+        }
+        Ok(config)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +433,34 @@ mod tests {
             .to_string();
         assert!(e.starts_with("cages/demo.toml:2:1"), "{e}");
         assert!(e.contains("unknown field `lisen`"), "{e}");
+    }
+
+    #[test]
+    fn instance_overrides_replace_addresses_and_data_dir() {
+        let c = parse("listen = \"127.0.0.1:7401\"\n").unwrap();
+        let o = InstanceOverrides {
+            listen: Some("127.0.0.1:7411".parse().unwrap()),
+            http_listen: None,
+            data_dir: Some(PathBuf::from("data/demo-2")),
+        };
+        let c = o.apply(c, Path::new("/site")).unwrap();
+        assert_eq!(c.listen.port(), 7411);
+        assert_eq!(c.data_dir, PathBuf::from("/site/data/demo-2"));
+        let far = InstanceOverrides {
+            listen: Some("0.0.0.0:7411".parse().unwrap()),
+            ..InstanceOverrides::default()
+        };
+        let e = far
+            .apply(
+                parse("listen = \"127.0.0.1:7401\"\n").unwrap(),
+                Path::new("/site"),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--listen 0.0.0.0:7411: not a loopback address"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,6 +25,16 @@ pub enum ConfigError {
         /// What is wrong and what was expected.
         reason: String,
     },
+    /// A command-line override of a cage file setting is not usable.
+    #[error("{flag} {value}: {reason}")]
+    Override {
+        /// The option, such as `--listen`.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No cage file exists for the requested cage.
     #[error("no cage named {name:?}: {} does not exist (each cage is defined by cages/NAME.toml in the site {})", path.display(), site.display())]
     NoSuchCage {

@@ -8,7 +8,7 @@ mod error;
 mod execute_on;
 mod site;
 
-pub use cage_file::{valid_name, CageConfig, CageFileDefaults, DeclaredJob};
+pub use cage_file::{valid_name, CageConfig, CageFileDefaults, DeclaredJob, InstanceOverrides};
 pub use error::ConfigError;
 pub use execute_on::{CageRoute, ExecuteOn, QueuePolicy, DEFAULT_QUEUE};
 pub use site::{Site, EXECUTE_ON_FILE};
