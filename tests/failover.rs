@@ -12,7 +12,7 @@ fn sync_and_queued_calls_go_to_the_instance_still_up() {
     site.cage("front", &["echo"], "")
         .cage("back", &["echo"], "");
     site.install("echo", &module_so("echo", &[]));
-    let first = site.route("back").addresses[0];
+    let first = site.addr("back");
     let second = free_port();
     site.write(
         "config/config_execute_on.toml",

@@ -161,7 +161,7 @@ fn queued_calls_survive_delays_drops_truncations_and_cuts_exactly_once() {
     let mut site = Site::new();
     site.cage("front", &[], "").cage("back", &["echo"], "");
     site.install("echo", &module_so("echo", &[]));
-    let proxy = FaultProxy::start(site.route("back").addresses[0]);
+    let proxy = FaultProxy::start(site.addr("back"));
     // front (and the command line) reach back only through the proxy.
     site.write(
         "config/config_execute_on.toml",

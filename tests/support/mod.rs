@@ -194,6 +194,11 @@ impl Site {
         self
     }
 
+    /// The loopback address cage `name` of this site listens on.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        format!("127.0.0.1:{}", self.ports[name]).parse().unwrap()
+    }
+
     /// How to reach cage `name` of this site.
     pub fn route(&self, name: &str) -> CageRoute {
         CageRoute::single(

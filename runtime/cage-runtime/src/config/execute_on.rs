@@ -1,5 +1,6 @@
 //! `config/config_execute_on.toml`: where other cages are, and the retry parameters of each queue.
 
+use super::address::Address;
 use super::cage_file::valid_name;
 use super::error::ConfigError;
 use serde::Deserialize;
@@ -53,8 +54,8 @@ struct RawQueue {
 /// How to reach one cage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CageRoute {
-    /// Instance addresses, tried in order.
-    pub addresses: Vec<SocketAddr>,
+    /// Instance addresses, tried in order (names are looked up at each connect).
+    pub addresses: Vec<Address>,
     /// Longest wait for a TCP connection.
     pub connect_timeout: Duration,
     /// Default limit for a sync call when the caller gives none.
@@ -68,7 +69,7 @@ impl CageRoute {
     /// A route to a single address with default timeouts.
     pub fn single(addr: SocketAddr, call_timeout: Duration) -> Self {
         CageRoute {
-            addresses: vec![addr],
+            addresses: vec![Address::Ip(addr)],
             connect_timeout: Self::CONNECT_TIMEOUT,
             call_timeout,
         }
@@ -149,8 +150,8 @@ impl ExecuteOn {
             }
             let mut addresses = Vec::new();
             for a in &r.addresses {
-                let addr: SocketAddr = a.get_ref().parse().map_err(|_| {
-                    at(a.span(), format!("cages.{name}.addresses: expected IP:PORT such as \"127.0.0.1:7401\", found {:?}", a.get_ref()))
+                let addr = Address::parse(a.get_ref()).ok_or_else(|| {
+                    at(a.span(), format!("cages.{name}.addresses: expected IP:PORT or NAME:PORT such as \"127.0.0.1:7401\" or \"billing-0.billing:7401\", found {:?}", a.get_ref()))
                 })?;
                 addresses.push(addr);
             }

@@ -3,11 +3,13 @@
 //! Every error names the file, the line and column, and what was expected; nothing here starts
 //! anything, so all of it is testable on plain strings.
 
+mod address;
 mod cage_file;
 mod error;
 mod execute_on;
 mod site;
 
+pub use address::Address;
 pub use cage_file::{valid_name, CageConfig, CageFileDefaults, DeclaredJob, InstanceOverrides};
 pub use error::ConfigError;
 pub use execute_on::{CageRoute, ExecuteOn, QueuePolicy, DEFAULT_QUEUE};

@@ -3,14 +3,13 @@
 //! timeout, not one per cage.
 
 use crate::chains::ChainRecord;
-use crate::config::{CageRoute, ConfigError, Site};
+use crate::config::{Address, CageRoute, ConfigError, Site};
 use crate::jobs::Job;
 use crate::metrics::MetricsSnapshot;
 use crate::transport::client::{Client, ClientError};
 use crate::transport::protocol::{
     CageInfo, CallView, ChainRequest, Filter, JobRequest, ModuleInfo, QueueQuery,
 };
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Longest the dashboard waits for one cage's answer.
@@ -26,7 +25,7 @@ pub struct Cluster {
 #[derive(Debug, Clone)]
 pub struct Instance {
     /// Where it listens.
-    pub addr: SocketAddr,
+    pub addr: Address,
     /// Its identity, or why it did not answer.
     pub info: Result<CageInfo, String>,
 }
@@ -167,10 +166,16 @@ impl Cluster {
                 .addresses
                 .iter()
                 .map(|addr| Instance {
-                    addr: *addr,
-                    info: Client::connect(name, &CageRoute::single(*addr, route.call_timeout))
-                        .and_then(|mut c| c.ping(ASK_TIMEOUT))
-                        .map_err(|e| e.to_string()),
+                    addr: addr.clone(),
+                    info: Client::connect(
+                        name,
+                        &CageRoute {
+                            addresses: vec![addr.clone()],
+                            ..route.clone()
+                        },
+                    )
+                    .and_then(|mut c| c.ping(ASK_TIMEOUT))
+                    .map_err(|e| e.to_string()),
                 })
                 .collect();
             let (modules, metrics) = match instances.iter().any(|i| i.info.is_ok()) {

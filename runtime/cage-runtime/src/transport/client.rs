@@ -8,12 +8,12 @@ use super::protocol::{
     ResponseFrame,
 };
 use crate::chains::ChainRecord;
-use crate::config::CageRoute;
+use crate::config::{Address, CageRoute};
 use crate::jobs::Job;
 use crate::metrics::MetricsSnapshot;
 use crate::queue::QueuedCall;
 use cage_sdk::{CallError, ErrorKind};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 /// Largest response a client accepts.
@@ -91,16 +91,31 @@ impl Client {
     pub fn connect(cage: &str, route: &CageRoute) -> Result<Client, ClientError> {
         let mut last = String::from("no address configured");
         for addr in &route.addresses {
-            match TcpStream::connect_timeout(addr, route.connect_timeout) {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok(Client {
-                        cage: cage.to_owned(),
-                        stream,
-                        next_id: 1,
-                    });
+            // A name is looked up again at every connect: an instance that moved is found.
+            let resolved = match addr.resolve() {
+                Ok(r) => r,
+                Err(e) => {
+                    last = format!("{addr}: cannot resolve: {e}");
+                    continue;
                 }
-                Err(e) => last = format!("{addr}: {e}"),
+            };
+            for ip in resolved {
+                match TcpStream::connect_timeout(&ip, route.connect_timeout) {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        return Ok(Client {
+                            cage: cage.to_owned(),
+                            stream,
+                            next_id: 1,
+                        });
+                    }
+                    Err(e) => {
+                        last = match addr {
+                            Address::Ip(_) => format!("{addr}: {e}"),
+                            Address::Name { .. } => format!("{addr} ({ip}): {e}"),
+                        }
+                    }
+                }
             }
         }
         Err(ClientError::Unreachable {
@@ -108,7 +123,7 @@ impl Client {
             addresses: route
                 .addresses
                 .iter()
-                .map(SocketAddr::to_string)
+                .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
             reason: last,
