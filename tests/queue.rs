@@ -492,3 +492,63 @@ fn pipelined_enqueues_are_each_answered_and_stored() {
     assert!(ids[..40].iter().all(|(_, dup)| dup.is_none()));
     assert_eq!(site.listing("pending", Some("back")).len(), 40);
 }
+
+#[test]
+fn calls_too_large_to_offer_together_are_offered_one_by_one() {
+    use cages::runtime::transport::protocol::EnqueueRequest;
+    let mut site = Site::new();
+    site.write("config/config_execute_on.toml", FAST_RETRY);
+    // back takes frames of at most 1 MiB; each call carries 600 KB, so any two offered in one
+    // request make a frame back refuses (it closes the connection).
+    site.cage("front", &[], "")
+        .cage("back", &["echo"], "max_frame_bytes = 1048576\n");
+    site.install("echo", &module_so("echo", &[]));
+    let out = site.path().join("effects.txt");
+    let front = site.start("front");
+    let pad = "x".repeat(600 * 1024);
+    let mut enqueuer = support::Enqueuer::new(&site, "front");
+    for i in 0..6 {
+        enqueuer.enqueue(&EnqueueRequest {
+            target: "back".into(),
+            module: "echo".into(),
+            method: "append".into(),
+            args: serde_json::to_vec(
+                &serde_json::json!({ "file": out, "tag": format!("t{i}"), "pad": pad }),
+            )
+            .unwrap(),
+            queue: "retry".into(),
+            priority: 0,
+            key: None,
+            delay_ms: 0,
+        });
+    }
+    eventually(
+        Duration::from_secs(30),
+        "front has tried every call",
+        || {
+            let p = site.listing("pending", Some("front"));
+            (p.len() == 6 && p.iter().all(|v| !attempts(v).is_empty())).then_some(())
+        },
+    );
+    let _back = site.start("back");
+    // All due at once, so one pump offers them together.
+    let run = site.cage_cmd(&["retry-now", "--all", "--cage", "front"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    eventually(Duration::from_secs(60), "both queues are empty", || {
+        (site.listing("pending", Some("front")).is_empty()
+            && site.listing("pending", Some("back")).is_empty())
+        .then_some(())
+    });
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut tags: Vec<&str> = text.lines().map(|l| l.split(' ').nth(2).unwrap()).collect();
+    tags.sort();
+    let mut expected: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
+    expected.sort();
+    assert_eq!(tags, expected, "each call ran exactly once");
+    assert!(site.listing("dead", None).is_empty());
+    assert!(
+        front.log().contains("offering them one by one"),
+        "{}",
+        front.log()
+    );
+}

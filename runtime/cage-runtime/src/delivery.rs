@@ -87,7 +87,9 @@ impl Delivery {
     }
 
     /// Offers `calls`, all for cage `target`, in one request; per call, `Ok` once the target
-    /// holds it durably (or held it before). A lone call goes as a plain acceptance.
+    /// holds it durably (or held it before). A lone call goes as a plain acceptance. If the
+    /// target closes the connection on a request of several calls (a frame larger than it
+    /// takes, or a cut), each call is offered on its own, as unbatched delivery would.
     pub async fn offer_many(
         self: Arc<Self>,
         target: String,
@@ -95,50 +97,80 @@ impl Delivery {
     ) -> Vec<(String, Result<(), CallError>)> {
         let ids: Vec<String> = calls.iter().map(|c| c.id.clone()).collect();
         let cage = target.clone();
-        let joined = actix_rt::task::spawn_blocking(move || {
-            let route = self.route(&target)?;
-            let answers = self
-                .pool
-                .with(&target, &route, |c| {
-                    if calls.len() == 1 {
-                        let call = calls.into_iter().next().expect("one call");
-                        c.accept(call, ACCEPT_TIMEOUT).map(|dup| vec![Ok(dup)])
-                    } else {
-                        c.accept_many(calls, ACCEPT_TIMEOUT)
-                    }
-                })
-                .map_err(ClientError::into_call_error)?;
-            Ok::<_, CallError>(answers)
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(CallError::with_kind(
-                ErrorKind::Internal,
-                "delivery thread failed",
-            ))
-        });
+        let joined = actix_rt::task::spawn_blocking(move || self.offer_blocking(&target, calls))
+            .await
+            .unwrap_or_else(|_| {
+                Err(CallError::with_kind(
+                    ErrorKind::Internal,
+                    "delivery thread failed",
+                ))
+            });
         match joined {
             Ok(answers) => ids
                 .into_iter()
                 .zip(answers)
                 .map(|(id, answer)| {
-                    let outcome = match answer {
-                        Ok(Some(of)) => {
+                    let outcome = answer.map(|duplicate_of| {
+                        if let Some(of) = duplicate_of {
                             tracing::info!(call_id = %id, target = %cage, "target already holds this call (as {of})");
-                            Ok(())
                         }
-                        Ok(None) => Ok(()),
-                        Err(reason) => Err(ClientError::Rejected {
-                            cage: cage.clone(),
-                            reason,
-                        }
-                        .into_call_error()),
-                    };
+                    });
                     (id, outcome)
                 })
                 .collect(),
             // The request as a whole failed: every call in it failed this attempt.
             Err(e) => ids.into_iter().map(|id| (id, Err(e.clone()))).collect(),
+        }
+    }
+
+    /// Per call, in order: the id it duplicates, or why it was not accepted.
+    fn offer_blocking(
+        &self,
+        target: &str,
+        calls: Vec<QueuedCall>,
+    ) -> Result<Vec<Result<Option<String>, CallError>>, CallError> {
+        let route = self.route(target)?;
+        if calls.len() == 1 {
+            let call = calls.into_iter().next().expect("one call");
+            return self
+                .pool
+                .with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
+                .map(|dup| vec![Ok(dup)])
+                .map_err(ClientError::into_call_error);
+        }
+        let singles = calls.clone();
+        match self
+            .pool
+            .with(target, &route, |c| c.accept_many(calls, ACCEPT_TIMEOUT))
+        {
+            Ok(answers) => Ok(answers
+                .into_iter()
+                .map(|a| {
+                    a.map_err(|reason| {
+                        ClientError::Rejected {
+                            cage: target.to_owned(),
+                            reason,
+                        }
+                        .into_call_error()
+                    })
+                })
+                .collect()),
+            Err(e @ ClientError::Connection { .. }) => {
+                tracing::warn!(
+                    target,
+                    "a delivery of {} calls failed ({e}); offering them one by one",
+                    singles.len()
+                );
+                Ok(singles
+                    .into_iter()
+                    .map(|call| {
+                        self.pool
+                            .with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
+                            .map_err(ClientError::into_call_error)
+                    })
+                    .collect())
+            }
+            Err(e) => Err(e.into_call_error()),
         }
     }
 }

@@ -41,6 +41,30 @@ const PUMP_EVERY: Duration = Duration::from_millis(10);
 const DUE_BATCH: usize = 1024;
 /// Most calls offered to one cage in one request.
 const DELIVER_BATCH: usize = 128;
+/// Most argument bytes in one request of several calls, well under a target's frame limit
+/// (`max_frame_bytes`, 16 MiB by default); a larger call goes alone, as it would unbatched.
+const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Splits calls for one cage into requests of at most [`DELIVER_BATCH`] calls and
+/// [`DELIVER_BATCH_BYTES`] of arguments (a call larger than that is a request of its own).
+fn delivery_batches(records: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
+    let mut batches: Vec<Vec<CallRecord>> = Vec::new();
+    let mut bytes = 0;
+    for r in records {
+        let size = r.call.args.len();
+        match batches.last_mut() {
+            Some(b) if b.len() < DELIVER_BATCH && bytes + size <= DELIVER_BATCH_BYTES => {
+                bytes += size;
+                b.push(r);
+            }
+            _ => {
+                bytes = size;
+                batches.push(vec![r]);
+            }
+        }
+    }
+    batches
+}
 /// How often expired deduplication history is dropped.
 const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Most calls a listing returns when the operator gives no limit.
@@ -283,9 +307,7 @@ impl Scheduler {
         }
         // Calls for the same cage go in one request (one round trip, one commit on the target).
         for (target, records) in deliveries {
-            let mut records = records.into_iter().peekable();
-            while records.peek().is_some() {
-                let batch: Vec<CallRecord> = records.by_ref().take(DELIVER_BATCH).collect();
+            for batch in delivery_batches(records) {
                 self.start_deliveries(target.clone(), batch, ctx);
             }
         }
@@ -945,5 +967,54 @@ impl Handler<Pause> for Scheduler {
 
     fn handle(&mut self, _: Pause, _: &mut Context<Self>) {
         self.paused = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: usize, args_bytes: usize) -> CallRecord {
+        let call = QueuedCall {
+            id: format!("a-1-{n}"),
+            source: "a".into(),
+            target: "b".into(),
+            module: "echo".into(),
+            method: "echo".into(),
+            args: vec![b' '; args_bytes],
+            queue: "retry".into(),
+            priority: 0,
+            key: None,
+            enqueued_at_ms: 0,
+            not_before_ms: 0,
+            chain: None,
+        };
+        CallRecord::new(call, Stage::Deliver, 0)
+    }
+
+    #[test]
+    fn deliveries_are_split_by_count_and_by_bytes() {
+        let sizes = |records: Vec<CallRecord>| -> Vec<usize> {
+            delivery_batches(records).iter().map(Vec::len).collect()
+        };
+        assert_eq!(
+            sizes((0..300).map(|n| record(n, 10)).collect()),
+            vec![128, 128, 44]
+        );
+        let mb = 1024 * 1024;
+        // 1.5 MiB each: two fit under the byte budget, a third does not.
+        assert_eq!(
+            sizes((0..5).map(|n| record(n, mb * 3 / 2)).collect()),
+            vec![2, 2, 1]
+        );
+        // A call larger than the budget goes alone, and does not hold back the next ones.
+        let mixed = vec![
+            record(0, 10),
+            record(1, 5 * mb),
+            record(2, 10),
+            record(3, 10),
+        ];
+        assert_eq!(sizes(mixed), vec![1, 1, 2]);
+        assert!(delivery_batches(Vec::new()).is_empty());
     }
 }
