@@ -3,12 +3,11 @@
 //! kill interrupted that very attempt.
 
 mod support;
-use cages::runtime::transport::protocol::EnqueueRequest;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{eventually, module_so, Enqueuer, Site};
+use support::{echo_call, eventually, module_so, Enqueuer, Site};
 
 const CALLS: usize = 1000;
 const KILLS: usize = 8;
@@ -50,19 +49,12 @@ fn kill_9_of_source_or_target_loses_nothing() {
         std::thread::spawn(move || {
             let mut enqueuer = Enqueuer::new(&site, "front");
             for i in 0..CALLS {
-                let request = EnqueueRequest {
-                    target: "back".into(),
-                    module: "echo".into(),
-                    method: "append".into(),
-                    args: serde_json::to_vec(
-                        &serde_json::json!({ "file": out, "tag": format!("t{i}"), "sleep_ms": 20 }),
-                    )
-                    .unwrap(),
-                    queue: "retry".into(),
-                    priority: 0,
-                    key: Some(format!("t{i}")),
-                    delay_ms: 0,
-                };
+                let request = echo_call(
+                    "back",
+                    "append",
+                    serde_json::json!({ "file": out, "tag": format!("t{i}"), "sleep_ms": 20 }),
+                    Some(format!("t{i}")),
+                );
                 enqueuer.enqueue(&request);
                 acked.fetch_add(1, Ordering::Relaxed);
             }

@@ -2,10 +2,9 @@
 //! exactly 10 000, although the source and target cages are killed with SIGKILL throughout.
 
 mod support;
-use cages::runtime::transport::protocol::EnqueueRequest;
 use std::sync::Arc;
 use std::time::Duration;
-use support::{eventually, module_so, Enqueuer, Site};
+use support::{echo_call, eventually, module_so, Enqueuer, Site};
 
 const CALLS: usize = 10_000;
 const KILLS: usize = 8;
@@ -28,16 +27,12 @@ fn a_counter_incremented_by_every_call_ends_at_exactly_the_number_of_calls() {
         std::thread::spawn(move || {
             let mut enqueuer = Enqueuer::new(&site, "front");
             for i in 0..CALLS {
-                let request = EnqueueRequest {
-                    target: "back".into(),
-                    module: "echo".into(),
-                    method: "count".into(),
-                    args: br#"{"key": "hits"}"#.to_vec(),
-                    queue: "retry".into(),
-                    priority: 0,
-                    key: Some(format!("hit-{i}")),
-                    delay_ms: 0,
-                };
+                let request = echo_call(
+                    "back",
+                    "count",
+                    serde_json::json!({ "key": "hits" }),
+                    Some(format!("hit-{i}")),
+                );
                 enqueuer.enqueue(&request);
             }
         })

@@ -5,14 +5,13 @@
 //! every queued call has run on back exactly once.
 
 mod support;
-use cages::runtime::transport::protocol::EnqueueRequest;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{eventually, module_so, Enqueuer, Site};
+use support::{echo_call, eventually, module_so, Enqueuer, Site};
 
 const CALLS: usize = 1000;
 
@@ -182,19 +181,12 @@ fn queued_calls_survive_delays_drops_truncations_and_cuts_exactly_once() {
         std::thread::spawn(move || {
             let mut enqueuer = Enqueuer::new(&site, "front");
             for i in 0..CALLS {
-                let request = EnqueueRequest {
-                    target: "back".into(),
-                    module: "echo".into(),
-                    method: "append".into(),
-                    args: serde_json::to_vec(
-                        &serde_json::json!({ "file": out, "tag": format!("t{i}") }),
-                    )
-                    .unwrap(),
-                    queue: "retry".into(),
-                    priority: 0,
-                    key: Some(format!("t{i}")),
-                    delay_ms: 0,
-                };
+                let request = echo_call(
+                    "back",
+                    "append",
+                    serde_json::json!({ "file": out, "tag": format!("t{i}") }),
+                    Some(format!("t{i}")),
+                );
                 enqueuer.enqueue(&request);
                 std::thread::sleep(Duration::from_millis(3));
             }

@@ -495,7 +495,6 @@ fn pipelined_enqueues_are_each_answered_and_stored() {
 
 #[test]
 fn calls_too_large_to_offer_together_are_offered_one_by_one() {
-    use cages::runtime::transport::protocol::EnqueueRequest;
     let mut site = Site::new();
     site.write("config/config_execute_on.toml", FAST_RETRY);
     // back takes frames of at most 1 MiB; each call carries 600 KB, so any two offered in one
@@ -508,19 +507,12 @@ fn calls_too_large_to_offer_together_are_offered_one_by_one() {
     let pad = "x".repeat(600 * 1024);
     let mut enqueuer = support::Enqueuer::new(&site, "front");
     for i in 0..6 {
-        enqueuer.enqueue(&EnqueueRequest {
-            target: "back".into(),
-            module: "echo".into(),
-            method: "append".into(),
-            args: serde_json::to_vec(
-                &serde_json::json!({ "file": out, "tag": format!("t{i}"), "pad": pad }),
-            )
-            .unwrap(),
-            queue: "retry".into(),
-            priority: 0,
-            key: None,
-            delay_ms: 0,
-        });
+        enqueuer.enqueue(&support::echo_call(
+            "back",
+            "append",
+            serde_json::json!({ "file": out, "tag": format!("t{i}"), "pad": pad }),
+            None,
+        ));
     }
     eventually(
         Duration::from_secs(30),

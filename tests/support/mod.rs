@@ -393,6 +393,26 @@ impl Site {
     }
 }
 
+/// A call of `echo.METHOD` with JSON `args` for cage `target`, on queue `retry`, due at once,
+/// with idempotency key `key`: what the suites that enqueue through a client send.
+pub fn echo_call(
+    target: &str,
+    method: &str,
+    args: serde_json::Value,
+    key: Option<String>,
+) -> cages::runtime::transport::protocol::EnqueueRequest {
+    cages::runtime::transport::protocol::EnqueueRequest {
+        target: target.to_owned(),
+        module: "echo".into(),
+        method: method.to_owned(),
+        args: serde_json::to_vec(&args).unwrap(),
+        queue: "retry".into(),
+        priority: 0,
+        key,
+        delay_ms: 0,
+    }
+}
+
 /// Enqueues through one cage of a site as a careful client does while that cage may be killed
 /// and restarted: on any failure it reconnects and sends the same request again (its
 /// idempotency key makes a resent enqueue the first one).
