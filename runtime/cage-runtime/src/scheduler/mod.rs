@@ -44,6 +44,10 @@ const DELIVER_BATCH: usize = 128;
 /// Most argument bytes in one request of several calls, well under a target's frame limit
 /// (`max_frame_bytes`, 16 MiB by default); a larger call goes alone, as it would unbatched.
 const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// How often expired deduplication history is dropped.
+const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Most calls a listing returns when the operator gives no limit.
+const DEFAULT_LISTING: usize = 1000;
 
 /// Splits calls for one cage into requests of at most [`DELIVER_BATCH`] calls and
 /// [`DELIVER_BATCH_BYTES`] of arguments (a call larger than that is a request of its own).
@@ -65,10 +69,6 @@ fn delivery_batches(records: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
     }
     batches
 }
-/// How often expired deduplication history is dropped.
-const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// Most calls a listing returns when the operator gives no limit.
-const DEFAULT_LISTING: usize = 1000;
 
 pub(super) fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
