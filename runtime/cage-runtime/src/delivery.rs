@@ -138,12 +138,16 @@ impl Delivery {
                 .map(|dup| vec![Ok(dup)])
                 .map_err(ClientError::into_call_error);
         }
-        let singles = calls.clone();
-        match self
-            .pool
-            .with(target, &route, |c| c.accept_many(calls, ACCEPT_TIMEOUT))
-        {
-            Ok(answers) => Ok(answers
+        // A request that fails hands its calls back, for the one-by-one offers below.
+        let mut handed_back = None;
+        let offered = self.pool.with(target, &route, |c| {
+            c.accept_many(calls, ACCEPT_TIMEOUT).map_err(|(e, calls)| {
+                handed_back = Some(calls);
+                e
+            })
+        });
+        match (offered, handed_back) {
+            (Ok(answers), _) => Ok(answers
                 .into_iter()
                 .map(|a| {
                     a.map_err(|reason| {
@@ -155,7 +159,7 @@ impl Delivery {
                     })
                 })
                 .collect()),
-            Err(e @ ClientError::Connection { .. }) => {
+            (Err(e @ ClientError::Connection { .. }), Some(singles)) => {
                 tracing::warn!(
                     target,
                     "a delivery of {} calls failed ({e}); offering them one by one",
@@ -170,7 +174,7 @@ impl Delivery {
                     })
                     .collect())
             }
-            Err(e) => Err(e.into_call_error()),
+            (Err(e), _) => Err(e.into_call_error()),
         }
     }
 }

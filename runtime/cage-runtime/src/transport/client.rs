@@ -79,6 +79,10 @@ impl ClientError {
     }
 }
 
+/// Per offered call, in order: the id it duplicates (if it or its key was accepted before),
+/// or why the target did not accept it.
+pub type AcceptAnswers = Vec<Result<Option<String>, String>>;
+
 /// A connection to one cage.
 pub struct Client {
     cage: String,
@@ -147,13 +151,32 @@ impl Client {
 
     /// Sends `body` and waits up to `timeout` for its response.
     pub fn request(&mut self, body: Request, timeout: Duration) -> Result<Response, ClientError> {
-        let id = self.next_id;
+        self.exchange(body, timeout).1
+    }
+
+    /// Like [`Client::request`], handing `body` back as well, for a caller that may send what
+    /// it carried again another way.
+    fn exchange(
+        &mut self,
+        body: Request,
+        timeout: Duration,
+    ) -> (Request, Result<Response, ClientError>) {
+        let frame = RequestFrame {
+            id: self.next_id,
+            body,
+        };
         self.next_id += 1;
+        let answer = self.send(&frame, timeout);
+        (frame.body, answer)
+    }
+
+    fn send(&mut self, frame: &RequestFrame, timeout: Duration) -> Result<Response, ClientError> {
+        let id = frame.id;
         let conn = |cage: &str, source: FrameError| ClientError::Connection {
             cage: cage.to_owned(),
             source,
         };
-        let bytes = frame::encode(&RequestFrame { id, body }).map_err(|e| conn(&self.cage, e))?;
+        let bytes = frame::encode(frame).map_err(|e| conn(&self.cage, e))?;
         self.stream
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(|e| conn(&self.cage, e.into()))?;
@@ -287,21 +310,28 @@ impl Client {
     }
 
     /// Offers several queued calls to this (target) cage in one request; per call, in order,
-    /// the id it duplicates or why the target refused it.
+    /// the id it duplicates or why the target refused it. If the request fails, the calls come
+    /// back with the error, so the caller can offer them another way.
     pub fn accept_many(
         &mut self,
         calls: Vec<QueuedCall>,
         timeout: Duration,
-    ) -> Result<Vec<Result<Option<String>, String>>, ClientError> {
+    ) -> Result<AcceptAnswers, (ClientError, Vec<QueuedCall>)> {
         let sent = calls.len();
-        match self.request(Request::AcceptMany(calls), timeout)? {
-            Response::AcceptedMany(answers) if answers.len() == sent => Ok(answers),
-            Response::AcceptedMany(answers) => Err(ClientError::Protocol {
+        let (body, answer) = self.exchange(Request::AcceptMany(calls), timeout);
+        let error = match answer {
+            Ok(Response::AcceptedMany(answers)) if answers.len() == sent => return Ok(answers),
+            Ok(Response::AcceptedMany(answers)) => ClientError::Protocol {
                 cage: self.cage.clone(),
                 what: format!("{} answers to {sent} offered calls", answers.len()),
-            }),
-            other => Err(self.unexpected(&other)),
-        }
+            },
+            Ok(other) => self.unexpected(&other),
+            Err(e) => e,
+        };
+        let Request::AcceptMany(calls) = body else {
+            unreachable!("exchange hands back the request it was given")
+        };
+        Err((error, calls))
     }
 
     /// Asks about queued calls.
