@@ -3,8 +3,7 @@
 //! resolve is an error naming the cage and the name.
 
 mod support;
-use std::time::Duration;
-use support::{eventually, module_so, Site};
+use support::{module_so, Site};
 
 #[test]
 fn a_cage_listed_by_dns_name_is_reached_and_a_bad_name_is_named() {
@@ -30,14 +29,7 @@ fn a_cage_listed_by_dns_name_is_reached_and_a_bad_name_is_named() {
         "{run:?}"
     );
 
-    let out = site.path().join("effects.txt");
-    let args = format!(r#"{{"file": {:?}}}"#, out.display().to_string());
-    let id = site.enqueue("back", "echo.append", &args, &["--from", "front"]);
-    eventually(Duration::from_secs(20), "the queued call ran", || {
-        std::fs::read_to_string(&out)
-            .ok()
-            .filter(|t| t.contains(&id))
-    });
+    site.queued_append_runs("back", "front");
 
     let run = site.call("ghost", "echo.shout", r#""hi""#);
     assert_ne!(run.code, 0, "{run:?}");

@@ -3,8 +3,7 @@
 //! being answered when one instance is killed, and queued calls go to the one still up.
 
 mod support;
-use std::time::Duration;
-use support::{eventually, free_port, module_so, Site};
+use support::{free_port, module_so, Site};
 
 #[test]
 fn sync_and_queued_calls_go_to_the_instance_still_up() {
@@ -62,14 +61,7 @@ fn sync_and_queued_calls_go_to_the_instance_still_up() {
     }
 
     // A queued call is accepted by the instance still up, which runs it.
-    let out = site.path().join("effects.txt");
-    let args = format!(r#"{{"file": {:?}}}"#, out.display().to_string());
-    let id = site.enqueue("back", "echo.append", &args, &["--from", "front"]);
-    eventually(Duration::from_secs(20), "the queued call ran", || {
-        std::fs::read_to_string(&out)
-            .ok()
-            .filter(|t| t.contains(&id))
-    });
+    let id = site.queued_append_runs("back", "front");
     assert!(two.log().contains(&id), "the second instance ran it");
     assert!(!two.log().contains("panicked"));
 }

@@ -262,6 +262,20 @@ impl Site {
         run.stdout.trim().to_owned()
     }
 
+    /// Enqueues an `echo.append` for `target` through cage `from`, waits until the line it
+    /// appends to `effects.txt` is there, and answers the call id.
+    pub fn queued_append_runs(&self, target: &str, from: &str) -> String {
+        let out = self.path().join("effects.txt");
+        let args = format!(r#"{{"file": {:?}}}"#, out.display().to_string());
+        let id = self.enqueue(target, "echo.append", &args, &["--from", from]);
+        eventually(Duration::from_secs(20), "the queued call ran", || {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|t| t.contains(&id))
+        });
+        id
+    }
+
     /// `cage show ID --json`: the records of the call on every cage holding it.
     pub fn show(&self, id: &str) -> Vec<serde_json::Value> {
         let run = self.cage_cmd(&["show", id, "--json"]);
