@@ -277,7 +277,10 @@ impl Journal {
     pub fn open(dir: &Path, db: &sled::Db) -> Result<(Journal, Replayed), QueueError> {
         let found = segments(dir).map_err(io_error("list", dir))?;
         let mut replayed = Replayed::default();
-        for (_, path) in &found {
+        // The last segment, if it holds no entry and nothing torn (a graceful stop's
+        // checkpoint left it so): written to again rather than a new one made on every start.
+        let mut unused_last = false;
+        for (i, (_, path)) in found.iter().enumerate() {
             let file = File::open(path).map_err(io_error("open", path))?;
             let scan = scan(file).map_err(io_error("read", path))?;
             for entry in &scan.entries {
@@ -295,22 +298,46 @@ impl Journal {
                     path.display()
                 );
             }
+            unused_last = i + 1 == found.len() && scan.entries.is_empty() && scan.torn_at.is_none();
         }
         for leftover in [PREPARED, ROLLED] {
             let _ = std::fs::remove_file(dir.join(leftover));
         }
-        let next = found.last().map_or(1, |(n, _)| n + 1);
-        let segment = Self::install(dir, Self::prepare(dir, ROLLED, SEGMENT_BYTES)?, next)?;
+        let segment = match found.last() {
+            Some((n, path)) if unused_last => Self::reopen(path, *n)?,
+            last => {
+                let next = last.map_or(1, |(n, _)| n + 1);
+                Self::install(dir, Self::prepare(dir, ROLLED, SEGMENT_BYTES)?, next)?
+            }
+        };
+        let current = segment.number;
         let journal = Journal {
             dir: dir.to_owned(),
             current: Mutex::new(segment),
             checkpointing: Mutex::new(()),
         };
-        if !found.is_empty() {
+        if found.iter().any(|(n, _)| *n < current) {
             journal.flush_db(db)?;
-            journal.remove_before(next)?;
+            journal.remove_before(current)?;
         }
         Ok((journal, replayed))
+    }
+
+    /// An existing segment that holds no entry, to write from its start.
+    fn reopen(path: &Path, number: u64) -> Result<Segment, QueueError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_error("open", path))?;
+        let capacity = file.metadata().map_err(io_error("read", path))?.len();
+        Ok(Segment {
+            number,
+            file: Arc::new(file),
+            bytes: MAGIC.len() as u64,
+            capacity,
+            torn: false,
+            buf: Vec::new(),
+        })
     }
 
     /// Makes a zero-filled segment of `capacity` bytes under the temporary `name`, synced.
@@ -588,6 +615,33 @@ mod tests {
             1,
             "replayed segments dropped"
         );
+    }
+
+    #[test]
+    fn an_unused_last_segment_is_written_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let (journal, _) = Journal::open(dir.path(), &db).unwrap();
+            journal
+                .apply(&db, &batch(&[("a", Some("1"))]), || {})
+                .unwrap();
+            journal.checkpoint(&db).unwrap();
+            segments(dir.path()).unwrap()
+        };
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed, Replayed::default());
+        assert_eq!(segments(dir.path()).unwrap(), before, "no new segment made");
+        journal
+            .apply(&db, &batch(&[("b", Some("2"))]), || {})
+            .unwrap();
+        drop(journal);
+        drop(db);
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (_, replayed) = Journal::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed.entries, 1, "what was written to it replays");
+        assert_eq!(db.get("b").unwrap().unwrap(), &b"2"[..]);
     }
 
     #[test]
