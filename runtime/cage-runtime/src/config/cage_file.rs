@@ -68,6 +68,7 @@ struct RawCageFile {
     http_listen: Option<Spanned<String>>,
     http_max_body: Option<Spanned<usize>>,
     queue_cache_mb: Option<Spanned<usize>>,
+    tls: Option<bool>,
     #[serde(default)]
     jobs: Vec<Spanned<RawJob>>,
 }
@@ -113,8 +114,10 @@ pub struct CageConfig {
     pub name: String,
     /// The file it was read from.
     pub path: PathBuf,
-    /// Address the cage listens on (loopback until TLS exists).
+    /// Address the cage listens on (beyond loopback only with TLS).
     pub listen: SocketAddr,
+    /// Serve mutual TLS with the key pair `config/keys/NAME.{crt,key}` against the cluster CA.
+    pub tls: bool,
     /// Modules served, by name; each is `modules/lib<name>.so`.
     pub modules: Vec<String>,
     /// Where the cage keeps its state (absolute).
@@ -179,10 +182,11 @@ impl CageConfig {
                 ),
             )
         })?;
-        if !listen.ip().is_loopback() {
+        let tls = raw.tls.unwrap_or(false);
+        if !listen.ip().is_loopback() && !tls {
             return Err(at(
                 raw.listen.span(),
-                format!("listen: {listen} is not a loopback address; listening beyond this host needs TLS, which this cage does not configure (use 127.0.0.1)"),
+                format!("listen: {listen} is not a loopback address; listening beyond this host needs TLS: set `tls = true` (and run `cage keys issue {name}`), or listen on 127.0.0.1"),
             ));
         }
 
@@ -284,6 +288,7 @@ impl CageConfig {
             name: name.to_owned(),
             path: path.to_owned(),
             listen,
+            tls,
             modules,
             data_dir: if data_dir.is_absolute() {
                 data_dir
@@ -362,11 +367,15 @@ impl InstanceOverrides {
             }
         };
         if let Some(a) = self.listen {
-            config.listen = loopback(
-                "--listen",
-                a,
-                "listening beyond this host needs TLS, which this cage does not configure",
-            )?;
+            config.listen = if config.tls {
+                a
+            } else {
+                loopback(
+                    "--listen",
+                    a,
+                    "listening beyond this host needs TLS: set `tls = true` in the cage file",
+                )?
+            };
         }
         if let Some(a) = self.http_listen {
             config.http_listen =

@@ -5,7 +5,7 @@ use super::cage_file::valid_name;
 use super::error::ConfigError;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
@@ -17,6 +17,8 @@ pub const DEFAULT_QUEUE: &str = "retry";
 #[serde(deny_unknown_fields)]
 struct RawExecuteOn {
     #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
     cages: BTreeMap<String, Spanned<RawRoute>>,
     #[serde(default)]
     queues: BTreeMap<String, Spanned<RawQueue>>,
@@ -24,13 +26,32 @@ struct RawExecuteOn {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawTls {
+    enabled: Option<bool>,
+}
+
+/// A `[cages.NAME]` table; the discovery keys belong to `[cages.unknown]` only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawRoute {
-    addresses: Vec<Spanned<String>>,
+    addresses: Option<Vec<Spanned<String>>>,
     #[serde(default, with = "humantime_serde")]
     connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     call_timeout: Option<Duration>,
+    tls: Option<bool>,
+    discovery: Option<Spanned<String>>,
+    discovery_address: Option<Spanned<String>>,
+    discovery_interface: Option<Spanned<String>>,
+    #[serde(default, with = "humantime_serde")]
+    cache_for: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    query_timeout: Option<Duration>,
+    cluster: Option<Spanned<String>>,
 }
+
+/// The name of the `[cages.*]` entry that applies to every cage not listed.
+pub const UNKNOWN_CAGE: &str = "unknown";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,18 +81,117 @@ pub struct CageRoute {
     pub connect_timeout: Duration,
     /// Default limit for a sync call when the caller gives none.
     pub call_timeout: Duration,
+    /// Speak mutual TLS: the cage must show a certificate for its name from the cluster CA.
+    pub tls: bool,
 }
 
 impl CageRoute {
     /// Default connect timeout.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-    /// A route to a single address with default timeouts.
+    /// A plain route to a single address with default timeouts.
     pub fn single(addr: SocketAddr, call_timeout: Duration) -> Self {
         CageRoute {
             addresses: vec![Address::Ip(addr)],
             connect_timeout: Self::CONNECT_TIMEOUT,
             call_timeout,
+            tls: false,
+        }
+    }
+
+    /// This route, speaking TLS or not.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+}
+
+/// How a cage not listed in the file is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// Not at all: an unlisted cage without a cage file in the site is unknown.
+    Off,
+    /// A UDP query to a multicast group, sent and joined on the interface with this address.
+    Multicast {
+        /// Group and port.
+        group: SocketAddrV4,
+        /// Address of the interface queries go out on and answers come in on (0.0.0.0: the
+        /// system's choice).
+        interface: Ipv4Addr,
+    },
+    /// A UDP query to a broadcast address.
+    Broadcast {
+        /// Broadcast address and port.
+        address: SocketAddrV4,
+    },
+}
+
+impl Discovery {
+    /// The port cages answer queries on.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Discovery::Off => None,
+            Discovery::Multicast { group, .. } => Some(group.port()),
+            Discovery::Broadcast { address } => Some(address.port()),
+        }
+    }
+}
+
+/// `[cages.unknown]`: how cages that are not listed are found and reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnknownCages {
+    /// How they are looked for.
+    pub discovery: Discovery,
+    /// Only cages answering for this cluster name count (several sites can share a network).
+    pub cluster: String,
+    /// How long a found address is used before it is asked for again (a failure to connect
+    /// asks again at once).
+    pub cache_for: Duration,
+    /// How long a query waits for answers.
+    pub query_timeout: Duration,
+    /// Longest wait for a TCP connection to a found cage.
+    pub connect_timeout: Duration,
+    /// Default limit of a sync call to a found cage.
+    pub call_timeout: Duration,
+    /// Speak mutual TLS to found cages.
+    pub tls: bool,
+}
+
+impl UnknownCages {
+    /// Default multicast group and port of discovery queries.
+    pub const GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 74, 1), 7400);
+    /// Default broadcast address of discovery queries.
+    pub const BROADCAST: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::BROADCAST, 7400);
+    /// Default time a found address is kept.
+    pub const CACHE_FOR: Duration = Duration::from_secs(300);
+    /// Default wait for answers.
+    pub const QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+    /// Default cluster name.
+    pub const CLUSTER: &'static str = "cages";
+
+    /// The defaults, speaking TLS or not.
+    pub fn defaults(tls: bool) -> Self {
+        UnknownCages {
+            discovery: Discovery::Multicast {
+                group: Self::GROUP,
+                interface: Ipv4Addr::UNSPECIFIED,
+            },
+            cluster: Self::CLUSTER.to_owned(),
+            cache_for: Self::CACHE_FOR,
+            query_timeout: Self::QUERY_TIMEOUT,
+            connect_timeout: CageRoute::CONNECT_TIMEOUT,
+            call_timeout: super::CageFileDefaults::CALL_TIMEOUT,
+            tls,
+        }
+    }
+
+    /// The route to a found cage at `addresses`.
+    pub fn route(&self, addresses: Vec<Address>) -> CageRoute {
+        CageRoute {
+            addresses,
+            connect_timeout: self.connect_timeout,
+            call_timeout: self.call_timeout,
+            tls: self.tls,
         }
     }
 }
@@ -116,10 +236,14 @@ impl Default for QueuePolicy {
 }
 
 /// The parsed `config/config_execute_on.toml`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExecuteOn {
-    /// Known cages by name.
+    /// `[tls] enabled`: the default of every channel's `tls`.
+    pub tls: bool,
+    /// Known cages by name (`unknown` is not among them).
     pub cages: BTreeMap<String, CageRoute>,
+    /// How cages not listed are found.
+    pub unknown: UnknownCages,
     /// Queue policies by queue name; [`DEFAULT_QUEUE`] is always present.
     pub queues: BTreeMap<String, QueuePolicy>,
 }
@@ -133,7 +257,9 @@ impl ExecuteOn {
             ConfigError::at(path, source, span.start, reason)
         };
 
+        let tls = raw.tls.as_ref().and_then(|t| t.enabled).unwrap_or(false);
         let mut cages = BTreeMap::new();
+        let mut unknown = UnknownCages::defaults(tls);
         for (name, route) in &raw.cages {
             if !valid_name(name) {
                 return Err(at(
@@ -142,14 +268,34 @@ impl ExecuteOn {
                 ));
             }
             let r = route.get_ref();
-            if r.addresses.is_empty() {
+            if name == UNKNOWN_CAGE {
+                unknown = unknown_cages(r, tls, &route.span(), &at)?;
+                continue;
+            }
+            for (key, set) in [
+                ("discovery", r.discovery.is_some()),
+                ("discovery_address", r.discovery_address.is_some()),
+                ("discovery_interface", r.discovery_interface.is_some()),
+                ("cache_for", r.cache_for.is_some()),
+                ("query_timeout", r.query_timeout.is_some()),
+                ("cluster", r.cluster.is_some()),
+            ] {
+                if set {
+                    return Err(at(
+                        route.span(),
+                        format!("cages.{name}.{key}: only [cages.{UNKNOWN_CAGE}] takes discovery settings; a listed cage is reached at its addresses"),
+                    ));
+                }
+            }
+            let listed = r.addresses.as_deref().unwrap_or_default();
+            if listed.is_empty() {
                 return Err(at(
                     route.span(),
                     format!("cages.{name}.addresses: needs at least one address"),
                 ));
             }
             let mut addresses = Vec::new();
-            for a in &r.addresses {
+            for a in listed {
                 let addr = Address::parse(a.get_ref()).ok_or_else(|| {
                     at(a.span(), format!("cages.{name}.addresses: expected IP:PORT or NAME:PORT such as \"127.0.0.1:7401\" or \"billing-0.billing:7401\", found {:?}", a.get_ref()))
                 })?;
@@ -163,6 +309,7 @@ impl ExecuteOn {
                     call_timeout: r
                         .call_timeout
                         .unwrap_or(super::CageFileDefaults::CALL_TIMEOUT),
+                    tls: r.tls.unwrap_or(tls),
                 },
             );
         }
@@ -184,7 +331,12 @@ impl ExecuteOn {
             queues.insert(name.clone(), queue_policy(name, q, &default_policy, &at)?);
         }
         queues.insert(DEFAULT_QUEUE.to_owned(), default_policy);
-        Ok(ExecuteOn { cages, queues })
+        Ok(ExecuteOn {
+            tls,
+            cages,
+            unknown,
+            queues,
+        })
     }
 
     /// The policy of `queue`, falling back to the default queue's.
@@ -193,6 +345,74 @@ impl ExecuteOn {
             .get(queue)
             .unwrap_or(&self.queues[DEFAULT_QUEUE])
     }
+}
+
+impl Default for ExecuteOn {
+    fn default() -> Self {
+        ExecuteOn {
+            tls: false,
+            cages: BTreeMap::new(),
+            unknown: UnknownCages::defaults(false),
+            queues: BTreeMap::from([(DEFAULT_QUEUE.to_owned(), QueuePolicy::default())]),
+        }
+    }
+}
+
+fn unknown_cages(
+    r: &RawRoute,
+    tls: bool,
+    span: &std::ops::Range<usize>,
+    at: &impl Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<UnknownCages, ConfigError> {
+    let mut u = UnknownCages::defaults(r.tls.unwrap_or(tls));
+    if let Some(listed) = &r.addresses {
+        return Err(at(
+            listed.first().map(|a| a.span()).unwrap_or(span.clone()),
+            format!("cages.{UNKNOWN_CAGE}.addresses: the entry for unlisted cages has no addresses; list a cage under its own name, or let discovery find it"),
+        ));
+    }
+    let address = match &r.discovery_address {
+        None => None,
+        Some(a) => Some(a.get_ref().parse::<SocketAddrV4>().map_err(|_| {
+            at(a.span(), format!("cages.{UNKNOWN_CAGE}.discovery_address: expected an IPv4 address and port such as \"239.255.74.1:7400\", found {:?}", a.get_ref()))
+        })?),
+    };
+    let interface = match &r.discovery_interface {
+        None => Ipv4Addr::UNSPECIFIED,
+        Some(i) => i.get_ref().parse::<Ipv4Addr>().map_err(|_| {
+            at(i.span(), format!("cages.{UNKNOWN_CAGE}.discovery_interface: expected the IPv4 address of an interface such as \"127.0.0.1\", found {:?}", i.get_ref()))
+        })?,
+    };
+    let mode = r.discovery.as_ref();
+    u.discovery = match mode.map(|m| m.get_ref().as_str()).unwrap_or("multicast") {
+        "off" => Discovery::Off,
+        "multicast" => {
+            let group = address.unwrap_or(UnknownCages::GROUP);
+            if !group.ip().is_multicast() {
+                let a = r.discovery_address.as_ref().expect("a non-default group was given");
+                return Err(at(a.span(), format!("cages.{UNKNOWN_CAGE}.discovery_address: {group} is not a multicast group (224.0.0.0/4); for a broadcast address set discovery = \"broadcast\"")));
+            }
+            Discovery::Multicast { group, interface }
+        }
+        "broadcast" => Discovery::Broadcast {
+            address: address.unwrap_or(UnknownCages::BROADCAST),
+        },
+        other => {
+            let m = mode.expect("a mode was given");
+            return Err(at(m.span(), format!("cages.{UNKNOWN_CAGE}.discovery: expected \"multicast\", \"broadcast\" or \"off\", found {other:?}")));
+        }
+    };
+    if let Some(c) = &r.cluster {
+        if !valid_name(c.get_ref()) {
+            return Err(at(c.span(), format!("cages.{UNKNOWN_CAGE}.cluster: {:?} is not a cluster name (letters, digits, '-', '_')", c.get_ref())));
+        }
+        u.cluster = c.get_ref().clone();
+    }
+    u.cache_for = r.cache_for.unwrap_or(u.cache_for);
+    u.query_timeout = r.query_timeout.unwrap_or(u.query_timeout);
+    u.connect_timeout = r.connect_timeout.unwrap_or(u.connect_timeout);
+    u.call_timeout = r.call_timeout.unwrap_or(u.call_timeout);
+    Ok(u)
 }
 
 fn queue_policy(
@@ -312,9 +532,68 @@ mod tests {
             "{err}"
         );
 
+        let err = parse("[cages.billing]\naddresses = [\"127.0.0.1:1\"]\ncache_for = \"1m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only [cages.unknown]"), "{err}");
+
         let err = parse("[queues.retry]\ngive_up_after = \"3 dayz\"\n")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("config/config_execute_on.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn tls_defaults_to_the_site_setting_and_each_entry_may_differ() {
+        let e = parse(
+            "[tls]\nenabled = true\n[cages.a]\naddresses = [\"127.0.0.1:1\"]\n[cages.b]\naddresses = [\"127.0.0.1:2\"]\ntls = false\n",
+        )
+        .unwrap();
+        assert!(e.tls && e.cages["a"].tls && !e.cages["b"].tls && e.unknown.tls);
+        assert!(!parse("").unwrap().unknown.tls);
+    }
+
+    #[test]
+    fn unknown_cages_take_discovery_settings() {
+        let e = parse("").unwrap();
+        assert_eq!(
+            e.unknown.discovery,
+            Discovery::Multicast {
+                group: UnknownCages::GROUP,
+                interface: Ipv4Addr::UNSPECIFIED
+            }
+        );
+        assert!(!e.cages.contains_key(UNKNOWN_CAGE));
+        let e = parse(
+            "[cages.unknown]\ndiscovery_address = \"239.1.2.3:17400\"\ndiscovery_interface = \"127.0.0.1\"\ncache_for = \"10s\"\ncluster = \"test-1\"\ntls = true\n",
+        )
+        .unwrap();
+        assert_eq!(e.unknown.discovery.port(), Some(17400));
+        assert_eq!(e.unknown.cache_for, Duration::from_secs(10));
+        assert_eq!(e.unknown.cluster, "test-1");
+        assert!(e.unknown.tls);
+        let e = parse("[cages.unknown]\ndiscovery = \"broadcast\"\n").unwrap();
+        assert_eq!(
+            e.unknown.discovery,
+            Discovery::Broadcast {
+                address: UnknownCages::BROADCAST
+            }
+        );
+        assert_eq!(
+            parse("[cages.unknown]\ndiscovery = \"off\"\n").unwrap().unknown.discovery,
+            Discovery::Off
+        );
+        for (src, says) in [
+            ("[cages.unknown]\ndiscovery = \"shout\"\n", "discovery: expected"),
+            ("[cages.unknown]\ndiscovery_address = \"10.0.0.1:7400\"\n", "not a multicast group"),
+            ("[cages.unknown]\naddresses = [\"127.0.0.1:1\"]\n", "has no addresses"),
+            ("[cages.unknown]\ndiscovery_interface = \"lo\"\n", "discovery_interface"),
+        ] {
+            let err = parse(src).unwrap_err().to_string();
+            assert!(
+                err.starts_with("config/config_execute_on.toml:2:") && err.contains(says),
+                "{src}: {err}"
+            );
+        }
     }
 }

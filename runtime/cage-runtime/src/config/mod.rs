@@ -12,5 +12,7 @@ mod site;
 pub use address::Address;
 pub use cage_file::{valid_name, CageConfig, CageFileDefaults, DeclaredJob, InstanceOverrides};
 pub use error::ConfigError;
-pub use execute_on::{CageRoute, ExecuteOn, QueuePolicy, DEFAULT_QUEUE};
+pub use execute_on::{
+    CageRoute, Discovery, ExecuteOn, QueuePolicy, UnknownCages, DEFAULT_QUEUE, UNKNOWN_CAGE,
+};
 pub use site::{Site, EXECUTE_ON_FILE};

@@ -36,6 +36,11 @@ impl Site {
         &self.root
     }
 
+    /// Where the cluster CA and the key pairs of cages and of the CLI are kept.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("config").join("keys")
+    }
+
     /// Where module libraries are dropped.
     pub fn modules_dir(&self) -> PathBuf {
         self.root.join("modules")
@@ -94,7 +99,7 @@ impl Site {
             return Ok(route.clone());
         }
         let cage = self.cage(name)?;
-        Ok(CageRoute::single(cage.listen, cage.call_timeout))
+        Ok(CageRoute::single(cage.listen, cage.call_timeout).with_tls(cage.tls))
     }
 }
 
