@@ -14,6 +14,7 @@ use crate::registry::ModuleRegistry;
 use crate::scheduler::{JobsDeclared, Pause, Scheduler};
 use crate::transport::pool::Pool;
 use crate::transport::server::{Limits, Listener, StopListening};
+use crate::transport::tls::Identity;
 use actix::{Actor, Addr};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,16 @@ pub enum StartError {
         /// The error.
         source: crate::queue::QueueError,
     },
+    /// The cage serves TLS but its keys are not usable.
+    #[error("cage {cage}: cannot serve TLS (tls = true in {}): {source}", file.display())]
+    Tls {
+        /// The cage.
+        cage: String,
+        /// Its cage file.
+        file: PathBuf,
+        /// What is wrong with the keys.
+        source: crate::transport::tls::TlsError,
+    },
     /// Executor threads could not be started.
     #[error("cage {cage}: cannot start executor threads: {source}")]
     Executor {
@@ -82,6 +93,7 @@ pub struct PreparedCage {
     http: std::net::TcpListener,
     store: Arc<QueueStore>,
     commit: Arc<GroupCommit>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl PreparedCage {
@@ -99,6 +111,20 @@ impl PreparedCage {
     ) -> Result<Self, StartError> {
         let config = overrides.apply(site.cage(name)?, site.root())?;
         let execute_on = site.execute_on()?;
+        // Keys are checked before anything is bound or opened: a cage that cannot prove who it
+        // is does not start.
+        let tls = match config.tls {
+            false => None,
+            true => Some(
+                Identity::new(name, &site.keys_dir())
+                    .server_config()
+                    .map_err(|source| StartError::Tls {
+                        cage: name.to_owned(),
+                        file: config.path.clone(),
+                        source,
+                    })?,
+            ),
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
             cage: name.to_owned(),
             path: config.data_dir.clone(),
@@ -141,6 +167,7 @@ impl PreparedCage {
             site: site.clone(),
             execute_on,
             listen: config.listen,
+            tls: config.tls,
             mailboxes: Arc::new(Mailboxes::new(name)),
             port_wait: config.port_wait,
             api_url: format!("http://{api_addr}"),
@@ -159,6 +186,7 @@ impl PreparedCage {
             http,
             store,
             commit,
+            tls,
         })
     }
 
@@ -247,7 +275,7 @@ impl PreparedCage {
             max_connections: c.max_connections,
             idle_timeout: c.idle_timeout,
         };
-        let listener = Listener::new(socket, dispatcher, limits).start();
+        let listener = Listener::new(socket, dispatcher, limits, self.tls).start();
         crate::api::start(self.http, self.env.clone(), c.http_max_body).map_err(|source| {
             StartError::Listen {
                 cage: c.name.clone(),
@@ -257,7 +285,7 @@ impl PreparedCage {
             }
         })?;
         tracing::info!(cage = %c.name, "HTTP API on {}", self.env.api_url);
-        tracing::info!(cage = %c.name, "listening on {}, serving {} with {} executor threads", c.listen, if c.modules.is_empty() { "no modules".to_owned() } else { c.modules.join(", ") }, c.executor_threads);
+        tracing::info!(cage = %c.name, "listening on {}{}, serving {} with {} executor threads", c.listen, if c.tls { " (mutual TLS)" } else { "" }, if c.modules.is_empty() { "no modules".to_owned() } else { c.modules.join(", ") }, c.executor_threads);
         Ok(CageHandle {
             name: c.name.clone(),
             listener,

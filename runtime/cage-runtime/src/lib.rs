@@ -5,7 +5,8 @@
 //! - [`dashboard`]: the operator dashboard (HTML pages gathered from every cage).
 //! - [`api`]: the HTTP API for processes outside the cage, `/metrics`, and the cage's `/ui`.
 //! - [`cage`]: wiring of one running cage: config → actors → listener.
-//! - [`transport`]: frames on the wire, the protocol, the listener actor and a blocking client.
+//! - [`transport`]: frames on the wire, the protocol, the listener actor, a blocking client,
+//!   and mutual TLS between cages.
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
 //! - [`scheduler`]: the actor running the durable queue: due attempts, retries, dead letters,
 //!   and chains (starting them, advancing them step by step, cancelling a call's children).
@@ -21,6 +22,7 @@
 //! - [`jobs`]: scheduled and recurring calls: what is due, catch-up, signatures.
 //! - [`chains`]: chains of calls as data: steps, the bag, what runs next, result shapes.
 //! - [`retry_policy`]: when a failed queued call runs next (pure functions of the policy).
+//! - [`keys`]: the cluster CA and the key pairs it signs (`cage keys`).
 //! - [`config_watch`]: re-reading the site config when it changes.
 //! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
 //!
@@ -52,6 +54,7 @@ pub mod dispatch;
 pub mod executor;
 pub mod host;
 pub mod jobs;
+pub mod keys;
 pub mod loader;
 pub mod messaging;
 pub mod metrics;

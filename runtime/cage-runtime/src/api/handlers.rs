@@ -45,10 +45,7 @@ fn own<T>(
     state: &ApiState,
     request: impl FnOnce(&mut Client) -> Result<T, ClientError>,
 ) -> Result<T, CallError> {
-    let route = crate::config::CageRoute::single(
-        state.env.listen,
-        crate::config::CageFileDefaults::CALL_TIMEOUT,
-    );
+    let route = state.env.own_route();
     state
         .env
         .pool

@@ -38,7 +38,7 @@ pub fn start(
 ) -> std::io::Result<()> {
     let cluster = Cluster::single(
         &env.cage,
-        CageRoute::single(env.listen, std::time::Duration::from_secs(30)),
+        CageRoute::single(env.listen, std::time::Duration::from_secs(30)).with_tls(env.tls),
     );
     let token = match Token::of_site(env.site.root()) {
         Ok(t) => Some(t),

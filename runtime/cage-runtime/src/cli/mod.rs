@@ -9,6 +9,7 @@ mod dashboard;
 mod enqueue;
 mod exit;
 mod jobs;
+mod keys;
 mod modules;
 mod pending;
 mod queue_view;
@@ -20,6 +21,7 @@ mod target;
 
 use cage_runtime::config::Site;
 use cage_runtime::transport::protocol::{Filter, QueueQuery};
+use cage_runtime::transport::tls;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -234,6 +236,11 @@ enum Command {
     /// flushes, cut connections) while calls, chains and a job flow; then check that nothing
     /// acknowledged was lost or run twice, and print the report.
     Chaos(chaos::ChaosArgs),
+    /// Make the cluster's TLS keys: `cage keys init`, `cage keys issue NAME`.
+    Keys {
+        #[command(subcommand)]
+        action: keys::KeysAction,
+    },
     /// Measure a running cage.
     Bench {
         #[command(subcommand)]
@@ -284,6 +291,12 @@ pub fn main() -> ExitCode {
     let site = Site::new(&cli.site);
     let is_run = matches!(cli.command, Command::Run { .. });
     init_logs(cli.log_format, if is_run { "info" } else { "warn" });
+    // A cage speaks as itself over TLS; every other command as the operator's `cli`.
+    let identity = match &cli.command {
+        Command::Run { name, .. } => name.as_str(),
+        _ => tls::CLI_IDENTITY,
+    };
+    tls::act_as(tls::Identity::new(identity, &site.keys_dir()));
     match cli.command {
         Command::Run {
             name,
@@ -389,6 +402,7 @@ pub fn main() -> ExitCode {
         } => chain::list(&site, cage.as_deref(), all, limit, json),
         Command::Chaos(args) => chaos::chaos(&site, args),
         Command::Bench { scenario } => bench::bench(&site, scenario),
+        Command::Keys { action } => keys::keys(&site, action),
     }
 }
 

@@ -5,7 +5,6 @@
 
 use super::{answer, CallScope};
 use crate::chains::{ChainRecord, ChainState, ChainWatch, StepSpec};
-use crate::config::{CageFileDefaults, CageRoute};
 use crate::queue::{QueueError, QueueStore};
 use crate::transport::client::ClientError;
 use crate::transport::protocol::{ChainRequest, NewChain};
@@ -128,7 +127,7 @@ impl CallScope<'_> {
         max_parallel: u32,
     ) -> Result<Vec<String>, CallError> {
         let env = self.env;
-        let route = CageRoute::single(env.listen, CageFileDefaults::CALL_TIMEOUT);
+        let route = env.own_route();
         let request = ChainRequest::Start {
             chains,
             max_parallel,

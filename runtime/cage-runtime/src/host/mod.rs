@@ -39,6 +39,8 @@ pub struct HostEnv {
     pub execute_on: ExecuteOn,
     /// This cage's own address, for enqueues made by its modules.
     pub listen: std::net::SocketAddr,
+    /// Whether the cage serves TLS (its own listener is reached over TLS too).
+    pub tls: bool,
     /// Mailboxes of this cage's running invocations.
     pub mailboxes: Arc<Mailboxes>,
     /// How long a message waits for a receiver to open its port.
@@ -233,16 +235,19 @@ impl HostEnv {
 }
 
 impl HostEnv {
+    /// How this cage reaches its own listener.
+    pub fn own_route(&self) -> crate::config::CageRoute {
+        crate::config::CageRoute::single(self.listen, crate::config::CageFileDefaults::CALL_TIMEOUT)
+            .with_tls(self.tls)
+    }
+
     /// Queues a call through this cage's own queue on behalf of call `parent`; returns its id.
     pub fn enqueue(
         &self,
         request: cage_sdk::ctx::EnqueueRequest,
         parent: &str,
     ) -> Result<String, CallError> {
-        let route = crate::config::CageRoute::single(
-            self.listen,
-            crate::config::CageFileDefaults::CALL_TIMEOUT,
-        );
+        let route = self.own_route();
         let target = format!("{}.{}", request.module, request.method);
         let (id, _) = self
             .pool
@@ -358,10 +363,7 @@ impl HostEnv {
             ),
         };
         let route = if request.cage == self.cage {
-            crate::config::CageRoute::single(
-                self.listen,
-                crate::config::CageFileDefaults::CALL_TIMEOUT,
-            )
+            self.own_route()
         } else {
             self.site
                 .route(&self.execute_on, &request.cage)

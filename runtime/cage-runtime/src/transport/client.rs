@@ -13,7 +13,9 @@ use crate::jobs::Job;
 use crate::metrics::MetricsSnapshot;
 use crate::queue::QueuedCall;
 use cage_sdk::{CallError, ErrorKind};
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest response a client accepts.
@@ -56,6 +58,14 @@ pub enum ClientError {
         /// Its explanation.
         reason: String,
     },
+    /// TLS is needed to reach the cage, and this side's identity is not usable.
+    #[error("cannot speak TLS to cage {cage}: {source}")]
+    Tls {
+        /// The cage.
+        cage: String,
+        /// What is wrong with this side's keys.
+        source: super::tls::TlsError,
+    },
     /// The cage answered with something that does not fit the request.
     #[error("cage {cage} answered out of protocol: {what}")]
     Protocol {
@@ -70,7 +80,7 @@ impl ClientError {
     /// The call error a caller sees for this failure.
     pub fn into_call_error(self) -> CallError {
         let kind = match self {
-            ClientError::Unreachable { .. } => ErrorKind::Unreachable,
+            ClientError::Unreachable { .. } | ClientError::Tls { .. } => ErrorKind::Unreachable,
             ClientError::Timeout { .. } => ErrorKind::Timeout,
             ClientError::Rejected { .. } => ErrorKind::Refused,
             ClientError::Connection { .. } | ClientError::Protocol { .. } => ErrorKind::Internal,
@@ -83,16 +93,104 @@ impl ClientError {
 /// or why the target did not accept it.
 pub type AcceptAnswers = Vec<Result<Option<String>, String>>;
 
+/// The byte stream under a client: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+        }
+    }
+
+    /// Plaintext already decrypted but not read: on an idle connection, a stale answer.
+    fn buffered(&mut self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(s) => s
+                .conn
+                .process_new_packets()
+                .map_or(true, |io| io.plaintext_bytes_to_read() > 0),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Runs the TLS handshake with `cage` on `tcp`, within the connect timeout: the cage must
+/// show a certificate for its name from the cluster CA.
+fn handshake(
+    cage: &str,
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<Stream, String> {
+    let name = rustls::pki_types::ServerName::try_from(cage.to_owned())
+        .map_err(|e| format!("{cage:?} cannot be checked against a certificate: {e}"))?;
+    let mut conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let mut tcp = tcp;
+    let limit = Some(timeout.max(Duration::from_millis(1)));
+    tcp.set_read_timeout(limit).map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(limit).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut tcp) {
+            return Err(match e.kind() {
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                    format!("TLS handshake cut short ({e}): does the cage serve TLS (`tls = true` in its cage file)?")
+                }
+                _ => format!("TLS handshake failed: {e}"),
+            });
+        }
+    }
+    tcp.set_write_timeout(None).map_err(|e| e.to_string())?;
+    Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+}
+
 /// A connection to one cage.
 pub struct Client {
     cage: String,
-    stream: TcpStream,
+    stream: Stream,
     next_id: u64,
 }
 
 impl Client {
-    /// Connects to the first instance of `cage` that accepts, in `route`'s order.
+    /// Connects to the first instance of `cage` that accepts, in `route`'s order (and, over
+    /// TLS, proves to be `cage`).
     pub fn connect(cage: &str, route: &CageRoute) -> Result<Client, ClientError> {
+        let tls = match route.tls {
+            false => None,
+            true => Some(super::tls::client_config().map_err(|source| ClientError::Tls {
+                cage: cage.to_owned(),
+                source,
+            })?),
+        };
         let mut last = String::from("no address configured");
         for addr in &route.addresses {
             // A name is looked up again at every connect: an instance that moved is found.
@@ -104,22 +202,34 @@ impl Client {
                 }
             };
             for ip in resolved {
-                match TcpStream::connect_timeout(&ip, route.connect_timeout) {
-                    Ok(stream) => {
-                        let _ = stream.set_nodelay(true);
-                        return Ok(Client {
-                            cage: cage.to_owned(),
-                            stream,
-                            next_id: 1,
-                        });
-                    }
+                let at = |e: &dyn std::fmt::Display, ip: &SocketAddr| match addr {
+                    Address::Ip(_) => format!("{addr}: {e}"),
+                    Address::Name { .. } => format!("{addr} ({ip}): {e}"),
+                };
+                let tcp = match TcpStream::connect_timeout(&ip, route.connect_timeout) {
+                    Ok(tcp) => tcp,
                     Err(e) => {
-                        last = match addr {
-                            Address::Ip(_) => format!("{addr}: {e}"),
-                            Address::Name { .. } => format!("{addr} ({ip}): {e}"),
-                        }
+                        last = at(&e, &ip);
+                        continue;
                     }
-                }
+                };
+                let _ = tcp.set_nodelay(true);
+                let stream = match &tls {
+                    None => Stream::Plain(tcp),
+                    // A failed handshake is a failed instance: the next one is tried.
+                    Some(config) => match handshake(cage, tcp, config.clone(), route.connect_timeout) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            last = at(&e, &ip);
+                            continue;
+                        }
+                    },
+                };
+                return Ok(Client {
+                    cage: cage.to_owned(),
+                    stream,
+                    next_id: 1,
+                });
             }
         }
         Err(ClientError::Unreachable {
@@ -135,18 +245,22 @@ impl Client {
     }
 
     /// Whether the connection is still open (the peer has not closed it); never blocks.
-    pub fn is_open(&self) -> bool {
-        if self.stream.set_nonblocking(true).is_err() {
+    pub fn is_open(&mut self) -> bool {
+        if self.stream.buffered() {
+            return false;
+        }
+        let tcp = self.stream.tcp();
+        if tcp.set_nonblocking(true).is_err() {
             return false;
         }
         let mut probe = [0u8; 1];
-        let open = match self.stream.peek(&mut probe) {
+        let open = match tcp.peek(&mut probe) {
             Ok(0) => false,
             // Unread bytes on an idle connection are a stale answer: do not reuse it.
             Ok(_) => false,
             Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
         };
-        open && self.stream.set_nonblocking(false).is_ok()
+        open && tcp.set_nonblocking(false).is_ok()
     }
 
     /// Sends `body` and waits up to `timeout` for its response.
@@ -178,6 +292,7 @@ impl Client {
         };
         let bytes = frame::encode(frame).map_err(|e| conn(&self.cage, e))?;
         self.stream
+            .tcp()
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(|e| conn(&self.cage, e.into()))?;
         frame::write_blocking(&mut self.stream, &bytes).map_err(|e| conn(&self.cage, e))?;
@@ -234,6 +349,7 @@ impl Client {
             out.extend(frame::encode(&RequestFrame { id, body }).map_err(|e| conn(&self.cage, e))?);
         }
         self.stream
+            .tcp()
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(|e| conn(&self.cage, e.into()))?;
         // One write for the whole batch: the frames go out in as few packets as they fit.

@@ -4,6 +4,7 @@
 //! - [`protocol`]: what the frames carry (requests, responses, module listings).
 //! - [`client`]: a blocking client, used by the CLI, by benchmarks and by module calls.
 //! - [`pool`]: idle client connections kept per cage and reused.
+//! - [`tls`]: mutual TLS against the cluster CA, and the identity this process shows.
 //! - [`server`]: the listener actor and the per-connection loop that reads requests and
 //!   hands calls to the dispatcher.
 
@@ -12,3 +13,4 @@ pub mod frame;
 pub mod pool;
 pub mod protocol;
 pub mod server;
+pub mod tls;

@@ -34,8 +34,11 @@ impl Pool {
             match idle {
                 // A connection the cage closed meanwhile (restart, idle timeout) is dropped
                 // before use, so a request is never sent twice.
-                Some(c) if c.is_open() => break c,
-                Some(_) => continue,
+                Some(mut c) => {
+                    if c.is_open() {
+                        break c;
+                    }
+                }
                 None => break Client::connect(cage, route)?,
             }
         };

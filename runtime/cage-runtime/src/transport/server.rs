@@ -1,5 +1,6 @@
-//! The listener actor and the connection loop: accept, read frames, answer each request
-//! concurrently, write responses back in completion order.
+//! The listener actor and the connection loop: accept (over TLS, only a peer with a
+//! certificate from the cluster CA), read frames, answer each request concurrently, write
+//! responses back in completion order.
 
 use super::frame::{self, FrameError};
 use super::protocol::{RequestFrame, ResponseFrame};
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -17,6 +18,8 @@ use tokio::sync::{mpsc, Semaphore};
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
 /// A frame that has started must be complete within this.
 const FRAME_STALL: Duration = Duration::from_secs(10);
+/// A TLS handshake must be complete within this.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Limits applied to every connection.
 #[derive(Clone, Copy, Debug)]
@@ -34,16 +37,23 @@ pub struct Listener {
     socket: Option<TcpListener>,
     dispatcher: Dispatcher,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     open: Arc<AtomicUsize>,
 }
 
 impl Listener {
-    /// A listener serving `socket` with `dispatcher`.
-    pub fn new(socket: TcpListener, dispatcher: Dispatcher, limits: Limits) -> Self {
+    /// A listener serving `socket` with `dispatcher`; with `tls`, mutual TLS only.
+    pub fn new(
+        socket: TcpListener,
+        dispatcher: Dispatcher,
+        limits: Limits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         Listener {
             socket: Some(socket),
             dispatcher,
             limits,
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
             open: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -108,15 +118,44 @@ impl Handler<Accepted> for Listener {
         let _ = stream.set_nodelay(true);
         self.open.fetch_add(1, Ordering::Relaxed);
         let (open, dispatcher, limits) = (self.open.clone(), self.dispatcher.clone(), self.limits);
+        let tls = self.tls.clone();
         actix_rt::spawn(async move {
-            serve(stream, peer, dispatcher, limits).await;
+            match tls {
+                None => {
+                    let (reader, writer) = stream.into_split();
+                    serve(reader, writer, peer, dispatcher, limits).await
+                }
+                // The handshake checks the client's certificate; nothing is read from a peer
+                // that has none from the cluster CA.
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let (reader, writer) = tokio::io::split(stream);
+                            serve(reader, writer, peer, dispatcher, limits).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, "refusing connection: TLS handshake failed: {e}")
+                        }
+                        Err(_) => tracing::warn!(
+                            %peer,
+                            "refusing connection: no TLS handshake within {}",
+                            humantime::format_duration(HANDSHAKE_LIMIT)
+                        ),
+                    }
+                }
+            }
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, dispatcher: Dispatcher, limits: Limits) {
-    let (mut reader, mut writer) = stream.into_split();
+async fn serve(
+    mut reader: impl AsyncRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin + 'static,
+    peer: SocketAddr,
+    dispatcher: Dispatcher,
+    limits: Limits,
+) {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT_PER_CONNECTION);
     let writing = actix_rt::spawn(async move {
         while let Some(frame) = rx.recv().await {
