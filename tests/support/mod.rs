@@ -136,7 +136,8 @@ pub fn free_port() -> u16 {
 /// A temporary site.
 pub struct Site {
     dir: tempfile::TempDir,
-    ports: HashMap<String, u16>,
+    addrs: HashMap<String, SocketAddr>,
+    tls: std::collections::HashSet<String>,
 }
 
 /// What a `cage` command printed and returned.
@@ -172,7 +173,8 @@ impl Site {
         std::fs::copy(client, dir.path().join("clients/python/cage_connection.py")).unwrap();
         Site {
             dir,
-            ports: HashMap::new(),
+            addrs: HashMap::new(),
+            tls: Default::default(),
         }
     }
 
@@ -183,28 +185,48 @@ impl Site {
 
     /// Adds cage `name` serving `modules` on a free loopback port, with `extra` lines.
     pub fn cage(&mut self, name: &str, modules: &[&str], extra: &str) -> &mut Self {
+        self.cage_at(name, "127.0.0.1", modules, extra)
+    }
+
+    /// Adds cage `name` serving `modules` on a free port of loopback address `ip` (any of
+    /// 127.0.0.0/8), with `extra` lines.
+    pub fn cage_at(&mut self, name: &str, ip: &str, modules: &[&str], extra: &str) -> &mut Self {
         let port = free_port();
-        self.ports.insert(name.to_owned(), port);
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        self.addrs.insert(name.to_owned(), addr);
         let modules: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
         let body = format!(
-            "listen = \"127.0.0.1:{port}\"\nmodules = [{}]\nreload_debounce = \"100ms\"\nrescan_interval = \"500ms\"\n{extra}",
+            "listen = \"{addr}\"\nmodules = [{}]\nreload_debounce = \"100ms\"\nrescan_interval = \"500ms\"\n{extra}",
             modules.join(", ")
         );
         self.write(&format!("cages/{name}.toml"), &body);
         self
     }
 
-    /// The loopback address cage `name` of this site listens on.
-    pub fn addr(&self, name: &str) -> SocketAddr {
-        format!("127.0.0.1:{}", self.ports[name]).parse().unwrap()
+    /// `cage keys init`: the site's cluster CA and the CLI's key pair.
+    pub fn keys_init(&self) {
+        let run = self.cage_cmd(&["keys", "init"]);
+        assert_eq!(run.code, 0, "cage keys init: {run:?}");
     }
 
-    /// How to reach cage `name` of this site.
+    /// Adds cage `name` at `ip` serving mutual TLS, with its key pair issued by the site's CA
+    /// (make that first with [`Site::keys_init`]).
+    pub fn tls_cage(&mut self, name: &str, ip: &str, modules: &[&str], extra: &str) -> &mut Self {
+        self.cage_at(name, ip, modules, &format!("tls = true\n{extra}"));
+        let run = self.cage_cmd(&["keys", "issue", name]);
+        assert_eq!(run.code, 0, "cage keys issue {name}: {run:?}");
+        self.tls.insert(name.to_owned());
+        self
+    }
+
+    /// The address cage `name` of this site listens on.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs[name]
+    }
+
+    /// How to reach cage `name` of this site (plain TCP).
     pub fn route(&self, name: &str) -> CageRoute {
-        CageRoute::single(
-            format!("127.0.0.1:{}", self.ports[name]).parse().unwrap(),
-            Duration::from_secs(30),
-        )
+        CageRoute::single(self.addrs[name], Duration::from_secs(30))
     }
 
     /// Writes a file of the site.
@@ -334,7 +356,7 @@ impl Site {
             env,
             args,
             &[],
-            self.ports[name],
+            self.addrs[name],
             &format!("{name}.log"),
         )
     }
@@ -349,7 +371,7 @@ impl Site {
             &[],
             &[],
             &["--listen", &listen, "--data-dir", &data],
-            port,
+            listen.parse().unwrap(),
             &format!("{name}-{port}.log"),
         )
     }
@@ -360,7 +382,7 @@ impl Site {
         env: &[(&str, &str)],
         args: &[&str],
         run_args: &[&str],
-        port: u16,
+        addr: SocketAddr,
         log_name: &str,
     ) -> RunningCage {
         let log = self.path().join(log_name);
@@ -376,7 +398,7 @@ impl Site {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let tls = self.tls.contains(name);
         let mut cage = RunningCage {
             name: name.to_owned(),
             child,
@@ -385,10 +407,16 @@ impl Site {
         };
         let started = Instant::now();
         loop {
+            // A TLS cage answers only clients with a key pair; the log says when it listens.
+            if tls && cage.log().contains("listening on") {
+                return cage;
+            }
             let route = CageRoute::single(addr, Duration::from_secs(1));
-            if let Ok(mut c) = Client::connect(name, &route) {
-                if c.ping(Duration::from_secs(1)).is_ok() {
-                    return cage;
+            if !tls {
+                if let Ok(mut c) = Client::connect(name, &route) {
+                    if c.ping(Duration::from_secs(1)).is_ok() {
+                        return cage;
+                    }
                 }
             }
             if let Ok(Some(status)) = cage.child.try_wait() {

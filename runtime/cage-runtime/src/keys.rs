@@ -4,8 +4,8 @@
 
 use crate::transport::tls::{CA_CERT, CA_KEY, CLI_IDENTITY};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -34,7 +34,9 @@ pub enum KeysError {
         path: PathBuf,
     },
     /// The name cannot be put on a certificate.
-    #[error("{name:?} is not a cage name (letters, digits, '-'); it must also be a valid DNS label")]
+    #[error(
+        "{name:?} is not a cage name (letters, digits, '-'); it must also be a valid DNS label"
+    )]
     BadName {
         /// The name.
         name: String,
@@ -132,8 +134,7 @@ pub fn issue(dir: &Path, name: &str, also: &[String], force: bool) -> Result<Wri
     }
     let mut names = vec![name.to_owned()];
     names.extend(also.iter().cloned());
-    let mut params =
-        CertificateParams::new(names).map_err(crypto(&format!("naming {name}")))?;
+    let mut params = CertificateParams::new(names).map_err(crypto(&format!("naming {name}")))?;
     params.distinguished_name = DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -258,7 +259,9 @@ mod tests {
             Err(KeysError::BadName { .. })
         ));
         let empty = dir.path().join("empty");
-        let e = issue(&empty, "billing", &[], false).unwrap_err().to_string();
+        let e = issue(&empty, "billing", &[], false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cage keys init"), "{e}");
     }
 }

@@ -186,10 +186,12 @@ impl Client {
     pub fn connect(cage: &str, route: &CageRoute) -> Result<Client, ClientError> {
         let tls = match route.tls {
             false => None,
-            true => Some(super::tls::client_config().map_err(|source| ClientError::Tls {
-                cage: cage.to_owned(),
-                source,
-            })?),
+            true => Some(
+                super::tls::client_config().map_err(|source| ClientError::Tls {
+                    cage: cage.to_owned(),
+                    source,
+                })?,
+            ),
         };
         let mut last = String::from("no address configured");
         for addr in &route.addresses {
@@ -217,13 +219,15 @@ impl Client {
                 let stream = match &tls {
                     None => Stream::Plain(tcp),
                     // A failed handshake is a failed instance: the next one is tried.
-                    Some(config) => match handshake(cage, tcp, config.clone(), route.connect_timeout) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            last = at(&e, &ip);
-                            continue;
+                    Some(config) => {
+                        match handshake(cage, tcp, config.clone(), route.connect_timeout) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                last = at(&e, &ip);
+                                continue;
+                            }
                         }
-                    },
+                    }
                 };
                 return Ok(Client {
                     cage: cage.to_owned(),

@@ -134,7 +134,16 @@ impl Handler<Accepted> for Listener {
                             serve(reader, writer, peer, dispatcher, limits).await
                         }
                         Ok(Err(e)) => {
-                            tracing::warn!(%peer, "refusing connection: TLS handshake failed: {e}")
+                            let plain = e
+                                .get_ref()
+                                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                                .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+                            let hint = if plain {
+                                " (a client speaking plain TCP to this TLS cage?)"
+                            } else {
+                                ""
+                            };
+                            tracing::warn!(%peer, "refusing connection: TLS handshake failed: {e}{hint}")
                         }
                         Err(_) => tracing::warn!(
                             %peer,

@@ -183,10 +183,12 @@ impl Identity {
     /// The server side: present this identity, require a client certificate from the CA.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
-                .build()
-                .map_err(|e| self.unusable(rustls::Error::General(e.to_string())))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots()?,
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| self.unusable(rustls::Error::General(e.to_string())))?;
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| self.unusable(e))?
