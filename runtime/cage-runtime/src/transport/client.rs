@@ -64,7 +64,7 @@ pub enum ClientError {
         /// The cage.
         cage: String,
         /// What is wrong with this side's keys.
-        source: super::tls::TlsError,
+        source: Box<super::tls::TlsError>,
     },
     /// The cage answered with something that does not fit the request.
     #[error("cage {cage} answered out of protocol: {what}")]
