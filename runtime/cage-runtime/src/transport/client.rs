@@ -189,7 +189,7 @@ impl Client {
             true => Some(
                 super::tls::client_config().map_err(|source| ClientError::Tls {
                     cage: cage.to_owned(),
-                    source,
+                    source: Box::new(source),
                 })?,
             ),
         };
