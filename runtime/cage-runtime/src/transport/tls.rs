@@ -58,7 +58,7 @@ pub enum TlsError {
         /// Its keys directory.
         dir: PathBuf,
         /// rustls's reason.
-        source: rustls::Error,
+        source: Box<rustls::Error>,
     },
     /// A channel needs TLS but this process was given no identity.
     #[error("this process has no TLS identity (a cage speaks as itself, the CLI as `cli`)")]
@@ -176,7 +176,7 @@ impl Identity {
         TlsError::Unusable {
             name: self.name.clone(),
             dir: self.keys_dir.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
