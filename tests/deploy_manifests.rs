@@ -741,7 +741,10 @@ fn the_image_carries_the_modules_the_cage_serves_and_the_init_container_copies_t
     for module in modules {
         let module = module.as_str().expect("module names are strings");
         let crate_manifest = format!("modules/{module}/Cargo.toml");
-        let package = toml_file(&crate_manifest, &read(&crate_manifest));
+        let source = std::fs::read_to_string(workspace().join(&crate_manifest)).unwrap_or_else(|e| {
+            panic!("the ConfigMap's cage file serves module {module}, but the workspace has no {crate_manifest}: {e}")
+        });
+        let package = toml_file(&crate_manifest, &source);
         assert_eq!(
             package["package"]["name"].as_str(),
             Some(module),
@@ -875,11 +878,13 @@ fn the_cluster_map_names_the_statefulset_pods_through_the_headless_service() {
         .as_mapping()
         .expect("selector is a map")
     {
+        let (key, value) = (key.as_str().unwrap_or_default(), value.as_str());
         assert_eq!(
-            labels.get(key.as_str().unwrap()),
-            Some(value),
-            "{}: selector {key:?} does not match the pods",
-            service.file
+            labels.get(key).and_then(Yaml::as_str),
+            value,
+            "{}: selector {key}: {} does not select the StatefulSet's pods",
+            service.file,
+            value.unwrap_or_default()
         );
     }
 
