@@ -67,6 +67,14 @@ impl Delivery {
         Ok(route)
     }
 
+    /// Most calls handed to `cage` at once (its route's `window`; the default for a cage that
+    /// cannot be found, whose deliveries fail anyway).
+    pub fn window(&self, cage: &str) -> usize {
+        self.route(cage)
+            .map(|r| r.window)
+            .unwrap_or(crate::config::CageRoute::WINDOW)
+    }
+
     /// Calls a method on `cage` synchronously (a step of a direct chain); blocks.
     pub fn call(&self, cage: &str, request: CallRequest) -> Result<Vec<u8>, CallError> {
         let route = self.route(cage)?;

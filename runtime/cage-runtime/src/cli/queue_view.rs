@@ -80,6 +80,8 @@ pub fn next_attempt(view: &CallView) -> String {
     let now = now_ms();
     if view.running {
         "running now".into()
+    } else if let Some(why) = &view.waiting {
+        format!("due, {why}")
     } else if view.record.dead_reason.is_some() {
         "never (dead)".into()
     } else if view.record.next_at_ms <= now {

@@ -40,6 +40,7 @@ struct RawRoute {
     #[serde(default, with = "humantime_serde")]
     call_timeout: Option<Duration>,
     tls: Option<bool>,
+    window: Option<Spanned<usize>>,
     discovery: Option<Spanned<String>>,
     discovery_address: Option<Spanned<String>>,
     discovery_interface: Option<Spanned<String>>,
@@ -83,11 +84,15 @@ pub struct CageRoute {
     pub call_timeout: Duration,
     /// Speak mutual TLS: the cage must show a certificate for its name from the cluster CA.
     pub tls: bool,
+    /// Most queued calls being handed to the cage at once; the rest wait in the local queue.
+    pub window: usize,
 }
 
 impl CageRoute {
     /// Default connect timeout.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Default delivery window: two full delivery requests.
+    pub const WINDOW: usize = 256;
 
     /// A plain route to a single address with default timeouts.
     pub fn single(addr: SocketAddr, call_timeout: Duration) -> Self {
@@ -96,6 +101,7 @@ impl CageRoute {
             connect_timeout: Self::CONNECT_TIMEOUT,
             call_timeout,
             tls: false,
+            window: Self::WINDOW,
         }
     }
 
@@ -155,6 +161,8 @@ pub struct UnknownCages {
     pub call_timeout: Duration,
     /// Speak mutual TLS to found cages.
     pub tls: bool,
+    /// Delivery window of each found cage.
+    pub window: usize,
 }
 
 impl UnknownCages {
@@ -182,6 +190,7 @@ impl UnknownCages {
             connect_timeout: CageRoute::CONNECT_TIMEOUT,
             call_timeout: super::CageFileDefaults::CALL_TIMEOUT,
             tls,
+            window: CageRoute::WINDOW,
         }
     }
 
@@ -192,6 +201,7 @@ impl UnknownCages {
             connect_timeout: self.connect_timeout,
             call_timeout: self.call_timeout,
             tls: self.tls,
+            window: self.window,
         }
     }
 }
@@ -310,6 +320,7 @@ impl ExecuteOn {
                         .call_timeout
                         .unwrap_or(super::CageFileDefaults::CALL_TIMEOUT),
                     tls: r.tls.unwrap_or(tls),
+                    window: window(name, r, &at)?.unwrap_or(CageRoute::WINDOW),
                 },
             );
         }
@@ -415,7 +426,22 @@ fn unknown_cages(
     u.query_timeout = r.query_timeout.unwrap_or(u.query_timeout);
     u.connect_timeout = r.connect_timeout.unwrap_or(u.connect_timeout);
     u.call_timeout = r.call_timeout.unwrap_or(u.call_timeout);
+    u.window = window(UNKNOWN_CAGE, r, at)?.unwrap_or(u.window);
     Ok(u)
+}
+
+fn window(
+    name: &str,
+    r: &RawRoute,
+    at: &impl Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<Option<usize>, ConfigError> {
+    match &r.window {
+        Some(w) if *w.get_ref() == 0 => Err(at(
+            w.span(),
+            format!("cages.{name}.window: must be at least 1 (calls handed over at once)"),
+        )),
+        w => Ok(w.as_ref().map(|w| *w.get_ref())),
+    }
 }
 
 fn queue_policy(
@@ -553,6 +579,16 @@ mod tests {
         )
         .unwrap();
         assert!(e.tls && e.cages["a"].tls && !e.cages["b"].tls && e.unknown.tls);
+        assert_eq!(e.cages["a"].window, CageRoute::WINDOW);
+        let e = parse("[cages.a]\naddresses = [\"127.0.0.1:1\"]\nwindow = 8\n").unwrap();
+        assert_eq!(e.cages["a"].window, 8);
+        let err = parse("[cages.a]\naddresses = [\"127.0.0.1:1\"]\nwindow = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config/config_execute_on.toml:3:") && err.contains("window"),
+            "{err}"
+        );
         assert!(!parse("").unwrap().unknown.tls);
     }
 

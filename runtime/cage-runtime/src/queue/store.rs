@@ -30,6 +30,29 @@ pub struct DueCall {
     pub priority: i32,
     /// When it became due (ms since the epoch).
     pub due_ms: u64,
+    /// The cage it is to be handed to, for a call still to be delivered (indexes written
+    /// before this was recorded say `None` for every call).
+    pub target: Option<String>,
+}
+
+/// The due index's value for `record`: its queue, and for a call to deliver, its target, so
+/// the scheduler can hold back calls for a busy cage without reading their records.
+pub(super) fn due_value(record: &CallRecord) -> Vec<u8> {
+    let mut v = record.call.queue.as_bytes().to_vec();
+    if record.stage == super::Stage::Deliver {
+        v.push(0);
+        v.extend_from_slice(record.call.target.as_bytes());
+    }
+    v
+}
+
+/// Reads a due index value: the queue, and the target if one is recorded.
+fn parse_due_value(v: &[u8]) -> (String, Option<String>) {
+    let text = String::from_utf8_lossy(v);
+    match text.split_once('\0') {
+        Some((queue, target)) => (queue.to_owned(), Some(target.to_owned())),
+        None => (text.into_owned(), None),
+    }
 }
 
 /// What the target did with an offered call.
@@ -272,7 +295,7 @@ impl QueueStore {
         record.seq = self.next_seq()?;
         let mut b = Batch::default();
         b.insert(keys::with_id(CALL, id), encode(&record));
-        b.insert(Self::due_key(&record), record.call.queue.as_bytes());
+        b.insert(Self::due_key(&record), due_value(&record));
         b.insert(Self::order_key(&record), id.as_bytes());
         b.insert(
             keys::with_id(keys::HISTORY, id),
@@ -313,7 +336,7 @@ impl QueueStore {
         let mut b = Batch::default();
         b.remove(Self::due_key(old));
         b.insert(keys::with_id(CALL, &new.call.id), encode(new));
-        b.insert(Self::due_key(new), new.call.queue.as_bytes());
+        b.insert(Self::due_key(new), due_value(new));
         self.apply(b)
     }
 
@@ -342,7 +365,7 @@ impl QueueStore {
         let mut b = Batch::default();
         b.remove(keys::with_id(DEAD, id));
         b.insert(keys::with_id(CALL, id), encode(&record));
-        b.insert(Self::due_key(&record), record.call.queue.as_bytes());
+        b.insert(Self::due_key(&record), due_value(&record));
         // Back in its old place: in an ordered queue it again goes before later calls.
         b.insert(Self::order_key(&record), id.as_bytes());
         self.apply(b)?;
@@ -394,11 +417,13 @@ impl QueueStore {
         for item in self.db.range(vec![DUE]..end).take(limit) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if let Some((due_ms, priority, id)) = keys::parse_due(&k) {
+                let (queue, target) = parse_due_value(&v);
                 out.push(DueCall {
                     id,
-                    queue: String::from_utf8_lossy(&v).into_owned(),
+                    queue,
                     priority,
                     due_ms,
+                    target,
                 });
             }
         }
@@ -420,11 +445,13 @@ impl QueueStore {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if let Some((due_ms, priority, id)) = keys::parse_due(&k) {
                 if !skip(&id) {
+                    let (queue, target) = parse_due_value(&v);
                     out.push(DueCall {
                         id,
-                        queue: String::from_utf8_lossy(&v).into_owned(),
+                        queue,
                         priority,
                         due_ms,
+                        target,
                     });
                     if out.len() >= want {
                         break;
@@ -525,7 +552,7 @@ impl QueueStore {
             record.seq = self.next_seq()?;
             last_seq = record.seq;
             b.insert(keys::with_id(CALL, &record.call.id), encode(&record));
-            b.insert(Self::due_key(&record), record.call.queue.as_bytes());
+            b.insert(Self::due_key(&record), due_value(&record));
             b.insert(Self::order_key(&record), record.call.id.as_bytes());
         }
         b.insert(keys::with_id(keys::JOB, &job.id), encode(job));

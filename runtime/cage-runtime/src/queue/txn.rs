@@ -127,8 +127,10 @@ impl Txn<'_> {
         self.last_seq = record.seq;
         self.batch
             .insert(keys::with_id(CALL, &record.call.id), encode(&record));
-        self.batch
-            .insert(QueueStore::due_key(&record), record.call.queue.as_bytes());
+        self.batch.insert(
+            QueueStore::due_key(&record),
+            super::store::due_value(&record),
+        );
         self.batch
             .insert(QueueStore::order_key(&record), record.call.id.as_bytes());
         Ok(())

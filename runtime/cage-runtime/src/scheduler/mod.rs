@@ -8,6 +8,8 @@
 
 mod chains;
 mod jobs;
+mod window;
+use window::DeliveryWindows;
 
 pub use chains::StartChains;
 pub use jobs::{JobCommand, JobsDeclared};
@@ -44,6 +46,9 @@ const DELIVER_BATCH: usize = 128;
 /// Most argument bytes in one request of several calls, well under a target's frame limit
 /// (`max_frame_bytes`, 16 MiB by default); a larger call goes alone, as it would unbatched.
 const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// While every queue's slots are taken by running calls, the schedule is still read this
+/// often, for calls to deliver (they need no slot, only room in their cage's window).
+const SATURATED_SCAN_EVERY: Duration = Duration::from_millis(100);
 /// How often expired deduplication history is dropped.
 const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Most calls a listing returns when the operator gives no limit.
@@ -149,6 +154,14 @@ struct AttemptDone {
     version: Option<String>,
 }
 
+/// What a running attempt occupies: a slot of its queue (an execution), or room in its target
+/// cage's delivery window (a delivery).
+#[derive(Debug, Clone, PartialEq)]
+enum Slot {
+    Queue(String),
+    Window(String),
+}
+
 /// The scheduler of one cage.
 pub struct Scheduler {
     cage: String,
@@ -158,8 +171,10 @@ pub struct Scheduler {
     registry: Addr<ModuleRegistry>,
     executor: Addr<CallExecutor>,
     delivery: Arc<Delivery>,
-    running: HashMap<String, String>,
+    running: HashMap<String, Slot>,
     busy: HashMap<String, usize>,
+    windows: DeliveryWindows,
+    last_scan: Instant,
     paused: bool,
     rng: SmallRng,
     metrics: Arc<Metrics>,
@@ -194,6 +209,8 @@ impl Scheduler {
             delivery,
             running: HashMap::new(),
             busy: HashMap::new(),
+            windows: DeliveryWindows::default(),
+            last_scan: Instant::now(),
             paused: false,
             rng: SmallRng::from_entropy(),
             metrics,
@@ -237,16 +254,20 @@ impl Scheduler {
                 .policies
                 .queue(crate::config::DEFAULT_QUEUE)
                 .concurrency;
-        if configured == 0 && self.running.len() >= free {
+        let executing = self.busy.values().sum::<usize>();
+        if configured == 0 && executing >= free && self.last_scan.elapsed() < SATURATED_SCAN_EVERY {
             return;
         }
-        let want = (free * 2 + 8).min(DUE_BATCH);
-        let running = &self.running;
-        let due = match self
-            .store
-            .due_where(now_ms(), want, want + running.len() + 64, &|id| {
-                running.contains_key(id)
-            }) {
+        self.last_scan = Instant::now();
+        // Room to read deliveries too: they take no queue slot, only room in their window.
+        let want = (free * 2 + 8 + DELIVER_BATCH).min(DUE_BATCH);
+        let (running, windows) = (&self.running, &self.windows);
+        let due = match self.store.due_where(
+            now_ms(),
+            want,
+            want + running.len() + windows.held() + 64,
+            &|id| running.contains_key(id) || windows.is_held(id),
+        ) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
@@ -259,8 +280,18 @@ impl Scheduler {
         due.sort_by_key(|d| std::cmp::Reverse(d.priority));
         for d in due {
             let policy = self.policies.queue(&d.queue);
-            if self.busy.get(&d.queue).copied().unwrap_or(0) >= policy.concurrency {
-                continue;
+            match &d.target {
+                Some(target) => {
+                    if !self.window_has_room(target) {
+                        self.windows.hold(target, &d.id);
+                        continue;
+                    }
+                }
+                None => {
+                    if self.busy.get(&d.queue).copied().unwrap_or(0) >= policy.concurrency {
+                        continue;
+                    }
+                }
             }
             // keep_order: a call waits until every call stored before it in its queue is done.
             if policy.keep_order
@@ -294,14 +325,21 @@ impl Scheduler {
                 }
                 continue;
             }
-            self.running.insert(d.id.clone(), d.queue.clone());
-            *self.busy.entry(d.queue).or_default() += 1;
             if record.stage == Stage::Deliver {
-                deliveries
-                    .entry(record.call.target.clone())
-                    .or_default()
-                    .push(record);
+                let target = record.call.target.clone();
+                // An index entry from before targets were recorded in it.
+                if d.target.is_none() && !self.window_has_room(&target) {
+                    self.windows.hold(&target, &d.id);
+                    continue;
+                }
+                self.windows.start(&target);
+                self.running
+                    .insert(d.id.clone(), Slot::Window(target.clone()));
+                deliveries.entry(target).or_default().push(record);
             } else {
+                self.running
+                    .insert(d.id.clone(), Slot::Queue(d.queue.clone()));
+                *self.busy.entry(d.queue).or_default() += 1;
                 self.start_attempt(record, ctx);
             }
         }
@@ -315,10 +353,6 @@ impl Scheduler {
     }
 
     fn start_attempt(&mut self, record: CallRecord, ctx: &mut Context<Self>) {
-        if record.stage == Stage::Deliver {
-            let target = record.call.target.clone();
-            return self.start_deliveries(target, vec![record], ctx);
-        }
         let (addr, started_ms, t0) = (ctx.address(), now_ms(), Instant::now());
         let attempt = record.next_attempt();
         let call = record.call;
@@ -373,11 +407,25 @@ impl Scheduler {
             .queue_event(&record.call.queue, event, now_ms());
     }
 
+    /// Whether one more call may be handed to `target` now.
+    fn window_has_room(&self, target: &str) -> bool {
+        let window = self.delivery.window(target);
+        let room = self.windows.has_room(target, window);
+        if !room {
+            tracing::debug!(cage = %self.cage, target, "delivery window full ({window} calls being handed over)");
+        }
+        room
+    }
+
     fn attempt_done(&mut self, done: AttemptDone) -> Result<(), QueueError> {
-        if let Some(queue) = self.running.remove(&done.id) {
-            if let Some(n) = self.busy.get_mut(&queue) {
-                *n = n.saturating_sub(1);
+        match self.running.remove(&done.id) {
+            Some(Slot::Queue(queue)) => {
+                if let Some(n) = self.busy.get_mut(&queue) {
+                    *n = n.saturating_sub(1);
+                }
             }
+            Some(Slot::Window(target)) => self.windows.end(&target),
+            None => {}
         }
         // Cancelled while it ran: nothing left to record.
         let Some(record) = self.store.get(&done.id)? else {
@@ -580,6 +628,14 @@ impl Scheduler {
         CallView {
             cage: self.cage.clone(),
             running: self.running.contains_key(&record.call.id),
+            waiting: self.windows.is_held(&record.call.id).then(|| {
+                let target = &record.call.target;
+                format!(
+                    "waiting for room: {} of cage {target}'s window of {} calls are being handed over",
+                    self.windows.in_flight(target),
+                    self.delivery.window(target)
+                )
+            }),
             record,
         }
     }

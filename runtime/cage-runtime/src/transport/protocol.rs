@@ -239,6 +239,9 @@ pub struct CallView {
     pub record: CallRecord,
     /// Whether an attempt is running now.
     pub running: bool,
+    /// Why a due call has not started, if it is held back (its target cage's delivery window
+    /// is full).
+    pub waiting: Option<String>,
 }
 
 /// A synchronous call.

@@ -136,8 +136,18 @@ impl Identity {
     }
 
     fn key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+        use std::os::unix::fs::PermissionsExt;
         let path = self.key_path();
         let bytes = self.read(&path)?;
+        // Group read is how Kubernetes mounts secrets for a non-root pod; anyone may not.
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.permissions().mode() & 0o007 != 0 {
+                tracing::warn!(
+                    "{}: private key readable by every user on this host (chmod 600 it)",
+                    path.display()
+                );
+            }
+        }
         PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| TlsError::Pem {
             path,
             what: format!("no usable private key: {e}"),
