@@ -389,7 +389,10 @@ fn unknown_cages(
         "multicast" => {
             let group = address.unwrap_or(UnknownCages::GROUP);
             if !group.ip().is_multicast() {
-                let a = r.discovery_address.as_ref().expect("a non-default group was given");
+                let a = r
+                    .discovery_address
+                    .as_ref()
+                    .expect("a non-default group was given");
                 return Err(at(a.span(), format!("cages.{UNKNOWN_CAGE}.discovery_address: {group} is not a multicast group (224.0.0.0/4); for a broadcast address set discovery = \"broadcast\"")));
             }
             Discovery::Multicast { group, interface }
@@ -580,14 +583,29 @@ mod tests {
             }
         );
         assert_eq!(
-            parse("[cages.unknown]\ndiscovery = \"off\"\n").unwrap().unknown.discovery,
+            parse("[cages.unknown]\ndiscovery = \"off\"\n")
+                .unwrap()
+                .unknown
+                .discovery,
             Discovery::Off
         );
         for (src, says) in [
-            ("[cages.unknown]\ndiscovery = \"shout\"\n", "discovery: expected"),
-            ("[cages.unknown]\ndiscovery_address = \"10.0.0.1:7400\"\n", "not a multicast group"),
-            ("[cages.unknown]\naddresses = [\"127.0.0.1:1\"]\n", "has no addresses"),
-            ("[cages.unknown]\ndiscovery_interface = \"lo\"\n", "discovery_interface"),
+            (
+                "[cages.unknown]\ndiscovery = \"shout\"\n",
+                "discovery: expected",
+            ),
+            (
+                "[cages.unknown]\ndiscovery_address = \"10.0.0.1:7400\"\n",
+                "not a multicast group",
+            ),
+            (
+                "[cages.unknown]\naddresses = [\"127.0.0.1:1\"]\n",
+                "has no addresses",
+            ),
+            (
+                "[cages.unknown]\ndiscovery_interface = \"lo\"\n",
+                "discovery_interface",
+            ),
         ] {
             let err = parse(src).unwrap_err().to_string();
             assert!(
