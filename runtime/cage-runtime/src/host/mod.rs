@@ -59,6 +59,8 @@ pub struct HostEnv {
     pub spare: SpareWorkers,
     /// What the cage counts.
     pub metrics: Arc<Metrics>,
+    /// Cages found by discovery, shared with delivery.
+    pub finder: Arc<crate::discovery::Finder>,
 }
 
 /// What a call returned: its JSON result and, for a chain step, the continuation it asked for.
@@ -214,10 +216,7 @@ impl HostEnv {
                 "target {target:?} is not MODULE.METHOD"
             ))));
         }
-        let route = self
-            .site
-            .route(&self.execute_on, cage)
-            .map_err(|e| failure(CallError::with_kind(ErrorKind::UnknownCage, e.to_string())))?;
+        let found = self.route(cage).map_err(failure)?;
         tracing::debug!(parent, child = %call_id, cage, target, "module calls another cage");
         let request = CallRequest {
             call_id: call_id.clone(),
@@ -227,8 +226,17 @@ impl HostEnv {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         };
         self.pool
-            .with(cage, &route, |c| Ok(c.call(request)))
-            .map_err(|e| failure(e.into_call_error()))?
+            .with(cage, &found.route, |c| Ok(c.call(request)))
+            .map_err(|e| {
+                crate::discovery::note_failure(&self.finder, cage, &found, &e);
+                failure(e.into_call_error())
+            })?
+    }
+
+    /// How to reach another cage: the site's entries, else discovery.
+    fn route(&self, cage: &str) -> Result<crate::discovery::Found, CallError> {
+        crate::discovery::route(&self.site, &self.execute_on, &self.finder, cage)
+            .map_err(crate::discovery::LookupError::into_call_error)
     }
 }
 
@@ -363,9 +371,7 @@ impl HostEnv {
                 crate::config::CageFileDefaults::CALL_TIMEOUT,
             )
         } else {
-            self.site
-                .route(&self.execute_on, &request.cage)
-                .map_err(|e| CallError::with_kind(ErrorKind::UnknownCage, e.to_string()))?
+            self.route(&request.cage)?.route
         };
         let spec = JobSpec {
             module: request.module,
@@ -426,11 +432,11 @@ impl HostEnv {
             return self.mailboxes.send(n, port, message, wait);
         }
         // Another cage runs it: hand the message to that cage, which waits for the receiver.
-        let route = self
-            .site
-            .route(&self.execute_on, cage)
-            .map_err(|e| CallError::with_kind(ErrorKind::UnknownCage, e.to_string()))?;
-        let mut client = Client::connect(cage, &route).map_err(ClientError::into_call_error)?;
+        let found = self.route(cage)?;
+        let mut client = Client::connect(cage, &found.route).map_err(|e| {
+            crate::discovery::note_failure(&self.finder, cage, &found, &e);
+            e.into_call_error()
+        })?;
         client
             .message(
                 crate::transport::protocol::MessageRequest {
