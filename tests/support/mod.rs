@@ -136,7 +136,7 @@ pub fn free_port() -> u16 {
 /// A temporary site.
 pub struct Site {
     dir: tempfile::TempDir,
-    ports: HashMap<String, u16>,
+    addrs: HashMap<String, SocketAddr>,
 }
 
 /// What a `cage` command printed and returned.
@@ -172,7 +172,7 @@ impl Site {
         std::fs::copy(client, dir.path().join("clients/python/cage_connection.py")).unwrap();
         Site {
             dir,
-            ports: HashMap::new(),
+            addrs: HashMap::new(),
         }
     }
 
@@ -183,11 +183,23 @@ impl Site {
 
     /// Adds cage `name` serving `modules` on a free loopback port, with `extra` lines.
     pub fn cage(&mut self, name: &str, modules: &[&str], extra: &str) -> &mut Self {
-        let port = free_port();
-        self.ports.insert(name.to_owned(), port);
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.cage_at(name, addr, modules, extra)
+    }
+
+    /// Adds (or moves) cage `name` listening on loopback address `addr` (127.x.y.z), serving
+    /// `modules`, with `extra` lines.
+    pub fn cage_at(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+        modules: &[&str],
+        extra: &str,
+    ) -> &mut Self {
+        self.addrs.insert(name.to_owned(), addr);
         let modules: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
         let body = format!(
-            "listen = \"127.0.0.1:{port}\"\nmodules = [{}]\nreload_debounce = \"100ms\"\nrescan_interval = \"500ms\"\n{extra}",
+            "listen = \"{addr}\"\nmodules = [{}]\nreload_debounce = \"100ms\"\nrescan_interval = \"500ms\"\n{extra}",
             modules.join(", ")
         );
         self.write(&format!("cages/{name}.toml"), &body);
@@ -196,15 +208,12 @@ impl Site {
 
     /// The loopback address cage `name` of this site listens on.
     pub fn addr(&self, name: &str) -> SocketAddr {
-        format!("127.0.0.1:{}", self.ports[name]).parse().unwrap()
+        self.addrs[name]
     }
 
     /// How to reach cage `name` of this site.
     pub fn route(&self, name: &str) -> CageRoute {
-        CageRoute::single(
-            format!("127.0.0.1:{}", self.ports[name]).parse().unwrap(),
-            Duration::from_secs(30),
-        )
+        CageRoute::single(self.addrs[name], Duration::from_secs(30))
     }
 
     /// Writes a file of the site.
@@ -334,7 +343,7 @@ impl Site {
             env,
             args,
             &[],
-            self.ports[name],
+            self.addrs[name],
             &format!("{name}.log"),
         )
     }
@@ -342,14 +351,14 @@ impl Site {
     /// Starts one more instance of cage `name`, listening on loopback `port` with its own data
     /// directory (`data/NAME-PORT`), and waits until it answers.
     pub fn start_instance(&self, name: &str, port: u16) -> RunningCage {
-        let listen = format!("127.0.0.1:{port}");
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
         let data = format!("data/{name}-{port}");
         self.spawn(
             name,
             &[],
             &[],
-            &["--listen", &listen, "--data-dir", &data],
-            port,
+            &["--listen", &listen.to_string(), "--data-dir", &data],
+            listen,
             &format!("{name}-{port}.log"),
         )
     }
@@ -360,7 +369,7 @@ impl Site {
         env: &[(&str, &str)],
         args: &[&str],
         run_args: &[&str],
-        port: u16,
+        addr: SocketAddr,
         log_name: &str,
     ) -> RunningCage {
         let log = self.path().join(log_name);
@@ -376,7 +385,6 @@ impl Site {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cage = RunningCage {
             name: name.to_owned(),
             child,
