@@ -299,6 +299,62 @@ mod tests {
     }
 
     #[test]
+    fn a_running_responder_is_found_and_a_stopped_one_is_not() {
+        use crate::discovery::{Identity, Responder};
+        let port = UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut unknown = UnknownCages::defaults(false);
+        unknown.cluster = format!("unit-{}", std::process::id());
+        unknown.query_timeout = std::time::Duration::from_millis(200);
+        // On loopback, multicast needs both ends on interface 127.0.0.1.
+        unknown.discovery = Discovery::Multicast {
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 74, 1), port),
+            interface: Ipv4Addr::LOCALHOST,
+        };
+        let me = |cage: &str, port: u16| Identity {
+            cage: cage.into(),
+            listen: SocketAddr::from(([127, 0, 0, 3], port)),
+            tls: true,
+            version: "9.9.9".into(),
+        };
+        let one = Responder::start(me("c", 1001), &unknown).unwrap().unwrap();
+        let two = Responder::start(me("c", 1002), &unknown).unwrap().unwrap();
+        let other = Responder::start(me("d", 1003), &unknown).unwrap().unwrap();
+
+        let finder = Finder::new();
+        let mut found = finder.find(&unknown, "c").unwrap().addresses;
+        found.sort_by_key(|a| a.to_string());
+        let at = |p: u16| Address::Ip(SocketAddr::from(([127, 0, 0, 3], p)));
+        assert_eq!(
+            found,
+            vec![at(1001), at(1002)],
+            "both instances, nothing else"
+        );
+        let all = find_all(&unknown).unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|h| (h.cage.as_str(), h.tls, h.version.as_str()))
+                .collect::<Vec<_>>(),
+            vec![("c", true, "9.9.9"), ("d", true, "9.9.9")]
+        );
+
+        for r in [one, two, other] {
+            r.stop();
+        }
+        finder.forget("c");
+        let err = finder.find(&unknown, "c").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "no answer to discovery on 239.255.74.1:{port} within 200ms"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn with_discovery_off_nothing_is_sent_and_the_error_says_so() {
         let mut unknown = UnknownCages::defaults(false);
         unknown.discovery = Discovery::Off;

@@ -86,12 +86,17 @@ impl Drop for Responder {
     }
 }
 
-/// The answer `me` gives to `query` from `from`, if any: only for its own cluster and name
-/// (or everyone), and a cage listening on loopback answers only askers on this host (one
-/// elsewhere could not reach it).
-pub fn answer_for(me: &Identity, cluster: &str, query: &Query, from: SocketAddr) -> Option<Answer> {
+/// The answer `me` gives to `query`, if any: only for its own cluster and name (or everyone),
+/// and a cage listening on loopback answers only an asker `on_this_host` (one elsewhere
+/// could not reach it).
+pub fn answer_for(
+    me: &Identity,
+    cluster: &str,
+    query: &Query,
+    on_this_host: bool,
+) -> Option<Answer> {
     let wanted = query.want == me.cage || query.want == EVERYONE;
-    let reachable = !me.listen.ip().is_loopback() || from.ip().is_loopback();
+    let reachable = !me.listen.ip().is_loopback() || on_this_host;
     (query.cluster == cluster && wanted && reachable).then(|| Answer {
         cluster: cluster.to_owned(),
         nonce: query.nonce,
@@ -123,7 +128,7 @@ fn serve(socket: &UdpSocket, me: &Identity, cluster: &str, stop: &AtomicBool) {
                 continue;
             }
         };
-        let Some(answer) = answer_for(me, cluster, &query, from) else {
+        let Some(answer) = answer_for(me, cluster, &query, on_this_host(from)) else {
             continue;
         };
         match wire::encode(&Datagram::Answer(answer)) {
@@ -139,6 +144,12 @@ fn serve(socket: &UdpSocket, me: &Identity, cluster: &str, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// Whether `from` is an address of this host: loopback, or one this host can bind (a query
+/// sent out of an interface carries that interface's address).
+fn on_this_host(from: SocketAddr) -> bool {
+    from.ip().is_loopback() || UdpSocket::bind(SocketAddr::new(from.ip(), 0)).is_ok()
 }
 
 /// The socket queries arrive on, and the address it serves; `None` when discovery is off.
@@ -213,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_cage_answers_for_its_name_and_for_everyone_in_its_cluster() {
-        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let local = true;
         let me = me("127.0.0.3:7401");
         let a = answer_for(&me, "cages", &query("cages", "c"), local).unwrap();
         assert_eq!(
@@ -227,7 +238,7 @@ mod tests {
 
     #[test]
     fn a_loopback_cage_answers_only_askers_on_this_host() {
-        let remote: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        let remote = false;
         assert!(answer_for(&me("127.0.0.1:7401"), "k", &query("k", "c"), remote).is_none());
         let a = answer_for(&me("0.0.0.0:7401"), "k", &query("k", "c"), remote).unwrap();
         assert_eq!(
@@ -235,6 +246,14 @@ mod tests {
             vec!["0.0.0.0:7401".parse::<SocketAddr>().unwrap()]
         );
         assert!(answer_for(&me("10.0.0.2:7401"), "k", &query("k", "c"), remote).is_some());
+        assert!(answer_for(&me("127.0.0.1:7401"), "k", &query("k", "c"), true).is_some());
+    }
+
+    #[test]
+    fn this_hosts_own_addresses_are_on_this_host() {
+        assert!(on_this_host("127.0.0.1:5000".parse().unwrap()));
+        // TEST-NET-3: never assigned to a host.
+        assert!(!on_this_host("203.0.113.77:5000".parse().unwrap()));
     }
 
     #[test]
