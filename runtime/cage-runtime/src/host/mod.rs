@@ -365,13 +365,16 @@ impl HostEnv {
                 true,
             ),
         };
-        let route = if request.cage == self.cage {
-            crate::config::CageRoute::single(
-                self.listen,
-                crate::config::CageFileDefaults::CALL_TIMEOUT,
-            )
+        let found = if request.cage == self.cage {
+            crate::discovery::Found {
+                route: crate::config::CageRoute::single(
+                    self.listen,
+                    crate::config::CageFileDefaults::CALL_TIMEOUT,
+                ),
+                known: crate::discovery::Known::CageFile,
+            }
         } else {
-            self.route(&request.cage)?.route
+            self.route(&request.cage)?
         };
         let spec = JobSpec {
             module: request.module,
@@ -383,10 +386,13 @@ impl HostEnv {
         };
         let jobs = self
             .pool
-            .with(&request.cage, &route, |c| {
+            .with(&request.cage, &found.route, |c| {
                 c.job(JobRequest::Add { spec, replace }, Duration::from_secs(30))
             })
-            .map_err(ClientError::into_call_error)?;
+            .map_err(|e| {
+                crate::discovery::note_failure(&self.finder, &request.cage, &found, &e);
+                e.into_call_error()
+            })?;
         let id = jobs.into_iter().next().map(|j| j.id).unwrap_or_default();
         tracing::debug!(parent, job = %id, cage = %request.cage, "module added a job");
         Ok(id)
