@@ -185,14 +185,19 @@ impl Site {
 
     /// Adds cage `name` serving `modules` on a free loopback port, with `extra` lines.
     pub fn cage(&mut self, name: &str, modules: &[&str], extra: &str) -> &mut Self {
-        self.cage_at(name, "127.0.0.1", modules, extra)
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.cage_at(name, addr, modules, extra)
     }
 
-    /// Adds cage `name` serving `modules` on a free port of loopback address `ip` (any of
-    /// 127.0.0.0/8), with `extra` lines.
-    pub fn cage_at(&mut self, name: &str, ip: &str, modules: &[&str], extra: &str) -> &mut Self {
-        let port = free_port();
-        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    /// Adds (or moves) cage `name` listening on loopback address `addr` (127.x.y.z), serving
+    /// `modules`, with `extra` lines.
+    pub fn cage_at(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+        modules: &[&str],
+        extra: &str,
+    ) -> &mut Self {
         self.addrs.insert(name.to_owned(), addr);
         let modules: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
         let body = format!(
@@ -212,7 +217,8 @@ impl Site {
     /// Adds cage `name` at `ip` serving mutual TLS, with its key pair issued by the site's CA
     /// (make that first with [`Site::keys_init`]).
     pub fn tls_cage(&mut self, name: &str, ip: &str, modules: &[&str], extra: &str) -> &mut Self {
-        self.cage_at(name, ip, modules, &format!("tls = true\n{extra}"));
+        let addr = SocketAddr::new(ip.parse().unwrap(), free_port());
+        self.cage_at(name, addr, modules, &format!("tls = true\n{extra}"));
         let run = self.cage_cmd(&["keys", "issue", name]);
         assert_eq!(run.code, 0, "cage keys issue {name}: {run:?}");
         self.tls.insert(name.to_owned());

@@ -4,6 +4,7 @@
 use crate::chains::ChainWatch;
 use crate::config::{CageConfig, ConfigError, InstanceOverrides, Site};
 use crate::delivery::Delivery;
+use crate::discovery::Responder;
 use crate::dispatch::{Dispatcher, Load};
 use crate::executor::{CallExecutor, SpareWorkers};
 use crate::host::{HostEnv, StateLocks};
@@ -178,6 +179,7 @@ impl PreparedCage {
             chains: Arc::new(ChainWatch::default()),
             spare: SpareWorkers::default(),
             metrics: Arc::new(Metrics::default()),
+            finder: Arc::new(crate::discovery::Finder::new()),
         });
         Ok(PreparedCage {
             config,
@@ -218,6 +220,7 @@ impl PreparedCage {
             self.env.site.clone(),
             self.env.execute_on.clone(),
             self.env.pool.clone(),
+            self.env.finder.clone(),
         ));
         let scheduler = Scheduler::new(
             &c.name,
@@ -226,7 +229,7 @@ impl PreparedCage {
             self.env.execute_on.clone(),
             registry.clone(),
             executor.clone(),
-            delivery,
+            delivery.clone(),
             self.env.chains.clone(),
             self.env.metrics.clone(),
         )
@@ -253,6 +256,7 @@ impl PreparedCage {
             chains: self.env.chains.clone(),
             metrics: self.env.metrics.clone(),
             queues: self.env.execute_on.queues.keys().cloned().collect(),
+            delivery: delivery.clone(),
         };
         self.socket
             .set_nonblocking(true)
@@ -275,6 +279,7 @@ impl PreparedCage {
             max_connections: c.max_connections,
             idle_timeout: c.idle_timeout,
         };
+        let responder = discovery_responder(c, socket.local_addr().ok(), &self.env.execute_on);
         let listener = Listener::new(socket, dispatcher, limits, self.tls).start();
         crate::api::start(self.http, self.env.clone(), c.http_max_body).map_err(|source| {
             StartError::Listen {
@@ -293,8 +298,29 @@ impl PreparedCage {
             store: self.store.clone(),
             load,
             grace: c.shutdown_grace,
+            responder,
         })
     }
+}
+
+/// Answers discovery queries for cage `c` listening at `bound`, if the site has discovery
+/// on. A socket that cannot be set up is a warning: the cage serves on, reachable by those
+/// that list it.
+fn discovery_responder(
+    c: &CageConfig,
+    bound: Option<SocketAddr>,
+    execute_on: &crate::config::ExecuteOn,
+) -> Option<Responder> {
+    let me = crate::discovery::Identity {
+        cage: c.name.clone(),
+        listen: bound.unwrap_or(c.listen),
+        tls: c.tls,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    Responder::start(me, &execute_on.unknown).unwrap_or_else(|e| {
+        tracing::warn!(cage = %c.name, "{e}; cages that do not list this one will not find it");
+        None
+    })
 }
 
 /// A started cage, to stop gracefully.
@@ -305,13 +331,18 @@ pub struct CageHandle {
     store: Arc<QueueStore>,
     load: Arc<Load>,
     grace: Duration,
+    responder: Option<Responder>,
 }
 
 impl CageHandle {
     /// Stops taking calls and waits up to the cage's `shutdown_grace` for calls under way;
     /// returns how many were still running when it gave up.
-    pub async fn shutdown(self) -> usize {
+    pub async fn shutdown(mut self) -> usize {
         self.load.drain();
+        if let Some(r) = self.responder.take() {
+            // Joining waits for the answering thread's next wake-up: not on this runtime.
+            let _ = actix_rt::task::spawn_blocking(move || r.stop()).await;
+        }
         let _ = self.listener.send(StopListening).await;
         let _ = self.scheduler.send(Pause).await;
         let deadline = Instant::now() + self.grace;

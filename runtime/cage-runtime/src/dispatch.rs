@@ -83,6 +83,9 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     /// Queues named in the site config, listed in metrics even before their first call.
     pub queues: Vec<String>,
+    /// Delivery, whose lookups of other cages (perhaps a discovery query) run here, off the
+    /// scheduler, before a call or chain for them is queued.
+    pub delivery: Arc<crate::delivery::Delivery>,
 }
 
 impl Dispatcher {
@@ -106,6 +109,18 @@ impl Dispatcher {
                     request.module.clone(),
                     request.method.clone(),
                 );
+                let refused = |error| {
+                    Response::Failed(CallFailure {
+                        cage: target.clone(),
+                        module: module.clone(),
+                        method: method.clone(),
+                        call_id: String::new(),
+                        error,
+                    })
+                };
+                if let Err(error) = self.look_up(vec![target.clone()]).await {
+                    return refused(error);
+                }
                 match self.scheduler.send(Enqueue(request)).await {
                     Ok(Ok((id, duplicate_of))) => Response::Enqueued { id, duplicate_of },
                     Ok(Err(error)) => Response::Failed(CallFailure {
@@ -187,6 +202,21 @@ impl Dispatcher {
         }
     }
 
+    /// Finds each of `cages` other than this one (asking discovery for any never found) on a
+    /// blocking thread, so the scheduler's own check of them answers from memory.
+    async fn look_up(&self, mut cages: Vec<String>) -> Result<(), CallError> {
+        cages.retain(|c| *c != self.cage);
+        cages.sort();
+        cages.dedup();
+        if cages.is_empty() {
+            return Ok(());
+        }
+        let delivery = self.delivery.clone();
+        actix_rt::task::spawn_blocking(move || cages.iter().try_for_each(|c| delivery.check(c)))
+            .await
+            .unwrap_or(Ok(()))
+    }
+
     async fn chain(&self, request: ChainRequest) -> Response {
         let failed = |error: CallError| {
             Response::Failed(CallFailure {
@@ -211,6 +241,13 @@ impl Dispatcher {
                         self.cage
                     ),
                 ));
+            }
+            let others = chains
+                .iter()
+                .flat_map(|c| c.steps.iter().map(|s| s.cage_or(&self.cage).to_owned()))
+                .collect();
+            if let Err(e) = self.look_up(others).await {
+                return failed(e);
             }
             let start = StartChains {
                 chains,

@@ -11,6 +11,7 @@
 //! - [`scheduler`]: the actor running the durable queue: due attempts, retries, dead letters,
 //!   and chains (starting them, advancing them step by step, cancelling a call's children).
 //! - [`delivery`]: handing queued calls to their target cages.
+//! - [`discovery`]: finding cages the site does not list (UDP query and answer, a cache).
 //! - [`executor`]: the actor in front of the worker threads that run module code.
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
 //! - [`queue`]: the durable queue (sled, behind a write-ahead journal): pending calls, due
@@ -50,6 +51,7 @@ pub mod config;
 pub mod config_watch;
 pub mod dashboard;
 pub mod delivery;
+pub mod discovery;
 pub mod dispatch;
 pub mod executor;
 pub mod host;

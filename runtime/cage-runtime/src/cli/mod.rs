@@ -16,6 +16,7 @@ mod queue_view;
 mod run;
 mod schedule;
 mod show;
+mod status;
 mod steer;
 mod target;
 
@@ -93,6 +94,13 @@ enum Command {
         /// Longest to wait for the result.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// Every cage the site lists and every cage discovery finds, one row per instance:
+    /// reachable or why not, version, uptime, modules, pending and dead calls.
+    Status {
+        /// Print JSON: one object per instance.
+        #[arg(long)]
+        json: bool,
     },
     /// List the modules a running cage serves: version, file hash, load time, last load error.
     Modules {
@@ -330,6 +338,7 @@ pub fn main() -> ExitCode {
             dashboard::dashboard(&site, listen, token, tls)
         }
         Command::Modules { cage, json } => modules::modules(&site, &cage, json),
+        Command::Status { json } => status::status(&site, json),
         Command::Enqueue {
             cage,
             target,

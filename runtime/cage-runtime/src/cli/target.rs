@@ -2,6 +2,7 @@
 
 use super::exit;
 use cage_runtime::config::{CageRoute, ConfigError, Site};
+use cage_runtime::discovery::{self, Finder, LookupError};
 use cage_sdk::ErrorKind;
 use std::process::ExitCode;
 
@@ -18,12 +19,16 @@ pub fn split(target: &str) -> Result<(&str, &str), ExitCode> {
     parse(target).map_err(|e| exit::fail(exit::for_kind(ErrorKind::BadArguments), e))
 }
 
-/// How to reach `cage`, or fails with the unknown-cage or config exit code.
+/// How to reach `cage`: the site's entries, else discovery; or fails with the unknown-cage
+/// or config exit code.
 pub fn route(site: &Site, cage: &str) -> Result<CageRoute, ExitCode> {
-    site.execute_on()
-        .and_then(|e| site.route(&e, cage))
+    let execute_on = site.execute_on().map_err(|e| exit::fail(exit::CONFIG, e))?;
+    discovery::route(site, &execute_on, &Finder::new(), cage)
+        .map(|found| found.route)
         .map_err(|e| match e {
-            ConfigError::NoSuchCage { .. } => exit::fail(exit::for_kind(ErrorKind::UnknownCage), e),
-            e => exit::fail(exit::CONFIG, e),
+            LookupError::Unknown { .. } | LookupError::Config(ConfigError::NoSuchCage { .. }) => {
+                exit::fail(exit::for_kind(ErrorKind::UnknownCage), e)
+            }
+            LookupError::Config(e) => exit::fail(exit::CONFIG, e),
         })
 }

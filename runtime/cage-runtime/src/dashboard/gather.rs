@@ -1,9 +1,10 @@
-//! What the dashboard shows, asked of the cages over their ordinary protocol: each question
-//! goes to every cage at once (one thread per cage), so a cage that is down costs one connect
-//! timeout, not one per cage.
+//! What the dashboard (and `cage status`) shows, asked of the cages over their ordinary
+//! protocol: each question goes to every cage at once (one thread per cage), so a cage that is
+//! down costs one connect timeout, not one per cage.
 
 use crate::chains::ChainRecord;
-use crate::config::{Address, CageRoute, ConfigError, Site};
+use crate::config::{Address, CageRoute, ConfigError, Site, UnknownCages};
+use crate::discovery::{self, DiscoveryError, Known};
 use crate::jobs::Job;
 use crate::metrics::MetricsSnapshot;
 use crate::transport::client::{Client, ClientError};
@@ -19,15 +20,20 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Cluster {
     cages: Vec<(String, CageRoute)>,
+    known: Vec<(String, Known)>,
 }
 
-/// One instance of a cage: its address and whether it answered.
+/// One instance of a cage: its address, whether it answered, and what it said.
 #[derive(Debug, Clone)]
 pub struct Instance {
     /// Where it listens.
     pub addr: Address,
     /// Its identity, or why it did not answer.
     pub info: Result<CageInfo, String>,
+    /// Modules this instance serves (empty if it did not answer).
+    pub modules: Vec<ModuleInfo>,
+    /// Its counters and gauges, if it answered.
+    pub metrics: Option<MetricsSnapshot>,
 }
 
 /// One cage at a glance.
@@ -35,6 +41,8 @@ pub struct Instance {
 pub struct CageSummary {
     /// Cage name.
     pub name: String,
+    /// How its route was learnt.
+    pub known: Known,
     /// Each instance in the cluster map.
     pub instances: Vec<Instance>,
     /// Modules it serves (from the first instance that answered).
@@ -101,18 +109,53 @@ impl Cluster {
         names.extend(execute_on.cages.keys().cloned());
         names.sort();
         names.dedup();
-        let cages = names
+        let cages: Vec<(String, CageRoute)> = names
             .into_iter()
             .map(|name| Ok((name.clone(), site.route(&execute_on, &name)?)))
             .collect::<Result<_, ConfigError>>()?;
-        Ok(Cluster { cages })
+        let known = cages
+            .iter()
+            .map(|(name, _)| {
+                let known = match execute_on.cages.contains_key(name) {
+                    true => Known::Config,
+                    false => Known::CageFile,
+                };
+                (name.clone(), known)
+            })
+            .collect();
+        Ok(Cluster { cages, known })
     }
 
     /// Just one cage (a cage's own `/ui`).
     pub fn single(name: &str, route: CageRoute) -> Self {
         Cluster {
             cages: vec![(name.to_owned(), route)],
+            known: vec![(name.to_owned(), Known::CageFile)],
         }
+    }
+
+    /// Adds every cage that answers a discovery query for everyone and is not covered yet
+    /// (a cage the site lists stays as listed); blocks for the `query_timeout`.
+    pub fn discover(&mut self, unknown: &UnknownCages) -> Result<(), DiscoveryError> {
+        for heard in discovery::find_all(unknown)? {
+            if self.cages.iter().any(|(n, _)| *n == heard.cage) {
+                continue;
+            }
+            let addresses = heard.addresses.into_iter().map(Address::Ip).collect();
+            self.cages
+                .push((heard.cage.clone(), unknown.route(addresses)));
+            self.known.push((heard.cage, Known::Discovered));
+        }
+        self.cages.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(())
+    }
+
+    /// How the route to `cage` was learnt.
+    fn known(&self, cage: &str) -> Known {
+        self.known
+            .iter()
+            .find(|(n, _)| n == cage)
+            .map_or(Known::CageFile, |(_, k)| *k)
     }
 
     /// Names of the cages covered.
@@ -159,40 +202,22 @@ impl Cluster {
         })
     }
 
-    /// Every cage at a glance: each instance pinged, modules and metrics from one that answered.
+    /// Every cage at a glance: each instance pinged and asked for its modules and metrics;
+    /// the cage's modules and metrics are those of the first instance that answered.
     pub fn summaries(&self) -> Vec<CageSummary> {
         self.ask_all(|name, route| {
             let instances: Vec<Instance> = route
                 .addresses
                 .iter()
-                .map(|addr| Instance {
-                    addr: addr.clone(),
-                    info: Client::connect(
-                        name,
-                        &CageRoute {
-                            addresses: vec![addr.clone()],
-                            ..route.clone()
-                        },
-                    )
-                    .and_then(|mut c| c.ping(ASK_TIMEOUT))
-                    .map_err(|e| e.to_string()),
-                })
+                .map(|addr| instance(name, route, addr))
                 .collect();
-            let (modules, metrics) = match instances.iter().any(|i| i.info.is_ok()) {
-                true => match Client::connect(name, route) {
-                    Ok(mut c) => (
-                        c.modules(ASK_TIMEOUT).unwrap_or_default(),
-                        c.metrics(ASK_TIMEOUT).ok(),
-                    ),
-                    Err(_) => (Vec::new(), None),
-                },
-                false => (Vec::new(), None),
-            };
+            let first = instances.iter().find(|i| i.info.is_ok());
             CageSummary {
                 name: name.to_owned(),
+                known: self.known(name),
+                modules: first.map(|i| i.modules.clone()).unwrap_or_default(),
+                metrics: first.and_then(|i| i.metrics.clone()),
                 instances,
-                modules,
-                metrics,
             }
         })
         .into_iter()
@@ -284,5 +309,32 @@ impl Cluster {
             Action::Cancel => QueueQuery::Cancel(id.to_owned()),
         };
         self.ask(cage, |c| c.steer(query, ASK_TIMEOUT))
+    }
+}
+
+/// Instance `addr` of `name`: pinged, then asked for its modules and metrics on the same
+/// connection.
+fn instance(name: &str, route: &CageRoute, addr: &Address) -> Instance {
+    let only = CageRoute {
+        addresses: vec![addr.clone()],
+        ..route.clone()
+    };
+    let answered = Client::connect(name, &only).and_then(|mut c| {
+        let info = c.ping(ASK_TIMEOUT)?;
+        Ok((info, c))
+    });
+    match answered {
+        Ok((info, mut c)) => Instance {
+            addr: addr.clone(),
+            info: Ok(info),
+            modules: c.modules(ASK_TIMEOUT).unwrap_or_default(),
+            metrics: c.metrics(ASK_TIMEOUT).ok(),
+        },
+        Err(e) => Instance {
+            addr: addr.clone(),
+            info: Err(e.to_string()),
+            modules: Vec::new(),
+            metrics: None,
+        },
     }
 }

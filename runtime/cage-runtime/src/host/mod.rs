@@ -61,6 +61,8 @@ pub struct HostEnv {
     pub spare: SpareWorkers,
     /// What the cage counts.
     pub metrics: Arc<Metrics>,
+    /// Cages found by discovery, shared with delivery.
+    pub finder: Arc<crate::discovery::Finder>,
 }
 
 /// What a call returned: its JSON result and, for a chain step, the continuation it asked for.
@@ -216,10 +218,7 @@ impl HostEnv {
                 "target {target:?} is not MODULE.METHOD"
             ))));
         }
-        let route = self
-            .site
-            .route(&self.execute_on, cage)
-            .map_err(|e| failure(CallError::with_kind(ErrorKind::UnknownCage, e.to_string())))?;
+        let found = self.route(cage).map_err(failure)?;
         tracing::debug!(parent, child = %call_id, cage, target, "module calls another cage");
         let request = CallRequest {
             call_id: call_id.clone(),
@@ -229,8 +228,17 @@ impl HostEnv {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         };
         self.pool
-            .with(cage, &route, |c| Ok(c.call(request)))
-            .map_err(|e| failure(e.into_call_error()))?
+            .with(cage, &found.route, |c| Ok(c.call(request)))
+            .map_err(|e| {
+                crate::discovery::note_failure(&self.finder, cage, &found, &e);
+                failure(e.into_call_error())
+            })?
+    }
+
+    /// How to reach another cage: the site's entries, else discovery.
+    fn route(&self, cage: &str) -> Result<crate::discovery::Found, CallError> {
+        crate::discovery::route(&self.site, &self.execute_on, &self.finder, cage)
+            .map_err(crate::discovery::LookupError::into_call_error)
     }
 }
 
@@ -362,12 +370,13 @@ impl HostEnv {
                 true,
             ),
         };
-        let route = if request.cage == self.cage {
-            self.own_route()
+        let found = if request.cage == self.cage {
+            crate::discovery::Found {
+                route: self.own_route(),
+                known: crate::discovery::Known::CageFile,
+            }
         } else {
-            self.site
-                .route(&self.execute_on, &request.cage)
-                .map_err(|e| CallError::with_kind(ErrorKind::UnknownCage, e.to_string()))?
+            self.route(&request.cage)?
         };
         let spec = JobSpec {
             module: request.module,
@@ -379,10 +388,13 @@ impl HostEnv {
         };
         let jobs = self
             .pool
-            .with(&request.cage, &route, |c| {
+            .with(&request.cage, &found.route, |c| {
                 c.job(JobRequest::Add { spec, replace }, Duration::from_secs(30))
             })
-            .map_err(ClientError::into_call_error)?;
+            .map_err(|e| {
+                crate::discovery::note_failure(&self.finder, &request.cage, &found, &e);
+                e.into_call_error()
+            })?;
         let id = jobs.into_iter().next().map(|j| j.id).unwrap_or_default();
         tracing::debug!(parent, job = %id, cage = %request.cage, "module added a job");
         Ok(id)
@@ -428,11 +440,11 @@ impl HostEnv {
             return self.mailboxes.send(n, port, message, wait);
         }
         // Another cage runs it: hand the message to that cage, which waits for the receiver.
-        let route = self
-            .site
-            .route(&self.execute_on, cage)
-            .map_err(|e| CallError::with_kind(ErrorKind::UnknownCage, e.to_string()))?;
-        let mut client = Client::connect(cage, &route).map_err(ClientError::into_call_error)?;
+        let found = self.route(cage)?;
+        let mut client = Client::connect(cage, &found.route).map_err(|e| {
+            crate::discovery::note_failure(&self.finder, cage, &found, &e);
+            e.into_call_error()
+        })?;
         client
             .message(
                 crate::transport::protocol::MessageRequest {

@@ -57,7 +57,7 @@ impl Scheduler {
                 let cage = step.cage_or(&self.cage);
                 if cage != self.cage {
                     // Refuse now what could never run, rather than retry it for days.
-                    self.delivery.route(cage).map_err(|e| {
+                    self.delivery.check(cage).map_err(|e| {
                         CallError::with_kind(e.kind, format!("{which}, step {}: {e}", step.label()))
                     })?;
                 }

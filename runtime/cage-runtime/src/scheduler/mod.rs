@@ -589,7 +589,7 @@ impl Scheduler {
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         if r.target != self.cage {
             // Refuse now what could never be delivered, rather than retry it for days.
-            self.delivery.route(&r.target)?;
+            self.delivery.check(&r.target)?;
         }
         let now = now_ms();
         let call = QueuedCall {
