@@ -1,5 +1,6 @@
-//! Three cages on three loopback addresses, all speaking mutual TLS against the site's CA,
-//! call each other by sync RPC and by queued calls. A client without a certificate, one
+//! Three cages on three loopback addresses, all speaking mutual TLS against one cluster CA,
+//! call each other by sync RPC and by queued calls; the third runs in another site (as on
+//! another host) and is found only by discovery. A client without a certificate, one
 //! whose certificate comes from another CA, and a cage certified by another CA are refused,
 //! and the refusal is logged with the peer's address.
 
@@ -13,12 +14,11 @@ use support::{eventually, module_so, Site};
 
 const CAGES: [(&str, &str); 3] = [("a", "127.0.0.1"), ("b", "127.0.0.2"), ("c", "127.0.0.3")];
 
+/// One site with cage `a` serving mutual TLS.
 fn tls_site() -> Site {
     let mut site = Site::new();
     site.keys_init();
-    for (name, ip) in CAGES {
-        site.tls_cage(name, ip, &["echo"], "");
-    }
+    site.tls_cage("a", "127.0.0.1", &["echo"], "");
     site.install("echo", &module_so("echo", &[]));
     site.write(
         "config/config_execute_on.toml",
@@ -27,24 +27,74 @@ fn tls_site() -> Site {
     site
 }
 
+/// Copies the files a host running cage `name` needs from the site holding the CA: the CA's
+/// certificate and the cage's key pair (and the CLI's, for the operator there).
+fn copy_keys(from: &Site, to: &Site, name: &str) {
+    let (src, dst) = (
+        from.path().join("config/keys"),
+        to.path().join("config/keys"),
+    );
+    std::fs::create_dir_all(&dst).unwrap();
+    for file in [
+        "ca.crt".to_owned(),
+        format!("{name}.crt"),
+        format!("{name}.key"),
+        "cli.crt".to_owned(),
+        "cli.key".to_owned(),
+    ] {
+        std::fs::copy(src.join(&file), dst.join(&file)).unwrap();
+    }
+}
+
 #[test]
-fn three_cages_call_each_other_over_mutual_tls() {
-    let site = tls_site();
-    let running: Vec<_> = CAGES.iter().map(|(name, _)| site.start(name)).collect();
+fn three_cages_call_each_other_over_mutual_tls_one_found_by_discovery() {
+    // Host 1 (site A) runs `a` and `b` and holds the CA; host 2 (site C) runs `c` on
+    // 127.0.0.3. Neither site lists the other's cages: they find each other by discovery.
+    let settings = format!(
+        "[tls]\nenabled = true\n\n{}",
+        support::discovery_settings("multicast")
+    );
+    let echo = module_so("echo", &[]);
+    let mut site_a = Site::new();
+    site_a.keys_init();
+    site_a.tls_cage("a", "127.0.0.1", &["echo"], "");
+    site_a.tls_cage("b", "127.0.0.2", &["echo"], "");
+    site_a.install("echo", &echo);
+    site_a.write("config/config_execute_on.toml", &settings);
+    let mut site_c = Site::new();
+    let issued = site_a.cage_cmd(&["keys", "issue", "c"]);
+    assert_eq!(issued.code, 0, "{issued:?}");
+    copy_keys(&site_a, &site_c, "c");
+    site_c.cage_at(
+        "c",
+        std::net::SocketAddr::new([127, 0, 0, 3].into(), support::free_port()),
+        &["echo"],
+        "tls = true\n",
+    );
+    site_c.mark_tls("c");
+    site_c.install("echo", &echo);
+    site_c.write("config/config_execute_on.toml", &settings);
+
+    let running = [site_a.start("a"), site_a.start("b"), site_c.start("c")];
     for cage in &running {
         assert!(cage.log().contains("(mutual TLS)"), "{}", cage.log());
     }
+    assert!(!site_a.path().join("cages/c.toml").exists());
+    let site_of = |cage: &str| if cage == "c" { &site_c } else { &site_a };
 
-    // The CLI speaks TLS as `cli`.
-    let run = site.call("b", "echo.shout", r#""over tls""#);
-    assert_eq!(
-        (run.code, run.stdout.trim()),
-        (0, r#""OVER TLS""#),
-        "{run:?}"
-    );
+    // The CLI speaks TLS as `cli`, to a listed cage and to a discovered one.
+    for cage in CAGES.map(|(name, _)| name) {
+        let run = site_a.call(cage, "echo.shout", r#""over tls""#);
+        assert_eq!(
+            (run.code, run.stdout.trim()),
+            (0, r#""OVER TLS""#),
+            "{cage}: {run:?}"
+        );
+    }
 
-    let effects = site.path().join("effects.txt");
+    let effects = site_a.path().join("effects.txt");
     for (from, _) in CAGES {
+        let site = site_of(from);
         for (to, _) in CAGES.iter().filter(|(to, _)| *to != from) {
             // Sync, module to cage, through the calling cage's connection pool.
             let args =
@@ -86,6 +136,22 @@ fn three_cages_call_each_other_over_mutual_tls() {
         }
     }
     assert_eq!(lines.lines().count(), 12, "{lines}");
+
+    // `cage status` on host 1 shows the discovered cage, reached over TLS.
+    let run = site_a.cage_cmd(&["status", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let status: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let c = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["cage"] == "c")
+        .unwrap_or_else(|| panic!("c is listed: {status}"));
+    assert_eq!(
+        (&c["known"], &c["reachable"]),
+        (&"discovered".into(), &true.into()),
+        "{c}"
+    );
     for cage in &running {
         assert!(
             !cage.log().contains("refusing connection"),

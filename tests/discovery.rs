@@ -7,38 +7,8 @@
 
 mod support;
 use serde_json::Value;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::sync::atomic::{AtomicU32, Ordering};
-use support::{module_so, Site};
-
-/// Every cage of every other test answers on the default discovery port: each story gets its
-/// own port and cluster.
-fn discovery_settings(mode: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let port = UdpSocket::bind("0.0.0.0:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cluster = format!(
-        "test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    // On loopback, multicast needs both ends on interface 127.0.0.1.
-    let place = match mode {
-        "broadcast" => {
-            format!("discovery = \"broadcast\"\ndiscovery_address = \"127.255.255.255:{port}\"\n")
-        }
-        _ => format!(
-            "discovery_address = \"239.255.74.1:{port}\"\ndiscovery_interface = \"127.0.0.1\"\n"
-        ),
-    };
-    format!(
-        "[cages.unknown]\n{place}cluster = \"{cluster}\"\nquery_timeout = \"300ms\"\nconnect_timeout = \"500ms\"\n\n\
-         [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\n"
-    )
-}
+use std::net::{SocketAddr, TcpListener};
+use support::{discovery_settings, module_so, Site};
 
 /// A free port on 127.0.0.3.
 fn free_port_on_3() -> SocketAddr {

@@ -225,6 +225,12 @@ impl Site {
         self
     }
 
+    /// Notes that cage `name` serves TLS (its files are in place), so starting it waits for
+    /// its log instead of pinging it in plain TCP.
+    pub fn mark_tls(&mut self, name: &str) {
+        self.tls.insert(name.to_owned());
+    }
+
     /// The address cage `name` of this site listens on.
     pub fn addr(&self, name: &str) -> SocketAddr {
         self.addrs[name]
@@ -439,6 +445,37 @@ impl Site {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// `[cages.unknown]` for one test story (`mode`: "multicast" or "broadcast"), and a quick
+/// retry queue: every cage of every other test answers on the default discovery port, so each
+/// story gets its own port and cluster.
+pub fn discovery_settings(mode: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let port = std::net::UdpSocket::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cluster = format!(
+        "test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    // On loopback, multicast needs both ends on interface 127.0.0.1.
+    let place = match mode {
+        "broadcast" => {
+            format!("discovery = \"broadcast\"\ndiscovery_address = \"127.255.255.255:{port}\"\n")
+        }
+        _ => format!(
+            "discovery_address = \"239.255.74.1:{port}\"\ndiscovery_interface = \"127.0.0.1\"\n"
+        ),
+    };
+    format!(
+        "[cages.unknown]\n{place}cluster = \"{cluster}\"\nquery_timeout = \"300ms\"\nconnect_timeout = \"500ms\"\n\n\
+         [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\n"
+    )
 }
 
 /// A call of `echo.METHOD` with JSON `args` for cage `target`, on queue `retry`, due at once,
