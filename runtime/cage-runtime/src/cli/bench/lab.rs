@@ -4,6 +4,7 @@
 
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::Client;
+use cage_runtime::transport::tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -52,8 +53,9 @@ pub fn find_echo(site: &Site, modules: Option<&Path>) -> Result<PathBuf, String>
 }
 
 impl Lab {
-    /// Makes the site and starts its cages.
-    pub fn start(echo: &Path) -> Result<Lab, String> {
+    /// Makes the site (with `tls`, a CA and a key pair per cage, and this process speaking
+    /// as the site's `cli`) and starts its cages.
+    pub fn start(echo: &Path, tls: bool) -> Result<Lab, String> {
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_micros())
@@ -64,14 +66,26 @@ impl Lab {
             std::fs::create_dir_all(dir.join(d)).map_err(io)?;
         }
         std::fs::copy(echo, dir.join("modules/libecho.so")).map_err(io)?;
-        let mut routes = String::new();
+        let keys = dir.join("config/keys");
+        if tls {
+            cage_runtime::keys::init(&keys, false).map_err(|e| e.to_string())?;
+            for name in CAGES {
+                cage_runtime::keys::issue(&keys, name, &[], false).map_err(|e| e.to_string())?;
+            }
+            tls::act_as(tls::Identity::new(tls::CLI_IDENTITY, &keys));
+        }
+        let mut routes = if tls {
+            "[tls]\nenabled = true\n\n".to_owned()
+        } else {
+            String::new()
+        };
         for name in CAGES {
             let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map_err(io)?;
             std::fs::write(
                 dir.join(format!("cages/{name}.toml")),
-                format!("listen = \"{addr}\"\nmodules = [\"echo\"]\nreload_debounce = \"50ms\"\nrescan_interval = \"1s\"\nshutdown_grace = \"5s\"\n"),
+                format!("listen = \"{addr}\"\nmodules = [\"echo\"]\nreload_debounce = \"50ms\"\nrescan_interval = \"1s\"\nshutdown_grace = \"5s\"\ntls = {tls}\n"),
             )
             .map_err(io)?;
             routes.push_str(&format!("[cages.{name}]\naddresses = [\"{addr}\"]\n\n"));

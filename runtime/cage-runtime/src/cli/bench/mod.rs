@@ -38,6 +38,9 @@ pub struct Common {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// The benchmark's own cages speak mutual TLS (a CA and key pairs made for the run).
+    #[arg(long)]
+    tls: bool,
 }
 
 impl Common {
@@ -164,13 +167,14 @@ pub struct Place {
 }
 
 impl Place {
-    fn own(site: &Site, modules: Option<&Path>) -> Result<Place, String> {
+    fn own(site: &Site, modules: Option<&Path>, tls: bool) -> Result<Place, String> {
         let echo = lab::find_echo(site, modules)?;
         eprintln!(
-            "starting the benchmark's own cages (echo from {})",
+            "starting the benchmark's own cages{} (echo from {})",
+            if tls { " with mutual TLS" } else { "" },
             echo.display()
         );
-        let lab = Lab::start(&echo)?;
+        let lab = Lab::start(&echo, tls)?;
         Ok(Place {
             site: lab.site(),
             lab: Some(lab),
@@ -184,9 +188,10 @@ impl Place {
         cage: Option<String>,
         second: Option<String>,
         modules: Option<&Path>,
+        tls: bool,
     ) -> Result<Place, String> {
         match cage {
-            None => Place::own(site, modules),
+            None => Place::own(site, modules, tls),
             Some(first) => Ok(Place {
                 lab: None,
                 site: site.clone(),
@@ -250,11 +255,12 @@ fn measure(
     common: &Common,
     scenario: impl FnOnce(&mut Place, &mut Report) -> Result<(), String>,
 ) -> ExitCode {
-    let report = Place::of(site, first, second, common.modules.as_deref()).and_then(|mut p| {
-        let mut r = p.report()?;
-        scenario(&mut p, &mut r)?;
-        Ok(r)
-    });
+    let report =
+        Place::of(site, first, second, common.modules.as_deref(), common.tls).and_then(|mut p| {
+            let mut r = p.report()?;
+            scenario(&mut p, &mut r)?;
+            Ok(r)
+        });
     finish(report, common.json)
 }
 
@@ -336,7 +342,7 @@ pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
 /// Every scenario on one set of the benchmark's own cages; `pending` last, as it leaves a
 /// million calls behind.
 fn all(site: &Site, common: &Common) -> Result<Report, String> {
-    let mut place = Place::own(site, common.modules.as_deref())?;
+    let mut place = Place::own(site, common.modules.as_deref(), common.tls)?;
     let mut r = place.report()?;
     let rounds = if common.calls.is_some() { 3 } else { 10 };
     let calls = |default: (usize, usize)| (common.calls(default.0), common.clients(default.1));
