@@ -76,19 +76,29 @@ impl Delivery {
     }
 
     /// Whether calls for `cage` can be queued: listed, found before, or found now (only a
-    /// cage never found is asked for, up to the discovery `query_timeout`).
+    /// cage never found is asked for, up to the discovery `query_timeout`; a cage file read
+    /// for it is remembered like any route).
     pub fn check(&self, cage: &str) -> Result<(), CallError> {
-        if self
-            .routes
+        if self.known(cage) {
+            return Ok(());
+        }
+        self.route(cage).map(|_| ())
+    }
+
+    /// Whether `cage` is known without reading a file or asking the network: a remembered
+    /// route, a `[cages.NAME]` entry, or a cage discovery found before (it may be restarting).
+    pub fn known(&self, cage: &str) -> bool {
+        self.routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(cage)
-        {
-            return Ok(());
-        }
-        let execute_on = self.execute_on.read().unwrap_or_else(|p| p.into_inner());
-        discovery::check(&self.site, &execute_on, &self.finder, cage)
-            .map_err(discovery::LookupError::into_call_error)
+            || self
+                .execute_on
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .cages
+                .contains_key(cage)
+            || self.finder.seen(cage)
     }
 
     /// Runs `request` on a pooled connection to `cage`; a discovered cage that cannot be

@@ -76,20 +76,6 @@ pub fn route(
     }
 }
 
-/// Whether calls for `name` may be queued: it is listed, was found before (it may be
-/// restarting), or is found now. Unlike [`route`], a cage found once is not asked for again.
-pub fn check(
-    site: &Site,
-    execute_on: &ExecuteOn,
-    finder: &Finder,
-    name: &str,
-) -> Result<(), LookupError> {
-    if execute_on.cages.contains_key(name) || finder.seen(name) {
-        return Ok(());
-    }
-    route(site, execute_on, finder, name).map(|_| ())
-}
-
 /// After `error` on a connection to `cage` by `found`: a discovered cage that was unreachable
 /// where it was found is forgotten, so the next attempt asks where it is now.
 pub fn note_failure(finder: &Finder, cage: &str, found: &Found, error: &ClientError) {
@@ -152,7 +138,7 @@ mod tests {
                 && err.contains("discovery is off"),
             "{err}"
         );
-        assert!(check(&site, &e, &finder, "c").is_err());
+        assert!(!finder.seen("c"), "a name never found is not known");
         // Not a name at all: the plain config error, nothing asked.
         let err = route(&site, &e, &finder, "a/b").unwrap_err();
         assert!(
@@ -192,8 +178,8 @@ mod tests {
         note_failure(&finder, "c", &found(Known::Discovered), &unreachable);
         assert!(!fresh(&finder), "forgotten: the next lookup asks again");
         assert!(
-            check(&site, &e, &finder, "c").is_ok(),
-            "but still a known name"
+            finder.seen("c"),
+            "but still a known name (calls for it may be queued)"
         );
     }
 }

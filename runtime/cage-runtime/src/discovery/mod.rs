@@ -28,5 +28,5 @@ pub mod wire;
 
 pub use error::{DiscoveryError, LookupError};
 pub use finder::{find_all, Finder, Heard};
-pub use lookup::{check, note_failure, route, Found, Known};
+pub use lookup::{note_failure, route, Found, Known};
 pub use responder::{Identity, Responder};
