@@ -248,6 +248,20 @@ struct Segment {
     buf: Vec<u8>,
 }
 
+impl Segment {
+    /// Segment `number` in `file` of `capacity` bytes, holding no entry yet.
+    fn empty(number: u64, file: File, capacity: u64) -> Segment {
+        Segment {
+            number,
+            file: Arc::new(file),
+            bytes: MAGIC.len() as u64,
+            capacity,
+            torn: false,
+            buf: Vec::new(),
+        }
+    }
+}
+
 /// The journal of one queue database (see the module documentation).
 pub struct Journal {
     dir: PathBuf,
@@ -330,14 +344,7 @@ impl Journal {
             .open(path)
             .map_err(io_error("open", path))?;
         let capacity = file.metadata().map_err(io_error("read", path))?.len();
-        Ok(Segment {
-            number,
-            file: Arc::new(file),
-            bytes: MAGIC.len() as u64,
-            capacity,
-            torn: false,
-            buf: Vec::new(),
-        })
+        Ok(Segment::empty(number, file, capacity))
     }
 
     /// Makes a zero-filled segment of `capacity` bytes under the temporary `name`, synced.
@@ -377,14 +384,7 @@ impl Journal {
         std::fs::rename(dir.join(name), &path).map_err(io_error("rename to", &path))?;
         // The segment's name must survive a power loss too, or its entries would.
         sync_dir(dir).map_err(io_error("fsync", dir))?;
-        Ok(Segment {
-            number,
-            file: Arc::new(file),
-            bytes: MAGIC.len() as u64,
-            capacity,
-            torn: false,
-            buf: Vec::new(),
-        })
+        Ok(Segment::empty(number, file, capacity))
     }
 
     /// A new segment after the current one, big enough for an entry of `need` bytes (made
