@@ -280,21 +280,21 @@ impl Scheduler {
         due.sort_by_key(|d| std::cmp::Reverse(d.priority));
         for d in due {
             let policy = self.policies.queue(&d.queue);
+            let (concurrency, keep_order) = (policy.concurrency, policy.keep_order);
             match &d.target {
                 Some(target) => {
-                    if !self.window_has_room(target) {
-                        self.windows.hold(target, &d.id);
+                    if self.held_back(target, &d.id) {
                         continue;
                     }
                 }
                 None => {
-                    if self.busy.get(&d.queue).copied().unwrap_or(0) >= policy.concurrency {
+                    if self.busy.get(&d.queue).copied().unwrap_or(0) >= concurrency {
                         continue;
                     }
                 }
             }
             // keep_order: a call waits until every call stored before it in its queue is done.
-            if policy.keep_order
+            if keep_order
                 && self.store.head_of(&d.queue).ok().flatten().as_deref() != Some(d.id.as_str())
             {
                 continue;
@@ -328,8 +328,7 @@ impl Scheduler {
             if record.stage == Stage::Deliver {
                 let target = record.call.target.clone();
                 // An index entry from before targets were recorded in it.
-                if d.target.is_none() && !self.window_has_room(&target) {
-                    self.windows.hold(&target, &d.id);
+                if d.target.is_none() && self.held_back(&target, &d.id) {
                     continue;
                 }
                 self.windows.start(&target);
@@ -407,14 +406,16 @@ impl Scheduler {
             .queue_event(&record.call.queue, event, now_ms());
     }
 
-    /// Whether one more call may be handed to `target` now.
-    fn window_has_room(&self, target: &str) -> bool {
+    /// Whether due call `id` for `target` must wait because `target`'s delivery window is
+    /// full; if so, it is noted as held, so the due scan passes over it until room frees.
+    fn held_back(&mut self, target: &str, id: &str) -> bool {
         let window = self.delivery.window(target);
-        let room = self.windows.has_room(target, window);
-        if !room {
-            tracing::debug!(cage = %self.cage, target, "delivery window full ({window} calls being handed over)");
+        if self.windows.has_room(target, window) {
+            return false;
         }
-        room
+        tracing::debug!(cage = %self.cage, target, call_id = id, "delivery window full ({window} calls being handed over)");
+        self.windows.hold(target, id);
+        true
     }
 
     fn attempt_done(&mut self, done: AttemptDone) -> Result<(), QueueError> {
