@@ -26,6 +26,7 @@
 //! - [`keys`]: the cluster CA and the key pairs it signs (`cage keys`).
 //! - [`config_watch`]: re-reading the site config when it changes.
 //! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
+//! - [`clock`]: instants and spans: saturating arithmetic, total rendering, the horizon.
 //!
 //! A sync call's path: client frame → [`transport::server`] → [`dispatch::Dispatcher`] →
 //! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
@@ -47,6 +48,7 @@
 pub mod api;
 pub mod cage;
 pub mod chains;
+pub mod clock;
 pub mod config;
 pub mod config_watch;
 pub mod dashboard;

@@ -1,6 +1,7 @@
 //! The retry schedule: pure functions from a queue's policy and a call's history to the time of
 //! its next attempt. Nothing here reads clocks, files or randomness; callers pass them in.
 
+use crate::clock;
 use crate::config::QueuePolicy;
 use std::time::Duration;
 
@@ -19,7 +20,8 @@ pub fn delay_before(policy: &QueuePolicy, attempt: u32) -> Duration {
         * policy
             .growth
             .powi(i32::try_from(attempt - 2).unwrap_or(i32::MAX));
-    Duration::from_secs_f64(grown.min(cap).max(0.0))
+    // A cap near Duration::MAX rounds up past it as f64: saturate rather than panic.
+    clock::from_secs_f64(grown.min(cap))
 }
 
 /// When attempt `attempt` (≥ 2) should start, in ms since the epoch, after the previous attempt
@@ -37,7 +39,7 @@ pub fn next_attempt_at(
     let spread = policy.jitter * jitter_sample.clamp(-1.0, 1.0);
     let delay_ms = (base * (1.0 + spread) * 1000.0).round().max(0.0) as u64;
     let at = previous_end_ms.max(enqueued_at_ms).saturating_add(delay_ms);
-    let give_up_at = enqueued_at_ms.saturating_add(policy.give_up_after.as_millis() as u64);
+    let give_up_at = clock::after(enqueued_at_ms, policy.give_up_after);
     (at <= give_up_at).then_some(at)
 }
 
@@ -128,6 +130,32 @@ mod tests {
         assert_eq!(next_attempt_at(&p, 2, 0, 0, 1.0), Some(1200));
         assert_eq!(next_attempt_at(&p, 2, 0, 0, -1.0), Some(800));
         assert_eq!(next_attempt_at(&p, 2, 0, 0, 7.0), Some(1200));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_policy_and_times_give_a_time_or_death_without_panic(
+            first in proptest::prelude::any::<u64>(),
+            max in proptest::prelude::any::<u64>(),
+            give_up in proptest::prelude::any::<u64>(),
+            growth in proptest::prelude::any::<f64>(),
+            jitter in proptest::prelude::any::<f64>(),
+            attempt in proptest::prelude::any::<u32>(),
+            enqueued in proptest::prelude::any::<u64>(),
+            ended in proptest::prelude::any::<u64>(),
+            sample in proptest::prelude::any::<f64>(),
+        ) {
+            let mut p = QueuePolicy::default();
+            p.first_retry = Duration::from_secs(first);
+            p.max_delay = Duration::from_secs(max);
+            p.give_up_after = Duration::from_secs(give_up);
+            p.growth = growth;
+            p.jitter = jitter;
+            let _ = delay_before(&p, attempt);
+            if let Some(at) = next_attempt_at(&p, attempt, enqueued, ended, sample) {
+                proptest::prop_assert!(at >= enqueued.max(ended));
+            }
+        }
     }
 
     #[test]

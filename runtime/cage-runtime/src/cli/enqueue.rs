@@ -2,6 +2,7 @@
 
 use super::queue_view::TIMEOUT;
 use super::{exit, target};
+use cage_runtime::clock;
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::{Client, ClientError};
 use cage_runtime::transport::protocol::EnqueueRequest;
@@ -32,6 +33,12 @@ pub fn enqueue(site: &Site, a: EnqueueArgs<'_>) -> ExitCode {
             format!("arguments for {} {} are not JSON: {e}", a.cage, a.target),
         );
     }
+    if let Err(e) = clock::span_within_horizon("--delay", a.delay) {
+        return exit::fail(
+            exit::for_kind(ErrorKind::BadArguments),
+            format!("enqueue of {} {}: {e}", a.cage, a.target),
+        );
+    }
     // The cage that takes the call keeps it until its target accepts it: by default the target
     // itself, or `--from` a cage of this host that then delivers it.
     let via = a.from.as_deref().unwrap_or(a.cage);
@@ -47,7 +54,7 @@ pub fn enqueue(site: &Site, a: EnqueueArgs<'_>) -> ExitCode {
         queue: a.queue,
         priority: a.priority,
         key: a.key,
-        delay_ms: a.delay.as_millis() as u64,
+        delay_ms: clock::millis(a.delay),
     };
     match Client::connect(via, &route).and_then(|mut c| c.enqueue(request, TIMEOUT)) {
         Ok((id, duplicate_of)) => {

@@ -2,6 +2,7 @@
 
 use super::queue_view::{now_ms, words, TIMEOUT};
 use super::{exit, target};
+use cage_runtime::clock::{self, unix_ms};
 use cage_runtime::config::Site;
 use cage_runtime::jobs::{CatchUp, Job, Schedule};
 use cage_runtime::transport::client::{Client, ClientError};
@@ -10,7 +11,7 @@ use cage_sdk::ErrorKind;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 #[derive(Subcommand)]
 pub enum JobAction {
@@ -103,12 +104,8 @@ pub fn job(site: &Site, action: JobAction) -> ExitCode {
             let now = now_ms();
             let schedule = match (at, after, every) {
                 (Some(at), _, _) => match humantime::parse_rfc3339_weak(&at) {
-                    Ok(t) => Schedule::Once {
-                        at_ms: t
-                            .duration_since(UNIX_EPOCH)
-                            .map(|d| d.as_millis() as u64)
-                            .unwrap_or(0),
-                    },
+                    Ok(t) => clock::within_horizon(&format!("--at {at}"), unix_ms(t), now)
+                        .map(|at_ms| Schedule::Once { at_ms }),
                     Err(e) => {
                         return exit::fail(
                             exit::for_kind(ErrorKind::BadArguments),
@@ -116,17 +113,28 @@ pub fn job(site: &Site, action: JobAction) -> ExitCode {
                         )
                     }
                 },
-                (_, Some(d), _) => Schedule::Once {
-                    at_ms: now + d.as_millis() as u64,
-                },
-                (_, _, Some(d)) => Schedule::Every {
-                    interval_ms: d.as_millis() as u64,
-                    first_ms: now + d.as_millis() as u64,
-                },
+                (_, Some(d), _) => clock::span_within_horizon("--in", d).map(|d| Schedule::Once {
+                    at_ms: clock::after(now, d),
+                }),
+                (_, _, Some(d)) => {
+                    clock::span_within_horizon("--every", d).map(|d| Schedule::Every {
+                        interval_ms: clock::millis(d),
+                        first_ms: clock::after(now, d),
+                    })
+                }
                 (None, None, None) => {
                     return exit::fail(
                         exit::for_kind(ErrorKind::BadArguments),
                         "say when: --at, --in or --every",
+                    )
+                }
+            };
+            let schedule = match schedule {
+                Ok(s) => s,
+                Err(e) => {
+                    return exit::fail(
+                        exit::for_kind(ErrorKind::BadArguments),
+                        format!("job for {cage} {t}: {e}"),
                     )
                 }
             };

@@ -1,11 +1,12 @@
 //! Shared by the queue commands: asking one or all cages, and showing times in words.
 
 use super::{exit, target};
+use cage_runtime::clock;
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::Client;
-use cage_runtime::transport::protocol::{unix_ms, CallView, QueueQuery};
+use cage_runtime::transport::protocol::{CallView, QueueQuery};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// How long a queue command waits for each cage.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,17 +63,12 @@ pub fn find(site: &Site, id: &str) -> Result<Vec<CallView>, ExitCode> {
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
+    clock::now_ms()
 }
 
 /// A duration in words, to the second (to the millisecond below ten seconds).
 pub fn words(ms: u64) -> String {
-    let d = if ms < 10_000 {
-        Duration::from_millis(ms)
-    } else {
-        Duration::from_secs(ms / 1000)
-    };
-    humantime::format_duration(d).to_string()
+    clock::span_ms(ms)
 }
 
 /// When the next attempt of a pending call runs, in words.

@@ -263,6 +263,10 @@ impl CageConfig {
                     format!("jobs.{name}.every: must be longer than zero"),
                 ));
             }
+            let every = format!("jobs.{name}.every =");
+            if let Err(e) = crate::clock::span_within_horizon(&every, r.every) {
+                return Err(at(j.span(), e.to_string()));
+            }
             let args = match &r.args {
                 Some(v) => serde_json::to_vec(v)
                     .map_err(|e| at(j.span(), format!("jobs.{name}.args: {e}")))?,
@@ -514,6 +518,18 @@ mod tests {
         );
         let e = parse("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"echo.x\"\nevery = \"2s\"\ncatch_up = \"sometimes\"\n").unwrap_err().to_string();
         assert!(e.contains("cages/demo.toml:6:"), "{e}");
+    }
+
+    #[test]
+    fn a_declared_job_beyond_the_horizon_is_refused() {
+        let e = parse("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"echo.x\"\nevery = \"8000years\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("cages/demo.toml:2:1:")
+                && e.contains(
+                    "jobs.tick.every = 8000years is longer than the horizon of 100 years"
+                ),
+            "{e}"
+        );
     }
 
     #[test]

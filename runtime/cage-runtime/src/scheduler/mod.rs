@@ -548,8 +548,7 @@ impl Scheduler {
     /// Stores a call for execution here; returns the id it duplicates, if any.
     fn take_for_execution(&mut self, call: QueuedCall) -> Result<Option<String>, CallError> {
         let now = now_ms();
-        let expires =
-            now.saturating_add(self.policies.queue(&call.queue).retention.as_millis() as u64);
+        let expires = crate::clock::after(now, self.policies.queue(&call.queue).retention);
         let record = CallRecord::new(call, Stage::Execute, now);
         match self
             .store
@@ -593,6 +592,9 @@ impl Scheduler {
             self.delivery.check(&r.target)?;
         }
         let now = now_ms();
+        crate::clock::span_within_horizon("delay", Duration::from_millis(r.delay_ms)).map_err(
+            |e| CallError::bad_arguments(format!("enqueue of {}.{}: {e}", r.module, r.method)),
+        )?;
         let call = QueuedCall {
             id: new_call_id(&self.cage),
             source: self.cage.clone(),
@@ -854,11 +856,8 @@ impl Actor for Scheduler {
         }
         ctx.run_interval(PUMP_EVERY, |this, ctx| this.pump(ctx));
         ctx.run_interval(HISTORY_SWEEP_EVERY, |this, _| {
-            let recheck = this
-                .policies
-                .queue(crate::config::DEFAULT_QUEUE)
-                .retention
-                .as_millis() as u64;
+            let recheck =
+                crate::clock::millis(this.policies.queue(crate::config::DEFAULT_QUEUE).retention);
             match this.store.expire_history(now_ms(), recheck, 10_000) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -916,7 +915,14 @@ impl Scheduler {
         call: QueuedCall,
     ) -> (Result<Option<String>, CallError>, Option<String>) {
         let id = call.id.clone();
-        let taken = if call.target == self.cage {
+        let far = crate::clock::within_horizon("not_before", call.not_before_ms, now_ms());
+        let taken = if let Err(e) = far {
+            // Never valid, whoever offers it: the offering cage dead-letters it at once.
+            Err(CallError::with_kind(
+                ErrorKind::Permanent,
+                format!("call {id}: {e}"),
+            ))
+        } else if call.target == self.cage {
             self.metrics
                 .queue_event(&call.queue, QueueEvent::Accepted, now_ms());
             self.take_for_execution(call)

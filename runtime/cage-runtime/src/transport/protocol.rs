@@ -355,12 +355,8 @@ pub struct ModuleInfo {
     pub rejected: u64,
 }
 
-/// Milliseconds since the epoch of `t`.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the epoch of `t` (kept here for callers; the clock owns it).
+pub use crate::clock::unix_ms;
 
 /// A new call id for calls started by `origin` (a cage name, or `cli`): unique across restarts.
 pub fn new_call_id(origin: &str) -> String {
