@@ -239,7 +239,11 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
         let (last, outcome) = match &j.last_run {
             None => ("never".to_owned(), "-".to_owned()),
             Some(r) => (
-                format!("{} ago", words(now.saturating_sub(r.scheduled_ms))),
+                // A run stored as scheduled ahead of now (a clock set back, an old record).
+                match r.scheduled_ms.checked_sub(now) {
+                    Some(ahead) if ahead > 0 => format!("at {}", clock::utc(r.scheduled_ms)),
+                    _ => format!("{} ago", words(now.saturating_sub(r.scheduled_ms))),
+                },
                 r.outcome
                     .clone()
                     .unwrap_or_else(|| format!("queued as {}", r.call_id)),
