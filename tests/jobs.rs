@@ -517,6 +517,19 @@ fn a_job_or_delay_beyond_the_horizon_is_refused_and_the_queue_keeps_working() {
         "{refused}"
     );
 
+    // So is a module asking through its context (its time saturates, it does not wrap).
+    let later = site.call(
+        "back",
+        "echo.later",
+        r#"{"cage": "back", "target": "echo.shout", "args": "x", "in_ms": 18446744073709551615}"#,
+    );
+    assert_ne!(later.code, 0, "{later:?}");
+    assert!(
+        later.stderr.contains("the horizon of 100 years"),
+        "{}",
+        later.stderr
+    );
+
     // The cage is whole: enqueues are taken, jobs list, the dashboard's jobs page answers.
     queue_still_works(&site);
     let listed = site.cage_cmd(&["jobs", "back"]);
@@ -613,4 +626,25 @@ fn a_job_stored_with_an_absurd_time_still_lists_and_renders() {
     );
     queue_still_works(&site);
     assert!(!cage.log().contains("panicked"), "{}", cage.log());
+}
+
+#[test]
+fn a_declared_job_beyond_the_horizon_is_a_config_error() {
+    let mut site = Site::new();
+    site.cage(
+        "back",
+        &["echo"],
+        "[[jobs]]\nname = \"someday\"\ncall = \"echo.shout\"\nargs = \"x\"\nevery = \"8000years\"\n",
+    );
+    site.install("echo", &module_so("echo", &[]));
+    let run = site.cage_cmd(&["run", "back"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("cages/back.toml:")
+            && run
+                .stderr
+                .contains("jobs.someday.every = 8000years is longer than the horizon of 100 years"),
+        "{}",
+        run.stderr
+    );
 }

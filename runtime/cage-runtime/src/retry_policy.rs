@@ -145,12 +145,14 @@ mod tests {
             ended in proptest::prelude::any::<u64>(),
             sample in proptest::prelude::any::<f64>(),
         ) {
-            let mut p = QueuePolicy::default();
-            p.first_retry = Duration::from_secs(first);
-            p.max_delay = Duration::from_secs(max);
-            p.give_up_after = Duration::from_secs(give_up);
-            p.growth = growth;
-            p.jitter = jitter;
+            let p = QueuePolicy {
+                first_retry: Duration::from_secs(first),
+                max_delay: Duration::from_secs(max),
+                give_up_after: Duration::from_secs(give_up),
+                growth,
+                jitter,
+                ..QueuePolicy::default()
+            };
             let _ = delay_before(&p, attempt);
             if let Some(at) = next_attempt_at(&p, attempt, enqueued, ended, sample) {
                 proptest::prop_assert!(at >= enqueued.max(ended));
