@@ -240,9 +240,10 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
             None => ("never".to_owned(), "-".to_owned()),
             Some(r) => (
                 // A run stored as scheduled ahead of now (a clock set back, an old record).
-                match r.scheduled_ms.checked_sub(now) {
-                    Some(ahead) if ahead > 0 => format!("at {}", clock::utc(r.scheduled_ms)),
-                    _ => format!("{} ago", words(now.saturating_sub(r.scheduled_ms))),
+                if r.scheduled_ms > now {
+                    format!("at {}", clock::utc(r.scheduled_ms))
+                } else {
+                    format!("{} ago", words(now - r.scheduled_ms))
                 },
                 r.outcome
                     .clone()
