@@ -20,7 +20,11 @@ fn shout(site: &Site) -> String {
 }
 
 fn charge(site: &Site) -> support::Run {
-    site.call("front", "billing.charge", r#"{"customer":"ann","cents":250}"#)
+    site.call(
+        "front",
+        "billing.charge",
+        r#"{"customer":"ann","cents":250}"#,
+    )
 }
 
 fn mkfifo(path: &Path) {
@@ -133,7 +137,10 @@ fn a_fifo_dropped_into_a_running_cage_is_refused_and_later_files_still_load() {
     assert_eq!(shout(&site), r#""HI""#);
     let run = charge(&site);
     assert_eq!(run.code, 13, "{run:?}");
-    assert!(run.stderr.contains("not a regular file (a FIFO)"), "{run:?}");
+    assert!(
+        run.stderr.contains("not a regular file (a FIFO)"),
+        "{run:?}"
+    );
     for module in ["echo", "billing"] {
         let m = listed(&site, module);
         assert!(
@@ -202,19 +209,25 @@ fn a_symlink_to_dev_zero_is_refused_without_growing_the_cage() {
     // One present at start, one moved over a loaded module.
     std::os::unix::fs::symlink("/dev/zero", site.module_path("billing")).unwrap();
     let mut cage = site.start("front");
-    rejection(&cage, "libbilling.so", "not a regular file (a character device)");
+    rejection(
+        &cage,
+        "libbilling.so",
+        "not a regular file (a character device)",
+    );
     replace_with(&site, &site.module_path("echo"), |p| {
         std::os::unix::fs::symlink("/dev/zero", p).unwrap()
     });
-    let line = rejection(&cage, "libecho.so", "not a regular file (a character device)");
+    let line = rejection(
+        &cage,
+        "libecho.so",
+        "not a regular file (a character device)",
+    );
     assert!(line.contains("keeping version 1.0.0 loaded"), "{line}");
     assert_eq!(shout(&site), r#""HI""#);
-    assert!(
-        listed(&site, "billing")["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("character device"),
-    );
+    assert!(listed(&site, "billing")["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("character device"),);
     assert!(peak_rss(&cage) < READ_WHOLE, "peak RSS {}", peak_rss(&cage));
     stop(&mut cage);
 }
@@ -237,7 +250,9 @@ fn files_over_max_module_bytes_are_refused_unread() {
     sparse(&site.module_path("billing"), b"\x7fELF", 3 << 30);
     let line = rejection(&front, "libbilling.so", "is over max_module_bytes");
     assert!(
-        line.contains("3.0 GiB (3221225472 bytes) is over max_module_bytes = 512.0 MiB (536870912 bytes)"),
+        line.contains(
+            "3.0 GiB (3221225472 bytes) is over max_module_bytes = 512.0 MiB (536870912 bytes)"
+        ),
         "{line}"
     );
     sparse(&site.module_path("orders"), b"\x7fELF", 100 << 20);
@@ -251,8 +266,16 @@ fn files_over_max_module_bytes_are_refused_unread() {
         .unwrap()
         .contains("over max_module_bytes"));
     assert_eq!(shout(&site), r#""HI""#);
-    assert!(peak_rss(&front) < READ_WHOLE, "peak RSS {}", peak_rss(&front));
-    assert!(peak_rss(&small) < READ_WHOLE, "peak RSS {}", peak_rss(&small));
+    assert!(
+        peak_rss(&front) < READ_WHOLE,
+        "peak RSS {}",
+        peak_rss(&front)
+    );
+    assert!(
+        peak_rss(&small) < READ_WHOLE,
+        "peak RSS {}",
+        peak_rss(&small)
+    );
     stop(&mut front);
     stop(&mut small);
 }
@@ -270,4 +293,19 @@ fn a_large_file_that_is_not_elf_is_refused_from_its_first_bytes() {
     assert!(peak_rss(&cage) < READ_WHOLE, "peak RSS {}", peak_rss(&cage));
     assert_eq!(shout(&site), r#""HI""#);
     stop(&mut cage);
+}
+
+#[test]
+fn a_bad_max_module_bytes_stops_the_cage_from_starting_with_its_place() {
+    let mut site = Site::new();
+    site.cage("front", &["echo"], "max_module_bytes = \"lots\"\n");
+    let run = site.cage_cmd(&["run", "front"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("cages/front.toml:5:20")
+            && run
+                .stderr
+                .contains("max_module_bytes: expected a byte size such as \"512MiB\""),
+        "{run:?}"
+    );
 }

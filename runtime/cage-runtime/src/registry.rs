@@ -244,10 +244,9 @@ impl ModuleRegistry {
         }
     }
 
-    /// Gives up examinations that have run for longer than [`STUCK_AFTER`]: their file is
-    /// refused until it changes, so the module's next file is examined again.
-    fn give_up_stuck(&mut self) {
-        let now = Instant::now();
+    /// Gives up examinations that have run for longer than [`STUCK_AFTER`] at `now`: their
+    /// file is refused until it changes, so the module's next file is examined again.
+    fn give_up_stuck(&mut self, now: Instant) {
         let stuck: Vec<(String, Examining)> = self
             .slots
             .iter()
@@ -262,8 +261,30 @@ impl ModuleRegistry {
                 slot.examining = None;
             }
             let waited = now.duration_since(e.since);
-            self.apply(&name, Outcome::Rejected(LoadError::Stuck { waited }, e.stamp));
+            self.apply(
+                &name,
+                Outcome::Rejected(LoadError::Stuck { waited }, e.stamp),
+            );
         }
+    }
+
+    /// Takes the outcome of an examination; whether the file changed meanwhile and is to be
+    /// examined again.
+    fn finished(&mut self, msg: Examined) -> bool {
+        let Some(slot) = self.slots.get_mut(&msg.module) else {
+            return false;
+        };
+        match slot.examining {
+            Some(e) if e.id == msg.id => slot.examining = None,
+            // Given up as stuck, and nothing newer under way: its outcome still describes the
+            // file version it read.
+            None => {}
+            // Given up, and a newer examination is under way: that one decides.
+            Some(_) => return false,
+        }
+        let again = std::mem::take(&mut slot.again);
+        self.apply(&msg.module, msg.outcome);
+        again
     }
 
     fn apply(&mut self, name: &str, outcome: Outcome) {
@@ -366,13 +387,11 @@ struct Job {
 /// Reads, checks and loads one module file; never panics the registry, whatever the file holds.
 fn examine_file(job: &Job) -> Outcome {
     let file = &job.file;
-    let (bytes, stamp) =
-        match settle_and_read(file, job.debounce, job.settle_limit, job.max_bytes) {
-            Ok(read) => read,
-            Err(e) => {
-                return Outcome::Rejected(e, FileStamp::of(file).ok().flatten().or(job.previous))
-            }
-        };
+    let (bytes, stamp) = match settle_and_read(file, job.debounce, job.settle_limit, job.max_bytes)
+    {
+        Ok(read) => read,
+        Err(e) => return Outcome::Rejected(e, FileStamp::of(file).ok().flatten().or(job.previous)),
+    };
     if job.current_hash.as_deref() == Some(sha256_hex(&bytes).as_str()) {
         return Outcome::Unchanged(stamp);
     }
@@ -390,7 +409,7 @@ impl Actor for ModuleRegistry {
         // Belt and braces: events can be lost (overflow, network filesystems), a stat per module
         // every few seconds is cheap.
         ctx.run_interval(self.settings.rescan, |this, ctx| {
-            this.give_up_stuck();
+            this.give_up_stuck(Instant::now());
             let names: Vec<String> = this.slots.keys().cloned().collect();
             for name in names {
                 this.examine(&name, ctx);
@@ -419,21 +438,9 @@ impl Handler<Examined> for ModuleRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Examined, ctx: &mut Context<Self>) {
-        let Some(slot) = self.slots.get_mut(&msg.module) else {
-            return;
-        };
-        match slot.examining {
-            Some(e) if e.id == msg.id => slot.examining = None,
-            // Given up as stuck, and nothing newer under way: its outcome still describes the
-            // file version it read.
-            None => {}
-            // Given up, and a newer examination is under way: that one decides.
-            Some(_) => return,
-        }
-        let again = std::mem::take(&mut slot.again);
-        self.apply(&msg.module, msg.outcome);
-        if again {
-            self.examine(&msg.module, ctx);
+        let module = msg.module.clone();
+        if self.finished(msg) {
+            self.examine(&module, ctx);
         }
     }
 }
@@ -492,5 +499,142 @@ impl Handler<ListModules> for ModuleRegistry {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const LIMIT: u64 = 1024 * 1024;
+
+    fn settings() -> WatchSettings {
+        WatchSettings {
+            debounce: Duration::from_millis(10),
+            rescan: Duration::from_secs(1),
+            max_module_bytes: LIMIT,
+        }
+    }
+
+    fn last_error(r: &ModuleRegistry, name: &str) -> Option<String> {
+        r.slots[name].last_error.as_ref().map(|(_, e)| e.clone())
+    }
+
+    #[test]
+    fn start_up_refuses_strange_files_at_once_and_leaves_a_changing_one_for_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path().join("modules");
+        std::fs::create_dir(&modules).unwrap();
+        let c = std::ffi::CString::new(module_file(&modules, "fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink("/dev/zero", module_file(&modules, "zero")).unwrap();
+        std::fs::File::create(module_file(&modules, "big"))
+            .unwrap()
+            .set_len(LIMIT + 1)
+            .unwrap();
+        let grow = module_file(&modules, "grow");
+        std::fs::write(&grow, b"\x7fELF").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(grow).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    f.write_all(b"more").unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        let names: Vec<String> = ["fifo", "zero", "big", "grow"].map(String::from).into();
+        let r = ModuleRegistry::new(
+            "demo",
+            &names,
+            &modules,
+            &dir.path().join("copies"),
+            settings(),
+        );
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        for (name, reason) in [
+            ("fifo", "not a regular file (a FIFO)"),
+            ("zero", "not a regular file (a character device)"),
+            (
+                "big",
+                "(1048577 bytes) is over max_module_bytes = 1.0 MiB (1048576 bytes)",
+            ),
+        ] {
+            let e = last_error(&r, name).unwrap_or_default();
+            assert!(e.contains(reason), "{name}: {e}");
+            assert_eq!(r.slots[name].rejected, 1, "{name}");
+            assert!(
+                r.slots[name].examined.is_some(),
+                "{name}: remembered as refused"
+            );
+        }
+        // Still changing: neither refused nor remembered, so the actor examines it once started.
+        assert_eq!(last_error(&r, "grow"), None);
+        assert_eq!(r.slots["grow"].examined, None);
+    }
+
+    #[test]
+    fn a_stuck_examination_is_given_up_and_a_late_outcome_yields_to_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("some-file");
+        std::fs::write(&file, b"x").unwrap();
+        let stamp = FileStamp::of(&file).unwrap();
+        let other = stamp.map(|s| FileStamp { size: 99, ..s });
+        let mut r = ModuleRegistry::new(
+            "demo",
+            &["x".to_owned()],
+            dir.path(),
+            &dir.path().join("copies"),
+            settings(),
+        );
+        let since = Instant::now();
+        r.slots.get_mut("x").unwrap().examining = Some(Examining {
+            id: 7,
+            since,
+            stamp,
+        });
+        r.give_up_stuck(since + STUCK_AFTER / 2);
+        assert!(r.slots["x"].examining.is_some(), "not stuck yet");
+        r.give_up_stuck(since + STUCK_AFTER + Duration::from_secs(1));
+        assert!(r.slots["x"].examining.is_none());
+        assert_eq!(
+            r.slots["x"].examined, stamp,
+            "refused until the file changes"
+        );
+        let e = last_error(&r, "x").unwrap();
+        assert!(e.contains("did not finish after 1m 1s"), "{e}");
+
+        // A newer examination under way decides; the late outcome of the stuck one is dropped.
+        r.slots.get_mut("x").unwrap().examining = Some(Examining {
+            id: 8,
+            since: Instant::now(),
+            stamp: other,
+        });
+        let late = |outcome| Examined {
+            module: "x".into(),
+            id: 7,
+            outcome,
+        };
+        assert!(!r.finished(late(Outcome::Unchanged(other.unwrap()))));
+        assert_eq!(r.slots["x"].examined, stamp);
+        assert!(r.slots["x"].examining.is_some());
+        r.slots.get_mut("x").unwrap().again = true;
+        let again = r.finished(Examined {
+            module: "x".into(),
+            id: 8,
+            outcome: Outcome::Rejected(LoadError::NotElf("no ELF magic".into()), other),
+        });
+        assert!(again, "a change seen meanwhile is examined next");
+        assert!(r.slots["x"].examining.is_none());
+        assert_eq!(r.slots["x"].examined, other);
+        // With nothing under way, a late outcome still describes the version it read.
+        r.finished(late(Outcome::Unchanged(stamp.unwrap())));
+        assert_eq!(r.slots["x"].examined, stamp);
     }
 }

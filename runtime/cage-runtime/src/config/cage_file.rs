@@ -165,7 +165,9 @@ pub struct CageConfig {
 fn byte_size(value: &toml::Value, min: u64, max: u64) -> Result<u64, String> {
     let expected = "expected a byte size such as \"512MiB\", \"64MB\" or a number of bytes";
     let bytes = match value {
-        toml::Value::Integer(n) => u64::try_from(*n).map_err(|_| format!("{expected}, found {n}"))?,
+        toml::Value::Integer(n) => {
+            u64::try_from(*n).map_err(|_| format!("{expected}, found {n}"))?
+        }
         toml::Value::String(text) => text
             .trim()
             .parse::<bytesize::ByteSize>()
@@ -175,9 +177,17 @@ fn byte_size(value: &toml::Value, min: u64, max: u64) -> Result<u64, String> {
     };
     let show = |n: u64| format!("{} ({n} bytes)", bytesize::ByteSize(n));
     if bytes < min {
-        Err(format!("{} is below the least, {}", show(bytes), show(min)))
+        Err(format!(
+            "must be at least {}, found {}",
+            show(min),
+            show(bytes)
+        ))
     } else if bytes > max {
-        Err(format!("{} is over the most, {}", show(bytes), show(max)))
+        Err(format!(
+            "must be at most {}, found {}",
+            show(max),
+            show(bytes)
+        ))
     } else {
         Ok(bytes)
     }
@@ -462,9 +472,15 @@ mod tests {
 
     #[test]
     fn max_module_bytes_takes_sizes_and_numbers_in_range() {
-        let c = |v: &str| parse(&format!("listen = \"127.0.0.1:7401\"\nmax_module_bytes = {v}\n"));
+        let c = |v: &str| {
+            parse(&format!(
+                "listen = \"127.0.0.1:7401\"\nmax_module_bytes = {v}\n"
+            ))
+        };
         assert_eq!(
-            parse("listen = \"127.0.0.1:7401\"\n").unwrap().max_module_bytes,
+            parse("listen = \"127.0.0.1:7401\"\n")
+                .unwrap()
+                .max_module_bytes,
             512 * 1024 * 1024
         );
         assert_eq!(c("\"512MiB\"").unwrap().max_module_bytes, 512 * 1024 * 1024);
@@ -476,9 +492,12 @@ mod tests {
             ("\"12 potatoes\"", "found \"12 potatoes\""),
             ("-1", "found -1"),
             ("1.5", "found float"),
-            ("0", "below the least, 64 B (64 bytes)"),
-            ("\"5GiB\"", "over the most, 4.0 GiB (4294967296 bytes)"),
-            ("\"99EiB\"", "over the most"),
+            ("0", "must be at least 64 B (64 bytes), found 0 B (0 bytes)"),
+            (
+                "\"5GiB\"",
+                "must be at most 4.0 GiB (4294967296 bytes), found 5.0 GiB",
+            ),
+            ("\"99EiB\"", "must be at most 4.0 GiB"),
         ] {
             let e = c(bad).unwrap_err().to_string();
             assert!(

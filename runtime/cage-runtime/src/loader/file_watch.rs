@@ -150,7 +150,12 @@ mod tests {
         // it unsettled instead.
         let r = settle_and_read(&fifo, Duration::ZERO, Duration::ZERO, LIMIT);
         assert!(
-            matches!(r, Err(LoadError::NotRegular { kind: FileKind::Fifo })),
+            matches!(
+                r,
+                Err(LoadError::NotRegular {
+                    kind: FileKind::Fifo
+                })
+            ),
             "{r:?}"
         );
         let big = dir.path().join("libbig.so");
@@ -162,7 +167,12 @@ mod tests {
         assert!(matches!(r, Err(LoadError::TooLarge { .. })), "{r:?}");
         let r = settle_and_read(dir.path(), Duration::ZERO, Duration::ZERO, LIMIT);
         assert!(
-            matches!(r, Err(LoadError::NotRegular { kind: FileKind::Directory })),
+            matches!(
+                r,
+                Err(LoadError::NotRegular {
+                    kind: FileKind::Directory
+                })
+            ),
             "{r:?}"
         );
     }

@@ -128,27 +128,43 @@ pub fn read(path: &Path, expected: &FileStamp, limit: u64) -> Result<Option<Vec<
     if opened != *expected {
         return Ok(None);
     }
-    let mut bytes = Vec::new();
-    (&file)
-        .take(elf_check::MAGIC.len() as u64)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io("read", e))?;
-    elf_check::check_magic(&bytes)?;
-    // The length was checked against the limit, so reserving it is bounded; reading one byte
-    // past the limit tells a file that grew over it from one that is exactly at it.
-    bytes.reserve_exact(usize::try_from(opened.size).unwrap_or(0));
-    (&file)
-        .take(limit.saturating_add(1).saturating_sub(bytes.len() as u64))
-        .read_to_end(&mut bytes)
-        .map_err(|e| io("read", e))?;
-    if bytes.len() as u64 > limit {
-        return Err(LoadError::GrewTooLarge { limit });
-    }
+    let bytes = read_bounded(&file, opened.size, limit).map_err(|e| match e {
+        Bounded::Refused(e) => e,
+        Bounded::Io(e) => io("read", e),
+    })?;
     let after = FileStamp::from_metadata(&file.metadata().map_err(|e| io("fstat", e))?);
     if after != opened || bytes.len() as u64 != opened.size {
         return Ok(None);
     }
     Ok(Some(bytes))
+}
+
+/// Why [`read_bounded`] stopped.
+#[derive(Debug)]
+enum Bounded {
+    Refused(LoadError),
+    Io(std::io::Error),
+}
+
+/// Reads what `from` holds, expected to be `size` bytes: its first bytes must be ELF magic,
+/// or nothing more is read; never more than `limit` bytes are kept, however much it holds.
+fn read_bounded(mut from: impl Read, size: u64, limit: u64) -> Result<Vec<u8>, Bounded> {
+    let mut bytes = Vec::new();
+    (&mut from)
+        .take(elf_check::MAGIC.len() as u64)
+        .read_to_end(&mut bytes)
+        .map_err(Bounded::Io)?;
+    elf_check::check_magic(&bytes).map_err(Bounded::Refused)?;
+    // `size` is what the caller checked against the limit, so reserving it is bounded; one
+    // byte read past the limit tells a file that grew over it from one exactly at it.
+    bytes.reserve_exact(usize::try_from(size.min(limit)).unwrap_or(0));
+    from.take(limit.saturating_add(1).saturating_sub(bytes.len() as u64))
+        .read_to_end(&mut bytes)
+        .map_err(Bounded::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(Bounded::Refused(LoadError::GrewTooLarge { limit }));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -300,6 +316,46 @@ mod tests {
     }
 
     #[test]
+    fn reading_stops_at_the_limit_however_much_there_is() {
+        // An endless source that starts like an ELF file: a file growing while read.
+        let endless = std::io::Cursor::new(elf_check::MAGIC).chain(std::io::repeat(0));
+        let r = read_bounded(endless, 100, 4096);
+        assert!(
+            matches!(
+                r,
+                Err(Bounded::Refused(LoadError::GrewTooLarge { limit: 4096 }))
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            LoadError::GrewTooLarge { limit: 4096 }.to_string(),
+            "grew past max_module_bytes = 4.0 KiB (4096 bytes) while being read"
+        );
+        // An endless source that does not: only its first bytes are taken.
+        let mut counted = Counting(std::io::repeat(b'#'), 0);
+        let r = read_bounded(&mut counted, 100, 4096);
+        assert!(
+            matches!(r, Err(Bounded::Refused(LoadError::NotElf(_)))),
+            "{r:?}"
+        );
+        assert_eq!(counted.1, elf_check::MAGIC.len());
+        // Exactly at the limit is whole.
+        let exact = [elf_check::MAGIC.as_slice(), &[1u8; 60]].concat();
+        assert_eq!(read_bounded(&exact[..], 64, 64).unwrap(), exact);
+    }
+
+    /// Counts the bytes read through it.
+    struct Counting<R>(R, usize);
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
     fn a_settled_file_is_read_whole_and_a_changed_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("libx.so");
@@ -308,10 +364,7 @@ mod tests {
         let s = stamp(&p);
         assert_eq!(read(&p, &s, LIMIT).unwrap().unwrap(), body);
         // Exactly at the limit is still read.
-        assert_eq!(
-            read(&p, &s, body.len() as u64).unwrap().unwrap(),
-            body
-        );
+        assert_eq!(read(&p, &s, body.len() as u64).unwrap().unwrap(), body);
         let older = FileStamp { size: 3, ..s };
         assert!(read(&p, &older, LIMIT).unwrap().is_none());
         assert!(matches!(
