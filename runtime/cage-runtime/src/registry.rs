@@ -153,7 +153,7 @@ impl ModuleRegistry {
             };
             registry.slots.insert(name.clone(), slot);
             let (_, tag) = registry.next_tag();
-            let job = Job {
+            let examination = Examination {
                 name: name.clone(),
                 file: file.clone(),
                 previous: None,
@@ -164,7 +164,7 @@ impl ModuleRegistry {
                 settle_limit: STARTUP_SETTLE_LIMIT,
                 max_bytes: settings.max_module_bytes,
             };
-            match examine_file(&job) {
+            match examine_file(&examination) {
                 // Not refused: the background examination started with the actor takes it
                 // once it settles.
                 Outcome::Rejected(LoadError::Unsettled { .. }, _) => tracing::info!(
@@ -202,7 +202,7 @@ impl ModuleRegistry {
         if stamp == slot.examined {
             return;
         }
-        let job = Job {
+        let examination = Examination {
             name: name.to_owned(),
             file: slot.file.clone(),
             previous: slot.examined,
@@ -219,9 +219,9 @@ impl ModuleRegistry {
         let spawned = std::thread::Builder::new()
             .name(format!("examine-{name}"))
             .spawn(move || {
-                let outcome = examine_file(&job);
+                let outcome = examine_file(&examination);
                 addr.do_send(Examined {
-                    module: job.name,
+                    module: examination.name,
                     id,
                     outcome,
                 });
@@ -369,7 +369,7 @@ impl ModuleRegistry {
 }
 
 /// One examination of a module file: what to read, and what to compare it with.
-struct Job {
+struct Examination {
     name: String,
     file: PathBuf,
     /// The stamp of the version examined last.
@@ -385,17 +385,19 @@ struct Job {
 }
 
 /// Reads, checks and loads one module file; never panics the registry, whatever the file holds.
-fn examine_file(job: &Job) -> Outcome {
-    let file = &job.file;
-    let (bytes, stamp) = match settle_and_read(file, job.debounce, job.settle_limit, job.max_bytes)
-    {
-        Ok(read) => read,
-        Err(e) => return Outcome::Rejected(e, FileStamp::of(file).ok().flatten().or(job.previous)),
-    };
-    if job.current_hash.as_deref() == Some(sha256_hex(&bytes).as_str()) {
+fn examine_file(exam: &Examination) -> Outcome {
+    let file = &exam.file;
+    let (bytes, stamp) =
+        match settle_and_read(file, exam.debounce, exam.settle_limit, exam.max_bytes) {
+            Ok(read) => read,
+            Err(e) => {
+                return Outcome::Rejected(e, FileStamp::of(file).ok().flatten().or(exam.previous))
+            }
+        };
+    if exam.current_hash.as_deref() == Some(sha256_hex(&bytes).as_str()) {
         return Outcome::Unchanged(stamp);
     }
-    match LoadedModule::load(&job.name, file, &bytes, &job.copy_dir, &job.tag) {
+    match LoadedModule::load(&exam.name, file, &bytes, &exam.copy_dir, &exam.tag) {
         Ok(module) => Outcome::Loaded(module, stamp),
         Err(e) => Outcome::Rejected(e, Some(stamp)),
     }
