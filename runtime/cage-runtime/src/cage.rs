@@ -11,7 +11,7 @@ use crate::host::{HostEnv, StateLocks};
 use crate::messaging::Mailboxes;
 use crate::metrics::Metrics;
 use crate::queue::{GroupCommit, QueueStore};
-use crate::registry::ModuleRegistry;
+use crate::registry::{ModuleRegistry, WatchSettings};
 use crate::scheduler::{JobsDeclared, Pause, Scheduler};
 use crate::transport::pool::Pool;
 use crate::transport::server::{Limits, Listener, StopListening};
@@ -206,8 +206,11 @@ impl PreparedCage {
             &c.modules,
             &self.env.site.modules_dir(),
             &c.data_dir.join("loaded-modules"),
-            c.reload_debounce,
-            c.rescan_interval,
+            WatchSettings {
+                debounce: c.reload_debounce,
+                rescan: c.rescan_interval,
+                max_module_bytes: c.max_module_bytes,
+            },
         )
         .start();
         let executor = CallExecutor::new(c.executor_threads, self.env.clone())

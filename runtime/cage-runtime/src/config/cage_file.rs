@@ -14,6 +14,8 @@ pub struct CageFileDefaults;
 impl CageFileDefaults {
     /// Worker threads running module code.
     pub const EXECUTOR_THREADS: usize = 8;
+    /// Largest module file read (a larger one is refused unread).
+    pub const MAX_MODULE_BYTES: u64 = 512 * 1024 * 1024;
     /// Longest a sync call may run when the caller does not say.
     pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
     /// How long a module file must stay unchanged before it is loaded.
@@ -46,6 +48,7 @@ struct RawCageFile {
     listen: Spanned<String>,
     #[serde(default)]
     modules: Vec<Spanned<String>>,
+    max_module_bytes: Option<Spanned<toml::Value>>,
     data_dir: Option<PathBuf>,
     executor_threads: Option<Spanned<usize>>,
     #[serde(default, with = "humantime_serde")]
@@ -120,6 +123,8 @@ pub struct CageConfig {
     pub tls: bool,
     /// Modules served, by name; each is `modules/lib<name>.so`.
     pub modules: Vec<String>,
+    /// Largest module file read; a larger one is refused unread.
+    pub max_module_bytes: u64,
     /// Where the cage keeps its state (absolute).
     pub data_dir: PathBuf,
     /// Worker threads running module code.
@@ -153,6 +158,39 @@ pub struct CageConfig {
     pub http_max_body: usize,
     /// Memory the queue database may use as its cache, in MiB.
     pub queue_cache_mb: usize,
+}
+
+/// The byte size `value` means: a number of bytes, or a text such as "512MiB" or "64MB";
+/// refused outside `min..=max`.
+fn byte_size(value: &toml::Value, min: u64, max: u64) -> Result<u64, String> {
+    let expected = "expected a byte size such as \"512MiB\", \"64MB\" or a number of bytes";
+    let bytes = match value {
+        toml::Value::Integer(n) => {
+            u64::try_from(*n).map_err(|_| format!("{expected}, found {n}"))?
+        }
+        toml::Value::String(text) => text
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map_err(|_| format!("{expected}, found {text:?}"))?
+            .as_u64(),
+        other => return Err(format!("{expected}, found {}", other.type_str())),
+    };
+    let show = |n: u64| format!("{} ({n} bytes)", bytesize::ByteSize(n));
+    if bytes < min {
+        Err(format!(
+            "must be at least {}, found {}",
+            show(min),
+            show(bytes)
+        ))
+    } else if bytes > max {
+        Err(format!(
+            "must be at most {}, found {}",
+            show(max),
+            show(bytes)
+        ))
+    } else {
+        Ok(bytes)
+    }
 }
 
 /// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
@@ -285,6 +323,13 @@ impl CageConfig {
                     .unwrap_or_else(|| super::DEFAULT_QUEUE.to_owned()),
             });
         }
+        // The least is an ELF header; the most bounds the memory one load takes, since a file is
+        // held whole while it is checked and copied.
+        let max_module_bytes = match &raw.max_module_bytes {
+            None => CageFileDefaults::MAX_MODULE_BYTES,
+            Some(v) => byte_size(v.get_ref(), 64, 4 * 1024 * 1024 * 1024)
+                .map_err(|reason| at(v.span(), format!("max_module_bytes: {reason}")))?,
+        };
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(name));
@@ -294,6 +339,7 @@ impl CageConfig {
             listen,
             tls,
             modules,
+            max_module_bytes,
             data_dir: if data_dir.is_absolute() {
                 data_dir
             } else {
@@ -426,6 +472,43 @@ mod tests {
             e.starts_with("cages/demo.toml:2:") && e.contains("queue_cache_mb"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn max_module_bytes_takes_sizes_and_numbers_in_range() {
+        let c = |v: &str| {
+            parse(&format!(
+                "listen = \"127.0.0.1:7401\"\nmax_module_bytes = {v}\n"
+            ))
+        };
+        assert_eq!(
+            parse("listen = \"127.0.0.1:7401\"\n")
+                .unwrap()
+                .max_module_bytes,
+            512 * 1024 * 1024
+        );
+        assert_eq!(c("\"512MiB\"").unwrap().max_module_bytes, 512 * 1024 * 1024);
+        assert_eq!(c("\"64MB\"").unwrap().max_module_bytes, 64_000_000);
+        assert_eq!(c("\"1 GiB\"").unwrap().max_module_bytes, 1 << 30);
+        assert_eq!(c("1048576").unwrap().max_module_bytes, 1 << 20);
+        for (bad, reason) in [
+            ("\"lots\"", "expected a byte size such as \"512MiB\""),
+            ("\"12 potatoes\"", "found \"12 potatoes\""),
+            ("-1", "found -1"),
+            ("1.5", "found float"),
+            ("0", "must be at least 64 B (64 bytes), found 0 B (0 bytes)"),
+            (
+                "\"5GiB\"",
+                "must be at most 4.0 GiB (4294967296 bytes), found 5.0 GiB",
+            ),
+            ("\"99EiB\"", "must be at most 4.0 GiB"),
+        ] {
+            let e = c(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("cages/demo.toml:2:20") && e.contains(reason),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
