@@ -259,6 +259,20 @@ pub struct CallRequest {
     pub timeout_ms: u64,
 }
 
+/// The id of a response frame about the connection rather than a request: the reason a cage
+/// gives, as `Response::Error`, just before it closes the connection. Clients number requests
+/// from 1.
+pub const CONNECTION_FRAME_ID: u64 = 0;
+
+/// The last frame a cage sends on a connection it closes: why.
+pub fn farewell(reason: &str) -> Vec<u8> {
+    super::frame::encode(&ResponseFrame {
+        id: CONNECTION_FRAME_ID,
+        body: Response::Error(reason.to_owned()),
+    })
+    .unwrap_or_default()
+}
+
 /// A response and the id of the request it answers.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct ResponseFrame {
