@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use cages::runtime::config::CageRoute;
-use cages::runtime::transport::client::Client;
+use cages::runtime::transport::client::{Client, ClientError};
 use cages::runtime::transport::credential::{self, SiteSecret, SITE_SECRET};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -456,10 +456,16 @@ impl Site {
             }
             let route = CageRoute::single(addr, Duration::from_secs(1));
             if !tls {
-                if let Ok(mut c) = Client::connect(name, &route) {
-                    if c.ping(Duration::from_secs(1)).is_ok() {
-                        return cage;
+                match Client::connect(name, &route) {
+                    Ok(mut c) => {
+                        if c.ping(Duration::from_secs(1)).is_ok() {
+                            return cage;
+                        }
                     }
+                    // A cage holding another credential than this process answers too: it
+                    // turned the connection away, and said why.
+                    Err(ClientError::Refused { .. }) => return cage,
+                    Err(_) => {}
                 }
             }
             if let Ok(Some(status)) = cage.child.try_wait() {

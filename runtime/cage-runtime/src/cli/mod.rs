@@ -10,6 +10,7 @@ mod enqueue;
 mod exit;
 mod jobs;
 mod keys;
+mod listing;
 mod modules;
 mod pending;
 mod queue_view;

@@ -244,6 +244,27 @@ pub struct CallView {
     pub waiting: Option<String>,
 }
 
+/// Most argument bytes a listing carries per call, so a listing of the default 1000 calls
+/// stays far under a client's frame limit however large the calls' arguments are.
+pub const LISTED_ARGS_BYTES: usize = 4096;
+
+impl CallView {
+    /// The view as a listing carries it: arguments over [`LISTED_ARGS_BYTES`] replaced by a
+    /// JSON string saying how large they are and where to see them whole (`cage show ID`).
+    pub fn listed(mut self) -> Self {
+        let call = &mut self.record.call;
+        if call.args.len() > LISTED_ARGS_BYTES {
+            let note = format!(
+                "({} bytes of arguments, too large for a listing: `cage show {}` has them)",
+                call.args.len(),
+                call.id
+            );
+            call.args = serde_json::to_vec(&note).unwrap_or_default();
+        }
+        self
+    }
+}
+
 /// A synchronous call.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct CallRequest {
