@@ -103,8 +103,8 @@ impl Listener {
                     if let Ok(Ok(mut tls)) =
                         tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await
                     {
-                        let _ = tls.write_all(&farewell(&reason)).await;
-                        let _ = tls.shutdown().await;
+                        // The client sends its request as soon as the handshake is done.
+                        say_goodbye_tls(&mut tls, &reason).await;
                     }
                     counter.fetch_sub(1, Ordering::Relaxed);
                 });
@@ -240,6 +240,14 @@ async fn say_goodbye(
     if writer.write_all(&farewell(reason)).await.is_ok() {
         let _ = writer.shutdown().await;
         linger(reader).await;
+    }
+}
+
+/// [`say_goodbye`] over TLS, where reading and writing share one stream.
+async fn say_goodbye_tls(tls: &mut (impl AsyncRead + AsyncWrite + Unpin), reason: &str) {
+    if tls.write_all(&farewell(reason)).await.is_ok() {
+        let _ = tls.shutdown().await;
+        linger(tls).await;
     }
 }
 
