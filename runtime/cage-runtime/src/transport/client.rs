@@ -744,3 +744,81 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::protocol::farewell;
+    use tokio::io::AsyncWriteExt;
+
+    const SECRET: &str = "client-tests-secret-0123456789abcdef";
+
+    /// A cage that welcomes one client, reads one request, then does `then` to the
+    /// connection; answers the client's result for a ping.
+    fn ping_a_cage_that(then: fn(&mut Vec<u8>)) -> Result<CageInfo, ClientError> {
+        credential::present_secret(SiteSecret::given(SECRET));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cage = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                tcp.set_nonblocking(true).unwrap();
+                let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+                let (mut r, mut w) = tcp.into_split();
+                let secret = SiteSecret::given(SECRET);
+                credential::challenge(&mut r, &mut w, &secret, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                frame::read_async(&mut r, 1024, Duration::from_secs(5), Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                let mut out = Vec::new();
+                then(&mut out);
+                w.write_all(&out).await.unwrap();
+            })
+        });
+        let route = CageRoute::single(addr, Duration::from_secs(5));
+        let answer =
+            Client::connect("fake", &route).and_then(|mut c| c.ping(Duration::from_secs(5)));
+        cage.join().unwrap();
+        answer
+    }
+
+    #[test]
+    fn the_reason_a_cage_gives_for_closing_is_the_error() {
+        let e = ping_a_cage_that(|out| out.extend(farewell("shutting down"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cage fake closed the connection: shutting down"
+        );
+        assert_eq!(e.into_call_error().kind, ErrorKind::Refused);
+    }
+
+    #[test]
+    fn a_connection_closed_without_a_word_names_the_cage_and_is_no_internal_error() {
+        let e = ping_a_cage_that(|_| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "connection closed by cage fake (see its log)"
+        );
+        assert_eq!(e.into_call_error().kind, ErrorKind::Unreachable);
+    }
+
+    #[test]
+    fn an_answer_over_the_limit_names_the_limit_and_how_to_ask_for_less() {
+        let e = ping_a_cage_that(|out| out.extend(u32::MAX.to_be_bytes())).unwrap_err();
+        let said = e.to_string();
+        assert!(
+            said.contains(&format!("{} bytes", u32::MAX))
+                && said.contains(&format!("limit of {} bytes", max_response_bytes()))
+                && said.contains("--limit")
+                && said.contains(MAX_RESPONSE_ENV),
+            "{said}"
+        );
+        assert_eq!(e.into_call_error().kind, ErrorKind::Refused);
+    }
+}

@@ -217,17 +217,17 @@ pub fn presented() -> Result<SiteSecret, CredentialError> {
 
 /// One message of the exchange.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Greeting {
+struct Greeting {
     magic: [u8; 8],
     /// Version of the exchange the sender speaks.
-    pub version: u16,
+    version: u16,
     /// The message.
-    pub step: Step,
+    step: Step,
 }
 
 /// The steps of the exchange.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub enum Step {
+enum Step {
     /// From the cage: prove you hold the secret, over this nonce.
     Challenge {
         /// The cage's nonce.
@@ -324,7 +324,10 @@ pub async fn challenge(
             .write_all(&Greeting::new(Step::Challenge { nonce: ours }).encode())
             .await
             .map_err(Refusal::Lost)?;
-        let body = match frame::read_async(reader, MAX_GREETING_BYTES, limit, limit).await {
+        // The reader's own limits are longer than the exchange's: silence is cut by the
+        // timeout around the whole exchange, and `None` here means the client hung up.
+        let patience = limit.saturating_mul(2);
+        let body = match frame::read_async(reader, MAX_GREETING_BYTES, patience, patience).await {
             Ok(Some(body)) => body,
             Ok(None) => return Err(Refusal::Missing),
             Err(FrameError::Io(e)) => return Err(Refusal::Lost(e)),
@@ -566,6 +569,31 @@ mod tests {
             Err(HandshakeError::Refused(why)) => assert!(why.contains("no site credential")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_silent_client_is_refused_when_the_exchange_runs_out_of_time() {
+        let secret = SiteSecret::given("0123456789abcdef0123456789abcdef");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (cage, mut client) = tokio::io::duplex(1024);
+        let refusal = rt.block_on(async move {
+            let (mut r, mut w) = tokio::io::split(cage);
+            challenge(&mut r, &mut w, &secret, Duration::from_millis(50)).await
+        });
+        assert!(matches!(refusal, Err(Refusal::Late(_))), "{refusal:?}");
+        let told = refusal.unwrap_err().told().unwrap();
+        assert!(told.contains("no site credential within"), "{told}");
+        // The client was challenged, and nothing else.
+        let mut sent = Vec::new();
+        rt.block_on(async {
+            use tokio::io::AsyncReadExt;
+            drop(tokio::time::timeout(Duration::from_millis(50), client.read_buf(&mut sent)).await)
+        });
+        let greeting = Greeting::decode(&sent[frame::HEADER_LEN..]).unwrap();
+        assert!(matches!(greeting.step, Step::Challenge { .. }));
     }
 
     #[test]

@@ -434,3 +434,47 @@ impl std::fmt::Display for CallFailure {
 }
 
 impl std::error::Error for CallFailure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Stage;
+
+    fn view(args: Vec<u8>) -> CallView {
+        let call = QueuedCall {
+            id: "front-1".into(),
+            source: "front".into(),
+            target: "front".into(),
+            module: "echo".into(),
+            method: "shout".into(),
+            args,
+            queue: "retry".into(),
+            priority: 0,
+            key: None,
+            enqueued_at_ms: 0,
+            not_before_ms: 0,
+            chain: None,
+        };
+        CallView {
+            cage: "front".into(),
+            record: CallRecord::new(call, Stage::Execute, 0),
+            running: false,
+            waiting: None,
+        }
+    }
+
+    #[test]
+    fn a_listing_carries_small_arguments_whole_and_large_ones_as_a_note() {
+        let small = br#""hello""#.to_vec();
+        assert_eq!(view(small.clone()).listed().record.call.args, small);
+        let large = serde_json::to_vec(&"x".repeat(LISTED_ARGS_BYTES)).unwrap();
+        let listed = view(large.clone()).listed();
+        let note: String = serde_json::from_slice(&listed.record.call.args).unwrap();
+        assert!(
+            note.contains(&format!("{} bytes of arguments", large.len()))
+                && note.contains("cage show front-1"),
+            "{note}"
+        );
+        assert!(listed.record.call.args.len() <= LISTED_ARGS_BYTES);
+    }
+}
