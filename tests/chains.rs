@@ -335,7 +335,7 @@ fn cancelling_the_parent_cancels_its_pending_children() {
         || {
             let children = children_of(&site, "shop", &parent);
             (children.iter().all(|c| c["state"] == "cancelled")
-                && site.listing("pending", None).is_empty())
+                && site.listing("pending", Some("shop")).is_empty())
             .then_some(())
         },
     );

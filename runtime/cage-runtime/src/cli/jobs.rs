@@ -203,24 +203,22 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
         Some(c) => vec![c.to_owned()],
         None => site.cage_names(),
     };
-    let mut all: Vec<Job> = Vec::new();
-    for name in cages {
-        let route = match target::route(site, &name) {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
-        match Client::connect(&name, &route).and_then(|mut c| c.job(JobRequest::List, TIMEOUT)) {
-            Ok(jobs) => all.extend(jobs),
-            Err(e) => eprintln!("warning: {e}"),
-        }
-    }
+    // A cage that could not be read is named, and the exit code says the listing is partial.
+    let gathered = match super::listing::Gathered::ask(site, &cages, |c| {
+        c.job(JobRequest::List, TIMEOUT)
+            .map_err(ClientError::into_call_error)
+    }) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let all: &Vec<Job> = &gathered.items;
     if json {
-        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        println!("{}", serde_json::to_string_pretty(all).unwrap_or_default());
+        return gathered.finish(json);
     }
     if all.is_empty() {
-        println!("no jobs");
-        return ExitCode::SUCCESS;
+        println!("{}", gathered.nothing("no jobs"));
+        return gathered.finish(json);
     }
     let now = now_ms();
     let mut table = Table::new();
@@ -230,7 +228,7 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
         .set_header([
             "ID", "CAGE", "CALLS", "SCHEDULE", "NEXT RUN", "LAST RUN", "OUTCOME",
         ]);
-    for j in &all {
+    for j in all {
         let next = match j.next_run_ms {
             None => "- (ran)".to_owned(),
             Some(t) if t <= now => "due now".to_owned(),
@@ -271,5 +269,5 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
         ]);
     }
     println!("{table}");
-    ExitCode::SUCCESS
+    gathered.finish(json)
 }

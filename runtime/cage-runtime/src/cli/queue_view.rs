@@ -19,19 +19,6 @@ pub fn cages(site: &Site, cage: Option<&str>) -> Vec<String> {
     }
 }
 
-/// Asks `cage` a question about its queue; an unreachable cage is reported on stderr and
-/// yields nothing, so one cage down does not hide the others.
-pub fn ask(site: &Site, cage: &str, query: QueueQuery) -> Result<Vec<CallView>, ExitCode> {
-    let route = target::route(site, cage)?;
-    match Client::connect(cage, &route).and_then(|mut c| c.calls(query, TIMEOUT)) {
-        Ok(calls) => Ok(calls),
-        Err(e) => {
-            eprintln!("warning: {e}");
-            Ok(Vec::new())
-        }
-    }
-}
-
 /// Finds the cages of the site holding call `id` (its source and its target may both).
 pub fn find(site: &Site, id: &str) -> Result<Vec<CallView>, ExitCode> {
     let mut found = Vec::new();

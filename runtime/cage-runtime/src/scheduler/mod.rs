@@ -655,7 +655,7 @@ impl Scheduler {
         } else {
             self.store.pending(&keep, limit)?
         };
-        Ok(records.into_iter().map(|r| self.view(r)).collect())
+        Ok(records.into_iter().map(|r| self.view(r).listed()).collect())
     }
 
     fn retry_now(&mut self, id: &str) -> Result<usize, QueueError> {

@@ -4,6 +4,7 @@
 
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::Client;
+use cage_runtime::transport::credential::{self, SiteSecret};
 use cage_runtime::transport::tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,10 @@ impl Lab {
         }
         std::fs::copy(echo, dir.join("modules/libecho.so")).map_err(io)?;
         let keys = dir.join("config/keys");
+        // The lab is a site of its own: its cages and this process's clients share its
+        // credential, made here before any cage starts.
+        let secret = SiteSecret::of_keys_dir(&keys).map_err(|e| e.to_string())?;
+        credential::present_secret(secret);
         if tls {
             cage_runtime::keys::init(&keys, false).map_err(|e| e.to_string())?;
             for name in CAGES {
