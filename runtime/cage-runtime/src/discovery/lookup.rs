@@ -139,10 +139,10 @@ mod tests {
             "{err}"
         );
         assert!(!finder.seen("c"), "a name never found is not known");
-        // Not a name at all: the plain config error, nothing asked.
+        // Not a name at all: refused as a name, nothing asked.
         let err = route(&site, &e, &finder, "a/b").unwrap_err();
         assert!(
-            matches!(err, LookupError::Config(ConfigError::NoSuchCage { .. })),
+            matches!(err, LookupError::Config(ConfigError::BadName(_))),
             "{err}"
         );
     }
