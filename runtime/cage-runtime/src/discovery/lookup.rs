@@ -85,9 +85,13 @@ pub fn note_failure(finder: &Finder, cage: &str, found: &Found, error: &ClientEr
 }
 
 impl LookupError {
-    /// The call error a caller sees: the cage is unknown, and why.
+    /// The call error a caller sees: the cage is unknown, and why (or its name is no name).
     pub fn into_call_error(self) -> CallError {
-        CallError::with_kind(ErrorKind::UnknownCage, self.to_string())
+        let kind = match self {
+            LookupError::Config(ConfigError::BadName(_)) => ErrorKind::BadArguments,
+            _ => ErrorKind::UnknownCage,
+        };
+        CallError::with_kind(kind, self.to_string())
     }
 }
 
