@@ -3,10 +3,13 @@
 //! anything (exit 11), and by the cage for a frame that bypasses the CLI, so none is queued.
 
 mod support;
+use cages::runtime::chains::StepSpec;
 use cages::runtime::jobs::{CatchUp, Schedule};
 use cages::runtime::queue::QueuedCall;
 use cages::runtime::transport::client::Client;
-use cages::runtime::transport::protocol::{JobRequest, JobSpec, Request, Response};
+use cages::runtime::transport::protocol::{
+    ChainRequest, JobRequest, JobSpec, NewChain, Request, Response,
+};
 use cages::sdk::ErrorKind;
 use std::time::Duration;
 use support::{echo_call, module_so, Site};
@@ -39,12 +42,22 @@ fn the_cli_refuses_bad_names_with_exit_11_naming_them() {
     // A real cage file one step up: the name is refused as a name, not looked for as a file.
     site.write(
         "evil.toml",
-        &format!("listen = \"{}\"\nmodules = [\"echo\"]\n", site.addr("front")),
+        &format!(
+            "listen = \"{}\"\nmodules = [\"echo\"]\n",
+            site.addr("front")
+        ),
     );
 
     assert_refused(
         &site,
-        &["enqueue", "front", "echo.shout", "\"x\"", "--queue", "../../x"],
+        &[
+            "enqueue",
+            "front",
+            "echo.shout",
+            "\"x\"",
+            "--queue",
+            "../../x",
+        ],
         "\"../../x\" is not a queue name: it holds a path separator '/'",
     );
     assert_refused(
@@ -65,7 +78,14 @@ fn the_cli_refuses_bad_names_with_exit_11_naming_them() {
     for args in [
         &["call", "../evil", "echo.shout", "\"x\""][..],
         &["enqueue", "../evil", "echo.shout", "\"x\""],
-        &["enqueue", "front", "echo.shout", "\"x\"", "--from", "../evil"],
+        &[
+            "enqueue",
+            "front",
+            "echo.shout",
+            "\"x\"",
+            "--from",
+            "../evil",
+        ],
         &["pending", "../evil"],
         &["modules", "../evil"],
         &["run", "../evil"],
@@ -82,7 +102,15 @@ fn the_cli_refuses_bad_names_with_exit_11_naming_them() {
     assert_refused(
         &site,
         &[
-            "job", "add", "front", "echo.shout", "\"x\"", "--every", "1m", "--queue", "../q",
+            "job",
+            "add",
+            "front",
+            "echo.shout",
+            "\"x\"",
+            "--every",
+            "1m",
+            "--queue",
+            "../q",
         ],
         "\"../q\" is not a queue name",
     );
@@ -123,7 +151,10 @@ fn frames_with_impossible_names_are_refused_as_bad_arguments_and_nothing_is_queu
             Response::Failed(f) => {
                 assert_eq!(f.error.kind, ErrorKind::BadArguments, "{what}: {f:?}");
                 assert!(f.error.message.contains("is not a"), "{what}: {f:?}");
-                assert!(f.error.message.len() < 400, "{what}: a long name is cut short");
+                assert!(
+                    f.error.message.len() < 400,
+                    "{what}: a long name is cut short"
+                );
             }
             other => panic!("{what}: enqueue answered {other:?}"),
         }
@@ -175,6 +206,33 @@ fn frames_with_impossible_names_are_refused_as_bad_arguments_and_nothing_is_queu
         ),
         other => panic!("job add answered {other:?}"),
     }
+
+    // A chain whose step names a module no file can be.
+    let chain = NewChain {
+        id: None,
+        steps: vec![StepSpec {
+            cage: None,
+            module: "../evil".into(),
+            method: "shout".into(),
+            args: None,
+        }],
+        inputs: b"{}".to_vec(),
+        queue: Some("retry".into()),
+        ordinal: 0,
+    };
+    let start = ChainRequest::Start {
+        chains: vec![chain],
+        max_parallel: 0,
+        parent: None,
+    };
+    let refused = client.start_chains(start, TIMEOUT).unwrap().unwrap_err();
+    assert_eq!(refused.kind, ErrorKind::BadArguments, "{refused}");
+    assert!(
+        refused
+            .message
+            .starts_with("chain 1, step 1: \"../evil\" is not a module name"),
+        "{refused}"
+    );
 
     assert!(site.listing("pending", Some("front")).is_empty());
     assert!(site.listing("dead", Some("front")).is_empty());

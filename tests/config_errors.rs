@@ -176,7 +176,8 @@ fn harmful_queue_settings_stop_the_cage_and_cage_schedule_at_their_place() {
 #[test]
 fn a_running_cage_keeps_its_queue_settings_when_an_edit_is_out_of_range() {
     let mut site = Site::new();
-    let hourly = "[queues.retry]\nfirst_retry = \"1h\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\n";
+    let hourly =
+        "[queues.retry]\nfirst_retry = \"1h\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\n";
     site.write("config/config_execute_on.toml", hourly);
     site.cage("back", &["billing"], "");
     site.install("billing", &support::module_so("billing", &[]));
@@ -186,24 +187,26 @@ fn a_running_cage_keeps_its_queue_settings_when_an_edit_is_out_of_range() {
         "config/config_execute_on.toml",
         "[queues.retry]\nfirst_retry = \"0s\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\n",
     );
-    support::eventually(
-        Duration::from_secs(10),
-        "the bad edit is logged",
-        || {
-            cage.log()
-                .lines()
-                .any(|l| {
-                    l.contains("config_execute_on.toml:2:15: queues.retry.first_retry: 0s is out of range")
-                        && l.contains("edit rejected, the settings in force stay")
-                })
-                .then_some(())
-        },
-    );
+    support::eventually(Duration::from_secs(10), "the bad edit is logged", || {
+        cage.log()
+            .lines()
+            .any(|l| {
+                l.contains(
+                    "config_execute_on.toml:2:15: queues.retry.first_retry: 0s is out of range",
+                ) && l.contains("edit rejected, the settings in force stay")
+            })
+            .then_some(())
+    });
 
     // A call failing now is retried by the hourly policy still in force, not at once. (The
     // CLI reads the same file and refuses it, so this client talks to the cage directly.)
     let mut client = Client::connect("back", &site.route("back")).unwrap();
-    let mut request = support::echo_call("back", "charge", serde_json::json!({"customer": "ann", "cents": 500}), None);
+    let mut request = support::echo_call(
+        "back",
+        "charge",
+        serde_json::json!({"customer": "ann", "cents": 500}),
+        None,
+    );
     request.module = "billing".into();
     let (id, _) = client.enqueue(request, Duration::from_secs(10)).unwrap();
     let record = support::eventually(Duration::from_secs(10), "the first attempt failed", || {

@@ -45,7 +45,13 @@ pub fn next_attempt_at(
     if attempt > MAX_ATTEMPTS {
         return None;
     }
-    uncapped_next_attempt_at(policy, attempt, enqueued_at_ms, previous_end_ms, jitter_sample)
+    uncapped_next_attempt_at(
+        policy,
+        attempt,
+        enqueued_at_ms,
+        previous_end_ms,
+        jitter_sample,
+    )
 }
 
 /// [`next_attempt_at`] without the attempt cap: what the policy alone implies.
@@ -188,7 +194,10 @@ mod tests {
         assert_eq!(next_attempt_at(&p, MAX_ATTEMPTS + 1, 0, 0, 0.0), None);
         let why = refusal(&p).expect("more than MAX_ATTEMPTS attempts");
         // The floor, not the policy's 1 ms, spaces the attempts: 999 gaps of 10 ms.
-        assert!(why.contains("span 9s 990ms of give_up_after 2h 46m 40s"), "{why}");
+        assert!(
+            why.contains("span 9s 990ms of give_up_after 2h 46m 40s"),
+            "{why}"
+        );
         assert_eq!(refusal(&QueuePolicy::default()), None);
     }
 

@@ -2,8 +2,8 @@
 
 use super::error::ConfigError;
 use super::ranges::{self, SpannedDuration};
-use crate::names::{self, NameKind};
 use crate::jobs::CatchUp;
+use crate::names::{self, NameKind};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -535,25 +535,58 @@ mod tests {
     #[test]
     fn harmful_values_are_refused_where_they_stand() {
         let cases = [
-            ("executor_threads = 100000000", "executor_threads: 100000000 is out of range (allowed: 1 to 1024)"),
-            ("queue_cache_mb = 17592186044416", "queue_cache_mb: 17592186044416 is out of range (allowed: 1 to 65536)"),
-            ("idle_timeout = \"0s\"", "idle_timeout: 0s is out of range (allowed: 1s to 1day)"),
-            ("rescan_interval = \"0s\"", "rescan_interval: 0s is out of range (allowed: 100ms to 1h)"),
-            ("call_timeout = \"0s\"", "call_timeout: 0s is out of range (allowed: 10ms to 1day)"),
-            ("max_frame_bytes = 10", "max_frame_bytes: 10 is out of range (allowed: 4096 to 1073741824)"),
+            (
+                "executor_threads = 100000000",
+                "executor_threads: 100000000 is out of range (allowed: 1 to 1024)",
+            ),
+            (
+                "queue_cache_mb = 17592186044416",
+                "queue_cache_mb: 17592186044416 is out of range (allowed: 1 to 65536)",
+            ),
+            (
+                "idle_timeout = \"0s\"",
+                "idle_timeout: 0s is out of range (allowed: 1s to 1day)",
+            ),
+            (
+                "rescan_interval = \"0s\"",
+                "rescan_interval: 0s is out of range (allowed: 100ms to 1h)",
+            ),
+            (
+                "call_timeout = \"0s\"",
+                "call_timeout: 0s is out of range (allowed: 10ms to 1day)",
+            ),
+            (
+                "max_frame_bytes = 10",
+                "max_frame_bytes: 10 is out of range (allowed: 4096 to 1073741824)",
+            ),
             ("max_connections = 0", "max_connections: 0 is out of range"),
-            ("http_max_body = 5000000000", "http_max_body: 5000000000 is out of range"),
-            ("commit_window = \"1h\"", "commit_window: 1h is out of range (allowed: 0s to 1s)"),
-            ("shutdown_grace = \"2days\"", "shutdown_grace: 2days is out of range"),
+            (
+                "http_max_body = 5000000000",
+                "http_max_body: 5000000000 is out of range",
+            ),
+            (
+                "commit_window = \"1h\"",
+                "commit_window: 1h is out of range (allowed: 0s to 1s)",
+            ),
+            (
+                "shutdown_grace = \"2days\"",
+                "shutdown_grace: 2days is out of range",
+            ),
             ("port_wait = \"2h\"", "port_wait: 2h is out of range"),
-            ("reload_debounce = \"10m\"", "reload_debounce: 10m is out of range"),
+            (
+                "reload_debounce = \"10m\"",
+                "reload_debounce: 10m is out of range",
+            ),
         ];
         for (line, says) in cases {
             let e = parse(&format!("listen = \"127.0.0.1:7401\"\n{line}\n"))
                 .unwrap_err()
                 .to_string();
             let column = line.find('=').unwrap() + 3;
-            assert!(e.starts_with(&format!("cages/demo.toml:2:{column}: {says}")), "{line}: {e}");
+            assert!(
+                e.starts_with(&format!("cages/demo.toml:2:{column}: {says}")),
+                "{line}: {e}"
+            );
         }
         let job = |every: &str, call: &str, queue: &str| {
             parse(&format!("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"{call}\"\nevery = \"{every}\"\nqueue = \"{queue}\"\n"))
@@ -562,9 +595,15 @@ mod tests {
         let e = job("0s", "echo.append", "retry").unwrap_err().to_string();
         assert!(e.starts_with("cages/demo.toml:5:9: jobs.tick.every: 0s is out of range (allowed: 100ms to 1year)"), "{e}");
         let e = job("1s", "echo.ap/pend", "retry").unwrap_err().to_string();
-        assert!(e.starts_with("cages/demo.toml:4:8: jobs.tick.call: \"ap/pend\" is not a method name"), "{e}");
+        assert!(
+            e.starts_with("cages/demo.toml:4:8: jobs.tick.call: \"ap/pend\" is not a method name"),
+            "{e}"
+        );
         let e = job("1s", "echo.append", "../q").unwrap_err().to_string();
-        assert!(e.starts_with("cages/demo.toml:6:9: jobs.tick.queue: \"../q\" is not a queue name"), "{e}");
+        assert!(
+            e.starts_with("cages/demo.toml:6:9: jobs.tick.queue: \"../q\" is not a queue name"),
+            "{e}"
+        );
     }
 
     #[test]

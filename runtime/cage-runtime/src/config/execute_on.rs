@@ -683,12 +683,24 @@ mod tests {
     #[test]
     fn bad_names_are_config_errors() {
         for (src, says) in [
-            ("[queues.\"../x\"]\n", "queues.../x: \"../x\" is not a queue name"),
-            ("[cages.\"a/b\"]\naddresses = [\"127.0.0.1:1\"]\n", "cages.a/b: \"a/b\" is not a cage name"),
-            ("[cages.unknown]\ncluster = \"x\\u0000\"\n", "cages.unknown.cluster: \"x\\0\" is not a cluster name: it holds a NUL byte"),
+            (
+                "[queues.\"../x\"]\n",
+                "queues.../x: \"../x\" is not a queue name",
+            ),
+            (
+                "[cages.\"a/b\"]\naddresses = [\"127.0.0.1:1\"]\n",
+                "cages.a/b: \"a/b\" is not a cage name",
+            ),
+            (
+                "[cages.unknown]\ncluster = \"x\\u0000\"\n",
+                "cages.unknown.cluster: \"x\\0\" is not a cluster name: it holds a NUL byte",
+            ),
         ] {
             let err = parse(src).unwrap_err().to_string();
-            assert!(err.starts_with("config/config_execute_on.toml:") && err.contains(says), "{src}: {err}");
+            assert!(
+                err.starts_with("config/config_execute_on.toml:") && err.contains(says),
+                "{src}: {err}"
+            );
         }
     }
 

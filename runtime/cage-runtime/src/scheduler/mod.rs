@@ -509,7 +509,9 @@ impl Scheduler {
                         };
                         updated.dead_reason = Some(format!(
                             "gave up after {number} attempt(s) in {} ({limit}); last error: {e}",
-                            humantime::format_duration(Duration::from_secs((now_ms().saturating_sub(updated.window_start_ms)) / 1000)),
+                            humantime::format_duration(Duration::from_secs(
+                                (now_ms().saturating_sub(updated.window_start_ms)) / 1000
+                            )),
                         ));
                         let reason =
                             StepOutcome::Failed(updated.dead_reason.clone().unwrap_or_default());
@@ -929,8 +931,7 @@ impl Scheduler {
         // A chain step's report goes to the owner's built-in module, whose `$` name no module
         // file can have (enqueue refuses `$` names).
         let module = (call.module != REPORT_MODULE).then_some(call.module.as_str());
-        let taken = if let Err(e) = check_names(&call.target, module, &call.method, &call.queue)
-        {
+        let taken = if let Err(e) = check_names(&call.target, module, &call.method, &call.queue) {
             Err(e)
         } else if call.target == self.cage {
             self.metrics
