@@ -22,7 +22,7 @@ fn tls_site() -> Site {
     site.install("echo", &module_so("echo", &[]));
     site.write(
         "config/config_execute_on.toml",
-        "[tls]\nenabled = true\n\n[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\n",
+        "[tls]\nenabled = true\n\n[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\ngive_up_after = \"10m\"\n",
     );
     site
 }
@@ -268,7 +268,7 @@ fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
     site.write(
         "config/config_execute_on.toml",
         &format!(
-            "[tls]\nenabled = true\n\n[cages.impostor]\naddresses = [\"{}\"]\n\n[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\n",
+            "[tls]\nenabled = true\n\n[cages.impostor]\naddresses = [\"{}\"]\n\n[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\ngive_up_after = \"10m\"\n",
             impostor_site.addr("impostor")
         ),
     );

@@ -511,7 +511,7 @@ pub fn discovery_settings(mode: &str) -> String {
     };
     format!(
         "[cages.unknown]\n{place}cluster = \"{cluster}\"\nquery_timeout = \"300ms\"\nconnect_timeout = \"500ms\"\n\n\
-         [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\n"
+         [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\ngive_up_after = \"5m\"\n"
     )
 }
 

@@ -27,6 +27,7 @@
 //! - [`config_watch`]: re-reading the site config when it changes.
 //! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
 //! - [`clock`]: instants and spans: saturating arithmetic, total rendering, the horizon.
+//! - [`names`]: the one check of cage, module, method, queue and job names.
 //!
 //! A sync call's path: client frame → [`transport::server`] → [`dispatch::Dispatcher`] →
 //! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
@@ -62,6 +63,7 @@ pub mod keys;
 pub mod loader;
 pub mod messaging;
 pub mod metrics;
+pub mod names;
 pub mod queue;
 pub mod registry;
 pub mod retry_policy;

@@ -27,6 +27,9 @@ pub fn enqueue(site: &Site, a: EnqueueArgs<'_>) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
+    if let Err(code) = target::cage(a.cage).and_then(|()| target::queue(&a.queue)) {
+        return code;
+    }
     if let Err(e) = serde_json::from_str::<serde_json::Value>(a.args) {
         return exit::fail(
             exit::for_kind(ErrorKind::BadArguments),

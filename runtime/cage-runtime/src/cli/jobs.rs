@@ -95,6 +95,9 @@ pub fn job(site: &Site, action: JobAction) -> ExitCode {
                 Ok(x) => x,
                 Err(code) => return code,
             };
+            if let Err(code) = target::queue(&queue) {
+                return code;
+            }
             if let Err(e) = serde_json::from_str::<serde_json::Value>(&args) {
                 return exit::fail(
                     exit::for_kind(ErrorKind::BadArguments),

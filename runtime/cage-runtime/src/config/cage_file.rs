@@ -1,7 +1,9 @@
 //! The cage file `cages/NAME.toml`: where one cage listens, what it serves, how it runs.
 
 use super::error::ConfigError;
+use super::ranges::{self, SpannedDuration};
 use crate::jobs::CatchUp;
+use crate::names::{self, NameKind};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,23 +53,16 @@ struct RawCageFile {
     max_module_bytes: Option<Spanned<toml::Value>>,
     data_dir: Option<PathBuf>,
     executor_threads: Option<Spanned<usize>>,
-    #[serde(default, with = "humantime_serde")]
-    call_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    reload_debounce: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    rescan_interval: Option<Duration>,
+    call_timeout: Option<SpannedDuration>,
+    reload_debounce: Option<SpannedDuration>,
+    rescan_interval: Option<SpannedDuration>,
     max_frame_bytes: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
-    #[serde(default, with = "humantime_serde")]
-    idle_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    shutdown_grace: Option<Duration>,
+    idle_timeout: Option<SpannedDuration>,
+    shutdown_grace: Option<SpannedDuration>,
     fdatasync: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
-    commit_window: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    port_wait: Option<Duration>,
+    commit_window: Option<SpannedDuration>,
+    port_wait: Option<SpannedDuration>,
     http_listen: Option<Spanned<String>>,
     http_max_body: Option<Spanned<usize>>,
     queue_cache_mb: Option<Spanned<usize>>,
@@ -83,12 +78,11 @@ struct RawJob {
     call: Spanned<String>,
     #[serde(default)]
     args: Option<toml::Value>,
-    #[serde(with = "humantime_serde")]
-    every: Duration,
+    every: SpannedDuration,
     #[serde(default)]
     catch_up: CatchUp,
     #[serde(default)]
-    queue: Option<String>,
+    queue: Option<Spanned<String>>,
 }
 
 /// A recurring job declared in a cage file (`[[jobs]]`).
@@ -193,13 +187,9 @@ fn byte_size(value: &toml::Value, min: u64, max: u64) -> Result<u64, String> {
     }
 }
 
-/// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
+/// Whether `name` can name a cage or module: letters, digits, `-` and `_` ([`crate::names`]).
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    names::is_valid(NameKind::Cage, name)
 }
 
 impl CageConfig {
@@ -231,28 +221,14 @@ impl CageConfig {
         let mut modules = Vec::new();
         for m in &raw.modules {
             let module = m.get_ref();
-            if !valid_name(module) {
-                return Err(at(
-                    m.span(),
-                    format!("modules: {module:?} is not a module name (letters, digits, '-', '_')"),
-                ));
-            }
+            names::check(NameKind::Module, module)
+                .map_err(|e| at(m.span(), format!("modules: {e}")))?;
             if modules.contains(module) {
                 return Err(at(m.span(), format!("modules: {module:?} is listed twice")));
             }
             modules.push(module.clone());
         }
 
-        let positive =
-            |v: &Option<Spanned<usize>>, key: &str, default: usize| -> Result<usize, ConfigError> {
-                match v {
-                    None => Ok(default),
-                    Some(s) if *s.get_ref() == 0 => {
-                        Err(at(s.span(), format!("{key}: must be at least 1")))
-                    }
-                    Some(s) => Ok(*s.get_ref()),
-                }
-            };
         let http_listen: SocketAddr = match &raw.http_listen {
             None => SocketAddr::from(([127, 0, 0, 1], 0)),
             Some(h) => {
@@ -269,12 +245,8 @@ impl CageConfig {
         for j in &raw.jobs {
             let r = j.get_ref();
             let name = r.name.get_ref();
-            if !valid_name(name) {
-                return Err(at(
-                    r.name.span(),
-                    format!("jobs: {name:?} is not a job name (letters, digits, '-', '_')"),
-                ));
-            }
+            names::check(NameKind::Job, name)
+                .map_err(|e| at(r.name.span(), format!("jobs: {e}")))?;
             if jobs.iter().any(|d| d.name == *name) {
                 return Err(at(
                     r.name.span(),
@@ -295,16 +267,24 @@ impl CageConfig {
                     ),
                 ));
             };
-            if r.every.is_zero() {
-                return Err(at(
-                    j.span(),
-                    format!("jobs.{name}.every: must be longer than zero"),
-                ));
-            }
-            let every = format!("jobs.{name}.every =");
-            if let Err(e) = crate::clock::span_within_horizon(&every, r.every) {
-                return Err(at(j.span(), e.to_string()));
-            }
+            names::check(NameKind::Module, module)
+                .and_then(|()| names::check(NameKind::Method, method))
+                .map_err(|e| at(r.call.span(), format!("jobs.{name}.call: {e}")))?;
+            let every = ranges::duration(
+                &Some(r.every.clone()),
+                &format!("jobs.{name}.every"),
+                ranges::JOB_EVERY,
+                Duration::ZERO,
+                &at,
+            )?;
+            let queue = match &r.queue {
+                None => super::DEFAULT_QUEUE.to_owned(),
+                Some(q) => {
+                    names::check(NameKind::Queue, q.get_ref())
+                        .map_err(|e| at(q.span(), format!("jobs.{name}.queue: {e}")))?;
+                    q.get_ref().clone()
+                }
+            };
             let args = match &r.args {
                 Some(v) => serde_json::to_vec(v)
                     .map_err(|e| at(j.span(), format!("jobs.{name}.args: {e}")))?,
@@ -315,12 +295,9 @@ impl CageConfig {
                 module: module.to_owned(),
                 method: method.to_owned(),
                 args,
-                every: r.every,
+                every,
                 catch_up: r.catch_up,
-                queue: r
-                    .queue
-                    .clone()
-                    .unwrap_or_else(|| super::DEFAULT_QUEUE.to_owned()),
+                queue,
             });
         }
         // The least is an ELF header; the most bounds the memory one load takes, since a file is
@@ -345,46 +322,92 @@ impl CageConfig {
             } else {
                 site.join(data_dir)
             },
-            executor_threads: positive(
+            executor_threads: ranges::count(
                 &raw.executor_threads,
                 "executor_threads",
+                ranges::EXECUTOR_THREADS,
                 CageFileDefaults::EXECUTOR_THREADS,
+                &at,
             )?,
-            call_timeout: raw.call_timeout.unwrap_or(CageFileDefaults::CALL_TIMEOUT),
-            reload_debounce: raw
-                .reload_debounce
-                .unwrap_or(CageFileDefaults::RELOAD_DEBOUNCE),
-            rescan_interval: raw
-                .rescan_interval
-                .unwrap_or(CageFileDefaults::RESCAN_INTERVAL),
-            max_frame_bytes: positive(
+            call_timeout: ranges::duration(
+                &raw.call_timeout,
+                "call_timeout",
+                ranges::CALL_TIMEOUT,
+                CageFileDefaults::CALL_TIMEOUT,
+                &at,
+            )?,
+            reload_debounce: ranges::duration(
+                &raw.reload_debounce,
+                "reload_debounce",
+                ranges::RELOAD_DEBOUNCE,
+                CageFileDefaults::RELOAD_DEBOUNCE,
+                &at,
+            )?,
+            rescan_interval: ranges::duration(
+                &raw.rescan_interval,
+                "rescan_interval",
+                ranges::RESCAN_INTERVAL,
+                CageFileDefaults::RESCAN_INTERVAL,
+                &at,
+            )?,
+            max_frame_bytes: ranges::count(
                 &raw.max_frame_bytes,
                 "max_frame_bytes",
+                ranges::MAX_FRAME_BYTES,
                 CageFileDefaults::MAX_FRAME_BYTES,
+                &at,
             )?,
-            max_connections: positive(
+            max_connections: ranges::count(
                 &raw.max_connections,
                 "max_connections",
+                ranges::MAX_CONNECTIONS,
                 CageFileDefaults::MAX_CONNECTIONS,
+                &at,
             )?,
-            idle_timeout: raw.idle_timeout.unwrap_or(CageFileDefaults::IDLE_TIMEOUT),
-            shutdown_grace: raw
-                .shutdown_grace
-                .unwrap_or(CageFileDefaults::SHUTDOWN_GRACE),
+            idle_timeout: ranges::duration(
+                &raw.idle_timeout,
+                "idle_timeout",
+                ranges::IDLE_TIMEOUT,
+                CageFileDefaults::IDLE_TIMEOUT,
+                &at,
+            )?,
+            shutdown_grace: ranges::duration(
+                &raw.shutdown_grace,
+                "shutdown_grace",
+                ranges::SHUTDOWN_GRACE,
+                CageFileDefaults::SHUTDOWN_GRACE,
+                &at,
+            )?,
             fdatasync: raw.fdatasync.unwrap_or(true),
-            commit_window: raw.commit_window.unwrap_or(CageFileDefaults::COMMIT_WINDOW),
+            commit_window: ranges::duration(
+                &raw.commit_window,
+                "commit_window",
+                ranges::COMMIT_WINDOW,
+                CageFileDefaults::COMMIT_WINDOW,
+                &at,
+            )?,
             jobs,
-            port_wait: raw.port_wait.unwrap_or(CageFileDefaults::PORT_WAIT),
+            port_wait: ranges::duration(
+                &raw.port_wait,
+                "port_wait",
+                ranges::PORT_WAIT,
+                CageFileDefaults::PORT_WAIT,
+                &at,
+            )?,
             http_listen,
-            http_max_body: positive(
+            http_max_body: ranges::count(
                 &raw.http_max_body,
                 "http_max_body",
+                ranges::HTTP_MAX_BODY,
                 CageFileDefaults::HTTP_MAX_BODY,
+                &at,
             )?,
-            queue_cache_mb: positive(
+            queue_cache_mb: ranges::count(
                 &raw.queue_cache_mb,
                 "queue_cache_mb",
+                ranges::QUEUE_CACHE_MB,
                 CageFileDefaults::QUEUE_CACHE_MB,
+                &at,
             )?,
         })
     }
@@ -579,7 +602,89 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("cages/demo.toml:2:20") && e.contains("at least 1"),
+            e.contains("cages/demo.toml:2:20")
+                && e.contains("executor_threads: 0 is out of range (allowed: 1 to 1024)"),
+            "{e}"
+        );
+        let e = parse("listen = \"127.0.0.1:7401\"\nmodules = [\"../evil\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cages/demo.toml:2:12: modules: \"../evil\" is not a module name: it holds a path separator '/'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn harmful_values_are_refused_where_they_stand() {
+        let cases = [
+            (
+                "executor_threads = 100000000",
+                "executor_threads: 100000000 is out of range (allowed: 1 to 1024)",
+            ),
+            (
+                "queue_cache_mb = 17592186044416",
+                "queue_cache_mb: 17592186044416 is out of range (allowed: 1 to 65536)",
+            ),
+            (
+                "idle_timeout = \"0s\"",
+                "idle_timeout: 0s is out of range (allowed: 1s to 1day)",
+            ),
+            (
+                "rescan_interval = \"0s\"",
+                "rescan_interval: 0s is out of range (allowed: 100ms to 1h)",
+            ),
+            (
+                "call_timeout = \"0s\"",
+                "call_timeout: 0s is out of range (allowed: 10ms to 1day)",
+            ),
+            (
+                "max_frame_bytes = 10",
+                "max_frame_bytes: 10 is out of range (allowed: 4096 to 1073741824)",
+            ),
+            ("max_connections = 0", "max_connections: 0 is out of range"),
+            (
+                "http_max_body = 5000000000",
+                "http_max_body: 5000000000 is out of range",
+            ),
+            (
+                "commit_window = \"1h\"",
+                "commit_window: 1h is out of range (allowed: 0s to 1s)",
+            ),
+            (
+                "shutdown_grace = \"2days\"",
+                "shutdown_grace: 2days is out of range",
+            ),
+            ("port_wait = \"2h\"", "port_wait: 2h is out of range"),
+            (
+                "reload_debounce = \"10m\"",
+                "reload_debounce: 10m is out of range",
+            ),
+        ];
+        for (line, says) in cases {
+            let e = parse(&format!("listen = \"127.0.0.1:7401\"\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            let column = line.find('=').unwrap() + 3;
+            assert!(
+                e.starts_with(&format!("cages/demo.toml:2:{column}: {says}")),
+                "{line}: {e}"
+            );
+        }
+        let job = |every: &str, call: &str, queue: &str| {
+            parse(&format!("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"{call}\"\nevery = \"{every}\"\nqueue = \"{queue}\"\n"))
+        };
+        assert!(job("1s", "echo.append", "retry").is_ok());
+        let e = job("0s", "echo.append", "retry").unwrap_err().to_string();
+        assert!(e.starts_with("cages/demo.toml:5:9: jobs.tick.every: 0s is out of range (allowed: 100ms to 1year)"), "{e}");
+        let e = job("1s", "echo.ap/pend", "retry").unwrap_err().to_string();
+        assert!(
+            e.starts_with("cages/demo.toml:4:8: jobs.tick.call: \"ap/pend\" is not a method name"),
+            "{e}"
+        );
+        let e = job("1s", "echo.append", "../q").unwrap_err().to_string();
+        assert!(
+            e.starts_with("cages/demo.toml:6:9: jobs.tick.queue: \"../q\" is not a queue name"),
             "{e}"
         );
     }
@@ -607,9 +712,9 @@ mod tests {
     fn a_declared_job_beyond_the_horizon_is_refused() {
         let e = parse("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"echo.x\"\nevery = \"8000years\"\n").unwrap_err().to_string();
         assert!(
-            e.contains("cages/demo.toml:2:1:")
+            e.contains("cages/demo.toml:5:")
                 && e.contains(
-                    "jobs.tick.every = 8000years is longer than the horizon of 100 years"
+                    "jobs.tick.every: 8000years is out of range (allowed: 100ms to 1year)"
                 ),
             "{e}"
         );

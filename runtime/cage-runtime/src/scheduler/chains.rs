@@ -53,8 +53,14 @@ impl Scheduler {
                     "{which}: {q:?} is not a queue name"
                 )));
             }
-            for step in &new.steps {
+            for (n, step) in new.steps.iter().enumerate() {
                 let cage = step.cage_or(&self.cage);
+                // A frame need not come from a parsed chain: its names are checked as a call's
+                // (the message quotes a bad name cut short, so not the step's whole label).
+                let queue = new.queue.as_deref().unwrap_or(crate::config::DEFAULT_QUEUE);
+                super::check_names(cage, Some(&step.module), &step.method, queue).map_err(|e| {
+                    CallError::bad_arguments(format!("{which}, step {}: {}", n + 1, e.message))
+                })?;
                 if cage != self.cage {
                     // Refuse now what could never run, rather than retry it for days.
                     self.delivery.check(cage).map_err(|e| {

@@ -3,7 +3,7 @@
 
 use super::{now_ms, storage_error, Scheduler};
 use crate::clock;
-use crate::config::{valid_name, DeclaredJob};
+use crate::config::DeclaredJob;
 use crate::jobs::{due_runs, job_of_run, run_id, Job, LastRun, Schedule};
 use crate::queue::{CallRecord, QueuedCall, Stage};
 use crate::transport::protocol::{new_call_id, JobRequest, JobSpec, Response};
@@ -121,17 +121,7 @@ impl Scheduler {
     }
 
     fn add_job(&mut self, spec: JobSpec, replace: bool) -> Result<Job, CallError> {
-        if spec.module.is_empty() || spec.method.is_empty() {
-            return Err(CallError::bad_arguments(
-                "module and method must not be empty",
-            ));
-        }
-        if !valid_name(&spec.queue) {
-            return Err(CallError::bad_arguments(format!(
-                "{:?} is not a queue name",
-                spec.queue
-            )));
-        }
+        super::check_names(&self.cage, Some(&spec.module), &spec.method, &spec.queue)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&spec.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         let now = now_ms();

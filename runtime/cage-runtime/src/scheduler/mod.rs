@@ -15,17 +15,18 @@ pub use chains::StartChains;
 pub use jobs::{JobCommand, JobsDeclared};
 
 use crate::chains::{ChainWatch, StepOutcome, REPORT_MODULE};
-use crate::config::{valid_name, ExecuteOn};
+use crate::config::ExecuteOn;
 use crate::delivery::Delivery;
 use crate::executor::{CallExecutor, Execute};
 use crate::host::Output;
 use crate::jobs::Job;
 use crate::metrics::{Metrics, QueueEvent};
+use crate::names::{self, NameKind};
 use crate::queue::{
     Acceptance, Attempt, CallRecord, GroupCommit, QueueError, QueueStore, QueuedCall, Stage,
 };
 use crate::registry::{ModuleRegistry, Resolve};
-use crate::retry_policy::next_attempt_at;
+use crate::retry_policy::{next_attempt_at, MAX_ATTEMPTS};
 use crate::transport::protocol::{
     new_call_id, unix_ms, CallView, EnqueueRequest, Filter, QueueQuery, QueueStats, Response,
 };
@@ -501,10 +502,16 @@ impl Scheduler {
                         format!("attempt {number} failed, retrying: {e}")
                     }
                     None => {
+                        let limit = if number >= MAX_ATTEMPTS {
+                            format!("the most attempts a call makes; queue {}", call.queue)
+                        } else {
+                            format!("give_up_after of queue {}", call.queue)
+                        };
                         updated.dead_reason = Some(format!(
-                            "gave up after {number} attempt(s) in {} (give_up_after of queue {}); last error: {e}",
-                            humantime::format_duration(Duration::from_secs((now_ms().saturating_sub(updated.window_start_ms)) / 1000)),
-                            call.queue
+                            "gave up after {number} attempt(s) in {} ({limit}); last error: {e}",
+                            humantime::format_duration(Duration::from_secs(
+                                (now_ms().saturating_sub(updated.window_start_ms)) / 1000
+                            )),
                         ));
                         let reason =
                             StepOutcome::Failed(updated.dead_reason.clone().unwrap_or_default());
@@ -562,29 +569,14 @@ impl Scheduler {
     }
 
     fn enqueue(&mut self, r: EnqueueRequest) -> Result<(String, Option<String>), CallError> {
-        if !valid_name(&r.target) {
-            return Err(CallError::with_kind(
-                ErrorKind::UnknownCage,
-                format!("{:?} is not a cage name", r.target),
-            ));
-        }
-        if r.module.is_empty() || r.method.is_empty() {
-            return Err(CallError::bad_arguments(
-                "module and method must not be empty",
-            ));
-        }
         if r.module.starts_with('$') {
             return Err(CallError::bad_arguments(format!(
                 "{:?} is reserved for the cage's own use",
                 r.module
             )));
         }
-        if !valid_name(&r.queue) {
-            return Err(CallError::bad_arguments(format!(
-                "{:?} is not a queue name",
-                r.queue
-            )));
-        }
+        // Refuse now a call no cage could ever run, rather than keep and retry it for days.
+        check_names(&r.target, Some(&r.module), &r.method, &r.queue)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&r.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         if r.target != self.cage {
@@ -774,6 +766,26 @@ impl Scheduler {
     }
 }
 
+/// Checks the names of a call to be queued: a bad one is refused as bad arguments, so it is
+/// never stored (`module` is `None` for the cage's own built-in module).
+fn check_names(
+    target: &str,
+    module: Option<&str>,
+    method: &str,
+    queue: &str,
+) -> Result<(), CallError> {
+    [
+        (NameKind::Cage, Some(target)),
+        (NameKind::Module, module),
+        (NameKind::Method, Some(method)),
+        (NameKind::Queue, Some(queue)),
+    ]
+    .into_iter()
+    .filter_map(|(kind, name)| Some((kind, name?)))
+    .try_for_each(|(kind, name)| names::check(kind, name))
+    .map_err(|e| CallError::bad_arguments(e.to_string()))
+}
+
 /// Runs one attempt of `call` on this cage's module; returns its outcome and the module version.
 async fn execute(
     registry: Addr<ModuleRegistry>,
@@ -916,12 +928,17 @@ impl Scheduler {
     ) -> (Result<Option<String>, CallError>, Option<String>) {
         let id = call.id.clone();
         let far = crate::clock::within_horizon("not_before", call.not_before_ms, now_ms());
+        // A chain step's report goes to the owner's built-in module, whose `$` name no module
+        // file can have (enqueue refuses `$` names).
+        let module = (call.module != REPORT_MODULE).then_some(call.module.as_str());
         let taken = if let Err(e) = far {
             // Never valid, whoever offers it: the offering cage dead-letters it at once.
             Err(CallError::with_kind(
                 ErrorKind::Permanent,
                 format!("call {id}: {e}"),
             ))
+        } else if let Err(e) = check_names(&call.target, module, &call.method, &call.queue) {
+            Err(e)
         } else if call.target == self.cage {
             self.metrics
                 .queue_event(&call.queue, QueueEvent::Accepted, now_ms());

@@ -16,7 +16,7 @@ pub const CAGES: [&str; 2] = ["a", "b"];
 
 /// Queue whose calls the benchmarks make: fast retries, so the retry scenario finishes in
 /// milliseconds, and a high concurrency, so the queue is not the limit being measured.
-const QUEUES: &str = "[queues.retry]\nfirst_retry = \"1ms\"\ngrowth = 2.0\nmax_delay = \"20ms\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 256\n\n[queues.bench]\nconcurrency = 256\n";
+const QUEUES: &str = "[queues.retry]\nfirst_retry = \"10ms\"\ngrowth = 2.0\nmax_delay = \"5s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 256\n\n[queues.bench]\nconcurrency = 256\n";
 
 /// A temporary site with its cage processes.
 pub struct Lab {

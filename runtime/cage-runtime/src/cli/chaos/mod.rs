@@ -159,7 +159,7 @@ impl Lab {
             });
         }
         routes.push_str(
-            "[queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"1s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 8\n",
+            "[queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"5s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 8\n",
         );
         std::fs::write(dir.join("config/config_execute_on.toml"), routes).map_err(io)?;
         let lab = Lab {
