@@ -98,3 +98,142 @@ fn a_queue_database_whose_files_were_corrupted_is_refused_with_its_path() {
     );
     assert!(!run.stderr.contains("panicked"), "{run:?}");
 }
+
+/// Makes a directory unwritable for the cage until dropped: `chmod a-w` for an ordinary user;
+/// for root, whom permission bits do not stop, the immutable attribute (`chattr +i`).
+struct ReadOnly {
+    dirs: Vec<std::path::PathBuf>,
+    immutable: bool,
+}
+
+impl ReadOnly {
+    /// `None` when this machine offers no way to stop the test's own user writing (root
+    /// without the immutable attribute); the fault-hook tests cover the same steps anywhere.
+    fn lock(dirs: &[std::path::PathBuf]) -> Option<ReadOnly> {
+        use std::os::unix::fs::PermissionsExt;
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let guard = ReadOnly {
+            dirs: dirs.to_vec(),
+            immutable: root,
+        };
+        for d in dirs {
+            let locked = if root {
+                std::process::Command::new("chattr")
+                    .arg("+i")
+                    .arg(d)
+                    .status()
+                    .is_ok_and(|s| s.success())
+            } else {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o555)).is_ok()
+            };
+            if !locked {
+                return None;
+            }
+        }
+        // Proof the lock holds for this user, as it will for the cage.
+        let probe = dirs[0].join("probe");
+        if std::fs::write(&probe, b"").is_ok() {
+            let _ = std::fs::remove_file(probe);
+            return None;
+        }
+        Some(guard)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        for d in &self.dirs {
+            if self.immutable {
+                let _ = std::process::Command::new("chattr")
+                    .arg("-i")
+                    .arg(d)
+                    .status();
+            } else {
+                let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
+            }
+        }
+    }
+}
+
+/// The reported case, end to end: with the queue directory read-only, sled cannot make the
+/// file it keeps a large value in, so the enqueue fails after its journal entry was written.
+/// The refusal must be final: after `kill -9` and a restart the call is not pending and never
+/// runs.
+#[test]
+fn an_enqueue_refused_by_a_read_only_queue_directory_never_runs() {
+    use cages::runtime::transport::client::Client;
+    use cages::runtime::transport::protocol::EnqueueRequest;
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let mut cage = site.start("back");
+    let out = site.path().join("effects.txt");
+    let args = |tag: &str| {
+        format!(
+            r#"{{"file": {:?}, "tag": "{tag}"}}"#,
+            out.display().to_string()
+        )
+    };
+    let ran = |tag: &str| {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains(tag)
+    };
+    site.enqueue("back", "echo.append", &args("before"), &[]);
+    eventually(Duration::from_secs(10), "the first call ran", || {
+        ran("before").then_some(())
+    });
+
+    let queue = site.path().join("data/back/queue");
+    let Some(lock) = ReadOnly::lock(&[queue.clone(), queue.join("blobs")]) else {
+        eprintln!(
+            "skipped: running as root without the immutable attribute (chattr +i), nothing \
+             stops this user writing; the fault-hook tests in this file cover the same steps"
+        );
+        return;
+    };
+    // Larger than sled keeps inline (a quarter of its 512 KiB segment): sled writes it to a
+    // file of its own in blobs/, which the lock refuses.
+    let pad = "x".repeat(200_000);
+    let big = format!(
+        r#"{{"file": {:?}, "tag": "during", "pad": "{pad}"}}"#,
+        out.display().to_string()
+    );
+    let mut client = Client::connect("back", &site.route("back")).unwrap();
+    let refused = client.enqueue(
+        EnqueueRequest {
+            target: "back".into(),
+            module: "echo".into(),
+            method: "append".into(),
+            args: big.into_bytes(),
+            queue: "retry".into(),
+            priority: 0,
+            key: None,
+            delay_ms: 0,
+        },
+        Duration::from_secs(10),
+    );
+    let reason = format!("{:?}", refused.expect_err("the enqueue is refused"));
+    assert!(reason.contains("not accepted"), "{reason}");
+    assert!(site.listing("pending", Some("back")).is_empty());
+
+    cage.kill9();
+    drop(lock);
+    let cage = site.start("back");
+    assert!(
+        site.listing("pending", Some("back")).is_empty(),
+        "a refused call is not pending after a restart: {}",
+        cage.log()
+    );
+    site.enqueue("back", "echo.append", &args("after"), &[]);
+    eventually(
+        Duration::from_secs(10),
+        "a call after the restart ran",
+        || ran("after").then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!ran("during"), "a refused call must never run");
+    assert!(!cage.log().contains("panicked"), "{}", cage.log());
+}
