@@ -117,8 +117,10 @@ impl Scheduler {
     }
 
     /// Takes back chains whose start could not be made durable: they never ran (only durable
-    /// steps are started), so "not stored" stays the truth.
-    fn take_back_chains(&mut self, ids: &[String]) {
+    /// steps are started), so "not stored" stays the truth, unless taking one back failed
+    /// (the first such error).
+    fn take_back_chains(&mut self, ids: &[String]) -> Result<(), QueueError> {
+        let mut result = Ok(());
         for id in ids {
             let removed = self.store.chain(id).and_then(|chain| match chain {
                 Some(c) => {
@@ -129,8 +131,12 @@ impl Scheduler {
             });
             if let Err(e) = removed {
                 tracing::error!(cage = %self.cage, chain = %id, "chain not stored, and could not be removed: {e}");
+                if result.is_ok() {
+                    result = Err(e);
+                }
             }
         }
+        result
     }
 
     /// Schedules the current step of `chain`: a queued call, or a direct run after the commit.
@@ -494,7 +500,12 @@ impl Handler<StartChains> for Scheduler {
         Box::pin(durable.into_actor(self).map(move |durable, this, _| {
             let (ids, fresh) = started?;
             if let Err(e) = durable {
-                this.take_back_chains(&fresh);
+                if let Err(c) = this.take_back_chains(&fresh) {
+                    return Err(CallError::with_kind(
+                        ErrorKind::Internal,
+                        format!("outcome unknown: the chains were not made durable ({e}), and taking them back failed ({c}); they may run after a restart"),
+                    ));
+                }
                 return Err(CallError::with_kind(
                     ErrorKind::Refused,
                     format!("chains not stored: {e}"),

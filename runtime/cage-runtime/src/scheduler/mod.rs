@@ -111,6 +111,14 @@ fn totals(metrics: &Metrics) -> QueueStats {
 }
 
 pub(super) fn storage_error(e: QueueError) -> CallError {
+    // A change the queue took back (or never wrote) is refused for good; any other storage
+    // error may have left it half done.
+    if e.is_refusal() {
+        return CallError::with_kind(
+            ErrorKind::Refused,
+            format!("not accepted: queue storage: {e}"),
+        );
+    }
     CallError::with_kind(ErrorKind::Internal, format!("queue storage: {e}"))
 }
 
@@ -542,7 +550,12 @@ impl Scheduler {
                     tracing::error!(cage = %self.cage, call_id = %id, "not accepted, and removed again: {e}")
                 }
                 Err(c) => {
-                    tracing::error!(cage = %self.cage, call_id = %id, "not accepted ({e}), and could not be removed: {c}")
+                    // Still stored, perhaps durably: "not accepted" could be a lie.
+                    tracing::error!(cage = %self.cage, call_id = %id, "not made durable ({e}), and could not be removed: {c}");
+                    return Err(CallError::with_kind(
+                        ErrorKind::Internal,
+                        format!("outcome unknown: the call was not made durable ({e}), and taking it back failed ({c}); it may run after a restart"),
+                    ));
                 }
             }
         }
