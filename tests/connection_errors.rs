@@ -119,6 +119,9 @@ fn listings_that_could_not_read_a_cage_say_so_and_fail() {
         &["status"],
         &["status", "--json"],
         &["cancel", "--all"],
+        // Looking up one call: "not found" would be a guess while a cage is unread.
+        &["show", "front-no-such-call"],
+        &["cancel", "front-no-such-call"],
     ] {
         let run = site.cage_cmd(cmd);
         assert_eq!(run.code, 17, "{cmd:?}: {run:?}");

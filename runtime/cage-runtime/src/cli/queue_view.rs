@@ -1,9 +1,10 @@
 //! Shared by the queue commands: asking one or all cages, and showing times in words.
 
-use super::{exit, target};
+use super::exit;
+use super::listing::Gathered;
 use cage_runtime::clock;
 use cage_runtime::config::Site;
-use cage_runtime::transport::client::Client;
+use cage_runtime::transport::client::ClientError;
 use cage_runtime::transport::protocol::{CallView, QueueQuery};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,31 +22,30 @@ pub fn cages(site: &Site, cage: Option<&str>) -> Vec<String> {
 
 /// Finds the cages of the site holding call `id` (its source and its target may both).
 pub fn find(site: &Site, id: &str) -> Result<Vec<CallView>, ExitCode> {
-    let mut found = Vec::new();
-    let mut unreachable = Vec::new();
-    for cage in site.cage_names() {
-        let route = target::route(site, &cage)?;
-        match Client::connect(&cage, &route)
-            .and_then(|mut c| c.calls(QueueQuery::Show(id.to_owned()), TIMEOUT))
-        {
-            Ok(calls) => found.extend(calls),
-            Err(e) => unreachable.push(e.to_string()),
+    let asked = Gathered::ask(site, &site.cage_names(), |c| {
+        c.calls(QueueQuery::Show(id.to_owned()), TIMEOUT)
+            .map_err(ClientError::into_call_error)
+    })?;
+    if !asked.items.is_empty() {
+        // Found: a cage that did not answer may hold another copy, worth a warning only.
+        for u in &asked.unread {
+            eprintln!("warning: cage {} did not answer: {}", u.cage, u.error);
         }
+        return Ok(asked.items);
     }
-    // Cages that did not answer matter only if nobody holds the call: it may be on one of them.
-    if found.is_empty() {
-        for e in &unreachable {
-            eprintln!("warning: {e}");
-        }
-        return Err(exit::fail(
-            exit::NOT_FOUND,
-            format!(
-                "no cage of the site {} holds a call {id:?} (pending or dead)",
-                site.root().display()
-            ),
-        ));
+    // Cages that did not answer may hold it: "not found" would be a guess.
+    if !asked.unread.is_empty() {
+        return Err(asked.fail_if_unread(&format!(
+            "call {id:?} is held by none of the others, and may be held by one of them"
+        )));
     }
-    Ok(found)
+    Err(exit::fail(
+        exit::NOT_FOUND,
+        format!(
+            "no cage of the site {} holds a call {id:?} (pending or dead)",
+            site.root().display()
+        ),
+    ))
 }
 
 /// Milliseconds since the epoch, now.
