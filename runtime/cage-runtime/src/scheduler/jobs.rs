@@ -25,6 +25,9 @@ fn declared_id(name: &str) -> String {
     format!("job-decl-{name}")
 }
 
+/// How long a job whose firing could not be stored waits before it is tried again.
+const JOB_FIRE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Scheduler {
     /// Loads the stored jobs.
     pub(super) fn load_jobs(&mut self) {
@@ -58,13 +61,15 @@ impl Scheduler {
         CallRecord::new(call, stage, now)
     }
 
-    /// Fires every job whose next run is due.
+    /// Fires every job whose next run is due (a job that could not be fired is tried again
+    /// [`JOB_FIRE_RETRY`] later).
     pub(super) fn fire_due_jobs(&mut self) {
         let now = now_ms();
         let due: Vec<String> = self
             .jobs
             .values()
             .filter(|j| j.next_run_ms.is_some_and(|t| t <= now))
+            .filter(|j| self.jobs_held.get(&j.id).is_none_or(|&until| until <= now))
             .map(|j| j.id.clone())
             .collect();
         for id in due {
@@ -95,10 +100,16 @@ impl Scheduler {
                     for r in &records {
                         tracing::debug!(cage = %self.cage, job = %id, call_id = %r.call.id, "job run queued");
                     }
+                    self.jobs_held.remove(&id);
                     self.jobs.insert(id, updated);
                     self.commit.nudge();
                 }
-                Err(e) => tracing::error!(cage = %self.cage, job = %id, "cannot fire the job: {e}"),
+                // Its runs stay due (nothing was stored), and are tried again after a pause.
+                Err(e) => {
+                    tracing::error!(cage = %self.cage, job = %id, "cannot fire the job (trying again in {}): {e}", humantime::format_duration(JOB_FIRE_RETRY));
+                    self.jobs_held
+                        .insert(id, now.saturating_add(clock::millis(JOB_FIRE_RETRY)));
+                }
             }
         }
     }
@@ -171,6 +182,7 @@ impl Scheduler {
                 }
                 self.store.remove_job(&existing.id).map_err(storage_error)?;
                 self.jobs.remove(&existing.id);
+                self.jobs_held.remove(&existing.id);
                 tracing::info!(cage = %self.cage, job = %existing.id, "replaced by a new job with the same signature");
             }
         }
@@ -207,6 +219,7 @@ impl Scheduler {
                 }
                 self.store.remove_job(&id).map_err(storage_error)?;
                 self.jobs.remove(&id);
+                self.jobs_held.remove(&id);
                 tracing::info!(cage = %self.cage, job = %id, "job removed");
                 Ok(Response::Changed(1))
             }
@@ -269,6 +282,7 @@ impl Scheduler {
                 Err(e) => tracing::error!(cage = %self.cage, job = %id, "cannot remove: {e}"),
             }
             self.jobs.remove(&id);
+            self.jobs_held.remove(&id);
         }
         for job in wanted {
             let same = |old: &Job| {

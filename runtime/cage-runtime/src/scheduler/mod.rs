@@ -189,6 +189,10 @@ pub struct Scheduler {
     metrics: Arc<Metrics>,
     pump_asked: bool,
     jobs: std::collections::BTreeMap<String, Job>,
+    /// Jobs whose last firing failed to be stored, and when to try them again: the pump runs
+    /// every few milliseconds, and a queue that takes no writes would be asked (and logged
+    /// about) at each tick.
+    jobs_held: std::collections::HashMap<String, u64>,
     watch: Arc<ChainWatch>,
     direct_due: Vec<String>,
     chains_touched: bool,
@@ -225,6 +229,7 @@ impl Scheduler {
             metrics,
             pump_asked: false,
             jobs: std::collections::BTreeMap::new(),
+            jobs_held: std::collections::HashMap::new(),
             watch,
             direct_due: Vec::new(),
             chains_touched: false,
