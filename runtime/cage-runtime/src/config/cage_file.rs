@@ -38,6 +38,16 @@ impl CageFileDefaults {
     /// Memory the queue database may use as its cache, in MiB (32 keeps a cage holding a
     /// million pending calls under 300 MB; 64 enqueued about a third faster into big queues).
     pub const QUEUE_CACHE_MB: usize = 32;
+    /// Longest a client's wait on chains may last; a longer one is shortened to it.
+    pub const MAX_WAIT: Duration = Duration::from_secs(300);
+    /// Waits (on chains, for a message's receiver) one connection may hold at once.
+    pub const MAX_WAITS_PER_CONNECTION: usize = 16;
+    /// Waits all connections of the cage may hold at once.
+    pub const MAX_WAITS: usize = 1024;
+    /// Bytes of frames in flight on one connection (four frames of the default size).
+    pub const MAX_CONNECTION_BYTES: usize = 64 * 1024 * 1024;
+    /// Bytes of frames in flight on all connections of the cage together.
+    pub const MAX_INFLIGHT_BYTES: usize = 512 * 1024 * 1024;
 }
 
 #[derive(Deserialize)]
@@ -68,6 +78,12 @@ struct RawCageFile {
     http_listen: Option<Spanned<String>>,
     http_max_body: Option<Spanned<usize>>,
     queue_cache_mb: Option<Spanned<usize>>,
+    #[serde(default, with = "humantime_serde")]
+    max_wait: Option<Duration>,
+    max_waits_per_connection: Option<Spanned<usize>>,
+    max_waits: Option<Spanned<usize>>,
+    max_connection_bytes: Option<Spanned<usize>>,
+    max_inflight_bytes: Option<Spanned<usize>>,
     tls: Option<bool>,
     #[serde(default)]
     jobs: Vec<Spanned<RawJob>>,
@@ -153,6 +169,16 @@ pub struct CageConfig {
     pub http_max_body: usize,
     /// Memory the queue database may use as its cache, in MiB.
     pub queue_cache_mb: usize,
+    /// Longest a client's wait on chains may last; a longer one is shortened to it.
+    pub max_wait: Duration,
+    /// Waits one connection may hold at once.
+    pub max_waits_per_connection: usize,
+    /// Waits all connections may hold at once.
+    pub max_waits: usize,
+    /// Bytes of frames in flight on one connection (at least one `max_frame_bytes` frame).
+    pub max_connection_bytes: usize,
+    /// Bytes of frames in flight on all connections together (at least one frame).
+    pub max_inflight_bytes: usize,
 }
 
 /// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
@@ -335,6 +361,23 @@ impl CageConfig {
                 &raw.queue_cache_mb,
                 "queue_cache_mb",
                 CageFileDefaults::QUEUE_CACHE_MB,
+            )?,
+            max_wait: raw.max_wait.unwrap_or(CageFileDefaults::MAX_WAIT),
+            max_waits_per_connection: positive(
+                &raw.max_waits_per_connection,
+                "max_waits_per_connection",
+                CageFileDefaults::MAX_WAITS_PER_CONNECTION,
+            )?,
+            max_waits: positive(&raw.max_waits, "max_waits", CageFileDefaults::MAX_WAITS)?,
+            max_connection_bytes: positive(
+                &raw.max_connection_bytes,
+                "max_connection_bytes",
+                CageFileDefaults::MAX_CONNECTION_BYTES,
+            )?,
+            max_inflight_bytes: positive(
+                &raw.max_inflight_bytes,
+                "max_inflight_bytes",
+                CageFileDefaults::MAX_INFLIGHT_BYTES,
             )?,
         })
     }
