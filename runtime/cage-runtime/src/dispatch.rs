@@ -175,11 +175,7 @@ impl Dispatcher {
                 // client asks.
                 let wait = Duration::from_millis(m.timeout_ms).min(self.port_wait);
                 let handed = match parse_invocation(&m.target) {
-                    Some((_, n)) => {
-                        self.mailboxes
-                            .send_async(n, &m.port, m.message, wait)
-                            .await
-                    }
+                    Some((_, n)) => self.mailboxes.send_async(n, &m.port, m.message, wait).await,
                     None => Err(CallError::with_kind(
                         ErrorKind::UnknownInvocation,
                         format!("{:?} is not an invocation id", m.target),
@@ -291,7 +287,9 @@ impl Dispatcher {
                 STORE_READS
                     .run(move || query_chains(&store, &cage, request))
                     .await
-                    .unwrap_or_else(|e| Err(CallError::with_kind(ErrorKind::Internal, e.to_string())))
+                    .unwrap_or_else(|e| {
+                        Err(CallError::with_kind(ErrorKind::Internal, e.to_string()))
+                    })
             }
         };
         match answer {

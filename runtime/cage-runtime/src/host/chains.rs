@@ -342,8 +342,26 @@ pub fn query_chains(
     }
 }
 
+/// # Safety
+/// As the ABI's `HostChainFn`: `data` is a running call's scope, `request` live, `out` writable.
+pub(super) unsafe extern "C" fn host_chain(
+    data: *const c_void,
+    request: Bytes,
+    out: *mut OwnedBytes,
+) -> u32 {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the host set `data` to the scope of the running call; the view is live.
+        let (scope, request) = unsafe { (&*(data as *const CallScope), request.as_slice()) };
+        let call: ChainCall = serde_json::from_slice(request)
+            .map_err(|e| CallError::bad_arguments(format!("chain request: {e}")))?;
+        scope.serve_chain(call)
+    }));
+    // SAFETY: the module passes a writable slot and frees it with our `free`.
+    unsafe { answer(out, result) }
+}
+
 #[cfg(test)]
-mod wait_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -365,22 +383,4 @@ mod wait_tests {
             (Duration::from_secs(3), false)
         );
     }
-}
-
-/// # Safety
-/// As the ABI's `HostChainFn`: `data` is a running call's scope, `request` live, `out` writable.
-pub(super) unsafe extern "C" fn host_chain(
-    data: *const c_void,
-    request: Bytes,
-    out: *mut OwnedBytes,
-) -> u32 {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: the host set `data` to the scope of the running call; the view is live.
-        let (scope, request) = unsafe { (&*(data as *const CallScope), request.as_slice()) };
-        let call: ChainCall = serde_json::from_slice(request)
-            .map_err(|e| CallError::bad_arguments(format!("chain request: {e}")))?;
-        scope.serve_chain(call)
-    }));
-    // SAFETY: the module passes a writable slot and frees it with our `free`.
-    unsafe { answer(out, result) }
 }

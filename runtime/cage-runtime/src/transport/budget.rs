@@ -216,7 +216,10 @@ mod tests {
             c.bytes()
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "no room yet: the second frame waits");
+        assert!(
+            !waiting.is_finished(),
+            "no room yet: the second frame waits"
+        );
         drop(first);
         assert_eq!(waiting.await.unwrap(), 900 * 1024);
     }
@@ -235,6 +238,9 @@ mod tests {
         assert!(cage.try_take(SMALL_FRAME + 1).is_none());
         // An answer larger than its request is counted whole, over the budget.
         answer.resize(SMALL_FRAME * 5);
-        assert_eq!((b.used(), answer.bytes()), (SMALL_FRAME * 5, SMALL_FRAME * 5));
+        assert_eq!(
+            (b.used(), answer.bytes()),
+            (SMALL_FRAME * 5, SMALL_FRAME * 5)
+        );
     }
 }

@@ -261,4 +261,44 @@ mod tests {
         .await;
         assert!(matches!(r, Err(FrameError::Stalled(_))), "{r:?}");
     }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_header_read_again_after_idle_loses_nothing_and_a_stuck_peer_stalls_writes() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let quick = Duration::from_millis(20);
+        assert_eq!(
+            read_header(&mut server, 1024, quick, quick).await.unwrap(),
+            Start::Idle
+        );
+        let frame = encode(&sample()).unwrap();
+        let (body_len, to_send) = (frame.len() - HEADER_LEN, frame.clone());
+        let sending = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut client, &to_send)
+                .await
+                .unwrap();
+            client
+        });
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            read_header(&mut server, 1024, second, second)
+                .await
+                .unwrap(),
+            Start::Frame(body_len)
+        );
+        let body = read_body(&mut server, body_len, second).await.unwrap();
+        assert_eq!(decode::<RequestFrame>(&body).unwrap(), sample());
+        let client = sending.await.unwrap();
+        drop(client);
+        assert_eq!(
+            read_header(&mut server, 1024, second, second)
+                .await
+                .unwrap(),
+            Start::Closed
+        );
+
+        // Nobody reads the other end: the write stalls once the pipe is full.
+        let (mut writer, _reader) = tokio::io::duplex(64);
+        let r = write_async(&mut writer, &[7u8; 1000], quick).await;
+        assert!(matches!(r, Err(FrameError::Stalled(_))), "{r:?}");
+    }
 }

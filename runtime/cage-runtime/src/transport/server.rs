@@ -269,8 +269,13 @@ async fn next_request(
     cage_budget: &Budget,
 ) -> Result<Option<(RequestFrame, Charge)>, FrameError> {
     let len = loop {
-        match frame::read_header(reader, limits.max_frame_bytes, limits.idle_timeout, FRAME_STALL)
-            .await?
+        match frame::read_header(
+            reader,
+            limits.max_frame_bytes,
+            limits.idle_timeout,
+            FRAME_STALL,
+        )
+        .await?
         {
             Start::Closed => return Ok(None),
             // A connection waiting for its answers is not idle.

@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Whether `request` may wait for something outside the request (rather than only for work
-/// the cage does to answer it).
+/// the cage does to answer it). A chain wait naming no chain is not one: it is answered at
+/// once as bad arguments.
 pub fn is_wait(request: &Request) -> bool {
-    matches!(
-        request,
-        Request::Message(_) | Request::Chain(ChainRequest::Wait { .. })
-    )
+    match request {
+        Request::Message(_) => true,
+        Request::Chain(ChainRequest::Wait { ids, .. }) => !ids.is_empty(),
+        _ => false,
+    }
 }
 
 /// Waits held on one cage; clones share the count.
@@ -142,7 +144,10 @@ mod tests {
     #[test]
     fn waits_are_capped_per_connection_and_per_cage() {
         let cage = CageWaits::new(3);
-        let (a, b) = (ConnectionWaits::new(2, &cage), ConnectionWaits::new(2, &cage));
+        let (a, b) = (
+            ConnectionWaits::new(2, &cage),
+            ConnectionWaits::new(2, &cage),
+        );
         let a1 = a.admit().unwrap();
         let _a2 = a.admit().unwrap();
         assert_eq!(a.admit().err(), Some(Refusal::Connection(2)));
@@ -172,6 +177,11 @@ mod tests {
         assert!(is_wait(&wait) && is_wait(&message));
         assert!(!is_wait(&Request::Ping));
         assert!(!is_wait(&Request::Chain(ChainRequest::Get("c".into()))));
+        assert!(!is_wait(&Request::Chain(ChainRequest::Wait {
+            ids: vec![],
+            any: true,
+            timeout_ms: u64::MAX,
+        })));
         match refused(&message, "front", Refusal::Cage(5)) {
             Response::Handed(Err(e)) => {
                 assert_eq!(e.kind, ErrorKind::Refused);
