@@ -9,8 +9,12 @@ use tokio::sync::Semaphore;
 /// Reads of the cage's store answering a request: chain listings, queue counts for metrics.
 pub static STORE_READS: Lane = Lane::new("store reads", 8);
 
-/// Blocking calls to other cages made for a request or a direct chain step: looking a cage up
-/// (perhaps by a discovery query), a step's sync call, a cancel.
+/// Finding other cages a request names (perhaps by a discovery query): short, and kept apart
+/// from calls out so that long calls never hold up an enqueue's lookup.
+pub static LOOKUPS: Lane = Lane::new("cage lookups", 16);
+
+/// Blocking calls to other cages made for a direct chain step: the step's sync call (as long
+/// as its time limit), a cancel.
 pub static CALLS_OUT: Lane = Lane::new("calls to other cages", 64);
 
 /// A bounded share of the blocking pool.

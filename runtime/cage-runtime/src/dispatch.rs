@@ -5,7 +5,7 @@
 //! futures, and the blocking work a request needs runs in a bounded [`crate::blocking`] lane,
 //! so requests can never fill the blocking pool that module loading and shutdown use.
 
-use crate::blocking::{CALLS_OUT, STORE_READS};
+use crate::blocking::{LOOKUPS, STORE_READS};
 use crate::chains::ChainWatch;
 use crate::executor::{CallExecutor, Execute};
 use crate::host::{query_chains, wait_for_chain_async};
@@ -207,7 +207,7 @@ impl Dispatcher {
     }
 
     /// Finds each of `cages` other than this one (asking discovery for any never found) in the
-    /// lane of calls to other cages, so the scheduler's own check of them answers from memory.
+    /// lookups lane, so the scheduler's own check of them answers from memory.
     async fn look_up(&self, mut cages: Vec<String>) -> Result<(), CallError> {
         // The usual case, a cage known already, costs no thread hop.
         cages.retain(|c| *c != self.cage && !self.delivery.known(c));
@@ -217,7 +217,7 @@ impl Dispatcher {
             return Ok(());
         }
         let delivery = self.delivery.clone();
-        CALLS_OUT
+        LOOKUPS
             .run(move || cages.iter().try_for_each(|c| delivery.check(c)))
             .await
             .unwrap_or(Ok(()))
