@@ -37,7 +37,7 @@ fn a_stalled_cage_holds_only_its_window_and_other_cages_keep_flowing() {
         "config/config_execute_on.toml",
         &format!(
             "[cages.back]\naddresses = [\"{}\"]\nwindow = {WINDOW}\n\n\
-             [queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\n",
+             [queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\ngive_up_after = \"10m\"\n",
             site.addr("back")
         ),
     );

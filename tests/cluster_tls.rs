@@ -22,7 +22,7 @@ fn tls_site() -> Site {
     site.install("echo", &module_so("echo", &[]));
     site.write(
         "config/config_execute_on.toml",
-        "[tls]\nenabled = true\n\n[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\n",
+        "[tls]\nenabled = true\n\n[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\ngive_up_after = \"10m\"\n",
     );
     site
 }
@@ -268,7 +268,7 @@ fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
     site.write(
         "config/config_execute_on.toml",
         &format!(
-            "[tls]\nenabled = true\n\n[cages.impostor]\naddresses = [\"{}\"]\n\n[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\n",
+            "[tls]\nenabled = true\n\n[cages.impostor]\naddresses = [\"{}\"]\n\n[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"1s\"\ngive_up_after = \"10m\"\n",
             impostor_site.addr("impostor")
         ),
     );
@@ -294,4 +294,31 @@ fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
     });
     assert!(shown.contains("impostor"), "{shown}");
     assert!(!effects.exists(), "a call reached the impostor");
+}
+
+#[test]
+fn a_tls_cage_at_its_connection_limit_says_so() {
+    let mut site = Site::new();
+    site.keys_init();
+    site.tls_cage("a", "127.0.0.1", &["echo"], "max_connections = 1\n");
+    site.install("echo", &module_so("echo", &[]));
+    site.write("config/config_execute_on.toml", "[tls]\nenabled = true\n");
+    let a = site.start("a");
+    let slow = site.call_in_background("a", "echo.sleep", r#"{"ms": 4000}"#);
+    eventually(
+        Duration::from_secs(10),
+        "the slow call holds the one connection",
+        || a.log().contains("sleeping 4000 ms").then_some(()),
+    );
+    let run = site.call("a", "echo.shout", r#""over""#);
+    assert_eq!(run.code, 18, "refused, not internal: {run:?}");
+    assert!(
+        run.stderr.contains("cage a") && run.stderr.contains("connection limit reached"),
+        "{run:?}"
+    );
+    assert_eq!(
+        slow.join().unwrap().code,
+        0,
+        "the call under way is not disturbed"
+    );
 }

@@ -16,7 +16,7 @@ fn a_cage_listed_by_dns_name_is_reached_and_a_bad_name_is_named() {
         &format!(
             "[cages.back]\naddresses = [\"localhost:{port}\"]\n\n\
              [cages.ghost]\naddresses = [\"nowhere.invalid:7401\"]\n\n\
-             [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\n"
+             [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\ngive_up_after = \"5m\"\n"
         ),
     );
     let _front = site.start("front");

@@ -17,7 +17,7 @@ fn sync_and_queued_calls_go_to_the_instance_still_up() {
         "config/config_execute_on.toml",
         &format!(
             "[cages.back]\naddresses = [\"{first}\", \"127.0.0.1:{second}\"]\nconnect_timeout = \"500ms\"\n\n\
-             [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\ngive_up_after = \"10m\"\n"
+             [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\ngive_up_after = \"5m\"\n"
         ),
     );
     let _front = site.start("front");

@@ -2,9 +2,13 @@
 //! the queue, surviving restarts, catching up on missed ticks as configured.
 
 mod support;
+use cages::runtime::jobs::{CatchUp, Job, LastRun, Schedule};
+use cages::runtime::queue::{QueueStore, QueuedCall};
+use cages::runtime::transport::client::Client;
+use cages::runtime::transport::protocol::{EnqueueRequest, JobRequest, JobSpec};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{eventually, module_so, Site};
+use support::{eventually, free_port, module_so, Site};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -354,4 +358,293 @@ fn a_module_adds_a_job_through_its_context() {
         (!r.is_empty()).then_some(r)
     });
     assert_eq!(ran[0].1, "later");
+}
+
+/// Cage `back` serving echo, with its HTTP API (and so its dashboard at `/ui`) on a known port.
+fn site_with_dashboard() -> (Site, u16) {
+    let mut site = Site::new();
+    let http = free_port();
+    site.cage(
+        "back",
+        &["echo"],
+        &format!("http_listen = \"127.0.0.1:{http}\"\nshutdown_grace = \"2s\"\n"),
+    );
+    site.install("echo", &module_so("echo", &[]));
+    (site, http)
+}
+
+/// `GET /ui/jobs` of cage `back` with the site's dashboard token: status and page.
+fn jobs_page(site: &Site, http: u16) -> (u16, String) {
+    let token = std::fs::read_to_string(site.path().join("config/keys/dashboard.token")).unwrap();
+    match ureq::get(&format!("http://127.0.0.1:{http}/ui/jobs"))
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .call()
+    {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("GET /ui/jobs: {e}"),
+    }
+}
+
+/// The queue still takes calls: an enqueue is acknowledged and listed as pending.
+fn queue_still_works(site: &Site) {
+    let id = site.enqueue("back", "echo.echo", "1", &["--delay", "1h"]);
+    let pending = site.listing("pending", Some("back"));
+    assert!(
+        pending
+            .iter()
+            .any(|v| v["record"]["call"]["id"] == id.as_str()),
+        "the enqueued call is pending: {pending:?}"
+    );
+}
+
+#[test]
+fn a_job_or_delay_beyond_the_horizon_is_refused_and_the_queue_keeps_working() {
+    let (site, http) = site_with_dashboard();
+    let cage = site.start("back");
+
+    // The finding: this panicked the scheduler, and every enqueue after it was refused.
+    for when in [
+        &["--in", "8000years"][..],
+        &["--in", "101years"],
+        &["--at", "9999-12-31T23:59:59Z"],
+        &["--every", "200years"],
+    ] {
+        let mut args = vec!["job", "add", "back", "echo.shout", "\"x\""];
+        args.extend_from_slice(when);
+        let run = site.cage_cmd(&args);
+        assert_eq!(run.code, 11, "{when:?}: {run:?}");
+        assert!(
+            run.stderr.contains("job for back echo.shout: ")
+                && run.stderr.contains("the horizon of 100 years"),
+            "{}",
+            run.stderr
+        );
+    }
+    let delayed = site.cage_cmd(&["enqueue", "back", "echo.echo", "1", "--delay", "8000years"]);
+    assert_eq!(delayed.code, 11, "{delayed:?}");
+    assert!(
+        delayed
+            .stderr
+            .contains("--delay 8000years is longer than the horizon of 100 years"),
+        "{}",
+        delayed.stderr
+    );
+    // Within the horizon is fine.
+    let near = site.cage_cmd(&[
+        "job",
+        "add",
+        "back",
+        "echo.shout",
+        "\"x\"",
+        "--in",
+        "99years",
+    ]);
+    assert_eq!(near.code, 0, "{near:?}");
+
+    // Frames that bypass the command are refused by the cage itself.
+    let mut client = Client::connect("back", &site.route("back")).unwrap();
+    let spec = |schedule| JobSpec {
+        module: "echo".into(),
+        method: "shout".into(),
+        args: b"\"x\"".to_vec(),
+        queue: "retry".into(),
+        schedule,
+        catch_up: CatchUp::Once,
+    };
+    for schedule in [
+        Schedule::Once { at_ms: u64::MAX },
+        Schedule::Every {
+            interval_ms: u64::MAX,
+            first_ms: 0,
+        },
+        Schedule::Every {
+            interval_ms: 1000,
+            first_ms: u64::MAX,
+        },
+    ] {
+        let refused = client
+            .job(
+                JobRequest::Add {
+                    spec: spec(schedule.clone()),
+                    replace: false,
+                },
+                Duration::from_secs(10),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("the horizon of 100 years"),
+            "{schedule:?}: {refused}"
+        );
+    }
+    let enqueue = |delay_ms| EnqueueRequest {
+        target: "back".into(),
+        module: "echo".into(),
+        method: "echo".into(),
+        args: b"1".to_vec(),
+        queue: "retry".into(),
+        priority: 0,
+        key: None,
+        delay_ms,
+    };
+    let refused = client
+        .enqueue(enqueue(u64::MAX), Duration::from_secs(10))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("the horizon of 100 years"), "{refused}");
+    let offered = QueuedCall {
+        id: "front-far-1".into(),
+        source: "front".into(),
+        target: "back".into(),
+        module: "echo".into(),
+        method: "echo".into(),
+        args: b"1".to_vec(),
+        queue: "retry".into(),
+        priority: 0,
+        key: None,
+        enqueued_at_ms: now_ms(),
+        not_before_ms: u64::MAX,
+        chain: None,
+    };
+    let refused = client
+        .accept(offered, Duration::from_secs(10))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("not_before is"), "{refused}");
+    assert!(
+        refused.contains("beyond the horizon of 100 years"),
+        "{refused}"
+    );
+
+    // So is a module asking through its context (its time saturates, it does not wrap).
+    let later = site.call(
+        "back",
+        "echo.later",
+        r#"{"cage": "back", "target": "echo.shout", "args": "x", "in_ms": 18446744073709551615}"#,
+    );
+    assert_ne!(later.code, 0, "{later:?}");
+    assert!(
+        later.stderr.contains("the horizon of 100 years"),
+        "{}",
+        later.stderr
+    );
+
+    // The cage is whole: enqueues are taken, jobs list, the dashboard's jobs page answers.
+    queue_still_works(&site);
+    let listed = site.cage_cmd(&["jobs", "back"]);
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert!(
+        listed.stdout.contains(near.stdout.trim()),
+        "{}",
+        listed.stdout
+    );
+    let (status, page) = jobs_page(&site, http);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(near.stdout.trim()), "{page}");
+    assert!(!cage.log().contains("panicked"), "{}", cage.log());
+}
+
+#[test]
+fn a_job_stored_with_an_absurd_time_still_lists_and_renders() {
+    let (site, http) = site_with_dashboard();
+    let mut cage = site.start("back");
+    assert_eq!(cage.terminate(), Some(0));
+
+    // What a cage before the horizon stored: the store takes any time.
+    let far = |id: &str, schedule: Schedule, next: Option<u64>| Job {
+        id: id.into(),
+        cage: "back".into(),
+        module: "echo".into(),
+        method: "shout".into(),
+        args: b"\"x\"".to_vec(),
+        queue: "retry".into(),
+        schedule,
+        catch_up: CatchUp::All,
+        declared: false,
+        next_run_ms: next,
+        last_run: Some(LastRun {
+            scheduled_ms: u64::MAX,
+            call_id: format!("{id}@{}", u64::MAX),
+            outcome: Some("done".into()),
+        }),
+    };
+    {
+        let store = QueueStore::open(&site.path().join("data/back/queue")).unwrap();
+        store
+            .put_job(&far(
+                "job-far-once",
+                Schedule::Once { at_ms: u64::MAX },
+                Some(u64::MAX),
+            ))
+            .unwrap();
+        // Due at once, and its next tick is past the end of time.
+        store
+            .put_job(&far(
+                "job-far-every",
+                Schedule::Every {
+                    interval_ms: u64::MAX,
+                    first_ms: 1,
+                },
+                Some(1),
+            ))
+            .unwrap();
+        store.checkpoint().unwrap();
+    }
+
+    let cage = site.start("back");
+    let listed = site.cage_cmd(&["jobs", "back"]);
+    assert_eq!(listed.code, 0, "{listed:?}");
+    assert!(
+        listed.stdout.contains("job-far-once") && listed.stdout.contains("job-far-every"),
+        "{}",
+        listed.stdout
+    );
+    // Rendered as ISO 8601's expanded year, where RFC 3339 formatting fails past 9999.
+    assert!(
+        listed.stdout.contains("+584556019-04-03T14:25:51Z"),
+        "{}",
+        listed.stdout
+    );
+    let json = site.cage_cmd(&["jobs", "back", "--json"]);
+    assert_eq!(json.code, 0, "{json:?}");
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(jobs.len(), 2);
+    // The tick due at once fired; the one after it saturates at the end of time.
+    eventually(Duration::from_secs(10), "the due tick fired", || {
+        let jobs: Vec<serde_json::Value> =
+            serde_json::from_str(&site.cage_cmd(&["jobs", "back", "--json"]).stdout).ok()?;
+        let j = jobs.into_iter().find(|j| j["id"] == "job-far-every")?;
+        (j["last_run"]["call_id"] == "job-far-every@1" && j["next_run_ms"] == u64::MAX)
+            .then_some(())
+    });
+    let (status, page) = jobs_page(&site, http);
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("job-far-once") && page.contains("+584556019-04-03T14:25:51Z"),
+        "{page}"
+    );
+    queue_still_works(&site);
+    assert!(!cage.log().contains("panicked"), "{}", cage.log());
+}
+
+#[test]
+fn a_declared_job_beyond_its_range_is_a_config_error() {
+    let mut site = Site::new();
+    site.cage(
+        "back",
+        &["echo"],
+        "[[jobs]]\nname = \"someday\"\ncall = \"echo.shout\"\nargs = \"x\"\nevery = \"8000years\"\n",
+    );
+    site.install("echo", &module_so("echo", &[]));
+    let run = site.cage_cmd(&["run", "back"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("cages/back.toml:")
+            && run.stderr.contains(
+                "jobs.someday.every: 8000years is out of range (allowed: 100ms to 1year)"
+            ),
+        "{}",
+        run.stderr
+    );
 }

@@ -1,6 +1,6 @@
 //! The queue's journal in real cages: what was acknowledged before a `kill -9` is replayed on
-//! the next start, a last entry that a crash cut short is left out with a warning, and a
-//! graceful stop leaves nothing to replay.
+//! the next start, a last entry that a crash cut short is left out with a warning, a change
+//! that failed and was taken back is left out, and a graceful stop leaves nothing to replay.
 
 mod support;
 use std::path::{Path, PathBuf};
@@ -90,4 +90,45 @@ fn acknowledged_calls_are_replayed_after_kill_9_and_a_torn_entry_is_left_out() {
     let log = cage.log();
     assert!(!log.contains("replayed from the journal"), "{log}");
     assert!(!log.contains("cut short"), "{log}");
+}
+
+/// A change taken back (its journal write failed, so the queue goes on) and a checkpoint: a
+/// graceful stop checkpoints with the void in place, the next start has nothing to replay, and
+/// the refused call stays gone; a crash before the checkpoint replays around it.
+#[test]
+fn a_taken_back_change_stays_out_through_checkpoints_and_replays() {
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let fault = site.path().join("journal-fault");
+    let env = [("CAGE_FAULT_JOURNAL_FILE", fault.to_str().unwrap())];
+    let mut cage = site.start_with_env("back", &env);
+    let mut ids = vec![site.enqueue("back", "echo.version", "null", &["--delay", "1h"])];
+    std::fs::write(&fault, "write").unwrap();
+    let refused = site.cage_cmd(&["enqueue", "back", "echo.version", "null", "--delay", "1h"]);
+    std::fs::remove_file(&fault).unwrap();
+    assert_eq!(refused.code, 18, "{refused:?}");
+    ids.push(site.enqueue("back", "echo.version", "null", &["--delay", "1h"]));
+    ids.sort();
+    assert_eq!(pending_ids(&site), ids);
+
+    // A crash: the replay leaves the refused change out and keeps the others.
+    cage.kill9();
+    let mut cage = site.start_with_env("back", &env);
+    assert_eq!(pending_ids(&site), ids);
+    let log = cage.log();
+    assert!(
+        log.contains("1 change(s) that failed and were taken back left out of the replay"),
+        "{log}"
+    );
+
+    // A graceful stop checkpoints: nothing is left to replay, and nothing comes back.
+    cage.terminate();
+    let cage = site.start_with_env("back", &env);
+    assert_eq!(pending_ids(&site), ids);
+    let log = cage.log();
+    assert!(
+        !log.contains("replayed") && !log.contains("taken back"),
+        "{log}"
+    );
 }

@@ -71,7 +71,7 @@ fn metrics_count_the_calls_made_and_parse_as_prometheus_text() {
     let (site, http) = site_with_http_port();
     site.write(
         "config/config_execute_on.toml",
-        "[queues.fast]\nfirst_retry = \"50ms\"\ngrowth = 1.0\nmax_delay = \"50ms\"\ngive_up_after = \"1h\"\n",
+        "[queues.fast]\nfirst_retry = \"50ms\"\ngrowth = 1.0\nmax_delay = \"50ms\"\ngive_up_after = \"30s\"\n",
     );
     site.install("echo", &module_so("echo", &[]));
     let mut cage = site.start_with("front", &[("RUST_LOG", "info")], &["--log-format", "json"]);

@@ -166,7 +166,7 @@ fn queued_calls_survive_delays_drops_truncations_and_cuts_exactly_once() {
         "config/config_execute_on.toml",
         &format!(
             "[cages.back]\naddresses = [\"{}\"]\nconnect_timeout = \"500ms\"\ncall_timeout = \"5s\"\n\n\
-             [queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"500ms\"\ngive_up_after = \"10m\"\njitter = 0.1\nconcurrency = 64\n",
+             [queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"500ms\"\ngive_up_after = \"5m\"\njitter = 0.1\nconcurrency = 64\n",
             proxy.addr
         ),
     );

@@ -278,7 +278,7 @@ fn editing_the_config_changes_the_delays_of_pending_calls() {
 
     site.write(
         "config/config_execute_on.toml",
-        "[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"200ms\"\ngive_up_after = \"3d\"\n",
+        "[queues.retry]\nfirst_retry = \"200ms\"\nmax_delay = \"200ms\"\ngive_up_after = \"2m\"\n",
     );
     eventually(
         Duration::from_secs(15),
@@ -323,7 +323,7 @@ fn keep_order_makes_a_call_wait_for_the_one_before_it() {
     let mut site = Site::new();
     site.write(
         "config/config_execute_on.toml",
-        "[queues.ordered]\nfirst_retry = \"100ms\"\nmax_delay = \"100ms\"\ngive_up_after = \"1h\"\nkeep_order = true\n",
+        "[queues.ordered]\nfirst_retry = \"100ms\"\nmax_delay = \"100ms\"\ngive_up_after = \"1m\"\nkeep_order = true\n",
     );
     site.cage("back", &["billing", "echo"], "");
     site.install("billing", &module_so("billing", &[]));

@@ -12,7 +12,6 @@ use cages::runtime::transport::protocol::{
 };
 use cages::sdk::ErrorKind;
 use std::io::Write;
-use std::net::TcpStream;
 use std::time::Duration;
 use support::{eventually, free_port, module_so, Site};
 
@@ -256,7 +255,7 @@ fn pipelined_large_frames_are_read_only_as_the_memory_budget_allows() {
     // has a thread, the call fails at once. Encoded once; each copy gets its own request id
     // (a one-byte varint right after the length prefix).
     let mut big = call(vec![b'x'; 16 * 1024 * 1024 - 4096]);
-    let stream = TcpStream::connect(site.addr("front")).unwrap();
+    let stream = support::raw_connection(site.addr("front"));
     let mut writing = stream.try_clone().unwrap();
     let mut reading = stream;
     reading

@@ -7,17 +7,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 use support::{eventually, module_so, Site};
 
+/// A connection to `cage` that has shown the site credential.
 fn connect(site: &Site, cage: &str) -> TcpStream {
-    let body = std::fs::read_to_string(site.path().join(format!("cages/{cage}.toml"))).unwrap();
-    let addr = body
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = "))
-        .unwrap()
-        .trim_matches('"')
-        .to_owned();
-    let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
+    support::raw_connection(site.addr(cage))
 }
 
 /// Reads until the peer closes; true if it closed (rather than the read timing out).

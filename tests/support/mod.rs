@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use cages::runtime::config::CageRoute;
-use cages::runtime::transport::client::Client;
+use cages::runtime::transport::client::{Client, ClientError};
+use cages::runtime::transport::credential::{self, SiteSecret, SITE_SECRET};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -133,6 +134,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The site credential of every site this test process makes (random per process).
+pub fn test_secret() -> &'static str {
+    static SECRET: OnceLock<String> = OnceLock::new();
+    SECRET.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!("test-site-credential-{}-{nanos:x}", std::process::id())
+    })
+}
+
+/// A raw TCP connection to the cage at `addr` that has shown the site credential: what goes
+/// on the wire after it is up to the test.
+pub fn raw_connection(addr: SocketAddr) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    credential::prove(&mut s, &SiteSecret::given(test_secret())).unwrap();
+    s
+}
+
 /// A temporary site.
 pub struct Site {
     dir: tempfile::TempDir,
@@ -171,6 +193,15 @@ impl Site {
         // Like the repository, a site carries the Python client its modules' scripts import.
         let client = workspace().join("clients/python/cage_connection.py");
         std::fs::copy(client, dir.path().join("clients/python/cage_connection.py")).unwrap();
+        // Every site of a test process holds the same credential, as sites whose cages call
+        // each other must (it is copied like the cluster CA); the test's own clients show it.
+        let keys = dir.path().join("config/keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let secret = keys.join(SITE_SECRET);
+        std::fs::write(&secret, test_secret()).unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        credential::present_secret(SiteSecret::given(test_secret()));
         Site {
             dir,
             addrs: HashMap::new(),
@@ -425,10 +456,16 @@ impl Site {
             }
             let route = CageRoute::single(addr, Duration::from_secs(1));
             if !tls {
-                if let Ok(mut c) = Client::connect(name, &route) {
-                    if c.ping(Duration::from_secs(1)).is_ok() {
-                        return cage;
+                match Client::connect(name, &route) {
+                    Ok(mut c) => {
+                        if c.ping(Duration::from_secs(1)).is_ok() {
+                            return cage;
+                        }
                     }
+                    // A cage holding another credential than this process answers too: it
+                    // turned the connection away, and said why.
+                    Err(ClientError::Refused { .. }) => return cage,
+                    Err(_) => {}
                 }
             }
             if let Ok(Some(status)) = cage.child.try_wait() {
@@ -474,7 +511,7 @@ pub fn discovery_settings(mode: &str) -> String {
     };
     format!(
         "[cages.unknown]\n{place}cluster = \"{cluster}\"\nquery_timeout = \"300ms\"\nconnect_timeout = \"500ms\"\n\n\
-         [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\n"
+         [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\ngive_up_after = \"5m\"\n"
     )
 }
 

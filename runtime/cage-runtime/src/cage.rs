@@ -11,10 +11,11 @@ use crate::host::{HostEnv, StateLocks};
 use crate::messaging::Mailboxes;
 use crate::metrics::Metrics;
 use crate::queue::{GroupCommit, QueueStore};
-use crate::registry::ModuleRegistry;
+use crate::registry::{ModuleRegistry, WatchSettings};
 use crate::scheduler::{JobsDeclared, Pause, Scheduler};
+use crate::transport::credential::{CredentialError, SiteSecret};
 use crate::transport::pool::Pool;
-use crate::transport::server::{Limits, Listener, StopListening};
+use crate::transport::server::{Door, Limits, Listener, StopListening};
 use crate::transport::tls::Identity;
 use actix::{Actor, Addr};
 use std::net::SocketAddr;
@@ -68,6 +69,14 @@ pub enum StartError {
         /// What is wrong with the keys.
         source: crate::transport::tls::TlsError,
     },
+    /// The cage serves plain TCP but the site credential cannot be read or made.
+    #[error("cage {cage}: cannot open its door to callers: {source}")]
+    Credential {
+        /// The cage.
+        cage: String,
+        /// What is wrong with the credential file.
+        source: CredentialError,
+    },
     /// Executor threads could not be started.
     #[error("cage {cage}: cannot start executor threads: {source}")]
     Executor {
@@ -94,7 +103,7 @@ pub struct PreparedCage {
     http: std::net::TcpListener,
     store: Arc<QueueStore>,
     commit: Arc<GroupCommit>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    door: Door,
 }
 
 impl PreparedCage {
@@ -114,9 +123,15 @@ impl PreparedCage {
         let execute_on = site.execute_on()?;
         // Keys are checked before anything is bound or opened: a cage that cannot prove who it
         // is does not start.
-        let tls = match config.tls {
-            false => None,
-            true => Some(
+        // Over plain TCP, the site credential is every caller's key (made on first use).
+        let door = match config.tls {
+            false => Door::Secret(SiteSecret::of_keys_dir(&site.keys_dir()).map_err(|source| {
+                StartError::Credential {
+                    cage: name.to_owned(),
+                    source,
+                }
+            })?),
+            true => Door::Tls(
                 Identity::new(name, &site.keys_dir())
                     .server_config()
                     .map_err(|source| StartError::Tls {
@@ -188,7 +203,7 @@ impl PreparedCage {
             http,
             store,
             commit,
-            tls,
+            door,
         })
     }
 
@@ -206,8 +221,11 @@ impl PreparedCage {
             &c.modules,
             &self.env.site.modules_dir(),
             &c.data_dir.join("loaded-modules"),
-            c.reload_debounce,
-            c.rescan_interval,
+            WatchSettings {
+                debounce: c.reload_debounce,
+                rescan: c.rescan_interval,
+                max_module_bytes: c.max_module_bytes,
+            },
         )
         .start();
         let executor = CallExecutor::new(c.executor_threads, self.env.clone())
@@ -288,7 +306,7 @@ impl PreparedCage {
             max_waits_per_connection: c.max_waits_per_connection,
         };
         let responder = discovery_responder(c, socket.local_addr().ok(), &self.env.execute_on);
-        let listener = Listener::new(socket, dispatcher, limits, self.tls).start();
+        let listener = Listener::new(socket, dispatcher, limits, self.door).start();
         crate::api::start(self.http, self.env.clone(), c.http_max_body).map_err(|source| {
             StartError::Listen {
                 cage: c.name.clone(),
@@ -298,7 +316,7 @@ impl PreparedCage {
             }
         })?;
         tracing::info!(cage = %c.name, "HTTP API on {}", self.env.api_url);
-        tracing::info!(cage = %c.name, "listening on {}{}, serving {} with {} executor threads", c.listen, if c.tls { " (mutual TLS)" } else { "" }, if c.modules.is_empty() { "no modules".to_owned() } else { c.modules.join(", ") }, c.executor_threads);
+        tracing::info!(cage = %c.name, "listening on {}{}, serving {} with {} executor threads", c.listen, if c.tls { " (mutual TLS)" } else { " (site credential)" }, if c.modules.is_empty() { "no modules".to_owned() } else { c.modules.join(", ") }, c.executor_threads);
         Ok(CageHandle {
             name: c.name.clone(),
             listener,

@@ -223,7 +223,10 @@ impl Delivery {
                     })
                 })
                 .collect()),
-            (Err(e @ ClientError::Connection { .. }), Some(singles)) => {
+            (
+                Err(e @ (ClientError::Connection { .. } | ClientError::Closed { .. })),
+                Some(singles),
+            ) => {
                 tracing::warn!(
                     target,
                     "a delivery of {} calls failed ({e}); offering them one by one",

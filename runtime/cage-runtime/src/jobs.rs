@@ -4,6 +4,7 @@
 //! This file holds the plain data and the decisions: which runs are due, what a catch-up does,
 //! what a job's signature is. The scheduler stores jobs and fires their runs.
 
+use crate::clock;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -25,23 +26,30 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// The schedule in words, for tables.
+    /// The schedule in words, for tables and logs (total: any stored time renders).
     pub fn words(&self) -> String {
         match self {
-            Schedule::Once { at_ms } => format!("once at {}", timestamp(*at_ms)),
+            Schedule::Once { at_ms } => format!("once at {}", clock::utc(*at_ms)),
             Schedule::Every { interval_ms, .. } => {
-                format!(
-                    "every {}",
-                    humantime::format_duration(Duration::from_millis(*interval_ms))
-                )
+                format!("every {}", clock::span(Duration::from_millis(*interval_ms)))
             }
         }
     }
-}
 
-/// RFC 3339 time of `ms` since the epoch, to the second.
-pub fn timestamp(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    /// The first run of this schedule, refused if it lies beyond [`clock::HORIZON`] from
+    /// `now_ms` (an interval longer than the horizon puts every run beyond it too).
+    pub fn first_run_within_horizon(&self, now_ms: u64) -> Result<u64, clock::BeyondHorizon> {
+        match *self {
+            Schedule::Once { at_ms } => clock::within_horizon("the run time", at_ms, now_ms),
+            Schedule::Every {
+                interval_ms,
+                first_ms,
+            } => {
+                clock::span_within_horizon("interval", Duration::from_millis(interval_ms))?;
+                clock::within_horizon("the first run", first_ms, now_ms)
+            }
+        }
+    }
 }
 
 /// What a recurring job does about runs missed while the cage was down.
@@ -128,6 +136,7 @@ pub fn job_of_run(call_id: &str) -> Option<&str> {
 }
 
 /// The runs to fire now (scheduled times, oldest first) and the job's next due time after them.
+/// Total for any stored times: the next tick past the end of time is the end of time.
 pub fn due_runs(job: &Job, now_ms: u64) -> (Vec<u64>, Option<u64>) {
     let Some(next) = job.next_run_ms else {
         return (Vec::new(), None);
@@ -139,9 +148,10 @@ pub fn due_runs(job: &Job, now_ms: u64) -> (Vec<u64>, Option<u64>) {
         Schedule::Once { .. } => (vec![next], None),
         Schedule::Every { interval_ms, .. } => {
             let interval = interval_ms.max(1);
+            // next <= now_ms, so neither product nor sum can pass now_ms.
             let missed = (now_ms - next) / interval;
             let latest = next + missed * interval;
-            let following = Some(latest + interval);
+            let following = Some(latest.saturating_add(interval));
             let runs = if missed == 0 {
                 vec![next]
             } else {
@@ -233,6 +243,38 @@ mod tests {
         assert_eq!(job_of_run(&run_id("job-7f", 1234)), Some("job-7f"));
         assert_eq!(job_of_run("front-1a-2"), None);
         assert_eq!(job_of_run("job-x@later"), None);
+    }
+
+    #[test]
+    fn a_stored_far_job_renders_and_fires_without_overflow() {
+        let mut j = every(u64::MAX, 5, CatchUp::All);
+        assert_eq!(due_runs(&j, 10), (vec![5], Some(u64::MAX)));
+        assert_eq!(
+            j.schedule.words(),
+            "every 584542046years 1month 2days 15h 52m 15s 615ms"
+        );
+        j.schedule = Schedule::Once { at_ms: u64::MAX };
+        assert_eq!(j.schedule.words(), "once at +584556019-04-03T14:25:51Z");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn due_runs_is_total_and_ordered(
+            interval in proptest::prelude::any::<u64>(),
+            next in proptest::prelude::any::<u64>(),
+            now in proptest::prelude::any::<u64>(),
+            all in proptest::prelude::any::<bool>(),
+        ) {
+            let j = every(interval, next, if all { CatchUp::All } else { CatchUp::Once });
+            let (runs, following) = due_runs(&j, now);
+            proptest::prop_assert!(runs.len() <= CATCH_UP_LIMIT);
+            proptest::prop_assert!(runs.windows(2).all(|w| w[0] < w[1]));
+            proptest::prop_assert!(runs.iter().all(|&t| t >= next && t <= now));
+            let following = following.unwrap();
+            proptest::prop_assert!(runs.last().is_none_or(|&t| following > t || following == u64::MAX));
+            proptest::prop_assert!(following > now || (runs.is_empty() && following == next) || following == u64::MAX);
+            let _ = j.schedule.words();
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@
 //! - [`keys`]: the cluster CA and the key pairs it signs (`cage keys`).
 //! - [`config_watch`]: re-reading the site config when it changes.
 //! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
+//! - [`clock`]: instants and spans: saturating arithmetic, total rendering, the horizon.
+//! - [`names`]: the one check of cage, module, method, queue and job names.
 //!
 //! A sync call's path: client frame → [`transport::server`] → [`dispatch::Dispatcher`] →
 //! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
@@ -49,6 +51,7 @@ pub mod api;
 pub mod blocking;
 pub mod cage;
 pub mod chains;
+pub mod clock;
 pub mod config;
 pub mod config_watch;
 pub mod dashboard;
@@ -62,6 +65,7 @@ pub mod keys;
 pub mod loader;
 pub mod messaging;
 pub mod metrics;
+pub mod names;
 pub mod queue;
 pub mod registry;
 pub mod retry_policy;

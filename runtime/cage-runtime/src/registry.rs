@@ -2,9 +2,15 @@
 //!
 //! A file event (or the periodic rescan, for events a watcher missed) makes the registry
 //! *examine* a module file: stat it; if it differs from the last version examined, wait for it
-//! to settle, read it, prove it whole and load it on a blocking thread; then swap the new
+//! to settle, read it, prove it whole and load it on a thread of its own; then swap the new
 //! version in. Calls hold an `Arc` of the version they started on, so they finish on old code,
 //! and the old library is unloaded when the last of them ends.
+//!
+//! No file can hold the registry up: what is not a regular file or is over `max_module_bytes`
+//! is refused from its `stat` and never read ([`crate::loader::module_file`]); each examination
+//! runs on its own plain thread, which neither a pool that requests can fill nor the runtime's
+//! shutdown waits for; one that never finishes (a hung filesystem) is given up after
+//! [`STUCK_AFTER`]. A refusal is logged once per version of the file.
 
 use crate::loader::file_watch::{module_file, module_of_file, settle_and_read, FileStamp};
 use crate::loader::library::sha256_hex;
@@ -16,10 +22,32 @@ use notify::Watcher;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A file that never stops changing for this long is rejected.
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// At start-up a file still changing after this long is left to the background examination:
+/// the cage starts serving its other modules instead of waiting for it.
+const STARTUP_SETTLE_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long the file must stay unchanged at start-up (no earlier version can be serving yet).
+const STARTUP_DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// An examination still running after this long is given up: the file is refused until it
+/// changes, and the module's later files are examined again.
+pub const STUCK_AFTER: Duration = Duration::from_secs(2 * SETTLE_LIMIT.as_secs());
+
+/// How the registry watches and reads module files.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSettings {
+    /// How long a module file must stay unchanged before it is read.
+    pub debounce: Duration,
+    /// How often every module file is looked at again, in case a file event was missed.
+    pub rescan: Duration,
+    /// Largest module file read; a larger one is refused unread.
+    pub max_module_bytes: u64,
+}
 
 /// The current version of a module for a new call.
 #[derive(Message)]
@@ -40,7 +68,18 @@ pub struct FileChanged(pub PathBuf);
 #[rtype(result = "()")]
 struct Examined {
     module: String,
+    /// Which examination this is the outcome of.
+    id: u64,
     outcome: Outcome,
+}
+
+/// An examination under way.
+#[derive(Clone, Copy)]
+struct Examining {
+    id: u64,
+    since: Instant,
+    /// The file's stamp when it started, to remember as refused if it never finishes.
+    stamp: Option<FileStamp>,
 }
 
 enum Outcome {
@@ -54,7 +93,7 @@ struct Slot {
     current: Option<Arc<LoadedModule>>,
     examined: Option<FileStamp>,
     last_error: Option<(SystemTime, String)>,
-    examining: bool,
+    examining: Option<Examining>,
     again: bool,
     draining: Vec<Weak<LoadedModule>>,
     loads: u64,
@@ -66,8 +105,7 @@ pub struct ModuleRegistry {
     cage: String,
     modules_dir: PathBuf,
     copy_dir: PathBuf,
-    debounce: Duration,
-    rescan: Duration,
+    settings: WatchSettings,
     slots: BTreeMap<String, Slot>,
     seq: u64,
     watcher: Option<Box<dyn Watcher>>,
@@ -75,15 +113,15 @@ pub struct ModuleRegistry {
 
 impl ModuleRegistry {
     /// A registry serving `modules` from `modules_dir`, loading private copies into `copy_dir`.
-    /// Loads every module that is present now, before returning, so a cage answers calls as
-    /// soon as it listens.
+    /// Loads every module that is present and settled now, before returning, so a cage answers
+    /// calls as soon as it listens; a file that is refused or still changing does not hold
+    /// the others up.
     pub fn new(
         cage: &str,
         modules: &[String],
         modules_dir: &Path,
         copy_dir: &Path,
-        debounce: Duration,
-        rescan: Duration,
+        settings: WatchSettings,
     ) -> Self {
         // Copies left by an earlier process of this cage are never in use: clear them.
         if let Ok(entries) = std::fs::read_dir(copy_dir) {
@@ -95,8 +133,7 @@ impl ModuleRegistry {
             cage: cage.to_owned(),
             modules_dir: modules_dir.to_owned(),
             copy_dir: copy_dir.to_owned(),
-            debounce,
-            rescan,
+            settings,
             slots: BTreeMap::new(),
             seq: 0,
             watcher: None,
@@ -108,41 +145,56 @@ impl ModuleRegistry {
                 current: None,
                 examined: None,
                 last_error: None,
-                examining: false,
+                examining: None,
                 again: false,
                 draining: Vec::new(),
                 loads: 0,
                 rejected: 0,
             };
             registry.slots.insert(name.clone(), slot);
-            let tag = registry.next_tag();
-            let outcome = examine_file(
-                name,
-                &file,
-                None,
-                None,
-                copy_dir,
-                &tag,
-                Duration::from_millis(20),
-            );
-            registry.apply(name, outcome);
+            let (_, tag) = registry.next_tag();
+            let examination = Examination {
+                name: name.clone(),
+                file: file.clone(),
+                previous: None,
+                current_hash: None,
+                copy_dir: copy_dir.to_owned(),
+                tag,
+                debounce: STARTUP_DEBOUNCE,
+                settle_limit: STARTUP_SETTLE_LIMIT,
+                max_bytes: settings.max_module_bytes,
+            };
+            match examine_file(&examination) {
+                // Not refused: the background examination started with the actor takes it
+                // once it settles.
+                Outcome::Rejected(LoadError::Unsettled { .. }, _) => tracing::info!(
+                    cage,
+                    module = name.as_str(),
+                    file = %file.display(),
+                    "module {name}: {} is still changing; it is loaded once it settles",
+                    file.display()
+                ),
+                outcome => registry.apply(name, outcome),
+            }
         }
         registry
     }
 
-    fn next_tag(&mut self) -> String {
+    /// A number for the next examination, and the tag naming its private copy.
+    fn next_tag(&mut self) -> (u64, String) {
         self.seq += 1;
-        format!("{}-{}", std::process::id(), self.seq)
+        (self.seq, format!("{}-{}", std::process::id(), self.seq))
     }
 
-    /// Starts examining `name`'s file on a blocking thread unless it is unchanged or already
+    /// Starts examining `name`'s file on a thread of its own unless it is unchanged or already
     /// being examined.
     fn examine(&mut self, name: &str, ctx: &mut Context<Self>) {
-        let tag = self.next_tag();
+        let (id, tag) = self.next_tag();
+        let settings = self.settings;
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
-        if slot.examining {
+        if slot.examining.is_some() {
             slot.again = true;
             return;
         }
@@ -150,33 +202,89 @@ impl ModuleRegistry {
         if stamp == slot.examined {
             return;
         }
-        slot.examining = true;
-        let (file, previous, current_hash) = (
-            slot.file.clone(),
-            slot.examined,
-            slot.current.as_ref().map(|m| m.sha256.clone()),
-        );
-        let (name, copy_dir, debounce, addr) = (
-            name.to_owned(),
-            self.copy_dir.clone(),
-            self.debounce,
-            ctx.address(),
-        );
-        actix_rt::task::spawn_blocking(move || {
-            let outcome = examine_file(
-                &name,
-                &file,
-                previous,
-                current_hash,
-                &copy_dir,
-                &tag,
-                debounce,
-            );
-            addr.do_send(Examined {
-                module: name,
-                outcome,
+        let examination = Examination {
+            name: name.to_owned(),
+            file: slot.file.clone(),
+            previous: slot.examined,
+            current_hash: slot.current.as_ref().map(|m| m.sha256.clone()),
+            copy_dir: self.copy_dir.clone(),
+            tag,
+            debounce: settings.debounce,
+            settle_limit: SETTLE_LIMIT,
+            max_bytes: settings.max_module_bytes,
+        };
+        let addr = ctx.address();
+        // A plain thread, not the runtime's blocking pool: requests cannot fill it ahead of
+        // us, and a stuck one does not keep the process from exiting.
+        let spawned = std::thread::Builder::new()
+            .name(format!("examine-{name}"))
+            .spawn(move || {
+                let outcome = examine_file(&examination);
+                addr.do_send(Examined {
+                    module: examination.name,
+                    id,
+                    outcome,
+                });
             });
-        });
+        match spawned {
+            Ok(_) => {
+                slot.examining = Some(Examining {
+                    id,
+                    since: Instant::now(),
+                    stamp,
+                })
+            }
+            // Nothing is marked examined, so the next rescan tries again.
+            Err(e) => tracing::error!(
+                cage = %self.cage,
+                module = name,
+                "module {name}: cannot start a thread to examine {}: {e}",
+                slot.file.display()
+            ),
+        }
+    }
+
+    /// Gives up examinations that have run for longer than [`STUCK_AFTER`] at `now`: their
+    /// file is refused until it changes, so the module's next file is examined again.
+    fn give_up_stuck(&mut self, now: Instant) {
+        let stuck: Vec<(String, Examining)> = self
+            .slots
+            .iter()
+            .filter_map(|(name, slot)| {
+                slot.examining
+                    .filter(|e| now.duration_since(e.since) > STUCK_AFTER)
+                    .map(|e| (name.clone(), e))
+            })
+            .collect();
+        for (name, e) in stuck {
+            if let Some(slot) = self.slots.get_mut(&name) {
+                slot.examining = None;
+            }
+            let waited = now.duration_since(e.since);
+            self.apply(
+                &name,
+                Outcome::Rejected(LoadError::Stuck { waited }, e.stamp),
+            );
+        }
+    }
+
+    /// Takes the outcome of an examination; whether the file changed meanwhile and is to be
+    /// examined again.
+    fn finished(&mut self, msg: Examined) -> bool {
+        let Some(slot) = self.slots.get_mut(&msg.module) else {
+            return false;
+        };
+        match slot.examining {
+            Some(e) if e.id == msg.id => slot.examining = None,
+            // Given up as stuck, and nothing newer under way: its outcome still describes the
+            // file version it read.
+            None => {}
+            // Given up, and a newer examination is under way: that one decides.
+            Some(_) => return false,
+        }
+        let again = std::mem::take(&mut slot.again);
+        self.apply(&msg.module, msg.outcome);
+        again
     }
 
     fn apply(&mut self, name: &str, outcome: Outcome) {
@@ -212,7 +320,7 @@ impl ModuleRegistry {
                 let keeping = match &slot.current {
                     Some(m) => format!("keeping version {} loaded", m.version),
                     None => {
-                        "module not loaded: calls to it fail until a valid file arrives".to_owned()
+                        "no version loaded: calls to it fail until a valid file arrives".to_owned()
                     }
                 };
                 tracing::error!(
@@ -260,24 +368,36 @@ impl ModuleRegistry {
     }
 }
 
-/// Reads, checks and loads one module file; never panics the registry, whatever the file holds.
-fn examine_file(
-    name: &str,
-    file: &Path,
+/// One examination of a module file: what to read, and what to compare it with.
+struct Examination {
+    name: String,
+    file: PathBuf,
+    /// The stamp of the version examined last.
     previous: Option<FileStamp>,
+    /// SHA-256 of the version serving now.
     current_hash: Option<String>,
-    copy_dir: &Path,
-    tag: &str,
+    copy_dir: PathBuf,
+    /// Names the private copy.
+    tag: String,
     debounce: Duration,
-) -> Outcome {
-    let (bytes, stamp) = match settle_and_read(file, debounce, SETTLE_LIMIT) {
-        Ok(read) => read,
-        Err(e) => return Outcome::Rejected(e, FileStamp::of(file).ok().flatten().or(previous)),
-    };
-    if current_hash.as_deref() == Some(sha256_hex(&bytes).as_str()) {
+    settle_limit: Duration,
+    max_bytes: u64,
+}
+
+/// Reads, checks and loads one module file; never panics the registry, whatever the file holds.
+fn examine_file(exam: &Examination) -> Outcome {
+    let file = &exam.file;
+    let (bytes, stamp) =
+        match settle_and_read(file, exam.debounce, exam.settle_limit, exam.max_bytes) {
+            Ok(read) => read,
+            Err(e) => {
+                return Outcome::Rejected(e, FileStamp::of(file).ok().flatten().or(exam.previous))
+            }
+        };
+    if exam.current_hash.as_deref() == Some(sha256_hex(&bytes).as_str()) {
         return Outcome::Unchanged(stamp);
     }
-    match LoadedModule::load(name, file, &bytes, copy_dir, tag) {
+    match LoadedModule::load(&exam.name, file, &bytes, &exam.copy_dir, &exam.tag) {
         Ok(module) => Outcome::Loaded(module, stamp),
         Err(e) => Outcome::Rejected(e, Some(stamp)),
     }
@@ -290,7 +410,8 @@ impl Actor for ModuleRegistry {
         self.start_watching(ctx);
         // Belt and braces: events can be lost (overflow, network filesystems), a stat per module
         // every few seconds is cheap.
-        ctx.run_interval(self.rescan, |this, ctx| {
+        ctx.run_interval(self.settings.rescan, |this, ctx| {
+            this.give_up_stuck(Instant::now());
             let names: Vec<String> = this.slots.keys().cloned().collect();
             for name in names {
                 this.examine(&name, ctx);
@@ -319,16 +440,9 @@ impl Handler<Examined> for ModuleRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Examined, ctx: &mut Context<Self>) {
-        self.apply(&msg.module, msg.outcome);
-        let again = match self.slots.get_mut(&msg.module) {
-            Some(slot) => {
-                slot.examining = false;
-                std::mem::take(&mut slot.again)
-            }
-            None => false,
-        };
-        if again {
-            self.examine(&msg.module, ctx);
+        let module = msg.module.clone();
+        if self.finished(msg) {
+            self.examine(&module, ctx);
         }
     }
 }
@@ -387,5 +501,142 @@ impl Handler<ListModules> for ModuleRegistry {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const LIMIT: u64 = 1024 * 1024;
+
+    fn settings() -> WatchSettings {
+        WatchSettings {
+            debounce: Duration::from_millis(10),
+            rescan: Duration::from_secs(1),
+            max_module_bytes: LIMIT,
+        }
+    }
+
+    fn last_error(r: &ModuleRegistry, name: &str) -> Option<String> {
+        r.slots[name].last_error.as_ref().map(|(_, e)| e.clone())
+    }
+
+    #[test]
+    fn start_up_refuses_strange_files_at_once_and_leaves_a_changing_one_for_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path().join("modules");
+        std::fs::create_dir(&modules).unwrap();
+        let c = std::ffi::CString::new(module_file(&modules, "fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::os::unix::fs::symlink("/dev/zero", module_file(&modules, "zero")).unwrap();
+        std::fs::File::create(module_file(&modules, "big"))
+            .unwrap()
+            .set_len(LIMIT + 1)
+            .unwrap();
+        let grow = module_file(&modules, "grow");
+        std::fs::write(&grow, b"\x7fELF").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(grow).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    f.write_all(b"more").unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        let names: Vec<String> = ["fifo", "zero", "big", "grow"].map(String::from).into();
+        let r = ModuleRegistry::new(
+            "demo",
+            &names,
+            &modules,
+            &dir.path().join("copies"),
+            settings(),
+        );
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        for (name, reason) in [
+            ("fifo", "not a regular file (a FIFO)"),
+            ("zero", "not a regular file (a character device)"),
+            (
+                "big",
+                "(1048577 bytes) is over max_module_bytes = 1.0 MiB (1048576 bytes)",
+            ),
+        ] {
+            let e = last_error(&r, name).unwrap_or_default();
+            assert!(e.contains(reason), "{name}: {e}");
+            assert_eq!(r.slots[name].rejected, 1, "{name}");
+            assert!(
+                r.slots[name].examined.is_some(),
+                "{name}: remembered as refused"
+            );
+        }
+        // Still changing: neither refused nor remembered, so the actor examines it once started.
+        assert_eq!(last_error(&r, "grow"), None);
+        assert_eq!(r.slots["grow"].examined, None);
+    }
+
+    #[test]
+    fn a_stuck_examination_is_given_up_and_a_late_outcome_yields_to_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("some-file");
+        std::fs::write(&file, b"x").unwrap();
+        let stamp = FileStamp::of(&file).unwrap();
+        let other = stamp.map(|s| FileStamp { size: 99, ..s });
+        let mut r = ModuleRegistry::new(
+            "demo",
+            &["x".to_owned()],
+            dir.path(),
+            &dir.path().join("copies"),
+            settings(),
+        );
+        let since = Instant::now();
+        r.slots.get_mut("x").unwrap().examining = Some(Examining {
+            id: 7,
+            since,
+            stamp,
+        });
+        r.give_up_stuck(since + STUCK_AFTER / 2);
+        assert!(r.slots["x"].examining.is_some(), "not stuck yet");
+        r.give_up_stuck(since + STUCK_AFTER + Duration::from_secs(1));
+        assert!(r.slots["x"].examining.is_none());
+        assert_eq!(
+            r.slots["x"].examined, stamp,
+            "refused until the file changes"
+        );
+        let e = last_error(&r, "x").unwrap();
+        assert!(e.contains("did not finish after 1m 1s"), "{e}");
+
+        // A newer examination under way decides; the late outcome of the stuck one is dropped.
+        r.slots.get_mut("x").unwrap().examining = Some(Examining {
+            id: 8,
+            since: Instant::now(),
+            stamp: other,
+        });
+        let late = |outcome| Examined {
+            module: "x".into(),
+            id: 7,
+            outcome,
+        };
+        assert!(!r.finished(late(Outcome::Unchanged(other.unwrap()))));
+        assert_eq!(r.slots["x"].examined, stamp);
+        assert!(r.slots["x"].examining.is_some());
+        r.slots.get_mut("x").unwrap().again = true;
+        let again = r.finished(Examined {
+            module: "x".into(),
+            id: 8,
+            outcome: Outcome::Rejected(LoadError::NotElf("no ELF magic".into()), other),
+        });
+        assert!(again, "a change seen meanwhile is examined next");
+        assert!(r.slots["x"].examining.is_none());
+        assert_eq!(r.slots["x"].examined, other);
+        // With nothing under way, a late outcome still describes the version it read.
+        r.finished(late(Outcome::Unchanged(stamp.unwrap())));
+        assert_eq!(r.slots["x"].examined, stamp);
     }
 }

@@ -1,11 +1,17 @@
 //! The retry schedule: pure functions from a queue's policy and a call's history to the time of
 //! its next attempt. Nothing here reads clocks, files or randomness; callers pass them in.
 
+use crate::clock;
 use crate::config::QueuePolicy;
 use std::time::Duration;
 
-/// Most attempts [`schedule`] lists, so a pathological policy cannot exhaust memory.
-pub const SCHEDULE_LIMIT: usize = 100_000;
+/// Most attempts any queued call makes: each is kept in the call's record, so a call retried
+/// without end would grow without end (a queue whose schedule implies more is refused).
+pub const MAX_ATTEMPTS: u32 = 1000;
+
+/// Shortest delay kept between two attempts of a call, jitter included (a zero delay retried a
+/// failing call in a busy loop); also the least `first_retry` a queue may set.
+pub const MIN_RETRY: Duration = Duration::from_millis(10);
 
 /// Delay before attempt `attempt` (1-based; attempt 1 runs at enqueue), without jitter.
 pub fn delay_before(policy: &QueuePolicy, attempt: u32) -> Duration {
@@ -19,14 +25,39 @@ pub fn delay_before(policy: &QueuePolicy, attempt: u32) -> Duration {
         * policy
             .growth
             .powi(i32::try_from(attempt - 2).unwrap_or(i32::MAX));
-    Duration::from_secs_f64(grown.min(cap).max(0.0))
+    // A cap near Duration::MAX rounds up past it as f64: saturate rather than panic.
+    clock::from_secs_f64(grown.min(cap))
 }
 
 /// When attempt `attempt` (≥ 2) should start, in ms since the epoch, after the previous attempt
 /// ended at `previous_end_ms`; `None` once that would be later than `give_up_after` from the
-/// enqueue time, i.e. the call is dead. `jitter_sample` in [-1, 1] spreads the delay by up to
-/// `policy.jitter` of itself (pass 0 for the plain schedule).
+/// enqueue time, or the attempt would be past [`MAX_ATTEMPTS`], i.e. the call is dead.
+/// `jitter_sample` in [-1, 1] spreads the delay by up to `policy.jitter` of itself (pass 0 for
+/// the plain schedule); the delay is never under [`MIN_RETRY`].
+///
+/// The scheduler and [`schedule`] (what `cage schedule` prints) both ask this function, so
+/// the listing cannot disagree with what the cage does.
 pub fn next_attempt_at(
+    policy: &QueuePolicy,
+    attempt: u32,
+    enqueued_at_ms: u64,
+    previous_end_ms: u64,
+    jitter_sample: f64,
+) -> Option<u64> {
+    if attempt > MAX_ATTEMPTS {
+        return None;
+    }
+    uncapped_next_attempt_at(
+        policy,
+        attempt,
+        enqueued_at_ms,
+        previous_end_ms,
+        jitter_sample,
+    )
+}
+
+/// [`next_attempt_at`] without the attempt cap: what the policy alone implies.
+fn uncapped_next_attempt_at(
     policy: &QueuePolicy,
     attempt: u32,
     enqueued_at_ms: u64,
@@ -35,9 +66,10 @@ pub fn next_attempt_at(
 ) -> Option<u64> {
     let base = delay_before(policy, attempt).as_secs_f64();
     let spread = policy.jitter * jitter_sample.clamp(-1.0, 1.0);
-    let delay_ms = (base * (1.0 + spread) * 1000.0).round().max(0.0) as u64;
+    let floor = MIN_RETRY.as_secs_f64() * 1000.0;
+    let delay_ms = (base * (1.0 + spread) * 1000.0).round().max(floor) as u64;
     let at = previous_end_ms.max(enqueued_at_ms).saturating_add(delay_ms);
-    let give_up_at = enqueued_at_ms.saturating_add(policy.give_up_after.as_millis() as u64);
+    let give_up_at = clock::after(enqueued_at_ms, policy.give_up_after);
     (at <= give_up_at).then_some(at)
 }
 
@@ -52,31 +84,57 @@ pub struct PlannedAttempt {
     pub at_secs: f64,
 }
 
-/// The attempts `policy` implies for a call whose attempts all fail instantly, without jitter.
+/// Start times (ms after enqueue) of the attempts `policy` implies for a call whose attempts
+/// all fail instantly, without jitter, as [`next_attempt_at`] decides them; at most `limit`.
+fn plain_times(
+    policy: &QueuePolicy,
+    limit: u32,
+    next: fn(&QueuePolicy, u32, u64, u64, f64) -> Option<u64>,
+) -> Vec<u64> {
+    let mut times = vec![0];
+    let mut attempt: u32 = 1;
+    while attempt < limit {
+        let previous = times[times.len() - 1];
+        attempt += 1;
+        match next(policy, attempt, 0, previous, 0.0) {
+            Some(at) => times.push(at),
+            None => break,
+        }
+    }
+    times
+}
+
+/// The attempts `policy` implies for a call whose attempts all fail instantly, without jitter:
+/// exactly the times the scheduler gives such a call (one function decides both).
 pub fn schedule(policy: &QueuePolicy) -> Vec<PlannedAttempt> {
-    let horizon = policy.give_up_after.as_secs_f64();
-    let mut plan = vec![PlannedAttempt {
-        attempt: 1,
-        delay_secs: 0.0,
-        at_secs: 0.0,
-    }];
-    let mut at = 0.0;
-    for attempt in 2.. {
-        if plan.len() >= SCHEDULE_LIMIT {
-            break;
-        }
-        let delay = delay_before(policy, attempt).as_secs_f64();
-        if delay <= 0.0 || at + delay > horizon {
-            break;
-        }
-        at += delay;
+    let times = plain_times(policy, MAX_ATTEMPTS, next_attempt_at);
+    let mut previous = 0;
+    let mut plan = Vec::with_capacity(times.len());
+    for (i, &at) in times.iter().enumerate() {
         plan.push(PlannedAttempt {
-            attempt,
-            delay_secs: delay,
-            at_secs: at,
+            attempt: i as u32 + 1,
+            delay_secs: at.saturating_sub(previous) as f64 / 1000.0,
+            at_secs: at as f64 / 1000.0,
         });
+        previous = at;
     }
     plan
+}
+
+/// Why `policy` cannot be used, if it cannot: its schedule would make more than
+/// [`MAX_ATTEMPTS`] attempts before `give_up_after` (the cage would stop it at the cap, so the
+/// policy would not say what happens).
+pub fn refusal(policy: &QueuePolicy) -> Option<String> {
+    let times = plain_times(policy, MAX_ATTEMPTS + 1, uncapped_next_attempt_at);
+    if times.len() <= MAX_ATTEMPTS as usize {
+        return None;
+    }
+    let last = times[MAX_ATTEMPTS as usize - 1];
+    Some(format!(
+        "this schedule makes more than {MAX_ATTEMPTS} attempts (the most a call makes): its first {MAX_ATTEMPTS} span {} of give_up_after {}; raise first_retry, growth or max_delay, or shorten give_up_after (see `cage schedule`)",
+        humantime::format_duration(Duration::from_millis(last)),
+        humantime::format_duration(policy.give_up_after),
+    ))
 }
 
 #[cfg(test)]
@@ -130,10 +188,89 @@ mod tests {
         assert_eq!(next_attempt_at(&p, 2, 0, 0, 7.0), Some(1200));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_policy_and_times_give_a_time_or_death_without_panic(
+            first in proptest::prelude::any::<u64>(),
+            max in proptest::prelude::any::<u64>(),
+            give_up in proptest::prelude::any::<u64>(),
+            growth in proptest::prelude::any::<f64>(),
+            jitter in proptest::prelude::any::<f64>(),
+            attempt in proptest::prelude::any::<u32>(),
+            enqueued in proptest::prelude::any::<u64>(),
+            ended in proptest::prelude::any::<u64>(),
+            sample in proptest::prelude::any::<f64>(),
+        ) {
+            let p = QueuePolicy {
+                first_retry: Duration::from_secs(first),
+                max_delay: Duration::from_secs(max),
+                give_up_after: Duration::from_secs(give_up),
+                growth,
+                jitter,
+                ..QueuePolicy::default()
+            };
+            let _ = delay_before(&p, attempt);
+            if let Some(at) = next_attempt_at(&p, attempt, enqueued, ended, sample) {
+                proptest::prop_assert!(at >= enqueued.max(ended));
+            }
+        }
+    }
+
     #[test]
-    fn schedule_is_bounded() {
+    fn schedule_is_bounded_by_the_attempt_cap_and_such_a_policy_is_refused() {
         let mut p = QueuePolicy::default();
         ms(&mut p, 1, 1, 10_000_000);
-        assert_eq!(schedule(&p).len(), SCHEDULE_LIMIT);
+        assert_eq!(schedule(&p).len(), MAX_ATTEMPTS as usize);
+        assert_eq!(next_attempt_at(&p, MAX_ATTEMPTS + 1, 0, 0, 0.0), None);
+        let why = refusal(&p).expect("more than MAX_ATTEMPTS attempts");
+        // The floor, not the policy's 1 ms, spaces the attempts: 999 gaps of 10 ms.
+        assert!(
+            why.contains("span 9s 990ms of give_up_after 2h 46m 40s"),
+            "{why}"
+        );
+        assert_eq!(refusal(&QueuePolicy::default()), None);
+    }
+
+    #[test]
+    fn a_zero_delay_is_raised_to_the_floor_jitter_included() {
+        // The policy that once retried 1 512 times in 3 s: the schedule said 1 attempt.
+        let mut p = QueuePolicy::default();
+        ms(&mut p, 0, 0, 3 * 86_400_000);
+        let floor = MIN_RETRY.as_millis() as u64;
+        assert_eq!(next_attempt_at(&p, 2, 0, 0, 0.0), Some(floor));
+        ms(&mut p, 20, 20, 60_000);
+        p.jitter = 1.0;
+        assert_eq!(next_attempt_at(&p, 2, 0, 0, -1.0), Some(floor));
+        assert!(refusal(&p).is_some());
+    }
+
+    /// What the scheduler does with a call whose attempts fail at once: each failure asks
+    /// `next_attempt_at` for the next one, until it says none (dead letters).
+    fn as_the_scheduler_runs(p: &QueuePolicy) -> Vec<u64> {
+        let mut starts = vec![0];
+        loop {
+            let number = starts.len() as u32;
+            let previous_end = *starts.last().unwrap();
+            match next_attempt_at(p, number + 1, 0, previous_end, 0.0) {
+                Some(at) => starts.push(at),
+                None => return starts,
+            }
+        }
+    }
+
+    #[test]
+    fn the_schedule_is_what_the_scheduler_does() {
+        let mut odd = QueuePolicy::default();
+        ms(&mut odd, 0, 250, 5_000);
+        odd.growth = 3.0;
+        let mut capped = QueuePolicy::default();
+        ms(&mut capped, 10, 10, 3_600_000);
+        for p in [QueuePolicy::default(), odd, capped] {
+            let listed: Vec<u64> = schedule(&p)
+                .iter()
+                .map(|a| (a.at_secs * 1000.0).round() as u64)
+                .collect();
+            assert_eq!(listed, as_the_scheduler_runs(&p), "{p:?}");
+        }
     }
 }

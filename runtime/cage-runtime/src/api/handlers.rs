@@ -3,26 +3,25 @@
 
 use super::auth::Invocation;
 use super::{ApiError, ApiState};
+use crate::clock;
 use crate::dashboard::gather::Cluster;
 use crate::jobs::{CatchUp, Schedule};
 use crate::metrics::exposition;
 use crate::transport::client::{Client, ClientError};
-use crate::transport::protocol::{
-    unix_ms, EnqueueRequest, Filter, JobRequest, JobSpec, QueueQuery,
-};
+use crate::transport::protocol::{EnqueueRequest, Filter, JobRequest, JobSpec, QueueQuery};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use cage_sdk::{CallError, ErrorKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Longest any API request waits, whatever it asks.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 fn seconds(s: Option<f64>, default: Duration) -> Duration {
     match s {
-        Some(v) if v.is_finite() && v >= 0.0 => Duration::from_secs_f64(v).min(MAX_WAIT),
+        Some(v) if v.is_finite() && v >= 0.0 => clock::from_secs_f64(v).min(MAX_WAIT),
         _ => default,
     }
 }
@@ -188,7 +187,8 @@ pub async fn enqueue(
             .unwrap_or_else(|| crate::config::DEFAULT_QUEUE.to_owned()),
         priority: body.priority,
         key: body.key,
-        delay_ms: seconds(body.delay_secs, Duration::ZERO).as_millis() as u64,
+        // Not a wait: uncapped here, refused by the cage beyond its horizon.
+        delay_ms: clock::millis(clock::from_secs_f64(body.delay_secs.unwrap_or(0.0))),
     };
     let state = state.into_inner();
     let (id, duplicate_of) =
@@ -239,22 +239,24 @@ pub async fn add_job(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let (module, method) = split(&body.target)?;
-    let now = unix_ms(SystemTime::now());
+    let now = clock::now_ms();
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_arguments", m);
     let schedule = match (body.at, body.in_secs, body.every_secs) {
         (Some(at), None, None) => {
             let t =
                 humantime::parse_rfc3339_weak(&at).map_err(|e| bad(format!("at {at:?}: {e}")))?;
-            Schedule::Once { at_ms: unix_ms(t) }
+            Schedule::Once {
+                at_ms: clock::unix_ms(t),
+            }
         }
         (None, Some(s), None) => Schedule::Once {
-            at_ms: now + seconds(Some(s), Duration::ZERO).as_millis() as u64,
+            at_ms: clock::after(now, clock::from_secs_f64(s)),
         },
         (None, None, Some(s)) => {
-            let ms = (s.max(0.0) * 1000.0) as u64;
+            let every = clock::from_secs_f64(s);
             Schedule::Every {
-                interval_ms: ms,
-                first_ms: now + ms,
+                interval_ms: clock::millis(every),
+                first_ms: clock::after(now, every),
             }
         }
         _ => {

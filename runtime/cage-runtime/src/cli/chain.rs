@@ -1,10 +1,11 @@
 //! `cage chain` (start a chain of calls, wait for its results) and `cage chains` (list them).
 
+use super::listing::Gathered;
 use super::queue_view::{cages, now_ms, words};
 use super::{exit, target};
 use cage_runtime::chains::{parse_steps, ChainRecord, ChainState, StepSpec};
 use cage_runtime::config::Site;
-use cage_runtime::transport::client::Client;
+use cage_runtime::transport::client::{Client, ClientError};
 use cage_runtime::transport::protocol::{ChainRequest, NewChain};
 use cage_sdk::{CallError, ErrorKind, ResultOptions};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
@@ -212,29 +213,30 @@ pub fn path(c: &ChainRecord) -> String {
 }
 
 pub fn list(site: &Site, cage: Option<&str>, all: bool, limit: usize, json: bool) -> ExitCode {
-    let mut found = Vec::new();
-    for c in cages(site, cage) {
-        let route = match target::route(site, &c) {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
-        match Client::connect(&c, &route)
-            .and_then(|mut cl| cl.chains(ChainRequest::List { all, limit }, START_TIMEOUT))
-        {
-            Ok(Ok(chains)) => found.extend(chains),
-            Ok(Err(e)) => eprintln!("warning: cage {c}: {e}"),
-            // One cage down must not hide the others' chains.
-            Err(e) => eprintln!("warning: {e}"),
-        }
-    }
+    // One cage down must not hide the others' chains; it is named, and the exit code says so.
+    let gathered = match Gathered::ask(site, &cages(site, cage), |c| {
+        c.chains(ChainRequest::List { all, limit }, START_TIMEOUT)
+            .map_err(ClientError::into_call_error)?
+    }) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let found = &gathered.items;
     if json {
         let views: Vec<Value> = found.iter().map(view).collect();
         println!("{}", Value::Array(views));
-        return ExitCode::SUCCESS;
+        return gathered.finish(json);
     }
     if found.is_empty() {
-        println!("no {}chains", if all { "" } else { "running " });
-        return ExitCode::SUCCESS;
+        println!(
+            "{}",
+            gathered.nothing(if all {
+                "no chains"
+            } else {
+                "no running chains"
+            })
+        );
+        return gathered.finish(json);
     }
     let now = now_ms();
     let mut table = Table::new();
@@ -242,7 +244,7 @@ pub fn list(site: &Site, cage: Option<&str>, all: bool, limit: usize, json: bool
         .load_preset(UTF8_BORDERS_ONLY)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(["CHAIN", "CAGE", "STATE", "STEP", "PATH", "AGE", "PARENT"]);
-    for c in &found {
+    for c in found {
         let state = match c.failure() {
             Some(f) => format!("{}: {}", c.state.as_str(), f.reason),
             None => c.state.as_str().to_owned(),
@@ -262,7 +264,7 @@ pub fn list(site: &Site, cage: Option<&str>, all: bool, limit: usize, json: bool
         ]);
     }
     println!("{table}");
-    ExitCode::SUCCESS
+    gathered.finish(json)
 }
 
 /// Chains held by `cage` that call `id` started, or the chain `id` itself.

@@ -2,6 +2,7 @@
 
 use super::queue_view::TIMEOUT;
 use super::{exit, target};
+use cage_runtime::clock;
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::{Client, ClientError};
 use cage_runtime::transport::protocol::EnqueueRequest;
@@ -26,10 +27,19 @@ pub fn enqueue(site: &Site, a: EnqueueArgs<'_>) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
+    if let Err(code) = target::cage(a.cage).and_then(|()| target::queue(&a.queue)) {
+        return code;
+    }
     if let Err(e) = serde_json::from_str::<serde_json::Value>(a.args) {
         return exit::fail(
             exit::for_kind(ErrorKind::BadArguments),
             format!("arguments for {} {} are not JSON: {e}", a.cage, a.target),
+        );
+    }
+    if let Err(e) = clock::span_within_horizon("--delay", a.delay) {
+        return exit::fail(
+            exit::for_kind(ErrorKind::BadArguments),
+            format!("enqueue of {} {}: {e}", a.cage, a.target),
         );
     }
     // The cage that takes the call keeps it until its target accepts it: by default the target
@@ -47,7 +57,7 @@ pub fn enqueue(site: &Site, a: EnqueueArgs<'_>) -> ExitCode {
         queue: a.queue,
         priority: a.priority,
         key: a.key,
-        delay_ms: a.delay.as_millis() as u64,
+        delay_ms: clock::millis(a.delay),
     };
     match Client::connect(via, &route).and_then(|mut c| c.enqueue(request, TIMEOUT)) {
         Ok((id, duplicate_of)) => {

@@ -2,6 +2,7 @@
 
 use super::queue_view::{now_ms, words, TIMEOUT};
 use super::{exit, target};
+use cage_runtime::clock::{self, unix_ms};
 use cage_runtime::config::Site;
 use cage_runtime::jobs::{CatchUp, Job, Schedule};
 use cage_runtime::transport::client::{Client, ClientError};
@@ -10,7 +11,7 @@ use cage_sdk::ErrorKind;
 use clap::Subcommand;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use std::process::ExitCode;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 #[derive(Subcommand)]
 pub enum JobAction {
@@ -94,6 +95,9 @@ pub fn job(site: &Site, action: JobAction) -> ExitCode {
                 Ok(x) => x,
                 Err(code) => return code,
             };
+            if let Err(code) = target::queue(&queue) {
+                return code;
+            }
             if let Err(e) = serde_json::from_str::<serde_json::Value>(&args) {
                 return exit::fail(
                     exit::for_kind(ErrorKind::BadArguments),
@@ -103,12 +107,8 @@ pub fn job(site: &Site, action: JobAction) -> ExitCode {
             let now = now_ms();
             let schedule = match (at, after, every) {
                 (Some(at), _, _) => match humantime::parse_rfc3339_weak(&at) {
-                    Ok(t) => Schedule::Once {
-                        at_ms: t
-                            .duration_since(UNIX_EPOCH)
-                            .map(|d| d.as_millis() as u64)
-                            .unwrap_or(0),
-                    },
+                    Ok(t) => clock::within_horizon(&format!("--at {at}"), unix_ms(t), now)
+                        .map(|at_ms| Schedule::Once { at_ms }),
                     Err(e) => {
                         return exit::fail(
                             exit::for_kind(ErrorKind::BadArguments),
@@ -116,17 +116,28 @@ pub fn job(site: &Site, action: JobAction) -> ExitCode {
                         )
                     }
                 },
-                (_, Some(d), _) => Schedule::Once {
-                    at_ms: now + d.as_millis() as u64,
-                },
-                (_, _, Some(d)) => Schedule::Every {
-                    interval_ms: d.as_millis() as u64,
-                    first_ms: now + d.as_millis() as u64,
-                },
+                (_, Some(d), _) => clock::span_within_horizon("--in", d).map(|d| Schedule::Once {
+                    at_ms: clock::after(now, d),
+                }),
+                (_, _, Some(d)) => {
+                    clock::span_within_horizon("--every", d).map(|d| Schedule::Every {
+                        interval_ms: clock::millis(d),
+                        first_ms: clock::after(now, d),
+                    })
+                }
                 (None, None, None) => {
                     return exit::fail(
                         exit::for_kind(ErrorKind::BadArguments),
                         "say when: --at, --in or --every",
+                    )
+                }
+            };
+            let schedule = match schedule {
+                Ok(s) => s,
+                Err(e) => {
+                    return exit::fail(
+                        exit::for_kind(ErrorKind::BadArguments),
+                        format!("job for {cage} {t}: {e}"),
                     )
                 }
             };
@@ -195,24 +206,22 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
         Some(c) => vec![c.to_owned()],
         None => site.cage_names(),
     };
-    let mut all: Vec<Job> = Vec::new();
-    for name in cages {
-        let route = match target::route(site, &name) {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
-        match Client::connect(&name, &route).and_then(|mut c| c.job(JobRequest::List, TIMEOUT)) {
-            Ok(jobs) => all.extend(jobs),
-            Err(e) => eprintln!("warning: {e}"),
-        }
-    }
+    // A cage that could not be read is named, and the exit code says the listing is partial.
+    let gathered = match super::listing::Gathered::ask(site, &cages, |c| {
+        c.job(JobRequest::List, TIMEOUT)
+            .map_err(ClientError::into_call_error)
+    }) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let all: &Vec<Job> = &gathered.items;
     if json {
-        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        println!("{}", serde_json::to_string_pretty(all).unwrap_or_default());
+        return gathered.finish(json);
     }
     if all.is_empty() {
-        println!("no jobs");
-        return ExitCode::SUCCESS;
+        println!("{}", gathered.nothing("no jobs"));
+        return gathered.finish(json);
     }
     let now = now_ms();
     let mut table = Table::new();
@@ -222,7 +231,7 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
         .set_header([
             "ID", "CAGE", "CALLS", "SCHEDULE", "NEXT RUN", "LAST RUN", "OUTCOME",
         ]);
-    for j in &all {
+    for j in all {
         let next = match j.next_run_ms {
             None => "- (ran)".to_owned(),
             Some(t) if t <= now => "due now".to_owned(),
@@ -231,7 +240,12 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
         let (last, outcome) = match &j.last_run {
             None => ("never".to_owned(), "-".to_owned()),
             Some(r) => (
-                format!("{} ago", words(now.saturating_sub(r.scheduled_ms))),
+                // A run stored as scheduled ahead of now (a clock set back, an old record).
+                if r.scheduled_ms > now {
+                    format!("at {}", clock::utc(r.scheduled_ms))
+                } else {
+                    format!("{} ago", words(now - r.scheduled_ms))
+                },
                 r.outcome
                     .clone()
                     .unwrap_or_else(|| format!("queued as {}", r.call_id)),
@@ -258,5 +272,5 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
         ]);
     }
     println!("{table}");
-    ExitCode::SUCCESS
+    gathered.finish(json)
 }

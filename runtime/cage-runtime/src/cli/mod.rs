@@ -10,6 +10,7 @@ mod enqueue;
 mod exit;
 mod jobs;
 mod keys;
+mod listing;
 mod modules;
 mod pending;
 mod queue_view;
@@ -22,7 +23,7 @@ mod target;
 
 use cage_runtime::config::Site;
 use cage_runtime::transport::protocol::{Filter, QueueQuery};
-use cage_runtime::transport::tls;
+use cage_runtime::transport::{credential, tls};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -305,6 +306,8 @@ pub fn main() -> ExitCode {
         _ => tls::CLI_IDENTITY,
     };
     tls::act_as(tls::Identity::new(identity, &site.keys_dir()));
+    // Over plain TCP, every connection opens with the site's credential.
+    credential::present_site(&site.keys_dir());
     match cli.command {
         Command::Run {
             name,

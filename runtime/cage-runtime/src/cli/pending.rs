@@ -1,7 +1,9 @@
 //! `cage pending` and `cage dead`: queued calls of one cage or of the whole site.
 
-use super::queue_view::{ask, cages, next_attempt, now_ms, words};
+use super::listing::Gathered;
+use super::queue_view::{cages, next_attempt, now_ms, words, TIMEOUT};
 use cage_runtime::config::Site;
+use cage_runtime::transport::client::ClientError;
 use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use std::process::ExitCode;
@@ -13,33 +15,36 @@ fn target_of(v: &CallView) -> String {
 
 /// Lists pending (`dead` false) or dead calls.
 pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: bool) -> ExitCode {
-    let mut all = Vec::new();
-    for c in cages(site, cage) {
-        let query = if dead {
-            QueueQuery::Dead(filter.clone())
-        } else {
-            QueueQuery::Pending(filter.clone())
-        };
-        match ask(site, &c, query) {
-            Ok(calls) => all.extend(calls),
-            Err(code) => return code,
-        }
-    }
-    all.sort_by_key(|v| (v.record.next_at_ms, v.record.call.enqueued_at_ms));
+    let query = if dead {
+        QueueQuery::Dead(filter)
+    } else {
+        QueueQuery::Pending(filter)
+    };
+    let mut gathered = match Gathered::ask(site, &cages(site, cage), |c| {
+        c.calls(query.clone(), TIMEOUT)
+            .map_err(ClientError::into_call_error)
+    }) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    gathered
+        .items
+        .sort_by_key(|v| (v.record.next_at_ms, v.record.call.enqueued_at_ms));
+    let all = &gathered.items;
     if json {
-        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        println!("{}", serde_json::to_string_pretty(all).unwrap_or_default());
+        return gathered.finish(json);
     }
     if all.is_empty() {
         println!(
             "{}",
-            if dead {
+            gathered.nothing(if dead {
                 "no dead calls"
             } else {
                 "no pending calls"
-            }
+            })
         );
-        return ExitCode::SUCCESS;
+        return gathered.finish(json);
     }
     let now = now_ms();
     let mut table = Table::new();
@@ -50,7 +55,7 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
         table.set_header([
             "ID", "HELD BY", "TARGET", "QUEUE", "ATTEMPTS", "AGE", "WHY DEAD",
         ]);
-        for v in &all {
+        for v in all {
             table.add_row([
                 v.record.call.id.clone(),
                 v.cage.clone(),
@@ -73,7 +78,7 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
             "AGE",
             "LAST ERROR",
         ]);
-        for v in &all {
+        for v in all {
             table.add_row([
                 v.record.call.id.clone(),
                 v.cage.clone(),
@@ -93,5 +98,5 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
         all.len(),
         if dead { "dead" } else { "pending" }
     );
-    ExitCode::SUCCESS
+    gathered.finish(json)
 }

@@ -1,11 +1,12 @@
 //! Shared by the queue commands: asking one or all cages, and showing times in words.
 
 use super::{exit, target};
+use cage_runtime::clock;
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::Client;
-use cage_runtime::transport::protocol::{unix_ms, CallView, QueueQuery};
+use cage_runtime::transport::protocol::{CallView, QueueQuery};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// How long a queue command waits for each cage.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -15,19 +16,6 @@ pub fn cages(site: &Site, cage: Option<&str>) -> Vec<String> {
     match cage {
         Some(c) => vec![c.to_owned()],
         None => site.cage_names(),
-    }
-}
-
-/// Asks `cage` a question about its queue; an unreachable cage is reported on stderr and
-/// yields nothing, so one cage down does not hide the others.
-pub fn ask(site: &Site, cage: &str, query: QueueQuery) -> Result<Vec<CallView>, ExitCode> {
-    let route = target::route(site, cage)?;
-    match Client::connect(cage, &route).and_then(|mut c| c.calls(query, TIMEOUT)) {
-        Ok(calls) => Ok(calls),
-        Err(e) => {
-            eprintln!("warning: {e}");
-            Ok(Vec::new())
-        }
     }
 }
 
@@ -62,17 +50,12 @@ pub fn find(site: &Site, id: &str) -> Result<Vec<CallView>, ExitCode> {
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
+    clock::now_ms()
 }
 
 /// A duration in words, to the second (to the millisecond below ten seconds).
 pub fn words(ms: u64) -> String {
-    let d = if ms < 10_000 {
-        Duration::from_millis(ms)
-    } else {
-        Duration::from_secs(ms / 1000)
-    };
-    humantime::format_duration(d).to_string()
+    clock::span_ms(ms)
 }
 
 /// When the next attempt of a pending call runs, in words.

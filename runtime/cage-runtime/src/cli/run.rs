@@ -7,6 +7,9 @@ use cage_runtime::config::{InstanceOverrides, Site};
 use std::process::ExitCode;
 
 pub fn run(site: &Site, name: &str, overrides: &InstanceOverrides) -> ExitCode {
+    if let Err(code) = super::target::cage(name) {
+        return code;
+    }
     let prepared = match PreparedCage::prepare_instance(site, name, overrides) {
         Ok(p) => p,
         Err(e @ StartError::Config(_)) => return exit::fail(exit::CONFIG, e),

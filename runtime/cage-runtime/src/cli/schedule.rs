@@ -1,8 +1,9 @@
-//! `cage schedule`: the attempts the current config implies for a queue, without jitter.
+//! `cage schedule`: the attempts the current config implies for a queue, without jitter: the
+//! times come from the function the scheduler asks after each failed attempt.
 
-use super::exit;
+use super::{exit, target};
 use cage_runtime::config::Site;
-use cage_runtime::retry_policy::{schedule as plan, SCHEDULE_LIMIT};
+use cage_runtime::retry_policy::{schedule as plan, MAX_ATTEMPTS};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ fn words(secs: f64) -> String {
 }
 
 pub fn schedule(site: &Site, queue: &str, json_out: bool) -> ExitCode {
+    if let Err(code) = target::queue(queue) {
+        return code;
+    }
     let execute_on = match site.execute_on() {
         Ok(e) => e,
         Err(e) => return exit::fail(exit::CONFIG, e),
@@ -79,8 +83,8 @@ pub fn schedule(site: &Site, queue: &str, json_out: bool) -> ExitCode {
     }
     println!("{table}");
     let span = attempts.last().map(|a| a.at_secs).unwrap_or(0.0);
-    let cut = if attempts.len() >= SCHEDULE_LIMIT {
-        " (listing cut at the limit)"
+    let cut = if attempts.len() >= MAX_ATTEMPTS as usize {
+        " (the most attempts a call makes)"
     } else {
         ""
     };

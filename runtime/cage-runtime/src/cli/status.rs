@@ -5,6 +5,7 @@ use super::exit;
 use cage_runtime::config::Site;
 use cage_runtime::dashboard::gather::{CageSummary, Cluster, Instance};
 use cage_runtime::discovery::{DiscoveryError, Known};
+use cage_sdk::ErrorKind;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -82,7 +83,7 @@ pub fn status(site: &Site, json: bool) -> ExitCode {
             "{}",
             serde_json::to_string_pretty(&rows).unwrap_or_default()
         );
-        return ExitCode::SUCCESS;
+        return unread(&rows);
     }
     if rows.is_empty() {
         println!("no cages: none in cages/, none under [cages.*], none answered discovery");
@@ -131,5 +132,33 @@ pub fn status(site: &Site, json: bool) -> ExitCode {
         ]);
     }
     println!("{table}");
-    ExitCode::SUCCESS
+    unread(&rows)
+}
+
+/// Success if every instance answered in full; else names those that did not, and exits
+/// with the unreachable code (the table or JSON above shows why for each).
+fn unread(rows: &[Row]) -> ExitCode {
+    let missing: Vec<String> = rows
+        .iter()
+        .filter_map(|r| match (&r.error, r.pending) {
+            (Some(_), _) => Some(format!("{} at {} (down)", r.cage, r.address)),
+            (None, None) => Some(format!(
+                "{} at {} (its counters could not be read)",
+                r.cage, r.address
+            )),
+            (None, Some(_)) => None,
+        })
+        .collect();
+    if missing.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    exit::fail(
+        exit::for_kind(ErrorKind::Unreachable),
+        format!(
+            "{} of {} instance(s) could not be read: {}",
+            missing.len(),
+            rows.len(),
+            missing.join(", ")
+        ),
+    )
 }

@@ -1,10 +1,11 @@
 //! `cage retry-now`, `cage cancel`, `cage revive`: operator orders about queued calls.
 
 use super::exit;
+use super::listing::Gathered;
 use super::queue_view::{cages, find, TIMEOUT};
 use super::target;
 use cage_runtime::config::Site;
-use cage_runtime::transport::client::Client;
+use cage_runtime::transport::client::{Client, ClientError};
 use cage_runtime::transport::protocol::{Filter, QueueQuery};
 use std::process::ExitCode;
 
@@ -31,19 +32,30 @@ pub fn by_id(site: &Site, id: &str, what: &str, order: fn(String) -> QueueQuery)
 /// Cancels `id` wherever it is: a call pending or dead, a chain, or a call whose chains are
 /// still running (a sync call that started children has no record of its own).
 pub fn cancel(site: &Site, id: &str) -> ExitCode {
-    let changed = match everywhere(site, site.cage_names(), &|| {
+    let asked = match everywhere(site, site.cage_names(), &|| {
         QueueQuery::Cancel(id.to_owned())
     }) {
-        Ok(n) => n,
+        Ok(g) => g,
         Err(code) => return code,
     };
+    let changed: usize = asked.items.iter().sum();
     if changed == 0 {
+        // A cage that did not answer may hold it: say so rather than "not found".
+        if !asked.unread.is_empty() {
+            return asked.fail_if_unread(&format!(
+                "call or chain {id:?} may be held by one of them and was not cancelled"
+            ));
+        }
         return exit::fail(
             exit::NOT_FOUND,
             format!("no cage of the site holds a call or chain {id:?} to cancel"),
         );
     }
     println!("cancelled: {id} ({changed} call(s) and chain(s))");
+    // Cancelled where it was found; a cage that did not answer is worth a warning only.
+    for u in &asked.unread {
+        eprintln!("warning: cage {} did not answer: {}", u.cage, u.error);
+    }
     ExitCode::SUCCESS
 }
 
@@ -56,30 +68,26 @@ pub fn all(
     order: fn(Filter) -> QueueQuery,
 ) -> ExitCode {
     match everywhere(site, cages(site, cage), &|| order(filter.clone())) {
-        Ok(changed) => {
-            println!("{changed} call(s) {what}");
-            ExitCode::SUCCESS
+        Ok(asked) => {
+            println!("{} call(s) {what}", asked.items.iter().sum::<usize>());
+            asked.fail_if_unread("their calls were not changed")
         }
         Err(code) => code,
     }
 }
 
-/// Gives the order `order` builds to each of `cages`; returns how many calls it changed in all.
+/// Gives the order `order` builds to each of `cages`: how many calls each that answered
+/// changed, and which did not answer (one cage down does not keep the others' calls waiting).
 fn everywhere(
     site: &Site,
     cages: Vec<String>,
     order: &dyn Fn() -> QueueQuery,
-) -> Result<usize, ExitCode> {
-    let mut changed = 0;
-    for c in cages {
-        let route = target::route(site, &c)?;
-        // One cage down must not keep the others' calls waiting: warn and go on.
-        match Client::connect(&c, &route).and_then(|mut cl| cl.steer(order(), TIMEOUT)) {
-            Ok(n) => changed += n,
-            Err(e) => eprintln!("warning: {e}"),
-        }
-    }
-    Ok(changed)
+) -> Result<Gathered<usize>, ExitCode> {
+    Gathered::ask(site, &cages, |c| {
+        c.steer(order(), TIMEOUT)
+            .map(|n| vec![n])
+            .map_err(ClientError::into_call_error)
+    })
 }
 
 fn steer(site: &Site, cage: &str, order: QueueQuery) -> Result<usize, ExitCode> {

@@ -1,7 +1,9 @@
 //! The cage file `cages/NAME.toml`: where one cage listens, what it serves, how it runs.
 
 use super::error::ConfigError;
+use super::ranges::{self, SpannedDuration};
 use crate::jobs::CatchUp;
+use crate::names::{self, NameKind};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ pub struct CageFileDefaults;
 impl CageFileDefaults {
     /// Worker threads running module code.
     pub const EXECUTOR_THREADS: usize = 8;
+    /// Largest module file read (a larger one is refused unread).
+    pub const MAX_MODULE_BYTES: u64 = 512 * 1024 * 1024;
     /// Longest a sync call may run when the caller does not say.
     pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
     /// How long a module file must stay unchanged before it is loaded.
@@ -56,30 +60,23 @@ struct RawCageFile {
     listen: Spanned<String>,
     #[serde(default)]
     modules: Vec<Spanned<String>>,
+    max_module_bytes: Option<Spanned<toml::Value>>,
     data_dir: Option<PathBuf>,
     executor_threads: Option<Spanned<usize>>,
-    #[serde(default, with = "humantime_serde")]
-    call_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    reload_debounce: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    rescan_interval: Option<Duration>,
+    call_timeout: Option<SpannedDuration>,
+    reload_debounce: Option<SpannedDuration>,
+    rescan_interval: Option<SpannedDuration>,
     max_frame_bytes: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
-    #[serde(default, with = "humantime_serde")]
-    idle_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    shutdown_grace: Option<Duration>,
+    idle_timeout: Option<SpannedDuration>,
+    shutdown_grace: Option<SpannedDuration>,
     fdatasync: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
-    commit_window: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    port_wait: Option<Duration>,
+    commit_window: Option<SpannedDuration>,
+    port_wait: Option<SpannedDuration>,
     http_listen: Option<Spanned<String>>,
     http_max_body: Option<Spanned<usize>>,
     queue_cache_mb: Option<Spanned<usize>>,
-    #[serde(default, with = "humantime_serde")]
-    max_wait: Option<Duration>,
+    max_wait: Option<SpannedDuration>,
     max_waits_per_connection: Option<Spanned<usize>>,
     max_waits: Option<Spanned<usize>>,
     max_connection_bytes: Option<Spanned<usize>>,
@@ -96,12 +93,11 @@ struct RawJob {
     call: Spanned<String>,
     #[serde(default)]
     args: Option<toml::Value>,
-    #[serde(with = "humantime_serde")]
-    every: Duration,
+    every: SpannedDuration,
     #[serde(default)]
     catch_up: CatchUp,
     #[serde(default)]
-    queue: Option<String>,
+    queue: Option<Spanned<String>>,
 }
 
 /// A recurring job declared in a cage file (`[[jobs]]`).
@@ -136,6 +132,8 @@ pub struct CageConfig {
     pub tls: bool,
     /// Modules served, by name; each is `modules/lib<name>.so`.
     pub modules: Vec<String>,
+    /// Largest module file read; a larger one is refused unread.
+    pub max_module_bytes: u64,
     /// Where the cage keeps its state (absolute).
     pub data_dir: PathBuf,
     /// Worker threads running module code.
@@ -181,13 +179,42 @@ pub struct CageConfig {
     pub max_inflight_bytes: usize,
 }
 
-/// Whether `name` can name a cage or module: letters, digits, `-` and `_`.
+/// The byte size `value` means: a number of bytes, or a text such as "512MiB" or "64MB";
+/// refused outside `min..=max`.
+fn byte_size(value: &toml::Value, min: u64, max: u64) -> Result<u64, String> {
+    let expected = "expected a byte size such as \"512MiB\", \"64MB\" or a number of bytes";
+    let bytes = match value {
+        toml::Value::Integer(n) => {
+            u64::try_from(*n).map_err(|_| format!("{expected}, found {n}"))?
+        }
+        toml::Value::String(text) => text
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map_err(|_| format!("{expected}, found {text:?}"))?
+            .as_u64(),
+        other => return Err(format!("{expected}, found {}", other.type_str())),
+    };
+    let show = |n: u64| format!("{} ({n} bytes)", bytesize::ByteSize(n));
+    if bytes < min {
+        Err(format!(
+            "must be at least {}, found {}",
+            show(min),
+            show(bytes)
+        ))
+    } else if bytes > max {
+        Err(format!(
+            "must be at most {}, found {}",
+            show(max),
+            show(bytes)
+        ))
+    } else {
+        Ok(bytes)
+    }
+}
+
+/// Whether `name` can name a cage or module: letters, digits, `-` and `_` ([`crate::names`]).
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    names::is_valid(NameKind::Cage, name)
 }
 
 impl CageConfig {
@@ -219,28 +246,14 @@ impl CageConfig {
         let mut modules = Vec::new();
         for m in &raw.modules {
             let module = m.get_ref();
-            if !valid_name(module) {
-                return Err(at(
-                    m.span(),
-                    format!("modules: {module:?} is not a module name (letters, digits, '-', '_')"),
-                ));
-            }
+            names::check(NameKind::Module, module)
+                .map_err(|e| at(m.span(), format!("modules: {e}")))?;
             if modules.contains(module) {
                 return Err(at(m.span(), format!("modules: {module:?} is listed twice")));
             }
             modules.push(module.clone());
         }
 
-        let positive =
-            |v: &Option<Spanned<usize>>, key: &str, default: usize| -> Result<usize, ConfigError> {
-                match v {
-                    None => Ok(default),
-                    Some(s) if *s.get_ref() == 0 => {
-                        Err(at(s.span(), format!("{key}: must be at least 1")))
-                    }
-                    Some(s) => Ok(*s.get_ref()),
-                }
-            };
         let http_listen: SocketAddr = match &raw.http_listen {
             None => SocketAddr::from(([127, 0, 0, 1], 0)),
             Some(h) => {
@@ -257,12 +270,8 @@ impl CageConfig {
         for j in &raw.jobs {
             let r = j.get_ref();
             let name = r.name.get_ref();
-            if !valid_name(name) {
-                return Err(at(
-                    r.name.span(),
-                    format!("jobs: {name:?} is not a job name (letters, digits, '-', '_')"),
-                ));
-            }
+            names::check(NameKind::Job, name)
+                .map_err(|e| at(r.name.span(), format!("jobs: {e}")))?;
             if jobs.iter().any(|d| d.name == *name) {
                 return Err(at(
                     r.name.span(),
@@ -283,12 +292,24 @@ impl CageConfig {
                     ),
                 ));
             };
-            if r.every.is_zero() {
-                return Err(at(
-                    j.span(),
-                    format!("jobs.{name}.every: must be longer than zero"),
-                ));
-            }
+            names::check(NameKind::Module, module)
+                .and_then(|()| names::check(NameKind::Method, method))
+                .map_err(|e| at(r.call.span(), format!("jobs.{name}.call: {e}")))?;
+            let every = ranges::duration(
+                &Some(r.every.clone()),
+                &format!("jobs.{name}.every"),
+                ranges::JOB_EVERY,
+                Duration::ZERO,
+                &at,
+            )?;
+            let queue = match &r.queue {
+                None => super::DEFAULT_QUEUE.to_owned(),
+                Some(q) => {
+                    names::check(NameKind::Queue, q.get_ref())
+                        .map_err(|e| at(q.span(), format!("jobs.{name}.queue: {e}")))?;
+                    q.get_ref().clone()
+                }
+            };
             let args = match &r.args {
                 Some(v) => serde_json::to_vec(v)
                     .map_err(|e| at(j.span(), format!("jobs.{name}.args: {e}")))?,
@@ -299,14 +320,18 @@ impl CageConfig {
                 module: module.to_owned(),
                 method: method.to_owned(),
                 args,
-                every: r.every,
+                every,
                 catch_up: r.catch_up,
-                queue: r
-                    .queue
-                    .clone()
-                    .unwrap_or_else(|| super::DEFAULT_QUEUE.to_owned()),
+                queue,
             });
         }
+        // The least is an ELF header; the most bounds the memory one load takes, since a file is
+        // held whole while it is checked and copied.
+        let max_module_bytes = match &raw.max_module_bytes {
+            None => CageFileDefaults::MAX_MODULE_BYTES,
+            Some(v) => byte_size(v.get_ref(), 64, 4 * 1024 * 1024 * 1024)
+                .map_err(|reason| at(v.span(), format!("max_module_bytes: {reason}")))?,
+        };
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(name));
@@ -316,68 +341,133 @@ impl CageConfig {
             listen,
             tls,
             modules,
+            max_module_bytes,
             data_dir: if data_dir.is_absolute() {
                 data_dir
             } else {
                 site.join(data_dir)
             },
-            executor_threads: positive(
+            executor_threads: ranges::count(
                 &raw.executor_threads,
                 "executor_threads",
+                ranges::EXECUTOR_THREADS,
                 CageFileDefaults::EXECUTOR_THREADS,
+                &at,
             )?,
-            call_timeout: raw.call_timeout.unwrap_or(CageFileDefaults::CALL_TIMEOUT),
-            reload_debounce: raw
-                .reload_debounce
-                .unwrap_or(CageFileDefaults::RELOAD_DEBOUNCE),
-            rescan_interval: raw
-                .rescan_interval
-                .unwrap_or(CageFileDefaults::RESCAN_INTERVAL),
-            max_frame_bytes: positive(
+            call_timeout: ranges::duration(
+                &raw.call_timeout,
+                "call_timeout",
+                ranges::CALL_TIMEOUT,
+                CageFileDefaults::CALL_TIMEOUT,
+                &at,
+            )?,
+            reload_debounce: ranges::duration(
+                &raw.reload_debounce,
+                "reload_debounce",
+                ranges::RELOAD_DEBOUNCE,
+                CageFileDefaults::RELOAD_DEBOUNCE,
+                &at,
+            )?,
+            rescan_interval: ranges::duration(
+                &raw.rescan_interval,
+                "rescan_interval",
+                ranges::RESCAN_INTERVAL,
+                CageFileDefaults::RESCAN_INTERVAL,
+                &at,
+            )?,
+            max_frame_bytes: ranges::count(
                 &raw.max_frame_bytes,
                 "max_frame_bytes",
+                ranges::MAX_FRAME_BYTES,
                 CageFileDefaults::MAX_FRAME_BYTES,
+                &at,
             )?,
-            max_connections: positive(
+            max_connections: ranges::count(
                 &raw.max_connections,
                 "max_connections",
+                ranges::MAX_CONNECTIONS,
                 CageFileDefaults::MAX_CONNECTIONS,
+                &at,
             )?,
-            idle_timeout: raw.idle_timeout.unwrap_or(CageFileDefaults::IDLE_TIMEOUT),
-            shutdown_grace: raw
-                .shutdown_grace
-                .unwrap_or(CageFileDefaults::SHUTDOWN_GRACE),
+            idle_timeout: ranges::duration(
+                &raw.idle_timeout,
+                "idle_timeout",
+                ranges::IDLE_TIMEOUT,
+                CageFileDefaults::IDLE_TIMEOUT,
+                &at,
+            )?,
+            shutdown_grace: ranges::duration(
+                &raw.shutdown_grace,
+                "shutdown_grace",
+                ranges::SHUTDOWN_GRACE,
+                CageFileDefaults::SHUTDOWN_GRACE,
+                &at,
+            )?,
             fdatasync: raw.fdatasync.unwrap_or(true),
-            commit_window: raw.commit_window.unwrap_or(CageFileDefaults::COMMIT_WINDOW),
+            commit_window: ranges::duration(
+                &raw.commit_window,
+                "commit_window",
+                ranges::COMMIT_WINDOW,
+                CageFileDefaults::COMMIT_WINDOW,
+                &at,
+            )?,
             jobs,
-            port_wait: raw.port_wait.unwrap_or(CageFileDefaults::PORT_WAIT),
+            port_wait: ranges::duration(
+                &raw.port_wait,
+                "port_wait",
+                ranges::PORT_WAIT,
+                CageFileDefaults::PORT_WAIT,
+                &at,
+            )?,
             http_listen,
-            http_max_body: positive(
+            http_max_body: ranges::count(
                 &raw.http_max_body,
                 "http_max_body",
+                ranges::HTTP_MAX_BODY,
                 CageFileDefaults::HTTP_MAX_BODY,
+                &at,
             )?,
-            queue_cache_mb: positive(
+            queue_cache_mb: ranges::count(
                 &raw.queue_cache_mb,
                 "queue_cache_mb",
+                ranges::QUEUE_CACHE_MB,
                 CageFileDefaults::QUEUE_CACHE_MB,
+                &at,
             )?,
-            max_wait: raw.max_wait.unwrap_or(CageFileDefaults::MAX_WAIT),
-            max_waits_per_connection: positive(
+            max_wait: ranges::duration(
+                &raw.max_wait,
+                "max_wait",
+                ranges::MAX_WAIT,
+                CageFileDefaults::MAX_WAIT,
+                &at,
+            )?,
+            max_waits_per_connection: ranges::count(
                 &raw.max_waits_per_connection,
                 "max_waits_per_connection",
+                ranges::MAX_WAITS_PER_CONNECTION,
                 CageFileDefaults::MAX_WAITS_PER_CONNECTION,
+                &at,
             )?,
-            max_waits: positive(&raw.max_waits, "max_waits", CageFileDefaults::MAX_WAITS)?,
-            max_connection_bytes: positive(
+            max_waits: ranges::count(
+                &raw.max_waits,
+                "max_waits",
+                ranges::MAX_WAITS,
+                CageFileDefaults::MAX_WAITS,
+                &at,
+            )?,
+            max_connection_bytes: ranges::count(
                 &raw.max_connection_bytes,
                 "max_connection_bytes",
+                ranges::MAX_CONNECTION_BYTES,
                 CageFileDefaults::MAX_CONNECTION_BYTES,
+                &at,
             )?,
-            max_inflight_bytes: positive(
+            max_inflight_bytes: ranges::count(
                 &raw.max_inflight_bytes,
                 "max_inflight_bytes",
+                ranges::MAX_INFLIGHT_BYTES,
                 CageFileDefaults::MAX_INFLIGHT_BYTES,
+                &at,
             )?,
         })
     }
@@ -468,6 +558,43 @@ mod tests {
     }
 
     #[test]
+    fn max_module_bytes_takes_sizes_and_numbers_in_range() {
+        let c = |v: &str| {
+            parse(&format!(
+                "listen = \"127.0.0.1:7401\"\nmax_module_bytes = {v}\n"
+            ))
+        };
+        assert_eq!(
+            parse("listen = \"127.0.0.1:7401\"\n")
+                .unwrap()
+                .max_module_bytes,
+            512 * 1024 * 1024
+        );
+        assert_eq!(c("\"512MiB\"").unwrap().max_module_bytes, 512 * 1024 * 1024);
+        assert_eq!(c("\"64MB\"").unwrap().max_module_bytes, 64_000_000);
+        assert_eq!(c("\"1 GiB\"").unwrap().max_module_bytes, 1 << 30);
+        assert_eq!(c("1048576").unwrap().max_module_bytes, 1 << 20);
+        for (bad, reason) in [
+            ("\"lots\"", "expected a byte size such as \"512MiB\""),
+            ("\"12 potatoes\"", "found \"12 potatoes\""),
+            ("-1", "found -1"),
+            ("1.5", "found float"),
+            ("0", "must be at least 64 B (64 bytes), found 0 B (0 bytes)"),
+            (
+                "\"5GiB\"",
+                "must be at most 4.0 GiB (4294967296 bytes), found 5.0 GiB",
+            ),
+            ("\"99EiB\"", "must be at most 4.0 GiB"),
+        ] {
+            let e = c(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("cages/demo.toml:2:20") && e.contains(reason),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn errors_name_file_line_and_reason() {
         let e = parse("listen = \"127.0.0.1:7401\"\nexecutor_threads = \"many\"\n")
             .unwrap_err()
@@ -535,7 +662,89 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("cages/demo.toml:2:20") && e.contains("at least 1"),
+            e.contains("cages/demo.toml:2:20")
+                && e.contains("executor_threads: 0 is out of range (allowed: 1 to 1024)"),
+            "{e}"
+        );
+        let e = parse("listen = \"127.0.0.1:7401\"\nmodules = [\"../evil\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cages/demo.toml:2:12: modules: \"../evil\" is not a module name: it holds a path separator '/'"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn harmful_values_are_refused_where_they_stand() {
+        let cases = [
+            (
+                "executor_threads = 100000000",
+                "executor_threads: 100000000 is out of range (allowed: 1 to 1024)",
+            ),
+            (
+                "queue_cache_mb = 17592186044416",
+                "queue_cache_mb: 17592186044416 is out of range (allowed: 1 to 65536)",
+            ),
+            (
+                "idle_timeout = \"0s\"",
+                "idle_timeout: 0s is out of range (allowed: 1s to 1day)",
+            ),
+            (
+                "rescan_interval = \"0s\"",
+                "rescan_interval: 0s is out of range (allowed: 100ms to 1h)",
+            ),
+            (
+                "call_timeout = \"0s\"",
+                "call_timeout: 0s is out of range (allowed: 10ms to 1day)",
+            ),
+            (
+                "max_frame_bytes = 10",
+                "max_frame_bytes: 10 is out of range (allowed: 4096 to 1073741824)",
+            ),
+            ("max_connections = 0", "max_connections: 0 is out of range"),
+            (
+                "http_max_body = 5000000000",
+                "http_max_body: 5000000000 is out of range",
+            ),
+            (
+                "commit_window = \"1h\"",
+                "commit_window: 1h is out of range (allowed: 0s to 1s)",
+            ),
+            (
+                "shutdown_grace = \"2days\"",
+                "shutdown_grace: 2days is out of range",
+            ),
+            ("port_wait = \"2h\"", "port_wait: 2h is out of range"),
+            (
+                "reload_debounce = \"10m\"",
+                "reload_debounce: 10m is out of range",
+            ),
+        ];
+        for (line, says) in cases {
+            let e = parse(&format!("listen = \"127.0.0.1:7401\"\n{line}\n"))
+                .unwrap_err()
+                .to_string();
+            let column = line.find('=').unwrap() + 3;
+            assert!(
+                e.starts_with(&format!("cages/demo.toml:2:{column}: {says}")),
+                "{line}: {e}"
+            );
+        }
+        let job = |every: &str, call: &str, queue: &str| {
+            parse(&format!("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"{call}\"\nevery = \"{every}\"\nqueue = \"{queue}\"\n"))
+        };
+        assert!(job("1s", "echo.append", "retry").is_ok());
+        let e = job("0s", "echo.append", "retry").unwrap_err().to_string();
+        assert!(e.starts_with("cages/demo.toml:5:9: jobs.tick.every: 0s is out of range (allowed: 100ms to 1year)"), "{e}");
+        let e = job("1s", "echo.ap/pend", "retry").unwrap_err().to_string();
+        assert!(
+            e.starts_with("cages/demo.toml:4:8: jobs.tick.call: \"ap/pend\" is not a method name"),
+            "{e}"
+        );
+        let e = job("1s", "echo.append", "../q").unwrap_err().to_string();
+        assert!(
+            e.starts_with("cages/demo.toml:6:9: jobs.tick.queue: \"../q\" is not a queue name"),
             "{e}"
         );
     }
@@ -557,6 +766,18 @@ mod tests {
         );
         let e = parse("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"echo.x\"\nevery = \"2s\"\ncatch_up = \"sometimes\"\n").unwrap_err().to_string();
         assert!(e.contains("cages/demo.toml:6:"), "{e}");
+    }
+
+    #[test]
+    fn a_declared_job_beyond_the_horizon_is_refused() {
+        let e = parse("listen = \"127.0.0.1:7401\"\n[[jobs]]\nname = \"tick\"\ncall = \"echo.x\"\nevery = \"8000years\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("cages/demo.toml:5:")
+                && e.contains(
+                    "jobs.tick.every: 8000years is out of range (allowed: 100ms to 1year)"
+                ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A name that cannot name a cage (such as `../x`): refused as a name, never looked up.
+    #[error("{0}")]
+    BadName(#[from] crate::names::BadName),
     /// No cage file exists for the requested cage.
     #[error("no cage named {name:?}: {} does not exist (each cage is defined by cages/NAME.toml in the site {})", path.display(), site.display())]
     NoSuchCage {

@@ -1,8 +1,9 @@
 //! `config/config_execute_on.toml`: where other cages are, and the retry parameters of each queue.
 
 use super::address::Address;
-use super::cage_file::valid_name;
 use super::error::ConfigError;
+use super::ranges::{self, SpannedDuration};
+use crate::names::{self, NameKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -35,19 +36,15 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawRoute {
     addresses: Option<Vec<Spanned<String>>>,
-    #[serde(default, with = "humantime_serde")]
-    connect_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    call_timeout: Option<Duration>,
+    connect_timeout: Option<SpannedDuration>,
+    call_timeout: Option<SpannedDuration>,
     tls: Option<bool>,
     window: Option<Spanned<usize>>,
     discovery: Option<Spanned<String>>,
     discovery_address: Option<Spanned<String>>,
     discovery_interface: Option<Spanned<String>>,
-    #[serde(default, with = "humantime_serde")]
-    cache_for: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    query_timeout: Option<Duration>,
+    cache_for: Option<SpannedDuration>,
+    query_timeout: Option<SpannedDuration>,
     cluster: Option<Spanned<String>>,
 }
 
@@ -57,20 +54,15 @@ pub const UNKNOWN_CAGE: &str = "unknown";
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawQueue {
-    #[serde(default, with = "humantime_serde")]
-    first_retry: Option<Duration>,
+    first_retry: Option<SpannedDuration>,
     growth: Option<Spanned<f64>>,
-    #[serde(default, with = "humantime_serde")]
-    max_delay: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    give_up_after: Option<Duration>,
+    max_delay: Option<SpannedDuration>,
+    give_up_after: Option<SpannedDuration>,
     jitter: Option<Spanned<f64>>,
     concurrency: Option<Spanned<usize>>,
     keep_order: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
-    time_limit: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    retention: Option<Duration>,
+    time_limit: Option<SpannedDuration>,
+    retention: Option<SpannedDuration>,
 }
 
 /// How to reach one cage.
@@ -271,12 +263,8 @@ impl ExecuteOn {
         let mut cages = BTreeMap::new();
         let mut unknown = UnknownCages::defaults(tls);
         for (name, route) in &raw.cages {
-            if !valid_name(name) {
-                return Err(at(
-                    route.span(),
-                    format!("cages.{name}: not a cage name (letters, digits, '-', '_')"),
-                ));
-            }
+            names::check(NameKind::Cage, name)
+                .map_err(|e| at(route.span(), format!("cages.{name}: {e}")))?;
             let r = route.get_ref();
             if name == UNKNOWN_CAGE {
                 unknown = unknown_cages(r, tls, &route.span(), &at)?;
@@ -315,12 +303,22 @@ impl ExecuteOn {
                 name.clone(),
                 CageRoute {
                     addresses,
-                    connect_timeout: r.connect_timeout.unwrap_or(CageRoute::CONNECT_TIMEOUT),
-                    call_timeout: r
-                        .call_timeout
-                        .unwrap_or(super::CageFileDefaults::CALL_TIMEOUT),
+                    connect_timeout: ranges::duration(
+                        &r.connect_timeout,
+                        &format!("cages.{name}.connect_timeout"),
+                        ranges::CONNECT_TIMEOUT,
+                        CageRoute::CONNECT_TIMEOUT,
+                        &at,
+                    )?,
+                    call_timeout: ranges::duration(
+                        &r.call_timeout,
+                        &format!("cages.{name}.call_timeout"),
+                        ranges::CALL_TIMEOUT,
+                        super::CageFileDefaults::CALL_TIMEOUT,
+                        &at,
+                    )?,
                     tls: r.tls.unwrap_or(tls),
-                    window: window(name, r, &at)?.unwrap_or(CageRoute::WINDOW),
+                    window: window(name, r, CageRoute::WINDOW, &at)?,
                 },
             );
         }
@@ -333,12 +331,8 @@ impl ExecuteOn {
         };
         let mut queues = BTreeMap::new();
         for (name, q) in &raw.queues {
-            if !valid_name(name) {
-                return Err(at(
-                    q.span(),
-                    format!("queues.{name}: not a queue name (letters, digits, '-', '_')"),
-                ));
-            }
+            names::check(NameKind::Queue, name)
+                .map_err(|e| at(q.span(), format!("queues.{name}: {e}")))?;
             queues.insert(name.clone(), queue_policy(name, q, &default_policy, &at)?);
         }
         queues.insert(DEFAULT_QUEUE.to_owned(), default_policy);
@@ -417,31 +411,57 @@ fn unknown_cages(
         }
     };
     if let Some(c) = &r.cluster {
-        if !valid_name(c.get_ref()) {
-            return Err(at(c.span(), format!("cages.{UNKNOWN_CAGE}.cluster: {:?} is not a cluster name (letters, digits, '-', '_')", c.get_ref())));
-        }
+        names::check(NameKind::Cluster, c.get_ref())
+            .map_err(|e| at(c.span(), format!("cages.{UNKNOWN_CAGE}.cluster: {e}")))?;
         u.cluster = c.get_ref().clone();
     }
-    u.cache_for = r.cache_for.unwrap_or(u.cache_for);
-    u.query_timeout = r.query_timeout.unwrap_or(u.query_timeout);
-    u.connect_timeout = r.connect_timeout.unwrap_or(u.connect_timeout);
-    u.call_timeout = r.call_timeout.unwrap_or(u.call_timeout);
-    u.window = window(UNKNOWN_CAGE, r, at)?.unwrap_or(u.window);
+    let key = |k: &str| format!("cages.{UNKNOWN_CAGE}.{k}");
+    u.cache_for = ranges::duration(
+        &r.cache_for,
+        &key("cache_for"),
+        ranges::CACHE_FOR,
+        u.cache_for,
+        at,
+    )?;
+    u.query_timeout = ranges::duration(
+        &r.query_timeout,
+        &key("query_timeout"),
+        ranges::QUERY_TIMEOUT,
+        u.query_timeout,
+        at,
+    )?;
+    u.connect_timeout = ranges::duration(
+        &r.connect_timeout,
+        &key("connect_timeout"),
+        ranges::CONNECT_TIMEOUT,
+        u.connect_timeout,
+        at,
+    )?;
+    u.call_timeout = ranges::duration(
+        &r.call_timeout,
+        &key("call_timeout"),
+        ranges::CALL_TIMEOUT,
+        u.call_timeout,
+        at,
+    )?;
+    u.window = window(UNKNOWN_CAGE, r, u.window, at)?;
     Ok(u)
 }
 
+/// `window` of `[cages.NAME]`: most calls handed over at once.
 fn window(
     name: &str,
     r: &RawRoute,
+    default: usize,
     at: &impl Fn(std::ops::Range<usize>, String) -> ConfigError,
-) -> Result<Option<usize>, ConfigError> {
-    match &r.window {
-        Some(w) if *w.get_ref() == 0 => Err(at(
-            w.span(),
-            format!("cages.{name}.window: must be at least 1 (calls handed over at once)"),
-        )),
-        w => Ok(w.as_ref().map(|w| *w.get_ref())),
-    }
+) -> Result<usize, ConfigError> {
+    ranges::count(
+        &r.window,
+        &format!("cages.{name}.window"),
+        ranges::WINDOW,
+        default,
+        at,
+    )
 }
 
 fn queue_policy(
@@ -477,26 +497,53 @@ fn queue_policy(
         Some(j) => *j.get_ref(),
         None => base.jitter,
     };
-    let concurrency = match &r.concurrency {
-        Some(c) if *c.get_ref() == 0 => {
-            return Err(at(
-                c.span(),
-                format!("queues.{name}.concurrency: must be at least 1"),
-            ))
-        }
-        Some(c) => *c.get_ref(),
-        None => base.concurrency,
-    };
+    let key = |k: &str| format!("queues.{name}.{k}");
     let policy = QueuePolicy {
-        first_retry: r.first_retry.unwrap_or(base.first_retry),
+        first_retry: ranges::duration(
+            &r.first_retry,
+            &key("first_retry"),
+            ranges::FIRST_RETRY,
+            base.first_retry,
+            at,
+        )?,
         growth,
-        max_delay: r.max_delay.unwrap_or(base.max_delay),
-        give_up_after: r.give_up_after.unwrap_or(base.give_up_after),
+        max_delay: ranges::duration(
+            &r.max_delay,
+            &key("max_delay"),
+            ranges::MAX_DELAY,
+            base.max_delay,
+            at,
+        )?,
+        give_up_after: ranges::duration(
+            &r.give_up_after,
+            &key("give_up_after"),
+            ranges::GIVE_UP_AFTER,
+            base.give_up_after,
+            at,
+        )?,
         jitter,
-        concurrency,
+        concurrency: ranges::count(
+            &r.concurrency,
+            &key("concurrency"),
+            ranges::CONCURRENCY,
+            base.concurrency,
+            at,
+        )?,
         keep_order: r.keep_order.unwrap_or(base.keep_order),
-        time_limit: r.time_limit.unwrap_or(base.time_limit),
-        retention: r.retention.unwrap_or(base.retention),
+        time_limit: ranges::duration(
+            &r.time_limit,
+            &key("time_limit"),
+            ranges::TIME_LIMIT,
+            base.time_limit,
+            at,
+        )?,
+        retention: ranges::duration(
+            &r.retention,
+            &key("retention"),
+            ranges::RETENTION,
+            base.retention,
+            at,
+        )?,
     };
     if policy.max_delay < policy.first_retry {
         return Err(at(
@@ -507,6 +554,9 @@ fn queue_policy(
                 humantime::format_duration(policy.first_retry)
             ),
         ));
+    }
+    if let Some(why) = crate::retry_policy::refusal(&policy) {
+        return Err(at(q.span(), format!("queues.{name}: {why}")));
     }
     Ok(policy)
 }
@@ -570,6 +620,88 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("config/config_execute_on.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn harmful_queue_and_route_values_are_refused_where_they_stand() {
+        for (src, says) in [
+            (
+                "[queues.retry]\nfirst_retry = \"0s\"\n",
+                "config/config_execute_on.toml:2:15: queues.retry.first_retry: 0s is out of range (allowed: 10ms to 1day)",
+            ),
+            (
+                "[queues.retry]\ntime_limit = \"0s\"\n",
+                "config/config_execute_on.toml:2:14: queues.retry.time_limit: 0s is out of range (allowed: 100ms to 1day)",
+            ),
+            (
+                "[queues.fast]\nconcurrency = 100000\n",
+                "config/config_execute_on.toml:2:15: queues.fast.concurrency: 100000 is out of range (allowed: 1 to 10000)",
+            ),
+            (
+                "[queues.fast]\nretention = \"0s\"\n",
+                "config/config_execute_on.toml:2:13: queues.fast.retention: 0s is out of range",
+            ),
+            (
+                "[queues.fast]\ngive_up_after = \"100years\"\n",
+                "config/config_execute_on.toml:2:17: queues.fast.give_up_after: 100years is out of range (allowed: 0s to 1year)",
+            ),
+            (
+                "[cages.b]\naddresses = [\"127.0.0.1:1\"]\nconnect_timeout = \"0s\"\n",
+                "config/config_execute_on.toml:3:19: cages.b.connect_timeout: 0s is out of range",
+            ),
+            (
+                "[cages.b]\naddresses = [\"127.0.0.1:1\"]\nwindow = 0\n",
+                "config/config_execute_on.toml:3:10: cages.b.window: 0 is out of range (allowed: 1 to 65536)",
+            ),
+            (
+                "[cages.unknown]\nquery_timeout = \"0s\"\n",
+                "config/config_execute_on.toml:2:17: cages.unknown.query_timeout: 0s is out of range",
+            ),
+        ] {
+            let err = parse(src).unwrap_err().to_string();
+            assert!(err.starts_with(says), "{src}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_queue_of_more_attempts_than_the_cap_is_refused() {
+        // 100 ms apart for three days: hundreds of thousands of attempts.
+        let err = parse("[queues.fast]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config/config_execute_on.toml:1:1: queues.fast: this schedule makes more than 1000 attempts")
+                && err.contains("of give_up_after 3days"),
+            "{err}"
+        );
+        // The same delays for a minute are fine; so are the shipped defaults.
+        let e = parse("[queues.fast]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\ngive_up_after = \"1m\"\n").unwrap();
+        assert_eq!(crate::retry_policy::refusal(e.queue("fast")), None);
+        assert!(parse("[queues.retry]\nfirst_retry = \"1m\"\n").is_ok());
+    }
+
+    #[test]
+    fn bad_names_are_config_errors() {
+        for (src, says) in [
+            (
+                "[queues.\"../x\"]\n",
+                "queues.../x: \"../x\" is not a queue name",
+            ),
+            (
+                "[cages.\"a/b\"]\naddresses = [\"127.0.0.1:1\"]\n",
+                "cages.a/b: \"a/b\" is not a cage name",
+            ),
+            (
+                "[cages.unknown]\ncluster = \"x\\u0000\"\n",
+                "cages.unknown.cluster: \"x\\0\" is not a cluster name: it holds a NUL byte",
+            ),
+        ] {
+            let err = parse(src).unwrap_err().to_string();
+            assert!(
+                err.starts_with("config/config_execute_on.toml:") && err.contains(says),
+                "{src}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod address;
 mod cage_file;
 mod error;
 mod execute_on;
+pub mod ranges;
 mod site;
 
 pub use address::Address;

@@ -71,8 +71,9 @@ impl Site {
 
     /// Reads and validates the cage file of `name`.
     pub fn cage(&self, name: &str) -> Result<CageConfig, ConfigError> {
+        crate::names::check(crate::names::NameKind::Cage, name)?;
         let path = self.cage_file(name);
-        if !super::cage_file::valid_name(name) || !path.is_file() {
+        if !path.is_file() {
             return Err(ConfigError::NoSuchCage {
                 name: name.to_owned(),
                 path,

@@ -3,10 +3,9 @@
 //! is a POST that must also carry the CSRF value of the page it came from, which only a page
 //! served to a holder of the token knows.
 
+use crate::transport::credential::{secret_file, SecretFileError};
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use sha2::Sha256;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 
@@ -55,41 +54,11 @@ impl Token {
     /// on first use.
     pub fn of_site(root: &Path) -> Result<Self, TokenError> {
         let path = root.join(TOKEN_FILE);
-        let io = |source| TokenError::Io {
-            path: path.clone(),
-            source,
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) if text.trim().len() >= 16 => return Ok(Token::given(&text)),
-            Ok(_) => return Err(TokenError::TooShort { path }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
+        match secret_file(&path, 24, 16) {
+            Ok(token) => Ok(Token::given(&token)),
+            Err(SecretFileError::TooShort { path, .. }) => Err(TokenError::TooShort { path }),
+            Err(SecretFileError::Io { path, source }) => Err(TokenError::Io { path, source }),
         }
-        let mut bytes = [0u8; 24];
-        rand::thread_rng().fill_bytes(&mut bytes);
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        // Written under a temporary name and renamed, so two processes making it at once
-        // cannot leave half a token; the first rename wins and both read that one back.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp).map_err(io)?;
-        file.write_all(token.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        if std::fs::hard_link(&tmp, &path).is_err() && !path.exists() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(std::io::Error::other(
-                "could not put the token in place",
-            )));
-        }
-        let _ = std::fs::remove_file(&tmp);
-        let text = std::fs::read_to_string(&path).map_err(io)?;
-        Ok(Token::given(&text))
     }
 
     /// The token itself, for the login link printed to the operator.

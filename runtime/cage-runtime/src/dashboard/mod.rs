@@ -6,6 +6,7 @@
 //!   countdowns and sorting; no build step, nothing fetched from elsewhere.
 //! - [`chart`]: a queue's attempts and failures per minute as inline SVG.
 //! - [`guard`]: the dashboard token (login cookie or bearer) and the CSRF check of actions.
+//! - [`redirect`]: where an action sends the browser back to (a page of this dashboard only).
 //!
 //! `cage dashboard` serves it for every cage of the site's cluster map; each cage also serves
 //! its own at `/ui` on its HTTP API address.
@@ -14,6 +15,7 @@ pub mod chart;
 pub mod gather;
 pub mod guard;
 pub mod pages;
+pub mod redirect;
 
 use crate::metrics::exposition;
 use actix_web::cookie::{Cookie, SameSite};
@@ -331,6 +333,17 @@ async fn action(
             "unknown action (retry-now, revive or cancel)",
         );
     };
+    // Checked before the action runs: a value the answer cannot carry refuses the whole order.
+    let back = match redirect::back_to(&d.base, form.back.as_deref()) {
+        Ok(redirect::Back::Page(p)) => p.to_owned(),
+        Ok(redirect::Back::Default) => {
+            if let Some(b) = form.back.as_deref().filter(|b| !b.is_empty()) {
+                tracing::warn!("dashboard action: back {b:?} is not a page of this dashboard; going back to the page list");
+            }
+            format!("{}/", d.base)
+        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
     let dash = d.clone();
     let (cage, id) = (form.cage.clone(), form.id.clone());
     let outcome = web::block(move || dash.cluster.act(&cage, act, &id)).await;
@@ -353,11 +366,6 @@ async fn action(
         Ok(Err(e)) => format!("{} failed: {e}", act.name()),
         Err(e) => format!("{} failed: {e}", act.name()),
     };
-    // Only a path of this dashboard, never another site.
-    let back = form
-        .back
-        .filter(|b| b.starts_with(&format!("{}/", d.base)) && !b.starts_with("//"))
-        .unwrap_or_else(|| format!("{}/", d.base));
     let sep = if back.contains('?') { '&' } else { '?' };
     HttpResponse::SeeOther()
         .insert_header((

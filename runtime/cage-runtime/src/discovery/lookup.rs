@@ -85,9 +85,13 @@ pub fn note_failure(finder: &Finder, cage: &str, found: &Found, error: &ClientEr
 }
 
 impl LookupError {
-    /// The call error a caller sees: the cage is unknown, and why.
+    /// The call error a caller sees: the cage is unknown, and why (or its name is no name).
     pub fn into_call_error(self) -> CallError {
-        CallError::with_kind(ErrorKind::UnknownCage, self.to_string())
+        let kind = match self {
+            LookupError::Config(ConfigError::BadName(_)) => ErrorKind::BadArguments,
+            _ => ErrorKind::UnknownCage,
+        };
+        CallError::with_kind(kind, self.to_string())
     }
 }
 
@@ -139,10 +143,10 @@ mod tests {
             "{err}"
         );
         assert!(!finder.seen("c"), "a name never found is not known");
-        // Not a name at all: the plain config error, nothing asked.
+        // Not a name at all: refused as a name, nothing asked.
         let err = route(&site, &e, &finder, "a/b").unwrap_err();
         assert!(
-            matches!(err, LookupError::Config(ConfigError::NoSuchCage { .. })),
+            matches!(err, LookupError::Config(ConfigError::BadName(_))),
             "{err}"
         );
     }

@@ -359,13 +359,20 @@ impl HostEnv {
     ) -> Result<String, CallError> {
         use crate::jobs::{CatchUp, Schedule};
         use crate::transport::protocol::{JobRequest, JobSpec};
-        let now = crate::transport::protocol::unix_ms(std::time::SystemTime::now());
+        // Saturating: a time past the end is refused by the cage (beyond its horizon), where
+        // a wrapped one would run at once.
+        let now = crate::clock::now_ms();
         let (schedule, replace) = match request.when {
-            cage_sdk::JobWhen::InMs(ms) => (Schedule::Once { at_ms: now + ms }, false),
+            cage_sdk::JobWhen::InMs(ms) => (
+                Schedule::Once {
+                    at_ms: now.saturating_add(ms),
+                },
+                false,
+            ),
             cage_sdk::JobWhen::EveryMs(ms) => (
                 Schedule::Every {
                     interval_ms: ms,
-                    first_ms: now + ms,
+                    first_ms: now.saturating_add(ms),
                 },
                 true,
             ),

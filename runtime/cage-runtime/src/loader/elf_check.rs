@@ -14,13 +14,28 @@ const HOST_MACHINE: u16 = elf::EM_AARCH64;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("cages supports x86_64 and aarch64 hosts");
 
+/// The first bytes of every ELF file.
+pub const MAGIC: [u8; 4] = *b"\x7fELF";
+
+/// Checks that a file's first bytes (at least [`MAGIC`]'s length of them, if it has that
+/// many) open an ELF file, so that nothing more of a file that is not one needs reading.
+pub fn check_magic(first: &[u8]) -> Result<(), LoadError> {
+    if first.is_empty() {
+        Err(LoadError::NotElf(
+            "no ELF magic at start of file (the file is empty)".into(),
+        ))
+    } else if !first.starts_with(&MAGIC) {
+        Err(LoadError::NotElf("no ELF magic at start of file".into()))
+    } else {
+        Ok(())
+    }
+}
+
 /// Checks that `data` is a complete 64-bit ELF shared object for this machine whose dynamic
 /// symbols include this ABI's entry symbol.
 pub fn check(data: &[u8]) -> Result<(), LoadError> {
     let len = data.len() as u64;
-    if len < 4 || &data[..4] != b"\x7fELF" {
-        return Err(LoadError::NotElf("no ELF magic at start of file".into()));
-    }
+    check_magic(data)?;
     let header = elf::FileHeader64::<Endianness>::parse(data)
         .map_err(|e| LoadError::NotElf(format!("{e} (only 64-bit ELF is supported)")))?;
     let endian = header
@@ -118,6 +133,18 @@ mod tests {
     /// The test binary itself is an ELF file of this machine, though not a shared module.
     fn own_binary() -> Vec<u8> {
         std::fs::read(std::env::current_exe().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn magic_is_judged_from_the_first_bytes() {
+        assert!(check_magic(b"\x7fELF").is_ok());
+        assert!(check_magic(b"\x7fELF\x02\x01").is_ok());
+        for bad in [&b"\x7fEL"[..], b"MZ\x90\x00", b"\0\0\0\0", b"#!/b"] {
+            let e = check_magic(bad).unwrap_err().to_string();
+            assert!(e.contains("no ELF magic at start of file"), "{e}");
+        }
+        let e = check_magic(b"").unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
     }
 
     #[test]

@@ -14,10 +14,43 @@ pub enum LoadError {
     /// The file does not exist.
     #[error("file not found")]
     Missing,
+    /// The path names a FIFO, device, socket or directory (perhaps behind a symlink).
+    #[error("not a regular file ({kind})")]
+    NotRegular {
+        /// What it is.
+        kind: super::module_file::FileKind,
+    },
+    /// The file is larger than the cage's `max_module_bytes`.
+    #[error(
+        "{} ({size} bytes) is over max_module_bytes = {} ({limit} bytes)",
+        bytesize::ByteSize(*.size),
+        bytesize::ByteSize(*.limit)
+    )]
+    TooLarge {
+        /// Its length.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The file grew past the limit while it was being read.
+    #[error(
+        "grew past max_module_bytes = {} ({limit} bytes) while being read",
+        bytesize::ByteSize(*.limit)
+    )]
+    GrewTooLarge {
+        /// The limit.
+        limit: u64,
+    },
     /// The file kept changing for longer than the settle limit.
     #[error("file still changing after {waited:?} (still being written?)")]
     Unsettled {
         /// How long it was watched.
+        waited: std::time::Duration,
+    },
+    /// Examining the file did not finish (a hung filesystem?); given up.
+    #[error("examining the file did not finish after {} (a hung filesystem?); given up until the file changes", humantime::format_duration(std::time::Duration::from_secs(.waited.as_secs())))]
+    Stuck {
+        /// How long it had run.
         waited: std::time::Duration,
     },
     /// The bytes are not a usable ELF shared object.

@@ -11,7 +11,9 @@ use cage_sdk::abi::{
 };
 use cage_sdk::{CallError, ErrorKind};
 use sha2::{Digest, Sha256};
+use std::io::Write;
 use std::mem::ManuallyDrop;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -60,6 +62,34 @@ fn raw(b: Bytes, what: &str) -> Result<Vec<u8>, LoadError> {
     Ok(unsafe { b.as_slice() }.to_vec())
 }
 
+/// Writes `bytes` as the new file `copy`, readable by this user only. The copy is created new
+/// (`O_EXCL`, which also refuses a symlink), so nothing planted at its name is ever opened: not a
+/// FIFO that would block the write, not a link that would send it elsewhere. A leftover of that
+/// name is removed first.
+fn write_copy(copy: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(copy)
+    };
+    let io = |action: &str, source| LoadError::Io {
+        action: format!("{action} {}", copy.display()),
+        source,
+    };
+    let mut file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(copy).map_err(|e| io("remove the leftover", e))?;
+            create()
+        }
+        r => r,
+    }
+    .map_err(|e| io("create", e))?;
+    file.write_all(bytes).map_err(|e| io("write", e))
+}
+
 impl LoadedModule {
     /// Validates `bytes` (read from `source`) as module `expected`, writes them to a private copy
     /// in `copy_dir` named with `tag`, and loads that copy.
@@ -77,10 +107,7 @@ impl LoadedModule {
             source,
         })?;
         let copy = copy_dir.join(format!("lib{expected}.{tag}.{}.so", &sha256[..12]));
-        std::fs::write(&copy, bytes).map_err(|source| LoadError::Io {
-            action: format!("write {}", copy.display()),
-            source,
-        })?;
+        write_copy(&copy, bytes)?;
         match Self::open(expected, source, &copy, sha256) {
             Ok(m) => Ok(m),
             Err(e) => {
@@ -216,5 +243,34 @@ impl Drop for LoadedModule {
             tracing::warn!(module = %self.name, copy = %self.copy.display(), "cannot delete unloaded copy: {e}");
         }
         tracing::debug!(module = %self.name, version = %self.version, "old version unloaded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_replaces_what_was_planted_at_its_name_without_opening_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("libx.1-1.abc.so");
+        // A FIFO: writing through it would block until someone reads.
+        let c = std::ffi::CString::new(copy.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        write_copy(&copy, b"first").unwrap();
+        assert_eq!(std::fs::read(&copy).unwrap(), b"first");
+        // A symlink: writing through it would overwrite its target.
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep me").unwrap();
+        std::fs::remove_file(&copy).unwrap();
+        std::os::unix::fs::symlink(&target, &copy).unwrap();
+        write_copy(&copy, b"second").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+        assert_eq!(std::fs::read(&copy).unwrap(), b"second");
+        let meta = std::fs::symlink_metadata(&copy).unwrap();
+        assert!(meta.file_type().is_file());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 }

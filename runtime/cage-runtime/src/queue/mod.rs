@@ -4,15 +4,18 @@
 //! - [`record`]: what is stored (call, stage, attempts).
 //! - [`keys`]: the byte layout of the one sled tree (prefix per kind, big-endian times).
 //! - [`store`]: operations on it; every multi-key change is one atomic batch.
-//! - [`journal`]: each batch appended (length, CRC) before it reaches sled; replayed on open.
+//! - [`journal`]: each batch appended (length, CRC) before it reaches sled; replayed on open; a
+//!   change that fails after its entry is written is taken back (voided) before it is refused.
 //! - [`txn`]: one atomic change of several records (a step's end with its chain's advance).
 //! - [`commit`]: group commit: one `fdatasync` of the journal shared by every waiting writer,
 //!   and checkpoints (sled flushed, old journal segments dropped).
+//! - [`fault`]: storage faults the test suites inject at each step of a change.
 //!
 //! The queue knows nothing of modules or the network: the scheduler asks it for due calls and
 //! tells it how attempts ended.
 
 pub mod commit;
+pub mod fault;
 pub mod journal;
 mod keys;
 pub mod record;
@@ -77,4 +80,35 @@ pub enum QueueError {
     /// Flushing to disk failed: nothing written since the last good flush is durable.
     #[error("cannot make the queue durable: {0}")]
     Flush(String),
+    /// A change failed after its journal entry was written, and was taken back whole before
+    /// this error was given: it never takes effect, not even after a crash and a replay.
+    #[error("not stored (the change was taken back whole): {0}")]
+    TakenBack(Box<QueueError>),
+    /// A change failed, and so did taking it back: a crash and a replay may still bring it
+    /// back, so whether it takes effect is unknown. The queue takes no more writes.
+    #[error(
+        "outcome unknown: {failed}; taking the change back failed too ({undo}), so a restart \
+         may still apply it. The queue takes no more writes until the cage restarts"
+    )]
+    Unknown {
+        /// Why the change failed.
+        failed: Box<QueueError>,
+        /// Why taking it back failed.
+        undo: Box<QueueError>,
+    },
+    /// The queue takes no more writes: an earlier change failed in a way only a restart (which
+    /// replays the journal) repairs.
+    #[error(
+        "the queue takes no more writes until the cage restarts (its journal then restores a \
+         consistent queue), since {0}"
+    )]
+    Stopped(String),
+}
+
+impl QueueError {
+    /// Whether the change that gave this error is known never to take effect, so its caller
+    /// may be told it was refused: it was taken back, or a stopped queue never wrote it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, QueueError::TakenBack(_) | QueueError::Stopped(_))
+    }
 }

@@ -180,6 +180,14 @@ impl QueueStore {
                 replayed.entries
             );
         }
+        if replayed.voided > 0 {
+            tracing::info!(
+                "queue database {}: {} change(s) that failed and were taken back left out of \
+                 the replay",
+                dir.display(),
+                replayed.voided
+            );
+        }
         Ok(QueueStore {
             path: dir.to_owned(),
             db,
@@ -218,6 +226,17 @@ impl QueueStore {
 
     pub(super) fn apply(&self, batch: Batch) -> Result<(), QueueError> {
         self.journal.apply(&self.db, &batch, || {})
+    }
+
+    /// Applies `batch` and syncs the journal before returning (for take-backs, which must be
+    /// on disk before a refusal is answered).
+    pub(super) fn apply_durably(&self, batch: Batch) -> Result<(), QueueError> {
+        self.journal.apply_durably(&self.db, &batch)
+    }
+
+    /// Why this queue takes no more writes, if it stopped (see [`Journal::apply`]).
+    pub fn stopped(&self) -> Option<&str> {
+        self.journal.stopped()
     }
 
     pub(super) fn due_key(r: &CallRecord) -> Vec<u8> {
@@ -375,6 +394,8 @@ impl QueueStore {
     /// Undoes the storing of pending call `id` whose acknowledgement failed: the record and, for
     /// an accepted call, its deduplication history and idempotency key, so that the same call
     /// offered again is taken as new rather than as "already accepted" (which would lose it).
+    /// The removal is synced before this returns; an error means the call may still come back
+    /// after a crash (its outcome is unknown).
     pub fn take_back(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
         let Some(record) = self.get(id)? else {
             return Ok(None);
@@ -390,7 +411,7 @@ impl QueueStore {
             t.remove(keys::expiry(h.expires_ms, id));
             t.remove(hkey);
         }
-        t.commit()?;
+        t.commit_durably()?;
         Ok(Some(record))
     }
 
@@ -410,8 +431,11 @@ impl QueueStore {
     }
 
     /// Up to `limit` calls due at or before `now_ms`, earliest first (higher priority first at
-    /// equal times).
+    /// equal times); none from a stopped queue (see [`QueueStore::due_where`]).
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueCall>, QueueError> {
+        if self.stopped().is_some() {
+            return Ok(Vec::new());
+        }
         let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}");
         let mut out = Vec::new();
         for item in self.db.range(vec![DUE]..end).take(limit) {
@@ -432,6 +456,9 @@ impl QueueStore {
 
     /// Up to `want` calls due at or before `now_ms` for which `skip` is false, in due order,
     /// looking at no more than `max_scan` index entries.
+    ///
+    /// A stopped queue lists none: its records may hold part of a change that was taken back,
+    /// and no outcome could be recorded, so a call started now could run again and again.
     pub fn due_where(
         &self,
         now_ms: u64,
@@ -439,6 +466,9 @@ impl QueueStore {
         max_scan: usize,
         skip: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<DueCall>, QueueError> {
+        if self.stopped().is_some() {
+            return Ok(Vec::new());
+        }
         let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}");
         let mut out = Vec::new();
         for item in self.db.range(vec![DUE]..end).take(max_scan) {
@@ -702,6 +732,19 @@ impl QueueStore {
             expired += 1;
         }
         Ok(expired)
+    }
+}
+
+impl Drop for QueueStore {
+    fn drop(&mut self) {
+        // sled flushes itself when its last handle goes, and after some failures (a large
+        // value's file it could not create) that flush waits forever, so the process would
+        // never exit. A stopped queue needs no flush: no checkpoint ran since it stopped, so
+        // the journal holds every change, and the replay at the next start repairs sled. One
+        // handle kept forever means sled's flush-on-drop never runs.
+        if self.stopped().is_some() {
+            std::mem::forget(self.db.clone());
+        }
     }
 }
 

@@ -81,7 +81,9 @@ impl QueueStore {
         }
     }
 
-    /// Removes chain `chain` and its index entries (a start that was not made durable).
+    /// Removes chain `chain` and its index entries (a start that was not made durable), and
+    /// syncs the journal: a take-back is on disk before the refusal is answered (this sync also
+    /// covers the removal of the chain's step call, written before).
     pub fn remove_chain(&self, chain: &ChainRecord) -> Result<(), QueueError> {
         let mut b = Batch::default();
         if let Some(p) = &chain.parent {
@@ -91,7 +93,7 @@ impl QueueStore {
             b.remove(keys::with_id(keys::GROUP, &g.id));
         }
         b.remove(keys::with_id(keys::CHAIN, &chain.id));
-        self.apply(b)
+        self.apply_durably(b)
     }
 
     /// Removes chains that ended before `before_ms` (at most `limit`); returns how many.
@@ -180,6 +182,15 @@ impl Txn<'_> {
     /// Applies every change at once.
     pub fn commit(self) -> Result<(), QueueError> {
         self.store.apply_stored(self.batch, self.last_seq)
+    }
+
+    /// Applies every change at once and syncs the journal (for a take-back; stores no call).
+    pub(super) fn commit_durably(self) -> Result<(), QueueError> {
+        debug_assert_eq!(
+            self.last_seq, 0,
+            "a durable commit publishes no stored call"
+        );
+        self.store.apply_durably(self.batch)
     }
 }
 

@@ -53,8 +53,14 @@ impl Scheduler {
                     "{which}: {q:?} is not a queue name"
                 )));
             }
-            for step in &new.steps {
+            for (n, step) in new.steps.iter().enumerate() {
                 let cage = step.cage_or(&self.cage);
+                // A frame need not come from a parsed chain: its names are checked as a call's
+                // (the message quotes a bad name cut short, so not the step's whole label).
+                let queue = new.queue.as_deref().unwrap_or(crate::config::DEFAULT_QUEUE);
+                super::check_names(cage, Some(&step.module), &step.method, queue).map_err(|e| {
+                    CallError::bad_arguments(format!("{which}, step {}: {}", n + 1, e.message))
+                })?;
                 if cage != self.cage {
                     // Refuse now what could never run, rather than retry it for days.
                     self.delivery.check(cage).map_err(|e| {
@@ -111,8 +117,10 @@ impl Scheduler {
     }
 
     /// Takes back chains whose start could not be made durable: they never ran (only durable
-    /// steps are started), so "not stored" stays the truth.
-    fn take_back_chains(&mut self, ids: &[String]) {
+    /// steps are started), so "not stored" stays the truth, unless taking one back failed
+    /// (the first such error).
+    fn take_back_chains(&mut self, ids: &[String]) -> Result<(), QueueError> {
+        let mut result = Ok(());
         for id in ids {
             let removed = self.store.chain(id).and_then(|chain| match chain {
                 Some(c) => {
@@ -123,8 +131,12 @@ impl Scheduler {
             });
             if let Err(e) = removed {
                 tracing::error!(cage = %self.cage, chain = %id, "chain not stored, and could not be removed: {e}");
+                if result.is_ok() {
+                    result = Err(e);
+                }
             }
         }
+        result
     }
 
     /// Schedules the current step of `chain`: a queued call, or a direct run after the commit.
@@ -488,7 +500,12 @@ impl Handler<StartChains> for Scheduler {
         Box::pin(durable.into_actor(self).map(move |durable, this, _| {
             let (ids, fresh) = started?;
             if let Err(e) = durable {
-                this.take_back_chains(&fresh);
+                if let Err(c) = this.take_back_chains(&fresh) {
+                    return Err(CallError::with_kind(
+                        ErrorKind::Internal,
+                        format!("outcome unknown: the chains were not made durable ({e}), and taking them back failed ({c}); they may run after a restart"),
+                    ));
+                }
                 return Err(CallError::with_kind(
                     ErrorKind::Refused,
                     format!("chains not stored: {e}"),

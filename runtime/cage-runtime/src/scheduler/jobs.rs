@@ -2,7 +2,8 @@
 //! when due, reconciled with the jobs declared in the cage file.
 
 use super::{now_ms, storage_error, Scheduler};
-use crate::config::{valid_name, DeclaredJob};
+use crate::clock;
+use crate::config::DeclaredJob;
 use crate::jobs::{due_runs, job_of_run, run_id, Job, LastRun, Schedule};
 use crate::queue::{CallRecord, QueuedCall, Stage};
 use crate::transport::protocol::{new_call_id, JobRequest, JobSpec, Response};
@@ -120,27 +121,17 @@ impl Scheduler {
     }
 
     fn add_job(&mut self, spec: JobSpec, replace: bool) -> Result<Job, CallError> {
-        if spec.module.is_empty() || spec.method.is_empty() {
-            return Err(CallError::bad_arguments(
-                "module and method must not be empty",
-            ));
-        }
-        if !valid_name(&spec.queue) {
-            return Err(CallError::bad_arguments(format!(
-                "{:?} is not a queue name",
-                spec.queue
-            )));
-        }
+        super::check_names(&self.cage, Some(&spec.module), &spec.method, &spec.queue)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&spec.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         let now = now_ms();
-        let next = match spec.schedule {
-            Schedule::Once { at_ms } => at_ms,
-            Schedule::Every { interval_ms: 0, .. } => {
-                return Err(CallError::bad_arguments("--every must be longer than zero"))
-            }
-            Schedule::Every { first_ms, .. } => first_ms,
-        };
+        if let Schedule::Every { interval_ms: 0, .. } = spec.schedule {
+            return Err(CallError::bad_arguments("--every must be longer than zero"));
+        }
+        // Refused here too, not only by the command: a job frame or a module's context can ask.
+        let next = spec.schedule.first_run_within_horizon(now).map_err(|e| {
+            CallError::bad_arguments(format!("job for {}.{}: {e}", spec.module, spec.method))
+        })?;
         let job = Job {
             id: new_call_id("job"),
             cage: self.cage.clone(),
@@ -255,12 +246,12 @@ impl Scheduler {
                 args: d.args,
                 queue: d.queue,
                 schedule: Schedule::Every {
-                    interval_ms: d.every.as_millis() as u64,
-                    first_ms: now + d.every.as_millis() as u64,
+                    interval_ms: clock::millis(d.every),
+                    first_ms: clock::after(now, d.every),
                 },
                 catch_up: d.catch_up,
                 declared: true,
-                next_run_ms: Some(now + d.every.as_millis() as u64),
+                next_run_ms: Some(clock::after(now, d.every)),
                 last_run: None,
             })
             .collect();

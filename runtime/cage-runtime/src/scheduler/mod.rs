@@ -15,17 +15,18 @@ pub use chains::StartChains;
 pub use jobs::{JobCommand, JobsDeclared};
 
 use crate::chains::{ChainWatch, StepOutcome, REPORT_MODULE};
-use crate::config::{valid_name, ExecuteOn};
+use crate::config::ExecuteOn;
 use crate::delivery::Delivery;
 use crate::executor::{CallExecutor, Execute};
 use crate::host::Output;
 use crate::jobs::Job;
 use crate::metrics::{Metrics, QueueEvent};
+use crate::names::{self, NameKind};
 use crate::queue::{
     Acceptance, Attempt, CallRecord, GroupCommit, QueueError, QueueStore, QueuedCall, Stage,
 };
 use crate::registry::{ModuleRegistry, Resolve};
-use crate::retry_policy::next_attempt_at;
+use crate::retry_policy::{next_attempt_at, MAX_ATTEMPTS};
 use crate::transport::protocol::{
     new_call_id, unix_ms, CallView, EnqueueRequest, Filter, QueueQuery, QueueStats, Response,
 };
@@ -110,6 +111,14 @@ fn totals(metrics: &Metrics) -> QueueStats {
 }
 
 pub(super) fn storage_error(e: QueueError) -> CallError {
+    // A change the queue took back (or never wrote) is refused for good; any other storage
+    // error may have left it half done.
+    if e.is_refusal() {
+        return CallError::with_kind(
+            ErrorKind::Refused,
+            format!("not accepted: queue storage: {e}"),
+        );
+    }
     CallError::with_kind(ErrorKind::Internal, format!("queue storage: {e}"))
 }
 
@@ -501,10 +510,16 @@ impl Scheduler {
                         format!("attempt {number} failed, retrying: {e}")
                     }
                     None => {
+                        let limit = if number >= MAX_ATTEMPTS {
+                            format!("the most attempts a call makes; queue {}", call.queue)
+                        } else {
+                            format!("give_up_after of queue {}", call.queue)
+                        };
                         updated.dead_reason = Some(format!(
-                            "gave up after {number} attempt(s) in {} (give_up_after of queue {}); last error: {e}",
-                            humantime::format_duration(Duration::from_secs((now_ms().saturating_sub(updated.window_start_ms)) / 1000)),
-                            call.queue
+                            "gave up after {number} attempt(s) in {} ({limit}); last error: {e}",
+                            humantime::format_duration(Duration::from_secs(
+                                (now_ms().saturating_sub(updated.window_start_ms)) / 1000
+                            )),
                         ));
                         let reason =
                             StepOutcome::Failed(updated.dead_reason.clone().unwrap_or_default());
@@ -535,7 +550,12 @@ impl Scheduler {
                     tracing::error!(cage = %self.cage, call_id = %id, "not accepted, and removed again: {e}")
                 }
                 Err(c) => {
-                    tracing::error!(cage = %self.cage, call_id = %id, "not accepted ({e}), and could not be removed: {c}")
+                    // Still stored, perhaps durably: "not accepted" could be a lie.
+                    tracing::error!(cage = %self.cage, call_id = %id, "not made durable ({e}), and could not be removed: {c}");
+                    return Err(CallError::with_kind(
+                        ErrorKind::Internal,
+                        format!("outcome unknown: the call was not made durable ({e}), and taking it back failed ({c}); it may run after a restart"),
+                    ));
                 }
             }
         }
@@ -548,8 +568,7 @@ impl Scheduler {
     /// Stores a call for execution here; returns the id it duplicates, if any.
     fn take_for_execution(&mut self, call: QueuedCall) -> Result<Option<String>, CallError> {
         let now = now_ms();
-        let expires =
-            now.saturating_add(self.policies.queue(&call.queue).retention.as_millis() as u64);
+        let expires = crate::clock::after(now, self.policies.queue(&call.queue).retention);
         let record = CallRecord::new(call, Stage::Execute, now);
         match self
             .store
@@ -563,29 +582,14 @@ impl Scheduler {
     }
 
     fn enqueue(&mut self, r: EnqueueRequest) -> Result<(String, Option<String>), CallError> {
-        if !valid_name(&r.target) {
-            return Err(CallError::with_kind(
-                ErrorKind::UnknownCage,
-                format!("{:?} is not a cage name", r.target),
-            ));
-        }
-        if r.module.is_empty() || r.method.is_empty() {
-            return Err(CallError::bad_arguments(
-                "module and method must not be empty",
-            ));
-        }
         if r.module.starts_with('$') {
             return Err(CallError::bad_arguments(format!(
                 "{:?} is reserved for the cage's own use",
                 r.module
             )));
         }
-        if !valid_name(&r.queue) {
-            return Err(CallError::bad_arguments(format!(
-                "{:?} is not a queue name",
-                r.queue
-            )));
-        }
+        // Refuse now a call no cage could ever run, rather than keep and retry it for days.
+        check_names(&r.target, Some(&r.module), &r.method, &r.queue)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&r.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         if r.target != self.cage {
@@ -593,6 +597,9 @@ impl Scheduler {
             self.delivery.check(&r.target)?;
         }
         let now = now_ms();
+        crate::clock::span_within_horizon("delay", Duration::from_millis(r.delay_ms)).map_err(
+            |e| CallError::bad_arguments(format!("enqueue of {}.{}: {e}", r.module, r.method)),
+        )?;
         let call = QueuedCall {
             id: new_call_id(&self.cage),
             source: self.cage.clone(),
@@ -653,7 +660,7 @@ impl Scheduler {
         } else {
             self.store.pending(&keep, limit)?
         };
-        Ok(records.into_iter().map(|r| self.view(r)).collect())
+        Ok(records.into_iter().map(|r| self.view(r).listed()).collect())
     }
 
     fn retry_now(&mut self, id: &str) -> Result<usize, QueueError> {
@@ -772,6 +779,26 @@ impl Scheduler {
     }
 }
 
+/// Checks the names of a call to be queued: a bad one is refused as bad arguments, so it is
+/// never stored (`module` is `None` for the cage's own built-in module).
+fn check_names(
+    target: &str,
+    module: Option<&str>,
+    method: &str,
+    queue: &str,
+) -> Result<(), CallError> {
+    [
+        (NameKind::Cage, Some(target)),
+        (NameKind::Module, module),
+        (NameKind::Method, Some(method)),
+        (NameKind::Queue, Some(queue)),
+    ]
+    .into_iter()
+    .filter_map(|(kind, name)| Some((kind, name?)))
+    .try_for_each(|(kind, name)| names::check(kind, name))
+    .map_err(|e| CallError::bad_arguments(e.to_string()))
+}
+
 /// Runs one attempt of `call` on this cage's module; returns its outcome and the module version.
 async fn execute(
     registry: Addr<ModuleRegistry>,
@@ -854,11 +881,8 @@ impl Actor for Scheduler {
         }
         ctx.run_interval(PUMP_EVERY, |this, ctx| this.pump(ctx));
         ctx.run_interval(HISTORY_SWEEP_EVERY, |this, _| {
-            let recheck = this
-                .policies
-                .queue(crate::config::DEFAULT_QUEUE)
-                .retention
-                .as_millis() as u64;
+            let recheck =
+                crate::clock::millis(this.policies.queue(crate::config::DEFAULT_QUEUE).retention);
             match this.store.expire_history(now_ms(), recheck, 10_000) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -916,7 +940,19 @@ impl Scheduler {
         call: QueuedCall,
     ) -> (Result<Option<String>, CallError>, Option<String>) {
         let id = call.id.clone();
-        let taken = if call.target == self.cage {
+        let far = crate::clock::within_horizon("not_before", call.not_before_ms, now_ms());
+        // A chain step's report goes to the owner's built-in module, whose `$` name no module
+        // file can have (enqueue refuses `$` names).
+        let module = (call.module != REPORT_MODULE).then_some(call.module.as_str());
+        let taken = if let Err(e) = far {
+            // Never valid, whoever offers it: the offering cage dead-letters it at once.
+            Err(CallError::with_kind(
+                ErrorKind::Permanent,
+                format!("call {id}: {e}"),
+            ))
+        } else if let Err(e) = check_names(&call.target, module, &call.method, &call.queue) {
+            Err(e)
+        } else if call.target == self.cage {
             self.metrics
                 .queue_event(&call.queue, QueueEvent::Accepted, now_ms());
             self.take_for_execution(call)

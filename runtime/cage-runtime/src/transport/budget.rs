@@ -158,6 +158,15 @@ impl Charge {
         Charge { connection, cage }
     }
 
+    /// A charge of no bytes, for a frame the cage sends unasked (its last word on a
+    /// connection it closes): small, and never worth waiting for room.
+    pub fn unasked(connection: &Budget, cage: &Budget) -> Charge {
+        Charge {
+            connection: connection.force(0),
+            cage: cage.force(0),
+        }
+    }
+
     /// Charges `n` bytes instead (a request's charge passing to its answer).
     pub fn resize(&mut self, n: usize) {
         self.connection.resize(n);

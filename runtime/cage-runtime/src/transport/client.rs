@@ -1,11 +1,12 @@
 //! A blocking client for one cage: connect to the first reachable instance, send a request,
 //! wait for its response.
 
+use super::credential::{self, CredentialError, HandshakeError, SiteSecret};
 use super::frame::{self, FrameError};
 use super::protocol::{
     CageInfo, CallFailure, CallRequest, CallView, ChainRequest, EnqueueRequest, JobRequest,
     MessageRequest, ModuleInfo, QueueQuery, QueueStats, Request, RequestFrame, Response,
-    ResponseFrame,
+    ResponseFrame, CONNECTION_FRAME_ID,
 };
 use crate::chains::ChainRecord;
 use crate::config::{Address, CageRoute};
@@ -15,11 +16,28 @@ use crate::queue::QueuedCall;
 use cage_sdk::{CallError, ErrorKind};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Largest response a client accepts.
+/// Largest response a client accepts unless [`MAX_RESPONSE_ENV`] says otherwise.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Environment variable that sets the largest response a client accepts, in bytes.
+pub const MAX_RESPONSE_ENV: &str = "CAGE_MAX_RESPONSE_BYTES";
+/// How long a client whose request could not be sent waits for the cage's reason.
+const LAST_WORD_WAIT: Duration = Duration::from_secs(2);
+
+/// The largest response this process accepts: [`MAX_RESPONSE_ENV`] if set to a number of
+/// bytes, else [`MAX_RESPONSE_BYTES`].
+pub fn max_response_bytes() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var(MAX_RESPONSE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(MAX_RESPONSE_BYTES)
+    })
+}
 
 /// Why a request to a cage got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -74,15 +92,63 @@ pub enum ClientError {
         /// What was unexpected.
         what: String,
     },
+    /// Every instance that took the connection turned it away, and the last one said why
+    /// (connection limit, site credential).
+    #[error("cage {cage} at {at} refused the connection: {reason}")]
+    Refused {
+        /// The cage.
+        cage: String,
+        /// The instance's address.
+        at: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// The cage closed the connection: with the reason it gave, or without a word.
+    #[error("{}", match reason {
+        Some(reason) => format!("cage {cage} closed the connection: {reason}"),
+        None => format!("connection closed by cage {cage} (see its log)"),
+    })]
+    Closed {
+        /// The cage.
+        cage: String,
+        /// What the cage said, if it said anything.
+        reason: Option<String>,
+    },
+    /// The cage's answer is larger than this client accepts.
+    #[error("the answer of cage {cage} is {len} bytes, over this client's limit of {max} bytes: ask for less (a listing: --limit, --queue, --module) or raise the limit with {MAX_RESPONSE_ENV}=BYTES")]
+    TooLarge {
+        /// The cage.
+        cage: String,
+        /// Size of the answer.
+        len: usize,
+        /// This client's limit.
+        max: usize,
+    },
+    /// This process has no usable site credential to open a plain TCP connection with.
+    #[error("cannot connect to cage {cage}: {source}")]
+    Credential {
+        /// The cage.
+        cage: String,
+        /// What is wrong with the credential.
+        source: CredentialError,
+    },
 }
 
 impl ClientError {
     /// The call error a caller sees for this failure.
     pub fn into_call_error(self) -> CallError {
         let kind = match self {
-            ClientError::Unreachable { .. } | ClientError::Tls { .. } => ErrorKind::Unreachable,
+            ClientError::Unreachable { .. }
+            | ClientError::Tls { .. }
+            | ClientError::Credential { .. }
+            | ClientError::Closed { reason: None, .. } => ErrorKind::Unreachable,
             ClientError::Timeout { .. } => ErrorKind::Timeout,
-            ClientError::Rejected { .. } => ErrorKind::Refused,
+            ClientError::Rejected { .. }
+            | ClientError::Refused { .. }
+            | ClientError::Closed {
+                reason: Some(_), ..
+            }
+            | ClientError::TooLarge { .. } => ErrorKind::Refused,
             ClientError::Connection { .. } | ClientError::Protocol { .. } => ErrorKind::Internal,
         };
         CallError::with_kind(kind, self.to_string())
@@ -173,6 +239,27 @@ fn handshake(
     Ok(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
 }
 
+/// What this process shows a cage when it connects.
+enum Key {
+    Tls(Arc<rustls::ClientConfig>),
+    Secret(SiteSecret),
+}
+
+/// Runs the site credential exchange on `tcp`, each read and write within the connect
+/// timeout.
+fn prove(
+    mut tcp: TcpStream,
+    secret: &SiteSecret,
+    timeout: Duration,
+) -> Result<Stream, HandshakeError> {
+    let limit = Some(timeout.max(Duration::from_millis(1)));
+    tcp.set_read_timeout(limit).map_err(HandshakeError::Io)?;
+    tcp.set_write_timeout(limit).map_err(HandshakeError::Io)?;
+    credential::prove(&mut tcp, secret)?;
+    tcp.set_write_timeout(None).map_err(HandshakeError::Io)?;
+    Ok(Stream::Plain(tcp))
+}
+
 /// A connection to one cage.
 pub struct Client {
     cage: String,
@@ -181,12 +268,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the first instance of `cage` that accepts, in `route`'s order (and, over
-    /// TLS, proves to be `cage`).
+    /// Connects to the first instance of `cage` that accepts, in `route`'s order, and shows it
+    /// this process's key: over TLS its certificate (the cage must prove to be `cage`), over
+    /// plain TCP the site credential (the cage must prove it holds it too).
     pub fn connect(cage: &str, route: &CageRoute) -> Result<Client, ClientError> {
-        let tls = match route.tls {
-            false => None,
-            true => Some(
+        let key = match route.tls {
+            false => {
+                Key::Secret(
+                    credential::presented().map_err(|source| ClientError::Credential {
+                        cage: cage.to_owned(),
+                        source,
+                    })?,
+                )
+            }
+            true => Key::Tls(
                 super::tls::client_config().map_err(|source| ClientError::Tls {
                     cage: cage.to_owned(),
                     source: Box::new(source),
@@ -194,6 +289,7 @@ impl Client {
             ),
         };
         let mut last = String::from("no address configured");
+        let mut refused = None;
         for addr in &route.addresses {
             // A name is looked up again at every connect: an instance that moved is found.
             let resolved = match addr.resolve() {
@@ -204,10 +300,11 @@ impl Client {
                 }
             };
             for ip in resolved {
-                let at = |e: &dyn std::fmt::Display, ip: &SocketAddr| match addr {
-                    Address::Ip(_) => format!("{addr}: {e}"),
-                    Address::Name { .. } => format!("{addr} ({ip}): {e}"),
+                let place = |ip: &SocketAddr| match addr {
+                    Address::Ip(_) => addr.to_string(),
+                    Address::Name { .. } => format!("{addr} ({ip})"),
                 };
+                let at = |e: &dyn std::fmt::Display, ip: &SocketAddr| format!("{}: {e}", place(ip));
                 let tcp = match TcpStream::connect_timeout(&ip, route.connect_timeout) {
                     Ok(tcp) => tcp,
                     Err(e) => {
@@ -216,10 +313,9 @@ impl Client {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let stream = match &tls {
-                    None => Stream::Plain(tcp),
-                    // A failed handshake is a failed instance: the next one is tried.
-                    Some(config) => {
+                // A failed handshake is a failed instance: the next one is tried.
+                let stream = match &key {
+                    Key::Tls(config) => {
                         match handshake(cage, tcp, config.clone(), route.connect_timeout) {
                             Ok(s) => s,
                             Err(e) => {
@@ -228,6 +324,17 @@ impl Client {
                             }
                         }
                     }
+                    Key::Secret(secret) => match prove(tcp, secret, route.connect_timeout) {
+                        Ok(s) => s,
+                        Err(HandshakeError::Refused(reason)) => {
+                            refused = Some((place(&ip), reason));
+                            continue;
+                        }
+                        Err(e) => {
+                            last = at(&e, &ip);
+                            continue;
+                        }
+                    },
                 };
                 return Ok(Client {
                     cage: cage.to_owned(),
@@ -235,6 +342,13 @@ impl Client {
                     next_id: 1,
                 });
             }
+        }
+        if let Some((at, reason)) = refused {
+            return Err(ClientError::Refused {
+                cage: cage.to_owned(),
+                at,
+                reason,
+            });
         }
         Err(ClientError::Unreachable {
             cage: cage.to_owned(),
@@ -299,7 +413,9 @@ impl Client {
             .tcp()
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(|e| conn(&self.cage, e.into()))?;
-        frame::write_blocking(&mut self.stream, &bytes).map_err(|e| conn(&self.cage, e))?;
+        if let Err(e) = frame::write_blocking(&mut self.stream, &bytes) {
+            return Err(self.cut_off(e));
+        }
         loop {
             let response = self.read_response(timeout)?;
             // Responses to earlier requests that timed out may still arrive; skip them.
@@ -309,14 +425,11 @@ impl Client {
         }
     }
 
-    /// Reads the next response frame, waiting at most `timeout` (the read timeout set).
+    /// Reads the next response frame, waiting at most `timeout` (the read timeout set); the
+    /// cage's last word on the connection, if it closes it, is an error.
     fn read_response(&mut self, timeout: Duration) -> Result<ResponseFrame, ClientError> {
-        let conn = |cage: &str, source: FrameError| ClientError::Connection {
-            cage: cage.to_owned(),
-            source,
-        };
         let body =
-            frame::read_blocking(&mut self.stream, MAX_RESPONSE_BYTES).map_err(|e| match e {
+            frame::read_blocking(&mut self.stream, max_response_bytes()).map_err(|e| match e {
                 FrameError::Io(io)
                     if matches!(
                         io.kind(),
@@ -328,9 +441,55 @@ impl Client {
                         after: timeout,
                     }
                 }
-                other => conn(&self.cage, other),
+                other => self.broken(other),
             })?;
-        frame::decode(&body).map_err(|e| conn(&self.cage, e))
+        let response: ResponseFrame = frame::decode(&body).map_err(|e| self.broken(e))?;
+        match response {
+            ResponseFrame {
+                id: CONNECTION_FRAME_ID,
+                body: Response::Error(reason),
+            } => Err(ClientError::Closed {
+                cage: self.cage.clone(),
+                reason: Some(reason),
+            }),
+            response => Ok(response),
+        }
+    }
+
+    /// The error for a connection that broke while reading or writing: closed by the cage,
+    /// an answer over this client's limit, or something else on the wire.
+    fn broken(&self, e: FrameError) -> ClientError {
+        let cage = self.cage.clone();
+        match e {
+            FrameError::Truncated => ClientError::Closed { cage, reason: None },
+            FrameError::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                ClientError::Closed { cage, reason: None }
+            }
+            FrameError::TooLarge { len, max } => ClientError::TooLarge { cage, len, max },
+            source => ClientError::Connection { cage, source },
+        }
+    }
+
+    /// After a request could not be written: the reason the cage gave for closing, if it gave
+    /// one in time, else what the write met.
+    fn cut_off(&mut self, e: FrameError) -> ClientError {
+        let _ = self.stream.tcp().set_read_timeout(Some(LAST_WORD_WAIT));
+        match self.read_response(LAST_WORD_WAIT) {
+            Err(
+                said @ ClientError::Closed {
+                    reason: Some(_), ..
+                },
+            ) => said,
+            _ => self.broken(e),
+        }
     }
 
     /// Sends every request of `bodies` before reading any answer (pipelining: one round trip
@@ -357,7 +516,9 @@ impl Client {
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
             .map_err(|e| conn(&self.cage, e.into()))?;
         // One write for the whole batch: the frames go out in as few packets as they fit.
-        frame::write_blocking(&mut self.stream, &out).map_err(|e| conn(&self.cage, e))?;
+        if let Err(e) = frame::write_blocking(&mut self.stream, &out) {
+            return Err(self.cut_off(e));
+        }
         let mut answers: Vec<Option<Response>> = (0..count).map(|_| None).collect();
         let mut left = count;
         while left > 0 {
@@ -581,5 +742,83 @@ impl Client {
             cage: self.cage.clone(),
             what: format!("unexpected {what}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::protocol::farewell;
+    use tokio::io::AsyncWriteExt;
+
+    const SECRET: &str = "client-tests-secret-0123456789abcdef";
+
+    /// A cage that welcomes one client, reads one request, then does `then` to the
+    /// connection; answers the client's result for a ping.
+    fn ping_a_cage_that(then: fn(&mut Vec<u8>)) -> Result<CageInfo, ClientError> {
+        credential::present_secret(SiteSecret::given(SECRET));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cage = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                tcp.set_nonblocking(true).unwrap();
+                let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+                let (mut r, mut w) = tcp.into_split();
+                let secret = SiteSecret::given(SECRET);
+                credential::challenge(&mut r, &mut w, &secret, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                frame::read_async(&mut r, 1024, Duration::from_secs(5), Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                let mut out = Vec::new();
+                then(&mut out);
+                w.write_all(&out).await.unwrap();
+            })
+        });
+        let route = CageRoute::single(addr, Duration::from_secs(5));
+        let answer =
+            Client::connect("fake", &route).and_then(|mut c| c.ping(Duration::from_secs(5)));
+        cage.join().unwrap();
+        answer
+    }
+
+    #[test]
+    fn the_reason_a_cage_gives_for_closing_is_the_error() {
+        let e = ping_a_cage_that(|out| out.extend(farewell("shutting down"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cage fake closed the connection: shutting down"
+        );
+        assert_eq!(e.into_call_error().kind, ErrorKind::Refused);
+    }
+
+    #[test]
+    fn a_connection_closed_without_a_word_names_the_cage_and_is_no_internal_error() {
+        let e = ping_a_cage_that(|_| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "connection closed by cage fake (see its log)"
+        );
+        assert_eq!(e.into_call_error().kind, ErrorKind::Unreachable);
+    }
+
+    #[test]
+    fn an_answer_over_the_limit_names_the_limit_and_how_to_ask_for_less() {
+        let e = ping_a_cage_that(|out| out.extend(u32::MAX.to_be_bytes())).unwrap_err();
+        let said = e.to_string();
+        assert!(
+            said.contains(&format!("{} bytes", u32::MAX))
+                && said.contains(&format!("limit of {} bytes", max_response_bytes()))
+                && said.contains("--limit")
+                && said.contains(MAX_RESPONSE_ENV),
+            "{said}"
+        );
+        assert_eq!(e.into_call_error().kind, ErrorKind::Refused);
     }
 }

@@ -3,6 +3,7 @@
 //! - [`frame`]: the wire form, a 4-byte big-endian length then a postcard body, with a size cap.
 //! - [`protocol`]: what the frames carry (requests, responses, module listings).
 //! - [`client`]: a blocking client, used by the CLI, by benchmarks and by module calls.
+//! - [`credential`]: the site credential a plain TCP connection opens with (challenge-response).
 //! - [`pool`]: idle client connections kept per cage and reused.
 //! - [`tls`]: mutual TLS against the cluster CA, and the identity this process shows.
 //! - [`server`]: the listener actor and the per-connection loop that reads requests and
@@ -12,6 +13,7 @@
 
 pub mod budget;
 pub mod client;
+pub mod credential;
 pub mod frame;
 pub mod pool;
 pub mod protocol;

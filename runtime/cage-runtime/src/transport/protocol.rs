@@ -244,6 +244,27 @@ pub struct CallView {
     pub waiting: Option<String>,
 }
 
+/// Most argument bytes a listing carries per call, so a listing of the default 1000 calls
+/// stays far under a client's frame limit however large the calls' arguments are.
+pub const LISTED_ARGS_BYTES: usize = 4096;
+
+impl CallView {
+    /// The view as a listing carries it: arguments over [`LISTED_ARGS_BYTES`] replaced by a
+    /// JSON string saying how large they are and where to see them whole (`cage show ID`).
+    pub fn listed(mut self) -> Self {
+        let call = &mut self.record.call;
+        if call.args.len() > LISTED_ARGS_BYTES {
+            let note = format!(
+                "({} bytes of arguments, too large for a listing: `cage show {}` has them)",
+                call.args.len(),
+                call.id
+            );
+            call.args = serde_json::to_vec(&note).unwrap_or_default();
+        }
+        self
+    }
+}
+
 /// A synchronous call.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct CallRequest {
@@ -257,6 +278,20 @@ pub struct CallRequest {
     pub args: Vec<u8>,
     /// Longest the caller will wait, in milliseconds (0: the cage's default).
     pub timeout_ms: u64,
+}
+
+/// The id of a response frame about the connection rather than a request: the reason a cage
+/// gives, as `Response::Error`, just before it closes the connection. Clients number requests
+/// from 1.
+pub const CONNECTION_FRAME_ID: u64 = 0;
+
+/// The last frame a cage sends on a connection it closes: why.
+pub fn farewell(reason: &str) -> Vec<u8> {
+    super::frame::encode(&ResponseFrame {
+        id: CONNECTION_FRAME_ID,
+        body: Response::Error(reason.to_owned()),
+    })
+    .unwrap_or_default()
 }
 
 /// A response and the id of the request it answers.
@@ -355,12 +390,8 @@ pub struct ModuleInfo {
     pub rejected: u64,
 }
 
-/// Milliseconds since the epoch of `t`.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Milliseconds since the epoch of `t` (kept here for callers; the clock owns it).
+pub use crate::clock::unix_ms;
 
 /// A new call id for calls started by `origin` (a cage name, or `cli`): unique across restarts.
 pub fn new_call_id(origin: &str) -> String {
@@ -399,3 +430,47 @@ impl std::fmt::Display for CallFailure {
 }
 
 impl std::error::Error for CallFailure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::Stage;
+
+    fn view(args: Vec<u8>) -> CallView {
+        let call = QueuedCall {
+            id: "front-1".into(),
+            source: "front".into(),
+            target: "front".into(),
+            module: "echo".into(),
+            method: "shout".into(),
+            args,
+            queue: "retry".into(),
+            priority: 0,
+            key: None,
+            enqueued_at_ms: 0,
+            not_before_ms: 0,
+            chain: None,
+        };
+        CallView {
+            cage: "front".into(),
+            record: CallRecord::new(call, Stage::Execute, 0),
+            running: false,
+            waiting: None,
+        }
+    }
+
+    #[test]
+    fn a_listing_carries_small_arguments_whole_and_large_ones_as_a_note() {
+        let small = br#""hello""#.to_vec();
+        assert_eq!(view(small.clone()).listed().record.call.args, small);
+        let large = serde_json::to_vec(&"x".repeat(LISTED_ARGS_BYTES)).unwrap();
+        let listed = view(large.clone()).listed();
+        let note: String = serde_json::from_slice(&listed.record.call.args).unwrap();
+        assert!(
+            note.contains(&format!("{} bytes of arguments", large.len()))
+                && note.contains("cage show front-1"),
+            "{note}"
+        );
+        assert!(listed.record.call.args.len() <= LISTED_ARGS_BYTES);
+    }
+}

@@ -1,6 +1,8 @@
-//! The listener actor and the connection loop: accept (over TLS, only a peer with a
-//! certificate from the cluster CA), read frames, answer each request concurrently, write
-//! responses back in completion order.
+//! The listener actor and the connection loop: accept (only a peer that shows its key: a
+//! certificate from the cluster CA over TLS, the site credential over plain TCP), read
+//! frames, answer each request concurrently, write responses back in completion order. A
+//! connection the cage closes on its own is told why in a last frame
+//! ([`super::protocol::farewell`]).
 //!
 //! What one connection may hold is bounded: requests in progress, waits (see
 //! [`super::waits`]), and bytes of frames read but not yet answered plus answers not yet
@@ -8,8 +10,9 @@
 //! peer goes away its waits end at once.
 
 use super::budget::{Budget, Charge};
+use super::credential::{self, SiteSecret};
 use super::frame::{self, FrameError, Start};
-use super::protocol::{RequestFrame, Response, ResponseFrame};
+use super::protocol::{farewell, RequestFrame, Response, ResponseFrame};
 use super::waits::{self, ConnectionWaits};
 use crate::dispatch::Dispatcher;
 use actix::prelude::*;
@@ -17,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -28,8 +31,31 @@ const FRAME_STALL: Duration = Duration::from_secs(10);
 /// A peer that takes no byte of an answer for this long is gone: the answers it does not read
 /// hold memory of the connection's budget.
 const WRITE_STALL: Duration = Duration::from_secs(30);
-/// A TLS handshake must be complete within this.
+/// A TLS handshake, or the site credential exchange, must be complete within this.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// How long a cage goes on reading (and dropping) what a client sends after it told the
+/// client why it closes: closing with unread bytes would reset the connection, and a reset
+/// can destroy the reason before the client reads it.
+const LINGER: Duration = Duration::from_secs(2);
+/// TLS connections over the connection limit being told so at once (each needs a handshake
+/// first); beyond these, such a connection is closed without a word.
+const MAX_TURNING_AWAY: usize = 8;
+
+/// What a connection must show before any request is read from it.
+#[derive(Clone)]
+pub enum Door {
+    /// Mutual TLS: a client certificate from the cluster CA.
+    Tls(Arc<rustls::ServerConfig>),
+    /// Plain TCP: the site credential, proved by challenge-response.
+    Secret(SiteSecret),
+}
+
+/// [`Door`], with the TLS acceptor built.
+#[derive(Clone)]
+enum Guard {
+    Tls(tokio_rustls::TlsAcceptor),
+    Secret(SiteSecret),
+}
 
 /// Limits applied to every connection.
 #[derive(Clone, Copy, Debug)]
@@ -52,24 +78,52 @@ pub struct Listener {
     socket: Option<TcpListener>,
     dispatcher: Dispatcher,
     limits: Limits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    guard: Guard,
     open: Arc<AtomicUsize>,
+    turning_away: Arc<AtomicUsize>,
 }
 
 impl Listener {
-    /// A listener serving `socket` with `dispatcher`; with `tls`, mutual TLS only.
-    pub fn new(
-        socket: TcpListener,
-        dispatcher: Dispatcher,
-        limits: Limits,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) -> Self {
+    /// A listener serving `socket` with `dispatcher` to peers that pass `door`.
+    pub fn new(socket: TcpListener, dispatcher: Dispatcher, limits: Limits, door: Door) -> Self {
         Listener {
             socket: Some(socket),
             dispatcher,
             limits,
-            tls: tls.map(tokio_rustls::TlsAcceptor::from),
+            guard: match door {
+                Door::Tls(config) => Guard::Tls(tokio_rustls::TlsAcceptor::from(config)),
+                Door::Secret(secret) => Guard::Secret(secret),
+            },
             open: Arc::new(AtomicUsize::new(0)),
+            turning_away: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Closes `stream`, over the connection limit, telling the client why (over TLS, only
+    /// while few others are being told).
+    fn turn_away(&self, stream: TcpStream, reason: String) {
+        match &self.guard {
+            // The client waits for the credential challenge before it sends anything, so
+            // nothing unread makes this close a reset.
+            Guard::Secret(_) => {
+                let _ = stream.try_write(&farewell(&reason));
+            }
+            Guard::Tls(acceptor) => {
+                if self.turning_away.fetch_add(1, Ordering::Relaxed) >= MAX_TURNING_AWAY {
+                    self.turning_away.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+                let (acceptor, counter) = (acceptor.clone(), self.turning_away.clone());
+                actix_rt::spawn(async move {
+                    if let Ok(Ok(mut tls)) =
+                        tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await
+                    {
+                        // The client sends its request as soon as the handshake is done.
+                        say_goodbye_tls(&mut tls, &reason).await;
+                    }
+                    counter.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
         }
     }
 }
@@ -126,23 +180,41 @@ impl Handler<Accepted> for Listener {
     type Result = ();
 
     fn handle(&mut self, Accepted(stream, peer): Accepted, _: &mut Context<Self>) {
+        let _ = stream.set_nodelay(true);
         if self.open.load(Ordering::Relaxed) >= self.limits.max_connections {
-            tracing::warn!(%peer, "refusing connection: {} connections already open (max_connections)", self.limits.max_connections);
+            let max = self.limits.max_connections;
+            tracing::warn!(%peer, "refusing connection from {peer}: {max} connections already open (max_connections)");
+            let reason = format!(
+                "connection limit reached: cage {} has {max} connections open (its max_connections); try again later",
+                self.dispatcher.cage
+            );
+            self.turn_away(stream, reason);
             return;
         }
-        let _ = stream.set_nodelay(true);
         self.open.fetch_add(1, Ordering::Relaxed);
         let (open, dispatcher, limits) = (self.open.clone(), self.dispatcher.clone(), self.limits);
-        let tls = self.tls.clone();
+        let guard = self.guard.clone();
         actix_rt::spawn(async move {
-            match tls {
-                None => {
-                    let (reader, writer) = stream.into_split();
-                    serve(reader, writer, peer, dispatcher, limits).await
+            match guard {
+                // Nothing but the credential exchange is read from a peer until it proved
+                // it holds the site's secret.
+                Guard::Secret(secret) => {
+                    let (mut reader, mut writer) = stream.into_split();
+                    match credential::challenge(&mut reader, &mut writer, &secret, HANDSHAKE_LIMIT)
+                        .await
+                    {
+                        Ok(()) => serve(reader, writer, peer, dispatcher, limits).await,
+                        Err(refusal) => {
+                            tracing::warn!(%peer, "refusing connection from {peer}: {refusal}");
+                            if let Some(reason) = refusal.told() {
+                                say_goodbye(&mut reader, &mut writer, &reason).await;
+                            }
+                        }
+                    }
                 }
                 // The handshake checks the client's certificate; nothing is read from a peer
                 // that has none from the cluster CA.
-                Some(acceptor) => {
+                Guard::Tls(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let (reader, writer) = tokio::io::split(stream);
@@ -158,11 +230,11 @@ impl Handler<Accepted> for Listener {
                             } else {
                                 ""
                             };
-                            tracing::warn!(%peer, "refusing connection: TLS handshake failed: {e}{hint}")
+                            tracing::warn!(%peer, "refusing connection from {peer}: TLS handshake failed: {e}{hint}")
                         }
                         Err(_) => tracing::warn!(
                             %peer,
-                            "refusing connection: no TLS handshake within {}",
+                            "refusing connection from {peer}: no TLS handshake within {}",
                             humantime::format_duration(HANDSHAKE_LIMIT)
                         ),
                     }
@@ -181,6 +253,47 @@ enum End {
     Gone,
     /// A frame could not be read or decoded; logged with the reason.
     Bad(FrameError),
+}
+
+/// Tells the client why the connection closes, then reads (and drops) what it still sends
+/// for up to [`LINGER`], so the reason is not lost to a reset.
+async fn say_goodbye(
+    reader: &mut (impl AsyncRead + Unpin),
+    writer: &mut (impl AsyncWrite + Unpin),
+    reason: &str,
+) {
+    if writer.write_all(&farewell(reason)).await.is_ok() {
+        let _ = writer.shutdown().await;
+        linger(reader).await;
+    }
+}
+
+/// [`say_goodbye`] over TLS, where reading and writing share one stream.
+async fn say_goodbye_tls(tls: &mut (impl AsyncRead + AsyncWrite + Unpin), reason: &str) {
+    if tls.write_all(&farewell(reason)).await.is_ok() {
+        let _ = tls.shutdown().await;
+        linger(tls).await;
+    }
+}
+
+/// Reads and drops what the peer sends until it closes, for up to [`LINGER`].
+async fn linger(reader: &mut (impl AsyncRead + Unpin)) {
+    let mut sink = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+/// What a client whose frame broke the connection is told, if it can still hear it.
+fn closing_reason(e: &FrameError, cage: &str) -> Option<String> {
+    match e {
+        FrameError::TooLarge { len, max } => Some(format!(
+            "a request of {len} bytes is over cage {cage}'s max_frame_bytes ({max} bytes)"
+        )),
+        FrameError::Malformed(_) | FrameError::Stalled(_) => Some(format!("{e}")),
+        FrameError::Io(_) | FrameError::Truncated => None,
+    }
 }
 
 async fn serve(
@@ -248,15 +361,25 @@ async fn serve(
             drop((permit, wait));
         });
     };
-    match end {
-        End::Closed | End::Gone => {}
-        End::Bad(e) => tracing::warn!(%peer, "closing connection: {e}"),
-    }
+    let reason = match &end {
+        End::Closed | End::Gone => None,
+        End::Bad(e) => {
+            tracing::warn!(%peer, "closing connection: {e}");
+            closing_reason(e, &dispatcher.cage)
+        }
+    };
     gone.send_replace(true);
+    if let Some(reason) = &reason {
+        let unasked = Charge::unasked(&budget, &cage_budget);
+        let _ = tx.send((farewell(reason), unasked)).await;
+    }
     // Answers still being computed (calls, enqueues: not waits) go out before the connection
     // closes, if the peer still reads.
     drop(tx);
     let _ = writing.await;
+    if reason.is_some() {
+        linger(&mut reader).await;
+    }
 }
 
 /// Reads the next request once the connection and the cage have room for it; `None` when

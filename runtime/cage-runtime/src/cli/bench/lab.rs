@@ -4,6 +4,7 @@
 
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::Client;
+use cage_runtime::transport::credential::{self, SiteSecret};
 use cage_runtime::transport::tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ pub const CAGES: [&str; 2] = ["a", "b"];
 
 /// Queue whose calls the benchmarks make: fast retries, so the retry scenario finishes in
 /// milliseconds, and a high concurrency, so the queue is not the limit being measured.
-const QUEUES: &str = "[queues.retry]\nfirst_retry = \"1ms\"\ngrowth = 2.0\nmax_delay = \"20ms\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 256\n\n[queues.bench]\nconcurrency = 256\n";
+const QUEUES: &str = "[queues.retry]\nfirst_retry = \"10ms\"\ngrowth = 2.0\nmax_delay = \"5s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 256\n\n[queues.bench]\nconcurrency = 256\n";
 
 /// A temporary site with its cage processes.
 pub struct Lab {
@@ -67,6 +68,10 @@ impl Lab {
         }
         std::fs::copy(echo, dir.join("modules/libecho.so")).map_err(io)?;
         let keys = dir.join("config/keys");
+        // The lab is a site of its own: its cages and this process's clients share its
+        // credential, made here before any cage starts.
+        let secret = SiteSecret::of_keys_dir(&keys).map_err(|e| e.to_string())?;
+        credential::present_secret(secret);
         if tls {
             cage_runtime::keys::init(&keys, false).map_err(|e| e.to_string())?;
             for name in CAGES {

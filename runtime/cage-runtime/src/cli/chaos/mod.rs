@@ -12,6 +12,7 @@ use crate::cli::exit;
 use cage_runtime::config::{CageRoute, Site};
 use cage_runtime::jobs::{CatchUp, Schedule};
 use cage_runtime::transport::client::Client;
+use cage_runtime::transport::credential::{self, SiteSecret};
 use cage_runtime::transport::protocol::{
     unix_ms, ChainRequest, Filter, JobRequest, JobSpec, QueueQuery,
 };
@@ -128,6 +129,11 @@ impl Lab {
         for d in ["cages", "config", "modules", "clients/python"] {
             std::fs::create_dir_all(dir.join(d)).map_err(io)?;
         }
+        // The lab is a site of its own: its cages and this process's clients share its
+        // credential, made here before any cage starts.
+        let secret =
+            SiteSecret::of_keys_dir(&dir.join("config/keys")).map_err(|e| e.to_string())?;
+        credential::present_secret(secret);
         let mut cages = Vec::new();
         let mut proxies = Vec::new();
         let mut routes = String::new();
@@ -153,7 +159,7 @@ impl Lab {
             });
         }
         routes.push_str(
-            "[queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"1s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 8\n",
+            "[queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"5s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 8\n",
         );
         std::fs::write(dir.join("config/config_execute_on.toml"), routes).map_err(io)?;
         let lab = Lab {

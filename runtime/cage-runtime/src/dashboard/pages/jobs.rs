@@ -1,6 +1,7 @@
 //! Jobs of every cage with their schedule, next run and last run.
 
 use super::{call_link, moment, page, utc, Frame};
+use crate::clock;
 use crate::jobs::{Job, Schedule};
 use maud::{html, Markup};
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub fn render(frame: &Frame, jobs: &[(String, Result<Vec<Job>, String>)]) -> Mar
                                         td { (j.queue) }
                                         td { @match &j.schedule {
                                             Schedule::Once { at_ms } => { "once at " (utc(*at_ms)) }
-                                            Schedule::Every { interval_ms, .. } => { "every " (humantime::format_duration(Duration::from_millis(*interval_ms))) }
+                                            Schedule::Every { interval_ms, .. } => { "every " (clock::span(Duration::from_millis(*interval_ms))) }
                                         } }
                                         td data-v=(j.next_run_ms.unwrap_or(u64::MAX)) { @match j.next_run_ms { Some(at) => (moment(at)), None => span.muted { "none" } } }
                                         td { @if let Some(l) = &j.last_run {

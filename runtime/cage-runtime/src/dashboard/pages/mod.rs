@@ -8,9 +8,8 @@ pub mod jobs;
 pub mod modules;
 pub mod queue;
 
-use crate::transport::protocol::unix_ms;
+use crate::clock;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use std::time::{Duration, SystemTime};
 
 /// What every page needs to link and to build forms.
 pub struct Frame<'a> {
@@ -112,16 +111,15 @@ pub fn moment(ms: u64) -> Markup {
     html! { span data-at=(ms) title=(utc(ms)) { (utc(ms)) } }
 }
 
-/// A time (ms since the epoch) as UTC, to the second.
+/// A time (ms since the epoch) as UTC, to the second; any stored time renders.
 pub fn utc(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        .to_string()
+    clock::utc(ms)
 }
 
 /// How long ago `ms` was, roughly ("3m 12s").
 pub fn age(ms: u64) -> String {
-    let secs = unix_ms(SystemTime::now()).saturating_sub(ms) / 1000;
-    humantime::format_duration(Duration::from_secs(secs)).to_string()
+    let secs = clock::now_ms().saturating_sub(ms) / 1000;
+    clock::span(std::time::Duration::from_secs(secs))
 }
 
 /// A duration in microseconds, readably.

@@ -2,12 +2,12 @@
 //! server (module, method, error text, age) and sortable in the browser.
 
 use super::{action_button, age, call_link, enc, moment, page, Frame};
+use crate::clock;
 use crate::dashboard::chart;
 use crate::metrics::MetricsSnapshot;
-use crate::transport::protocol::{unix_ms, CallView};
+use crate::transport::protocol::CallView;
 use maud::{html, Markup};
 use serde::Deserialize;
-use std::time::SystemTime;
 
 /// Which pending calls to list.
 #[derive(Deserialize, Default, Debug, Clone)]
@@ -52,7 +52,7 @@ pub fn render(
     filter: &QueueFilter,
     back: &str,
 ) -> Markup {
-    let now = unix_ms(SystemTime::now());
+    let now = clock::now_ms();
     let q = metrics.and_then(|m| m.queue(queue));
     page(
         frame,
