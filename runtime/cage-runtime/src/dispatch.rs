@@ -185,7 +185,14 @@ impl Dispatcher {
             }
             Request::Job(request) => match self.scheduler.send(JobCommand(request)).await {
                 Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => Response::Error(e.to_string()),
+                // With its kind, so a bad job is told apart from a cage that cannot take one.
+                Ok(Err(error)) => Response::Failed(CallFailure {
+                    cage: self.cage.clone(),
+                    module: String::new(),
+                    method: String::new(),
+                    call_id: String::new(),
+                    error,
+                }),
                 Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
             },
             Request::Queue(query) => match self.scheduler.send(Query(query)).await {
