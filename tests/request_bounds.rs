@@ -15,7 +15,7 @@ use std::io::Write;
 use std::time::Duration;
 use support::{eventually, free_port, module_so, Site};
 
-const FAST_RETRY: &str = "[queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"500ms\"\ngive_up_after = \"10m\"\n";
+const FAST_RETRY: &str = "[queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"500ms\"\ngive_up_after = \"5m\"\n";
 
 /// A site whose cage `front` serves echo with `extra` settings, and whose cage `depot` is
 /// listed but never started: a queued chain with a step on depot stays running.
