@@ -6,7 +6,7 @@ mod support;
 use cages::runtime::chains::StepSpec;
 use cages::runtime::jobs::{CatchUp, Schedule};
 use cages::runtime::queue::QueuedCall;
-use cages::runtime::transport::client::Client;
+use cages::runtime::transport::client::{Client, ClientError};
 use cages::runtime::transport::protocol::{
     ChainRequest, JobRequest, JobSpec, NewChain, Request, Response,
 };
@@ -200,11 +200,26 @@ fn frames_with_impossible_names_are_refused_as_bad_arguments_and_nothing_is_queu
         replace: false,
     };
     match client.request(Request::Job(spec), TIMEOUT).unwrap() {
-        Response::Error(e) => assert!(
-            e.starts_with("bad arguments: \"ev\\0il\" is not a module name: it holds a NUL byte"),
-            "{e}"
-        ),
+        Response::Failed(f) => {
+            assert_eq!(f.error.kind, ErrorKind::BadArguments, "{f:?}");
+            assert!(
+                f.error
+                    .message
+                    .starts_with("\"ev\\0il\" is not a module name: it holds a NUL byte"),
+                "{f:?}"
+            );
+        }
         other => panic!("job add answered {other:?}"),
+    }
+
+    // Through the client library, the refusal keeps its kind (a CLI exits 11 on it, not 18).
+    let mut r = echo_call("front", "shout", serde_json::json!("x"), None);
+    r.module = "../evil".into();
+    match client.enqueue(r, TIMEOUT) {
+        Err(e @ ClientError::Rejected { .. }) => {
+            assert_eq!(e.into_call_error().kind, ErrorKind::BadArguments)
+        }
+        other => panic!("enqueue answered {other:?}"),
     }
 
     // A chain whose step names a module no file can be.

@@ -164,7 +164,7 @@ fn sites_whose_cages_call_each_other_share_the_credential() {
     site_a.write(
         "config/config_execute_on.toml",
         &format!(
-            "[cages.b]\naddresses = [\"{}\"]\n\n[queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\n",
+            "[cages.b]\naddresses = [\"{}\"]\n\n[queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\ngive_up_after = \"5m\"\n",
             site_b.addr("b")
         ),
     );

@@ -267,6 +267,12 @@ impl PreparedCage {
             scheduler: scheduler.clone(),
             mailboxes: self.env.mailboxes.clone(),
             port_wait: c.port_wait,
+            max_wait: c.max_wait,
+            // A frame larger than the budget could never be read: it is at least one frame.
+            in_flight_bytes: crate::transport::budget::Budget::new(
+                c.max_inflight_bytes.max(c.max_frame_bytes),
+            ),
+            waits: crate::transport::waits::CageWaits::new(c.max_waits),
             default_timeout: c.call_timeout,
             started,
             load: load.clone(),
@@ -296,6 +302,8 @@ impl PreparedCage {
             max_frame_bytes: c.max_frame_bytes,
             max_connections: c.max_connections,
             idle_timeout: c.idle_timeout,
+            max_connection_bytes: c.max_connection_bytes,
+            max_waits_per_connection: c.max_waits_per_connection,
         };
         let responder = discovery_responder(c, socket.local_addr().ok(), &self.env.execute_on);
         let listener = Listener::new(socket, dispatcher, limits, self.door).start();

@@ -561,18 +561,35 @@ pub fn merge_children(children: &[ChainRecord]) -> Vec<u8> {
     to_bytes(&merged)
 }
 
-/// Wakes callers waiting for chains whenever a chain of this cage changes.
-#[derive(Default)]
+/// Wakes callers waiting for chains whenever a chain of this cage changes: threads (module
+/// code) through a condition variable, futures (clients' requests) through a watch channel.
 pub struct ChainWatch {
     generation: Mutex<u64>,
     changed: Condvar,
+    wake: tokio::sync::watch::Sender<u64>,
 }
+
+impl Default for ChainWatch {
+    fn default() -> Self {
+        ChainWatch {
+            generation: Mutex::new(0),
+            changed: Condvar::new(),
+            wake: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// How often a waiting future looks again without being told of a change, in case a change
+/// was made by a path that does not tell (rare: a slow look is cheap insurance). Longer than a
+/// thread's: many more futures than threads may wait.
+const FUTURE_RECHECK: Duration = Duration::from_secs(2);
 
 impl ChainWatch {
     /// Tells every waiter to look again.
     pub fn changed(&self) {
         *self.generation.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         self.changed.notify_all();
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     /// Calls `check` until it answers `Some`, after each change; `None` once `timeout` passed.
@@ -608,6 +625,28 @@ impl ChainWatch {
                     break;
                 }
             }
+        }
+    }
+
+    /// As [`ChainWatch::wait_for`], waiting as a future (no thread) until `deadline`.
+    pub async fn wait_until<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let mut changes = self.wake.subscribe();
+        loop {
+            // Marked seen before looking: a change after the look wakes the wait below.
+            changes.borrow_and_update();
+            if let Some(found) = check() {
+                return Some(found);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let slice = deadline.min(now + FUTURE_RECHECK);
+            let _ = tokio::time::timeout_at(slice, changes.changed()).await;
         }
     }
 }
@@ -785,5 +824,27 @@ mod tests {
             w.wait_for(Some(Duration::from_millis(10)), || None::<()>),
             None
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_future_waiting_on_the_watch_wakes_on_a_change_and_times_out() {
+        let w = std::sync::Arc::new(ChainWatch::default());
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (w2, f2) = (w.clone(), flag.clone());
+        let changer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            f2.store(true, std::sync::atomic::Ordering::SeqCst);
+            w2.changed();
+        });
+        let far = tokio::time::Instant::now() + Duration::from_secs(20);
+        let found = w
+            .wait_until(far, || {
+                flag.load(std::sync::atomic::Ordering::SeqCst).then_some(())
+            })
+            .await;
+        assert_eq!(found, Some(()));
+        changer.join().unwrap();
+        let soon = tokio::time::Instant::now() + Duration::from_millis(10);
+        assert_eq!(w.wait_until(soon, || None::<()>).await, None);
     }
 }

@@ -217,6 +217,7 @@ impl Delivery {
                     a.map_err(|reason| {
                         ClientError::Rejected {
                             cage: target.to_owned(),
+                            kind: ErrorKind::Refused,
                             reason,
                         }
                         .into_call_error()

@@ -1,17 +1,24 @@
 //! The dispatcher: turns one request into a response by asking the registry for the module
 //! version and handing the call to the executor, within the call's deadline.
+//!
+//! Nothing here parks a thread for a client: waits (on chains, for a message's receiver) are
+//! futures, and the blocking work a request needs runs in a bounded [`crate::blocking`] lane,
+//! so requests can never fill the blocking pool that module loading and shutdown use.
 
+use crate::blocking::{LOOKUPS, STORE_READS};
 use crate::chains::ChainWatch;
 use crate::executor::{CallExecutor, Execute};
-use crate::host::query_chains;
+use crate::host::{query_chains, wait_for_chain_async};
 use crate::messaging::{parse_invocation, Mailboxes};
 use crate::metrics::{Metrics, MetricsSnapshot, ModuleLoads, QueueMetrics};
 use crate::queue::QueueStore;
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
 use crate::scheduler::{Accept, AcceptMany, Enqueue, JobCommand, Query, Scheduler, StartChains};
+use crate::transport::budget::Budget;
 use crate::transport::protocol::{
     new_call_id, CageInfo, CallFailure, CallRequest, ChainRequest, Request, Response,
 };
+use crate::transport::waits::CageWaits;
 use actix::Addr;
 use cage_sdk::{CallError, ErrorKind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -69,6 +76,12 @@ pub struct Dispatcher {
     pub mailboxes: Arc<Mailboxes>,
     /// Longest a message waits for a receiver.
     pub port_wait: Duration,
+    /// Longest a client's wait on chains may last (a longer one is shortened to it).
+    pub max_wait: Duration,
+    /// Bytes of frames in flight on all connections together (`max_inflight_bytes`).
+    pub in_flight_bytes: Budget,
+    /// Waits held by all connections together (`max_waits`).
+    pub waits: CageWaits,
     /// Limit for calls that do not name one.
     pub default_timeout: Duration,
     /// When the cage started.
@@ -158,30 +171,28 @@ impl Dispatcher {
                 }
             }
             Request::Message(m) => {
-                let (mailboxes, wait) = (
-                    self.mailboxes.clone(),
-                    Duration::from_millis(m.timeout_ms).min(self.port_wait),
-                );
-                let handed =
-                    actix_rt::task::spawn_blocking(move || match parse_invocation(&m.target) {
-                        Some((_, n)) => mailboxes.send(n, &m.port, m.message, wait),
-                        None => Err(CallError::with_kind(
-                            ErrorKind::UnknownInvocation,
-                            format!("{:?} is not an invocation id", m.target),
-                        )),
-                    })
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(CallError::with_kind(
-                            ErrorKind::Internal,
-                            "message delivery failed",
-                        ))
-                    });
+                // port_wait caps how long a message may wait for its receiver, whatever the
+                // client asks.
+                let wait = Duration::from_millis(m.timeout_ms).min(self.port_wait);
+                let handed = match parse_invocation(&m.target) {
+                    Some((_, n)) => self.mailboxes.send_async(n, &m.port, m.message, wait).await,
+                    None => Err(CallError::with_kind(
+                        ErrorKind::UnknownInvocation,
+                        format!("{:?} is not an invocation id", m.target),
+                    )),
+                };
                 Response::Handed(handed)
             }
             Request::Job(request) => match self.scheduler.send(JobCommand(request)).await {
                 Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => Response::Error(e.to_string()),
+                // With its kind, so a bad job is told apart from a cage that cannot take one.
+                Ok(Err(error)) => Response::Failed(CallFailure {
+                    cage: self.cage.clone(),
+                    module: String::new(),
+                    method: String::new(),
+                    call_id: String::new(),
+                    error,
+                }),
                 Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
             },
             Request::Queue(query) => match self.scheduler.send(Query(query)).await {
@@ -202,8 +213,8 @@ impl Dispatcher {
         }
     }
 
-    /// Finds each of `cages` other than this one (asking discovery for any never found) on a
-    /// blocking thread, so the scheduler's own check of them answers from memory.
+    /// Finds each of `cages` other than this one (asking discovery for any never found) in the
+    /// lookups lane, so the scheduler's own check of them answers from memory.
     async fn look_up(&self, mut cages: Vec<String>) -> Result<(), CallError> {
         // The usual case, a cage known already, costs no thread hop.
         cages.retain(|c| *c != self.cage && !self.delivery.known(c));
@@ -213,7 +224,8 @@ impl Dispatcher {
             return Ok(());
         }
         let delivery = self.delivery.clone();
-        actix_rt::task::spawn_blocking(move || cages.iter().try_for_each(|c| delivery.check(c)))
+        LOOKUPS
+            .run(move || cages.iter().try_for_each(|c| delivery.check(c)))
             .await
             .unwrap_or(Ok(()))
     }
@@ -261,24 +273,40 @@ impl Dispatcher {
                 Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
             };
         }
-        let (store, watch, cage) = (self.store.clone(), self.chains.clone(), self.cage.clone());
-        let answer =
-            actix_rt::task::spawn_blocking(move || query_chains(&store, &watch, &cage, request))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(CallError::with_kind(
-                        ErrorKind::Internal,
-                        "chain query failed",
-                    ))
-                });
+        let answer = match request {
+            ChainRequest::Wait {
+                ids,
+                any,
+                timeout_ms,
+            } => wait_for_chain_async(
+                &self.store,
+                &self.chains,
+                &self.cage,
+                &ids,
+                any,
+                timeout_ms,
+                self.max_wait,
+            )
+            .await
+            .map(|c| vec![c]),
+            request => {
+                let (store, cage) = (self.store.clone(), self.cage.clone());
+                STORE_READS
+                    .run(move || query_chains(&store, &cage, request))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(CallError::with_kind(ErrorKind::Internal, e.to_string()))
+                    })
+            }
+        };
         match answer {
             Ok(chains) => Response::Chains(chains),
             Err(e) => failed(e),
         }
     }
 
-    /// The counters with the gauges read now: pending and dead calls per queue (counted on a
-    /// blocking thread, as a large queue takes a while) and module loads.
+    /// The counters with the gauges read now: pending and dead calls per queue (counted in the
+    /// store-reads lane, as a large queue takes a while) and module loads.
     async fn metrics_snapshot(&self) -> Result<MetricsSnapshot, String> {
         let modules = self
             .registry
@@ -286,7 +314,8 @@ impl Dispatcher {
             .await
             .map_err(|e| format!("module registry unavailable: {e}"))?;
         let store = self.store.clone();
-        let counts = tokio::task::spawn_blocking(move || store.counts_by_queue())
+        let counts = STORE_READS
+            .run(move || store.counts_by_queue())
             .await
             .map_err(|e| format!("counting queued calls failed: {e}"))?
             .map_err(|e| e.to_string())?;
@@ -355,7 +384,11 @@ impl Dispatcher {
             0 => self.default_timeout,
             ms => Duration::from_millis(ms),
         };
-        let deadline = Instant::now() + timeout;
+        // A client may ask for any limit; past the clock's range it is as good as none.
+        let now = Instant::now();
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
         let module = self
             .registry
             .send(Resolve(call.module.clone()))

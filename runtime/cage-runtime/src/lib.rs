@@ -8,6 +8,7 @@
 //! - [`transport`]: frames on the wire, the protocol, the listener actor, a blocking client,
 //!   and mutual TLS between cages.
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
+//! - [`blocking`]: bounded lanes onto the blocking pool for work that requests cause.
 //! - [`scheduler`]: the actor running the durable queue: due attempts, retries, dead letters,
 //!   and chains (starting them, advancing them step by step, cancelling a call's children).
 //! - [`delivery`]: handing queued calls to their target cages.
@@ -47,6 +48,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod blocking;
 pub mod cage;
 pub mod chains;
 pub mod clock;

@@ -6,13 +6,15 @@
 //! ticket (removing it from all its ports), so each message goes to exactly one receiver and
 //! each receiver gets exactly one message.
 //!
-//! Everything here is plain blocking code over a mutex and a condition variable: module code
-//! calls it from executor threads.
+//! Module code calls this from executor threads, so it is plain blocking code over a mutex and
+//! a condition variable; a sender that is a request from a client waits as a future instead
+//! ([`Mailboxes::send_async`]), woken by the same changes, so a waiting request holds no thread.
 
 use cage_sdk::{CallError, ErrorKind};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 /// Finished invocations remembered, to tell "finished" from "never existed".
 const FINISHED_KEPT: usize = 100_000;
@@ -53,11 +55,28 @@ pub struct Mailboxes {
     cage: String,
     state: Mutex<State>,
     changed: Condvar,
+    /// Bumped with every notification of `changed`, for waiters that are futures.
+    wake: watch::Sender<u64>,
+}
+
+/// What offering a message to a port found.
+enum Offer {
+    Handed,
+    NoReceiver(Vec<u8>),
 }
 
 /// Whether `port` can name a port: 1 to 128 visible characters, no NUL.
 pub fn valid_port(port: &str) -> bool {
     !port.is_empty() && port.len() <= PORT_MAX && !port.chars().any(|c| c.is_control())
+}
+
+fn check_port(port: &str) -> Result<(), CallError> {
+    match valid_port(port) {
+        true => Ok(()),
+        false => Err(CallError::bad_arguments(format!(
+            "{port:?} is not a port name"
+        ))),
+    }
 }
 
 /// Splits an invocation id `CAGE/N`.
@@ -83,7 +102,14 @@ impl Mailboxes {
             cage: cage.to_owned(),
             state: Mutex::new(state),
             changed: Condvar::new(),
+            wake: watch::channel(0).0,
         }
+    }
+
+    /// Wakes every waiter, thread or future, to look again.
+    fn notify(&self) {
+        self.changed.notify_all();
+        self.wake.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -123,7 +149,7 @@ impl Mailboxes {
             }
         }
         drop(s);
-        self.changed.notify_all();
+        self.notify();
     }
 
     /// The full id of invocation `n`.
@@ -162,52 +188,24 @@ impl Mailboxes {
         &self,
         n: u64,
         port: &str,
-        message: Vec<u8>,
+        mut message: Vec<u8>,
         wait: Duration,
     ) -> Result<(), CallError> {
-        if !valid_port(port) {
-            return Err(CallError::bad_arguments(format!(
-                "{port:?} is not a port name"
-            )));
-        }
+        check_port(port)?;
         let deadline = Instant::now() + wait;
-        let key = (n, port.to_owned());
         let mut s = self.lock();
         loop {
-            if !s.running.contains(&n) {
-                return Err(self.not_running(&s, n));
-            }
-            if let Some(ticket) = s.waiting.get_mut(&key).and_then(VecDeque::pop_front) {
-                let ports = s
-                    .tickets
-                    .get(&ticket)
-                    .map(|t| t.ports.clone())
-                    .unwrap_or_default();
-                for p in ports.iter().filter(|p| **p != port) {
-                    if let Some(q) = s.waiting.get_mut(&(n, p.clone())) {
-                        q.retain(|t| *t != ticket);
-                    }
+            match self.offer(&mut s, n, port, message)? {
+                Offer::Handed => {
+                    drop(s);
+                    self.notify();
+                    return Ok(());
                 }
-                if let Some(t) = s.tickets.get_mut(&ticket) {
-                    t.mail = Some(Delivered {
-                        port: port.to_owned(),
-                        message,
-                    });
-                }
-                drop(s);
-                self.changed.notify_all();
-                return Ok(());
+                Offer::NoReceiver(back) => message = back,
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(CallError::with_kind(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no receiver on port {port:?} of invocation {} within {} (port_wait)",
-                        self.id(n),
-                        humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
-                    ),
-                ));
+                return Err(self.no_receiver(n, port, wait));
             }
             s = self
                 .changed
@@ -215,6 +213,87 @@ impl Mailboxes {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+
+    /// As [`Mailboxes::send`], waiting as a future: dropping it withdraws the message.
+    pub async fn send_async(
+        &self,
+        n: u64,
+        port: &str,
+        mut message: Vec<u8>,
+        wait: Duration,
+    ) -> Result<(), CallError> {
+        check_port(port)?;
+        let deadline = tokio::time::Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
+        let mut changes = self.wake.subscribe();
+        loop {
+            // Marked seen before looking: a change after the look wakes the wait below.
+            changes.borrow_and_update();
+            let offered = {
+                let mut s = self.lock();
+                self.offer(&mut s, n, port, message)?
+            };
+            match offered {
+                Offer::Handed => {
+                    self.notify();
+                    return Ok(());
+                }
+                Offer::NoReceiver(back) => message = back,
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(self.no_receiver(n, port, wait));
+            }
+        }
+    }
+
+    /// Hands `message` to the first receiver waiting on `port` of invocation `n`, if any.
+    fn offer(
+        &self,
+        s: &mut State,
+        n: u64,
+        port: &str,
+        message: Vec<u8>,
+    ) -> Result<Offer, CallError> {
+        if !s.running.contains(&n) {
+            return Err(self.not_running(s, n));
+        }
+        let key = (n, port.to_owned());
+        let Some(ticket) = s.waiting.get_mut(&key).and_then(VecDeque::pop_front) else {
+            return Ok(Offer::NoReceiver(message));
+        };
+        let ports = s
+            .tickets
+            .get(&ticket)
+            .map(|t| t.ports.clone())
+            .unwrap_or_default();
+        for p in ports.iter().filter(|p| **p != port) {
+            if let Some(q) = s.waiting.get_mut(&(n, p.clone())) {
+                q.retain(|t| *t != ticket);
+            }
+        }
+        if let Some(t) = s.tickets.get_mut(&ticket) {
+            t.mail = Some(Delivered {
+                port: port.to_owned(),
+                message,
+            });
+        }
+        Ok(Offer::Handed)
+    }
+
+    fn no_receiver(&self, n: u64, port: &str, wait: Duration) -> CallError {
+        CallError::with_kind(
+            ErrorKind::Timeout,
+            format!(
+                "no receiver on port {port:?} of invocation {} within {} (port_wait)",
+                self.id(n),
+                humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
+            ),
+        )
     }
 
     /// Waits up to `timeout` (forever with `None`) for a message on any of `ports` of
@@ -248,7 +327,7 @@ impl Mailboxes {
                 .or_default()
                 .push_back(ticket);
         }
-        self.changed.notify_all();
+        self.notify();
         loop {
             if let Some(mail) = s.tickets.get_mut(&ticket).and_then(|t| t.mail.take()) {
                 s.tickets.remove(&ticket);
@@ -383,6 +462,46 @@ mod tests {
             sender.join().unwrap().unwrap_err().kind,
             ErrorKind::InvocationFinished
         );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_async_send_waits_without_a_thread_and_hands_over() {
+        let m = Arc::new(Mailboxes::new("c"));
+        let (n, _) = m.begin();
+        let m2 = m.clone();
+        let receiver = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            m2.receive(n, &["in".into()], Some(Duration::from_secs(5)))
+        });
+        m.send_async(n, "in", b"hi".to_vec(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(receiver.join().unwrap().unwrap().message, b"hi");
+
+        let e = m
+            .send_async(n, "in", vec![], Duration::from_millis(20))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Timeout);
+        assert!(e.message.contains("port_wait"), "{e:?}");
+        let e = m
+            .send_async(n, "", vec![], Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadArguments);
+
+        // Ending the invocation fails a waiting async sender at once.
+        let m3 = m.clone();
+        let ender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            m3.end(n);
+        });
+        let e = m
+            .send_async(n, "late", vec![1], Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvocationFinished);
+        ender.join().unwrap();
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::transport::client::{Client, ClientError};
 use crate::transport::protocol::{EnqueueRequest, Filter, JobRequest, JobSpec, QueueQuery};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use cage_sdk::{CallError, ErrorKind};
+use cage_sdk::CallError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -50,9 +50,7 @@ fn own<T>(
         .pool
         .with(&state.env.cage, &route, request)
         .map_err(|e| match e {
-            ClientError::Rejected { reason, .. } => {
-                CallError::with_kind(ErrorKind::Refused, reason)
-            }
+            ClientError::Rejected { kind, reason, .. } => CallError::with_kind(kind, reason),
             e => e.into_call_error(),
         })
 }

@@ -76,8 +76,8 @@ pub fn enqueue(site: &Site, a: EnqueueArgs<'_>) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e @ ClientError::Rejected { .. }) => exit::fail(
-            exit::for_kind(ErrorKind::Refused),
+        Err(e @ ClientError::Rejected { kind, .. }) => exit::fail(
+            exit::for_kind(kind),
             format!("enqueue of {} {} via {via} refused: {e}", a.cage, a.target),
         ),
         Err(e) => {

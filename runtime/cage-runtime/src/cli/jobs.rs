@@ -68,7 +68,7 @@ fn client(site: &Site, cage: &str) -> Result<Client, ExitCode> {
 
 fn failed(e: ClientError) -> ExitCode {
     match e {
-        e @ ClientError::Rejected { .. } => exit::fail(exit::for_kind(ErrorKind::Refused), e),
+        e @ ClientError::Rejected { kind, .. } => exit::fail(exit::for_kind(kind), e),
         e => {
             let e = e.into_call_error();
             exit::fail(exit::for_kind(e.kind), e)

@@ -42,6 +42,16 @@ impl CageFileDefaults {
     /// Memory the queue database may use as its cache, in MiB (32 keeps a cage holding a
     /// million pending calls under 300 MB; 64 enqueued about a third faster into big queues).
     pub const QUEUE_CACHE_MB: usize = 32;
+    /// Longest a client's wait on chains may last; a longer one is shortened to it.
+    pub const MAX_WAIT: Duration = Duration::from_secs(300);
+    /// Waits (on chains, for a message's receiver) one connection may hold at once.
+    pub const MAX_WAITS_PER_CONNECTION: usize = 16;
+    /// Waits all connections of the cage may hold at once.
+    pub const MAX_WAITS: usize = 1024;
+    /// Bytes of frames in flight on one connection (four frames of the default size).
+    pub const MAX_CONNECTION_BYTES: usize = 64 * 1024 * 1024;
+    /// Bytes of frames in flight on all connections of the cage together.
+    pub const MAX_INFLIGHT_BYTES: usize = 512 * 1024 * 1024;
 }
 
 #[derive(Deserialize)]
@@ -66,6 +76,11 @@ struct RawCageFile {
     http_listen: Option<Spanned<String>>,
     http_max_body: Option<Spanned<usize>>,
     queue_cache_mb: Option<Spanned<usize>>,
+    max_wait: Option<SpannedDuration>,
+    max_waits_per_connection: Option<Spanned<usize>>,
+    max_waits: Option<Spanned<usize>>,
+    max_connection_bytes: Option<Spanned<usize>>,
+    max_inflight_bytes: Option<Spanned<usize>>,
     tls: Option<bool>,
     #[serde(default)]
     jobs: Vec<Spanned<RawJob>>,
@@ -152,6 +167,16 @@ pub struct CageConfig {
     pub http_max_body: usize,
     /// Memory the queue database may use as its cache, in MiB.
     pub queue_cache_mb: usize,
+    /// Longest a client's wait on chains may last; a longer one is shortened to it.
+    pub max_wait: Duration,
+    /// Waits one connection may hold at once.
+    pub max_waits_per_connection: usize,
+    /// Waits all connections may hold at once.
+    pub max_waits: usize,
+    /// Bytes of frames in flight on one connection (at least one `max_frame_bytes` frame).
+    pub max_connection_bytes: usize,
+    /// Bytes of frames in flight on all connections together (at least one frame).
+    pub max_inflight_bytes: usize,
 }
 
 /// The byte size `value` means: a number of bytes, or a text such as "512MiB" or "64MB";
@@ -407,6 +432,41 @@ impl CageConfig {
                 "queue_cache_mb",
                 ranges::QUEUE_CACHE_MB,
                 CageFileDefaults::QUEUE_CACHE_MB,
+                &at,
+            )?,
+            max_wait: ranges::duration(
+                &raw.max_wait,
+                "max_wait",
+                ranges::MAX_WAIT,
+                CageFileDefaults::MAX_WAIT,
+                &at,
+            )?,
+            max_waits_per_connection: ranges::count(
+                &raw.max_waits_per_connection,
+                "max_waits_per_connection",
+                ranges::MAX_WAITS_PER_CONNECTION,
+                CageFileDefaults::MAX_WAITS_PER_CONNECTION,
+                &at,
+            )?,
+            max_waits: ranges::count(
+                &raw.max_waits,
+                "max_waits",
+                ranges::MAX_WAITS,
+                CageFileDefaults::MAX_WAITS,
+                &at,
+            )?,
+            max_connection_bytes: ranges::count(
+                &raw.max_connection_bytes,
+                "max_connection_bytes",
+                ranges::MAX_CONNECTION_BYTES,
+                CageFileDefaults::MAX_CONNECTION_BYTES,
+                &at,
+            )?,
+            max_inflight_bytes: ranges::count(
+                &raw.max_inflight_bytes,
+                "max_inflight_bytes",
+                ranges::MAX_INFLIGHT_BYTES,
+                CageFileDefaults::MAX_INFLIGHT_BYTES,
                 &at,
             )?,
         })

@@ -68,6 +68,16 @@ pub const HTTP_MAX_BODY: Bounds<usize> = counts(1024, 256 << 20);
 /// `queue_cache_mb`: sled computes the cache in bytes, and a larger one than the host has
 /// is not a cache.
 pub const QUEUE_CACHE_MB: Bounds<usize> = counts(1, 65_536);
+/// `max_wait`: a zero wait would time out every chain wait at once.
+pub const MAX_WAIT: Bounds<Duration> = span(Duration::from_millis(100), DAY);
+/// `max_waits_per_connection`.
+pub const MAX_WAITS_PER_CONNECTION: Bounds<usize> = counts(1, 65_536);
+/// `max_waits`.
+pub const MAX_WAITS: Bounds<usize> = counts(1, 1 << 20);
+/// `max_connection_bytes` (used as at least one frame of `max_frame_bytes`).
+pub const MAX_CONNECTION_BYTES: Bounds<usize> = counts(4096, 16 << 30);
+/// `max_inflight_bytes` (used as at least one frame of `max_frame_bytes`).
+pub const MAX_INFLIGHT_BYTES: Bounds<usize> = counts(4096, 64 << 30);
 /// `every` of a `[[jobs]]` entry.
 pub const JOB_EVERY: Bounds<Duration> = span(Duration::from_millis(100), YEAR);
 
@@ -194,6 +204,11 @@ mod tests {
         assert!(SHUTDOWN_GRACE.holds(D::SHUTDOWN_GRACE));
         assert!(COMMIT_WINDOW.holds(D::COMMIT_WINDOW));
         assert!(PORT_WAIT.holds(D::PORT_WAIT));
+        assert!(MAX_WAIT.holds(D::MAX_WAIT));
+        assert!(MAX_WAITS_PER_CONNECTION.holds(D::MAX_WAITS_PER_CONNECTION));
+        assert!(MAX_WAITS.holds(D::MAX_WAITS));
+        assert!(MAX_CONNECTION_BYTES.holds(D::MAX_CONNECTION_BYTES));
+        assert!(MAX_INFLIGHT_BYTES.holds(D::MAX_INFLIGHT_BYTES));
         assert!(HTTP_MAX_BODY.holds(D::HTTP_MAX_BODY));
         assert!(QUEUE_CACHE_MB.holds(D::QUEUE_CACHE_MB));
     }

@@ -212,8 +212,52 @@ fn unknown(cage: &str, id: &str) -> CallError {
     ))
 }
 
+/// Most chains one client's wait may name: every change to a chain makes each waiting
+/// request read every chain it names again.
+pub const MAX_WAIT_IDS: usize = 16;
+
+/// The chains a wait on `ids` watches: the first, or with `any` all of them; no chain at all
+/// is a mistake, not a wait.
+fn watched(ids: &[String], any: bool) -> Result<&[String], CallError> {
+    match ids.first() {
+        None => Err(CallError::bad_arguments(
+            "a wait names no chain: give the id of at least one chain to wait on",
+        )),
+        Some(_) if any => Ok(ids),
+        Some(_) => Ok(&ids[..1]),
+    }
+}
+
+/// The first of `watched` that has finished, or the error that ends the wait.
+fn first_finished(
+    store: &QueueStore,
+    cage: &str,
+    watched: &[String],
+) -> Option<Result<ChainRecord, CallError>> {
+    for id in watched {
+        match store.chain(id) {
+            Ok(Some(c)) if c.is_finished() => return Some(Ok(c)),
+            Ok(Some(_)) => {}
+            Ok(None) => return Some(Err(unknown(cage, id))),
+            Err(e) => return Some(Err(storage(e))),
+        }
+    }
+    None
+}
+
+fn timed_out(watched: &[String], timeout: Duration, why: &str) -> CallError {
+    CallError::with_kind(
+        ErrorKind::Timeout,
+        format!(
+            "no chain of {} finished within {}{why}",
+            watched.join(", "),
+            humantime::format_duration(timeout)
+        ),
+    )
+}
+
 /// Waits until the first of `ids` (with `any`, any of them) has finished and returns it; a
-/// timeout, or an id `cage` does not hold, is an error.
+/// timeout, no id at all, or an id `cage` does not hold, is an error.
 pub fn wait_for_chain(
     store: &QueueStore,
     watch: &ChainWatch,
@@ -222,34 +266,56 @@ pub fn wait_for_chain(
     any: bool,
     timeout: Option<Duration>,
 ) -> Result<ChainRecord, CallError> {
-    let watched = if any { ids } else { &ids[..ids.len().min(1)] };
-    let found = watch.wait_for(timeout, || {
-        for id in watched {
-            match store.chain(id) {
-                Ok(Some(c)) if c.is_finished() => return Some(Ok(c)),
-                Ok(Some(_)) => {}
-                Ok(None) => return Some(Err(unknown(cage, id))),
-                Err(e) => return Some(Err(storage(e))),
-            }
-        }
-        None
-    });
+    let watched = watched(ids, any)?;
+    let found = watch.wait_for(timeout, || first_finished(store, cage, watched));
+    found.unwrap_or_else(|| Err(timed_out(watched, timeout.unwrap_or_default(), "")))
+}
+
+/// How long a client's wait asking for `asked` may last on a cage whose `max_wait` is
+/// `max`, and whether it was shortened to fit.
+pub fn wait_limit(asked: Duration, max: Duration) -> (Duration, bool) {
+    (asked.min(max), asked > max)
+}
+
+/// A client's wait on chains (the request [`ChainRequest::Wait`]), as a future that holds no
+/// thread: until the first of `ids` (with `any`, any of them) has finished, for at most the
+/// `timeout_ms` asked or `max_wait`, whichever is shorter. A longer wait is shortened, not
+/// refused: a wait can simply be made again, and a client cannot know the cage's setting.
+pub async fn wait_for_chain_async(
+    store: &QueueStore,
+    watch: &ChainWatch,
+    cage: &str,
+    ids: &[String],
+    any: bool,
+    timeout_ms: u64,
+    max_wait: Duration,
+) -> Result<ChainRecord, CallError> {
+    if ids.len() > MAX_WAIT_IDS {
+        return Err(CallError::bad_arguments(format!(
+            "a wait names {} chains; at most {MAX_WAIT_IDS} may be waited on at once",
+            ids.len()
+        )));
+    }
+    let watched = watched(ids, any)?;
+    let (timeout, shortened) = wait_limit(Duration::from_millis(timeout_ms), max_wait);
+    let now = tokio::time::Instant::now();
+    let deadline = now.checked_add(timeout).unwrap_or(now);
+    let found = watch
+        .wait_until(deadline, || first_finished(store, cage, watched))
+        .await;
     found.unwrap_or_else(|| {
-        Err(CallError::with_kind(
-            ErrorKind::Timeout,
-            format!(
-                "no chain of {} finished within {}",
-                watched.join(", "),
-                humantime::format_duration(timeout.unwrap_or_default())
-            ),
-        ))
+        let why = match shortened {
+            true => " (the longest wait this cage allows, its max_wait; wait again for longer)",
+            false => "",
+        };
+        Err(timed_out(watched, timeout, why))
     })
 }
 
-/// Answers a question about chains from the store; a wait blocks until a chain finished.
+/// Answers a question about chains from the store (a wait is served by
+/// [`wait_for_chain_async`], a start by the scheduler).
 pub fn query_chains(
     store: &QueueStore,
-    watch: &ChainWatch,
     cage: &str,
     request: ChainRequest,
 ) -> Result<Vec<ChainRecord>, CallError> {
@@ -269,22 +335,9 @@ pub fn query_chains(
             chains.truncate(limit);
             Ok(chains)
         }
-        ChainRequest::Wait {
-            ids,
-            any,
-            timeout_ms,
-        } => wait_for_chain(
-            store,
-            watch,
-            cage,
-            &ids,
-            any,
-            Some(Duration::from_millis(timeout_ms)),
-        )
-        .map(|c| vec![c]),
-        ChainRequest::Start { .. } => Err(CallError::with_kind(
+        ChainRequest::Wait { .. } | ChainRequest::Start { .. } => Err(CallError::with_kind(
             ErrorKind::Internal,
-            "start is served by the scheduler",
+            "waits and starts are not store queries",
         )),
     }
 }
@@ -305,4 +358,29 @@ pub(super) unsafe extern "C" fn host_chain(
     }));
     // SAFETY: the module passes a writable slot and frees it with our `free`.
     unsafe { answer(out, result) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_names_a_chain_and_long_waits_are_shortened() {
+        assert_eq!(
+            watched(&[], true).unwrap_err().kind,
+            ErrorKind::BadArguments
+        );
+        let ids = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(watched(&ids, false).unwrap(), &ids[..1]);
+        assert_eq!(watched(&ids, true).unwrap(), &ids[..]);
+        let five = Duration::from_secs(300);
+        assert_eq!(
+            wait_limit(Duration::from_millis(u64::MAX), five),
+            (five, true)
+        );
+        assert_eq!(
+            wait_limit(Duration::from_secs(3), five),
+            (Duration::from_secs(3), false)
+        );
+    }
 }

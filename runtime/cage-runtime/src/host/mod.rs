@@ -11,7 +11,7 @@ use crate::queue::ChainLink;
 use crate::queue::QueueStore;
 use crate::transport::pool::Pool;
 use chains::host_chain;
-pub use chains::{query_chains, wait_for_chain};
+pub use chains::{query_chains, wait_for_chain, wait_for_chain_async};
 use serde::{Deserialize, Serialize};
 use state::{host_state_get, host_state_put, StateTx};
 use std::cell::{Cell, RefCell};

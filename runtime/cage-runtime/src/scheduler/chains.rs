@@ -350,13 +350,13 @@ impl Scheduler {
                     timeout_ms: time_limit.as_millis() as u64,
                 };
                 let target = call.target.clone();
-                actix_rt::task::spawn_blocking(move || delivery.call(&target, request))
+                // A blocking client call: in the bounded lane, so many direct chains started
+                // at once cannot fill the blocking pool the cage needs for other work.
+                crate::blocking::CALLS_OUT
+                    .run(move || delivery.call(&target, request))
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(CallError::with_kind(
-                            ErrorKind::Internal,
-                            "call thread failed",
-                        ))
+                    .unwrap_or_else(|e| {
+                        Err(CallError::with_kind(ErrorKind::Internal, e.to_string()))
                     })
             };
             let outcome = match outcome {
@@ -429,11 +429,11 @@ impl Scheduler {
             if !here && cage != self.cage {
                 // Accepted by its cage already: ask that cage to cancel it (and its children).
                 let delivery = self.delivery.clone();
-                actix_rt::task::spawn_blocking(move || {
+                actix_rt::spawn(crate::blocking::CALLS_OUT.run(move || {
                     if let Err(e) = delivery.cancel(&cage, &step) {
                         tracing::warn!(call_id = %step, "could not cancel the step on cage {cage}: {e}");
                     }
-                });
+                }));
             }
         }
         Ok(n)

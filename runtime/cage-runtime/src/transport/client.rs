@@ -73,6 +73,8 @@ pub enum ClientError {
     Rejected {
         /// The cage.
         cage: String,
+        /// The kind of refusal the cage gave (refused, when it gave only words).
+        kind: ErrorKind,
         /// Its explanation.
         reason: String,
     },
@@ -143,8 +145,8 @@ impl ClientError {
             | ClientError::Credential { .. }
             | ClientError::Closed { reason: None, .. } => ErrorKind::Unreachable,
             ClientError::Timeout { .. } => ErrorKind::Timeout,
-            ClientError::Rejected { .. }
-            | ClientError::Refused { .. }
+            ClientError::Rejected { kind, .. } => kind,
+            ClientError::Refused { .. }
             | ClientError::Closed {
                 reason: Some(_), ..
             }
@@ -572,6 +574,7 @@ impl Client {
             Response::Enqueued { id, duplicate_of } => Ok((id, duplicate_of)),
             Response::Failed(f) => Err(ClientError::Rejected {
                 cage: self.cage.clone(),
+                kind: f.error.kind,
                 reason: f.error.to_string(),
             }),
             other => Err(self.unexpected(&other)),
@@ -717,7 +720,6 @@ impl Client {
     fn unexpected(&self, r: &Response) -> ClientError {
         let what = match r {
             Response::Result(_) => "a call result",
-            Response::Failed(_) => "a call failure",
             Response::Modules(_) => "a module list",
             Response::Pong(_) => "a ping answer",
             Response::Enqueued { .. } => "an enqueue receipt",
@@ -734,7 +736,16 @@ impl Client {
             Response::Error(e) => {
                 return ClientError::Rejected {
                     cage: self.cage.clone(),
+                    kind: ErrorKind::Refused,
                     reason: e.clone(),
+                }
+            }
+            // A request the cage refused with a kind (bad arguments, unknown module…).
+            Response::Failed(f) => {
+                return ClientError::Rejected {
+                    cage: self.cage.clone(),
+                    kind: f.error.kind,
+                    reason: f.error.to_string(),
                 }
             }
         };

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
@@ -81,6 +81,60 @@ pub fn write_blocking(w: &mut impl Write, frame: &[u8]) -> Result<(), FrameError
     Ok(())
 }
 
+/// How the wait for a frame's header ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Start {
+    /// The peer closed the connection cleanly between frames.
+    Closed,
+    /// Nothing arrived within the idle limit (no byte was consumed: reading again is safe).
+    Idle,
+    /// A frame of this many body bytes (checked against the cap) follows.
+    Frame(usize),
+}
+
+/// Reads one frame's header, waiting at most `idle` for it to start and `stall` for the
+/// rest of it. The body is left unread, so the caller can decide whether it has room for it.
+pub async fn read_header(
+    r: &mut (impl AsyncRead + Unpin),
+    max: usize,
+    idle: Duration,
+    stall: Duration,
+) -> Result<Start, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let first = match tokio::time::timeout(idle, r.read(&mut header)).await {
+        Err(_) => return Ok(Start::Idle),
+        Ok(Ok(0)) => return Ok(Start::Closed),
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(e.into()),
+    };
+    match tokio::time::timeout(stall, r.read_exact(&mut header[first..])).await {
+        Err(_) => Err(FrameError::Stalled(stall)),
+        Ok(Err(e)) => Err(mid_frame(e)),
+        Ok(Ok(_)) => check_len(header, max).map(Start::Frame),
+    }
+}
+
+/// Reads a body of `len` bytes, which must arrive within `stall`.
+pub async fn read_body(
+    r: &mut (impl AsyncRead + Unpin),
+    len: usize,
+    stall: Duration,
+) -> Result<Vec<u8>, FrameError> {
+    let mut body = vec![0u8; len];
+    match tokio::time::timeout(stall, r.read_exact(&mut body)).await {
+        Err(_) => Err(FrameError::Stalled(stall)),
+        Ok(Err(e)) => Err(mid_frame(e)),
+        Ok(Ok(_)) => Ok(body),
+    }
+}
+
+fn mid_frame(e: std::io::Error) -> FrameError {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    }
+}
+
 /// Reads one frame body, waiting at most `idle` for it to start and `stall` for it to finish.
 /// Returns `Ok(None)` when the peer closed cleanly between frames or stayed idle too long.
 pub async fn read_async(
@@ -89,26 +143,30 @@ pub async fn read_async(
     idle: Duration,
     stall: Duration,
 ) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut header = [0u8; HEADER_LEN];
-    let first = match tokio::time::timeout(idle, r.read(&mut header)).await {
-        Err(_) => return Ok(None),
-        Ok(Ok(0)) => return Ok(None),
-        Ok(Ok(n)) => n,
-        Ok(Err(e)) => return Err(e.into()),
-    };
-    let rest = async {
-        r.read_exact(&mut header[first..]).await?;
-        let len = check_len(header, max)?;
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).await?;
-        Ok::<_, FrameError>(body)
-    };
-    match tokio::time::timeout(stall, rest).await {
-        Err(_) => Err(FrameError::Stalled(stall)),
-        Ok(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            Err(FrameError::Truncated)
+    match read_header(r, max, idle, stall).await? {
+        Start::Closed | Start::Idle => Ok(None),
+        Start::Frame(len) => read_body(r, len, stall).await.map(Some),
+    }
+}
+
+/// Writes `frame` whole; a peer that takes none of it for `stall` is gone (a client that stops
+/// reading its answers must not hold the memory they take forever).
+pub async fn write_async(
+    w: &mut (impl AsyncWrite + Unpin),
+    mut frame: &[u8],
+    stall: Duration,
+) -> Result<(), FrameError> {
+    while !frame.is_empty() {
+        match tokio::time::timeout(stall, w.write(frame)).await {
+            Err(_) => return Err(FrameError::Stalled(stall)),
+            Ok(Err(e)) => return Err(e.into()),
+            Ok(Ok(0)) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+            Ok(Ok(n)) => frame = &frame[n..],
         }
-        Ok(r) => r.map(Some),
+    }
+    match tokio::time::timeout(stall, w.flush()).await {
+        Err(_) => Err(FrameError::Stalled(stall)),
+        Ok(r) => Ok(r?),
     }
 }
 
@@ -201,6 +259,46 @@ mod tests {
             Duration::from_millis(20),
         )
         .await;
+        assert!(matches!(r, Err(FrameError::Stalled(_))), "{r:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_header_read_again_after_idle_loses_nothing_and_a_stuck_peer_stalls_writes() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let quick = Duration::from_millis(20);
+        assert_eq!(
+            read_header(&mut server, 1024, quick, quick).await.unwrap(),
+            Start::Idle
+        );
+        let frame = encode(&sample()).unwrap();
+        let (body_len, to_send) = (frame.len() - HEADER_LEN, frame.clone());
+        let sending = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut client, &to_send)
+                .await
+                .unwrap();
+            client
+        });
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            read_header(&mut server, 1024, second, second)
+                .await
+                .unwrap(),
+            Start::Frame(body_len)
+        );
+        let body = read_body(&mut server, body_len, second).await.unwrap();
+        assert_eq!(decode::<RequestFrame>(&body).unwrap(), sample());
+        let client = sending.await.unwrap();
+        drop(client);
+        assert_eq!(
+            read_header(&mut server, 1024, second, second)
+                .await
+                .unwrap(),
+            Start::Closed
+        );
+
+        // Nobody reads the other end: the write stalls once the pipe is full.
+        let (mut writer, _reader) = tokio::io::duplex(64);
+        let r = write_async(&mut writer, &[7u8; 1000], quick).await;
         assert!(matches!(r, Err(FrameError::Stalled(_))), "{r:?}");
     }
 }

@@ -8,7 +8,10 @@
 //! - [`tls`]: mutual TLS against the cluster CA, and the identity this process shows.
 //! - [`server`]: the listener actor and the per-connection loop that reads requests and
 //!   hands calls to the dispatcher.
+//! - [`budget`]: bytes of frames in flight, per connection and per cage.
+//! - [`waits`]: how many waiting requests a connection and the cage may hold.
 
+pub mod budget;
 pub mod client;
 pub mod credential;
 pub mod frame;
@@ -16,3 +19,4 @@ pub mod pool;
 pub mod protocol;
 pub mod server;
 pub mod tls;
+pub mod waits;

@@ -3,10 +3,17 @@
 //! frames, answer each request concurrently, write responses back in completion order. A
 //! connection the cage closes on its own is told why in a last frame
 //! ([`super::protocol::farewell`]).
+//!
+//! What one connection may hold is bounded: requests in progress, waits (see
+//! [`super::waits`]), and bytes of frames read but not yet answered plus answers not yet
+//! written (see [`super::budget`]): when its budget is spent the loop stops reading. When the
+//! peer goes away its waits end at once.
 
+use super::budget::{Budget, Charge};
 use super::credential::{self, SiteSecret};
-use super::frame::{self, FrameError};
-use super::protocol::{farewell, RequestFrame, ResponseFrame};
+use super::frame::{self, FrameError, Start};
+use super::protocol::{farewell, RequestFrame, Response, ResponseFrame};
+use super::waits::{self, ConnectionWaits};
 use crate::dispatch::Dispatcher;
 use actix::prelude::*;
 use std::net::SocketAddr;
@@ -15,12 +22,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Requests one connection may have in progress at once; further frames wait to be read.
 const MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
 /// A frame that has started must be complete within this.
 const FRAME_STALL: Duration = Duration::from_secs(10);
+/// A peer that takes no byte of an answer for this long is gone: the answers it does not read
+/// hold memory of the connection's budget.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 /// A TLS handshake, or the site credential exchange, must be complete within this.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// How long a cage goes on reading (and dropping) what a client sends after it told the
@@ -54,8 +64,13 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Most connections at once.
     pub max_connections: usize,
-    /// A connection idle for this long is closed.
+    /// A connection idle for this long (nothing read, nothing in progress) is closed.
     pub idle_timeout: Duration,
+    /// Bytes of frames in flight on one connection: requests read and not yet answered, and
+    /// answers not yet written (never less than one frame of `max_frame_bytes`).
+    pub max_connection_bytes: usize,
+    /// Waits one connection may hold at once.
+    pub max_waits_per_connection: usize,
 }
 
 /// The listener actor: owns the listening socket and the count of open connections.
@@ -230,6 +245,16 @@ impl Handler<Accepted> for Listener {
     }
 }
 
+/// Why a connection's loop ended.
+enum End {
+    /// The peer closed it, or went quiet between frames with nothing in progress.
+    Closed,
+    /// The peer vanished (reset, or took no answer for [`WRITE_STALL`]).
+    Gone,
+    /// A frame could not be read or decoded; logged with the reason.
+    Bad(FrameError),
+}
+
 /// Tells the client why the connection closes, then reads (and drops) what it still sends
 /// for up to [`LINGER`], so the reason is not lost to a reset.
 async fn say_goodbye(
@@ -273,73 +298,155 @@ fn closing_reason(e: &FrameError, cage: &str) -> Option<String> {
 
 async fn serve(
     mut reader: impl AsyncRead + Unpin,
-    mut writer: impl AsyncWrite + Unpin + 'static,
+    writer: impl AsyncWrite + Unpin + 'static,
     peer: SocketAddr,
     dispatcher: Dispatcher,
     limits: Limits,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(MAX_IN_FLIGHT_PER_CONNECTION);
-    let writing = actix_rt::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if let Err(e) = writer.write_all(&frame).await {
-                tracing::debug!(%peer, "cannot write response: {e}");
-                break;
-            }
-        }
-    });
+    let budget = Budget::new(limits.max_connection_bytes.max(limits.max_frame_bytes));
+    let cage_budget = dispatcher.in_flight_bytes.clone();
+    // Set once the connection is over: waits still in progress end at once.
+    let (gone, mut gone_seen) = watch::channel(false);
+    let gone = Arc::new(gone);
+    let (tx, rx) = mpsc::channel::<(Vec<u8>, Charge)>(MAX_IN_FLIGHT_PER_CONNECTION);
+    let writing = actix_rt::spawn(write_answers(writer, rx, peer, gone.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
-    let mut reason = None;
-    loop {
-        let body = match frame::read_async(
-            &mut reader,
-            limits.max_frame_bytes,
-            limits.idle_timeout,
-            FRAME_STALL,
-        )
-        .await
-        {
-            Ok(Some(body)) => body,
-            Ok(None) => break,
-            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => {
-                tracing::warn!(%peer, "closing connection: {e}");
-                reason = closing_reason(&e, &dispatcher.cage);
-                break;
+    let waits = ConnectionWaits::new(limits.max_waits_per_connection, &dispatcher.waits);
+    let end = loop {
+        let next = tokio::select! {
+            biased;
+            _ = gone_seen.wait_for(|g| *g) => break End::Gone,
+            next = next_request(&mut reader, &limits, &in_flight, &budget, &cage_budget) => next,
+        };
+        let (request, charge) = match next {
+            Ok(Some(r)) => r,
+            Ok(None) => break End::Closed,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                break End::Gone
             }
+            Err(e) => break End::Bad(e),
         };
-        let request: RequestFrame = match frame::decode(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(%peer, "closing connection: {e}");
-                reason = closing_reason(&e, &dispatcher.cage);
-                break;
-            }
+        let permit = tokio::select! {
+            biased;
+            _ = gone_seen.wait_for(|g| *g) => break End::Gone,
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break End::Closed,
+            },
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        let (dispatcher, tx) = (dispatcher.clone(), tx.clone());
-        actix_rt::spawn(async move {
-            let response = ResponseFrame {
-                id: request.id,
-                body: dispatcher.handle(request.body).await,
-            };
-            match frame::encode(&response) {
-                Ok(bytes) => {
-                    let _ = tx.send(bytes).await;
+        let wait = match waits::is_wait(&request.body) {
+            false => None,
+            true => match waits.admit() {
+                Ok(w) => Some(w),
+                Err(why) => {
+                    tracing::debug!(%peer, "wait refused: {why}");
+                    let body = waits::refused(&request.body, &dispatcher.cage, why);
+                    answer(&tx, request.id, body, charge, peer).await;
+                    continue;
                 }
-                Err(e) => tracing::error!(%peer, "cannot encode response: {e}"),
-            }
-            drop(permit);
+            },
+        };
+        let (dispatcher, tx, mut gone_seen) = (dispatcher.clone(), tx.clone(), gone.subscribe());
+        actix_rt::spawn(async move {
+            let handled = dispatcher.handle(request.body);
+            let body = match wait {
+                None => handled.await,
+                // A wait serves only its peer: once the peer is gone there is no one to tell.
+                Some(_) => tokio::select! {
+                    body = handled => body,
+                    _ = gone_seen.wait_for(|g| *g) => return,
+                },
+            };
+            answer(&tx, request.id, body, charge, peer).await;
+            drop((permit, wait));
         });
-    }
+    };
+    let reason = match &end {
+        End::Closed | End::Gone => None,
+        End::Bad(e) => {
+            tracing::warn!(%peer, "closing connection: {e}");
+            closing_reason(e, &dispatcher.cage)
+        }
+    };
+    gone.send_replace(true);
     if let Some(reason) = &reason {
-        let _ = tx.send(farewell(reason)).await;
+        let unasked = Charge::unasked(&budget, &cage_budget);
+        let _ = tx.send((farewell(reason), unasked)).await;
     }
-    // Let answers still being computed go out before the connection closes.
+    // Answers still being computed (calls, enqueues: not waits) go out before the connection
+    // closes, if the peer still reads.
     drop(tx);
     let _ = writing.await;
     if reason.is_some() {
         linger(&mut reader).await;
+    }
+}
+
+/// Reads the next request once the connection and the cage have room for it; `None` when
+/// the peer closed, or stayed quiet with nothing in progress for the idle limit.
+async fn next_request(
+    reader: &mut (impl AsyncRead + Unpin),
+    limits: &Limits,
+    in_flight: &Semaphore,
+    budget: &Budget,
+    cage_budget: &Budget,
+) -> Result<Option<(RequestFrame, Charge)>, FrameError> {
+    let len = loop {
+        match frame::read_header(
+            reader,
+            limits.max_frame_bytes,
+            limits.idle_timeout,
+            FRAME_STALL,
+        )
+        .await?
+        {
+            Start::Closed => return Ok(None),
+            // A connection waiting for its answers is not idle.
+            Start::Idle if in_flight.available_permits() < MAX_IN_FLIGHT_PER_CONNECTION => {}
+            Start::Idle => return Ok(None),
+            Start::Frame(len) => break len,
+        }
+    };
+    // Charged before the body is read: while there is no room the peer's bytes stay in its
+    // socket, not in this process.
+    let charge = Charge::for_request(budget, cage_budget, len).await;
+    let body = frame::read_body(reader, len, FRAME_STALL).await?;
+    let request: RequestFrame = frame::decode(&body)?;
+    Ok(Some((request, charge)))
+}
+
+/// Queues the answer `body` to request `id` for writing; the request's charge becomes the
+/// answer's, held until it is written.
+async fn answer(
+    tx: &mpsc::Sender<(Vec<u8>, Charge)>,
+    id: u64,
+    body: Response,
+    mut charge: Charge,
+    peer: SocketAddr,
+) {
+    match frame::encode(&ResponseFrame { id, body }) {
+        Ok(bytes) => {
+            charge.resize(bytes.len());
+            let _ = tx.send((bytes, charge)).await;
+        }
+        Err(e) => tracing::error!(%peer, "cannot encode response: {e}"),
+    }
+}
+
+/// Writes answers in the order they are ready; a peer that stops taking them is gone.
+async fn write_answers(
+    mut writer: impl AsyncWrite + Unpin,
+    mut rx: mpsc::Receiver<(Vec<u8>, Charge)>,
+    peer: SocketAddr,
+    gone: Arc<watch::Sender<bool>>,
+) {
+    while let Some((bytes, charge)) = rx.recv().await {
+        let written = frame::write_async(&mut writer, &bytes, WRITE_STALL).await;
+        drop(charge);
+        if let Err(e) = written {
+            tracing::debug!(%peer, "cannot write response: {e}");
+            gone.send_replace(true);
+            break;
+        }
     }
 }
