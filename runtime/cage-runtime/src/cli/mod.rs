@@ -421,10 +421,89 @@ pub fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::Cli;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
+    use std::path::{Path, PathBuf};
 
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The files a reader learns the commands from: the README, docs/ and deploy/README.md.
+    fn doc_files() -> Vec<PathBuf> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = vec![root.join("README.md"), root.join("deploy/README.md")];
+        let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+            .expect("docs/ is there")
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md"))
+            .collect();
+        docs.sort();
+        files.extend(docs);
+        files
+    }
+
+    /// Every `cage …` line of the code blocks in `text`, with its line number, as a shell would
+    /// split it (a trailing `# comment` dropped).
+    fn command_lines(text: &str) -> Vec<(usize, String)> {
+        let mut in_block = false;
+        let mut found = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                in_block = !in_block;
+                continue;
+            }
+            let line = line.trim();
+            let line = ["sudo -u cage ", "./target/release/", "./target/debug/"]
+                .iter()
+                .fold(line, |l, prefix| l.strip_prefix(prefix).unwrap_or(l));
+            if in_block && line.starts_with("cage ") {
+                found.push((n + 1, line.to_owned()));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_command_line_the_docs_show_parses() {
+        let mut checked = 0;
+        let mut wrong = Vec::new();
+        for file in doc_files() {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in command_lines(&text) {
+                let words = shlex::split(&line)
+                    .map(|mut w| {
+                        // The shell drops a comment; shlex keeps it.
+                        if let Some(at) = w.iter().position(|x| x.starts_with('#')) {
+                            w.truncate(at);
+                        }
+                        w
+                    })
+                    .unwrap_or_default();
+                checked += 1;
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    let first = e.to_string().lines().next().unwrap_or_default().to_owned();
+                    wrong.push(format!("{}:{n}: {line}\n    {first}", file.display()));
+                }
+            }
+        }
+        assert!(
+            checked > 20,
+            "found only {checked} command lines in the docs"
+        );
+        assert!(
+            wrong.is_empty(),
+            "command lines the CLI does not take:\n{}",
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn a_line_the_cli_does_not_take_is_caught() {
+        let lines =
+            command_lines("```sh\ncage pending --no-such-flag   # a comment\n```\ncage nope\n");
+        assert_eq!(lines.len(), 1, "only lines inside code blocks: {lines:?}");
+        let words = shlex::split(&lines[0].1).unwrap();
+        assert!(Cli::try_parse_from(&words[..3]).is_err());
     }
 }
