@@ -1,9 +1,10 @@
 //! `cage chain` (start a chain of calls, wait for its results) and `cage chains` (list them).
 
 use super::listing::Gathered;
-use super::queue_view::{cages, now_ms, words};
+use super::queue_view::cages;
 use super::{exit, target};
 use cage_runtime::chains::{parse_steps, ChainRecord, ChainState, StepSpec};
+use cage_runtime::clock::{now_ms, span_ms};
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::{Client, ClientError};
 use cage_runtime::transport::protocol::{ChainRequest, NewChain};
@@ -259,7 +260,7 @@ pub fn list(site: &Site, cage: Option<&str>, all: bool, limit: usize, json: bool
                 c.steps.len()
             ),
             path(c),
-            words(now.saturating_sub(c.started_ms)),
+            span_ms(now.saturating_sub(c.started_ms)),
             c.parent.clone().unwrap_or_else(|| "-".into()),
         ]);
     }

@@ -1,8 +1,8 @@
 //! `cage job add|remove|run-now` and `cage jobs`: scheduled and recurring calls.
 
-use super::queue_view::{now_ms, words, TIMEOUT};
+use super::queue_view::TIMEOUT;
 use super::{exit, target};
-use cage_runtime::clock::{self, unix_ms};
+use cage_runtime::clock::{self, now_ms, span_ms, unix_ms};
 use cage_runtime::config::Site;
 use cage_runtime::jobs::{CatchUp, Job, Schedule};
 use cage_runtime::transport::client::{Client, ClientError};
@@ -235,7 +235,7 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
         let next = match j.next_run_ms {
             None => "- (ran)".to_owned(),
             Some(t) if t <= now => "due now".to_owned(),
-            Some(t) => format!("in {}", words(t - now)),
+            Some(t) => format!("in {}", span_ms(t - now)),
         };
         let (last, outcome) = match &j.last_run {
             None => ("never".to_owned(), "-".to_owned()),
@@ -244,7 +244,7 @@ pub fn list(site: &Site, cage: Option<&str>, json: bool) -> ExitCode {
                 if r.scheduled_ms > now {
                     format!("at {}", clock::utc(r.scheduled_ms))
                 } else {
-                    format!("{} ago", words(now - r.scheduled_ms))
+                    format!("{} ago", span_ms(now - r.scheduled_ms))
                 },
                 r.outcome
                     .clone()

@@ -1,7 +1,8 @@
 //! `cage pending` and `cage dead`: queued calls of one cage or of the whole site.
 
 use super::listing::Gathered;
-use super::queue_view::{cages, next_attempt, now_ms, words, TIMEOUT};
+use super::queue_view::{cages, next_attempt, TIMEOUT};
+use cage_runtime::clock::{now_ms, span_ms};
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::ClientError;
 use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery};
@@ -62,7 +63,7 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
                 target_of(v),
                 v.record.call.queue.clone(),
                 v.record.attempts.len().to_string(),
-                words(now.saturating_sub(v.record.call.enqueued_at_ms)),
+                span_ms(now.saturating_sub(v.record.call.enqueued_at_ms)),
                 v.record.dead_reason.clone().unwrap_or_default(),
             ]);
         }
@@ -87,7 +88,7 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
                 v.record.call.queue.clone(),
                 v.record.attempts.len().to_string(),
                 next_attempt(v),
-                words(now.saturating_sub(v.record.call.enqueued_at_ms)),
+                span_ms(now.saturating_sub(v.record.call.enqueued_at_ms)),
                 v.record.last_error().unwrap_or("-").to_owned(),
             ]);
         }

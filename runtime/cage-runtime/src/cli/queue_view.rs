@@ -48,19 +48,9 @@ pub fn find(site: &Site, id: &str) -> Result<Vec<CallView>, ExitCode> {
     ))
 }
 
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> u64 {
-    clock::now_ms()
-}
-
-/// A duration in words, to the second (to the millisecond below ten seconds).
-pub fn words(ms: u64) -> String {
-    clock::span_ms(ms)
-}
-
 /// When the next attempt of a pending call runs, in words.
 pub fn next_attempt(view: &CallView) -> String {
-    let now = now_ms();
+    let now = clock::now_ms();
     if view.running {
         "running now".into()
     } else if let Some(why) = &view.waiting {
@@ -70,6 +60,6 @@ pub fn next_attempt(view: &CallView) -> String {
     } else if view.record.next_at_ms <= now {
         "due now".into()
     } else {
-        format!("in {}", words(view.record.next_at_ms - now))
+        format!("in {}", clock::span_ms(view.record.next_at_ms - now))
     }
 }

@@ -2,8 +2,9 @@
 //! chains it started; or one chain with its path.
 
 use super::chain::{path, related, view};
-use super::queue_view::{find, next_attempt, now_ms, words};
+use super::queue_view::{find, next_attempt};
 use cage_runtime::chains::ChainRecord;
+use cage_runtime::clock::{now_ms, span_ms};
 use cage_runtime::config::Site;
 use cage_runtime::transport::protocol::ChainRequest;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
@@ -40,7 +41,7 @@ fn show_chain(c: &ChainRecord) {
     }
     println!(
         "  started     {} ago",
-        words(now.saturating_sub(c.started_ms))
+        span_ms(now.saturating_sub(c.started_ms))
     );
     println!("  path        {}", path(c));
     let v = view(c);
@@ -60,7 +61,7 @@ fn show_chain(c: &ChainRecord) {
             r.call.clone(),
             r.cage.clone(),
             r.call_id.clone(),
-            words(r.ended_ms.saturating_sub(r.started_ms)),
+            span_ms(r.ended_ms.saturating_sub(r.started_ms)),
             r.error
                 .clone()
                 .map(|e| format!("failed: {e}"))
@@ -129,7 +130,7 @@ pub fn show(site: &Site, id: &str, json: bool) -> ExitCode {
         }
         println!(
             "  enqueued    {} ago",
-            words(now.saturating_sub(c.enqueued_at_ms))
+            span_ms(now.saturating_sub(c.enqueued_at_ms))
         );
         match &r.dead_reason {
             Some(reason) => println!("  state       dead: {reason}"),
@@ -151,7 +152,7 @@ pub fn show(site: &Site, id: &str, json: bool) -> ExitCode {
         for a in &r.attempts {
             table.add_row([
                 a.number.to_string(),
-                format!("{} ago", words(now.saturating_sub(a.started_ms))),
+                format!("{} ago", span_ms(now.saturating_sub(a.started_ms))),
                 format!("{:.1} ms", a.duration_us as f64 / 1000.0),
                 a.module_version.clone().unwrap_or_else(|| "-".into()),
                 a.error

@@ -28,7 +28,7 @@ use crate::queue::{
 use crate::registry::{ModuleRegistry, Resolve};
 use crate::retry_policy::{next_attempt_at, MAX_ATTEMPTS};
 use crate::transport::protocol::{
-    new_call_id, unix_ms, CallView, EnqueueRequest, Filter, QueueQuery, QueueStats, Response,
+    new_call_id, CallView, EnqueueRequest, Filter, QueueQuery, QueueStats, Response,
 };
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
@@ -36,7 +36,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How often due calls are looked for (also right after every enqueue and every attempt).
 const PUMP_EVERY: Duration = Duration::from_millis(10);
@@ -76,9 +76,7 @@ fn delivery_batches(records: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
     batches
 }
 
-pub(super) fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
-}
+pub(super) use crate::clock::now_ms;
 
 /// How a successful attempt of a call at `stage` is counted.
 fn success_of(stage: Stage) -> QueueEvent {
