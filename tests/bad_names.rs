@@ -3,9 +3,10 @@
 //! anything (exit 11), and by the cage for a frame that bypasses the CLI, so none is queued.
 
 mod support;
-use cages::runtime::chains::StepSpec;
-use cages::runtime::jobs::{CatchUp, Schedule};
-use cages::runtime::queue::QueuedCall;
+use cages::runtime::model::call::QueuedCall;
+use cages::runtime::model::chain::StepSpec;
+use cages::runtime::model::job::CatchUp;
+use cages::runtime::model::job::Schedule;
 use cages::runtime::transport::client::{Client, ClientError};
 use cages::runtime::transport::protocol::{
     ChainRequest, JobRequest, JobSpec, NewChain, Request, Response,

@@ -2,8 +2,12 @@
 //! the queue, surviving restarts, catching up on missed ticks as configured.
 
 mod support;
-use cages::runtime::jobs::{CatchUp, Job, LastRun, Schedule};
-use cages::runtime::queue::{QueueStore, QueuedCall};
+use cages::runtime::model::call::QueuedCall;
+use cages::runtime::model::job::CatchUp;
+use cages::runtime::model::job::Job;
+use cages::runtime::model::job::LastRun;
+use cages::runtime::model::job::Schedule;
+use cages::runtime::queue::QueueStore;
 use cages::runtime::transport::client::Client;
 use cages::runtime::transport::protocol::{EnqueueRequest, JobRequest, JobSpec};
 use std::path::Path;

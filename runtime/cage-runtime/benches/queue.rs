@@ -3,7 +3,10 @@
 //! retry schedule itself.
 
 use cage_runtime::config::QueuePolicy;
-use cage_runtime::queue::{CallRecord, QueueStore, QueuedCall, Stage};
+use cage_runtime::model::call::CallRecord;
+use cage_runtime::model::call::QueuedCall;
+use cage_runtime::model::call::Stage;
+use cage_runtime::queue::QueueStore;
 use cage_runtime::retry_policy::next_attempt_at;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +83,13 @@ fn queue(c: &mut Criterion) {
         let mut attempt = 0;
         b.iter(|| {
             attempt = attempt % 80 + 1;
-            black_box(next_attempt_at(&policy, attempt, 1_000, 5_000, 0.3))
+            black_box(next_attempt_at(
+                &policy.backoff(),
+                attempt,
+                1_000,
+                5_000,
+                0.3,
+            ))
         })
     });
 }

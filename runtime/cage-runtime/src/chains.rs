@@ -8,9 +8,13 @@
 //! as the step's completion, so a report is never lost nor applied twice (a report for a
 //! step the chain has already passed is ignored).
 
-use crate::queue::{ChainLink, QueuedCall};
+use crate::model::call::ChainLink;
+use crate::model::call::QueuedCall;
+use crate::model::chain::{
+    ChainRecord, ChainState, Group, StepOutcome, StepReport, StepRun, StepSpec,
+};
 use cage_sdk::{ChainFailure, ResultOptions};
-use serde::{Deserialize, Serialize};
+
 use serde_json::{Map, Value};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -38,19 +42,6 @@ pub enum ChainError {
         /// What they were.
         found: String,
     },
-}
-
-/// One call of a chain.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct StepSpec {
-    /// Cage that runs it (`None`: the chain's owner).
-    pub cage: Option<String>,
-    /// Module.
-    pub module: String,
-    /// Method.
-    pub method: String,
-    /// Explicit JSON arguments (a continuation's); `None`: the bag as it stands.
-    pub args: Option<Vec<u8>>,
 }
 
 fn name_ok(s: &str) -> bool {
@@ -151,135 +142,6 @@ fn kind_of(v: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
-}
-
-/// Where a chain is.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub enum ChainState {
-    /// Waiting for a free place under its group's `max_parallel`.
-    Held,
-    /// Its current step is pending or running.
-    Running,
-    /// Every step succeeded.
-    Done,
-    /// A step failed for good.
-    Failed(ChainFailure),
-    /// Cancelled by an operator (or with its parent); the reason.
-    Cancelled(String),
-}
-
-impl ChainState {
-    /// Short name for tables.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ChainState::Held => "held",
-            ChainState::Running => "running",
-            ChainState::Done => "done",
-            ChainState::Failed(_) => "failed",
-            ChainState::Cancelled(_) => "cancelled",
-        }
-    }
-}
-
-/// One step that ran, as the chain's path shows it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct StepRun {
-    /// Index of the step.
-    pub step: u32,
-    /// The step as written.
-    pub call: String,
-    /// Cage that ran it.
-    pub cage: String,
-    /// Its call id.
-    pub call_id: String,
-    /// When its last attempt started (ms since the epoch).
-    pub started_ms: u64,
-    /// When it ended.
-    pub ended_ms: u64,
-    /// Why it failed, if it did.
-    pub error: Option<String>,
-}
-
-/// Chains started together under a cap on how many run at once.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Group {
-    /// Group id.
-    pub id: String,
-    /// Most chains of the group running at once.
-    pub max_parallel: u32,
-}
-
-/// A chain, as its owner stores it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct ChainRecord {
-    /// Chain id.
-    pub id: String,
-    /// Cage that holds this record and runs the chain.
-    pub owner: String,
-    /// Call id of the invocation that started it (`None`: started by an operator).
-    pub parent: Option<String>,
-    /// Its place among its parent's children (0-based).
-    pub ordinal: u32,
-    /// Its group, when started with `max_parallel`.
-    pub group: Option<Group>,
-    /// Steps; a continuation adds the next one while the chain runs.
-    pub steps: Vec<StepSpec>,
-    /// Queue of its steps; `None` runs them directly (sync calls).
-    pub queue: Option<String>,
-    /// The inputs (a JSON object).
-    pub inputs: Vec<u8>,
-    /// The bag: inputs with every returned object merged in (a JSON object).
-    pub bag: Vec<u8>,
-    /// Keys that some call returned, first-returned first.
-    pub returned: Vec<String>,
-    /// Merged results of chains that this chain's calls started (a JSON object).
-    pub children_results: Vec<u8>,
-    /// Index of the current step (equal to the number of steps once done).
-    pub step: u32,
-    /// Where it is.
-    pub state: ChainState,
-    /// Steps run so far.
-    pub path: Vec<StepRun>,
-    /// When it was started (ms since the epoch).
-    pub started_ms: u64,
-    /// When it finished, if it did.
-    pub ended_ms: Option<u64>,
-}
-
-/// How a step ended, as the cage that ran it tells the chain's owner.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub enum StepOutcome {
-    /// It succeeded with this JSON result; `next` is a continuation it asked for; `children`
-    /// the merged results of chains it started that had finished.
-    Done {
-        /// The JSON result.
-        result: Vec<u8>,
-        /// The continuation, from `ctx.chain_next`.
-        next: Option<StepSpec>,
-        /// Merged results of its finished child chains (a JSON object).
-        children: Vec<u8>,
-    },
-    /// It failed for good (dead letter, or cancelled); the reason.
-    Failed(String),
-}
-
-/// The end of one step, for the chain's owner.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct StepReport {
-    /// The chain.
-    pub chain: String,
-    /// Index of the step.
-    pub step: u32,
-    /// Its call id.
-    pub call_id: String,
-    /// Cage that ran it.
-    pub cage: String,
-    /// When its last attempt started.
-    pub started_ms: u64,
-    /// When it ended.
-    pub ended_ms: u64,
-    /// How.
-    pub outcome: StepOutcome,
 }
 
 /// What applying a report did to a chain.

@@ -4,7 +4,7 @@
 
 use crate::config::{ExecuteOn, Site};
 use crate::discovery::{self, Finder, Found, Known};
-use crate::queue::QueuedCall;
+use crate::model::call::QueuedCall;
 use crate::transport::client::{Client, ClientError};
 use crate::transport::pool::Pool;
 use crate::transport::protocol::{CallRequest, QueueQuery};

@@ -11,12 +11,13 @@ use crate::executor::{CallExecutor, Execute};
 use crate::host::{query_chains, wait_for_chain_async};
 use crate::messaging::{parse_invocation, Mailboxes};
 use crate::metrics::{Metrics, MetricsSnapshot, ModuleLoads, QueueMetrics};
+use crate::model::ids::new_call_id;
 use crate::queue::QueueStore;
 use crate::registry::{ListModules, ModuleRegistry, Resolve};
 use crate::scheduler::{Accept, AcceptMany, Enqueue, JobCommand, Query, Scheduler, StartChains};
 use crate::transport::budget::Budget;
 use crate::transport::protocol::{
-    new_call_id, CageInfo, CallFailure, CallRequest, ChainRequest, Request, Response,
+    CageInfo, CallFailure, CallRequest, ChainRequest, Request, Response,
 };
 use crate::transport::waits::CageWaits;
 use actix::Addr;

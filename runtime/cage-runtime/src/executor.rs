@@ -3,13 +3,13 @@
 
 use crate::host::{HostEnv, Output};
 use crate::loader::LoadedModule;
-use crate::queue::ChainLink;
-use crate::transport::protocol::unix_ms;
+use crate::model::call::ChainLink;
+use crate::model::clock::unix_ms;
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -46,49 +46,6 @@ struct Job {
     reply: oneshot::Sender<Result<Output, CallError>>,
 }
 
-/// Extra worker threads lent to calls that block waiting for other calls of this cage (their
-/// child chains), so a cage whose every worker waits on children cannot deadlock.
-#[derive(Clone, Default)]
-pub struct SpareWorkers(Arc<OnceLock<SpareSource>>);
-
-struct SpareSource {
-    queue: Receiver<Job>,
-    env: Weak<HostEnv>,
-}
-
-/// A lent worker thread; it stops taking calls once this is dropped.
-pub struct SpareGuard(Arc<AtomicBool>);
-
-impl Drop for SpareGuard {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-impl SpareWorkers {
-    /// Starts one more worker for as long as the guard lives (`None` before the pool exists).
-    pub fn hold(&self) -> Option<SpareGuard> {
-        let source = self.0.get()?;
-        let env = source.env.upgrade()?;
-        let queue = source.queue.clone();
-        let alive = Arc::new(AtomicBool::new(true));
-        let running = alive.clone();
-        std::thread::Builder::new()
-            .name("cage-exec-spare".to_owned())
-            .spawn(move || {
-                while running.load(Ordering::Acquire) {
-                    match queue.recv_timeout(Duration::from_millis(100)) {
-                        Ok(job) => run_job(&env, job),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            })
-            .ok()?;
-        Some(SpareGuard(alive))
-    }
-}
-
 /// The executor actor; dropping it closes the pool once queued calls have run.
 pub struct CallExecutor {
     jobs: Sender<Job>,
@@ -99,9 +56,25 @@ impl CallExecutor {
     /// Starts `workers` threads that run calls with `env` as their host.
     pub fn new(workers: usize, env: Arc<HostEnv>) -> std::io::Result<Self> {
         let (jobs, queue) = bounded::<Job>(workers * BACKLOG_PER_WORKER);
-        let _ = env.spare.0.set(SpareSource {
-            queue: queue.clone(),
-            env: Arc::downgrade(&env),
+        let spare_queue = queue.clone();
+        let spare_env: Weak<HostEnv> = Arc::downgrade(&env);
+        env.spare.install(move |alive: Arc<AtomicBool>| {
+            let Some(env) = spare_env.upgrade() else {
+                return false;
+            };
+            let queue = spare_queue.clone();
+            std::thread::Builder::new()
+                .name("cage-exec-spare".to_owned())
+                .spawn(move || {
+                    while alive.load(Ordering::Acquire) {
+                        match queue.recv_timeout(Duration::from_millis(100)) {
+                            Ok(job) => run_job(&env, job),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                })
+                .is_ok()
         });
         for i in 0..workers {
             let queue = queue.clone();

@@ -1,36 +1,38 @@
 //! The cages runtime: a cage serves hot-reloaded modules to callers over framed TCP.
 //!
-//! Map of the crate, top to bottom (arrows point down):
+//! Map of the crate, top to bottom. Arrows point down: a module imports only modules listed
+//! below it (test code aside), and `tests/layering.rs` fails when one does not.
 //! - `cli` (in the `cage` binary, not this library): run, call, enqueue, pending, jobs, bench…
-//! - [`dashboard`]: the operator dashboard (HTML pages gathered from every cage).
-//! - [`api`]: the HTTP API for processes outside the cage, `/metrics`, and the cage's `/ui`.
 //! - [`cage`]: wiring of one running cage: config → actors → listener.
-//! - [`transport`]: frames on the wire, the protocol, the listener actor, a blocking client,
-//!   and mutual TLS between cages.
+//! - [`api`]: the HTTP API for processes outside the cage, `/metrics`, and the cage's `/ui`.
+//! - [`dashboard`]: the operator dashboard (HTML pages gathered from every cage).
+//! - [`config_watch`]: re-reading the site config when it changes.
+//! - [`listener`]: the listener actor and the connection loop that hands requests on.
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
-//! - [`blocking`]: bounded lanes onto the blocking pool for work that requests cause.
 //! - [`scheduler`]: the actor running the durable queue: due attempts, retries, dead letters,
 //!   and chains (starting them, advancing them step by step, cancelling a call's children).
 //! - [`delivery`]: handing queued calls to their target cages.
-//! - [`discovery`]: finding cages the site does not list (UDP query and answer, a cache).
 //! - [`executor`]: the actor in front of the worker threads that run module code.
-//! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
-//! - [`queue`]: the durable queue (sled, behind a write-ahead journal): pending calls, due
-//!   index, dead letters, history.
-//! - [`metrics`]: what a cage counts (per queue, per module method) and its Prometheus text.
-//! - [`messaging`]: messages between running invocations through named ports.
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
+//! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
-//! - [`jobs`]: scheduled and recurring calls: what is due, catch-up, signatures.
-//! - [`chains`]: chains of calls as data: steps, the bag, what runs next, result shapes.
-//! - [`retry_policy`]: when a failed queued call runs next (pure functions of the policy).
+//! - [`discovery`]: finding cages the site does not list (UDP query and answer, a cache).
 //! - [`keys`]: the cluster CA and the key pairs it signs (`cage keys`).
-//! - [`config_watch`]: re-reading the site config when it changes.
+//! - [`transport`]: frames on the wire, the protocol, a blocking client, connection pools,
+//!   the site credential and mutual TLS between cages.
+//! - [`messaging`]: messages between running invocations through named ports.
+//! - [`metrics`]: what a cage counts (per queue, per module method) and its Prometheus text.
+//! - [`queue`]: the cage's database (sled, behind a write-ahead journal): pending calls, due
+//!   index, dead letters, history, module state, jobs and chains.
+//! - [`chains`]: chains of calls as decisions: parsing steps, the bag, what runs next, results.
+//! - [`jobs`]: scheduled and recurring calls: what is due, catch-up, run ids.
+//! - [`blocking`]: bounded lanes onto the blocking pool for work that requests cause.
 //! - [`config`]: the site's files (`cages/NAME.toml`, `config/config_execute_on.toml`).
-//! - [`clock`]: instants and spans: saturating arithmetic, total rendering, the horizon.
+//! - [`retry_policy`]: when a failed queued call runs next (pure functions of the backoff).
+//! - [`model`]: the ground floor: ids, the clock, call, chain and job records.
 //! - [`names`]: the one check of cage, module, method, queue and job names.
 //!
-//! A sync call's path: client frame → [`transport::server`] → [`dispatch::Dispatcher`] →
+//! A sync call's path: client frame → [`listener`] → [`dispatch::Dispatcher`] →
 //! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
 //! [`host::HostEnv::run`] → the module's `call` → response frame.
 //!
@@ -51,7 +53,7 @@ pub mod api;
 pub mod blocking;
 pub mod cage;
 pub mod chains;
-pub mod clock;
+
 pub mod config;
 pub mod config_watch;
 pub mod dashboard;
@@ -62,9 +64,11 @@ pub mod executor;
 pub mod host;
 pub mod jobs;
 pub mod keys;
+pub mod listener;
 pub mod loader;
 pub mod messaging;
 pub mod metrics;
+pub mod model;
 pub mod names;
 pub mod queue;
 pub mod registry;

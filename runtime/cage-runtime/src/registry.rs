@@ -15,7 +15,8 @@
 use crate::loader::file_watch::{module_file, module_of_file, settle_and_read, FileStamp};
 use crate::loader::library::sha256_hex;
 use crate::loader::{LoadError, LoadedModule};
-use crate::transport::protocol::{unix_ms, ModuleInfo};
+use crate::model::clock::unix_ms;
+use crate::transport::protocol::ModuleInfo;
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 use notify::Watcher;

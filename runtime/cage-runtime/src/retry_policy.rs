@@ -1,8 +1,7 @@
 //! The retry schedule: pure functions from a queue's policy and a call's history to the time of
 //! its next attempt. Nothing here reads clocks, files or randomness; callers pass them in.
 
-use crate::clock;
-use crate::config::QueuePolicy;
+use crate::model::clock;
 use std::time::Duration;
 
 /// Most attempts any queued call makes: each is kept in the call's record, so a call retried
@@ -13,8 +12,36 @@ pub const MAX_ATTEMPTS: u32 = 1000;
 /// failing call in a busy loop); also the least `first_retry` a queue may set.
 pub const MIN_RETRY: Duration = Duration::from_millis(10);
 
+/// The part of a queue's policy that decides when attempts run (the queue's config carries it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// Delay before the first retry.
+    pub first_retry: Duration,
+    /// Each delay is this many times the previous one.
+    pub growth: f64,
+    /// Delays never exceed this.
+    pub max_delay: Duration,
+    /// No attempt starts later than this after the call was enqueued.
+    pub give_up_after: Duration,
+    /// Random spread applied to each delay, as a fraction of it (0 to 1).
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    /// A minute, growing 1.6 times to an hourly cap, for three days, without jitter.
+    fn default() -> Self {
+        Backoff {
+            first_retry: Duration::from_secs(60),
+            growth: 1.6,
+            max_delay: Duration::from_secs(3600),
+            give_up_after: Duration::from_secs(3 * 24 * 3600),
+            jitter: 0.0,
+        }
+    }
+}
+
 /// Delay before attempt `attempt` (1-based; attempt 1 runs at enqueue), without jitter.
-pub fn delay_before(policy: &QueuePolicy, attempt: u32) -> Duration {
+pub fn delay_before(policy: &Backoff, attempt: u32) -> Duration {
     if attempt <= 1 {
         return Duration::ZERO;
     }
@@ -38,7 +65,7 @@ pub fn delay_before(policy: &QueuePolicy, attempt: u32) -> Duration {
 /// The scheduler and [`schedule`] (what `cage schedule` prints) both ask this function, so
 /// the listing cannot disagree with what the cage does.
 pub fn next_attempt_at(
-    policy: &QueuePolicy,
+    policy: &Backoff,
     attempt: u32,
     enqueued_at_ms: u64,
     previous_end_ms: u64,
@@ -58,7 +85,7 @@ pub fn next_attempt_at(
 
 /// [`next_attempt_at`] without the attempt cap: what the policy alone implies.
 fn uncapped_next_attempt_at(
-    policy: &QueuePolicy,
+    policy: &Backoff,
     attempt: u32,
     enqueued_at_ms: u64,
     previous_end_ms: u64,
@@ -87,9 +114,9 @@ pub struct PlannedAttempt {
 /// Start times (ms after enqueue) of the attempts `policy` implies for a call whose attempts
 /// all fail instantly, without jitter, as [`next_attempt_at`] decides them; at most `limit`.
 fn plain_times(
-    policy: &QueuePolicy,
+    policy: &Backoff,
     limit: u32,
-    next: fn(&QueuePolicy, u32, u64, u64, f64) -> Option<u64>,
+    next: fn(&Backoff, u32, u64, u64, f64) -> Option<u64>,
 ) -> Vec<u64> {
     let mut times = vec![0];
     let mut attempt: u32 = 1;
@@ -106,7 +133,7 @@ fn plain_times(
 
 /// The attempts `policy` implies for a call whose attempts all fail instantly, without jitter:
 /// exactly the times the scheduler gives such a call (one function decides both).
-pub fn schedule(policy: &QueuePolicy) -> Vec<PlannedAttempt> {
+pub fn schedule(policy: &Backoff) -> Vec<PlannedAttempt> {
     let times = plain_times(policy, MAX_ATTEMPTS, next_attempt_at);
     let mut previous = 0;
     let mut plan = Vec::with_capacity(times.len());
@@ -124,7 +151,7 @@ pub fn schedule(policy: &QueuePolicy) -> Vec<PlannedAttempt> {
 /// Why `policy` cannot be used, if it cannot: its schedule would make more than
 /// [`MAX_ATTEMPTS`] attempts before `give_up_after` (the cage would stop it at the cap, so the
 /// policy would not say what happens).
-pub fn refusal(policy: &QueuePolicy) -> Option<String> {
+pub fn refusal(policy: &Backoff) -> Option<String> {
     let times = plain_times(policy, MAX_ATTEMPTS + 1, uncapped_next_attempt_at);
     if times.len() <= MAX_ATTEMPTS as usize {
         return None;
@@ -141,7 +168,7 @@ pub fn refusal(policy: &QueuePolicy) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn ms(policy: &mut QueuePolicy, first: u64, max: u64, give_up: u64) {
+    fn ms(policy: &mut Backoff, first: u64, max: u64, give_up: u64) {
         policy.first_retry = Duration::from_millis(first);
         policy.max_delay = Duration::from_millis(max);
         policy.give_up_after = Duration::from_millis(give_up);
@@ -149,7 +176,7 @@ mod tests {
 
     #[test]
     fn defaults_give_80_attempts_within_three_days() {
-        let plan = schedule(&QueuePolicy::default());
+        let plan = schedule(&Backoff::default());
         assert_eq!(plan.len(), 80);
         assert_eq!(plan[1].delay_secs, 60.0);
         assert!((plan[2].delay_secs - 96.0).abs() < 1e-9);
@@ -159,7 +186,7 @@ mod tests {
 
     #[test]
     fn delays_grow_then_cap() {
-        let mut p = QueuePolicy::default();
+        let mut p = Backoff::default();
         ms(&mut p, 10, 50, 1000);
         p.growth = 2.0;
         let d: Vec<u128> = (1..=6).map(|a| delay_before(&p, a).as_millis()).collect();
@@ -169,7 +196,7 @@ mod tests {
 
     #[test]
     fn next_attempt_follows_previous_end_and_gives_up() {
-        let mut p = QueuePolicy::default();
+        let mut p = Backoff::default();
         ms(&mut p, 100, 1000, 1000);
         p.growth = 2.0;
         assert_eq!(next_attempt_at(&p, 2, 5_000, 5_010, 0.0), Some(5_110));
@@ -180,7 +207,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_its_fraction() {
-        let mut p = QueuePolicy::default();
+        let mut p = Backoff::default();
         ms(&mut p, 1000, 1000, 100_000);
         p.jitter = 0.2;
         assert_eq!(next_attempt_at(&p, 2, 0, 0, 1.0), Some(1200));
@@ -201,13 +228,12 @@ mod tests {
             ended in proptest::prelude::any::<u64>(),
             sample in proptest::prelude::any::<f64>(),
         ) {
-            let p = QueuePolicy {
+            let p = Backoff {
                 first_retry: Duration::from_secs(first),
                 max_delay: Duration::from_secs(max),
                 give_up_after: Duration::from_secs(give_up),
                 growth,
                 jitter,
-                ..QueuePolicy::default()
             };
             let _ = delay_before(&p, attempt);
             if let Some(at) = next_attempt_at(&p, attempt, enqueued, ended, sample) {
@@ -218,7 +244,7 @@ mod tests {
 
     #[test]
     fn schedule_is_bounded_by_the_attempt_cap_and_such_a_policy_is_refused() {
-        let mut p = QueuePolicy::default();
+        let mut p = Backoff::default();
         ms(&mut p, 1, 1, 10_000_000);
         assert_eq!(schedule(&p).len(), MAX_ATTEMPTS as usize);
         assert_eq!(next_attempt_at(&p, MAX_ATTEMPTS + 1, 0, 0, 0.0), None);
@@ -228,13 +254,13 @@ mod tests {
             why.contains("span 9s 990ms of give_up_after 2h 46m 40s"),
             "{why}"
         );
-        assert_eq!(refusal(&QueuePolicy::default()), None);
+        assert_eq!(refusal(&Backoff::default()), None);
     }
 
     #[test]
     fn a_zero_delay_is_raised_to_the_floor_jitter_included() {
         // The policy that once retried 1 512 times in 3 s: the schedule said 1 attempt.
-        let mut p = QueuePolicy::default();
+        let mut p = Backoff::default();
         ms(&mut p, 0, 0, 3 * 86_400_000);
         let floor = MIN_RETRY.as_millis() as u64;
         assert_eq!(next_attempt_at(&p, 2, 0, 0, 0.0), Some(floor));
@@ -246,7 +272,7 @@ mod tests {
 
     /// What the scheduler does with a call whose attempts fail at once: each failure asks
     /// `next_attempt_at` for the next one, until it says none (dead letters).
-    fn as_the_scheduler_runs(p: &QueuePolicy) -> Vec<u64> {
+    fn as_the_scheduler_runs(p: &Backoff) -> Vec<u64> {
         let mut starts = vec![0];
         loop {
             let number = starts.len() as u32;
@@ -260,12 +286,12 @@ mod tests {
 
     #[test]
     fn the_schedule_is_what_the_scheduler_does() {
-        let mut odd = QueuePolicy::default();
+        let mut odd = Backoff::default();
         ms(&mut odd, 0, 250, 5_000);
         odd.growth = 3.0;
-        let mut capped = QueuePolicy::default();
+        let mut capped = Backoff::default();
         ms(&mut capped, 10, 10, 3_600_000);
-        for p in [QueuePolicy::default(), odd, capped] {
+        for p in [Backoff::default(), odd, capped] {
             let listed: Vec<u64> = schedule(&p)
                 .iter()
                 .map(|a| (a.at_secs * 1000.0).round() as u64)

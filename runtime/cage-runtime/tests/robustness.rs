@@ -1,10 +1,11 @@
 //! Property tests over untrusted input: whatever bytes or text arrive, the decoders and parsers
 //! answer with a value or an error, never a panic, and never allocate past their limits.
 
-use cage_runtime::chains::{object_bytes, parse_steps, StepSpec};
+use cage_runtime::chains::{object_bytes, parse_steps};
 use cage_runtime::config::{CageConfig, ExecuteOn};
 use cage_runtime::loader::descriptor::{self, DescriptorFields};
 use cage_runtime::loader::elf_check;
+use cage_runtime::model::chain::StepSpec;
 use cage_runtime::transport::frame;
 use cage_runtime::transport::protocol::{CallRequest, Request, RequestFrame, ResponseFrame};
 use proptest::prelude::*;

@@ -3,10 +3,11 @@
 
 use super::auth::Invocation;
 use super::{ApiError, ApiState};
-use crate::clock;
 use crate::dashboard::gather::Cluster;
-use crate::jobs::{CatchUp, Schedule};
 use crate::metrics::exposition;
+use crate::model::clock;
+use crate::model::job::CatchUp;
+use crate::model::job::Schedule;
 use crate::transport::client::{Client, ClientError};
 use crate::transport::protocol::{EnqueueRequest, Filter, JobRequest, JobSpec, QueueQuery};
 use actix_web::http::StatusCode;

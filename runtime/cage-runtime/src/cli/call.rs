@@ -2,8 +2,9 @@
 
 use super::{exit, target};
 use cage_runtime::config::Site;
+use cage_runtime::model::ids::new_call_id;
 use cage_runtime::transport::client::Client;
-use cage_runtime::transport::protocol::{new_call_id, CallFailure, CallRequest};
+use cage_runtime::transport::protocol::{CallFailure, CallRequest};
 use cage_sdk::ErrorKind;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -3,9 +3,12 @@
 use super::listing::Gathered;
 use super::queue_view::cages;
 use super::{exit, target};
-use cage_runtime::chains::{parse_steps, ChainRecord, ChainState, StepSpec};
-use cage_runtime::clock::{now_ms, span_ms};
+use cage_runtime::chains::parse_steps;
 use cage_runtime::config::Site;
+use cage_runtime::model::chain::ChainRecord;
+use cage_runtime::model::chain::ChainState;
+use cage_runtime::model::chain::StepSpec;
+use cage_runtime::model::clock::{now_ms, span_ms};
 use cage_runtime::transport::client::{Client, ClientError};
 use cage_runtime::transport::protocol::{ChainRequest, NewChain};
 use cage_sdk::{CallError, ErrorKind, ResultOptions};

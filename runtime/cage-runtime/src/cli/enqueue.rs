@@ -2,8 +2,8 @@
 
 use super::queue_view::TIMEOUT;
 use super::{exit, target};
-use cage_runtime::clock;
 use cage_runtime::config::Site;
+use cage_runtime::model::clock;
 use cage_runtime::transport::client::{Client, ClientError};
 use cage_runtime::transport::protocol::EnqueueRequest;
 use cage_sdk::ErrorKind;

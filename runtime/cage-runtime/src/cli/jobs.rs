@@ -2,9 +2,11 @@
 
 use super::queue_view::TIMEOUT;
 use super::{exit, target};
-use cage_runtime::clock::{self, now_ms, span_ms, unix_ms};
 use cage_runtime::config::Site;
-use cage_runtime::jobs::{CatchUp, Job, Schedule};
+use cage_runtime::model::clock::{self, now_ms, span_ms, unix_ms};
+use cage_runtime::model::job::CatchUp;
+use cage_runtime::model::job::Job;
+use cage_runtime::model::job::Schedule;
 use cage_runtime::transport::client::{Client, ClientError};
 use cage_runtime::transport::protocol::{JobRequest, JobSpec};
 use cage_sdk::ErrorKind;

@@ -2,8 +2,8 @@
 
 use super::listing::Gathered;
 use super::queue_view::{cages, next_attempt, TIMEOUT};
-use cage_runtime::clock::{now_ms, span_ms};
 use cage_runtime::config::Site;
+use cage_runtime::model::clock::{now_ms, span_ms};
 use cage_runtime::transport::client::ClientError;
 use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};

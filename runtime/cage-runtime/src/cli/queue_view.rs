@@ -2,8 +2,8 @@
 
 use super::exit;
 use super::listing::Gathered;
-use cage_runtime::clock;
 use cage_runtime::config::Site;
+use cage_runtime::model::clock;
 use cage_runtime::transport::client::ClientError;
 use cage_runtime::transport::protocol::{CallView, QueueQuery};
 use std::process::ExitCode;

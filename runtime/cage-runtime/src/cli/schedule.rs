@@ -40,7 +40,7 @@ pub fn schedule(site: &Site, queue: &str, json_out: bool) -> ExitCode {
         Err(e) => return exit::fail(exit::CONFIG, e),
     };
     let policy = execute_on.queue(queue);
-    let attempts = plan(policy);
+    let attempts = plan(&policy.backoff());
     if json_out {
         let list: Vec<Row> = attempts
             .iter()

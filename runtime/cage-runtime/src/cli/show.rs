@@ -3,9 +3,9 @@
 
 use super::chain::{path, related, view};
 use super::queue_view::{find, next_attempt};
-use cage_runtime::chains::ChainRecord;
-use cage_runtime::clock::{now_ms, span_ms};
 use cage_runtime::config::Site;
+use cage_runtime::model::chain::ChainRecord;
+use cage_runtime::model::clock::{now_ms, span_ms};
 use cage_runtime::transport::protocol::ChainRequest;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use std::process::ExitCode;

@@ -2,7 +2,7 @@
 
 use super::error::ConfigError;
 use super::ranges::{self, SpannedDuration};
-use crate::jobs::CatchUp;
+use crate::model::job::CatchUp;
 use crate::names::{self, NameKind};
 use serde::Deserialize;
 use std::net::SocketAddr;

@@ -221,6 +221,19 @@ pub struct QueuePolicy {
     pub retention: Duration,
 }
 
+impl QueuePolicy {
+    /// When this queue's attempts run.
+    pub fn backoff(&self) -> crate::retry_policy::Backoff {
+        crate::retry_policy::Backoff {
+            first_retry: self.first_retry,
+            growth: self.growth,
+            max_delay: self.max_delay,
+            give_up_after: self.give_up_after,
+            jitter: self.jitter,
+        }
+    }
+}
+
 impl Default for QueuePolicy {
     fn default() -> Self {
         QueuePolicy {
@@ -555,7 +568,7 @@ fn queue_policy(
             ),
         ));
     }
-    if let Some(why) = crate::retry_policy::refusal(&policy) {
+    if let Some(why) = crate::retry_policy::refusal(&policy.backoff()) {
         return Err(at(q.span(), format!("queues.{name}: {why}")));
     }
     Ok(policy)
@@ -676,7 +689,10 @@ mod tests {
         );
         // The same delays for a minute are fine; so are the shipped defaults.
         let e = parse("[queues.fast]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\ngive_up_after = \"1m\"\n").unwrap();
-        assert_eq!(crate::retry_policy::refusal(e.queue("fast")), None);
+        assert_eq!(
+            crate::retry_policy::refusal(&e.queue("fast").backoff()),
+            None
+        );
         assert!(parse("[queues.retry]\nfirst_retry = \"1m\"\n").is_ok());
     }
 

@@ -2,11 +2,11 @@
 //! protocol: each question goes to every cage at once (one thread per cage), so a cage that is
 //! down costs one connect timeout, not one per cage.
 
-use crate::chains::ChainRecord;
 use crate::config::{Address, CageRoute, ConfigError, Site, UnknownCages};
 use crate::discovery::{self, DiscoveryError, Known};
-use crate::jobs::Job;
 use crate::metrics::MetricsSnapshot;
+use crate::model::chain::ChainRecord;
+use crate::model::job::Job;
 use crate::transport::client::{Client, ClientError};
 use crate::transport::protocol::{
     CageInfo, CallView, ChainRequest, Filter, JobRequest, ModuleInfo, QueueQuery,

@@ -4,7 +4,10 @@
 //! reading look at the store, woken by the cage's [`crate::chains::ChainWatch`].
 
 use super::{answer, CallScope};
-use crate::chains::{ChainRecord, ChainState, ChainWatch, StepSpec};
+use crate::chains::ChainWatch;
+use crate::model::chain::ChainRecord;
+use crate::model::chain::ChainState;
+use crate::model::chain::StepSpec;
 use crate::queue::{QueueError, QueueStore};
 use crate::transport::client::ClientError;
 use crate::transport::protocol::{ChainRequest, NewChain};

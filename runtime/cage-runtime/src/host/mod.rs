@@ -1,13 +1,13 @@
 //! The host side of the module ABI: the [`HostContext`] a module receives for one call, and the
 //! callbacks behind it (log, call another cage). No callback ever unwinds into module code.
 
-use crate::chains::{ChainWatch, StepSpec};
+use crate::chains::ChainWatch;
 use crate::config::{ExecuteOn, Site};
-use crate::executor::SpareWorkers;
 use crate::loader::LoadedModule;
 use crate::messaging::{parse_invocation, Mailboxes};
 use crate::metrics::Metrics;
-use crate::queue::ChainLink;
+use crate::model::call::ChainLink;
+use crate::model::chain::StepSpec;
 use crate::queue::QueueStore;
 use crate::transport::pool::Pool;
 use chains::host_chain;
@@ -17,12 +17,15 @@ use state::{host_state_get, host_state_put, StateTx};
 use std::cell::{Cell, RefCell};
 
 mod chains;
+mod spare;
 mod state;
 
+use crate::model::ids::new_call_id;
 use crate::transport::client::{Client, ClientError};
-use crate::transport::protocol::{new_call_id, CallFailure, CallRequest, EnqueueRequest};
+use crate::transport::protocol::{CallFailure, CallRequest, EnqueueRequest};
 use cage_sdk::abi::{self, Bytes, HostContext, OwnedBytes};
 use cage_sdk::{CallError, ErrorKind};
+pub use spare::{SpareGuard, SpareWorkers};
 pub use state::StateLocks;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -357,11 +360,12 @@ impl HostEnv {
         request: cage_sdk::ctx::JobRequest,
         parent: &str,
     ) -> Result<String, CallError> {
-        use crate::jobs::{CatchUp, Schedule};
+        use crate::model::job::CatchUp;
+        use crate::model::job::Schedule;
         use crate::transport::protocol::{JobRequest, JobSpec};
         // Saturating: a time past the end is refused by the cage (beyond its horizon), where
         // a wrapped one would run at once.
-        let now = crate::clock::now_ms();
+        let now = crate::model::clock::now_ms();
         let (schedule, replace) = match request.when {
             cage_sdk::JobWhen::InMs(ms) => (
                 Schedule::Once {

@@ -18,12 +18,11 @@ pub mod commit;
 pub mod fault;
 pub mod journal;
 mod keys;
-pub mod record;
+mod legacy;
 pub mod store;
 mod txn;
 
 pub use commit::GroupCommit;
-pub use record::{Attempt, CallRecord, ChainLink, QueuedCall, Stage};
 pub use store::{Acceptance, DueCall, QueueStore};
 pub use txn::Txn;
 

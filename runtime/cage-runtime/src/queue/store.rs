@@ -5,9 +5,9 @@
 
 use super::journal::{Batch, Journal};
 use super::keys::{self, CALL, DEAD, DUE, EXPIRY};
-use super::record::CallRecord;
 use super::QueueError;
-use crate::jobs::Job;
+use crate::model::call::CallRecord;
+use crate::model::job::Job;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ pub struct DueCall {
 /// the scheduler can hold back calls for a busy cage without reading their records.
 pub(super) fn due_value(record: &CallRecord) -> Vec<u8> {
     let mut v = record.call.queue.as_bytes().to_vec();
-    if record.stage == super::Stage::Deliver {
+    if record.stage == crate::model::call::Stage::Deliver {
         v.push(0);
         v.extend_from_slice(record.call.target.as_bytes());
     }
@@ -99,7 +99,7 @@ fn corrupt(key: &[u8]) -> impl FnOnce(postcard::Error) -> QueueError + '_ {
 /// Decodes a call record of either format.
 pub(super) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<CallRecord, QueueError> {
     match bytes.split_first() {
-        Some((&FORMAT_1, body)) => postcard::from_bytes::<super::record::v1::CallRecord>(body)
+        Some((&FORMAT_1, body)) => postcard::from_bytes::<super::legacy::CallRecord>(body)
             .map(Into::into)
             .map_err(corrupt(key)),
         _ => decode(key, bytes),
@@ -751,7 +751,7 @@ impl Drop for QueueStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::record::{Attempt, QueuedCall, Stage};
+    use crate::model::call::{Attempt, QueuedCall, Stage};
 
     fn call(id: &str, priority: i32, key: Option<&str>) -> QueuedCall {
         QueuedCall {

@@ -4,10 +4,10 @@
 
 use super::journal::Batch;
 use super::keys::{self, CALL, DEAD};
-use super::record::CallRecord;
 use super::store::{decode, encode};
 use super::{QueueError, QueueStore};
-use crate::chains::ChainRecord;
+use crate::model::call::CallRecord;
+use crate::model::chain::ChainRecord;
 
 /// Changes collected for one atomic apply; nothing is written before [`Txn::commit`].
 pub struct Txn<'a> {
@@ -197,7 +197,8 @@ impl Txn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chains::{parse_steps, ChainState};
+    use crate::chains::parse_steps;
+    use crate::model::chain::ChainState;
 
     fn chain(id: &str, parent: &str, ordinal: u32) -> ChainRecord {
         ChainRecord::new(

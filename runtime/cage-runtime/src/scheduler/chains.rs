@@ -4,13 +4,19 @@
 //! the next step's call) is one [`Txn`]. The decisions are [`crate::chains`]'.
 
 use super::{execute, now_ms, storage_error, Scheduler};
-use crate::chains::{
-    merge_children, object_bytes, Advance, ChainRecord, ChainState, Group, StepOutcome, StepReport,
-    REPORT_METHOD, REPORT_MODULE,
-};
+use crate::chains::{merge_children, object_bytes, Advance, REPORT_METHOD, REPORT_MODULE};
 use crate::config::valid_name;
-use crate::queue::{CallRecord, QueueError, QueueStore, QueuedCall, Stage, Txn};
-use crate::transport::protocol::{new_call_id, CallRequest, NewChain};
+use crate::model::call::CallRecord;
+use crate::model::call::QueuedCall;
+use crate::model::call::Stage;
+use crate::model::chain::ChainRecord;
+use crate::model::chain::ChainState;
+use crate::model::chain::Group;
+use crate::model::chain::StepOutcome;
+use crate::model::chain::StepReport;
+use crate::model::ids::new_call_id;
+use crate::queue::{QueueError, QueueStore, Txn};
+use crate::transport::protocol::{CallRequest, NewChain};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 use std::time::Instant;

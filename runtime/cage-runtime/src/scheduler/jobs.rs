@@ -2,11 +2,17 @@
 //! when due, reconciled with the jobs declared in the cage file.
 
 use super::{now_ms, storage_error, Scheduler};
-use crate::clock;
 use crate::config::DeclaredJob;
-use crate::jobs::{due_runs, job_of_run, run_id, Job, LastRun, Schedule};
-use crate::queue::{CallRecord, QueuedCall, Stage};
-use crate::transport::protocol::{new_call_id, JobRequest, JobSpec, Response};
+use crate::jobs::{due_runs, job_of_run, run_id};
+use crate::model::call::CallRecord;
+use crate::model::call::QueuedCall;
+use crate::model::call::Stage;
+use crate::model::clock;
+use crate::model::ids::new_call_id;
+use crate::model::job::Job;
+use crate::model::job::LastRun;
+use crate::model::job::Schedule;
+use crate::transport::protocol::{JobRequest, JobSpec, Response};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 

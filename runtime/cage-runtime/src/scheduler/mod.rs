@@ -14,21 +14,25 @@ use window::DeliveryWindows;
 pub use chains::StartChains;
 pub use jobs::{JobCommand, JobsDeclared};
 
-use crate::chains::{ChainWatch, StepOutcome, REPORT_MODULE};
+use crate::chains::{ChainWatch, REPORT_MODULE};
 use crate::config::ExecuteOn;
 use crate::delivery::Delivery;
 use crate::executor::{CallExecutor, Execute};
 use crate::host::Output;
-use crate::jobs::Job;
 use crate::metrics::{Metrics, QueueEvent};
+use crate::model::call::Attempt;
+use crate::model::call::CallRecord;
+use crate::model::call::QueuedCall;
+use crate::model::call::Stage;
+use crate::model::chain::StepOutcome;
+use crate::model::ids::new_call_id;
+use crate::model::job::Job;
 use crate::names::{self, NameKind};
-use crate::queue::{
-    Acceptance, Attempt, CallRecord, GroupCommit, QueueError, QueueStore, QueuedCall, Stage,
-};
+use crate::queue::{Acceptance, GroupCommit, QueueError, QueueStore};
 use crate::registry::{ModuleRegistry, Resolve};
 use crate::retry_policy::{next_attempt_at, MAX_ATTEMPTS};
 use crate::transport::protocol::{
-    new_call_id, CallView, EnqueueRequest, Filter, QueueQuery, QueueStats, Response,
+    CallView, EnqueueRequest, Filter, QueueQuery, QueueStats, Response,
 };
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
@@ -76,7 +80,7 @@ fn delivery_batches(records: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
     batches
 }
 
-pub(super) use crate::clock::now_ms;
+pub(super) use crate::model::clock::now_ms;
 
 /// How a successful attempt of a call at `stage` is counted.
 fn success_of(stage: Stage) -> QueueEvent {
@@ -494,7 +498,7 @@ impl Scheduler {
                 let policy = self.policies.queue(&call.queue);
                 let jitter = self.rng.gen_range(-1.0..=1.0);
                 match next_attempt_at(
-                    policy,
+                    &policy.backoff(),
                     number + 1,
                     updated.window_start_ms,
                     now_ms(),
@@ -571,7 +575,7 @@ impl Scheduler {
     /// Stores a call for execution here; returns the id it duplicates, if any.
     fn take_for_execution(&mut self, call: QueuedCall) -> Result<Option<String>, CallError> {
         let now = now_ms();
-        let expires = crate::clock::after(now, self.policies.queue(&call.queue).retention);
+        let expires = crate::model::clock::after(now, self.policies.queue(&call.queue).retention);
         let record = CallRecord::new(call, Stage::Execute, now);
         match self
             .store
@@ -600,9 +604,10 @@ impl Scheduler {
             self.delivery.check(&r.target)?;
         }
         let now = now_ms();
-        crate::clock::span_within_horizon("delay", Duration::from_millis(r.delay_ms)).map_err(
-            |e| CallError::bad_arguments(format!("enqueue of {}.{}: {e}", r.module, r.method)),
-        )?;
+        crate::model::clock::span_within_horizon("delay", Duration::from_millis(r.delay_ms))
+            .map_err(|e| {
+                CallError::bad_arguments(format!("enqueue of {}.{}: {e}", r.module, r.method))
+            })?;
         let call = QueuedCall {
             id: new_call_id(&self.cage),
             source: self.cage.clone(),
@@ -762,7 +767,7 @@ impl Scheduler {
             let jitter = self.rng.gen_range(-1.0..=1.0);
             let mut updated = record.clone();
             match next_attempt_at(
-                policy,
+                &policy.backoff(),
                 record.next_attempt(),
                 record.window_start_ms,
                 ended,
@@ -884,8 +889,9 @@ impl Actor for Scheduler {
         }
         ctx.run_interval(PUMP_EVERY, |this, ctx| this.pump(ctx));
         ctx.run_interval(HISTORY_SWEEP_EVERY, |this, _| {
-            let recheck =
-                crate::clock::millis(this.policies.queue(crate::config::DEFAULT_QUEUE).retention);
+            let recheck = crate::model::clock::millis(
+                this.policies.queue(crate::config::DEFAULT_QUEUE).retention,
+            );
             match this.store.expire_history(now_ms(), recheck, 10_000) {
                 Ok(0) => {}
                 Ok(n) => {
@@ -943,7 +949,7 @@ impl Scheduler {
         call: QueuedCall,
     ) -> (Result<Option<String>, CallError>, Option<String>) {
         let id = call.id.clone();
-        let far = crate::clock::within_horizon("not_before", call.not_before_ms, now_ms());
+        let far = crate::model::clock::within_horizon("not_before", call.not_before_ms, now_ms());
         // A chain step's report goes to the owner's built-in module, whose `$` name no module
         // file can have (enqueue refuses `$` names).
         let module = (call.module != REPORT_MODULE).then_some(call.module.as_str());

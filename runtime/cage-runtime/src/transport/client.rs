@@ -8,11 +8,11 @@ use super::protocol::{
     MessageRequest, ModuleInfo, QueueQuery, QueueStats, Request, RequestFrame, Response,
     ResponseFrame, CONNECTION_FRAME_ID,
 };
-use crate::chains::ChainRecord;
 use crate::config::{Address, CageRoute};
-use crate::jobs::Job;
 use crate::metrics::MetricsSnapshot;
-use crate::queue::QueuedCall;
+use crate::model::call::QueuedCall;
+use crate::model::chain::ChainRecord;
+use crate::model::job::Job;
 use cage_sdk::{CallError, ErrorKind};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

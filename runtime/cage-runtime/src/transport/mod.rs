@@ -1,4 +1,5 @@
-//! Talking to a cage over TCP: length-prefixed frames carrying serde-encoded requests.
+//! Talking to a cage over TCP: length-prefixed frames carrying serde-encoded requests. The
+//! listener that serves them sits above, beside the dispatcher (`crate::listener`).
 //!
 //! - [`frame`]: the wire form, a 4-byte big-endian length then a postcard body, with a size cap.
 //! - [`protocol`]: what the frames carry (requests, responses, module listings).
@@ -6,8 +7,6 @@
 //! - [`credential`]: the site credential a plain TCP connection opens with (challenge-response).
 //! - [`pool`]: idle client connections kept per cage and reused.
 //! - [`tls`]: mutual TLS against the cluster CA, and the identity this process shows.
-//! - [`server`]: the listener actor and the per-connection loop that reads requests and
-//!   hands calls to the dispatcher.
 //! - [`budget`]: bytes of frames in flight, per connection and per cage.
 //! - [`waits`]: how many waiting requests a connection and the cage may hold.
 
@@ -17,6 +16,5 @@ pub mod credential;
 pub mod frame;
 pub mod pool;
 pub mod protocol;
-pub mod server;
 pub mod tls;
 pub mod waits;

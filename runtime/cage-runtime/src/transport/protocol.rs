@@ -1,14 +1,16 @@
 //! What frames carry: a request or response body tagged with the id that pairs them, so one
 //! connection can carry many calls at once.
 
-use crate::chains::{ChainRecord, StepSpec};
-use crate::jobs::{CatchUp, Job, Schedule};
 use crate::metrics::MetricsSnapshot;
-use crate::queue::{CallRecord, QueuedCall};
+use crate::model::call::CallRecord;
+use crate::model::call::QueuedCall;
+use crate::model::chain::ChainRecord;
+use crate::model::chain::StepSpec;
+use crate::model::job::CatchUp;
+use crate::model::job::Job;
+use crate::model::job::Schedule;
 use cage_sdk::CallError;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A request and the id its response will carry.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -390,20 +392,6 @@ pub struct ModuleInfo {
     pub rejected: u64,
 }
 
-/// Milliseconds since the epoch of `t` (kept here for callers; the clock owns it).
-pub use crate::clock::unix_ms;
-
-/// A new call id for calls started by `origin` (a cage name, or `cli`): unique across restarts.
-pub fn new_call_id(origin: &str) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
-    format!("{origin}-{micros:x}-{n}")
-}
-
 /// A failed call with everything an operator needs to find it: cage, module, method, call id.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct CallFailure {
@@ -434,7 +422,7 @@ impl std::error::Error for CallFailure {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::Stage;
+    use crate::model::call::Stage;
 
     fn view(args: Vec<u8>) -> CallView {
         let call = QueuedCall {

@@ -4,8 +4,9 @@
 
 use super::percentile_us;
 use crate::cli::{exit, target};
-use cage_runtime::chains::{parse_steps, StepSpec};
+use cage_runtime::chains::parse_steps;
 use cage_runtime::config::Site;
+use cage_runtime::model::chain::StepSpec;
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{ChainRequest, NewChain};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};

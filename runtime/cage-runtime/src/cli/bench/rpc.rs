@@ -3,8 +3,9 @@
 use super::report::{Goal, Report};
 use super::{percentile_us, Place};
 use cage_runtime::config::CageRoute;
+use cage_runtime::model::ids::new_call_id;
 use cage_runtime::transport::client::Client;
-use cage_runtime::transport::protocol::{new_call_id, CallRequest};
+use cage_runtime::transport::protocol::CallRequest;
 use indicatif::ProgressBar;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

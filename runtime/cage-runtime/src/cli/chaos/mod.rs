@@ -10,12 +10,12 @@ mod workload;
 
 use crate::cli::exit;
 use cage_runtime::config::{CageRoute, Site};
-use cage_runtime::jobs::{CatchUp, Schedule};
+use cage_runtime::model::clock::unix_ms;
+use cage_runtime::model::job::CatchUp;
+use cage_runtime::model::job::Schedule;
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::credential::{self, SiteSecret};
-use cage_runtime::transport::protocol::{
-    unix_ms, ChainRequest, Filter, JobRequest, JobSpec, QueueQuery,
-};
+use cage_runtime::transport::protocol::{ChainRequest, Filter, JobRequest, JobSpec, QueueQuery};
 use indicatif::{ProgressBar, ProgressStyle};
 use proxy::Proxy;
 use serde::Serialize;

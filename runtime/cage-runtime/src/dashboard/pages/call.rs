@@ -2,9 +2,10 @@
 //! error), the chain it is a step of and the chains it started.
 
 use super::{action_button, call_link, moment, page, took, utc, Frame};
-use crate::chains::{ChainRecord, ChainState};
 use crate::dashboard::gather::CallDetail;
-use crate::queue::Stage;
+use crate::model::call::Stage;
+use crate::model::chain::ChainRecord;
+use crate::model::chain::ChainState;
 use maud::{html, Markup};
 
 fn pretty(bytes: &[u8]) -> String {

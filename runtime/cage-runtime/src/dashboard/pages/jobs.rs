@@ -1,8 +1,9 @@
 //! Jobs of every cage with their schedule, next run and last run.
 
 use super::{call_link, moment, page, utc, Frame};
-use crate::clock;
-use crate::jobs::{Job, Schedule};
+use crate::model::clock;
+use crate::model::job::Job;
+use crate::model::job::Schedule;
 use maud::{html, Markup};
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ pub mod jobs;
 pub mod modules;
 pub mod queue;
 
-use crate::clock;
+use crate::model::clock;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 /// What every page needs to link and to build forms.

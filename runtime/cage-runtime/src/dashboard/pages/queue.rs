@@ -2,9 +2,9 @@
 //! server (module, method, error text, age) and sortable in the browser.
 
 use super::{action_button, age, call_link, enc, moment, page, Frame};
-use crate::clock;
 use crate::dashboard::chart;
 use crate::metrics::MetricsSnapshot;
+use crate::model::clock;
 use crate::transport::protocol::CallView;
 use maud::{html, Markup};
 use serde::Deserialize;

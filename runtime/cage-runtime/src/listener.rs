@@ -2,19 +2,19 @@
 //! certificate from the cluster CA over TLS, the site credential over plain TCP), read
 //! frames, answer each request concurrently, write responses back in completion order. A
 //! connection the cage closes on its own is told why in a last frame
-//! ([`super::protocol::farewell`]).
+//! ([`crate::transport::protocol::farewell`]).
 //!
 //! What one connection may hold is bounded: requests in progress, waits (see
-//! [`super::waits`]), and bytes of frames read but not yet answered plus answers not yet
-//! written (see [`super::budget`]): when its budget is spent the loop stops reading. When the
+//! [`crate::transport::waits`]), and bytes of frames read but not yet answered plus answers not yet
+//! written (see [`crate::transport::budget`]): when its budget is spent the loop stops reading. When the
 //! peer goes away its waits end at once.
 
-use super::budget::{Budget, Charge};
-use super::credential::{self, SiteSecret};
-use super::frame::{self, FrameError, Start};
-use super::protocol::{farewell, RequestFrame, Response, ResponseFrame};
-use super::waits::{self, ConnectionWaits};
 use crate::dispatch::Dispatcher;
+use crate::transport::budget::{Budget, Charge};
+use crate::transport::credential::{self, SiteSecret};
+use crate::transport::frame::{self, FrameError, Start};
+use crate::transport::protocol::{farewell, RequestFrame, Response, ResponseFrame};
+use crate::transport::waits::{self, ConnectionWaits};
 use actix::prelude::*;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

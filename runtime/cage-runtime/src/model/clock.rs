@@ -2,8 +2,9 @@
 //! arithmetic on them saturates (never wraps, never panics), every instant renders as text
 //! however far away it is, and an instant asked for beyond [`HORIZON`] is refused.
 //!
-//! Nothing here knows about queues or transport: it sits at the bottom of the crate so every
-//! layer (and a stored record from any earlier version) can use it.
+//! Nothing here knows about queues or transport: it sits on the ground floor so every layer
+//! (and a stored record from any earlier version) can use it. Decisions that depend on "now"
+//! take a [`Clock`], so tests can drive time.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +47,55 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
+}
+
+/// Where the time comes from: the system clock in a cage, a hand-driven one in tests, so a
+/// decision that depends on "now" can be tested without waiting.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the epoch, now.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+/// A clock that moves only when told to (for tests of time-driven decisions).
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    now: std::sync::atomic::AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock standing at `ms`.
+    pub fn at(ms: u64) -> Self {
+        ManualClock {
+            now: std::sync::atomic::AtomicU64::new(ms),
+        }
+    }
+
+    /// Moves the clock to `ms`.
+    pub fn set(&self, ms: u64) {
+        self.now.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Moves the clock forward by `d` (saturating).
+    pub fn advance(&self, d: Duration) {
+        let now = self.now_ms();
+        self.set(after(now, d));
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.now.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// `d` in whole milliseconds, `u64::MAX` if it has more.

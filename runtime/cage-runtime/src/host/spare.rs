@@ -1,0 +1,38 @@
+//! Extra worker threads lent to calls that block waiting for other calls of this cage (their
+//! child chains), so a cage whose every worker waits on children cannot deadlock.
+//!
+//! The host only asks for a spare; the executor, which owns the threads, says how one starts
+//! (it installs a starter once its pool exists), so the host never imports the executor.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+type Starter = Box<dyn Fn(Arc<AtomicBool>) -> bool + Send + Sync>;
+
+/// A handle to ask the executor for one more worker while a call waits on its children.
+#[derive(Clone, Default)]
+pub struct SpareWorkers(Arc<OnceLock<Starter>>);
+
+/// A lent worker thread; it stops taking calls once this is dropped.
+pub struct SpareGuard(Arc<AtomicBool>);
+
+impl Drop for SpareGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl SpareWorkers {
+    /// Sets how a spare starts: `start(alive)` runs a worker for as long as `alive` holds and
+    /// says whether it started. Only the first installation counts.
+    pub fn install(&self, start: impl Fn(Arc<AtomicBool>) -> bool + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(start));
+    }
+
+    /// Starts one more worker for as long as the guard lives (`None` before the pool exists).
+    pub fn hold(&self) -> Option<SpareGuard> {
+        let start = self.0.get()?;
+        let alive = Arc::new(AtomicBool::new(true));
+        start(alive.clone()).then_some(SpareGuard(alive))
+    }
+}
