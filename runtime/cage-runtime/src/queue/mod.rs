@@ -1,9 +1,15 @@
-//! The durable queue of one cage: calls held until accepted (source side) or executed (target
-//! side), in sled, with a due-time index, dead letters and the history used to deduplicate.
+//! The cage's database: calls held until accepted (source side) or executed (target side),
+//! with a due-time index, dead letters, the history used to deduplicate, module state, jobs
+//! and chains, in one sled tree behind a write-ahead journal. What is stored are the records
+//! of [`crate::model`]; nothing here knows of chain or job logic, modules or the network.
 //!
-//! - [`record`]: what is stored (call, stage, attempts).
+//! - [`store`]: opening the database, the value format, applying changes through the journal.
+//! - one file per table, each a narrow set of operations on [`QueueStore`]:
+//!   [`calls`] (pending, due index, order, dead letters, quarantine), [`history`] (accepted
+//!   ids and idempotency keys, and their expiry), [`state`] (module state and executed marks),
+//!   [`jobs`] (stored jobs and firing a run), [`chains`] (chain records, children, groups).
+//! - [`txn`]: one atomic change across tables (a step's end with its chain's advance).
 //! - [`keys`]: the byte layout of the one sled tree (prefix per kind, big-endian times).
-//! - [`store`]: operations on it; every multi-key change is one atomic batch.
 //! - [`journal`]: each batch appended (length, CRC) before it reaches sled; replayed on open; a
 //!   change that fails after its entry is written is taken back (voided) before it is refused.
 //! - [`txn`]: one atomic change of several records (a step's end with its chain's advance).
@@ -14,16 +20,23 @@
 //! The queue knows nothing of modules or the network: the scheduler asks it for due calls and
 //! tells it how attempts ended.
 
+pub mod calls;
+pub mod chains;
 pub mod commit;
 pub mod fault;
+pub mod history;
+pub mod jobs;
 pub mod journal;
 mod keys;
 mod legacy;
+pub mod state;
 pub mod store;
 mod txn;
 
+pub use calls::DueCall;
 pub use commit::GroupCommit;
-pub use store::{Acceptance, DueCall, QueueStore};
+pub use history::Acceptance;
+pub use store::QueueStore;
 pub use txn::Txn;
 
 /// Why the queue could not do what was asked.
