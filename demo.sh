@@ -9,7 +9,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ cage %s\n' "$*"; "$cage" "$@" || printf '(exit code %s)\n' "$?"; }
 
 step "Building the cage binary and the example modules (cargo build)"
-cargo build -p cage-runtime -p echo -p billing -p orders
+cargo build -p cage -p echo -p billing -p orders
 cage=target/debug/cage
 cp target/debug/libecho.so target/debug/libbilling.so target/debug/liborders.so modules/
 

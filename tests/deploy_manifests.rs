@@ -43,21 +43,18 @@ struct Binary {
 }
 
 fn binary() -> Binary {
-    let manifest = toml_file(
-        "runtime/cage-runtime/Cargo.toml",
-        &read("runtime/cage-runtime/Cargo.toml"),
-    );
+    let manifest = toml_file("runtime/cage/Cargo.toml", &read("runtime/cage/Cargo.toml"));
     let package = manifest["package"]["name"]
         .as_str()
         .expect("package.name")
         .to_owned();
     let bins = manifest["bin"]
         .as_array()
-        .expect("runtime/cage-runtime/Cargo.toml has [[bin]]");
+        .expect("runtime/cage/Cargo.toml has [[bin]]");
     assert_eq!(
         bins.len(),
         1,
-        "runtime/cage-runtime/Cargo.toml: expected one [[bin]]"
+        "runtime/cage/Cargo.toml: expected one [[bin]]"
     );
     let name = bins[0]["name"].as_str().expect("[[bin]] name").to_owned();
     Binary { package, name }
@@ -643,7 +640,7 @@ fn the_binary_is_the_cage_binary_the_workspace_builds_and_the_image_installs() {
     let docker = Dockerfile::load();
     assert!(
         docker.builds(&bin.package, Some(&bin.name)),
-        "{DOCKERFILE}: no `cargo build --release -p {} --bin {}` (the [[bin]] of runtime/cage-runtime/Cargo.toml); builds: {:?}",
+        "{DOCKERFILE}: no `cargo build --release -p {} --bin {}` (the [[bin]] of runtime/cage/Cargo.toml); builds: {:?}",
         bin.package,
         bin.name,
         docker.cargo_builds()

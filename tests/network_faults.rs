@@ -1,166 +1,24 @@
-//! Network faults between two cages: a TCP proxy (written here, on loopback) stands between
+//! Network faults between two cages: the lab's fault proxy (on loopback) stands between
 //! `front` and `back` and, phase by phase, delays, drops, truncates and cuts what passes.
 //! Meanwhile 1 000 queued calls go from front to back and sync calls go to back through the
 //! proxy. Sync calls succeed or fail with an error naming the cage; once the faults stop,
 //! every queued call has run on back exactly once.
 
 mod support;
+use cages::lab::proxy::{Fault, Proxy, FAULTS};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{echo_call, eventually, module_so, Enqueuer, Site};
 
 const CALLS: usize = 1000;
 
-/// What the proxy does to each chunk of bytes it reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Fault {
-    /// Forward it.
-    None,
-    /// Forward it 20–150 ms late.
-    Delay,
-    /// Discard it, wait a little, and close the connection (a peer that vanished).
-    Drop,
-    /// Forward only its first half, then close (a frame cut mid-way).
-    Truncate,
-    /// Close the connection instead of forwarding it.
-    Cut,
-}
-
-const FAULTS: [Fault; 5] = [
-    Fault::None,
-    Fault::Delay,
-    Fault::Drop,
-    Fault::Truncate,
-    Fault::Cut,
-];
-
-/// A proxy to one upstream address whose fault can be changed while it runs.
-struct FaultProxy {
-    addr: SocketAddr,
-    fault: Arc<AtomicU8>,
-    applied: Arc<[AtomicUsize; 5]>,
-    stop: Arc<AtomicBool>,
-}
-
-impl FaultProxy {
-    fn start(upstream: SocketAddr) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let proxy = FaultProxy {
-            addr,
-            fault: Arc::new(AtomicU8::new(0)),
-            applied: Arc::new(Default::default()),
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        let (fault, applied, stop) = (
-            proxy.fault.clone(),
-            proxy.applied.clone(),
-            proxy.stop.clone(),
-        );
-        let seed = Arc::new(AtomicU64::new(0x5eed));
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                for (from, to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let (fault, applied) = (fault.clone(), applied.clone());
-                    let seed = seed.fetch_add(0x9e37_79b9, Ordering::Relaxed);
-                    std::thread::spawn(move || pump(from, to, &fault, &applied, seed));
-                }
-            }
-        });
-        proxy
-    }
-
-    fn set(&self, fault: Fault) {
-        let i = FAULTS.iter().position(|f| *f == fault).unwrap();
-        self.fault.store(i as u8, Ordering::Relaxed);
-    }
-
-    fn applied(&self, fault: Fault) -> usize {
-        let i = FAULTS.iter().position(|f| *f == fault).unwrap();
-        self.applied[i].load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-/// Copies `from` to `to`, applying the proxy's fault of the moment to each chunk (a faulty
-/// chunk one time in three, so some traffic still gets through during a fault).
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    fault: &AtomicU8,
-    applied: &[AtomicUsize; 5],
-    seed: u64,
-) {
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let close = |a: &TcpStream, b: &TcpStream| {
-        let _ = a.shutdown(Shutdown::Both);
-        let _ = b.shutdown(Shutdown::Both);
-    };
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => return close(&from, &to),
-            Ok(n) => n,
-        };
-        let mut kind = FAULTS[fault.load(Ordering::Relaxed) as usize];
-        if kind != Fault::None && next() % 3 != 0 {
-            kind = Fault::None;
-        }
-        applied[FAULTS.iter().position(|f| *f == kind).unwrap()].fetch_add(1, Ordering::Relaxed);
-        let forwarded = match kind {
-            Fault::None => to.write_all(&buf[..n]),
-            Fault::Delay => {
-                std::thread::sleep(Duration::from_millis(20 + next() % 130));
-                to.write_all(&buf[..n])
-            }
-            Fault::Drop => {
-                std::thread::sleep(Duration::from_millis(50 + next() % 150));
-                return close(&from, &to);
-            }
-            Fault::Truncate => {
-                let _ = to.write_all(&buf[..n / 2]);
-                return close(&from, &to);
-            }
-            Fault::Cut => return close(&from, &to),
-        };
-        if forwarded.is_err() {
-            return close(&from, &to);
-        }
-    }
-}
-
 #[test]
 fn queued_calls_survive_delays_drops_truncations_and_cuts_exactly_once() {
     let mut site = Site::new();
     site.cage("front", &[], "").cage("back", &["echo"], "");
     site.install("echo", &module_so("echo", &[]));
-    let proxy = FaultProxy::start(site.addr("back"));
+    let proxy = Proxy::start(site.addr("back")).unwrap();
     // front (and the command line) reach back only through the proxy.
     site.write(
         "config/config_execute_on.toml",

@@ -1,15 +1,17 @@
 //! Test sites: a temporary directory with `cages/`, `config/` and `modules/`, real `cage`
-//! processes started in it, and the `cage` CLI to talk to them, exactly as a user would.
+//! processes started in it (by the lab's site harness, `cages::lab::site`, as `cage bench`
+//! and `cage chaos` start theirs), and the `cage` CLI to talk to them, exactly as a user would.
 
 #![allow(dead_code)]
 
+use cages::lab::site::{cage_file, CageProcess, Launch, QUICK_RELOAD};
 use cages::runtime::config::CageRoute;
-use cages::runtime::transport::client::{Client, ClientError};
+use cages::runtime::transport::client::Client;
 use cages::runtime::transport::credential::{self, SiteSecret, SITE_SECRET};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,7 +51,7 @@ pub fn cage_bin() -> PathBuf {
         // The same target directory as the tests: `cargo test` has released its build lock by the
         // time tests run, and the binary is usually built already, so this is a quick check.
         let status = cargo()
-            .args(["build", "-q", "-p", "cage-runtime", "--bin", "cage"])
+            .args(["build", "-q", "-p", "cage", "--bin", "cage"])
             .status()
             .expect("run cargo build for the cage binary");
         assert!(status.success(), "building the cage binary failed");
@@ -230,11 +232,7 @@ impl Site {
         extra: &str,
     ) -> &mut Self {
         self.addrs.insert(name.to_owned(), addr);
-        let modules: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
-        let body = format!(
-            "listen = \"{addr}\"\nmodules = [{}]\nreload_debounce = \"100ms\"\nrescan_interval = \"500ms\"\n{extra}",
-            modules.join(", ")
-        );
+        let body = cage_file(addr, modules, &format!("{QUICK_RELOAD}{extra}"));
         self.write(&format!("cages/{name}.toml"), &body);
         self
     }
@@ -428,59 +426,23 @@ impl Site {
         addr: SocketAddr,
         log_name: &str,
     ) -> RunningCage {
-        let log = self.path().join(log_name);
-        let child = Command::new(cage_bin())
-            .args(args)
-            .args(["run", name, "--site"])
-            .arg(self.path())
-            .args(run_args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let tls = self.tls.contains(name);
-        let mut cage = RunningCage {
-            name: name.to_owned(),
-            child,
-            log,
+        let launch = Launch {
+            binary: cage_bin(),
+            site: self.path(),
+            name,
             addr,
+            before: args,
+            after: run_args,
+            env,
+            log_level: "info",
+            log: self.path().join(log_name),
+            append_log: false,
         };
-        let started = Instant::now();
-        loop {
-            // A TLS cage answers only clients with a key pair; the log says when it listens.
-            if tls && cage.log().contains("listening on") {
-                return cage;
-            }
-            let route = CageRoute::single(addr, Duration::from_secs(1));
-            if !tls {
-                match Client::connect(name, &route) {
-                    Ok(mut c) => {
-                        if c.ping(Duration::from_secs(1)).is_ok() {
-                            return cage;
-                        }
-                    }
-                    // A cage holding another credential than this process answers too: it
-                    // turned the connection away, and said why.
-                    Err(ClientError::Refused { .. }) => return cage,
-                    Err(_) => {}
-                }
-            }
-            if let Ok(Some(status)) = cage.child.try_wait() {
-                panic!(
-                    "cage {name} exited with {status} while starting:\n{}",
-                    cage.log()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "cage {name} did not start:\n{}",
-                cage.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let mut cage = launch.spawn().unwrap();
+        if let Err(e) = cage.wait_ready(Duration::from_secs(30), self.tls.contains(name)) {
+            panic!("{e}\n{}", cage.log());
         }
+        cage
     }
 }
 
@@ -582,64 +544,7 @@ impl Enqueuer {
 }
 
 /// A `cage run` process; killed when dropped.
-pub struct RunningCage {
-    /// Its name.
-    pub name: String,
-    child: Child,
-    log: PathBuf,
-    addr: SocketAddr,
-}
-
-impl RunningCage {
-    /// Everything the cage logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Kills the cage with SIGKILL, as a crash or power cut would, and reaps it.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Process id of the cage.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Private module copies the cage process has mapped now (from /proc/PID/maps).
-    pub fn mapped_module_copies(&self) -> Vec<String> {
-        let maps =
-            std::fs::read_to_string(format!("/proc/{}/maps", self.pid())).unwrap_or_default();
-        let mut copies: Vec<String> = maps
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .filter(|p| p.contains("/loaded-modules/"))
-            .map(str::to_owned)
-            .collect();
-        copies.sort();
-        copies.dedup();
-        copies
-    }
-
-    /// Asks the cage to stop (SIGTERM) and waits for it to exit; returns its exit code.
-    pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg(self.pid().to_string()).status();
-        self.child.wait().ok().and_then(|s| s.code())
-    }
-
-    /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for RunningCage {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type RunningCage = CageProcess;
 
 /// Polls `check` until it returns `Some`, failing with `what` after `limit`.
 pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {

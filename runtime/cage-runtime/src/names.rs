@@ -118,6 +118,37 @@ pub fn is_valid(kind: NameKind, name: &str) -> bool {
     check(kind, name).is_ok()
 }
 
+/// A `MODULE.METHOD` target that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadTarget {
+    /// No dot, or nothing on one side of it.
+    #[error("target {0:?} is not MODULE.METHOD (e.g. echo.shout)")]
+    Shape(String),
+    /// One of the two names is not a valid name.
+    #[error("target {target:?}: {name}")]
+    Name {
+        /// The target as given.
+        target: String,
+        /// What is wrong with the name.
+        name: BadName,
+    },
+}
+
+/// Splits `MODULE.METHOD` and checks both names.
+pub fn split_target(target: &str) -> Result<(&str, &str), BadTarget> {
+    let (module, method) = target
+        .split_once('.')
+        .filter(|(m, f)| !m.is_empty() && !f.is_empty())
+        .ok_or_else(|| BadTarget::Shape(target.to_owned()))?;
+    check(NameKind::Module, module)
+        .and_then(|()| check(NameKind::Method, method))
+        .map_err(|name| BadTarget::Name {
+            target: target.to_owned(),
+            name,
+        })?;
+    Ok((module, method))
+}
+
 /// `name` as an error message shows it: Debug-escaped, cut to [`QUOTED`] characters.
 fn quote(name: &str) -> String {
     let count = name.chars().count();
@@ -147,6 +178,22 @@ impl fmt::Display for NameKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_split_and_their_names_are_checked() {
+        assert_eq!(split_target("echo.shout"), Ok(("echo", "shout")));
+        assert_eq!(split_target("echo.v2.shout"), Ok(("echo", "v2.shout")));
+        for bad in ["echo", ".shout", "echo.", "../evil.x", "echo.../x", "e\0.x"] {
+            assert!(split_target(bad).is_err(), "{bad}");
+        }
+        let e = split_target("../evil.x").unwrap_err().to_string();
+        assert!(
+            e.contains("\"..\" is not a module name") || e.contains("is not MODULE.METHOD"),
+            "{e}"
+        );
+        let e = split_target("echo.sh/out").unwrap_err().to_string();
+        assert!(e.contains("\"sh/out\" is not a method name"), "{e}");
+    }
 
     #[test]
     fn good_names_pass() {

@@ -20,7 +20,7 @@ pub fn run(
     clients: usize,
     report: &mut Report,
 ) -> Result<(), String> {
-    let (module, method) = crate::cli::target::parse(target)?;
+    let (module, method) = cage_runtime::names::split_target(target).map_err(|e| e.to_string())?;
     let cage = place.first.as_str();
     let route = place.route(cage)?;
     let request = CallRequest {

@@ -2,14 +2,12 @@
 //! loopback in a temporary directory, started as child processes of `cage bench` and removed
 //! with everything they wrote when the run ends.
 
+use crate::site::{free_addr, CageProcess, LabSite, Launch};
 use cage_runtime::config::Site;
-use cage_runtime::transport::client::Client;
 use cage_runtime::transport::credential::{self, SiteSecret};
 use cage_runtime::transport::tls;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The cages of a lab.
 pub const CAGES: [&str; 2] = ["a", "b"];
@@ -20,8 +18,8 @@ const QUEUES: &str = "[queues.retry]\nfirst_retry = \"10ms\"\ngrowth = 2.0\nmax_
 
 /// A temporary site with its cage processes.
 pub struct Lab {
-    dir: PathBuf,
-    children: Vec<(String, Option<Child>)>,
+    site: LabSite,
+    cages: Vec<(String, Option<CageProcess>)>,
     echo: PathBuf,
 }
 
@@ -57,16 +55,9 @@ impl Lab {
     /// Makes the site (with `tls`, a CA and a key pair per cage, and this process speaking
     /// as the site's `cli`) and starts its cages.
     pub fn start(echo: &Path, tls: bool) -> Result<Lab, String> {
-        let stamp = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("cage-bench-{}-{stamp}", std::process::id()));
-        let io = |e: std::io::Error| format!("{}: {e}", dir.display());
-        for d in ["cages", "config", "modules"] {
-            std::fs::create_dir_all(dir.join(d)).map_err(io)?;
-        }
-        std::fs::copy(echo, dir.join("modules/libecho.so")).map_err(io)?;
+        let site = LabSite::temporary("bench")?;
+        let dir = site.dir().to_owned();
+        site.install_atomic("echo", echo)?;
         let keys = dir.join("config/keys");
         // The lab is a site of its own: its cages and this process's clients share its
         // credential, made here before any cage starts.
@@ -85,21 +76,20 @@ impl Lab {
             String::new()
         };
         for name in CAGES {
-            let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(io)?;
-            std::fs::write(
-                dir.join(format!("cages/{name}.toml")),
-                format!("listen = \"{addr}\"\nmodules = [\"echo\"]\nreload_debounce = \"50ms\"\nrescan_interval = \"1s\"\nshutdown_grace = \"5s\"\ntls = {tls}\n"),
-            )
-            .map_err(io)?;
+            let addr = free_addr().map_err(|e| e.to_string())?;
+            site.cage_file(
+                name,
+                addr,
+                &["echo"],
+                &format!("reload_debounce = \"50ms\"\nrescan_interval = \"1s\"\nshutdown_grace = \"5s\"\ntls = {tls}\n"),
+            )?;
             routes.push_str(&format!("[cages.{name}]\naddresses = [\"{addr}\"]\n\n"));
         }
         routes.push_str(QUEUES);
-        std::fs::write(dir.join("config/config_execute_on.toml"), routes).map_err(io)?;
+        site.write("config/config_execute_on.toml", &routes)?;
         let mut lab = Lab {
-            dir,
-            children: CAGES.iter().map(|c| ((*c).to_owned(), None)).collect(),
+            site,
+            cages: CAGES.iter().map(|c| ((*c).to_owned(), None)).collect(),
             echo: echo.to_owned(),
         };
         for name in CAGES {
@@ -110,7 +100,7 @@ impl Lab {
 
     /// The lab's site.
     pub fn site(&self) -> Site {
-        Site::new(&self.dir)
+        Site::new(self.site.dir())
     }
 
     /// The echo build the lab serves.
@@ -120,55 +110,34 @@ impl Lab {
 
     /// Starts cage `name` and waits until it answers; returns how long that took.
     pub fn run(&mut self, name: &str) -> Result<Duration, String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{name}.log")))
-            .map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-            .args(["run", name, "--site"])
-            .arg(&self.dir)
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start cage {name}: {e}"))?;
-        if let Some(slot) = self.children.iter_mut().find(|(n, _)| n == name) {
-            slot.1 = Some(child);
-        }
         let site = self.site();
-        let route = site
-            .execute_on()
-            .and_then(|e| site.route(&e, name))
+        let addr = site
+            .cage(name)
+            .map(|c| c.listen)
             .map_err(|e| e.to_string())?;
-        while started.elapsed() < Duration::from_secs(120) {
-            if Client::connect(name, &route)
-                .and_then(|mut c| c.ping(Duration::from_secs(2)))
-                .is_ok()
-            {
-                return Ok(started.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let mut launch = Launch::new(self.site.dir(), name, addr)?;
+        launch.log_level = "warn";
+        let mut cage = launch.spawn()?;
+        let tls = site.cage(name).map(|c| c.tls).unwrap_or(false);
+        let waited = cage.wait_ready(Duration::from_secs(120), tls);
+        if let Some(slot) = self.cages.iter_mut().find(|(n, _)| n == name) {
+            slot.1 = Some(cage);
         }
-        Err(format!(
-            "cage {name} did not answer within 2 minutes (log: {}/{name}.log)",
-            self.dir.display()
-        ))
+        waited?;
+        Ok(started.elapsed())
     }
 
     /// Stops cage `name` gracefully (SIGTERM), killing it if it takes over 30 s.
     pub fn stop(&mut self, name: &str) {
-        let Some(mut child) = self
-            .children
+        if let Some(mut cage) = self
+            .cages
             .iter_mut()
             .find(|(n, _)| n == name)
             .and_then(|s| s.1.take())
-        else {
-            return;
-        };
-        crate::cli::child::terminate(&mut child, Duration::from_secs(30));
+        {
+            cage.stop(Duration::from_secs(30));
+        }
     }
 }
 
@@ -177,6 +146,5 @@ impl Drop for Lab {
         for name in CAGES {
             self.stop(name);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -8,21 +8,9 @@ use cage_runtime::names::{self, NameKind};
 use cage_sdk::ErrorKind;
 use std::process::ExitCode;
 
-/// Splits `MODULE.METHOD` and checks both names, or says what is wrong with it.
-pub fn parse(target: &str) -> Result<(&str, &str), String> {
-    let (module, method) = target
-        .split_once('.')
-        .filter(|(m, f)| !m.is_empty() && !f.is_empty())
-        .ok_or_else(|| format!("target {target:?} is not MODULE.METHOD (e.g. echo.shout)"))?;
-    names::check(NameKind::Module, module)
-        .and_then(|()| names::check(NameKind::Method, method))
-        .map_err(|e| format!("target {target:?}: {e}"))?;
-    Ok((module, method))
-}
-
 /// Splits `MODULE.METHOD`, or fails with the bad-arguments exit code.
 pub fn split(target: &str) -> Result<(&str, &str), ExitCode> {
-    parse(target).map_err(bad_arguments)
+    names::split_target(target).map_err(bad_arguments)
 }
 
 /// Checks a cage name given on the command line, or fails with the bad-arguments exit code
@@ -54,25 +42,4 @@ pub fn route(site: &Site, cage: &str) -> Result<CageRoute, ExitCode> {
             LookupError::Config(e @ ConfigError::BadName(_)) => bad_arguments(e),
             LookupError::Config(e) => exit::fail(exit::CONFIG, e),
         })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse;
-
-    #[test]
-    fn targets_split_and_their_names_are_checked() {
-        assert_eq!(parse("echo.shout"), Ok(("echo", "shout")));
-        assert_eq!(parse("echo.v2.shout"), Ok(("echo", "v2.shout")));
-        for bad in ["echo", ".shout", "echo.", "../evil.x", "echo.../x", "e\0.x"] {
-            assert!(parse(bad).is_err(), "{bad}");
-        }
-        let e = parse("../evil.x").unwrap_err();
-        assert!(
-            e.contains("\"..\" is not a module name") || e.contains("is not MODULE.METHOD"),
-            "{e}"
-        );
-        let e = parse("echo.sh/out").unwrap_err();
-        assert!(e.contains("\"sh/out\" is not a method name"), "{e}");
-    }
 }

@@ -27,7 +27,8 @@ pub fn run(
     rounds: usize,
     report: &mut Report,
 ) -> Result<(), String> {
-    let (call_module, call_method) = crate::cli::target::parse(call)?;
+    let (call_module, call_method) =
+        cage_runtime::names::split_target(call).map_err(|e| e.to_string())?;
     let cage = place.first.as_str();
     let route = place.route(cage)?;
     let mut builds = Vec::new();

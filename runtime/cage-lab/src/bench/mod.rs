@@ -12,13 +12,12 @@ mod report;
 mod retry;
 mod rpc;
 
-use crate::cli::exit;
+use crate::LabError;
 use cage_runtime::config::Site;
 use clap::{Args, Subcommand};
 use lab::Lab;
 use report::Report;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 /// Options every scenario takes.
@@ -229,14 +228,10 @@ impl Place {
     }
 }
 
-fn finish(result: Result<Report, String>, json: bool) -> ExitCode {
-    match result {
-        Ok(report) => {
-            report.print(json);
-            ExitCode::SUCCESS
-        }
-        Err(e) => exit::fail(exit::OTHER, format!("bench: {e}")),
-    }
+fn finish(result: Result<Report, String>, json: bool) -> Result<(), LabError> {
+    let report = result.map_err(LabError::Bench)?;
+    report.print(json);
+    Ok(())
 }
 
 /// Calls and clients of each scenario when the command line gives none.
@@ -254,7 +249,7 @@ fn measure(
     second: Option<String>,
     common: &Common,
     scenario: impl FnOnce(&mut Place, &mut Report) -> Result<(), String>,
-) -> ExitCode {
+) -> Result<(), LabError> {
     let report =
         Place::of(site, first, second, common.modules.as_deref(), common.tls).and_then(|mut p| {
             let mut r = p.report()?;
@@ -265,7 +260,7 @@ fn measure(
 }
 
 /// Runs one scenario (or all of them).
-pub fn bench(site: &Site, scenario: Scenario) -> ExitCode {
+pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
     match scenario {
         Scenario::All(common) => finish(all(site, &common), common.json),
         Scenario::Enqueue { cage, common } => measure(site, cage, None, &common, |p, r| {

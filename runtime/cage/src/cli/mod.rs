@@ -1,10 +1,7 @@
 //! Command-line front end of the `cage` binary: one file per subcommand.
 
-mod bench;
 mod call;
 mod chain;
-mod chaos;
-mod child;
 mod dashboard;
 mod enqueue;
 mod exit;
@@ -244,7 +241,7 @@ enum Command {
     /// Run three cages in a temporary site under faults (kill -9, broken modules, failed
     /// flushes, cut connections) while calls, chains and a job flow; then check that nothing
     /// acknowledged was lost or run twice, and print the report.
-    Chaos(chaos::ChaosArgs),
+    Chaos(cage_lab::chaos::ChaosArgs),
     /// Make the cluster's TLS keys: `cage keys init`, `cage keys issue NAME`.
     Keys {
         #[command(subcommand)]
@@ -253,7 +250,7 @@ enum Command {
     /// Measure a running cage.
     Bench {
         #[command(subcommand)]
-        scenario: bench::Scenario,
+        scenario: cage_lab::bench::Scenario,
     },
 }
 
@@ -278,6 +275,14 @@ impl From<FilterArgs> for Filter {
             module: f.module,
             limit: f.limit,
         }
+    }
+}
+
+/// The exit of a lab command: success, or its error with the general failure code.
+fn lab_outcome(result: Result<(), cage_lab::LabError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::fail(exit::OTHER, e),
     }
 }
 
@@ -412,8 +417,8 @@ pub fn main() -> ExitCode {
             limit,
             json,
         } => chain::list(&site, cage.as_deref(), all, limit, json),
-        Command::Chaos(args) => chaos::chaos(&site, args),
-        Command::Bench { scenario } => bench::bench(&site, scenario),
+        Command::Chaos(args) => lab_outcome(cage_lab::chaos::chaos(&site, args)),
+        Command::Bench { scenario } => lab_outcome(cage_lab::bench::bench(&site, scenario)),
         Command::Keys { action } => keys::keys(&site, action),
     }
 }

@@ -3,7 +3,7 @@
 //! added step is the step's overhead.
 
 use super::percentile_us;
-use crate::cli::{exit, target};
+use crate::LabError;
 use cage_runtime::chains::parse_steps;
 use cage_runtime::config::Site;
 use cage_runtime::model::chain::StepSpec;
@@ -12,7 +12,6 @@ use cage_runtime::transport::protocol::{ChainRequest, NewChain};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// What the chain scenario was told.
@@ -91,15 +90,13 @@ fn time_chains(
     Ok(out)
 }
 
-pub fn chain(site: &Site, b: ChainBench) -> ExitCode {
-    let route = match target::route(site, b.cage) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let mut client = match Client::connect(b.cage, &route) {
-        Ok(c) => c,
-        Err(e) => return exit::fail(exit::OTHER, e),
-    };
+pub fn chain(site: &Site, b: ChainBench) -> Result<(), LabError> {
+    let bench = |e: String| LabError::Bench(e);
+    let route = site
+        .execute_on()
+        .and_then(|e| site.route(&e, b.cage))
+        .map_err(|e| bench(e.to_string()))?;
+    let mut client = Client::connect(b.cage, &route).map_err(|e| bench(e.to_string()))?;
     let mut cages = vec![("local", b.cage)];
     if let Some(other) = b.other {
         cages.push(("across cages", other));
@@ -127,16 +124,13 @@ pub fn chain(site: &Site, b: ChainBench) -> ExitCode {
             format!("{cage}:{}", b.step)
         };
         // Every step of the long chain on `cage`; alternating cages would measure hops twice.
-        let one = match parse_steps(&step) {
-            Ok(s) => s,
-            Err(e) => return exit::fail(exit::OTHER, e),
-        };
+        let one = parse_steps(&step).map_err(|e| bench(e.to_string()))?;
         let many: Vec<StepSpec> = std::iter::repeat_n(one[0].clone(), steps).collect();
         let short = time_chains(&b, &mut client, &one, queue, &progress);
         let long = time_chains(&b, &mut client, &many, queue, &progress);
         let (short, long) = match (short, long) {
             (Ok(s), Ok(l)) => (s, l),
-            (Err(e), _) | (_, Err(e)) => return exit::fail(exit::OTHER, format!("{mode}: {e}")),
+            (Err(e), _) | (_, Err(e)) => return Err(bench(format!("{mode}: {e}"))),
         };
         let p50 = |d: &[Duration]| percentile_us(d, 0.5) / 1000.0;
         rows.push(Row {
@@ -151,7 +145,7 @@ pub fn chain(site: &Site, b: ChainBench) -> ExitCode {
     progress.finish_and_clear();
     if b.json {
         println!("{}", serde_json::to_string(&rows).unwrap_or_default());
-        return ExitCode::SUCCESS;
+        return Ok(());
     }
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY).set_header([
@@ -173,5 +167,5 @@ pub fn chain(site: &Site, b: ChainBench) -> ExitCode {
         ]);
     }
     println!("{table}");
-    ExitCode::SUCCESS
+    Ok(())
 }

@@ -5,10 +5,12 @@
 //! invariants are checked: see [`check`].
 
 mod check;
-mod proxy;
+
 mod workload;
 
-use crate::cli::exit;
+use crate::proxy::Proxy;
+use crate::site::{free_addr, CageProcess, LabSite, Launch, QUICK_RELOAD};
+use crate::LabError;
 use cage_runtime::config::{CageRoute, Site};
 use cage_runtime::model::clock::unix_ms;
 use cage_runtime::model::job::CatchUp;
@@ -17,12 +19,10 @@ use cage_runtime::transport::client::Client;
 use cage_runtime::transport::credential::{self, SiteSecret};
 use cage_runtime::transport::protocol::{ChainRequest, Filter, JobRequest, JobSpec, QueueQuery};
 use indicatif::{ProgressBar, ProgressStyle};
-use proxy::Proxy;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -92,23 +92,19 @@ pub struct Report {
     drained_in_secs: f64,
 }
 
-/// One cage of the run: its process and where it listens.
+/// One cage of the run: where it listens, and its process while it runs.
 struct CageProc {
     name: &'static str,
     addr: SocketAddr,
-    child: Option<Child>,
+    process: Option<CageProcess>,
 }
 
 /// The temporary site and its processes.
 pub struct Lab {
-    dir: PathBuf,
+    site: LabSite,
     cages: Vec<CageProc>,
     proxies: Vec<Proxy>,
     modules: PathBuf,
-}
-
-fn free_addr() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 impl Lab {
@@ -123,12 +119,11 @@ impl Lab {
                 ));
             }
         }
-        let stamp = unix_ms(SystemTime::now());
-        let dir = std::env::temp_dir().join(format!("cage-chaos-{}-{stamp}", std::process::id()));
+        let mut site = LabSite::temporary("chaos")?;
+        // Kept until the run is judged: a failed run's logs and data are what explain it.
+        site.keep();
+        let dir = site.dir().to_owned();
         let io = |e: std::io::Error| format!("{}: {e}", dir.display());
-        for d in ["cages", "config", "modules", "clients/python"] {
-            std::fs::create_dir_all(dir.join(d)).map_err(io)?;
-        }
         // The lab is a site of its own: its cages and this process's clients share its
         // credential, made here before any cage starts.
         let secret =
@@ -139,13 +134,12 @@ impl Lab {
         let mut routes = String::new();
         for name in CAGES {
             let addr = free_addr().map_err(io)?;
-            std::fs::write(
-                dir.join(format!("cages/{name}.toml")),
-                format!(
-                    "listen = \"{addr}\"\nmodules = [\"echo\", \"orders\"]\nreload_debounce = \"100ms\"\nrescan_interval = \"500ms\"\nshutdown_grace = \"2s\"\n"
-                ),
-            )
-            .map_err(io)?;
+            site.cage_file(
+                name,
+                addr,
+                &MODULES,
+                &format!("{QUICK_RELOAD}shutdown_grace = \"2s\"\n"),
+            )?;
             let proxy = Proxy::start(addr).map_err(io)?;
             routes.push_str(&format!(
                 "[cages.{name}]\naddresses = [\"{}\"]\nconnect_timeout = \"1s\"\ncall_timeout = \"10s\"\n\n",
@@ -155,15 +149,15 @@ impl Lab {
             cages.push(CageProc {
                 name,
                 addr,
-                child: None,
+                process: None,
             });
         }
         routes.push_str(
             "[queues.retry]\nfirst_retry = \"100ms\"\ngrowth = 1.5\nmax_delay = \"5s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 8\n",
         );
-        std::fs::write(dir.join("config/config_execute_on.toml"), routes).map_err(io)?;
+        site.write("config/config_execute_on.toml", &routes)?;
         let lab = Lab {
-            dir,
+            site,
             cages,
             proxies,
             modules: modules.to_owned(),
@@ -176,7 +170,7 @@ impl Lab {
 
     /// The site directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.site.dir()
     }
 
     /// How clients reach cage `name`: through its proxy, so cuts hit them too.
@@ -195,76 +189,48 @@ impl Lab {
     }
 
     fn start(&mut self, i: usize) -> Result<(), String> {
-        let name = self.cages[i].name;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{name}.log")))
-            .map_err(|e| e.to_string())?;
-        let child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
-            .args(["run", name, "--site"])
-            .arg(&self.dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env("CAGE_FAULT_FLUSH_FILE", self.fault_file(name))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start cage {name}: {e}"))?;
-        self.cages[i].child = Some(child);
-        let route = self.direct(name);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if Client::connect(name, &route)
-                .and_then(|mut c| c.ping(Duration::from_secs(2)))
-                .is_ok()
-            {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "cage {name} did not answer within 30 s (see {name}.log)"
-        ))
+        let (name, addr) = (self.cages[i].name, self.cages[i].addr);
+        let fault_file = self.fault_file(name);
+        let fault_file = fault_file.to_string_lossy();
+        let env = [("CAGE_FAULT_FLUSH_FILE", fault_file.as_ref())];
+        let mut launch = Launch::new(self.site.dir(), name, addr)?;
+        launch.env = &env;
+        let mut cage = launch.spawn()?;
+        let ready = cage.wait_ready(Duration::from_secs(30), false);
+        self.cages[i].process = Some(cage);
+        ready.map(|_| ())
     }
 
     fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.cages[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut cage) = self.cages[i].process.take() {
+            cage.kill9();
         }
     }
 
     fn fault_file(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("fault-{name}"))
-    }
-
-    fn module_file(&self, m: &str) -> PathBuf {
-        self.dir.join(format!("modules/lib{m}.so"))
+        self.dir().join(format!("fault-{name}"))
     }
 
     /// Puts a good build of module `m` in place by atomic rename.
     fn restore_module(&self, m: &str) -> Result<(), String> {
-        let tmp = self.dir.join(format!("modules/.lib{m}.so.tmp"));
-        std::fs::copy(self.modules.join(format!("lib{m}.so")), &tmp)
-            .and_then(|_| std::fs::rename(&tmp, self.module_file(m)))
-            .map_err(|e| format!("cannot install module {m}: {e}"))
+        self.site
+            .install_atomic(m, &self.modules.join(format!("lib{m}.so")))
     }
 
     /// Replaces module `m` by a file that is not a module (cut short, then garbage).
     fn break_module(&self, m: &str, rng: &mut Lcg) {
-        let tmp = self.dir.join(format!("modules/.lib{m}.so.tmp"));
+        let tmp = self.dir().join(format!("modules/.lib{m}.so.tmp"));
         let mut bytes = std::fs::read(self.modules.join(format!("lib{m}.so"))).unwrap_or_default();
         bytes.truncate(rng.below(bytes.len() as u64) as usize);
         bytes.extend((0..4096).map(|i| (i * 31 + 7) as u8));
-        let _ =
-            std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, self.module_file(m)));
+        let _ = std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, self.site.module_path(m)));
     }
 
     fn stop_all(&mut self) {
-        for i in 0..self.cages.len() {
-            if let Some(mut child) = self.cages[i].child.take() {
-                crate::cli::child::terminate(&mut child, Duration::from_secs(10));
+        for cage in &mut self.cages {
+            if let Some(mut process) = cage.process.take() {
+                process.stop(Duration::from_secs(10));
             }
         }
     }
@@ -273,11 +239,7 @@ impl Lab {
     pub fn logs(&self) -> BTreeMap<String, String> {
         CAGES
             .iter()
-            .map(|c| {
-                let text =
-                    std::fs::read_to_string(self.dir.join(format!("{c}.log"))).unwrap_or_default();
-                ((*c).to_owned(), text)
-            })
+            .map(|c| ((*c).to_owned(), self.site.log(c)))
             .collect()
     }
 
@@ -323,7 +285,7 @@ fn job(lab: &Lab, remove: Option<String>) -> Result<Option<String>, String> {
                 module: "echo".into(),
                 method: "append".into(),
                 args: serde_json::to_vec(&serde_json::json!({
-                    "file": lab.dir.join("job-effects.txt"), "tag": "job"
+                    "file": lab.dir().join("job-effects.txt"), "tag": "job"
                 }))
                 .unwrap_or_default(),
                 queue: "retry".into(),
@@ -342,28 +304,24 @@ fn job(lab: &Lab, remove: Option<String>) -> Result<Option<String>, String> {
     Ok(jobs.into_iter().next().map(|j| j.id))
 }
 
-pub fn chaos(site: &Site, a: ChaosArgs) -> ExitCode {
+/// Runs the chaos suite on its own site; fails when the run stops or an invariant breaks.
+pub fn chaos(site: &Site, a: ChaosArgs) -> Result<(), LabError> {
     let seed = a
         .seed
         .unwrap_or_else(|| unix_ms(SystemTime::now()) ^ u64::from(std::process::id()));
     let modules = a.modules.unwrap_or_else(|| site.modules_dir());
-    let mut lab = match Lab::create(&modules) {
-        Ok(l) => l,
-        Err(e) => return exit::fail(exit::OTHER, e),
-    };
+    let mut lab = Lab::create(&modules).map_err(LabError::Setup)?;
     let result = run(&mut lab, seed, a.minutes, a.drain);
     lab.stop_all();
-    let dir = lab.dir.clone();
+    let dir = lab.dir().to_owned();
     let report = match result {
         Ok(r) => r,
-        Err(e) => {
-            return exit::fail(
-                exit::OTHER,
-                format!(
-                    "chaos run (seed {seed}) stopped: {e}; its site is kept at {}",
-                    dir.display()
-                ),
-            )
+        Err(why) => {
+            return Err(LabError::Stopped {
+                seed,
+                why,
+                site: dir,
+            })
         }
     };
     let ok = report.outcome.ok();
@@ -382,9 +340,9 @@ pub fn chaos(site: &Site, a: ChaosArgs) -> ExitCode {
         eprintln!("the run's site (logs, data) is kept at {}", dir.display());
     }
     if ok {
-        ExitCode::SUCCESS
+        Ok(())
     } else {
-        exit::fail(exit::OTHER, format!("invariants violated (seed {seed})"))
+        Err(LabError::Invariants { seed })
     }
 }
 
@@ -451,9 +409,9 @@ fn run(lab: &mut Lab, seed: u64, minutes: f64, drain: Duration) -> Result<Report
     }
     for i in 0..CAGES.len() {
         let up = lab.cages[i]
-            .child
+            .process
             .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            .is_some_and(CageProcess::alive);
         if !up {
             lab.start(i)?;
         }
@@ -476,7 +434,7 @@ fn run(lab: &mut Lab, seed: u64, minutes: f64, drain: Duration) -> Result<Report
     Ok(Report {
         seed,
         minutes,
-        site: lab.dir.display().to_string(),
+        site: lab.dir().display().to_string(),
         faults,
         workload: tally,
         outcome,
