@@ -140,25 +140,7 @@ impl QueueStore {
     /// Up to `limit` calls due at or before `now_ms`, earliest first (higher priority first at
     /// equal times); none from a stopped queue (see [`QueueStore::due_where`]).
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueCall>, QueueError> {
-        if self.stopped().is_some() {
-            return Ok(Vec::new());
-        }
-        let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}");
-        let mut out = Vec::new();
-        for item in self.db().range(vec![DUE]..end).take(limit) {
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            if let Some((due_ms, priority, id)) = keys::parse_due(&k) {
-                let (queue, target) = parse_due_value(&v);
-                out.push(DueCall {
-                    id,
-                    queue,
-                    priority,
-                    due_ms,
-                    target,
-                });
-            }
-        }
-        Ok(out)
+        self.due_where(now_ms, limit, limit, &|_| false)
     }
 
     /// Up to `want` calls due at or before `now_ms` for which `skip` is false, in due order,
