@@ -1,4 +1,12 @@
-//! The `cage` command: run a cage, call it, inspect it, benchmark it. See `cage --help`.
+//! The `cage` command: run a cage, call it, inspect and steer its queue, benchmark it. See
+//! `cage --help` and docs/cli.md.
+//!
+//! Map: `cli/mod.rs` parses the command line and hands each subcommand to its file in `cli/`
+//! (`run`, `call`, `enqueue`, `pending`, `show`, `steer`, `jobs`, `chain`, `modules`, `status`,
+//! `schedule`, `keys`, `dashboard`); `target` resolves what a command addresses, `listing` and
+//! `queue_view` gather and print what cages answer, `exit` maps failures to exit codes. The
+//! cage itself is the `cage-runtime` library; `cage bench` and `cage chaos` are the
+//! `cage-lab` crate.
 
 mod cli;
 
