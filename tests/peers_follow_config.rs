@@ -2,8 +2,8 @@
 //! a new address while the calling cage runs, a module's next `ctx.call` reaches the cage there.
 
 mod support;
-use support::{eventually, free_port, module_so, Site};
 use std::time::Duration;
+use support::{eventually, free_port, module_so, Site};
 
 /// `[cages.b]` at `addr`, with a short connect timeout.
 fn map_with_b_at(addr: &str) -> String {
@@ -16,7 +16,10 @@ fn a_modules_next_call_follows_an_edit_of_the_cluster_map() {
     site.cage("a", &["echo"], "").cage("b", &["echo"], "");
     site.install("echo", &module_so("echo", &[]));
     let old = site.addr("b");
-    site.write("config/config_execute_on.toml", &map_with_b_at(&old.to_string()));
+    site.write(
+        "config/config_execute_on.toml",
+        &map_with_b_at(&old.to_string()),
+    );
     let _a = site.start("a");
     let _old_b = site.start("b");
     // b at its new address has a data directory of its own, so its counter starts afresh.

@@ -128,7 +128,8 @@ impl Delivery {
                 Ok(singles
                     .into_iter()
                     .map(|call| {
-                        self.peers.with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
+                        self.peers
+                            .with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
                             .map_err(ClientError::into_call_error)
                     })
                     .collect())

@@ -174,14 +174,20 @@ mod tests {
             map("[cages.b]\naddresses = [\"127.0.0.1:7001\"]\n"),
         );
         let at = |peers: &Peers| peers.route("b").unwrap().route.addresses;
-        assert_eq!(at(&peers), map("[cages.b]\naddresses = [\"127.0.0.1:7001\"]\n").cages["b"].addresses);
+        assert_eq!(
+            at(&peers),
+            map("[cages.b]\naddresses = [\"127.0.0.1:7001\"]\n").cages["b"].addresses
+        );
         assert!(peers.known("b"));
         let moved = map("[cages.b]\naddresses = [\"127.0.0.1:7002\"]\nwindow = 3\n");
         peers.set_map(moved.clone());
         assert_eq!(at(&peers), moved.cages["b"].addresses);
         assert_eq!(peers.window("b"), 3);
         peers.set_map(map("[cages.unknown]\ndiscovery = \"off\"\n"));
-        assert!(!peers.known("b"), "a cage the map no longer lists is forgotten");
+        assert!(
+            !peers.known("b"),
+            "a cage the map no longer lists is forgotten"
+        );
         assert!(peers.route("b").is_err());
     }
 }
