@@ -79,3 +79,22 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_connection_is_kept_for_its_route_not_only_its_cage() {
+        let at = |addr: &str| CageRoute::single(addr.parse().unwrap(), Duration::from_secs(1));
+        let old = Destination::of("b", &at("127.0.0.1:7001"));
+        assert_eq!(old, Destination::of("b", &at("127.0.0.1:7001")));
+        assert_ne!(old, Destination::of("b", &at("127.0.0.1:7002")));
+        assert_ne!(
+            old,
+            Destination::of("b", &at("127.0.0.1:7001").with_tls(true))
+        );
+        assert_ne!(old, Destination::of("c", &at("127.0.0.1:7001")));
+    }
+}
