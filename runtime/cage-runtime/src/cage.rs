@@ -2,21 +2,21 @@
 //! listener actors, serve until told to stop.
 
 use crate::chains::ChainWatch;
-use crate::config::{CageConfig, ConfigError, InstanceOverrides, Site};
+use crate::config::{CageConfig, ConfigError, ExecuteOn, InstanceOverrides, Site};
 use crate::delivery::Delivery;
 use crate::discovery::Responder;
 use crate::dispatch::{Dispatcher, Load};
 use crate::executor::CallExecutor;
 use crate::host::SpareWorkers;
-use crate::host::{HostEnv, StateLocks};
+use crate::host::{HostEnv, OwnCage, StateLocks};
 use crate::listener::{Door, Limits, Listener, StopListening};
 use crate::messaging::Mailboxes;
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::queue::{GroupCommit, QueueStore};
 use crate::registry::{ModuleRegistry, WatchSettings};
 use crate::scheduler::{JobsDeclared, Pause, Scheduler};
 use crate::transport::credential::{CredentialError, SiteSecret};
-use crate::transport::pool::Pool;
 use crate::transport::tls::Identity;
 use actix::{Actor, Addr};
 use std::net::SocketAddr;
@@ -100,6 +100,8 @@ fn open_hint(e: &crate::queue::QueueError) -> &'static str {
 pub struct PreparedCage {
     config: CageConfig,
     env: Arc<HostEnv>,
+    /// The cluster map read at start (the live one is in `env.peers`).
+    execute_on: ExecuteOn,
     socket: std::net::TcpListener,
     http: std::net::TcpListener,
     store: Arc<QueueStore>,
@@ -182,7 +184,8 @@ impl PreparedCage {
         let env = Arc::new(HostEnv {
             cage: name.to_owned(),
             site: site.clone(),
-            execute_on,
+            peers: Arc::new(Peers::new(site.clone(), execute_on.clone())),
+            own: OwnCage::default(),
             listen: config.listen,
             tls: config.tls,
             mailboxes: Arc::new(Mailboxes::new(name)),
@@ -191,15 +194,14 @@ impl PreparedCage {
             client_path: site.root().join("clients/python").display().to_string(),
             store: store.clone(),
             state_locks: StateLocks::default(),
-            pool: Arc::new(Pool::default()),
             chains: Arc::new(ChainWatch::default()),
             spare: SpareWorkers::default(),
             metrics: Arc::new(Metrics::default()),
-            finder: Arc::new(crate::discovery::Finder::new()),
         });
         Ok(PreparedCage {
             config,
             env,
+            execute_on,
             socket,
             http,
             store,
@@ -235,17 +237,12 @@ impl PreparedCage {
                 source,
             })?
             .start();
-        let delivery = Arc::new(Delivery::new(
-            self.env.site.clone(),
-            self.env.execute_on.clone(),
-            self.env.pool.clone(),
-            self.env.finder.clone(),
-        ));
+        let delivery = Arc::new(Delivery::new(self.env.peers.clone()));
         let scheduler = Scheduler::new(
             &c.name,
             self.store.clone(),
             self.commit.clone(),
-            self.env.execute_on.clone(),
+            self.execute_on.clone(),
             registry.clone(),
             executor.clone(),
             delivery.clone(),
@@ -257,7 +254,8 @@ impl PreparedCage {
         crate::config_watch::watch(
             self.env.site.clone(),
             c,
-            &self.env.execute_on,
+            &self.execute_on,
+            self.env.peers.clone(),
             scheduler.clone(),
         );
         let load = Arc::new(Load::default());
@@ -280,9 +278,19 @@ impl PreparedCage {
             store: self.store.clone(),
             chains: self.env.chains.clone(),
             metrics: self.env.metrics.clone(),
-            queues: self.env.execute_on.queues.keys().cloned().collect(),
-            delivery: delivery.clone(),
+            queues: self.execute_on.queues.keys().cloned().collect(),
+            peers: self.env.peers.clone(),
         };
+        // A module's requests to this cage's own queue are answered by the dispatcher in
+        // process, on this arbiter, as a client's over the listener would be.
+        let arbiter = actix_rt::Arbiter::current();
+        let own = dispatcher.clone();
+        self.env.own.install(move |request, reply| {
+            let own = own.clone();
+            arbiter.spawn_fn(move || {
+                actix_rt::spawn(async move { reply(own.handle(request).await) });
+            });
+        });
         self.socket
             .set_nonblocking(true)
             .map_err(|source| StartError::Listen {
@@ -306,7 +314,7 @@ impl PreparedCage {
             max_connection_bytes: c.max_connection_bytes,
             max_waits_per_connection: c.max_waits_per_connection,
         };
-        let responder = discovery_responder(c, socket.local_addr().ok(), &self.env.execute_on);
+        let responder = discovery_responder(c, socket.local_addr().ok(), &self.execute_on);
         let listener = Listener::new(socket, dispatcher, limits, self.door).start();
         crate::api::start(self.http, self.env.clone(), c.http_max_body).map_err(|source| {
             StartError::Listen {

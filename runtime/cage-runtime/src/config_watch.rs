@@ -1,18 +1,20 @@
 //! Re-reading the site config and the cage's own file when they change.
 //!
-//! - `config/config_execute_on.toml`: a good edit is handed to the scheduler (pending calls
-//!   follow it from their next attempt);
+//! - `config/config_execute_on.toml`: a good edit replaces the cluster map of the cage's
+//!   [`Peers`] (every later call, delivery or module's `ctx.call`, follows it) and is handed to
+//!   the scheduler (pending calls follow its queue policies from their next attempt);
 //! - `cages/NAME.toml`: its declared jobs are reconciled (a job removed from the file stops);
 //!   other settings of the cage file take effect at the next start.
 //!
 //! A bad edit is logged with file, line and reason, and the settings in force stay.
 
 use crate::config::{CageConfig, ExecuteOn, Site, EXECUTE_ON_FILE};
+use crate::peers::Peers;
 use crate::scheduler::{JobsDeclared, PoliciesChanged, Scheduler};
 use actix::Addr;
 use notify::Watcher;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 /// Quiet time after a file event before the files are read (editors write in several steps).
@@ -44,7 +46,13 @@ impl Watched {
 }
 
 /// Watches the site config and `cage`'s file on a thread of its own for the life of the process.
-pub fn watch(site: Site, cage: &CageConfig, current: &ExecuteOn, scheduler: Addr<Scheduler>) {
+pub fn watch(
+    site: Site,
+    cage: &CageConfig,
+    current: &ExecuteOn,
+    peers: Arc<Peers>,
+    scheduler: Addr<Scheduler>,
+) {
     let (tx, rx) = mpsc::channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
@@ -92,6 +100,7 @@ pub fn watch(site: Site, cage: &CageConfig, current: &ExecuteOn, scheduler: Addr
                     Ok(new) => {
                         tracing::info!("{EXECUTE_ON_FILE} changed: new settings in force");
                         in_force = new.clone();
+                        peers.set_map(new.clone());
                         if scheduler.try_send(PoliciesChanged(new)).is_err() {
                             return;
                         }

@@ -1,16 +1,12 @@
 //! Delivery: handing a queued call from its source cage to its target cage, which accepts it
-//! into its own durable queue. Connections come from the cage's shared pool; a target the
-//! site does not list is found by [`crate::discovery`].
+//! into its own durable queue. Targets are reached through the cage's one [`Peers`] handle.
 
-use crate::config::{ExecuteOn, Site};
-use crate::discovery::{self, Finder, Found, Known};
 use crate::model::call::QueuedCall;
-use crate::transport::client::{Client, ClientError};
-use crate::transport::pool::Pool;
+use crate::peers::Peers;
+use crate::transport::client::ClientError;
 use crate::transport::protocol::{CallRequest, QueueQuery};
 use cage_sdk::{CallError, ErrorKind};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest a target may take to accept a call (its own group commit included).
@@ -18,137 +14,32 @@ const ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Offers queued calls to their target cages.
 pub struct Delivery {
-    site: Site,
-    execute_on: RwLock<ExecuteOn>,
-    pool: Arc<Pool>,
-    finder: Arc<Finder>,
-    routes: Mutex<HashMap<String, Found>>,
+    peers: Arc<Peers>,
 }
 
 impl Delivery {
-    /// Delivery within `site`, finding cages through `execute_on`, the cage files and
-    /// `finder`, over connections from `pool`.
-    pub fn new(site: Site, execute_on: ExecuteOn, pool: Arc<Pool>, finder: Arc<Finder>) -> Self {
-        Delivery {
-            site,
-            execute_on: RwLock::new(execute_on),
-            pool,
-            finder,
-            routes: Mutex::new(HashMap::new()),
-        }
+    /// Delivery to the cages `peers` reaches.
+    pub fn new(peers: Arc<Peers>) -> Self {
+        Delivery { peers }
     }
 
-    /// Uses new cage locations from now on; open connections and discovered bindings are
-    /// dropped.
-    pub fn set_routes(&self, execute_on: ExecuteOn) {
-        *self.execute_on.write().unwrap_or_else(|p| p.into_inner()) = execute_on;
-        self.pool.clear();
-        self.finder.clear();
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-    }
-
-    /// How to reach `cage`, or an unknown-cage error. Routes from the site's files are
-    /// remembered until the site config changes, so delivery does not re-read cage files for
-    /// every call; discovered ones are kept by the finder, for its `cache_for`. Blocks up to
-    /// the discovery `query_timeout` for a cage that must be looked for.
-    pub fn route(&self, cage: &str) -> Result<Found, CallError> {
-        if let Some(found) = self
-            .routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(cage)
-        {
-            return Ok(found.clone());
-        }
-        let execute_on = self.execute_on.read().unwrap_or_else(|p| p.into_inner());
-        let found = discovery::route(&self.site, &execute_on, &self.finder, cage)
-            .map_err(discovery::LookupError::into_call_error)?;
-        if found.known != Known::Discovered {
-            self.routes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(cage.to_owned(), found.clone());
-        }
-        Ok(found)
-    }
-
-    /// Whether calls for `cage` can be queued: listed, found before, or found now (only a
-    /// cage never found is asked for, up to the discovery `query_timeout`; a cage file read
-    /// for it is remembered like any route).
-    pub fn check(&self, cage: &str) -> Result<(), CallError> {
-        if self.known(cage) {
-            return Ok(());
-        }
-        self.route(cage).map(|_| ())
-    }
-
-    /// Whether `cage` is known without reading a file or asking the network: a remembered
-    /// route, a `[cages.NAME]` entry, or a cage discovery found before (it may be restarting).
-    pub fn known(&self, cage: &str) -> bool {
-        self.routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(cage)
-            || self
-                .execute_on
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .cages
-                .contains_key(cage)
-            || self.finder.seen(cage)
-    }
-
-    /// Runs `request` on a pooled connection to `cage`; a discovered cage that cannot be
-    /// reached where it was found is forgotten, so the next attempt looks for it again.
-    fn with<T>(
-        &self,
-        cage: &str,
-        found: &Found,
-        request: impl FnOnce(&mut Client) -> Result<T, ClientError>,
-    ) -> Result<T, ClientError> {
-        let result = self.pool.with(cage, &found.route, request);
-        if let Err(e) = &result {
-            discovery::note_failure(&self.finder, cage, found, e);
-        }
-        result
-    }
-
-    /// Most calls handed to `cage` at once: its `[cages.NAME] window`, else that of
-    /// `[cages.unknown]`. Never looks anything up (the scheduler asks for every due call).
-    pub fn window(&self, cage: &str) -> usize {
-        if let Some(found) = self
-            .routes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(cage)
-        {
-            return found.route.window;
-        }
-        let execute_on = self.execute_on.read().unwrap_or_else(|p| p.into_inner());
-        execute_on
-            .cages
-            .get(cage)
-            .map_or(execute_on.unknown.window, |r| r.window)
+    /// The cages delivery reaches (and whose cluster map a config edit replaces).
+    pub fn peers(&self) -> &Peers {
+        &self.peers
     }
 
     /// Calls a method on `cage` synchronously (a step of a direct chain); blocks.
     pub fn call(&self, cage: &str, request: CallRequest) -> Result<Vec<u8>, CallError> {
-        let found = self.route(cage)?;
-        self.with(cage, &found, |c| Ok(c.call(request)))
-            .map_err(ClientError::into_call_error)?
+        self.peers
+            .reach(cage, |c| Ok(c.call(request)))?
             .map_err(|f| CallError::with_kind(f.error.kind, f.to_string()))
     }
 
     /// Asks `cage` to cancel call `id` (and the chains it started); blocks.
     pub fn cancel(&self, cage: &str, id: &str) -> Result<usize, CallError> {
-        let found = self.route(cage)?;
-        self.with(cage, &found, |c| {
+        self.peers.reach(cage, |c| {
             c.steer(QueueQuery::Cancel(id.to_owned()), ACCEPT_TIMEOUT)
         })
-        .map_err(ClientError::into_call_error)
     }
 
     /// Offers `calls`, all for cage `target`, in one request; per call, `Ok` once the target
@@ -194,17 +85,18 @@ impl Delivery {
         target: &str,
         calls: Vec<QueuedCall>,
     ) -> Result<Vec<Result<Option<String>, CallError>>, CallError> {
-        let route = self.route(target)?;
+        let route = self.peers.route(target)?;
         if calls.len() == 1 {
             let call = calls.into_iter().next().expect("one call");
             return self
+                .peers
                 .with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
                 .map(|dup| vec![Ok(dup)])
                 .map_err(ClientError::into_call_error);
         }
         // A request that fails hands its calls back, for the one-by-one offers below.
         let mut handed_back = None;
-        let offered = self.with(target, &route, |c| {
+        let offered = self.peers.with(target, &route, |c| {
             c.accept_many(calls, ACCEPT_TIMEOUT).map_err(|(e, calls)| {
                 handed_back = Some(calls);
                 e
@@ -236,7 +128,8 @@ impl Delivery {
                 Ok(singles
                     .into_iter()
                     .map(|call| {
-                        self.with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
+                        self.peers
+                            .with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
                             .map_err(ClientError::into_call_error)
                     })
                     .collect())

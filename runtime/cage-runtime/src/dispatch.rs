@@ -97,9 +97,9 @@ pub struct Dispatcher {
     pub metrics: Arc<Metrics>,
     /// Queues named in the site config, listed in metrics even before their first call.
     pub queues: Vec<String>,
-    /// Delivery, whose lookups of other cages (perhaps a discovery query) run here, off the
-    /// scheduler, before a call or chain for them is queued.
-    pub delivery: Arc<crate::delivery::Delivery>,
+    /// Other cages, whose lookups (perhaps a discovery query) run here, off the scheduler,
+    /// before a call or chain for them is queued.
+    pub peers: Arc<crate::peers::Peers>,
 }
 
 impl Dispatcher {
@@ -218,15 +218,15 @@ impl Dispatcher {
     /// lookups lane, so the scheduler's own check of them answers from memory.
     async fn look_up(&self, mut cages: Vec<String>) -> Result<(), CallError> {
         // The usual case, a cage known already, costs no thread hop.
-        cages.retain(|c| *c != self.cage && !self.delivery.known(c));
+        cages.retain(|c| *c != self.cage && !self.peers.known(c));
         cages.sort();
         cages.dedup();
         if cages.is_empty() {
             return Ok(());
         }
-        let delivery = self.delivery.clone();
+        let peers = self.peers.clone();
         LOOKUPS
-            .run(move || cages.iter().try_for_each(|c| delivery.check(c)))
+            .run(move || cages.iter().try_for_each(|c| peers.check(c)))
             .await
             .unwrap_or(Ok(()))
     }

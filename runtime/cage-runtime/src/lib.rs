@@ -16,6 +16,8 @@
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
+//! - [`peers`]: reaching another cage: its name → a route (the live cluster map, cage files,
+//!   discovery) → a pooled connection by route; failures make discovery ask again.
 //! - [`discovery`]: finding cages the site does not list (UDP query and answer, a cache).
 //! - [`keys`]: the cluster CA and the key pairs it signs (`cage keys`).
 //! - [`transport`]: frames on the wire, the protocol, a blocking client, connection pools,
@@ -70,6 +72,7 @@ pub mod messaging;
 pub mod metrics;
 pub mod model;
 pub mod names;
+pub mod peers;
 pub mod queue;
 pub mod registry;
 pub mod retry_policy;

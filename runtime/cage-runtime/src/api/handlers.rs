@@ -48,8 +48,8 @@ fn own<T>(
     let route = state.env.own_route();
     state
         .env
-        .pool
-        .with(&state.env.cage, &route, request)
+        .peers
+        .at(&state.env.cage, &route, request)
         .map_err(|e| match e {
             ClientError::Rejected { kind, reason, .. } => CallError::with_kind(kind, reason),
             e => e.into_call_error(),

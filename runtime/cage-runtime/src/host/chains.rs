@@ -1,7 +1,7 @@
 //! The host side of chains: a module starts child chains, waits on them, reads their results
-//! and continues the chain it is a step of. Starting goes through the cage's own listener (the
-//! scheduler makes every queue write and answers once the chains are durable); waiting and
-//! reading look at the store, woken by the cage's [`crate::chains::ChainWatch`].
+//! and continues the chain it is a step of. Starting is a request to the cage's own queue, in
+//! process (the scheduler makes every queue write and answers once the chains are durable);
+//! waiting and reading look at the store, woken by the cage's [`crate::chains::ChainWatch`].
 
 use super::{answer, CallScope};
 use crate::chains::ChainWatch;
@@ -9,8 +9,8 @@ use crate::model::chain::ChainRecord;
 use crate::model::chain::ChainState;
 use crate::model::chain::StepSpec;
 use crate::queue::{QueueError, QueueStore};
-use crate::transport::client::ClientError;
-use crate::transport::protocol::{ChainRequest, NewChain};
+use crate::transport::client::{self, ClientError};
+use crate::transport::protocol::{ChainRequest, NewChain, Request};
 use cage_sdk::abi::{Bytes, OwnedBytes};
 use cage_sdk::chain::{ChainCall, Finished};
 use cage_sdk::{CallError, Chain, ErrorKind, Handle, ResultOptions};
@@ -130,17 +130,15 @@ impl CallScope<'_> {
         max_parallel: u32,
     ) -> Result<Vec<String>, CallError> {
         let env = self.env;
-        let route = env.own_route();
-        let request = ChainRequest::Start {
+        let request = Request::Chain(ChainRequest::Start {
             chains,
             max_parallel,
             parent: Some(self.call_id.to_owned()),
-        };
+        });
         let ids = env
-            .pool
-            .with(&env.cage, &route, |c| {
-                c.start_chains(request, START_TIMEOUT)
-            })
+            .own
+            .request(&env.cage, request, START_TIMEOUT)
+            .and_then(|answer| client::chains_started(&env.cage, answer))
             .map_err(ClientError::into_call_error)??;
         tracing::debug!(parent = self.call_id, chains = ?ids, "module started chains");
         Ok(ids)

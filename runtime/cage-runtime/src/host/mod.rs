@@ -1,15 +1,18 @@
 //! The host side of the module ABI: the [`HostContext`] a module receives for one call, and the
 //! callbacks behind it (log, call another cage). No callback ever unwinds into module code.
+//!
+//! Other cages are reached through the cage's one [`Peers`] handle; this cage's own queue
+//! (a module's enqueues, chain starts and jobs here) in process, through [`OwnCage`].
 
 use crate::chains::ChainWatch;
-use crate::config::{ExecuteOn, Site};
+use crate::config::Site;
 use crate::loader::LoadedModule;
 use crate::messaging::{parse_invocation, Mailboxes};
 use crate::metrics::Metrics;
 use crate::model::call::ChainLink;
 use crate::model::chain::StepSpec;
+use crate::peers::Peers;
 use crate::queue::QueueStore;
-use crate::transport::pool::Pool;
 use chains::host_chain;
 pub use chains::{query_chains, wait_for_chain, wait_for_chain_async};
 use serde::{Deserialize, Serialize};
@@ -17,14 +20,16 @@ use state::{host_state_get, host_state_put, StateTx};
 use std::cell::{Cell, RefCell};
 
 mod chains;
+mod own;
 mod spare;
 mod state;
 
 use crate::model::ids::new_call_id;
-use crate::transport::client::{Client, ClientError};
-use crate::transport::protocol::{CallFailure, CallRequest, EnqueueRequest};
+use crate::transport::client::{self, ClientError};
+use crate::transport::protocol::{CallFailure, CallRequest, EnqueueRequest, Request};
 use cage_sdk::abi::{self, Bytes, HostContext, OwnedBytes};
 use cage_sdk::{CallError, ErrorKind};
+pub use own::{OwnCage, Reply};
 pub use spare::{SpareGuard, SpareWorkers};
 pub use state::StateLocks;
 use std::ffi::c_void;
@@ -32,15 +37,20 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Longest a cage may take to store a module's enqueue or job durably (its group commit too).
+const STORE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the host offers every call of one cage: its name and how to reach other cages.
 pub struct HostEnv {
     /// This cage's name.
     pub cage: String,
-    /// The site, for cage files of other cages.
+    /// The site.
     pub site: Site,
-    /// Where other cages are.
-    pub execute_on: ExecuteOn,
-    /// This cage's own address, for enqueues made by its modules.
+    /// Other cages: the live cluster map, discovery and pooled connections.
+    pub peers: Arc<Peers>,
+    /// This cage's own queue, reached in process by its modules.
+    pub own: OwnCage,
+    /// This cage's own address, for its HTTP API.
     pub listen: std::net::SocketAddr,
     /// Whether the cage serves TLS (its own listener is reached over TLS too).
     pub tls: bool,
@@ -56,16 +66,12 @@ pub struct HostEnv {
     pub store: Arc<QueueStore>,
     /// One state lock per module.
     pub state_locks: StateLocks,
-    /// Idle connections to cages, shared with delivery.
-    pub pool: Arc<Pool>,
     /// Wakes calls waiting for chains of this cage.
     pub chains: Arc<ChainWatch>,
     /// Extra executor threads for calls that block waiting for their children.
     pub spare: SpareWorkers,
     /// What the cage counts.
     pub metrics: Arc<Metrics>,
-    /// Cages found by discovery, shared with delivery.
-    pub finder: Arc<crate::discovery::Finder>,
 }
 
 /// What a call returned: its JSON result and, for a chain step, the continuation it asked for.
@@ -221,7 +227,7 @@ impl HostEnv {
                 "target {target:?} is not MODULE.METHOD"
             ))));
         }
-        let found = self.route(cage).map_err(failure)?;
+        let found = self.peers.route(cage).map_err(failure)?;
         tracing::debug!(parent, child = %call_id, cage, target, "module calls another cage");
         let request = CallRequest {
             call_id: call_id.clone(),
@@ -230,23 +236,14 @@ impl HostEnv {
             args: args.to_vec(),
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
         };
-        self.pool
-            .with(cage, &found.route, |c| Ok(c.call(request)))
-            .map_err(|e| {
-                crate::discovery::note_failure(&self.finder, cage, &found, &e);
-                failure(e.into_call_error())
-            })?
-    }
-
-    /// How to reach another cage: the site's entries, else discovery.
-    fn route(&self, cage: &str) -> Result<crate::discovery::Found, CallError> {
-        crate::discovery::route(&self.site, &self.execute_on, &self.finder, cage)
-            .map_err(crate::discovery::LookupError::into_call_error)
+        self.peers
+            .with(cage, &found, |c| Ok(c.call(request)))
+            .map_err(|e| failure(e.into_call_error()))?
     }
 }
 
 impl HostEnv {
-    /// How this cage reaches its own listener.
+    /// How this cage's HTTP API reaches its own listener.
     pub fn own_route(&self) -> crate::config::CageRoute {
         crate::config::CageRoute::single(self.listen, crate::config::CageFileDefaults::CALL_TIMEOUT)
             .with_tls(self.tls)
@@ -258,25 +255,21 @@ impl HostEnv {
         request: cage_sdk::ctx::EnqueueRequest,
         parent: &str,
     ) -> Result<String, CallError> {
-        let route = self.own_route();
         let target = format!("{}.{}", request.module, request.method);
+        let enqueue = Request::Enqueue(EnqueueRequest {
+            target: request.cage.clone(),
+            module: request.module,
+            method: request.method,
+            args: serde_json::to_vec(&request.args).unwrap_or_default(),
+            queue: request.queue,
+            priority: request.priority,
+            key: request.key,
+            delay_ms: 0,
+        });
         let (id, _) = self
-            .pool
-            .with(&self.cage, &route, |client| {
-                client.enqueue(
-                    EnqueueRequest {
-                        target: request.cage.clone(),
-                        module: request.module,
-                        method: request.method,
-                        args: serde_json::to_vec(&request.args).unwrap_or_default(),
-                        queue: request.queue,
-                        priority: request.priority,
-                        key: request.key,
-                        delay_ms: 0,
-                    },
-                    Duration::from_secs(30),
-                )
-            })
+            .own
+            .request(&self.cage, enqueue, STORE_TIMEOUT)
+            .and_then(|answer| client::enqueued(&self.cage, answer))
             .map_err(ClientError::into_call_error)?;
         tracing::debug!(parent, child = %id, cage = %request.cage, target, "module queued a call");
         Ok(id)
@@ -381,14 +374,6 @@ impl HostEnv {
                 true,
             ),
         };
-        let found = if request.cage == self.cage {
-            crate::discovery::Found {
-                route: self.own_route(),
-                known: crate::discovery::Known::CageFile,
-            }
-        } else {
-            self.route(&request.cage)?
-        };
         let spec = JobSpec {
             module: request.module,
             method: request.method,
@@ -397,15 +382,16 @@ impl HostEnv {
             schedule,
             catch_up: CatchUp::Once,
         };
-        let jobs = self
-            .pool
-            .with(&request.cage, &found.route, |c| {
-                c.job(JobRequest::Add { spec, replace }, Duration::from_secs(30))
-            })
-            .map_err(|e| {
-                crate::discovery::note_failure(&self.finder, &request.cage, &found, &e);
-                e.into_call_error()
-            })?;
+        let add = JobRequest::Add { spec, replace };
+        let jobs = if request.cage == self.cage {
+            self.own
+                .request(&self.cage, Request::Job(add), STORE_TIMEOUT)
+                .and_then(|answer| client::jobs(&self.cage, answer))
+                .map_err(ClientError::into_call_error)?
+        } else {
+            self.peers
+                .reach(&request.cage, |c| c.job(add, STORE_TIMEOUT))?
+        };
         let id = jobs.into_iter().next().map(|j| j.id).unwrap_or_default();
         tracing::debug!(parent, job = %id, cage = %request.cage, "module added a job");
         Ok(id)
@@ -451,22 +437,14 @@ impl HostEnv {
             return self.mailboxes.send(n, port, message, wait);
         }
         // Another cage runs it: hand the message to that cage, which waits for the receiver.
-        let found = self.route(cage)?;
-        let mut client = Client::connect(cage, &found.route).map_err(|e| {
-            crate::discovery::note_failure(&self.finder, cage, &found, &e);
-            e.into_call_error()
-        })?;
-        client
-            .message(
-                crate::transport::protocol::MessageRequest {
-                    target: target.to_owned(),
-                    port: port.to_owned(),
-                    message,
-                    timeout_ms: wait.as_millis() as u64,
-                },
-                wait + Duration::from_secs(5),
-            )
-            .map_err(ClientError::into_call_error)?
+        let request = crate::transport::protocol::MessageRequest {
+            target: target.to_owned(),
+            port: port.to_owned(),
+            message,
+            timeout_ms: wait.as_millis() as u64,
+        };
+        self.peers
+            .reach(cage, |c| c.message(request, wait + Duration::from_secs(5)))?
     }
 }
 

@@ -69,7 +69,7 @@ impl Scheduler {
                 })?;
                 if cage != self.cage {
                     // Refuse now what could never run, rather than retry it for days.
-                    self.delivery.check(cage).map_err(|e| {
+                    self.delivery.peers().check(cage).map_err(|e| {
                         CallError::with_kind(e.kind, format!("{which}, step {}: {e}", step.label()))
                     })?;
                 }

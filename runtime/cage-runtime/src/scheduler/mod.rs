@@ -145,7 +145,8 @@ pub struct AcceptMany(pub Vec<QueuedCall>);
 #[rtype(result = "Response")]
 pub struct Query(pub QueueQuery);
 
-/// New queue policies and cage locations (the site config changed).
+/// New queue policies (the site config changed; the cage locations are in force already, in
+/// the cage's [`crate::peers::Peers`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct PoliciesChanged(pub ExecuteOn);
@@ -425,7 +426,7 @@ impl Scheduler {
     /// Whether due call `id` for `target` must wait because `target`'s delivery window is
     /// full; if so, it is noted as held, so the due scan passes over it until room frees.
     fn held_back(&mut self, target: &str, id: &str) -> bool {
-        let window = self.delivery.window(target);
+        let window = self.delivery.peers().window(target);
         if self.windows.has_room(target, window) {
             return false;
         }
@@ -601,7 +602,7 @@ impl Scheduler {
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         if r.target != self.cage {
             // Refuse now what could never be delivered, rather than retry it for days.
-            self.delivery.check(&r.target)?;
+            self.delivery.peers().check(&r.target)?;
         }
         let now = now_ms();
         crate::model::clock::span_within_horizon("delay", Duration::from_millis(r.delay_ms))
@@ -649,7 +650,7 @@ impl Scheduler {
                 format!(
                     "waiting for room: {} of cage {target}'s window of {} calls are being handed over",
                     self.windows.in_flight(target),
-                    self.delivery.window(target)
+                    self.delivery.peers().window(target)
                 )
             }),
             record,
@@ -1051,7 +1052,6 @@ impl Handler<PoliciesChanged> for Scheduler {
     type Result = ();
 
     fn handle(&mut self, PoliciesChanged(policies): PoliciesChanged, _: &mut Context<Self>) {
-        self.delivery.set_routes(policies.clone());
         self.policies = policies;
         match self.reschedule_all() {
             Ok(n) => {

@@ -570,15 +570,8 @@ impl Client {
         request: EnqueueRequest,
         timeout: Duration,
     ) -> Result<(String, Option<String>), ClientError> {
-        match self.request(Request::Enqueue(request), timeout)? {
-            Response::Enqueued { id, duplicate_of } => Ok((id, duplicate_of)),
-            Response::Failed(f) => Err(ClientError::Rejected {
-                cage: self.cage.clone(),
-                kind: f.error.kind,
-                reason: f.error.to_string(),
-            }),
-            other => Err(self.unexpected(&other)),
-        }
+        let answer = self.request(Request::Enqueue(request), timeout)?;
+        enqueued(&self.cage, answer)
     }
 
     /// Offers a queued call to this (target) cage; returns the id it duplicates, if any.
@@ -648,11 +641,8 @@ impl Client {
 
     /// Asks about jobs; answers the jobs concerned (none for orders).
     pub fn job(&mut self, request: JobRequest, timeout: Duration) -> Result<Vec<Job>, ClientError> {
-        match self.request(Request::Job(request), timeout)? {
-            Response::Jobs(jobs) => Ok(jobs),
-            Response::Changed(_) => Ok(Vec::new()),
-            other => Err(self.unexpected(&other)),
-        }
+        let answer = self.request(Request::Job(request), timeout)?;
+        jobs(&self.cage, answer)
     }
 
     /// Hands a message to an invocation of this cage; the inner result is the delivery's.
@@ -673,11 +663,8 @@ impl Client {
         request: ChainRequest,
         timeout: Duration,
     ) -> Result<Result<Vec<String>, CallError>, ClientError> {
-        match self.request(Request::Chain(request), timeout)? {
-            Response::ChainsStarted(ids) => Ok(Ok(ids)),
-            Response::Failed(f) => Ok(Err(f.error)),
-            other => Err(self.unexpected(&other)),
-        }
+        let answer = self.request(Request::Chain(request), timeout)?;
+        chains_started(&self.cage, answer)
     }
 
     /// Asks about chains of this cage.
@@ -718,41 +705,82 @@ impl Client {
     }
 
     fn unexpected(&self, r: &Response) -> ClientError {
-        let what = match r {
-            Response::Result(_) => "a call result",
-            Response::Modules(_) => "a module list",
-            Response::Pong(_) => "a ping answer",
-            Response::Enqueued { .. } => "an enqueue receipt",
-            Response::Accepted { .. } => "an acceptance",
-            Response::AcceptedMany(_) => "acceptances",
-            Response::Calls(_) => "a call listing",
-            Response::Changed(_) => "a change count",
-            Response::Stats(_) => "queue counters",
-            Response::Jobs(_) => "a job list",
-            Response::Handed(_) => "a message receipt",
-            Response::ChainsStarted(_) => "chain ids",
-            Response::Chains(_) => "a chain listing",
-            Response::Metrics(_) => "metrics",
-            Response::Error(e) => {
-                return ClientError::Rejected {
-                    cage: self.cage.clone(),
-                    kind: ErrorKind::Refused,
-                    reason: e.clone(),
-                }
+        unexpected(&self.cage, r)
+    }
+}
+
+/// The receipt in `cage`'s answer to an enqueue: (id, id of an earlier duplicate). Read the
+/// same whether the answer came over a connection or from the cage in process.
+pub fn enqueued(cage: &str, answer: Response) -> Result<(String, Option<String>), ClientError> {
+    match answer {
+        Response::Enqueued { id, duplicate_of } => Ok((id, duplicate_of)),
+        Response::Failed(f) => Err(ClientError::Rejected {
+            cage: cage.to_owned(),
+            kind: f.error.kind,
+            reason: f.error.to_string(),
+        }),
+        other => Err(unexpected(cage, &other)),
+    }
+}
+
+/// The jobs concerned in `cage`'s answer to a job request (none for orders).
+pub fn jobs(cage: &str, answer: Response) -> Result<Vec<Job>, ClientError> {
+    match answer {
+        Response::Jobs(jobs) => Ok(jobs),
+        Response::Changed(_) => Ok(Vec::new()),
+        other => Err(unexpected(cage, &other)),
+    }
+}
+
+/// The ids in `cage`'s answer to a chain start; the inner result is the cage's (ids, or why
+/// not).
+pub fn chains_started(
+    cage: &str,
+    answer: Response,
+) -> Result<Result<Vec<String>, CallError>, ClientError> {
+    match answer {
+        Response::ChainsStarted(ids) => Ok(Ok(ids)),
+        Response::Failed(f) => Ok(Err(f.error)),
+        other => Err(unexpected(cage, &other)),
+    }
+}
+
+/// The error for an answer of `cage` that does not fit the request.
+fn unexpected(cage: &str, r: &Response) -> ClientError {
+    let what = match r {
+        Response::Result(_) => "a call result",
+        Response::Modules(_) => "a module list",
+        Response::Pong(_) => "a ping answer",
+        Response::Enqueued { .. } => "an enqueue receipt",
+        Response::Accepted { .. } => "an acceptance",
+        Response::AcceptedMany(_) => "acceptances",
+        Response::Calls(_) => "a call listing",
+        Response::Changed(_) => "a change count",
+        Response::Stats(_) => "queue counters",
+        Response::Jobs(_) => "a job list",
+        Response::Handed(_) => "a message receipt",
+        Response::ChainsStarted(_) => "chain ids",
+        Response::Chains(_) => "a chain listing",
+        Response::Metrics(_) => "metrics",
+        Response::Error(e) => {
+            return ClientError::Rejected {
+                cage: cage.to_owned(),
+                kind: ErrorKind::Refused,
+                reason: e.clone(),
             }
-            // A request the cage refused with a kind (bad arguments, unknown module…).
-            Response::Failed(f) => {
-                return ClientError::Rejected {
-                    cage: self.cage.clone(),
-                    kind: f.error.kind,
-                    reason: f.error.to_string(),
-                }
-            }
-        };
-        ClientError::Protocol {
-            cage: self.cage.clone(),
-            what: format!("unexpected {what}"),
         }
+        // A request the cage refused with a kind (bad arguments, unknown module…).
+        Response::Failed(f) => {
+            return ClientError::Rejected {
+                cage: cage.to_owned(),
+                kind: f.error.kind,
+                reason: f.error.to_string(),
+            }
+        }
+    };
+    ClientError::Protocol {
+        cage: cage.to_owned(),
+        what: format!("unexpected {what}"),
     }
 }
 

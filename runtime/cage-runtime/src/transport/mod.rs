@@ -5,7 +5,7 @@
 //! - [`protocol`]: what the frames carry (requests, responses, module listings).
 //! - [`client`]: a blocking client, used by the CLI, by benchmarks and by module calls.
 //! - [`credential`]: the site credential a plain TCP connection opens with (challenge-response).
-//! - [`pool`]: idle client connections kept per cage and reused.
+//! - [`pool`]: idle client connections kept per cage and route, and reused.
 //! - [`tls`]: mutual TLS against the cluster CA, and the identity this process shows.
 //! - [`budget`]: bytes of frames in flight, per connection and per cage.
 //! - [`waits`]: how many waiting requests a connection and the cage may hold.

@@ -3,8 +3,9 @@
 
 use super::exit;
 use cage_runtime::config::{CageRoute, ConfigError, Site};
-use cage_runtime::discovery::{self, Finder, LookupError};
+use cage_runtime::discovery::LookupError;
 use cage_runtime::names::{self, NameKind};
+use cage_runtime::peers::Peers;
 use cage_sdk::ErrorKind;
 use std::process::ExitCode;
 
@@ -33,7 +34,8 @@ fn bad_arguments(e: impl std::fmt::Display) -> ExitCode {
 pub fn route(site: &Site, cage: &str) -> Result<CageRoute, ExitCode> {
     self::cage(cage)?;
     let execute_on = site.execute_on().map_err(|e| exit::fail(exit::CONFIG, e))?;
-    discovery::route(site, &execute_on, &Finder::new(), cage)
+    Peers::new(site.clone(), execute_on)
+        .find(cage)
         .map(|found| found.route)
         .map_err(|e| match e {
             LookupError::Unknown { .. } | LookupError::Config(ConfigError::NoSuchCage { .. }) => {
