@@ -3,7 +3,7 @@
 //! children. Every change that must not be split (a step's completion, its chain's new state,
 //! the next step's call) is one [`Txn`]. The decisions are [`crate::chains`]'.
 
-use super::{execute, now_ms, storage_error, Scheduler};
+use super::{now_ms, storage_error, Scheduler};
 use crate::chains::{merge_children, object_bytes, Advance, REPORT_METHOD, REPORT_MODULE};
 use crate::config::valid_name;
 use crate::model::call::CallRecord;
@@ -16,6 +16,7 @@ use crate::model::chain::StepOutcome;
 use crate::model::chain::StepReport;
 use crate::model::ids::new_call_id;
 use crate::queue::{QueueError, QueueStore, Txn};
+use crate::run::{check_target, stage_for, Limit, Run};
 use crate::transport::protocol::{CallRequest, NewChain};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
@@ -67,12 +68,10 @@ impl Scheduler {
                 super::check_names(cage, Some(&step.module), &step.method, queue).map_err(|e| {
                     CallError::bad_arguments(format!("{which}, step {}: {}", n + 1, e.message))
                 })?;
-                if cage != self.cage {
-                    // Refuse now what could never run, rather than retry it for days.
-                    self.delivery.check(cage).map_err(|e| {
-                        CallError::with_kind(e.kind, format!("{which}, step {}: {e}", step.label()))
-                    })?;
-                }
+                // Refuse now what could never run, rather than retry it for days.
+                check_target(&self.delivery, &self.cage, cage).map_err(|e| {
+                    CallError::with_kind(e.kind, format!("{which}, step {}: {e}", step.label()))
+                })?;
             }
             let inputs = object_bytes(&new.inputs)
                 .map_err(|e| CallError::bad_arguments(format!("{which}: {e}")))?;
@@ -149,11 +148,7 @@ impl Scheduler {
     fn start_step(&mut self, t: &mut Txn, chain: &ChainRecord) -> Result<(), QueueError> {
         match chain.step_call(now_ms()) {
             Some(call) => {
-                let stage = if call.target == self.cage {
-                    Stage::Execute
-                } else {
-                    Stage::Deliver
-                };
+                let stage = stage_for(&self.cage, &call.target);
                 t.insert_call(&CallRecord::new(call, stage, now_ms()))
             }
             None => {
@@ -342,10 +337,11 @@ impl Scheduler {
         actix_rt::spawn(async move {
             let started_ms = now_ms();
             let t0 = Instant::now();
-            let outcome = if call.target == cage {
-                execute(registry, executor, &call, 1, time_limit, false)
+            let outcome = if stage_for(&cage, &call.target) == Stage::Execute {
+                let run = Run::of_queued(call.clone(), 1, false, Limit::Attempt(time_limit));
+                crate::run::run(&registry, &executor, run)
                     .await
-                    .0
+                    .outcome
                     .map(|o| o.result)
             } else {
                 let request = CallRequest {

@@ -6,12 +6,12 @@ use crate::config::DeclaredJob;
 use crate::jobs::{due_runs, job_of_run, run_id};
 use crate::model::call::CallRecord;
 use crate::model::call::QueuedCall;
-use crate::model::call::Stage;
 use crate::model::clock;
 use crate::model::ids::new_call_id;
 use crate::model::job::Job;
 use crate::model::job::LastRun;
 use crate::model::job::Schedule;
+use crate::run::stage_for;
 use crate::transport::protocol::{JobRequest, JobSpec, Response};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
@@ -59,12 +59,7 @@ impl Scheduler {
             not_before_ms: 0,
             chain: None,
         };
-        let stage = if job.cage == self.cage {
-            Stage::Execute
-        } else {
-            Stage::Deliver
-        };
-        CallRecord::new(call, stage, now)
+        CallRecord::new(call, stage_for(&self.cage, &job.cage), now)
     }
 
     /// Fires every job whose next run is due (a job that could not be fired is tried again

@@ -17,7 +17,7 @@ pub use jobs::{JobCommand, JobsDeclared};
 use crate::chains::{ChainWatch, REPORT_MODULE};
 use crate::config::ExecuteOn;
 use crate::delivery::Delivery;
-use crate::executor::{CallExecutor, Execute};
+use crate::executor::CallExecutor;
 use crate::host::Output;
 use crate::metrics::{Metrics, QueueEvent};
 use crate::model::call::Attempt;
@@ -29,8 +29,9 @@ use crate::model::ids::new_call_id;
 use crate::model::job::Job;
 use crate::names::{self, NameKind};
 use crate::queue::{Acceptance, GroupCommit, QueueError, QueueStore};
-use crate::registry::{ModuleRegistry, Resolve};
+use crate::registry::ModuleRegistry;
 use crate::retry_policy::{next_attempt_at, MAX_ATTEMPTS};
+use crate::run::{check_target, stage_for, Limit, Run};
 use crate::transport::protocol::{
     CallView, EnqueueRequest, Filter, QueueQuery, QueueStats, Response,
 };
@@ -372,17 +373,18 @@ impl Scheduler {
         let attempt = record.next_attempt();
         let call = record.call;
         tracing::debug!(call_id = %call.id, stage = record.stage.as_str(), attempt, "attempt starts");
-        let time_limit = self.policies.queue(&call.queue).time_limit;
+        let limit = Limit::Attempt(self.policies.queue(&call.queue).time_limit);
+        let id = call.id.clone();
+        let run = Run::of_queued(call, attempt, true, limit);
         let (registry, executor) = (self.registry.clone(), self.executor.clone());
         actix_rt::spawn(async move {
-            let (outcome, version) =
-                execute(registry, executor, &call, attempt, time_limit, true).await;
+            let ran = crate::run::run(&registry, &executor, run).await;
             addr.do_send(AttemptDone {
-                id: call.id,
+                id,
                 started_ms,
                 duration: t0.elapsed(),
-                outcome,
-                version,
+                outcome: ran.outcome,
+                version: ran.version,
             });
         });
     }
@@ -599,10 +601,7 @@ impl Scheduler {
         check_names(&r.target, Some(&r.module), &r.method, &r.queue)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&r.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
-        if r.target != self.cage {
-            // Refuse now what could never be delivered, rather than retry it for days.
-            self.delivery.check(&r.target)?;
-        }
+        check_target(&self.delivery, &self.cage, &r.target)?;
         let now = now_ms();
         crate::model::clock::span_within_horizon("delay", Duration::from_millis(r.delay_ms))
             .map_err(|e| {
@@ -628,13 +627,14 @@ impl Scheduler {
         };
         let id = call.id.clone();
         let queue = call.queue.clone();
-        let duplicate_of = if call.target == self.cage {
-            self.take_for_execution(call)?
-        } else {
-            self.store
-                .insert(&CallRecord::new(call, Stage::Deliver, now))
-                .map_err(storage_error)?;
-            None
+        let duplicate_of = match stage_for(&self.cage, &call.target) {
+            Stage::Execute => self.take_for_execution(call)?,
+            Stage::Deliver => {
+                self.store
+                    .insert(&CallRecord::new(call, Stage::Deliver, now))
+                    .map_err(storage_error)?;
+                None
+            }
         };
         self.metrics.queue_event(&queue, QueueEvent::Enqueued, now);
         Ok((id, duplicate_of))
@@ -807,68 +807,6 @@ fn check_names(
     .map_err(|e| CallError::bad_arguments(e.to_string()))
 }
 
-/// Runs one attempt of `call` on this cage's module; returns its outcome and the module version.
-async fn execute(
-    registry: Addr<ModuleRegistry>,
-    executor: Addr<CallExecutor>,
-    call: &QueuedCall,
-    attempt: u32,
-    time_limit: Duration,
-    queued: bool,
-) -> (Result<Output, CallError>, Option<String>) {
-    let gone = |_| CallError::with_kind(ErrorKind::Refused, "cage is shutting down");
-    let module = match registry
-        .send(Resolve(call.module.clone()))
-        .await
-        .map_err(gone)
-        .and_then(|r| r)
-    {
-        Ok(m) => m,
-        Err(e) => return (Err(e), None),
-    };
-    let version = Some(module.version.clone());
-    if !module.has_method(&call.method) {
-        let e = CallError::with_kind(
-            ErrorKind::UnknownMethod,
-            format!(
-                "module {} {} has no method {:?}",
-                module.name, module.version, call.method
-            ),
-        );
-        return (Err(e), version);
-    }
-    let deadline = Instant::now() + time_limit;
-    let execute = Execute {
-        module,
-        call_id: call.id.clone(),
-        method: call.method.clone(),
-        args: call.args.clone(),
-        deadline,
-        attempt,
-        queued,
-        chain: call.chain.clone(),
-    };
-    let reply = match executor.send(execute).await.map_err(gone).and_then(|r| r) {
-        Ok(r) => r,
-        Err(e) => return (Err(e), version),
-    };
-    let outcome = match tokio::time::timeout_at(deadline.into(), reply).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(CallError::with_kind(
-            ErrorKind::Internal,
-            "executor thread ended without an answer",
-        )),
-        Err(_) => Err(CallError::with_kind(
-            ErrorKind::Timeout,
-            format!(
-                "attempt ran longer than the queue's time_limit of {}",
-                humantime::format_duration(time_limit)
-            ),
-        )),
-    };
-    (outcome, version)
-}
-
 impl Actor for Scheduler {
     type Context = Context<Self>;
 
@@ -961,7 +899,7 @@ impl Scheduler {
             ))
         } else if let Err(e) = check_names(&call.target, module, &call.method, &call.queue) {
             Err(e)
-        } else if call.target == self.cage {
+        } else if stage_for(&self.cage, &call.target) == Stage::Execute {
             self.metrics
                 .queue_event(&call.queue, QueueEvent::Accepted, now_ms());
             self.take_for_execution(call)
