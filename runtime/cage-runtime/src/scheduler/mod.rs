@@ -7,8 +7,10 @@
 //! [`crate::retry_policy`]'s; the storage is [`crate::queue`]'s.
 
 mod chains;
+mod decide;
 mod jobs;
 mod window;
+use decide::{AfterFailure, Capacity, DELIVER_BATCH};
 use window::DeliveryWindows;
 
 pub use chains::StartChains;
@@ -25,12 +27,12 @@ use crate::model::call::CallRecord;
 use crate::model::call::QueuedCall;
 use crate::model::call::Stage;
 use crate::model::chain::StepOutcome;
+use crate::model::clock::{Clock, SystemClock};
 use crate::model::ids::new_call_id;
 use crate::model::job::Job;
 use crate::names::{self, NameKind};
 use crate::queue::{Acceptance, GroupCommit, QueueError, QueueStore};
 use crate::registry::ModuleRegistry;
-use crate::retry_policy::{next_attempt_at, MAX_ATTEMPTS};
 use crate::run::{check_target, stage_for, Limit, Run};
 use crate::transport::protocol::{
     CallView, EnqueueRequest, Filter, QueueQuery, QueueStats, Response,
@@ -45,16 +47,9 @@ use std::time::{Duration, Instant};
 
 /// How often due calls are looked for (also right after every enqueue and every attempt).
 const PUMP_EVERY: Duration = Duration::from_millis(10);
-/// Due calls looked at per pump.
-const DUE_BATCH: usize = 1024;
-/// Most calls offered to one cage in one request.
-const DELIVER_BATCH: usize = 128;
 /// Most argument bytes in one request of several calls, well under a target's frame limit
 /// (`max_frame_bytes`, 16 MiB by default); a larger call goes alone, as it would unbatched.
 const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// While every queue's slots are taken by running calls, the schedule is still read this
-/// often, for calls to deliver (they need no slot, only room in their cage's window).
-const SATURATED_SCAN_EVERY: Duration = Duration::from_millis(100);
 /// How often expired deduplication history is dropped.
 const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Most calls a listing returns when the operator gives no limit.
@@ -80,8 +75,6 @@ fn delivery_batches(records: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
     }
     batches
 }
-
-pub(super) use crate::model::clock::now_ms;
 
 /// How a successful attempt of a call at `stage` is counted.
 fn success_of(stage: Stage) -> QueueEvent {
@@ -186,7 +179,8 @@ pub struct Scheduler {
     running: HashMap<String, Slot>,
     busy: HashMap<String, usize>,
     windows: DeliveryWindows,
-    last_scan: Instant,
+    last_scan_ms: u64,
+    clock: Arc<dyn Clock>,
     paused: bool,
     rng: SmallRng,
     metrics: Arc<Metrics>,
@@ -226,7 +220,8 @@ impl Scheduler {
             running: HashMap::new(),
             busy: HashMap::new(),
             windows: DeliveryWindows::default(),
-            last_scan: Instant::now(),
+            last_scan_ms: 0,
+            clock: Arc::new(SystemClock),
             paused: false,
             rng: SmallRng::from_entropy(),
             metrics,
@@ -237,6 +232,17 @@ impl Scheduler {
             direct_due: Vec::new(),
             chains_touched: false,
         }
+    }
+
+    /// The same scheduler reading the time from `clock` (the system's by default).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by the scheduler's clock: every decision reads the time here.
+    pub(super) fn now(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Pumps once after the messages already waiting are handled, however many ask for it.
@@ -255,32 +261,16 @@ impl Scheduler {
             return;
         }
         self.fire_due_jobs();
-        // Free slots of the configured queues, plus one queue's worth for queues without a table
-        // of their own: no point reading more of the schedule than could start now.
-        let configured: usize = self
-            .policies
-            .queues
-            .iter()
-            .map(|(q, p)| {
-                p.concurrency
-                    .saturating_sub(self.busy.get(q).copied().unwrap_or(0))
-            })
-            .sum();
-        let free = configured
-            + self
-                .policies
-                .queue(crate::config::DEFAULT_QUEUE)
-                .concurrency;
-        let executing = self.busy.values().sum::<usize>();
-        if configured == 0 && executing >= free && self.last_scan.elapsed() < SATURATED_SCAN_EVERY {
+        let capacity = Capacity::of(&self.policies, &self.busy);
+        if capacity.may_skip_scan(self.last_scan_ms, &*self.clock) {
             return;
         }
-        self.last_scan = Instant::now();
-        // Room to read deliveries too: they take no queue slot, only room in their window.
-        let want = (free * 2 + 8 + DELIVER_BATCH).min(DUE_BATCH);
+        let now = self.now();
+        self.last_scan_ms = now;
+        let want = capacity.scan_size();
         let (running, windows) = (&self.running, &self.windows);
         let due = match self.store.due_where(
-            now_ms(),
+            now,
             want,
             want + running.len() + windows.held() + 64,
             &|id| running.contains_key(id) || windows.is_held(id),
@@ -293,11 +283,9 @@ impl Scheduler {
         };
         let mut due = due;
         let mut deliveries: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
-        // Higher priority first; the sort is stable, so due order holds within a priority.
-        due.sort_by_key(|d| std::cmp::Reverse(d.priority));
+        decide::start_order(&mut due);
         for d in due {
-            let policy = self.policies.queue(&d.queue);
-            let (concurrency, keep_order) = (policy.concurrency, policy.keep_order);
+            let policy = self.policies.queue(&d.queue).clone();
             match &d.target {
                 Some(target) => {
                     if self.held_back(target, &d.id) {
@@ -305,15 +293,15 @@ impl Scheduler {
                     }
                 }
                 None => {
-                    if self.busy.get(&d.queue).copied().unwrap_or(0) >= concurrency {
+                    if !decide::has_slot(&policy, self.busy.get(&d.queue).copied().unwrap_or(0)) {
                         continue;
                     }
                 }
             }
             // keep_order: a call waits until every call stored before it in its queue is done.
-            if keep_order
-                && self.store.head_of(&d.queue).ok().flatten().as_deref() != Some(d.id.as_str())
-            {
+            if !decide::in_order(&policy, &d.id, || {
+                self.store.head_of(&d.queue).ok().flatten()
+            }) {
                 continue;
             }
             let record = match self.store.get(&d.id) {
@@ -369,7 +357,7 @@ impl Scheduler {
     }
 
     fn start_attempt(&mut self, record: CallRecord, ctx: &mut Context<Self>) {
-        let (addr, started_ms, t0) = (ctx.address(), now_ms(), Instant::now());
+        let (addr, started_ms, t0) = (ctx.address(), self.now(), Instant::now());
         let attempt = record.next_attempt();
         let call = record.call;
         tracing::debug!(call_id = %call.id, stage = record.stage.as_str(), attempt, "attempt starts");
@@ -397,7 +385,7 @@ impl Scheduler {
         records: Vec<CallRecord>,
         ctx: &mut Context<Self>,
     ) {
-        let (addr, started_ms, t0) = (ctx.address(), now_ms(), Instant::now());
+        let (addr, started_ms, t0) = (ctx.address(), self.now(), Instant::now());
         let calls: Vec<QueuedCall> = records
             .into_iter()
             .map(|r| {
@@ -421,7 +409,7 @@ impl Scheduler {
 
     fn count(&self, record: &CallRecord, event: QueueEvent) {
         self.metrics
-            .queue_event(&record.call.queue, event, now_ms());
+            .queue_event(&record.call.queue, event, self.now());
     }
 
     /// Whether due call `id` for `target` must wait because `target`'s delivery window is
@@ -486,53 +474,34 @@ impl Scheduler {
                     Stage::Deliver => format!("handed to cage {}", call.target),
                 }
             }
-            Err(e) if e.kind == ErrorKind::Permanent => {
-                updated.dead_reason = Some(format!("permanent rejection: {}", e.message));
-                let reason = StepOutcome::Failed(format!("permanent rejection: {}", e.message));
-                self.end_step(&record, Some(&updated), done.started_ms, reason)?;
-                self.count(&record, failure_of(record.stage));
-                self.count(&record, QueueEvent::Died);
-                tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
-                format!("dead: permanent rejection: {}", e.message)
-            }
             Err(e) => {
-                self.count(&record, failure_of(record.stage));
                 let policy = self.policies.queue(&call.queue);
                 let jitter = self.rng.gen_range(-1.0..=1.0);
-                match next_attempt_at(
-                    &policy.backoff(),
-                    number + 1,
-                    updated.window_start_ms,
-                    now_ms(),
-                    jitter,
-                ) {
-                    Some(at) => {
-                        updated.next_at_ms = at;
+                let after =
+                    decide::after_failure(policy, &record, number, &e, jitter, &*self.clock);
+                updated.dead_reason = after.dead_reason().map(str::to_owned);
+                self.count(&record, failure_of(record.stage));
+                match after {
+                    AfterFailure::Retry { at_ms } => {
+                        updated.next_at_ms = at_ms;
                         self.store.update(&record, &updated)?;
-                        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                        let wait = Duration::from_millis(at_ms.saturating_sub(self.now()));
                         tracing::warn!(
                             "attempt {number} failed: {e}; next attempt in {}",
-                            humantime::format_duration(Duration::from_millis(
-                                wait.as_millis() as u64
-                            ))
+                            humantime::format_duration(wait)
                         );
                         format!("attempt {number} failed, retrying: {e}")
                     }
-                    None => {
-                        let limit = if number >= MAX_ATTEMPTS {
-                            format!("the most attempts a call makes; queue {}", call.queue)
-                        } else {
-                            format!("give_up_after of queue {}", call.queue)
-                        };
-                        updated.dead_reason = Some(format!(
-                            "gave up after {number} attempt(s) in {} ({limit}); last error: {e}",
-                            humantime::format_duration(Duration::from_secs(
-                                (now_ms().saturating_sub(updated.window_start_ms)) / 1000
-                            )),
-                        ));
-                        let reason =
-                            StepOutcome::Failed(updated.dead_reason.clone().unwrap_or_default());
-                        self.end_step(&record, Some(&updated), done.started_ms, reason)?;
+                    AfterFailure::Rejected(reason) => {
+                        let outcome = StepOutcome::Failed(reason);
+                        self.end_step(&record, Some(&updated), done.started_ms, outcome)?;
+                        self.count(&record, QueueEvent::Died);
+                        tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
+                        format!("dead: permanent rejection: {}", e.message)
+                    }
+                    AfterFailure::GaveUp(reason) => {
+                        let outcome = StepOutcome::Failed(reason);
+                        self.end_step(&record, Some(&updated), done.started_ms, outcome)?;
                         self.count(&record, QueueEvent::Died);
                         tracing::warn!("moved to dead letters: gave up after {number} attempt(s); last error: {e}");
                         format!("dead: gave up after {number} attempt(s): {e}")
@@ -576,7 +545,7 @@ impl Scheduler {
 
     /// Stores a call for execution here; returns the id it duplicates, if any.
     fn take_for_execution(&mut self, call: QueuedCall) -> Result<Option<String>, CallError> {
-        let now = now_ms();
+        let now = self.now();
         let expires = crate::model::clock::after(now, self.policies.queue(&call.queue).retention);
         let record = CallRecord::new(call, Stage::Execute, now);
         match self
@@ -602,7 +571,7 @@ impl Scheduler {
         serde_json::from_slice::<serde::de::IgnoredAny>(&r.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         check_target(&self.delivery, &self.cage, &r.target)?;
-        let now = now_ms();
+        let now = self.now();
         crate::model::clock::span_within_horizon("delay", Duration::from_millis(r.delay_ms))
             .map_err(|e| {
                 CallError::bad_arguments(format!("enqueue of {}.{}: {e}", r.module, r.method))
@@ -676,7 +645,7 @@ impl Scheduler {
             return Ok(0);
         };
         let mut updated = record.clone();
-        updated.next_at_ms = now_ms();
+        updated.next_at_ms = self.now();
         self.store.update(&record, &updated)?;
         Ok(1)
     }
@@ -740,7 +709,7 @@ impl Scheduler {
                 Response::Stats(stats)
             }
             QueueQuery::Revive(id) => {
-                let n = usize::from(self.store.revive(&id, now_ms())?.is_some());
+                let n = usize::from(self.store.revive(&id, self.now())?.is_some());
                 if n == 1 {
                     tracing::info!(cage = %self.cage, call_id = %id, "revived by an operator: pending again, due now");
                 }
@@ -759,24 +728,13 @@ impl Scheduler {
             if self.running.contains_key(&record.call.id) {
                 continue;
             }
-            let Some(last) = record.attempts.last() else {
-                continue;
-            };
-            let ended = last.started_ms + last.duration_us / 1000;
             let policy = self.policies.queue(&record.call.queue);
             let jitter = self.rng.gen_range(-1.0..=1.0);
+            let Some(at) = decide::rescheduled_at(policy, &record, jitter, &*self.clock) else {
+                continue;
+            };
             let mut updated = record.clone();
-            match next_attempt_at(
-                &policy.backoff(),
-                record.next_attempt(),
-                record.window_start_ms,
-                ended,
-                jitter,
-            ) {
-                Some(at) => updated.next_at_ms = at,
-                // Past the new give-up time: one more attempt now decides (and buries it if it fails).
-                None => updated.next_at_ms = now_ms(),
-            }
+            updated.next_at_ms = at;
             if updated.next_at_ms != record.next_at_ms {
                 self.store.update(&record, &updated)?;
                 moved += 1;
@@ -817,7 +775,7 @@ impl Actor for Scheduler {
         // must reach its first due call without one.
         match self.store.next_due_ms() {
             Ok(Some(at)) => {
-                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                let wait = Duration::from_millis(at.saturating_sub(self.now()));
                 tracing::info!(cage = %self.cage, "queue open; next call due in {}", humantime::format_duration(Duration::from_secs(wait.as_secs())));
             }
             Ok(None) => tracing::info!(cage = %self.cage, "queue open; nothing scheduled"),
@@ -827,10 +785,12 @@ impl Actor for Scheduler {
         }
         ctx.run_interval(PUMP_EVERY, |this, ctx| this.pump(ctx));
         ctx.run_interval(HISTORY_SWEEP_EVERY, |this, _| {
-            let recheck = crate::model::clock::millis(
-                this.policies.queue(crate::config::DEFAULT_QUEUE).retention,
-            );
-            match this.store.expire_history(now_ms(), recheck, 10_000) {
+            let retention = this.policies.queue(crate::config::DEFAULT_QUEUE).retention;
+            let sweep = decide::sweep(retention, &*this.clock);
+            match this
+                .store
+                .expire_history(sweep.history_before_ms, sweep.recheck_ms, 10_000)
+            {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::debug!(cage = %this.cage, "dropped {n} expired deduplication entries");
@@ -840,7 +800,7 @@ impl Actor for Scheduler {
             }
             match this
                 .store
-                .expire_chains(now_ms().saturating_sub(recheck), 10_000)
+                .expire_chains(sweep.chains_ended_before_ms, 10_000)
             {
                 Ok(0) => {}
                 Ok(n) => {
@@ -887,7 +847,7 @@ impl Scheduler {
         call: QueuedCall,
     ) -> (Result<Option<String>, CallError>, Option<String>) {
         let id = call.id.clone();
-        let far = crate::model::clock::within_horizon("not_before", call.not_before_ms, now_ms());
+        let far = crate::model::clock::within_horizon("not_before", call.not_before_ms, self.now());
         // A chain step's report goes to the owner's built-in module, whose `$` name no module
         // file can have (enqueue refuses `$` names).
         let module = (call.module != REPORT_MODULE).then_some(call.module.as_str());
@@ -901,7 +861,7 @@ impl Scheduler {
             Err(e)
         } else if stage_for(&self.cage, &call.target) == Stage::Execute {
             self.metrics
-                .queue_event(&call.queue, QueueEvent::Accepted, now_ms());
+                .queue_event(&call.queue, QueueEvent::Accepted, self.now());
             self.take_for_execution(call)
         } else {
             Err(CallError::with_kind(
