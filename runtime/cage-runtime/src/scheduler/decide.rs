@@ -23,6 +23,31 @@ pub(super) const DELIVER_BATCH: usize = 128;
 /// often, for calls to deliver (they need no slot, only room in their cage's window).
 pub(super) const SATURATED_SCAN_EVERY: Duration = Duration::from_millis(100);
 
+/// Most argument bytes in one request of several calls, well under a target's frame limit
+/// (`max_frame_bytes`, 16 MiB by default); a larger call goes alone, as it would unbatched.
+pub(super) const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Splits calls for one cage into requests of at most [`DELIVER_BATCH`] calls and
+/// [`DELIVER_BATCH_BYTES`] of arguments (a call larger than that is a request of its own).
+pub(super) fn delivery_batches(records: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
+    let mut batches: Vec<Vec<CallRecord>> = Vec::new();
+    let mut bytes = 0;
+    for r in records {
+        let size = r.call.args.len();
+        match batches.last_mut() {
+            Some(b) if b.len() < DELIVER_BATCH && bytes + size <= DELIVER_BATCH_BYTES => {
+                bytes += size;
+                b.push(r);
+            }
+            _ => {
+                bytes = size;
+                batches.push(vec![r]);
+            }
+        }
+    }
+    batches
+}
+
 /// How many executions could start now, and how many run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Capacity {
@@ -438,5 +463,49 @@ mod tests {
             sweep(Duration::from_secs(60), &clock).chains_ended_before_ms,
             0
         );
+    }
+
+    fn delivery(n: usize, args_bytes: usize) -> CallRecord {
+        let call = QueuedCall {
+            id: format!("a-1-{n}"),
+            source: "a".into(),
+            target: "b".into(),
+            module: "echo".into(),
+            method: "echo".into(),
+            args: vec![b' '; args_bytes],
+            queue: "retry".into(),
+            priority: 0,
+            key: None,
+            enqueued_at_ms: 0,
+            not_before_ms: 0,
+            chain: None,
+        };
+        CallRecord::new(call, Stage::Deliver, 0)
+    }
+
+    #[test]
+    fn deliveries_are_split_by_count_and_by_bytes() {
+        let sizes = |records: Vec<CallRecord>| -> Vec<usize> {
+            delivery_batches(records).iter().map(Vec::len).collect()
+        };
+        assert_eq!(
+            sizes((0..300).map(|n| delivery(n, 10)).collect()),
+            vec![128, 128, 44]
+        );
+        let mb = 1024 * 1024;
+        // 1.5 MiB each: two fit under the byte budget, a third does not.
+        assert_eq!(
+            sizes((0..5).map(|n| delivery(n, mb * 3 / 2)).collect()),
+            vec![2, 2, 1]
+        );
+        // A call larger than the budget goes alone, and does not hold back the next ones.
+        let mixed = vec![
+            delivery(0, 10),
+            delivery(1, 5 * mb),
+            delivery(2, 10),
+            delivery(3, 10),
+        ];
+        assert_eq!(sizes(mixed), vec![1, 1, 2]);
+        assert!(delivery_batches(Vec::new()).is_empty());
     }
 }

@@ -128,7 +128,7 @@ impl Scheduler {
     }
 
     fn add_job(&mut self, spec: JobSpec, replace: bool) -> Result<Job, CallError> {
-        super::check_names(&self.cage, Some(&spec.module), &spec.method, &spec.queue)?;
+        super::intake::check_names(&self.cage, Some(&spec.module), &spec.method, &spec.queue)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&spec.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         let now = self.now();
