@@ -7,13 +7,14 @@
 
 use crate::blocking::{LOOKUPS, STORE_READS};
 use crate::chains::ChainWatch;
-use crate::executor::{CallExecutor, Execute};
+use crate::executor::{CallExecutor, MethodCall};
 use crate::host::{query_chains, wait_for_chain_async};
 use crate::messaging::{parse_invocation, Mailboxes};
 use crate::metrics::{Metrics, MetricsSnapshot, ModuleLoads, QueueMetrics};
 use crate::model::ids::new_call_id;
 use crate::queue::QueueStore;
-use crate::registry::{ListModules, ModuleRegistry, Resolve};
+use crate::registry::{ListModules, ModuleRegistry};
+use crate::run::{check_target, needs_lookup, Limit, Run};
 use crate::scheduler::{Accept, AcceptMany, Enqueue, JobCommand, Query, Scheduler, StartChains};
 use crate::transport::budget::Budget;
 use crate::transport::protocol::{
@@ -218,15 +219,19 @@ impl Dispatcher {
     /// lookups lane, so the scheduler's own check of them answers from memory.
     async fn look_up(&self, mut cages: Vec<String>) -> Result<(), CallError> {
         // The usual case, a cage known already, costs no thread hop.
-        cages.retain(|c| *c != self.cage && !self.peers.known(c));
+        cages.retain(|c| needs_lookup(&self.peers, &self.cage, c));
         cages.sort();
         cages.dedup();
         if cages.is_empty() {
             return Ok(());
         }
-        let peers = self.peers.clone();
+        let (peers, here) = (self.peers.clone(), self.cage.clone());
         LOOKUPS
-            .run(move || cages.iter().try_for_each(|c| peers.check(c)))
+            .run(move || {
+                cages
+                    .iter()
+                    .try_for_each(|c| check_target(&peers, &here, c))
+            })
             .await
             .unwrap_or(Ok(()))
     }
@@ -373,7 +378,6 @@ impl Dispatcher {
     }
 
     async fn run(&self, call: &CallRequest) -> Result<Vec<u8>, CallError> {
-        let gone = |_| CallError::with_kind(ErrorKind::Refused, "cage is shutting down");
         let _counted = InFlight::enter(&self.load);
         if self.load.draining.load(Ordering::Acquire) {
             return Err(CallError::with_kind(
@@ -385,55 +389,21 @@ impl Dispatcher {
             0 => self.default_timeout,
             ms => Duration::from_millis(ms),
         };
-        // A client may ask for any limit; past the clock's range it is as good as none.
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
-        let module = self
-            .registry
-            .send(Resolve(call.module.clone()))
-            .await
-            .map_err(gone)??;
-        if !module.has_method(&call.method) {
-            return Err(CallError::with_kind(
-                ErrorKind::UnknownMethod,
-                format!(
-                    "module {} {} has no method {:?} (methods: {})",
-                    module.name,
-                    module.version,
-                    call.method,
-                    module.methods.join(", ")
-                ),
-            ));
-        }
-        let reply = self
-            .executor
-            .send(Execute {
-                module,
+        let run = Run {
+            module: call.module.clone(),
+            call: MethodCall {
                 call_id: call.call_id.clone(),
                 method: call.method.clone(),
                 args: call.args.clone(),
-                deadline,
                 attempt: 1,
                 queued: false,
                 chain: None,
-            })
+            },
+            limit: Limit::Call(timeout),
+        };
+        crate::run::run(&self.registry, &self.executor, run)
             .await
-            .map_err(gone)??;
-        match tokio::time::timeout_at(deadline.into(), reply).await {
-            Ok(Ok(result)) => result.map(|output| output.result),
-            Ok(Err(_)) => Err(CallError::with_kind(
-                ErrorKind::Internal,
-                "executor thread ended without an answer",
-            )),
-            Err(_) => Err(CallError::with_kind(
-                ErrorKind::Timeout,
-                format!(
-                    "did not finish within {} (the method keeps running on its executor thread)",
-                    humantime::format_duration(timeout)
-                ),
-            )),
-        }
+            .outcome
+            .map(|output| output.result)
     }
 }

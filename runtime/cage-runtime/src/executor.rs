@@ -19,26 +19,33 @@ const BACKLOG_PER_WORKER: usize = 256;
 /// Where a call's result arrives.
 pub type Reply = oneshot::Receiver<Result<Output, CallError>>;
 
-/// Run one method on the pool.
-#[derive(Message)]
-#[rtype(result = "Result<Reply, CallError>")]
-pub struct Execute {
-    /// The module version to run; held until the call ends, so a swap cannot unload it.
-    pub module: Arc<LoadedModule>,
+/// A call of one method, whichever way it came (sync, queued, a chain step).
+#[derive(Debug, Clone)]
+pub struct MethodCall {
     /// Id of the call.
     pub call_id: String,
     /// Method to run.
     pub method: String,
     /// JSON arguments.
     pub args: Vec<u8>,
-    /// A call still waiting for a worker at this instant is not started.
-    pub deadline: Instant,
     /// Attempt number, as the module's `ctx.attempt()` reports it.
     pub attempt: u32,
     /// A queued call (its committed effects mark it executed) rather than a sync one.
     pub queued: bool,
     /// The chain the call is a step of, if any.
     pub chain: Option<ChainLink>,
+}
+
+/// Run one method on the pool.
+#[derive(Message)]
+#[rtype(result = "Result<Reply, CallError>")]
+pub struct Execute {
+    /// The module version to run; held until the call ends, so a swap cannot unload it.
+    pub module: Arc<LoadedModule>,
+    /// The call.
+    pub call: MethodCall,
+    /// A call still waiting for a worker at this instant is not started.
+    pub deadline: Instant,
 }
 
 struct Job {
@@ -92,10 +99,17 @@ impl CallExecutor {
 }
 
 fn run_job(env: &HostEnv, job: Job) {
-    let Job { call, reply } = job;
-    let span = tracing::info_span!("call", call_id = %call.call_id, cage = %env.cage, module = %call.module.name, method = %call.method, attempt = call.attempt);
+    let Job {
+        call: Execute {
+            module,
+            call,
+            deadline,
+        },
+        reply,
+    } = job;
+    let span = tracing::info_span!("call", call_id = %call.call_id, cage = %env.cage, module = %module.name, method = %call.method, attempt = call.attempt);
     let _entered = span.enter();
-    if reply.is_closed() || Instant::now() >= call.deadline {
+    if reply.is_closed() || Instant::now() >= deadline {
         tracing::warn!("not started: its caller stopped waiting while it queued for a worker");
         let _ = reply.send(Err(CallError::with_kind(
             ErrorKind::Timeout,
@@ -105,7 +119,7 @@ fn run_job(env: &HostEnv, job: Job) {
     }
     let started = Instant::now();
     let result = env.run(
-        &call.module,
+        &module,
         &call.call_id,
         &call.method,
         &call.args,
@@ -116,20 +130,20 @@ fn run_job(env: &HostEnv, job: Job) {
     let took = started.elapsed();
     let error = result.as_ref().err().map(ToString::to_string);
     env.metrics.method_run(
-        &call.module.name,
+        &module.name,
         &call.method,
         took,
         error.as_deref(),
         unix_ms(std::time::SystemTime::now()),
     );
     match &error {
-        None => tracing::debug!(version = %call.module.version, elapsed = ?took, "call done"),
+        None => tracing::debug!(version = %module.version, elapsed = ?took, "call done"),
         Some(e) => {
-            tracing::warn!(version = %call.module.version, elapsed = ?took, "call failed: {e}")
+            tracing::warn!(version = %module.version, elapsed = ?took, "call failed: {e}")
         }
     }
     let _ = reply.send(result);
-    // `call.module` drops here; if a newer version was swapped in meanwhile and this was the last
+    // `module` drops here; if a newer version was swapped in meanwhile and this was the last
     // call on the old one, the old library is unloaded now, on this worker thread.
 }
 

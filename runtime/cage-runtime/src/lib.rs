@@ -11,6 +11,8 @@
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
 //! - [`scheduler`]: the actor running the durable queue: due attempts, retries, dead letters,
 //!   and chains (starting them, advancing them step by step, cancelling a call's children).
+//! - [`run`]: where a call runs (here, or delivered to its cage), and the one path that runs
+//!   it here: resolve the module, check the method, set the deadline, hand it to the executor.
 //! - [`delivery`]: handing queued calls to their target cages.
 //! - [`executor`]: the actor in front of the worker threads that run module code.
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
@@ -35,7 +37,7 @@
 //! - [`names`]: the one check of cage, module, method, queue and job names.
 //!
 //! A sync call's path: client frame → [`listener`] → [`dispatch::Dispatcher`] →
-//! [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
+//! [`run::run`] → [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
 //! [`host::HostEnv::run`] → the module's `call` → response frame.
 //!
 //! A queued call's path: enqueue → [`scheduler::Scheduler`] stores it in [`queue`] (journal
@@ -76,5 +78,6 @@ pub mod peers;
 pub mod queue;
 pub mod registry;
 pub mod retry_policy;
+pub mod run;
 pub mod scheduler;
 pub mod transport;

@@ -3,7 +3,7 @@
 //! children. Every change that must not be split (a step's completion, its chain's new state,
 //! the next step's call) is one [`Txn`]. The decisions are [`crate::chains`]'.
 
-use super::{execute, now_ms, storage_error, Scheduler};
+use super::{storage_error, Scheduler};
 use crate::chains::{merge_children, object_bytes, Advance, REPORT_METHOD, REPORT_MODULE};
 use crate::config::valid_name;
 use crate::model::call::CallRecord;
@@ -16,6 +16,7 @@ use crate::model::chain::StepOutcome;
 use crate::model::chain::StepReport;
 use crate::model::ids::new_call_id;
 use crate::queue::{QueueError, QueueStore, Txn};
+use crate::run::{check_target, stage_for, Limit, Run};
 use crate::transport::protocol::{CallRequest, NewChain};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
@@ -44,7 +45,7 @@ impl Scheduler {
         if s.chains.is_empty() {
             return Err(CallError::bad_arguments("no chain to start"));
         }
-        let now = now_ms();
+        let now = self.now();
         let mut ids = Vec::with_capacity(s.chains.len());
         let mut records = Vec::new();
         for (i, new) in s.chains.into_iter().enumerate() {
@@ -64,15 +65,13 @@ impl Scheduler {
                 // A frame need not come from a parsed chain: its names are checked as a call's
                 // (the message quotes a bad name cut short, so not the step's whole label).
                 let queue = new.queue.as_deref().unwrap_or(crate::config::DEFAULT_QUEUE);
-                super::check_names(cage, Some(&step.module), &step.method, queue).map_err(|e| {
-                    CallError::bad_arguments(format!("{which}, step {}: {}", n + 1, e.message))
+                super::intake::check_names(cage, Some(&step.module), &step.method, queue).map_err(
+                    |e| CallError::bad_arguments(format!("{which}, step {}: {}", n + 1, e.message)),
+                )?;
+                // Refuse now what could never run, rather than retry it for days.
+                check_target(self.delivery.peers(), &self.cage, cage).map_err(|e| {
+                    CallError::with_kind(e.kind, format!("{which}, step {}: {e}", step.label()))
                 })?;
-                if cage != self.cage {
-                    // Refuse now what could never run, rather than retry it for days.
-                    self.delivery.peers().check(cage).map_err(|e| {
-                        CallError::with_kind(e.kind, format!("{which}, step {}: {e}", step.label()))
-                    })?;
-                }
             }
             let inputs = object_bytes(&new.inputs)
                 .map_err(|e| CallError::bad_arguments(format!("{which}: {e}")))?;
@@ -147,14 +146,10 @@ impl Scheduler {
 
     /// Schedules the current step of `chain`: a queued call, or a direct run after the commit.
     fn start_step(&mut self, t: &mut Txn, chain: &ChainRecord) -> Result<(), QueueError> {
-        match chain.step_call(now_ms()) {
+        match chain.step_call(self.now()) {
             Some(call) => {
-                let stage = if call.target == self.cage {
-                    Stage::Execute
-                } else {
-                    Stage::Deliver
-                };
-                t.insert_call(&CallRecord::new(call, stage, now_ms()))
+                let stage = stage_for(&self.cage, &call.target);
+                t.insert_call(&CallRecord::new(call, stage, self.now()))
             }
             None => {
                 self.direct_due.push(chain.id.clone());
@@ -245,7 +240,7 @@ impl Scheduler {
             call_id: record.call.id.clone(),
             cage: self.cage.clone(),
             started_ms,
-            ended_ms: now_ms(),
+            ended_ms: self.now(),
             outcome,
         };
         let store = self.store.clone();
@@ -267,11 +262,11 @@ impl Scheduler {
                 queue: record.call.queue.clone(),
                 priority: 0,
                 key: None,
-                enqueued_at_ms: now_ms(),
+                enqueued_at_ms: self.now(),
                 not_before_ms: 0,
                 chain: None,
             };
-            t.insert_call(&CallRecord::new(call, Stage::Deliver, now_ms()))?;
+            t.insert_call(&CallRecord::new(call, Stage::Deliver, self.now()))?;
         }
         t.commit()?;
         self.chains_touched = true;
@@ -323,7 +318,7 @@ impl Scheduler {
                 return;
             }
         };
-        let Some(call) = chain.step_call_on(crate::config::DEFAULT_QUEUE, now_ms()) else {
+        let Some(call) = chain.step_call_on(crate::config::DEFAULT_QUEUE, self.now()) else {
             return;
         };
         let (addr, step, cage, chain_id) = (
@@ -338,14 +333,15 @@ impl Scheduler {
             self.executor.clone(),
             self.delivery.clone(),
         );
-        let store = self.store.clone();
+        let (store, clock) = (self.store.clone(), self.clock.clone());
         actix_rt::spawn(async move {
-            let started_ms = now_ms();
+            let started_ms = clock.now_ms();
             let t0 = Instant::now();
-            let outcome = if call.target == cage {
-                execute(registry, executor, &call, 1, time_limit, false)
+            let outcome = if stage_for(&cage, &call.target) == Stage::Execute {
+                let run = Run::of_queued(call.clone(), 1, false, Limit::Attempt(time_limit));
+                crate::run::run(&registry, &executor, run)
                     .await
-                    .0
+                    .outcome
                     .map(|o| o.result)
             } else {
                 let request = CallRequest {
@@ -380,7 +376,7 @@ impl Scheduler {
                 call_id: call.id,
                 cage: call.target,
                 started_ms,
-                ended_ms: now_ms(),
+                ended_ms: clock.now_ms(),
                 outcome,
             }));
         });
@@ -395,7 +391,7 @@ impl Scheduler {
         let mut n = 0;
         if let Some(record) = self.store.get(id)? {
             let outcome = StepOutcome::Failed(format!("cancelled: {reason}"));
-            self.end_step(&record, None, now_ms(), outcome)?;
+            self.end_step(&record, None, self.now(), outcome)?;
             n += 1;
         } else if self.store.cancel(id)?.is_some() {
             n += 1;
@@ -410,7 +406,7 @@ impl Scheduler {
 
     fn cancel_chain(&mut self, mut chain: ChainRecord, reason: &str) -> Result<usize, QueueError> {
         let old = chain.clone();
-        if !chain.cancel(reason, now_ms()) {
+        if !chain.cancel(reason, self.now()) {
             return Ok(0);
         }
         let store = self.store.clone();
@@ -463,8 +459,8 @@ impl Scheduler {
                 step: chain.step,
                 call_id: chain.step_call_id(),
                 cage: self.cage.clone(),
-                started_ms: now_ms(),
-                ended_ms: now_ms(),
+                started_ms: self.now(),
+                ended_ms: self.now(),
                 outcome: StepOutcome::Failed(
                     "the cage restarted while this chain ran directly (run it on a queue to \
                      survive restarts)"

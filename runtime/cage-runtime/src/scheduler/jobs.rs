@@ -1,17 +1,17 @@
 //! The scheduler's jobs: kept in memory and in the queue database, fired through the queue
 //! when due, reconciled with the jobs declared in the cage file.
 
-use super::{now_ms, storage_error, Scheduler};
+use super::{storage_error, Scheduler};
 use crate::config::DeclaredJob;
 use crate::jobs::{due_runs, job_of_run, run_id};
 use crate::model::call::CallRecord;
 use crate::model::call::QueuedCall;
-use crate::model::call::Stage;
 use crate::model::clock;
 use crate::model::ids::new_call_id;
 use crate::model::job::Job;
 use crate::model::job::LastRun;
 use crate::model::job::Schedule;
+use crate::run::stage_for;
 use crate::transport::protocol::{JobRequest, JobSpec, Response};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
@@ -59,25 +59,15 @@ impl Scheduler {
             not_before_ms: 0,
             chain: None,
         };
-        let stage = if job.cage == self.cage {
-            Stage::Execute
-        } else {
-            Stage::Deliver
-        };
-        CallRecord::new(call, stage, now)
+        CallRecord::new(call, stage_for(&self.cage, &job.cage), now)
     }
 
     /// Fires every job whose next run is due (a job that could not be fired is tried again
     /// [`JOB_FIRE_RETRY`] later).
     pub(super) fn fire_due_jobs(&mut self) {
-        let now = now_ms();
-        let due: Vec<String> = self
-            .jobs
-            .values()
-            .filter(|j| j.next_run_ms.is_some_and(|t| t <= now))
-            .filter(|j| self.jobs_held.get(&j.id).is_none_or(|&until| until <= now))
-            .map(|j| j.id.clone())
-            .collect();
+        let due = super::decide::due_jobs(&self.jobs, &self.jobs_held, &*self.clock);
+        // Read after the due check, so every job found due is due at `now` too.
+        let now = self.now();
         for id in due {
             let Some(job) = self.jobs.get(&id).cloned() else {
                 continue;
@@ -138,10 +128,10 @@ impl Scheduler {
     }
 
     fn add_job(&mut self, spec: JobSpec, replace: bool) -> Result<Job, CallError> {
-        super::check_names(&self.cage, Some(&spec.module), &spec.method, &spec.queue)?;
+        super::intake::check_names(&self.cage, Some(&spec.module), &spec.method, &spec.queue)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&spec.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
-        let now = now_ms();
+        let now = self.now();
         if let Schedule::Every { interval_ms: 0, .. } = spec.schedule {
             return Err(CallError::bad_arguments("--every must be longer than zero"));
         }
@@ -233,7 +223,7 @@ impl Scheduler {
                 let Some(job) = self.jobs.get(&id).cloned() else {
                     return Err(unknown(&id));
                 };
-                let now = now_ms();
+                let now = self.now();
                 let mut updated = job.clone();
                 updated.last_run = Some(LastRun {
                     scheduled_ms: now,
@@ -254,7 +244,7 @@ impl Scheduler {
     /// Makes the stored declared jobs match the cage file: new ones added, changed ones
     /// replaced, ones no longer declared removed (so they stop).
     fn reconcile(&mut self, declared: Vec<DeclaredJob>) {
-        let now = now_ms();
+        let now = self.now();
         let wanted: Vec<Job> = declared
             .into_iter()
             .map(|d| Job {

@@ -1,0 +1,511 @@
+//! The scheduler's decisions, as plain functions over plain data and a [`Clock`]: how much of
+//! the schedule to read, in what order due calls start, whether a call may start (its queue's
+//! slots, keep_order), which jobs are due, what follows a failed attempt (a retry at a time, or
+//! dead letters), where a pending call moves when the policy changes, and what a history sweep
+//! drops. The actor (the rest of this folder) only wires them to the store and the executor;
+//! the delivery window is [`super::window`]'s.
+
+use crate::config::{ExecuteOn, QueuePolicy, DEFAULT_QUEUE};
+use crate::model::call::CallRecord;
+use crate::model::clock::{self, Clock};
+use crate::model::job::Job;
+use crate::queue::DueCall;
+use crate::retry_policy::{next_attempt_at, MAX_ATTEMPTS};
+use cage_sdk::{CallError, ErrorKind};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Due calls looked at per pump.
+pub(super) const DUE_BATCH: usize = 1024;
+/// Most calls offered to one cage in one request.
+pub(super) const DELIVER_BATCH: usize = 128;
+/// While every queue's slots are taken by running calls, the schedule is still read this
+/// often, for calls to deliver (they need no slot, only room in their cage's window).
+pub(super) const SATURATED_SCAN_EVERY: Duration = Duration::from_millis(100);
+
+/// Most argument bytes in one request of several calls, well under a target's frame limit
+/// (`max_frame_bytes`, 16 MiB by default); a larger call goes alone, as it would unbatched.
+pub(super) const DELIVER_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Splits calls for one cage into requests of at most [`DELIVER_BATCH`] calls and
+/// [`DELIVER_BATCH_BYTES`] of arguments (a call larger than that is a request of its own).
+pub(super) fn delivery_batches(records: Vec<CallRecord>) -> Vec<Vec<CallRecord>> {
+    let mut batches: Vec<Vec<CallRecord>> = Vec::new();
+    let mut bytes = 0;
+    for r in records {
+        let size = r.call.args.len();
+        match batches.last_mut() {
+            Some(b) if b.len() < DELIVER_BATCH && bytes + size <= DELIVER_BATCH_BYTES => {
+                bytes += size;
+                b.push(r);
+            }
+            _ => {
+                bytes = size;
+                batches.push(vec![r]);
+            }
+        }
+    }
+    batches
+}
+
+/// How many executions could start now, and how many run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Capacity {
+    /// Free slots of the configured queues.
+    configured: usize,
+    /// Those plus one default queue's worth, for queues without a table of their own.
+    free: usize,
+    /// Executions running now, over all queues.
+    executing: usize,
+}
+
+impl Capacity {
+    /// The capacity left by `busy` (running executions per queue) under `policies`.
+    pub(super) fn of(policies: &ExecuteOn, busy: &HashMap<String, usize>) -> Capacity {
+        let configured = policies
+            .queues
+            .iter()
+            .map(|(q, p)| {
+                p.concurrency
+                    .saturating_sub(busy.get(q).copied().unwrap_or(0))
+            })
+            .sum();
+        Capacity {
+            configured,
+            free: configured + policies.queue(DEFAULT_QUEUE).concurrency,
+            executing: busy.values().sum(),
+        }
+    }
+
+    /// Whether reading the schedule now is pointless: every slot is taken, and it was read
+    /// less than [`SATURATED_SCAN_EVERY`] ago (`last_scan_ms`), so no delivery waits long.
+    pub(super) fn may_skip_scan(&self, last_scan_ms: u64, clock: &dyn Clock) -> bool {
+        let since = clock.now_ms().saturating_sub(last_scan_ms);
+        self.configured == 0
+            && self.executing >= self.free
+            && since < clock::millis(SATURATED_SCAN_EVERY)
+    }
+
+    /// How many due calls to read: no more than could start now, with room for deliveries
+    /// (they take no queue slot, only room in their window).
+    pub(super) fn scan_size(&self) -> usize {
+        (self.free * 2 + 8 + DELIVER_BATCH).min(DUE_BATCH)
+    }
+}
+
+/// Puts due calls in the order they start: higher priority first, due order within a priority.
+pub(super) fn start_order(due: &mut [DueCall]) {
+    // The sort is stable, so due order holds within a priority.
+    due.sort_by_key(|d| std::cmp::Reverse(d.priority));
+}
+
+/// Whether one more execution fits in a queue of `policy` with `busy` already running.
+pub(super) fn has_slot(policy: &QueuePolicy, busy: usize) -> bool {
+    busy < policy.concurrency
+}
+
+/// keep_order: whether call `id` may start, given the `head` of its queue (the call stored
+/// first among those still pending); a queue without keep_order never asks for the head.
+pub(super) fn in_order(
+    policy: &QueuePolicy,
+    id: &str,
+    head: impl FnOnce() -> Option<String>,
+) -> bool {
+    !policy.keep_order || head().as_deref() == Some(id)
+}
+
+/// Jobs whose next run is due now, less those held back after a failed firing until the time
+/// `held` gives them.
+pub(super) fn due_jobs(
+    jobs: &BTreeMap<String, Job>,
+    held: &HashMap<String, u64>,
+    clock: &dyn Clock,
+) -> Vec<String> {
+    let now = clock.now_ms();
+    jobs.values()
+        .filter(|j| j.next_run_ms.is_some_and(|t| t <= now))
+        .filter(|j| held.get(&j.id).is_none_or(|&until| until <= now))
+        .map(|j| j.id.clone())
+        .collect()
+}
+
+/// What follows a failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum AfterFailure {
+    /// Try again at this instant.
+    Retry {
+        /// When the next attempt is due (ms since the epoch).
+        at_ms: u64,
+    },
+    /// Refused for good (a permanent error): dead at once, for this reason.
+    Rejected(String),
+    /// Out of time or attempts under the queue's policy: dead, for this reason.
+    GaveUp(String),
+}
+
+impl AfterFailure {
+    /// The dead letter's reason, if the call is dead.
+    pub(super) fn dead_reason(&self) -> Option<&str> {
+        match self {
+            AfterFailure::Retry { .. } => None,
+            AfterFailure::Rejected(r) | AfterFailure::GaveUp(r) => Some(r),
+        }
+    }
+}
+
+/// What follows the failure (`error`, now) of attempt `number` of `record` in queue `policy`
+/// (whose name `queue` the reason quotes); `jitter` in [-1, 1] spreads the retry delay.
+pub(super) fn after_failure(
+    policy: &QueuePolicy,
+    record: &CallRecord,
+    number: u32,
+    error: &CallError,
+    jitter: f64,
+    clock: &dyn Clock,
+) -> AfterFailure {
+    if error.kind == ErrorKind::Permanent {
+        return AfterFailure::Rejected(format!("permanent rejection: {}", error.message));
+    }
+    let now = clock.now_ms();
+    let start = record.window_start_ms;
+    let queue = &record.call.queue;
+    match next_attempt_at(&policy.backoff(), number + 1, start, now, jitter) {
+        Some(at_ms) => AfterFailure::Retry { at_ms },
+        None => {
+            let limit = if number >= MAX_ATTEMPTS {
+                format!("the most attempts a call makes; queue {queue}")
+            } else {
+                format!("give_up_after of queue {queue}")
+            };
+            AfterFailure::GaveUp(format!(
+                "gave up after {number} attempt(s) in {} ({limit}); last error: {error}",
+                humantime::format_duration(Duration::from_secs(now.saturating_sub(start) / 1000)),
+            ))
+        }
+    }
+}
+
+/// When pending call `record`, which failed before, is due under (new) queue `policy`: its
+/// last failure plus the policy's delay, or now if the policy gives up on it already (one more
+/// attempt decides, and buries it if it fails). `None` for a call never attempted.
+pub(super) fn rescheduled_at(
+    policy: &QueuePolicy,
+    record: &CallRecord,
+    jitter: f64,
+    clock: &dyn Clock,
+) -> Option<u64> {
+    let last = record.attempts.last()?;
+    let ended = last.started_ms + last.duration_us / 1000;
+    Some(
+        next_attempt_at(
+            &policy.backoff(),
+            record.next_attempt(),
+            record.window_start_ms,
+            ended,
+            jitter,
+        )
+        .unwrap_or_else(|| clock.now_ms()),
+    )
+}
+
+/// What one history sweep drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Sweep {
+    /// Deduplication entries that expired before this instant.
+    pub(super) history_before_ms: u64,
+    /// How long an entry found still in use is kept again (the retention, in ms).
+    pub(super) recheck_ms: u64,
+    /// Finished chains that ended before this instant.
+    pub(super) chains_ended_before_ms: u64,
+}
+
+/// The sweep due now for history kept `retention` (the default queue's).
+pub(super) fn sweep(retention: Duration, clock: &dyn Clock) -> Sweep {
+    let now = clock.now_ms();
+    let recheck_ms = clock::millis(retention);
+    Sweep {
+        history_before_ms: now,
+        recheck_ms,
+        chains_ended_before_ms: now.saturating_sub(recheck_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::call::{Attempt, QueuedCall, Stage};
+    use crate::model::clock::ManualClock;
+    use crate::model::job::{CatchUp, Schedule};
+
+    const T0: u64 = 1_760_000_000_000;
+
+    fn policy() -> QueuePolicy {
+        QueuePolicy {
+            first_retry: Duration::from_secs(10),
+            growth: 2.0,
+            max_delay: Duration::from_secs(60),
+            give_up_after: Duration::from_secs(120),
+            jitter: 0.0,
+            concurrency: 2,
+            keep_order: false,
+            time_limit: Duration::from_secs(5),
+            retention: Duration::from_secs(3600),
+        }
+    }
+
+    fn record(queue: &str, enqueued_ms: u64) -> CallRecord {
+        let call = QueuedCall {
+            id: "a-1-1".into(),
+            source: "a".into(),
+            target: "a".into(),
+            module: "echo".into(),
+            method: "echo".into(),
+            args: b"{}".to_vec(),
+            queue: queue.into(),
+            priority: 0,
+            key: None,
+            enqueued_at_ms: enqueued_ms,
+            not_before_ms: 0,
+            chain: None,
+        };
+        CallRecord::new(call, Stage::Execute, enqueued_ms)
+    }
+
+    fn due(id: &str, priority: i32) -> DueCall {
+        DueCall {
+            id: id.into(),
+            queue: "q".into(),
+            priority,
+            due_ms: T0,
+            target: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_attempt_is_retried_by_the_backoff_until_give_up_after() {
+        let clock = ManualClock::at(T0);
+        let (p, r) = (policy(), record("orders", T0));
+        let failed = CallError::with_kind(ErrorKind::Refused, "busy");
+        assert_eq!(
+            after_failure(&p, &r, 1, &failed, 0.0, &clock),
+            AfterFailure::Retry { at_ms: T0 + 10_000 }
+        );
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(
+            after_failure(&p, &r, 2, &failed, 0.0, &clock),
+            AfterFailure::Retry { at_ms: T0 + 30_000 }
+        );
+        // The next delay would end past give_up_after (2 minutes after enqueue): dead.
+        clock.advance(Duration::from_secs(100));
+        let dead = after_failure(&p, &r, 3, &failed, 0.0, &clock);
+        assert_eq!(
+            dead,
+            AfterFailure::GaveUp(
+                "gave up after 3 attempt(s) in 1m 50s (give_up_after of queue orders); \
+                 last error: refused: busy"
+                    .into()
+            )
+        );
+        assert!(dead.dead_reason().is_some());
+    }
+
+    #[test]
+    fn a_permanent_error_is_dead_at_once_and_the_attempt_cap_is_named() {
+        let clock = ManualClock::at(T0);
+        let (p, r) = (policy(), record("orders", T0));
+        let permanent = CallError::with_kind(ErrorKind::Permanent, "no such account");
+        assert_eq!(
+            after_failure(&p, &r, 1, &permanent, 0.0, &clock),
+            AfterFailure::Rejected("permanent rejection: no such account".into())
+        );
+        let mut long = policy();
+        long.give_up_after = Duration::from_secs(1_000_000_000);
+        let failed = CallError::with_kind(ErrorKind::Internal, "boom");
+        let AfterFailure::GaveUp(reason) =
+            after_failure(&long, &r, MAX_ATTEMPTS, &failed, 0.0, &clock)
+        else {
+            panic!("the attempt cap buries the call");
+        };
+        assert!(reason.contains("the most attempts a call makes; queue orders"));
+        assert_eq!(
+            AfterFailure::Retry { at_ms: 1 }.dead_reason(),
+            None,
+            "a retry is no dead letter"
+        );
+    }
+
+    #[test]
+    fn a_policy_change_moves_failed_calls_from_their_last_failure() {
+        let clock = ManualClock::at(T0 + 50_000);
+        let p = policy();
+        let mut r = record("orders", T0);
+        assert_eq!(rescheduled_at(&p, &r, 0.0, &clock), None, "never attempted");
+        r.attempts.push(Attempt {
+            number: 1,
+            started_ms: T0,
+            duration_us: 2_000_000,
+            error: Some("refused: busy".into()),
+            module_version: None,
+        });
+        assert_eq!(rescheduled_at(&p, &r, 0.0, &clock), Some(T0 + 12_000));
+        let mut short = policy();
+        short.give_up_after = Duration::from_secs(5);
+        assert_eq!(
+            rescheduled_at(&short, &r, 0.0, &clock),
+            Some(T0 + 50_000),
+            "past the new give-up time: due now, one more attempt decides"
+        );
+    }
+
+    #[test]
+    fn due_calls_start_by_priority_then_in_due_order() {
+        let mut list = vec![
+            due("a", 0),
+            due("b", 5),
+            due("c", 0),
+            due("d", 5),
+            due("e", -1),
+        ];
+        start_order(&mut list);
+        let ids: Vec<&str> = list.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["b", "d", "a", "c", "e"]);
+    }
+
+    #[test]
+    fn a_queue_starts_no_more_than_its_concurrency() {
+        let p = policy();
+        assert!(has_slot(&p, 0) && has_slot(&p, 1));
+        assert!(!has_slot(&p, 2) && !has_slot(&p, 3));
+    }
+
+    #[test]
+    fn keep_order_lets_only_the_head_of_its_queue_start() {
+        let mut p = policy();
+        assert!(
+            in_order(&p, "b", || panic!("no head is read without keep_order")),
+            "without keep_order any call may start"
+        );
+        p.keep_order = true;
+        assert!(in_order(&p, "a", || Some("a".into())));
+        assert!(!in_order(&p, "b", || Some("a".into())));
+        assert!(!in_order(&p, "b", || None));
+    }
+
+    #[test]
+    fn a_saturated_cage_reads_its_schedule_only_every_so_often() {
+        let clock = ManualClock::at(T0);
+        let mut policies = ExecuteOn::default();
+        policies.queues.insert(DEFAULT_QUEUE.into(), policy());
+        let idle = Capacity::of(&policies, &HashMap::new());
+        // The default queue's two slots, plus one more default queue's worth.
+        assert_eq!(idle.scan_size(), 4 * 2 + 8 + DELIVER_BATCH);
+        assert!(!idle.may_skip_scan(T0, &clock));
+        let busy = HashMap::from([(DEFAULT_QUEUE.to_owned(), 2), ("other".to_owned(), 2)]);
+        let full = Capacity::of(&policies, &busy);
+        assert!(full.may_skip_scan(T0, &clock));
+        clock.advance(SATURATED_SCAN_EVERY);
+        assert!(!full.may_skip_scan(T0, &clock), "deliveries are looked for");
+        let many = Capacity {
+            configured: 10_000,
+            free: 10_000,
+            executing: 0,
+        };
+        assert_eq!(many.scan_size(), DUE_BATCH);
+    }
+
+    #[test]
+    fn jobs_are_due_at_their_next_run_unless_held_after_a_failed_firing() {
+        let clock = ManualClock::at(T0);
+        let job = |id: &str, next: Option<u64>| Job {
+            id: id.into(),
+            cage: "a".into(),
+            module: "echo".into(),
+            method: "echo".into(),
+            args: b"{}".to_vec(),
+            queue: DEFAULT_QUEUE.into(),
+            schedule: Schedule::Once { at_ms: T0 },
+            catch_up: CatchUp::default(),
+            declared: false,
+            next_run_ms: next,
+            last_run: None,
+        };
+        let jobs: BTreeMap<String, Job> = [
+            job("now", Some(T0)),
+            job("later", Some(T0 + 1000)),
+            job("done", None),
+            job("held", Some(T0 - 5)),
+        ]
+        .into_iter()
+        .map(|j| (j.id.clone(), j))
+        .collect();
+        let held = HashMap::from([("held".to_owned(), T0 + 500)]);
+        assert_eq!(due_jobs(&jobs, &held, &clock), ["now"]);
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(due_jobs(&jobs, &held, &clock), ["held", "now"]);
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(due_jobs(&jobs, &held, &clock), ["held", "later", "now"]);
+    }
+
+    #[test]
+    fn a_sweep_drops_what_expired_by_now_and_chains_past_retention() {
+        let clock = ManualClock::at(T0);
+        let s = sweep(Duration::from_secs(60), &clock);
+        assert_eq!(
+            s,
+            Sweep {
+                history_before_ms: T0,
+                recheck_ms: 60_000,
+                chains_ended_before_ms: T0 - 60_000,
+            }
+        );
+        clock.set(10);
+        assert_eq!(
+            sweep(Duration::from_secs(60), &clock).chains_ended_before_ms,
+            0
+        );
+    }
+
+    fn delivery(n: usize, args_bytes: usize) -> CallRecord {
+        let call = QueuedCall {
+            id: format!("a-1-{n}"),
+            source: "a".into(),
+            target: "b".into(),
+            module: "echo".into(),
+            method: "echo".into(),
+            args: vec![b' '; args_bytes],
+            queue: "retry".into(),
+            priority: 0,
+            key: None,
+            enqueued_at_ms: 0,
+            not_before_ms: 0,
+            chain: None,
+        };
+        CallRecord::new(call, Stage::Deliver, 0)
+    }
+
+    #[test]
+    fn deliveries_are_split_by_count_and_by_bytes() {
+        let sizes = |records: Vec<CallRecord>| -> Vec<usize> {
+            delivery_batches(records).iter().map(Vec::len).collect()
+        };
+        assert_eq!(
+            sizes((0..300).map(|n| delivery(n, 10)).collect()),
+            vec![128, 128, 44]
+        );
+        let mb = 1024 * 1024;
+        // 1.5 MiB each: two fit under the byte budget, a third does not.
+        assert_eq!(
+            sizes((0..5).map(|n| delivery(n, mb * 3 / 2)).collect()),
+            vec![2, 2, 1]
+        );
+        // A call larger than the budget goes alone, and does not hold back the next ones.
+        let mixed = vec![
+            delivery(0, 10),
+            delivery(1, 5 * mb),
+            delivery(2, 10),
+            delivery(3, 10),
+        ];
+        assert_eq!(sizes(mixed), vec![1, 1, 2]);
+        assert!(delivery_batches(Vec::new()).is_empty());
+    }
+}

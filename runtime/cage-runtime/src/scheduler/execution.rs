@@ -1,0 +1,328 @@
+//! The scheduler's execution: each pump reads the due calls, starts those that may start
+//! (an attempt here, or a delivery to their cage, batched per cage), and records how each
+//! attempt ended. What may start and what follows a failure are [`super::decide`]'s.
+
+use super::decide::{self, delivery_batches, AfterFailure, Capacity};
+use super::Scheduler;
+use crate::chains::REPORT_MODULE;
+use crate::host::Output;
+use crate::metrics::QueueEvent;
+use crate::model::call::{Attempt, CallRecord, QueuedCall, Stage};
+use crate::model::chain::StepOutcome;
+use crate::queue::QueueError;
+use crate::run::{Limit, Run};
+use actix::prelude::*;
+use cage_sdk::CallError;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How often due calls are looked for (also right after every enqueue and every attempt).
+pub(super) const PUMP_EVERY: Duration = Duration::from_millis(10);
+
+/// How a successful attempt of a call at `stage` is counted.
+fn success_of(stage: Stage) -> QueueEvent {
+    match stage {
+        Stage::Execute => QueueEvent::Succeeded,
+        Stage::Deliver => QueueEvent::Delivered,
+    }
+}
+
+/// How a failed attempt of a call at `stage` is counted.
+fn failure_of(stage: Stage) -> QueueEvent {
+    match stage {
+        Stage::Execute => QueueEvent::Failed,
+        Stage::Deliver => QueueEvent::DeliveryFailed,
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct AttemptDone {
+    id: String,
+    started_ms: u64,
+    duration: Duration,
+    outcome: Result<Output, CallError>,
+    version: Option<String>,
+}
+
+/// What a running attempt occupies: a slot of its queue (an execution), or room in its target
+/// cage's delivery window (a delivery).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Slot {
+    Queue(String),
+    Window(String),
+}
+
+impl Scheduler {
+    pub(super) fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.paused {
+            return;
+        }
+        self.fire_due_jobs();
+        let capacity = Capacity::of(&self.policies, &self.busy);
+        if capacity.may_skip_scan(self.last_scan_ms, &*self.clock) {
+            return;
+        }
+        let now = self.now();
+        self.last_scan_ms = now;
+        let want = capacity.scan_size();
+        let (running, windows) = (&self.running, &self.windows);
+        let due = match self.store.due_where(
+            now,
+            want,
+            want + running.len() + windows.held() + 64,
+            &|id| running.contains_key(id) || windows.is_held(id),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
+                return;
+            }
+        };
+        let mut due = due;
+        let mut deliveries: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
+        decide::start_order(&mut due);
+        for d in due {
+            let policy = self.policies.queue(&d.queue).clone();
+            match &d.target {
+                Some(target) => {
+                    if self.held_back(target, &d.id) {
+                        continue;
+                    }
+                }
+                None => {
+                    if !decide::has_slot(&policy, self.busy.get(&d.queue).copied().unwrap_or(0)) {
+                        continue;
+                    }
+                }
+            }
+            // keep_order: a call waits until every call stored before it in its queue is done.
+            if !decide::in_order(&policy, &d.id, || {
+                self.store.head_of(&d.queue).ok().flatten()
+            }) {
+                continue;
+            }
+            let record = match self.store.get(&d.id) {
+                // Not on disk yet: running it now could leave an effect for a call whose
+                // acknowledgement then fails. The next pump after its flush starts it.
+                Ok(Some(r)) if r.seq > self.commit.durable_seq() => continue,
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    // Unreadable (corrupt, or an unknown format): move it aside, keep the queue going.
+                    match self.store.quarantine(&d) {
+                        Ok(()) => {
+                            tracing::error!(cage = %self.cage, call_id = %d.id, "{e}; record moved to quarantine")
+                        }
+                        Err(q) => {
+                            tracing::error!(cage = %self.cage, call_id = %d.id, "{e}; and quarantine failed: {q}")
+                        }
+                    }
+                    continue;
+                }
+            };
+            if record.stage == Stage::Execute && record.call.module == REPORT_MODULE {
+                // A chain step's report for this cage (the chain's owner): applied here.
+                if let Err(e) = self.take_report(record) {
+                    tracing::error!(cage = %self.cage, call_id = %d.id, "cannot apply the chain step report: {e}");
+                }
+                continue;
+            }
+            if record.stage == Stage::Deliver {
+                let target = record.call.target.clone();
+                // An index entry from before targets were recorded in it.
+                if d.target.is_none() && self.held_back(&target, &d.id) {
+                    continue;
+                }
+                self.windows.start(&target);
+                self.running
+                    .insert(d.id.clone(), Slot::Window(target.clone()));
+                deliveries.entry(target).or_default().push(record);
+            } else {
+                self.running
+                    .insert(d.id.clone(), Slot::Queue(d.queue.clone()));
+                *self.busy.entry(d.queue).or_default() += 1;
+                self.start_attempt(record, ctx);
+            }
+        }
+        // Calls for the same cage go in one request (one round trip, one commit on the target).
+        for (target, records) in deliveries {
+            for batch in delivery_batches(records) {
+                self.start_deliveries(target.clone(), batch, ctx);
+            }
+        }
+        self.after_chains(ctx);
+    }
+
+    fn start_attempt(&mut self, record: CallRecord, ctx: &mut Context<Self>) {
+        let (addr, started_ms, t0) = (ctx.address(), self.now(), Instant::now());
+        let attempt = record.next_attempt();
+        let call = record.call;
+        tracing::debug!(call_id = %call.id, stage = record.stage.as_str(), attempt, "attempt starts");
+        let limit = Limit::Attempt(self.policies.queue(&call.queue).time_limit);
+        let id = call.id.clone();
+        let run = Run::of_queued(call, attempt, true, limit);
+        let (registry, executor) = (self.registry.clone(), self.executor.clone());
+        actix_rt::spawn(async move {
+            let ran = crate::run::run(&registry, &executor, run).await;
+            addr.do_send(AttemptDone {
+                id,
+                started_ms,
+                duration: t0.elapsed(),
+                outcome: ran.outcome,
+                version: ran.version,
+            });
+        });
+    }
+
+    /// Offers `records` (all for cage `target`) in one request; each outcome is an attempt of
+    /// its own call.
+    fn start_deliveries(
+        &mut self,
+        target: String,
+        records: Vec<CallRecord>,
+        ctx: &mut Context<Self>,
+    ) {
+        let (addr, started_ms, t0) = (ctx.address(), self.now(), Instant::now());
+        let calls: Vec<QueuedCall> = records
+            .into_iter()
+            .map(|r| {
+                tracing::debug!(call_id = %r.call.id, stage = r.stage.as_str(), attempt = r.next_attempt(), "attempt starts");
+                r.call
+            })
+            .collect();
+        let delivery = self.delivery.clone();
+        actix_rt::spawn(async move {
+            for (id, outcome) in delivery.offer_many(target, calls).await {
+                addr.do_send(AttemptDone {
+                    id,
+                    started_ms,
+                    duration: t0.elapsed(),
+                    outcome: outcome.map(|()| Output::result(Vec::new())),
+                    version: None,
+                });
+            }
+        });
+    }
+
+    fn count(&self, record: &CallRecord, event: QueueEvent) {
+        self.metrics
+            .queue_event(&record.call.queue, event, self.now());
+    }
+
+    /// Whether due call `id` for `target` must wait because `target`'s delivery window is
+    /// full; if so, it is noted as held, so the due scan passes over it until room frees.
+    fn held_back(&mut self, target: &str, id: &str) -> bool {
+        let window = self.delivery.peers().window(target);
+        if self.windows.has_room(target, window) {
+            return false;
+        }
+        tracing::debug!(cage = %self.cage, target, call_id = id, "delivery window full ({window} calls being handed over)");
+        self.windows.hold(target, id);
+        true
+    }
+
+    fn attempt_done(&mut self, done: AttemptDone) -> Result<(), QueueError> {
+        match self.running.remove(&done.id) {
+            Some(Slot::Queue(queue)) => {
+                if let Some(n) = self.busy.get_mut(&queue) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            Some(Slot::Window(target)) => self.windows.end(&target),
+            None => {}
+        }
+        // Cancelled while it ran: nothing left to record.
+        let Some(record) = self.store.get(&done.id)? else {
+            return Ok(());
+        };
+        let mut updated = record.clone();
+        let number = record.next_attempt();
+        updated.attempts.push(Attempt {
+            number,
+            started_ms: done.started_ms,
+            duration_us: done.duration.as_micros() as u64,
+            error: done.outcome.as_ref().err().map(ToString::to_string),
+            module_version: done.version,
+        });
+        let call = &record.call;
+        let span = tracing::info_span!("call", call_id = %call.id, cage = %self.cage, module = %call.module, method = %call.method, attempt = number);
+        let _entered = span.enter();
+        let job_outcome = match done.outcome {
+            Ok(output) => {
+                if record.stage == Stage::Execute && record.call.chain.is_some() {
+                    let outcome = StepOutcome::Done {
+                        result: output.result,
+                        next: output.next,
+                        children: super::chains::children_results(&self.store, &record.call.id),
+                    };
+                    self.end_step(&record, None, done.started_ms, outcome)?;
+                } else {
+                    self.store.finish(&record)?;
+                }
+                self.count(&record, success_of(record.stage));
+                match record.stage {
+                    Stage::Execute => tracing::info!("done after {number} attempt(s)"),
+                    Stage::Deliver => {
+                        tracing::info!(target = %call.target, "accepted by cage {} after {number} attempt(s)", call.target)
+                    }
+                }
+                match record.stage {
+                    Stage::Execute => "done".to_owned(),
+                    Stage::Deliver => format!("handed to cage {}", call.target),
+                }
+            }
+            Err(e) => {
+                let policy = self.policies.queue(&call.queue);
+                let jitter = self.rng.gen_range(-1.0..=1.0);
+                let after =
+                    decide::after_failure(policy, &record, number, &e, jitter, &*self.clock);
+                updated.dead_reason = after.dead_reason().map(str::to_owned);
+                self.count(&record, failure_of(record.stage));
+                match after {
+                    AfterFailure::Retry { at_ms } => {
+                        updated.next_at_ms = at_ms;
+                        self.store.update(&record, &updated)?;
+                        let wait = Duration::from_millis(at_ms.saturating_sub(self.now()));
+                        tracing::warn!(
+                            "attempt {number} failed: {e}; next attempt in {}",
+                            humantime::format_duration(wait)
+                        );
+                        format!("attempt {number} failed, retrying: {e}")
+                    }
+                    AfterFailure::Rejected(reason) => {
+                        let outcome = StepOutcome::Failed(reason);
+                        self.end_step(&record, Some(&updated), done.started_ms, outcome)?;
+                        self.count(&record, QueueEvent::Died);
+                        tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
+                        format!("dead: permanent rejection: {}", e.message)
+                    }
+                    AfterFailure::GaveUp(reason) => {
+                        let outcome = StepOutcome::Failed(reason);
+                        self.end_step(&record, Some(&updated), done.started_ms, outcome)?;
+                        self.count(&record, QueueEvent::Died);
+                        tracing::warn!("moved to dead letters: gave up after {number} attempt(s); last error: {e}");
+                        format!("dead: gave up after {number} attempt(s): {e}")
+                    }
+                }
+            }
+        };
+        self.job_run_ended(&record.call.id, job_outcome);
+        self.commit.nudge();
+        Ok(())
+    }
+}
+
+impl Handler<AttemptDone> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, done: AttemptDone, ctx: &mut Context<Self>) {
+        let id = done.id.clone();
+        if let Err(e) = self.attempt_done(done) {
+            tracing::error!(cage = %self.cage, call_id = %id, "cannot record the attempt: {e}");
+        }
+        self.after_chains(ctx);
+        self.pump_soon(ctx);
+    }
+}
