@@ -1027,7 +1027,10 @@ impl Handler<Query> for Scheduler {
     fn handle(&mut self, Query(q): Query, ctx: &mut Context<Self>) -> Self::Result {
         let answer = self
             .query(q)
-            .unwrap_or_else(|e| Response::Error(format!("queue storage: {e}")));
+            .unwrap_or_else(|e| {
+                let why = format!("queue storage: {e}");
+                Response::failed(&self.cage, CallError::with_kind(ErrorKind::Refused, why))
+            });
         self.after_chains(ctx);
         self.pump_soon(ctx);
         MessageResult(answer)

@@ -157,9 +157,9 @@ impl ClientError {
     }
 }
 
-/// Per offered call, in order: the id it duplicates (if it or its key was accepted before),
-/// or why the target did not accept it.
-pub type AcceptAnswers = Vec<Result<Option<String>, String>>;
+/// A target's answer to one offered call: the id it duplicates (if it or its key was
+/// accepted before), or why the target did not accept it.
+pub type AcceptAnswer = Result<Option<String>, CallFailure>;
 
 /// The byte stream under a client: plain TCP, or TLS over it.
 enum Stream {
@@ -572,35 +572,31 @@ impl Client {
     ) -> Result<(String, Option<String>), ClientError> {
         match self.request(Request::Enqueue(request), timeout)? {
             Response::Enqueued { id, duplicate_of } => Ok((id, duplicate_of)),
-            Response::Failed(f) => Err(ClientError::Rejected {
-                cage: self.cage.clone(),
-                kind: f.error.kind,
-                reason: f.error.to_string(),
-            }),
             other => Err(self.unexpected(&other)),
         }
     }
 
-    /// Offers a queued call to this (target) cage; returns the id it duplicates, if any.
+    /// Offers a queued call to this (target) cage; the inner result is the target's answer.
     pub fn accept(
         &mut self,
         call: QueuedCall,
         timeout: Duration,
-    ) -> Result<Option<String>, ClientError> {
+    ) -> Result<AcceptAnswer, ClientError> {
         match self.request(Request::Accept(call), timeout)? {
-            Response::Accepted { duplicate_of } => Ok(duplicate_of),
+            Response::Accepted { duplicate_of } => Ok(Ok(duplicate_of)),
+            Response::Failed(f) => Ok(Err(f)),
             other => Err(self.unexpected(&other)),
         }
     }
 
     /// Offers several queued calls to this (target) cage in one request; per call, in order,
-    /// the id it duplicates or why the target refused it. If the request fails, the calls come
-    /// back with the error, so the caller can offer them another way.
+    /// the target's answer. If the request fails, the calls come back with the error, so the
+    /// caller can offer them another way.
     pub fn accept_many(
         &mut self,
         calls: Vec<QueuedCall>,
         timeout: Duration,
-    ) -> Result<AcceptAnswers, (ClientError, Vec<QueuedCall>)> {
+    ) -> Result<Vec<AcceptAnswer>, (ClientError, Vec<QueuedCall>)> {
         let sent = calls.len();
         let (body, answer) = self.exchange(Request::AcceptMany(calls), timeout);
         let error = match answer {
@@ -717,6 +713,8 @@ impl Client {
         }
     }
 
+    /// The error for answer `r` where another was expected: a refusal (with its kind) is
+    /// [`ClientError::Rejected`], anything else is out of protocol.
     fn unexpected(&self, r: &Response) -> ClientError {
         let what = match r {
             Response::Result(_) => "a call result",
@@ -733,6 +731,7 @@ impl Client {
             Response::ChainsStarted(_) => "chain ids",
             Response::Chains(_) => "a chain listing",
             Response::Metrics(_) => "metrics",
+            // Only a cage of an earlier build answers a request with words alone.
             Response::Error(e) => {
                 return ClientError::Rejected {
                     cage: self.cage.clone(),
@@ -740,7 +739,8 @@ impl Client {
                     reason: e.clone(),
                 }
             }
-            // A request the cage refused with a kind (bad arguments, unknown module…).
+            // A request the cage refused, with the kind of its refusal (bad arguments, unknown
+            // module, overloaded…): every request kind's failure is classed by it.
             Response::Failed(f) => {
                 return ClientError::Rejected {
                     cage: self.cage.clone(),
