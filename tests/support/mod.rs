@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_cage;
+
 use cages::runtime::config::CageRoute;
 use cages::runtime::transport::client::{Client, ClientError};
 use cages::runtime::transport::credential::{self, SiteSecret, SITE_SECRET};
