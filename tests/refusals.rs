@@ -39,7 +39,7 @@ fn refuse(request: &Request) -> Response {
     match request {
         Request::Accept(call) => Response::Failed(offered(call)),
         Request::AcceptMany(calls) => {
-            Response::AcceptedMany(calls.iter().map(|c| Err(offered(c))).collect())
+            Response::AcceptedMany(calls.iter().map(|c| Err(Box::new(offered(c)))).collect())
         }
         Request::Enqueue(e) => Response::Failed(refusal(&e.module, &e.method, "")),
         Request::Job(JobRequest::Add { spec, .. }) => {
@@ -107,10 +107,12 @@ fn a_queued_call_its_target_refuses_for_good_goes_to_dead_letters_at_once() {
     // A call whose target is overloaded (or did not store it) is retried, its error classed.
     let busy = site.enqueue("back", "echo.refused", r#""x""#, &["--from", "front"]);
     let pending = eventually(Duration::from_secs(20), "the busy call is retried", || {
-        site.listing("pending", Some("front")).into_iter().find(|v| {
-            v["record"]["call"]["id"] == busy.as_str()
-                && v["record"]["attempts"].as_array().unwrap().len() >= 3
-        })
+        site.listing("pending", Some("front"))
+            .into_iter()
+            .find(|v| {
+                v["record"]["call"]["id"] == busy.as_str()
+                    && v["record"]["attempts"].as_array().unwrap().len() >= 3
+            })
     });
     assert_eq!(
         pending["record"]["attempts"][0]["error"].as_str().unwrap(),
@@ -127,7 +129,14 @@ fn the_exit_code_of_a_refused_enqueue_or_job_says_its_kind() {
     let _front = site.start("front");
 
     // Refused by a real cage: it knows no cage of that name.
-    let run = site.cage_cmd(&["enqueue", "nobody", "echo.shout", r#""x""#, "--from", "front"]);
+    let run = site.cage_cmd(&[
+        "enqueue",
+        "nobody",
+        "echo.shout",
+        r#""x""#,
+        "--from",
+        "front",
+    ]);
     assert_eq!(run.code, 14, "{run:?}");
     assert!(
         run.stderr

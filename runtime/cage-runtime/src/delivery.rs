@@ -7,7 +7,7 @@ use crate::discovery::{self, Finder, Found, Known};
 use crate::model::call::QueuedCall;
 use crate::transport::client::{Client, ClientError};
 use crate::transport::pool::Pool;
-use crate::transport::protocol::{CallFailure, CallRequest, QueueQuery};
+use crate::transport::protocol::{CallRequest, QueueQuery};
 use cage_sdk::{CallError, ErrorKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -199,7 +199,7 @@ impl Delivery {
             let call = calls.into_iter().next().expect("one call");
             return self
                 .with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
-                .map(|answer| vec![answer.map_err(CallFailure::into_offer_error)])
+                .map(|answer| vec![answer.map_err(|f| f.into_offer_error())])
                 .map_err(ClientError::into_call_error);
         }
         // A request that fails hands its calls back, for the one-by-one offers below.
@@ -213,7 +213,7 @@ impl Delivery {
         match (offered, handed_back) {
             (Ok(answers), _) => Ok(answers
                 .into_iter()
-                .map(|a| a.map_err(CallFailure::into_offer_error))
+                .map(|a| a.map_err(|f| f.into_offer_error()))
                 .collect()),
             (
                 Err(e @ (ClientError::Connection { .. } | ClientError::Closed { .. })),
@@ -229,7 +229,7 @@ impl Delivery {
                     .map(|call| {
                         self.with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
                             .map_err(ClientError::into_call_error)
-                            .and_then(|a| a.map_err(CallFailure::into_offer_error))
+                            .and_then(|a| a.map_err(|f| f.into_offer_error()))
                     })
                     .collect())
             }

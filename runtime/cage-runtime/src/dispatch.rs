@@ -165,7 +165,7 @@ impl Dispatcher {
                         answers
                             .into_iter()
                             .zip(offered)
-                            .map(|(a, f)| a.map_err(|error| CallFailure { error, ..f }))
+                            .map(|(a, f)| a.map_err(|error| Box::new(CallFailure { error, ..f })))
                             .collect(),
                     ),
                     Err(_) => self.shutting_down(""),
@@ -197,7 +197,9 @@ impl Dispatcher {
             Request::Chain(request) => self.chain(request).await,
             Request::Metrics => match self.metrics_snapshot().await {
                 Ok(snapshot) => Response::Metrics(Box::new(snapshot)),
-                Err(e) => Response::failed(&self.cage, CallError::with_kind(ErrorKind::Internal, e)),
+                Err(e) => {
+                    Response::failed(&self.cage, CallError::with_kind(ErrorKind::Internal, e))
+                }
             },
             Request::Ping => Response::Pong(CageInfo {
                 cage: self.cage.clone(),

@@ -1025,12 +1025,10 @@ impl Handler<Query> for Scheduler {
     type Result = MessageResult<Query>;
 
     fn handle(&mut self, Query(q): Query, ctx: &mut Context<Self>) -> Self::Result {
-        let answer = self
-            .query(q)
-            .unwrap_or_else(|e| {
-                let why = format!("queue storage: {e}");
-                Response::failed(&self.cage, CallError::with_kind(ErrorKind::Refused, why))
-            });
+        let answer = self.query(q).unwrap_or_else(|e| {
+            let why = format!("queue storage: {e}");
+            Response::failed(&self.cage, CallError::with_kind(ErrorKind::Refused, why))
+        });
         self.after_chains(ctx);
         self.pump_soon(ctx);
         MessageResult(answer)

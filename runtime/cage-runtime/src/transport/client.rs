@@ -159,7 +159,7 @@ impl ClientError {
 
 /// A target's answer to one offered call: the id it duplicates (if it or its key was
 /// accepted before), or why the target did not accept it.
-pub type AcceptAnswer = Result<Option<String>, CallFailure>;
+pub type AcceptAnswer = Result<Option<String>, Box<CallFailure>>;
 
 /// The byte stream under a client: plain TCP, or TLS over it.
 enum Stream {
@@ -584,7 +584,7 @@ impl Client {
     ) -> Result<AcceptAnswer, ClientError> {
         match self.request(Request::Accept(call), timeout)? {
             Response::Accepted { duplicate_of } => Ok(Ok(duplicate_of)),
-            Response::Failed(f) => Ok(Err(f)),
+            Response::Failed(f) => Ok(Err(Box::new(f))),
             other => Err(self.unexpected(&other)),
         }
     }

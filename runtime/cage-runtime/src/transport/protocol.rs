@@ -352,7 +352,7 @@ pub enum Response {
     Error(String),
     /// Answer to [`Request::AcceptMany`], in the order of its calls: the id each duplicates
     /// (if it or its key was accepted before), or why it was not accepted.
-    AcceptedMany(Vec<Result<Option<String>, CallFailure>>),
+    AcceptedMany(Vec<Result<Option<String>, Box<CallFailure>>>),
 }
 
 impl Response {
