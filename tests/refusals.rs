@@ -1,10 +1,10 @@
 //! A refusal is typed whatever was asked (an offered call, an enqueue, a job), and its sender
 //! classes it by kind: a queued call its target refuses for good goes to dead letters at once
 //! with a reason naming cage, module, method and call; one refused for now (the target is
-//! overloaded, or did not store it) is retried; the CLI's exit code says the kind of a refused
-//! enqueue or job.
+//! overloaded, or did not store it) or delivered to the wrong cage is retried, its error saying
+//! which; the CLI's exit code says the kind of a refused enqueue or job.
 //!
-//! The target here is a fake cage refusing every request with the kind its method names (a
+//! The target of the first two stories is a fake cage refusing every request with the kind its method names (a
 //! healthy cage of this build refuses an offered call for good only when its names or times
 //! are wrong, which its source already refuses at enqueue).
 
@@ -164,4 +164,40 @@ fn the_exit_code_of_a_refused_enqueue_or_job_says_its_kind() {
         assert_eq!(run.code, code, "job refused as {kind}: {run:?}");
         assert!(run.stderr.contains(&said), "{run:?}");
     }
+}
+
+#[test]
+fn a_call_delivered_to_the_wrong_cage_is_retried_saying_so() {
+    // Given a site config that sends cage b's calls to cage c (a wrong address, not a wrong
+    // call): the call waits, retried, for the config edit that routes it right.
+    let mut site = Site::new();
+    site.cage("front", &[], "").cage("c", &[], "");
+    site.write(
+        "config/config_execute_on.toml",
+        &format!(
+            "[cages.b]\naddresses = [\"{}\"]\n\n\
+             [queues.retry]\nfirst_retry = \"100ms\"\nmax_delay = \"500ms\"\ngive_up_after = \"5m\"\n",
+            site.addr("c")
+        ),
+    );
+    let _front = site.start("front");
+    let _c = site.start("c");
+
+    let id = site.enqueue("b", "echo.shout", r#""x""#, &["--from", "front"]);
+    let pending = eventually(Duration::from_secs(20), "the call is retried", || {
+        site.listing("pending", Some("front"))
+            .into_iter()
+            .find(|v| {
+                v["record"]["call"]["id"] == id.as_str()
+                    && v["record"]["attempts"].as_array().unwrap().len() >= 2
+            })
+    });
+    assert_eq!(
+        pending["record"]["attempts"][0]["error"].as_str().unwrap(),
+        format!(
+            "unknown cage: cage c echo.shout (call {id}): this is cage c, not b \
+             (check config/config_execute_on.toml on front)"
+        )
+    );
+    assert!(site.listing("dead", Some("front")).is_empty());
 }
