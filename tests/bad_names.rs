@@ -177,10 +177,16 @@ fn frames_with_impossible_names_are_refused_as_bad_arguments_and_nothing_is_queu
         chain: None,
     };
     match client.request(Request::Accept(offered), TIMEOUT).unwrap() {
-        Response::Error(e) => assert!(
-            e.starts_with("bad arguments: \"../evil\" is not a module name"),
-            "{e}"
-        ),
+        // Typed, naming the call, so the offering cage moves it to dead letters at once.
+        Response::Failed(f) => {
+            assert_eq!(f.error.kind, ErrorKind::BadArguments, "{f:?}");
+            assert_eq!(f.call_id, "other-1", "{f:?}");
+            let e = f.error.to_string();
+            assert!(
+                e.starts_with("bad arguments: \"../evil\" is not a module name"),
+                "{e}"
+            );
+        }
         other => panic!("accept answered {other:?}"),
     }
 

@@ -10,6 +10,7 @@ use cages::runtime::model::job::Schedule;
 use cages::runtime::queue::QueueStore;
 use cages::runtime::transport::client::Client;
 use cages::runtime::transport::protocol::{EnqueueRequest, JobRequest, JobSpec};
+use cages::sdk::ErrorKind;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{eventually, free_port, module_so, Site};
@@ -513,8 +514,12 @@ fn a_job_or_delay_beyond_the_horizon_is_refused_and_the_queue_keeps_working() {
     };
     let refused = client
         .accept(offered, Duration::from_secs(10))
-        .unwrap_err()
-        .to_string();
+        .unwrap()
+        .unwrap_err();
+    // Typed, so the offering cage moves the call to dead letters at once.
+    assert_eq!(refused.error.kind, ErrorKind::Permanent, "{refused}");
+    assert_eq!(refused.call_id, "front-far-1", "{refused}");
+    let refused = refused.to_string();
     assert!(refused.contains("not_before is"), "{refused}");
     assert!(
         refused.contains("beyond the horizon of 100 years"),

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_cage;
+
 use cages::lab::site::{cage_file, CageProcess, Launch, QUICK_RELOAD};
 use cages::runtime::config::CageRoute;
 use cages::runtime::transport::client::Client;

@@ -91,7 +91,7 @@ impl Delivery {
             return self
                 .peers
                 .with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
-                .map(|dup| vec![Ok(dup)])
+                .map(|answer| vec![answer.map_err(|f| f.into_offer_error())])
                 .map_err(ClientError::into_call_error);
         }
         // A request that fails hands its calls back, for the one-by-one offers below.
@@ -105,16 +105,7 @@ impl Delivery {
         match (offered, handed_back) {
             (Ok(answers), _) => Ok(answers
                 .into_iter()
-                .map(|a| {
-                    a.map_err(|reason| {
-                        ClientError::Rejected {
-                            cage: target.to_owned(),
-                            kind: ErrorKind::Refused,
-                            reason,
-                        }
-                        .into_call_error()
-                    })
-                })
+                .map(|a| a.map_err(|f| f.into_offer_error()))
                 .collect()),
             (
                 Err(e @ (ClientError::Connection { .. } | ClientError::Closed { .. })),
@@ -131,6 +122,7 @@ impl Delivery {
                         self.peers
                             .with(target, &route, |c| c.accept(call, ACCEPT_TIMEOUT))
                             .map_err(ClientError::into_call_error)
+                            .and_then(|a| a.map_err(|f| f.into_offer_error()))
                     })
                     .collect())
             }

@@ -114,10 +114,7 @@ impl Dispatcher {
             },
             Request::Enqueue(request) => {
                 if self.load.draining.load(Ordering::Acquire) {
-                    return Response::Error(format!(
-                        "cage {} is shutting down; enqueue again once it is back",
-                        self.cage
-                    ));
+                    return self.shutting_down("; enqueue again once it is back");
                 }
                 let (target, module, method) = (
                     request.target.clone(),
@@ -138,38 +135,41 @@ impl Dispatcher {
                 }
                 match self.scheduler.send(Enqueue(request)).await {
                     Ok(Ok((id, duplicate_of))) => Response::Enqueued { id, duplicate_of },
-                    Ok(Err(error)) => Response::Failed(CallFailure {
-                        cage: target,
-                        module,
-                        method,
-                        call_id: String::new(),
-                        error,
-                    }),
-                    Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+                    Ok(Err(error)) => refused(error),
+                    Err(_) => self.shutting_down(""),
                 }
             }
+            // A refusal names the call, typed, so its source classes it (dead letter or retry).
             Request::Accept(call) => {
                 if self.load.draining.load(Ordering::Acquire) {
-                    return Response::Error(format!("cage {} is shutting down", self.cage));
+                    return self.shutting_down("");
                 }
+                // The call moves to the scheduler; a refusal still names it (its error is
+                // filled in below).
+                let offered = CallFailure::of_queued(&self.cage, &call, CallError::new(""));
                 match self.scheduler.send(Accept(call)).await {
                     Ok(Ok(duplicate_of)) => Response::Accepted { duplicate_of },
-                    Ok(Err(e)) => Response::Error(e.to_string()),
-                    Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+                    Ok(Err(error)) => Response::Failed(CallFailure { error, ..offered }),
+                    Err(_) => self.shutting_down(""),
                 }
             }
             Request::AcceptMany(calls) => {
                 if self.load.draining.load(Ordering::Acquire) {
-                    return Response::Error(format!("cage {} is shutting down", self.cage));
+                    return self.shutting_down("");
                 }
+                let offered: Vec<_> = calls
+                    .iter()
+                    .map(|c| CallFailure::of_queued(&self.cage, c, CallError::new("")))
+                    .collect();
                 match self.scheduler.send(AcceptMany(calls)).await {
                     Ok(answers) => Response::AcceptedMany(
                         answers
                             .into_iter()
-                            .map(|a| a.map_err(|e| e.to_string()))
+                            .zip(offered)
+                            .map(|(a, f)| a.map_err(|error| Box::new(CallFailure { error, ..f })))
                             .collect(),
                     ),
-                    Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+                    Err(_) => self.shutting_down(""),
                 }
             }
             Request::Message(m) => {
@@ -188,23 +188,19 @@ impl Dispatcher {
             Request::Job(request) => match self.scheduler.send(JobCommand(request)).await {
                 Ok(Ok(answer)) => answer,
                 // With its kind, so a bad job is told apart from a cage that cannot take one.
-                Ok(Err(error)) => Response::Failed(CallFailure {
-                    cage: self.cage.clone(),
-                    module: String::new(),
-                    method: String::new(),
-                    call_id: String::new(),
-                    error,
-                }),
-                Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+                Ok(Err(error)) => Response::failed(&self.cage, error),
+                Err(_) => self.shutting_down(""),
             },
             Request::Queue(query) => match self.scheduler.send(Query(query)).await {
                 Ok(answer) => answer,
-                Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+                Err(_) => self.shutting_down(""),
             },
             Request::Chain(request) => self.chain(request).await,
             Request::Metrics => match self.metrics_snapshot().await {
                 Ok(snapshot) => Response::Metrics(Box::new(snapshot)),
-                Err(e) => Response::Error(e),
+                Err(e) => {
+                    Response::failed(&self.cage, CallError::with_kind(ErrorKind::Internal, e))
+                }
             },
             Request::Ping => Response::Pong(CageInfo {
                 cage: self.cage.clone(),
@@ -213,6 +209,12 @@ impl Dispatcher {
                 uptime_secs: self.started.elapsed().as_secs(),
             }),
         }
+    }
+
+    /// The refusal of a request because the cage is stopping (`then`: what the client may do).
+    fn shutting_down(&self, then: &str) -> Response {
+        let why = format!("cage {} is shutting down{then}", self.cage);
+        Response::failed(&self.cage, CallError::with_kind(ErrorKind::Refused, why))
     }
 
     /// Finds each of `cages` other than this one (asking discovery for any never found) in the
@@ -237,15 +239,7 @@ impl Dispatcher {
     }
 
     async fn chain(&self, request: ChainRequest) -> Response {
-        let failed = |error: CallError| {
-            Response::Failed(CallFailure {
-                cage: self.cage.clone(),
-                module: String::new(),
-                method: String::new(),
-                call_id: String::new(),
-                error,
-            })
-        };
+        let failed = |error: CallError| Response::failed(&self.cage, error);
         if let ChainRequest::Start {
             chains,
             max_parallel,
@@ -276,7 +270,7 @@ impl Dispatcher {
             return match self.scheduler.send(start).await {
                 Ok(Ok(ids)) => Response::ChainsStarted(ids),
                 Ok(Err(e)) => failed(e),
-                Err(_) => Response::Error(format!("cage {} is shutting down", self.cage)),
+                Err(_) => self.shutting_down(""),
             };
         }
         let answer = match request {

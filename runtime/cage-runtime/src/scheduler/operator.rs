@@ -7,6 +7,7 @@ use crate::model::call::CallRecord;
 use crate::queue::{GroupCommit, QueueError};
 use crate::transport::protocol::{CallView, Filter, QueueQuery, QueueStats, Response};
 use actix::prelude::*;
+use cage_sdk::{CallError, ErrorKind};
 
 /// Most calls a listing returns when the operator gives no limit.
 const DEFAULT_LISTING: usize = 1000;
@@ -139,9 +140,10 @@ impl Handler<Query> for Scheduler {
     type Result = MessageResult<Query>;
 
     fn handle(&mut self, Query(q): Query, ctx: &mut Context<Self>) -> Self::Result {
-        let answer = self
-            .query(q)
-            .unwrap_or_else(|e| Response::Error(format!("queue storage: {e}")));
+        let answer = self.query(q).unwrap_or_else(|e| {
+            let why = format!("queue storage: {e}");
+            Response::failed(&self.cage, CallError::with_kind(ErrorKind::Refused, why))
+        });
         self.after_chains(ctx);
         self.pump_soon(ctx);
         MessageResult(answer)

@@ -157,9 +157,9 @@ impl ClientError {
     }
 }
 
-/// Per offered call, in order: the id it duplicates (if it or its key was accepted before),
-/// or why the target did not accept it.
-pub type AcceptAnswers = Vec<Result<Option<String>, String>>;
+/// A target's answer to one offered call: the id it duplicates (if it or its key was
+/// accepted before), or why the target did not accept it.
+pub type AcceptAnswer = Result<Option<String>, Box<CallFailure>>;
 
 /// The byte stream under a client: plain TCP, or TLS over it.
 enum Stream {
@@ -574,26 +574,27 @@ impl Client {
         enqueued(&self.cage, answer)
     }
 
-    /// Offers a queued call to this (target) cage; returns the id it duplicates, if any.
+    /// Offers a queued call to this (target) cage; the inner result is the target's answer.
     pub fn accept(
         &mut self,
         call: QueuedCall,
         timeout: Duration,
-    ) -> Result<Option<String>, ClientError> {
+    ) -> Result<AcceptAnswer, ClientError> {
         match self.request(Request::Accept(call), timeout)? {
-            Response::Accepted { duplicate_of } => Ok(duplicate_of),
+            Response::Accepted { duplicate_of } => Ok(Ok(duplicate_of)),
+            Response::Failed(f) => Ok(Err(Box::new(f))),
             other => Err(self.unexpected(&other)),
         }
     }
 
     /// Offers several queued calls to this (target) cage in one request; per call, in order,
-    /// the id it duplicates or why the target refused it. If the request fails, the calls come
-    /// back with the error, so the caller can offer them another way.
+    /// the target's answer. If the request fails, the calls come back with the error, so the
+    /// caller can offer them another way.
     pub fn accept_many(
         &mut self,
         calls: Vec<QueuedCall>,
         timeout: Duration,
-    ) -> Result<AcceptAnswers, (ClientError, Vec<QueuedCall>)> {
+    ) -> Result<Vec<AcceptAnswer>, (ClientError, Vec<QueuedCall>)> {
         let sent = calls.len();
         let (body, answer) = self.exchange(Request::AcceptMany(calls), timeout);
         let error = match answer {
@@ -704,6 +705,8 @@ impl Client {
         }
     }
 
+    /// The error for answer `r` where another was expected: a refusal (with its kind) is
+    /// [`ClientError::Rejected`], anything else is out of protocol.
     fn unexpected(&self, r: &Response) -> ClientError {
         unexpected(&self.cage, r)
     }
@@ -714,11 +717,6 @@ impl Client {
 pub fn enqueued(cage: &str, answer: Response) -> Result<(String, Option<String>), ClientError> {
     match answer {
         Response::Enqueued { id, duplicate_of } => Ok((id, duplicate_of)),
-        Response::Failed(f) => Err(ClientError::Rejected {
-            cage: cage.to_owned(),
-            kind: f.error.kind,
-            reason: f.error.to_string(),
-        }),
         other => Err(unexpected(cage, &other)),
     }
 }
@@ -762,6 +760,7 @@ fn unexpected(cage: &str, r: &Response) -> ClientError {
         Response::ChainsStarted(_) => "chain ids",
         Response::Chains(_) => "a chain listing",
         Response::Metrics(_) => "metrics",
+        // Only a cage of an earlier build answers a request with words alone.
         Response::Error(e) => {
             return ClientError::Rejected {
                 cage: cage.to_owned(),

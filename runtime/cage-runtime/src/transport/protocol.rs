@@ -9,7 +9,7 @@ use crate::model::chain::StepSpec;
 use crate::model::job::CatchUp;
 use crate::model::job::Job;
 use crate::model::job::Schedule;
-use cage_sdk::CallError;
+use cage_sdk::{CallError, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 /// A request and the id its response will carry.
@@ -310,7 +310,9 @@ pub struct ResponseFrame {
 pub enum Response {
     /// The call's JSON result.
     Result(Vec<u8>),
-    /// The call failed.
+    /// The request failed, and why, with its kind: the one failure answer of every request
+    /// kind (a call, an enqueue, an acceptance, a queue query, a job, a chain…), so every
+    /// sender classes a refusal the same way.
     Failed(CallFailure),
     /// The modules served.
     Modules(Vec<ModuleInfo>),
@@ -345,11 +347,19 @@ pub enum Response {
     Chains(Vec<ChainRecord>),
     /// Counters and gauges of the cage.
     Metrics(Box<MetricsSnapshot>),
-    /// The request could not be served.
+    /// The connection's last word (frame id [`CONNECTION_FRAME_ID`]): why the cage closes it.
+    /// No request is answered with it; a request that fails is answered [`Response::Failed`].
     Error(String),
     /// Answer to [`Request::AcceptMany`], in the order of its calls: the id each duplicates
     /// (if it or its key was accepted before), or why it was not accepted.
-    AcceptedMany(Vec<Result<Option<String>, String>>),
+    AcceptedMany(Vec<Result<Option<String>, Box<CallFailure>>>),
+}
+
+impl Response {
+    /// The answer to a request that `cage` could not serve, about no call in particular.
+    pub fn failed(cage: &str, error: CallError) -> Self {
+        Response::Failed(CallFailure::of_request(cage, error))
+    }
 }
 
 /// A cage's identity, as answered to [`Request::Ping`].
@@ -392,7 +402,8 @@ pub struct ModuleInfo {
     pub rejected: u64,
 }
 
-/// A failed call with everything an operator needs to find it: cage, module, method, call id.
+/// A failed request with everything an operator needs to find it: cage, and for a request
+/// about one call its module, method and call id (empty when the request names none).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct CallFailure {
     /// Cage the call was addressed to.
@@ -407,13 +418,66 @@ pub struct CallFailure {
     pub error: CallError,
 }
 
+impl CallFailure {
+    /// The failure of a request about no call in particular (a listing, a job, metrics).
+    pub fn of_request(cage: &str, error: CallError) -> Self {
+        CallFailure {
+            cage: cage.to_owned(),
+            module: String::new(),
+            method: String::new(),
+            call_id: String::new(),
+            error,
+        }
+    }
+
+    /// The failure of queued call `call` on cage `cage` (offered to it, or run there).
+    pub fn of_queued(cage: &str, call: &QueuedCall, error: CallError) -> Self {
+        CallFailure {
+            cage: cage.to_owned(),
+            module: call.module.clone(),
+            method: call.method.clone(),
+            call_id: call.id.clone(),
+            error,
+        }
+    }
+
+    /// Where it failed: `cage C`, then `M.F` and `(call ID)` when the request named them.
+    fn place(&self) -> String {
+        let mut place = format!("cage {}", self.cage);
+        if !self.module.is_empty() || !self.method.is_empty() {
+            place.push_str(&format!(" {}.{}", self.module, self.method));
+        }
+        if !self.call_id.is_empty() {
+            place.push_str(&format!(" (call {})", self.call_id));
+        }
+        place
+    }
+
+    /// What a target's refusal of an offered queued call means to the call's source queue,
+    /// as the error of that delivery attempt (its message names cage, module, method and call
+    /// id). A refusal no retry can change (permanent; a name or time the target refuses, bad
+    /// arguments) is permanent: the call moves to dead letters at once. Every other kind keeps
+    /// its kind and is retried: refused (the target is overloaded or shutting down, or its
+    /// queue did not store the call), unknown cage (misrouted: a config edit or a fresh
+    /// discovery answer routes it right), internal (outcome unknown: the retry is
+    /// deduplicated by call id).
+    pub fn into_offer_error(self) -> CallError {
+        let kind = match self.error.kind {
+            ErrorKind::Permanent | ErrorKind::BadArguments => ErrorKind::Permanent,
+            kind => kind,
+        };
+        let why = if kind == self.error.kind {
+            self.error.message.clone()
+        } else {
+            self.error.to_string()
+        };
+        CallError::with_kind(kind, format!("{}: {why}", self.place()))
+    }
+}
+
 impl std::fmt::Display for CallFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cage {} {}.{} (call {}): {}",
-            self.cage, self.module, self.method, self.call_id, self.error
-        )
+        write!(f, "{}: {}", self.place(), self.error)
     }
 }
 
@@ -424,8 +488,8 @@ mod tests {
     use super::*;
     use crate::model::call::Stage;
 
-    fn view(args: Vec<u8>) -> CallView {
-        let call = QueuedCall {
+    fn call(args: Vec<u8>) -> QueuedCall {
+        QueuedCall {
             id: "front-1".into(),
             source: "front".into(),
             target: "front".into(),
@@ -438,10 +502,13 @@ mod tests {
             enqueued_at_ms: 0,
             not_before_ms: 0,
             chain: None,
-        };
+        }
+    }
+
+    fn view(args: Vec<u8>) -> CallView {
         CallView {
             cage: "front".into(),
-            record: CallRecord::new(call, Stage::Execute, 0),
+            record: CallRecord::new(call(args), Stage::Execute, 0),
             running: false,
             waiting: None,
         }
@@ -460,5 +527,61 @@ mod tests {
             "{note}"
         );
         assert!(listed.record.call.args.len() <= LISTED_ARGS_BYTES);
+    }
+
+    /// A refusal of `kind` by cage `back` of call `front-1` offered to it.
+    fn offer_refused(kind: ErrorKind) -> CallError {
+        let error = CallError::with_kind(kind, "why");
+        CallFailure::of_queued("back", &call(Vec::new()), error).into_offer_error()
+    }
+
+    #[test]
+    fn a_refused_offer_is_classed_by_its_kind_and_names_cage_module_method_and_call() {
+        // Dead letter at once: nothing a retry can change.
+        for kind in [ErrorKind::Permanent, ErrorKind::BadArguments] {
+            assert_eq!(offer_refused(kind).kind, ErrorKind::Permanent, "{kind:?}");
+        }
+        // Retried, keeping the kind the target gave: misrouted, overloaded or not stored,
+        // outcome unknown.
+        for kind in [
+            ErrorKind::UnknownCage,
+            ErrorKind::Refused,
+            ErrorKind::Internal,
+        ] {
+            assert_eq!(offer_refused(kind).kind, kind, "{kind:?}");
+        }
+        assert_eq!(
+            offer_refused(ErrorKind::Permanent).message,
+            "cage back echo.shout (call front-1): why"
+        );
+        // A kind the sender changed stays readable in the message.
+        assert_eq!(
+            offer_refused(ErrorKind::BadArguments).message,
+            "cage back echo.shout (call front-1): bad arguments: why"
+        );
+    }
+
+    #[test]
+    fn a_failure_names_only_what_its_request_named() {
+        let error = CallError::with_kind(ErrorKind::Refused, "shutting down");
+        let whole = CallFailure::of_queued("back", &call(Vec::new()), error.clone());
+        assert_eq!(
+            whole.to_string(),
+            "cage back echo.shout (call front-1): refused: shutting down"
+        );
+        let enqueue = CallFailure {
+            call_id: String::new(),
+            ..whole
+        };
+        assert_eq!(
+            enqueue.to_string(),
+            "cage back echo.shout: refused: shutting down"
+        );
+        match Response::failed("back", error) {
+            Response::Failed(f) => {
+                assert_eq!(f.to_string(), "cage back: refused: shutting down")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! A wait costs no thread, but each is a future the cage polls on every change it waits for,
 //! so the number is bounded like any other resource a client can ask for.
 
-use crate::transport::protocol::{CallFailure, ChainRequest, Request, Response};
+use crate::transport::protocol::{ChainRequest, Request, Response};
 use cage_sdk::{CallError, ErrorKind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -126,13 +126,7 @@ pub fn refused(request: &Request, cage: &str, why: Refusal) -> Response {
     let error = CallError::with_kind(ErrorKind::Refused, format!("cage {cage}: {why}"));
     match request {
         Request::Message(_) => Response::Handed(Err(error)),
-        _ => Response::Failed(CallFailure {
-            cage: cage.to_owned(),
-            module: String::new(),
-            method: String::new(),
-            call_id: String::new(),
-            error,
-        }),
+        _ => Response::failed(cage, error),
     }
 }
 
