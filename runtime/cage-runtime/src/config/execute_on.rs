@@ -236,12 +236,13 @@ impl QueuePolicy {
 
 impl Default for QueuePolicy {
     fn default() -> Self {
+        let backoff = crate::retry_policy::Backoff::default();
         QueuePolicy {
-            first_retry: Duration::from_secs(60),
-            growth: 1.6,
-            max_delay: Duration::from_secs(3600),
-            give_up_after: Duration::from_secs(3 * 24 * 3600),
-            jitter: 0.0,
+            first_retry: backoff.first_retry,
+            growth: backoff.growth,
+            max_delay: backoff.max_delay,
+            give_up_after: backoff.give_up_after,
+            jitter: backoff.jitter,
             concurrency: 16,
             keep_order: false,
             time_limit: Duration::from_secs(300),

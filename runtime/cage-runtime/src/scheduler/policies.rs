@@ -1,6 +1,6 @@
-//! The scheduler under new settings: the site config changed, so queue policies and cage
-//! locations are replaced, and calls waiting for a retry move to the schedule the new policies
-//! imply.
+//! The scheduler under new settings: the site config changed, so queue policies are replaced
+//! (cage locations are the peers handle's), and calls waiting for a retry move to the
+//! schedule the new policies imply.
 
 use super::{decide, Scheduler};
 use crate::config::ExecuteOn;
