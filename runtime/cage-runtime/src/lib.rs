@@ -37,15 +37,15 @@
 //! - [`names`]: the one check of cage, module, method, queue and job names.
 //!
 //! A sync call's path: client frame → [`listener`] → [`dispatch::Dispatcher`] →
-//! [`run::run`] → [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`] (worker thread) →
-//! [`host::HostEnv::run`] → the module's `call` → response frame.
+//! [`run::run`] → [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`]
+//! (worker thread) → [`host::HostEnv::run`] → the module's `call` → response frame.
 //!
 //! A queued call's path: enqueue → [`scheduler::Scheduler`] stores it in [`queue`] (journal
 //! entry, then sled) and answers after the group commit (one journal sync for every waiting
-//! writer) → the due index makes it due → deliver ([`delivery`], stage *deliver*; due calls for
-//! one cage go in one request) → the target's scheduler accepts it into its own queue (dedup
-//! by id and key) → execute on the target ([`executor`], retried by [`retry_policy`]) →
-//! complete (or dead letter).
+//! writer) → the due index makes it due → deliver ([`delivery`] over [`peers`], stage
+//! *deliver*; due calls for one cage go in one request) → the target's scheduler accepts it
+//! into its own queue (dedup by id and key) → execute on the target ([`run`], [`executor`]; retried by
+//! [`retry_policy`]) → complete (or dead letter). docs/architecture.md follows it file by file.
 //!
 //! A queued chain's step is such a call carrying a chain link; its completion, the chain's new
 //! bag and the next step's call are one atomic write on the chain's owner (a step that ran
@@ -57,7 +57,6 @@ pub mod api;
 pub mod blocking;
 pub mod cage;
 pub mod chains;
-
 pub mod config;
 pub mod config_watch;
 pub mod dashboard;
