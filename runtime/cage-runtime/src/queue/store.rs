@@ -458,7 +458,19 @@ mod tests {
             .unwrap();
             s.db().flush().unwrap();
         }
-        let s = QueueStore::open(dir.path()).unwrap();
+        // sled's background flusher may hold the file lock a moment after the last handle is
+        // dropped (a new process never meets it; a reopen within one process can).
+        let started = std::time::Instant::now();
+        let s = loop {
+            match QueueStore::open(dir.path()) {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
         let r = s.get("keep").unwrap().unwrap();
         assert_eq!((r.stage, r.call.priority), (Stage::Deliver, 3));
         assert_eq!(s.due(1000, 10).unwrap()[0].id, "keep");
