@@ -815,6 +815,22 @@ impl Journal {
 mod tests {
     use super::*;
 
+    /// Opens sled in `dir`, waiting while sled's flusher of a just-dropped handle still holds
+    /// the file lock (a new process never meets it; a reopen within one process can).
+    fn open_db(dir: &Path) -> sled::Db {
+        let started = std::time::Instant::now();
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return db,
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     fn batch(pairs: &[(&str, Option<&str>)]) -> Batch {
         let mut b = Batch::default();
         for (k, v) in pairs {
@@ -864,7 +880,7 @@ mod tests {
     #[test]
     fn an_entry_that_does_not_fit_starts_the_next_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = open_db(dir.path());
         let (journal, _) = Journal::open(dir.path(), &db).unwrap();
         let big = vec![7u8; (SEGMENT_BYTES / 3) as usize];
         for k in ["a", "b", "c", "d"] {
@@ -906,7 +922,7 @@ mod tests {
     fn replay_completes_changes_a_crash_cut_short() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let db = open_db(dir.path());
             let (journal, _) = Journal::open(dir.path(), &db).unwrap();
             journal
                 .apply(&db, &batch(&[("x", Some("1")), ("y", Some("1"))]), || {})
@@ -920,7 +936,7 @@ mod tests {
             frame(|out| b.encode(out), &mut seg.buf);
             seg.file.write_all_at(&seg.buf, seg.bytes).unwrap();
         }
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = open_db(dir.path());
         let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();
         assert_eq!(replayed.entries, 2);
         assert_eq!(db.get("x").unwrap().unwrap(), &b"2"[..]);
@@ -937,7 +953,7 @@ mod tests {
     fn an_unused_last_segment_is_written_again_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let before = {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let db = open_db(dir.path());
             let (journal, _) = Journal::open(dir.path(), &db).unwrap();
             journal
                 .apply(&db, &batch(&[("a", Some("1"))]), || {})
@@ -945,7 +961,7 @@ mod tests {
             journal.checkpoint(&db).unwrap();
             segments(dir.path()).unwrap()
         };
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = open_db(dir.path());
         let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();
         assert_eq!(replayed, Replayed::default());
         assert_eq!(segments(dir.path()).unwrap(), before, "no new segment made");
@@ -954,7 +970,7 @@ mod tests {
             .unwrap();
         drop(journal);
         drop(db);
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = open_db(dir.path());
         let (_, replayed) = Journal::open(dir.path(), &db).unwrap();
         assert_eq!(replayed.entries, 1, "what was written to it replays");
         assert_eq!(db.get("b").unwrap().unwrap(), &b"2"[..]);
@@ -963,7 +979,7 @@ mod tests {
     #[test]
     fn a_checkpoint_keeps_later_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = open_db(dir.path());
         let (journal, _) = Journal::open(dir.path(), &db).unwrap();
         journal
             .apply(&db, &batch(&[("a", Some("1"))]), || {})
@@ -980,7 +996,7 @@ mod tests {
     }
 
     fn open(dir: &Path) -> (sled::Db, Journal) {
-        let db = sled::Config::new().path(dir).open().unwrap();
+        let db = open_db(dir);
         let (journal, _) = Journal::open(dir, &db).unwrap();
         (db, journal)
     }
@@ -989,7 +1005,7 @@ mod tests {
     fn reopen(dir: &Path, journal: Journal, db: sled::Db) -> (sled::Db, Journal, Replayed) {
         drop(journal);
         drop(db);
-        let db = sled::Config::new().path(dir).open().unwrap();
+        let db = open_db(dir);
         let (journal, replayed) = Journal::open(dir, &db).unwrap();
         (db, journal, replayed)
     }
@@ -1225,7 +1241,7 @@ mod tests {
         let c = framed(|o| batch(&[("c", Some("3"))]).encode(o));
         write_segment(dir.path(), 1, &[&a, &x]);
         write_segment(dir.path(), 2, &[&void, &c]);
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = open_db(dir.path());
         let (_, replayed) = Journal::open(dir.path(), &db).unwrap();
         assert_eq!((replayed.entries, replayed.voided), (2, 1));
         assert_eq!(
@@ -1239,7 +1255,7 @@ mod tests {
         let void = framed(|o| Entry::encode_void(5, 8, &batch(&[("k", Some("before"))]), o));
         let later = framed(|o| batch(&[("k", Some("after"))]).encode(o));
         write_segment(dir.path(), 6, &[&void, &later]);
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = open_db(dir.path());
         let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();
         assert_eq!((replayed.entries, replayed.voided), (1, 0));
         assert_eq!(value(&db, "k"), Some("after".into()));
