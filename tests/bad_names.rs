@@ -5,8 +5,7 @@
 mod support;
 use cages::runtime::model::call::QueuedCall;
 use cages::runtime::model::chain::StepSpec;
-use cages::runtime::model::job::CatchUp;
-use cages::runtime::model::job::Schedule;
+use cages::runtime::model::job::{CatchUp, Schedule};
 use cages::runtime::transport::client::{Client, ClientError};
 use cages::runtime::transport::protocol::{
     ChainRequest, JobRequest, JobSpec, NewChain, Request, Response,

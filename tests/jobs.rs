@@ -3,10 +3,7 @@
 
 mod support;
 use cages::runtime::model::call::QueuedCall;
-use cages::runtime::model::job::CatchUp;
-use cages::runtime::model::job::Job;
-use cages::runtime::model::job::LastRun;
-use cages::runtime::model::job::Schedule;
+use cages::runtime::model::job::{CatchUp, Job, LastRun, Schedule};
 use cages::runtime::queue::QueueStore;
 use cages::runtime::transport::client::Client;
 use cages::runtime::transport::protocol::{EnqueueRequest, JobRequest, JobSpec};

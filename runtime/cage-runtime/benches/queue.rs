@@ -3,9 +3,7 @@
 //! retry schedule itself.
 
 use cage_runtime::config::QueuePolicy;
-use cage_runtime::model::call::CallRecord;
-use cage_runtime::model::call::QueuedCall;
-use cage_runtime::model::call::Stage;
+use cage_runtime::model::call::{CallRecord, QueuedCall, Stage};
 use cage_runtime::queue::QueueStore;
 use cage_runtime::retry_policy::next_attempt_at;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};

@@ -8,8 +8,7 @@
 //! as the step's completion, so a report is never lost nor applied twice (a report for a
 //! step the chain has already passed is ignored).
 
-use crate::model::call::ChainLink;
-use crate::model::call::QueuedCall;
+use crate::model::call::{ChainLink, QueuedCall};
 use crate::model::chain::{
     ChainRecord, ChainState, Group, StepOutcome, StepReport, StepRun, StepSpec,
 };

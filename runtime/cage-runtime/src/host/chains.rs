@@ -5,9 +5,7 @@
 
 use super::{answer, CallScope};
 use crate::chains::ChainWatch;
-use crate::model::chain::ChainRecord;
-use crate::model::chain::ChainState;
-use crate::model::chain::StepSpec;
+use crate::model::chain::{ChainRecord, ChainState, StepSpec};
 use crate::queue::{QueueError, QueueStore};
 use crate::transport::client::{self, ClientError};
 use crate::transport::protocol::{ChainRequest, NewChain, Request};

@@ -353,8 +353,7 @@ impl HostEnv {
         request: cage_sdk::ctx::JobRequest,
         parent: &str,
     ) -> Result<String, CallError> {
-        use crate::model::job::CatchUp;
-        use crate::model::job::Schedule;
+        use crate::model::job::{CatchUp, Schedule};
         use crate::transport::protocol::{JobRequest, JobSpec};
         // Saturating: a time past the end is refused by the cage (beyond its horizon), where
         // a wrapped one would run at once.

@@ -6,14 +6,8 @@
 use super::{storage_error, Scheduler};
 use crate::chains::{merge_children, object_bytes, Advance, REPORT_METHOD, REPORT_MODULE};
 use crate::config::valid_name;
-use crate::model::call::CallRecord;
-use crate::model::call::QueuedCall;
-use crate::model::call::Stage;
-use crate::model::chain::ChainRecord;
-use crate::model::chain::ChainState;
-use crate::model::chain::Group;
-use crate::model::chain::StepOutcome;
-use crate::model::chain::StepReport;
+use crate::model::call::{CallRecord, QueuedCall, Stage};
+use crate::model::chain::{ChainRecord, ChainState, Group, StepOutcome, StepReport};
 use crate::model::ids::new_call_id;
 use crate::queue::{QueueError, QueueStore, Txn};
 use crate::run::{check_target, stage_for, Limit, Run};

@@ -4,13 +4,10 @@
 use super::{storage_error, Scheduler};
 use crate::config::DeclaredJob;
 use crate::jobs::{due_runs, job_of_run, run_id};
-use crate::model::call::CallRecord;
-use crate::model::call::QueuedCall;
+use crate::model::call::{CallRecord, QueuedCall};
 use crate::model::clock;
 use crate::model::ids::new_call_id;
-use crate::model::job::Job;
-use crate::model::job::LastRun;
-use crate::model::job::Schedule;
+use crate::model::job::{Job, LastRun, Schedule};
 use crate::run::stage_for;
 use crate::transport::protocol::{JobRequest, JobSpec, Response};
 use actix::prelude::*;

@@ -2,13 +2,9 @@
 //! connection can carry many calls at once.
 
 use crate::metrics::MetricsSnapshot;
-use crate::model::call::CallRecord;
-use crate::model::call::QueuedCall;
-use crate::model::chain::ChainRecord;
-use crate::model::chain::StepSpec;
-use crate::model::job::CatchUp;
-use crate::model::job::Job;
-use crate::model::job::Schedule;
+use crate::model::call::{CallRecord, QueuedCall};
+use crate::model::chain::{ChainRecord, StepSpec};
+use crate::model::job::{CatchUp, Job, Schedule};
 use cage_sdk::{CallError, ErrorKind};
 use serde::{Deserialize, Serialize};
 

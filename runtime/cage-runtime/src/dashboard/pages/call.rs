@@ -4,8 +4,7 @@
 use super::{action_button, call_link, moment, page, took, utc, Frame};
 use crate::dashboard::gather::CallDetail;
 use crate::model::call::Stage;
-use crate::model::chain::ChainRecord;
-use crate::model::chain::ChainState;
+use crate::model::chain::{ChainRecord, ChainState};
 use maud::{html, Markup};
 
 fn pretty(bytes: &[u8]) -> String {

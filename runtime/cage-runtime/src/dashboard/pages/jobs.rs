@@ -2,8 +2,7 @@
 
 use super::{call_link, moment, page, utc, Frame};
 use crate::model::clock;
-use crate::model::job::Job;
-use crate::model::job::Schedule;
+use crate::model::job::{Job, Schedule};
 use maud::{html, Markup};
 use std::time::Duration;
 
