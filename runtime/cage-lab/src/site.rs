@@ -266,9 +266,7 @@ impl CageProcess {
     /// Asks the cage to stop (SIGTERM) and waits for it to exit; returns its exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        sigterm(&child);
         child.wait().ok().and_then(|s| s.code())
     }
 
@@ -278,9 +276,7 @@ impl CageProcess {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        sigterm(&child);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -306,6 +302,13 @@ impl CageProcess {
         copies.dedup();
         copies
     }
+}
+
+/// Asks `child` to stop gracefully (SIGTERM, as systemd or `kill` would).
+fn sigterm(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
 }
 
 impl Drop for CageProcess {

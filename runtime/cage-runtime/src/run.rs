@@ -116,7 +116,7 @@ pub async fn run(registry: &Addr<ModuleRegistry>, executor: &Addr<CallExecutor>,
     let now = Instant::now();
     let deadline = now
         .checked_add(run.limit.span())
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        .unwrap_or_else(|| now + crate::model::clock::HORIZON);
     let module = match registry
         .send(Resolve(run.module))
         .await
