@@ -198,8 +198,11 @@ fn operator_retries_a_fixed_call_from_the_dashboard() {
             .click()
             .await
             .unwrap();
+        // The click posts a form; the page with the notice loads after the click returns.
         let notice = browser
-            .find(Locator::Css(".notice"))
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(".notice"))
             .await
             .unwrap()
             .text()
