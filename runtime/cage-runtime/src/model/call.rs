@@ -17,6 +17,7 @@ pub struct QueuedCall {
     /// Method of that module.
     pub method: String,
     /// JSON arguments.
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
     /// Queue whose retry policy applies.
     pub queue: String,

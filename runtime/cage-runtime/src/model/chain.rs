@@ -15,6 +15,7 @@ pub struct StepSpec {
     /// Method.
     pub method: String,
     /// Explicit JSON arguments (a continuation's); `None`: the bag as it stands.
+    #[serde(with = "serde_bytes")]
     pub args: Option<Vec<u8>>,
 }
 
@@ -79,12 +80,15 @@ pub struct ChainRecord {
     /// Queue of its steps; `None` runs them directly (sync calls).
     pub queue: Option<String>,
     /// The inputs (a JSON object).
+    #[serde(with = "serde_bytes")]
     pub inputs: Vec<u8>,
     /// The bag: inputs with every returned object merged in (a JSON object).
+    #[serde(with = "serde_bytes")]
     pub bag: Vec<u8>,
     /// Keys that some call returned, first-returned first.
     pub returned: Vec<String>,
     /// Merged results of chains that this chain's calls started (a JSON object).
+    #[serde(with = "serde_bytes")]
     pub children_results: Vec<u8>,
     /// Index of the current step (equal to the number of steps once done).
     pub step: u32,
@@ -105,10 +109,12 @@ pub enum StepOutcome {
     /// the merged results of chains it started that had finished.
     Done {
         /// The JSON result.
+        #[serde(with = "serde_bytes")]
         result: Vec<u8>,
         /// The continuation, from `ctx.chain_next`.
         next: Option<StepSpec>,
         /// Merged results of its finished child chains (a JSON object).
+        #[serde(with = "serde_bytes")]
         children: Vec<u8>,
     },
     /// It failed for good (dead letter, or cancelled); the reason.

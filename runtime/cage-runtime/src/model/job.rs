@@ -50,6 +50,7 @@ pub struct Job {
     /// Method of that module.
     pub method: String,
     /// JSON arguments of every run.
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
     /// Queue the runs go through.
     pub queue: String,

@@ -10,6 +10,7 @@ pub struct QueuedCall {
     target: String,
     module: String,
     method: String,
+    #[serde(with = "serde_bytes")]
     args: Vec<u8>,
     queue: String,
     priority: i32,

@@ -52,6 +52,7 @@ pub struct NewChain {
     /// Its steps.
     pub steps: Vec<StepSpec>,
     /// Its inputs (a JSON object).
+    #[serde(with = "serde_bytes")]
     pub inputs: Vec<u8>,
     /// Queue of its steps; `None` runs them directly.
     pub queue: Option<String>,
@@ -101,6 +102,7 @@ pub struct MessageRequest {
     /// Its port.
     pub port: String,
     /// The message.
+    #[serde(with = "serde_bytes")]
     pub message: Vec<u8>,
     /// Longest to wait for a receiver, in milliseconds.
     pub timeout_ms: u64,
@@ -114,6 +116,7 @@ pub struct JobSpec {
     /// Method of that module.
     pub method: String,
     /// JSON arguments of every run.
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
     /// Queue the runs go through.
     pub queue: String,
@@ -151,6 +154,7 @@ pub struct EnqueueRequest {
     /// Method of that module.
     pub method: String,
     /// JSON arguments.
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
     /// Queue whose retry policy applies.
     pub queue: String,
@@ -273,6 +277,7 @@ pub struct CallRequest {
     /// Method of that module.
     pub method: String,
     /// JSON arguments.
+    #[serde(with = "serde_bytes")]
     pub args: Vec<u8>,
     /// Longest the caller will wait, in milliseconds (0: the cage's default).
     pub timeout_ms: u64,
@@ -305,7 +310,7 @@ pub struct ResponseFrame {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Response {
     /// The call's JSON result.
-    Result(Vec<u8>),
+    Result(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The request failed, and why, with its kind: the one failure answer of every request
     /// kind (a call, an enqueue, an acceptance, a queue query, a job, a chain…), so every
     /// sender classes a refusal the same way.
@@ -579,5 +584,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn byte_fields_keep_the_encoding_of_earlier_builds() {
+        // Earlier builds wrote byte fields as a sequence of bytes; a slice is the same
+        // bytes in postcard (frames, the store, the journal) and in JSON.
+        #[derive(Serialize, Deserialize)]
+        enum Earlier {
+            Result(Vec<u8>),
+        }
+        let bytes = br#"{"total": 42}"#.to_vec();
+        let now = postcard::to_allocvec(&Response::Result(bytes.clone())).unwrap();
+        assert_eq!(
+            now,
+            postcard::to_allocvec(&Earlier::Result(bytes.clone())).unwrap()
+        );
+        let Earlier::Result(read) = postcard::from_bytes(&now).unwrap();
+        assert_eq!(read, bytes);
+
+        let json = serde_json::to_value(call(bytes.clone())).unwrap();
+        let numbers: Vec<u8> = serde_json::from_value(json["args"].clone()).unwrap();
+        assert_eq!(numbers, bytes);
+        let back: QueuedCall = serde_json::from_value(json).unwrap();
+        assert_eq!(back.args, bytes);
     }
 }
