@@ -37,6 +37,9 @@ pub enum ErrorKind {
     ReceiveTimeout,
     /// A child chain the call waited on failed.
     ChildFailed,
+    /// The module's process died during the call (a signal, an abort, a stack overflow, an
+    /// exit, out of memory): the message names how, and what it last wrote to stderr.
+    Crashed,
 }
 
 impl ErrorKind {
@@ -58,6 +61,7 @@ impl ErrorKind {
             ErrorKind::UnknownInvocation => "unknown invocation",
             ErrorKind::ReceiveTimeout => "receive timeout",
             ErrorKind::ChildFailed => "child chain failed",
+            ErrorKind::Crashed => "module crash",
         }
     }
 }

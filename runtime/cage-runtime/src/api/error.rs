@@ -54,6 +54,8 @@ impl From<CallError> for ApiError {
             ErrorKind::ReceiveTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::Unreachable => StatusCode::BAD_GATEWAY,
+            // The module's process died serving the call; the body's `error` says "crashed".
+            ErrorKind::Crashed => StatusCode::BAD_GATEWAY,
             ErrorKind::Refused => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::ModuleError
             | ErrorKind::Panic

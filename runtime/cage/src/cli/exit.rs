@@ -28,6 +28,7 @@ pub fn for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::UnknownInvocation => 22,
         ErrorKind::ReceiveTimeout => 23,
         ErrorKind::ChildFailed => 24,
+        ErrorKind::Crashed => 25,
     }
 }
 
