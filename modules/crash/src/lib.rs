@@ -44,6 +44,8 @@ fn abort(ctx: &Ctx, _: Value) -> Result<Value, CallError> {
     std::process::abort()
 }
 
+// Without end on purpose: this is the stack overflow.
+#[allow(unconditional_recursion)]
 #[inline(never)]
 fn recurse(depth: u64) -> u64 {
     // A frame the optimiser cannot fold away or turn into a loop.
