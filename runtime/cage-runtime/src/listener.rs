@@ -11,7 +11,7 @@
 
 use crate::dispatch::Dispatcher;
 use crate::transport::budget::{Budget, Charge};
-use crate::transport::credential::{self, SiteSecret};
+use crate::transport::credential::{self, SiteSecret, HANDSHAKE_LIMIT};
 use crate::transport::frame::{self, FrameError, Start};
 use crate::transport::protocol::{farewell, RequestFrame, Response, ResponseFrame};
 use crate::transport::waits::{self, ConnectionWaits};
@@ -31,8 +31,6 @@ const FRAME_STALL: Duration = Duration::from_secs(10);
 /// A peer that takes no byte of an answer for this long is gone: the answers it does not read
 /// hold memory of the connection's budget.
 const WRITE_STALL: Duration = Duration::from_secs(30);
-/// A TLS handshake, or the site credential exchange, must be complete within this.
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// How long a cage goes on reading (and dropping) what a client sends after it told the
 /// client why it closes: closing with unread bytes would reset the connection, and a reset
 /// can destroy the reason before the client reads it.

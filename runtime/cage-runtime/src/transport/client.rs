@@ -315,10 +315,13 @@ impl Client {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
+                // The handshake needs the cage's process, not only its kernel, so a busy cage
+                // gets as long as it gives itself.
+                let handshake_limit = route.connect_timeout.max(credential::HANDSHAKE_LIMIT);
                 // A failed handshake is a failed instance: the next one is tried.
                 let stream = match &key {
                     Key::Tls(config) => {
-                        match handshake(cage, tcp, config.clone(), route.connect_timeout) {
+                        match handshake(cage, tcp, config.clone(), handshake_limit) {
                             Ok(s) => s,
                             Err(e) => {
                                 last = at(&e, &ip);
@@ -326,7 +329,7 @@ impl Client {
                             }
                         }
                     }
-                    Key::Secret(secret) => match prove(tcp, secret, route.connect_timeout) {
+                    Key::Secret(secret) => match prove(tcp, secret, handshake_limit) {
                         Ok(s) => s,
                         Err(HandshakeError::Refused(reason)) => {
                             refused = Some((place(&ip), reason));

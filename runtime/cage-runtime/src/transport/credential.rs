@@ -31,6 +31,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 pub const SITE_SECRET: &str = "site.secret";
 /// Version of the exchange this build speaks.
 pub const HANDSHAKE_VERSION: u16 = 1;
+
+/// A TLS handshake, or the site credential exchange, must be complete within this, on both
+/// sides: a cage that is up but busy answers late, not never.
+pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// Fewest characters a site secret may have.
 const MIN_SECRET_LEN: usize = 32;
 /// Random bytes in a secret made on first use (written as hex).
