@@ -60,7 +60,10 @@ fn restart(site: &Site, name: &str) -> RunningCage {
 
 /// The record of call `id` (`cage show ID --json`), if a cage answered with it.
 fn record(site: &Site, id: &str) -> Option<Value> {
-    site.show(id).into_iter().next().map(|v| v["record"].clone())
+    site.show(id)
+        .into_iter()
+        .next()
+        .map(|v| v["record"].clone())
 }
 
 /// Waits until cage `cage` died.
@@ -197,10 +200,14 @@ fn a_revived_poison_call_starts_a_fresh_count_and_a_fixed_module_completes_it() 
         run.stdout.contains("1.0.1").then_some(())
     });
     assert_eq!(site.cage_cmd(&["revive", &id]).code, 0);
-    eventually(Duration::from_secs(30), "the revived call completed", || {
-        cage.log()
-            .lines()
-            .any(|l| l.contains(&id) && l.contains("done after 4 attempt(s)"))
-            .then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "the revived call completed",
+        || {
+            cage.log()
+                .lines()
+                .any(|l| l.contains(&id) && l.contains("done after 4 attempt(s)"))
+                .then_some(())
+        },
+    );
 }

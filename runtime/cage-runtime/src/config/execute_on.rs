@@ -612,8 +612,8 @@ mod tests {
         assert_eq!(e.queue("fast").growth, 3.0);
         assert_eq!(e.queue("retry").growth, 1.6);
         assert_eq!(e.queue("fast").max_crashes, QueuePolicy::MAX_CRASHES);
-        let e = parse("[queues.retry]\nmax_crashes = 5\n[queues.poison]\nmax_crashes = 1\n")
-            .unwrap();
+        let e =
+            parse("[queues.retry]\nmax_crashes = 5\n[queues.poison]\nmax_crashes = 1\n").unwrap();
         assert_eq!(
             (e.queue("other").max_crashes, e.queue("poison").max_crashes),
             (5, 1)

@@ -165,7 +165,9 @@ fn signal_in(message: &str) -> Option<String> {
         .find(|w| {
             w.len() > 3
                 && w.starts_with("SIG")
-                && w[3..].bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                && w[3..]
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         })
         .map(str::to_owned)
 }

@@ -358,7 +358,10 @@ impl Scheduler {
             Some(c) => {
                 let count = decide::count_crash(self.store.crashes(&record.call.id)?, c);
                 let reported = matches!(c, Crash::Worker { .. }).then_some(&error);
-                (decide::crash_error(c, reported, &count, &policy), Some(count))
+                (
+                    decide::crash_error(c, reported, &count, &policy),
+                    Some(count),
+                )
             }
             None => (error, None),
         };
@@ -402,11 +405,18 @@ impl Scheduler {
                 let outcome = StepOutcome::Failed(reason);
                 self.end_step(record, Some(&updated), started_ms, outcome)?;
                 self.count(record, QueueEvent::Died);
-                tracing::warn!("moved to dead letters: gave up after {number} attempt(s); last error: {e}");
+                tracing::warn!(
+                    "moved to dead letters: gave up after {number} attempt(s); last error: {e}"
+                );
                 format!("dead: gave up after {number} attempt(s): {e}")
             }
             AfterFailure::Poison(reason) => {
-                self.end_step(record, Some(&updated), started_ms, StepOutcome::Failed(reason.clone()))?;
+                self.end_step(
+                    record,
+                    Some(&updated),
+                    started_ms,
+                    StepOutcome::Failed(reason.clone()),
+                )?;
                 self.count(record, QueueEvent::Died);
                 tracing::error!("moved to dead letters: {reason}; last error: {e}");
                 format!("dead: {reason}")

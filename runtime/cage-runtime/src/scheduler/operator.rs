@@ -5,9 +5,7 @@ use super::Scheduler;
 use crate::metrics::Metrics;
 use crate::model::call::CallRecord;
 use crate::queue::{GroupCommit, QueueError};
-use crate::transport::protocol::{
-    CallView, Crashes, Filter, QueueQuery, QueueStats, Response,
-};
+use crate::transport::protocol::{CallView, Crashes, Filter, QueueQuery, QueueStats, Response};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 

@@ -68,7 +68,11 @@ pub fn next_attempt(view: &CallView) -> String {
 /// if it ever crashed.
 pub fn crashes(view: &CallView) -> Option<String> {
     view.crashes.as_ref().map(|c| {
-        let signal = c.signal.as_ref().map(|s| format!(" ({s})")).unwrap_or_default();
+        let signal = c
+            .signal
+            .as_ref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
         format!("crashes: {} of {}{signal}", c.count, c.max)
     })
 }
