@@ -177,14 +177,11 @@ impl Scheduler {
                 (r.call.id.as_str(), mark)
             })
             .collect();
-        let marked = match marks.is_empty() {
-            true => None,
-            false => Some(
-                self.store
-                    .mark_started(&marks)
-                    .map(|()| self.commit.durable()),
-            ),
-        };
+        let marked = (!marks.is_empty()).then(|| {
+            self.store
+                .mark_started(&marks)
+                .map(|()| self.commit.durable())
+        });
         let runs: Vec<(String, Run)> = records
             .into_iter()
             .map(|record| {
