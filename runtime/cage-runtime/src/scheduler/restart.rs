@@ -34,6 +34,11 @@ impl Scheduler {
             // The call left, or the attempt's end is recorded: nothing ran unrecorded.
             _ => return self.store.drop_start_marks(&[id]),
         };
+        if self.store.executed(id)?.is_some() {
+            // The attempt committed its effects and outcome; the cage died before recording its
+            // end. No crash of this call: its next attempt answers the committed outcome.
+            return self.store.drop_start_marks(&[id]);
+        }
         let call = &record.call;
         let span = tracing::info_span!("call", call_id = %call.id, cage = %self.cage, module = %call.module, method = %call.method, attempt = mark.attempt);
         let _entered = span.enter();
