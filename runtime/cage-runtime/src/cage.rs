@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::queue::{GroupCommit, QueueStore};
 use crate::registry::{ModuleRegistry, WatchSettings};
-use crate::scheduler::{JobsDeclared, Pause, Scheduler};
+use crate::scheduler::{JobsDeclared, Pause, Scheduler, Stop};
 use crate::transport::credential::{CredentialError, SiteSecret};
 use crate::transport::tls::Identity;
 use actix::{Actor, Addr};
@@ -386,6 +386,7 @@ impl CageHandle {
         while self.load.in_flight() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let _ = self.scheduler.send(Stop).await;
         // Outcomes recorded since the last group commit: make them durable in sled itself, so
         // the next start has no journal to replay.
         if let Err(e) = self.store.checkpoint() {

@@ -63,6 +63,7 @@ struct RawQueue {
     keep_order: Option<bool>,
     time_limit: Option<SpannedDuration>,
     retention: Option<SpannedDuration>,
+    max_crashes: Option<Spanned<usize>>,
 }
 
 /// How to reach one cage.
@@ -219,9 +220,15 @@ pub struct QueuePolicy {
     pub time_limit: Duration,
     /// How long the history of accepted and executed calls is kept.
     pub retention: Duration,
+    /// Attempts of one call that may crash the process running them before the call is
+    /// moved to dead letters (a poison call must not bring its cage down for ever).
+    pub max_crashes: usize,
 }
 
 impl QueuePolicy {
+    /// Default `max_crashes`.
+    pub const MAX_CRASHES: usize = 3;
+
     /// When this queue's attempts run.
     pub fn backoff(&self) -> crate::retry_policy::Backoff {
         crate::retry_policy::Backoff {
@@ -247,6 +254,7 @@ impl Default for QueuePolicy {
             keep_order: false,
             time_limit: Duration::from_secs(300),
             retention: Duration::from_secs(7 * 24 * 3600),
+            max_crashes: Self::MAX_CRASHES,
         }
     }
 }
@@ -558,6 +566,13 @@ fn queue_policy(
             base.retention,
             at,
         )?,
+        max_crashes: ranges::count(
+            &r.max_crashes,
+            &key("max_crashes"),
+            ranges::MAX_CRASHES,
+            base.max_crashes,
+            at,
+        )?,
     };
     if policy.max_delay < policy.first_retry {
         return Err(at(
@@ -596,6 +611,13 @@ mod tests {
         assert_eq!(e.queue("fast").first_retry, Duration::from_secs(5));
         assert_eq!(e.queue("fast").growth, 3.0);
         assert_eq!(e.queue("retry").growth, 1.6);
+        assert_eq!(e.queue("fast").max_crashes, QueuePolicy::MAX_CRASHES);
+        let e =
+            parse("[queues.retry]\nmax_crashes = 5\n[queues.poison]\nmax_crashes = 1\n").unwrap();
+        assert_eq!(
+            (e.queue("other").max_crashes, e.queue("poison").max_crashes),
+            (5, 1)
+        );
     }
 
     #[test]
@@ -650,6 +672,10 @@ mod tests {
             (
                 "[queues.fast]\nconcurrency = 100000\n",
                 "config/config_execute_on.toml:2:15: queues.fast.concurrency: 100000 is out of range (allowed: 1 to 10000)",
+            ),
+            (
+                "[queues.fast]\nmax_crashes = 0\n",
+                "config/config_execute_on.toml:2:15: queues.fast.max_crashes: 0 is out of range (allowed: 1 to 1000)",
             ),
             (
                 "[queues.fast]\nretention = \"0s\"\n",

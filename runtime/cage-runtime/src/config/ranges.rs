@@ -104,6 +104,8 @@ pub const TIME_LIMIT: Bounds<Duration> = span(Duration::from_millis(100), DAY);
 pub const RETENTION: Bounds<Duration> = span(MIN, YEAR);
 /// `concurrency`.
 pub const CONCURRENCY: Bounds<usize> = counts(1, 10_000);
+/// `max_crashes`: at least one crash is allowed (the first is how a poison call is known).
+pub const MAX_CRASHES: Bounds<usize> = counts(1, 1000);
 
 /// How a value of a setting is written in a message.
 trait Shown: Copy + PartialOrd {
@@ -227,6 +229,7 @@ mod tests {
         assert!(TIME_LIMIT.holds(q.time_limit));
         assert!(RETENTION.holds(q.retention));
         assert!(CONCURRENCY.holds(q.concurrency));
+        assert!(MAX_CRASHES.holds(q.max_crashes));
     }
 
     #[test]

@@ -191,6 +191,8 @@ impl QueueStore {
         }
         b.remove(call_key);
         b.remove(keys::due(due.due_ms, due.priority, &due.id));
+        b.remove(keys::with_id(keys::STARTED, &due.id));
+        b.remove(keys::with_id(keys::CRASHES, &due.id));
         self.apply(b)
     }
 

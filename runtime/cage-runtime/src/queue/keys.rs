@@ -20,6 +20,10 @@ pub const IDEMPOTENCY: u8 = b'k';
 pub const STATE: u8 = b's';
 /// `e` + call id → (): the call's state writes are committed (it must not run again).
 pub const EXECUTED: u8 = b'e';
+/// `a` + call id → start mark: an attempt of the call runs here (gone when it ends).
+pub const STARTED: u8 = b'a';
+/// `f` + call id → crash count: how often the pending call crashed the process running it.
+pub const CRASHES: u8 = b'f';
 
 /// The state entry `key` of `module`.
 pub fn state(module: &str, key: &[u8]) -> Vec<u8> {

@@ -7,7 +7,8 @@
 //! - one file per table, each a narrow set of operations on [`QueueStore`]:
 //!   [`calls`] (pending, due index, order, dead letters, quarantine), [`history`] (accepted
 //!   ids and idempotency keys, and their expiry), [`state`] (module state and executed marks),
-//!   [`jobs`] (stored jobs and firing a run), [`chains`] (chain records, children, groups).
+//!   [`jobs`] (stored jobs and firing a run), [`chains`] (chain records, children, groups),
+//!   [`crashes`] (start marks of running attempts, crash counts of calls).
 //! - [`txn`]: one atomic change across tables (a step's end with its chain's advance).
 //! - [`keys`]: the byte layout of the one sled tree (prefix per kind, big-endian times).
 //! - [`journal`]: each batch appended (length, CRC) before it reaches sled; replayed on open; a
@@ -23,6 +24,7 @@
 pub mod calls;
 pub mod chains;
 pub mod commit;
+pub mod crashes;
 pub mod fault;
 pub mod history;
 pub mod jobs;
@@ -35,6 +37,7 @@ mod txn;
 
 pub use calls::DueCall;
 pub use commit::GroupCommit;
+pub use crashes::{CrashCount, StartMark};
 pub use history::Acceptance;
 pub use store::QueueStore;
 pub use txn::Txn;

@@ -44,12 +44,17 @@ impl Txn<'_> {
         Ok(())
     }
 
-    /// Removes a pending call that is done with on this cage.
+    /// Removes a pending call that is done with on this cage, with its start mark and crash
+    /// count (a revived call starts a fresh count).
     pub fn finish(&mut self, record: &CallRecord) {
         self.batch.remove(QueueStore::due_key(record));
         self.batch.remove(QueueStore::order_key(record));
         self.batch
             .remove(keys::with_id(keys::EXECUTED, &record.call.id));
+        self.batch
+            .remove(keys::with_id(keys::STARTED, &record.call.id));
+        self.batch
+            .remove(keys::with_id(keys::CRASHES, &record.call.id));
         self.batch.remove(keys::with_id(CALL, &record.call.id));
     }
 

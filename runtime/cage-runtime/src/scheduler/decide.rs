@@ -1,15 +1,15 @@
 //! The scheduler's decisions, as plain functions over plain data and a [`Clock`]: how much of
 //! the schedule to read, in what order due calls start, whether a call may start (its queue's
-//! slots, keep_order), which jobs are due, what follows a failed attempt (a retry at a time, or
-//! dead letters), where a pending call moves when the policy changes, and what a history sweep
-//! drops. The actor (the rest of this folder) only wires them to the store and the executor;
+//! slots, keep_order), which jobs are due, which attempts need a durable start mark, what counts
+//! as a crash and how crashes add up, what follows a failed attempt (a retry at a time, or dead
+//! letters), where a pending call moves when the policy changes, and what a history sweep drops. The actor (the rest of this folder) only wires them to the store and the executor;
 //! the delivery window is [`super::window`]'s.
 
 use crate::config::{ExecuteOn, QueuePolicy, DEFAULT_QUEUE};
-use crate::model::call::CallRecord;
+use crate::model::call::{CallRecord, QueuedCall};
 use crate::model::clock::{self, Clock};
 use crate::model::job::Job;
-use crate::queue::DueCall;
+use crate::queue::{CrashCount, DueCall};
 use crate::retry_policy::{next_attempt_at, MAX_ATTEMPTS};
 use cage_sdk::{CallError, ErrorKind};
 use std::collections::{BTreeMap, HashMap};
@@ -129,6 +129,112 @@ pub(super) fn due_jobs(
         .collect()
 }
 
+/// Whether an attempt of `call` here needs a durable start mark before it runs: the mark is how
+/// a restarted cage learns that it died during the attempt. Every module runs in the cage's own
+/// process today, so every attempt needs one; a module whose calls run in a worker process
+/// needs none (its cage sees the worker die, stays up, and fails the attempt as
+/// [`ErrorKind::Crashed`]).
+pub(super) fn marks_start(_call: &QueuedCall) -> bool {
+    true
+}
+
+/// A process an attempt took down with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Crash {
+    /// The cage process died while the attempt ran (its start mark was found at the next
+    /// start).
+    Cage,
+    /// The worker process running the attempt died; the signal, when the error names one.
+    Worker {
+        /// `SIGSEGV`, `SIGABRT`…
+        signal: Option<String>,
+    },
+}
+
+/// The crash a failed attempt's `error` reports, if it is one.
+pub(super) fn crash_of(error: &CallError) -> Option<Crash> {
+    (error.kind == ErrorKind::Crashed).then(|| Crash::Worker {
+        signal: signal_in(&error.message),
+    })
+}
+
+/// The first signal name in `message` (`SIGSEGV` in "crashed its worker (SIGSEGV)").
+fn signal_in(message: &str) -> Option<String> {
+    message
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|w| {
+            w.len() > 3
+                && w.starts_with("SIG")
+                && w[3..]
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        })
+        .map(str::to_owned)
+}
+
+/// The crash count of a call after one more `crash` (`before`: its count so far).
+pub(super) fn count_crash(before: Option<CrashCount>, crash: &Crash) -> CrashCount {
+    let mut count = before.unwrap_or_default();
+    match crash {
+        Crash::Cage => count.cage += 1,
+        Crash::Worker { signal } => {
+            count.worker += 1;
+            if signal.is_some() {
+                count.signal.clone_from(signal);
+            }
+        }
+    }
+    count
+}
+
+/// The error an attempt is recorded with when it crashed, `count` including it: for the cage's
+/// own death, which nobody reported, one that says so; a worker's report as it came. Both say
+/// how many crashes the queue's `policy` allows.
+pub(super) fn crash_error(
+    crash: &Crash,
+    reported: Option<&CallError>,
+    count: &CrashCount,
+    policy: &QueuePolicy,
+) -> CallError {
+    let of = format!("crash {} of {}", count.total(), policy.max_crashes);
+    match (crash, reported) {
+        (Crash::Worker { .. }, Some(e)) => {
+            CallError::with_kind(ErrorKind::Crashed, format!("{} ({of})", e.message))
+        }
+        _ => CallError::with_kind(
+            ErrorKind::Crashed,
+            format!("the cage process died while this attempt ran ({of})"),
+        ),
+    }
+}
+
+/// The dead letter's reason when `record`'s crashes (`count`) reached its queue's
+/// `max_crashes` (`policy`), if they did.
+pub(super) fn poisoned(
+    policy: &QueuePolicy,
+    record: &CallRecord,
+    count: &CrashCount,
+) -> Option<String> {
+    let n = count.total();
+    if (n as usize) < policy.max_crashes {
+        return None;
+    }
+    let how = match (count.cage, count.worker) {
+        (_, 0) => format!("crashed its cage {n} times"),
+        (0, _) => format!("crashed its worker {n} times"),
+        (cage, worker) => format!("crashed {n} times (its cage {cage}, its worker {worker})"),
+    };
+    let signal = match (&count.signal, count.worker) {
+        (Some(s), 1..) => format!(" ({s})"),
+        _ => String::new(),
+    };
+    let call = &record.call;
+    Some(format!(
+        "{how}{signal}: {}.{} of call {} on cage {} (max_crashes {} of queue {})",
+        call.module, call.method, call.id, call.target, policy.max_crashes, call.queue
+    ))
+}
+
 /// What follows a failed attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum AfterFailure {
@@ -141,6 +247,9 @@ pub(super) enum AfterFailure {
     Rejected(String),
     /// Out of time or attempts under the queue's policy: dead, for this reason.
     GaveUp(String),
+    /// A poison call: it crashed the process running it `max_crashes` times; dead, for this
+    /// reason.
+    Poison(String),
 }
 
 impl AfterFailure {
@@ -148,23 +257,30 @@ impl AfterFailure {
     pub(super) fn dead_reason(&self) -> Option<&str> {
         match self {
             AfterFailure::Retry { .. } => None,
-            AfterFailure::Rejected(r) | AfterFailure::GaveUp(r) => Some(r),
+            AfterFailure::Rejected(r) | AfterFailure::GaveUp(r) | AfterFailure::Poison(r) => {
+                Some(r)
+            }
         }
     }
 }
 
 /// What follows the failure (`error`, now) of attempt `number` of `record` in queue `policy`
-/// (whose name `queue` the reason quotes); `jitter` in [-1, 1] spreads the retry delay.
+/// (whose name `queue` the reason quotes); `crashes` is the call's crash count when this
+/// attempt crashed (this crash included); `jitter` in [-1, 1] spreads the retry delay.
 pub(super) fn after_failure(
     policy: &QueuePolicy,
     record: &CallRecord,
     number: u32,
     error: &CallError,
+    crashes: Option<&CrashCount>,
     jitter: f64,
     clock: &dyn Clock,
 ) -> AfterFailure {
     if error.kind == ErrorKind::Permanent {
         return AfterFailure::Rejected(format!("permanent rejection: {}", error.message));
+    }
+    if let Some(reason) = crashes.and_then(|c| poisoned(policy, record, c)) {
+        return AfterFailure::Poison(reason);
     }
     let now = clock.now_ms();
     let start = record.window_start_ms;
@@ -250,6 +366,7 @@ mod tests {
             keep_order: false,
             time_limit: Duration::from_secs(5),
             retention: Duration::from_secs(3600),
+            max_crashes: 3,
         }
     }
 
@@ -287,17 +404,17 @@ mod tests {
         let (p, r) = (policy(), record("orders", T0));
         let failed = CallError::with_kind(ErrorKind::Refused, "busy");
         assert_eq!(
-            after_failure(&p, &r, 1, &failed, 0.0, &clock),
+            after_failure(&p, &r, 1, &failed, None, 0.0, &clock),
             AfterFailure::Retry { at_ms: T0 + 10_000 }
         );
         clock.advance(Duration::from_secs(10));
         assert_eq!(
-            after_failure(&p, &r, 2, &failed, 0.0, &clock),
+            after_failure(&p, &r, 2, &failed, None, 0.0, &clock),
             AfterFailure::Retry { at_ms: T0 + 30_000 }
         );
         // The next delay would end past give_up_after (2 minutes after enqueue): dead.
         clock.advance(Duration::from_secs(100));
-        let dead = after_failure(&p, &r, 3, &failed, 0.0, &clock);
+        let dead = after_failure(&p, &r, 3, &failed, None, 0.0, &clock);
         assert_eq!(
             dead,
             AfterFailure::GaveUp(
@@ -315,14 +432,14 @@ mod tests {
         let (p, r) = (policy(), record("orders", T0));
         let permanent = CallError::with_kind(ErrorKind::Permanent, "no such account");
         assert_eq!(
-            after_failure(&p, &r, 1, &permanent, 0.0, &clock),
+            after_failure(&p, &r, 1, &permanent, None, 0.0, &clock),
             AfterFailure::Rejected("permanent rejection: no such account".into())
         );
         let mut long = policy();
         long.give_up_after = Duration::from_secs(1_000_000_000);
         let failed = CallError::with_kind(ErrorKind::Internal, "boom");
         let AfterFailure::GaveUp(reason) =
-            after_failure(&long, &r, MAX_ATTEMPTS, &failed, 0.0, &clock)
+            after_failure(&long, &r, MAX_ATTEMPTS, &failed, None, 0.0, &clock)
         else {
             panic!("the attempt cap buries the call");
         };
@@ -332,6 +449,105 @@ mod tests {
             None,
             "a retry is no dead letter"
         );
+    }
+
+    fn worker_crash(message: &str) -> CallError {
+        CallError::with_kind(ErrorKind::Crashed, message)
+    }
+
+    #[test]
+    fn every_attempt_here_needs_a_start_mark_while_modules_run_in_the_cage() {
+        assert!(marks_start(&record("orders", T0).call));
+    }
+
+    #[test]
+    fn a_crashed_failure_is_a_crash_and_names_its_signal_when_the_message_does() {
+        assert_eq!(
+            crash_of(&worker_crash(
+                "crash.overflow crashed its worker (SIGABRT, stack overflow)"
+            )),
+            Some(Crash::Worker {
+                signal: Some("SIGABRT".into())
+            })
+        );
+        assert_eq!(
+            crash_of(&worker_crash("crash.exit: its worker exited with code 3")),
+            Some(Crash::Worker { signal: None })
+        );
+        for kind in [ErrorKind::Internal, ErrorKind::Timeout, ErrorKind::Panic] {
+            assert_eq!(crash_of(&CallError::with_kind(kind, "SIGSEGV")), None);
+        }
+        assert_eq!(signal_in("SIG alone, SIGs, or SIG_X are none"), None);
+    }
+
+    #[test]
+    fn crashes_add_up_and_the_call_is_dead_at_max_crashes() {
+        let clock = ManualClock::at(T0);
+        let (p, r) = (policy(), record("orders", T0));
+        let failed = CallError::with_kind(ErrorKind::Internal, "gone");
+        let mut count = None;
+        for n in 1..=2 {
+            let c = count_crash(count.take(), &Crash::Cage);
+            assert_eq!(c.total(), n);
+            assert_eq!(
+                crash_error(&Crash::Cage, None, &c, &p).to_string(),
+                format!(
+                    "module crash: the cage process died while this attempt ran (crash {n} of 3)"
+                )
+            );
+            assert!(matches!(
+                after_failure(&p, &r, n, &failed, Some(&c), 0.0, &clock),
+                AfterFailure::Retry { .. }
+            ));
+            count = Some(c);
+        }
+        let third = count_crash(count, &Crash::Cage);
+        let dead = after_failure(&p, &r, 3, &failed, Some(&third), 0.0, &clock);
+        assert_eq!(
+            dead,
+            AfterFailure::Poison(
+                "crashed its cage 3 times: echo.echo of call a-1-1 on cage a \
+                 (max_crashes 3 of queue orders)"
+                    .into()
+            )
+        );
+        assert!(dead.dead_reason().is_some());
+        // Without this attempt's crash, its other failures follow the backoff alone.
+        assert!(matches!(
+            after_failure(&p, &r, 3, &failed, None, 0.0, &clock),
+            AfterFailure::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn worker_crashes_name_their_signal_and_a_fresh_count_starts_at_one() {
+        let clock = ManualClock::at(T0);
+        let (mut p, r) = (policy(), record("orders", T0));
+        p.max_crashes = 2;
+        let reported = worker_crash("echo.echo crashed its worker (SIGSEGV)");
+        let crash = crash_of(&reported).unwrap();
+        let first = count_crash(None, &crash);
+        assert_eq!(
+            crash_error(&crash, Some(&reported), &first, &p).to_string(),
+            "module crash: echo.echo crashed its worker (SIGSEGV) (crash 1 of 2)"
+        );
+        let second = count_crash(Some(first), &Crash::Worker { signal: None });
+        assert_eq!(second.signal.as_deref(), Some("SIGSEGV"), "the last named");
+        assert_eq!(
+            after_failure(&p, &r, 2, &reported, Some(&second), 0.0, &clock),
+            AfterFailure::Poison(
+                "crashed its worker 2 times (SIGSEGV): echo.echo of call a-1-1 on cage a \
+                 (max_crashes 2 of queue orders)"
+                    .into()
+            )
+        );
+        let mixed = count_crash(Some(count_crash(None, &Crash::Cage)), &crash);
+        assert!(poisoned(&p, &r, &mixed)
+            .unwrap()
+            .starts_with("crashed 2 times (its cage 1, its worker 1) (SIGSEGV): "));
+        // A revived call has no count left (it went with the call): its next crash is the first.
+        assert_eq!(count_crash(None, &Crash::Cage).total(), 1);
+        assert_eq!(poisoned(&p, &r, &count_crash(None, &Crash::Cage)), None);
     }
 
     #[test]

@@ -1,18 +1,19 @@
 //! The scheduler's execution: each pump reads the due calls, starts those that may start
-//! (an attempt here, or a delivery to their cage, batched per cage), and records how each
-//! attempt ended. What may start and what follows a failure are [`super::decide`]'s.
+//! (attempts here, their start marks made durable together first, or a delivery to their cage,
+//! batched per cage), and records how each attempt ended. What may start, what counts as a
+//! crash and what follows a failure are [`super::decide`]'s.
 
-use super::decide::{self, delivery_batches, AfterFailure, Capacity};
+use super::decide::{self, delivery_batches, AfterFailure, Capacity, Crash};
 use super::Scheduler;
 use crate::chains::REPORT_MODULE;
 use crate::host::Output;
 use crate::metrics::QueueEvent;
 use crate::model::call::{Attempt, CallRecord, QueuedCall, Stage};
 use crate::model::chain::StepOutcome;
-use crate::queue::QueueError;
+use crate::queue::{QueueError, StartMark};
 use crate::run::{Limit, Run};
 use actix::prelude::*;
-use cage_sdk::CallError;
+use cage_sdk::{CallError, ErrorKind};
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -82,6 +83,7 @@ impl Scheduler {
         };
         let mut due = due;
         let mut deliveries: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
+        let mut attempts = Vec::new();
         decide::start_order(&mut due);
         for d in due {
             let policy = self.policies.queue(&d.queue).clone();
@@ -143,9 +145,10 @@ impl Scheduler {
                 self.running
                     .insert(d.id.clone(), Slot::Queue(d.queue.clone()));
                 *self.busy.entry(d.queue).or_default() += 1;
-                self.start_attempt(record, ctx);
+                attempts.push(record);
             }
         }
+        self.start_attempts(attempts, ctx);
         // Calls for the same cage go in one request (one round trip, one commit on the target).
         for (target, records) in deliveries {
             for batch in delivery_batches(records) {
@@ -155,24 +158,76 @@ impl Scheduler {
         self.after_chains(ctx);
     }
 
-    fn start_attempt(&mut self, record: CallRecord, ctx: &mut Context<Self>) {
-        let (addr, started_ms, t0) = (ctx.address(), self.now(), Instant::now());
-        let attempt = record.next_attempt();
-        let call = record.call;
-        tracing::debug!(call_id = %call.id, stage = record.stage.as_str(), attempt, "attempt starts");
-        let limit = Limit::Attempt(self.policies.queue(&call.queue).time_limit);
-        let id = call.id.clone();
-        let run = Run::of_queued(call, attempt, true, limit);
+    /// Starts attempts of `records` here. Their start marks (those [`decide::marks_start`]
+    /// asks for) are one write and one group commit, awaited before any of them runs: a cage
+    /// that dies during one then knows at its next start which attempt it was.
+    fn start_attempts(&mut self, records: Vec<CallRecord>, ctx: &mut Context<Self>) {
+        if records.is_empty() {
+            return;
+        }
+        let (addr, started_ms) = (ctx.address(), self.now());
+        let marks: Vec<(&str, StartMark)> = records
+            .iter()
+            .filter(|r| decide::marks_start(&r.call))
+            .map(|r| {
+                let mark = StartMark {
+                    attempt: r.next_attempt(),
+                    started_ms,
+                };
+                (r.call.id.as_str(), mark)
+            })
+            .collect();
+        let marked = (!marks.is_empty()).then(|| {
+            self.store
+                .mark_started(&marks)
+                .map(|()| self.commit.durable())
+        });
+        let runs: Vec<(String, Run)> = records
+            .into_iter()
+            .map(|record| {
+                let attempt = record.next_attempt();
+                let call = record.call;
+                tracing::debug!(call_id = %call.id, stage = record.stage.as_str(), attempt, "attempt starts");
+                let limit = Limit::Attempt(self.policies.queue(&call.queue).time_limit);
+                (call.id.clone(), Run::of_queued(call, attempt, true, limit))
+            })
+            .collect();
         let (registry, executor) = (self.registry.clone(), self.executor.clone());
         actix_rt::spawn(async move {
-            let ran = crate::run::run(&registry, &executor, run).await;
-            addr.do_send(AttemptDone {
-                id,
-                started_ms,
-                duration: t0.elapsed(),
-                outcome: ran.outcome,
-                version: ran.version,
-            });
+            let unmarked = match marked {
+                None => None,
+                Some(Err(e)) => Some(e),
+                Some(Ok(durable)) => durable.await.err(),
+            };
+            if let Some(e) = unmarked {
+                // Run without a durable mark, a crash would go uncounted: the attempt fails
+                // unrun instead, and is retried like any failed attempt.
+                let why = format!("not run: its start could not be recorded durably: {e}");
+                for (id, _) in runs {
+                    addr.do_send(AttemptDone {
+                        id,
+                        started_ms,
+                        duration: Duration::ZERO,
+                        outcome: Err(CallError::with_kind(ErrorKind::Internal, why.clone())),
+                        version: None,
+                    });
+                }
+                return;
+            }
+            for (id, run) in runs {
+                let (addr, registry, executor) = (addr.clone(), registry.clone(), executor.clone());
+                actix_rt::spawn(async move {
+                    let t0 = Instant::now();
+                    let ran = crate::run::run(&registry, &executor, run).await;
+                    addr.do_send(AttemptDone {
+                        id,
+                        started_ms,
+                        duration: t0.elapsed(),
+                        outcome: ran.outcome,
+                        version: ran.version,
+                    });
+                });
+            }
         });
     }
 
@@ -237,15 +292,14 @@ impl Scheduler {
         let Some(record) = self.store.get(&done.id)? else {
             return Ok(());
         };
-        let mut updated = record.clone();
         let number = record.next_attempt();
-        updated.attempts.push(Attempt {
+        let attempt = Attempt {
             number,
             started_ms: done.started_ms,
             duration_us: done.duration.as_micros() as u64,
-            error: done.outcome.as_ref().err().map(ToString::to_string),
+            error: None,
             module_version: done.version,
-        });
+        };
         let call = &record.call;
         let span = tracing::info_span!("call", call_id = %call.id, cage = %self.cage, module = %call.module, method = %call.method, attempt = number);
         let _entered = span.enter();
@@ -274,43 +328,97 @@ impl Scheduler {
                 }
             }
             Err(e) => {
-                let policy = self.policies.queue(&call.queue);
-                let jitter = self.rng.gen_range(-1.0..=1.0);
-                let after =
-                    decide::after_failure(policy, &record, number, &e, jitter, &*self.clock);
-                updated.dead_reason = after.dead_reason().map(str::to_owned);
-                self.count(&record, failure_of(record.stage));
-                match after {
-                    AfterFailure::Retry { at_ms } => {
-                        updated.next_at_ms = at_ms;
-                        self.store.update(&record, &updated)?;
-                        let wait = Duration::from_millis(at_ms.saturating_sub(self.now()));
-                        tracing::warn!(
-                            "attempt {number} failed: {e}; next attempt in {}",
-                            humantime::format_duration(wait)
-                        );
-                        format!("attempt {number} failed, retrying: {e}")
-                    }
-                    AfterFailure::Rejected(reason) => {
-                        let outcome = StepOutcome::Failed(reason);
-                        self.end_step(&record, Some(&updated), done.started_ms, outcome)?;
-                        self.count(&record, QueueEvent::Died);
-                        tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
-                        format!("dead: permanent rejection: {}", e.message)
-                    }
-                    AfterFailure::GaveUp(reason) => {
-                        let outcome = StepOutcome::Failed(reason);
-                        self.end_step(&record, Some(&updated), done.started_ms, outcome)?;
-                        self.count(&record, QueueEvent::Died);
-                        tracing::warn!("moved to dead letters: gave up after {number} attempt(s); last error: {e}");
-                        format!("dead: gave up after {number} attempt(s): {e}")
-                    }
-                }
+                let crash = decide::crash_of(&e);
+                self.attempt_failed(&record, attempt, e, crash)?
             }
         };
         self.job_run_ended(&record.call.id, job_outcome);
         self.commit.nudge();
         Ok(())
+    }
+}
+
+impl Scheduler {
+    /// Records that `attempt` of pending `record` failed with `error`, taking down a process
+    /// if `crash` says so (then counted, and the error says which crash of how many): the
+    /// call is retried later, or dead. Answers the outcome as a job run records it.
+    pub(super) fn attempt_failed(
+        &mut self,
+        record: &CallRecord,
+        mut attempt: Attempt,
+        error: CallError,
+        crash: Option<Crash>,
+    ) -> Result<String, QueueError> {
+        let policy = self.policies.queue(&record.call.queue).clone();
+        let number = attempt.number;
+        let (error, crashes) = match &crash {
+            Some(c) => {
+                let count = decide::count_crash(self.store.crashes(&record.call.id)?, c);
+                let reported = matches!(c, Crash::Worker { .. }).then_some(&error);
+                (
+                    decide::crash_error(c, reported, &count, &policy),
+                    Some(count),
+                )
+            }
+            None => (error, None),
+        };
+        attempt.error = Some(error.to_string());
+        let started_ms = attempt.started_ms;
+        let mut updated = record.clone();
+        updated.attempts.push(attempt);
+        let jitter = self.rng.gen_range(-1.0..=1.0);
+        let after = decide::after_failure(
+            &policy,
+            record,
+            number,
+            &error,
+            crashes.as_ref(),
+            jitter,
+            &*self.clock,
+        );
+        updated.dead_reason = after.dead_reason().map(str::to_owned);
+        self.count(record, failure_of(record.stage));
+        let e = error;
+        Ok(match after {
+            AfterFailure::Retry { at_ms } => {
+                updated.next_at_ms = at_ms;
+                self.store
+                    .attempt_failed(record, &updated, crashes.as_ref())?;
+                let wait = Duration::from_millis(at_ms.saturating_sub(self.now()));
+                tracing::warn!(
+                    "attempt {number} failed: {e}; next attempt in {}",
+                    humantime::format_duration(wait)
+                );
+                format!("attempt {number} failed, retrying: {e}")
+            }
+            AfterFailure::Rejected(reason) => {
+                let outcome = StepOutcome::Failed(reason);
+                self.end_step(record, Some(&updated), started_ms, outcome)?;
+                self.count(record, QueueEvent::Died);
+                tracing::warn!("moved to dead letters: permanent rejection: {}", e.message);
+                format!("dead: permanent rejection: {}", e.message)
+            }
+            AfterFailure::GaveUp(reason) => {
+                let outcome = StepOutcome::Failed(reason);
+                self.end_step(record, Some(&updated), started_ms, outcome)?;
+                self.count(record, QueueEvent::Died);
+                tracing::warn!(
+                    "moved to dead letters: gave up after {number} attempt(s); last error: {e}"
+                );
+                format!("dead: gave up after {number} attempt(s): {e}")
+            }
+            AfterFailure::Poison(reason) => {
+                self.end_step(
+                    record,
+                    Some(&updated),
+                    started_ms,
+                    StepOutcome::Failed(reason.clone()),
+                )?;
+                self.count(record, QueueEvent::Died);
+                tracing::error!("moved to dead letters: {reason}; last error: {e}");
+                format!("dead: {reason}")
+            }
+        })
     }
 }
 

@@ -10,8 +10,9 @@
 //! The actor is wired here; its concerns each have a file: [`intake`] (enqueues and offered
 //! calls, checked and acknowledged once durable), [`execution`] (the pump, attempts and
 //! deliveries, and how they ended), [`operator`] (listings and orders), [`policies`] (new
-//! settings), [`history`] (sweeps), [`jobs`], [`chains`]; and the decisions, as plain
-//! functions, in [`decide`] and [`window`].
+//! settings), [`history`] (sweeps), [`restart`] (attempts the cage died during, found at its
+//! start), [`jobs`], [`chains`]; and the decisions, as plain functions, in [`decide`] and
+//! [`window`].
 
 mod chains;
 mod decide;
@@ -21,6 +22,7 @@ mod intake;
 mod jobs;
 mod operator;
 mod policies;
+mod restart;
 mod window;
 use execution::{Slot, PUMP_EVERY};
 use history::HISTORY_SWEEP_EVERY;
@@ -66,6 +68,12 @@ pub(super) fn storage_error(e: QueueError) -> CallError {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Pause;
+
+/// The cage stops now: attempts still running are left unfinished by a deliberate stop, which
+/// is no crash of theirs, so their start marks go (their calls run again at the next start).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
 
 /// The scheduler of one cage.
 pub struct Scheduler {
@@ -162,6 +170,7 @@ impl Actor for Scheduler {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.load_jobs();
+        self.record_crashes_of_the_last_run();
         self.fail_interrupted_direct_chains();
         // No count here: with a million pending calls a count is a full scan, and a restart
         // must reach its first due call without one.
@@ -177,6 +186,30 @@ impl Actor for Scheduler {
         }
         ctx.run_interval(PUMP_EVERY, |this, ctx| this.pump(ctx));
         ctx.run_interval(HISTORY_SWEEP_EVERY, |this, _| this.sweep_history());
+    }
+}
+
+impl Handler<Stop> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, _: &mut Context<Self>) {
+        let running: Vec<&str> = self
+            .running
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Queue(_)))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        match self.store.drop_start_marks(&running) {
+            Ok(()) => {
+                tracing::info!(cage = %self.cage, "{} attempt(s) left unfinished by the stop run again at the next start", running.len())
+            }
+            Err(e) => {
+                tracing::error!(cage = %self.cage, "cannot drop the start marks of {} attempt(s) left unfinished by the stop (the next start counts them as crashes): {e}", running.len())
+            }
+        }
     }
 }
 

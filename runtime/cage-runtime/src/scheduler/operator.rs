@@ -5,7 +5,7 @@ use super::Scheduler;
 use crate::metrics::Metrics;
 use crate::model::call::CallRecord;
 use crate::queue::{GroupCommit, QueueError};
-use crate::transport::protocol::{CallView, Filter, QueueQuery, QueueStats, Response};
+use crate::transport::protocol::{CallView, Crashes, Filter, QueueQuery, QueueStats, Response};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 
@@ -33,7 +33,19 @@ pub struct Query(pub QueueQuery);
 
 impl Scheduler {
     fn view(&self, record: CallRecord) -> CallView {
+        let crashes = match self.store.crashes(&record.call.id) {
+            Ok(c) => c.map(|c| Crashes {
+                count: c.total(),
+                max: self.policies.queue(&record.call.queue).max_crashes as u32,
+                signal: c.signal,
+            }),
+            Err(e) => {
+                tracing::error!(cage = %self.cage, call_id = %record.call.id, "crash count unreadable, left out of the listing: {e}");
+                None
+            }
+        };
         CallView {
+            crashes,
             cage: self.cage.clone(),
             running: self.running.contains_key(&record.call.id),
             waiting: self.windows.is_held(&record.call.id).then(|| {

@@ -244,6 +244,20 @@ pub struct CallView {
     /// Why a due call has not started, if it is held back (its target cage's delivery window
     /// is full).
     pub waiting: Option<String>,
+    /// How often the pending call crashed the process running it, if it ever did.
+    #[serde(default)]
+    pub crashes: Option<Crashes>,
+}
+
+/// A pending call's crashes against its queue's `max_crashes` (at that many it is dead).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Crashes {
+    /// Attempts that crashed the cage or a worker process.
+    pub count: u32,
+    /// The queue's `max_crashes`.
+    pub max: u32,
+    /// The signal of the latest worker crash, when it was named.
+    pub signal: Option<String>,
 }
 
 /// Most argument bytes a listing carries per call, so a listing of the default 1000 calls
@@ -512,6 +526,7 @@ mod tests {
             record: CallRecord::new(call(args), Stage::Execute, 0),
             running: false,
             waiting: None,
+            crashes: None,
         }
     }
 

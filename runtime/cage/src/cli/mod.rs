@@ -193,7 +193,7 @@ enum Command {
         #[command(flatten)]
         filter: FilterArgs,
     },
-    /// Move a dead call back to pending, due now, with a fresh give-up window.
+    /// Move a dead call back to pending, due now, with a fresh give-up window and crash count.
     Revive {
         /// The call id.
         id: String,

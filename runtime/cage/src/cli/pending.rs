@@ -1,7 +1,7 @@
 //! `cage pending` and `cage dead`: queued calls of one cage or of the whole site.
 
 use super::listing::Gathered;
-use super::queue_view::{cages, next_attempt, TIMEOUT};
+use super::queue_view::{cages, crashes, next_attempt, TIMEOUT};
 use cage_runtime::config::Site;
 use cage_runtime::model::clock::{now_ms, span_ms};
 use cage_runtime::transport::client::ClientError;
@@ -86,7 +86,10 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
                 v.record.stage.as_str().to_owned(),
                 target_of(v),
                 v.record.call.queue.clone(),
-                v.record.attempts.len().to_string(),
+                match crashes(v) {
+                    Some(c) => format!("{} ({c})", v.record.attempts.len()),
+                    None => v.record.attempts.len().to_string(),
+                },
                 next_attempt(v),
                 span_ms(now.saturating_sub(v.record.call.enqueued_at_ms)),
                 v.record.last_error().unwrap_or("-").to_owned(),

@@ -63,3 +63,24 @@ pub fn next_attempt(view: &CallView) -> String {
         format!("in {}", clock::span_ms(view.record.next_at_ms - now))
     }
 }
+
+/// A pending call's crashes against its queue's limit, in words (`crashes: 1 of 3 (SIGSEGV)`),
+/// if it ever crashed.
+pub fn crashes(view: &CallView) -> Option<String> {
+    view.crashes.as_ref().map(|c| {
+        let signal = c
+            .signal
+            .as_ref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        format!("crashes: {} of {}{signal}", c.count, c.max)
+    })
+}
+
+/// What a crashed attempt's error says after its kind, if the attempt crashed (its cage or
+/// its worker): its recorded error begins with the kind's name.
+pub fn crash_reason(error: &str) -> Option<&str> {
+    error
+        .strip_prefix(cage_sdk::ErrorKind::Crashed.as_str())
+        .and_then(|rest| rest.strip_prefix(": "))
+}

@@ -2,7 +2,7 @@
 //! chains it started; or one chain with its path.
 
 use super::chain::{path, related, view};
-use super::queue_view::{find, next_attempt};
+use super::queue_view::{crash_reason, crashes, find, next_attempt};
 use cage_runtime::config::Site;
 use cage_runtime::model::chain::ChainRecord;
 use cage_runtime::model::clock::{now_ms, span_ms};
@@ -136,6 +136,10 @@ pub fn show(site: &Site, id: &str, json: bool) -> ExitCode {
             Some(reason) => println!("  state       dead: {reason}"),
             None => println!("  next        {}", next_attempt(v)),
         }
+        if let Some(c) = crashes(v) {
+            // "crashes: 1 of 3" as a field of this page: "crashes     1 of 3".
+            println!("  crashes     {}", c.trim_start_matches("crashes: "));
+        }
         let args = serde_json::from_slice::<serde_json::Value>(&c.args)
             .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
             .unwrap_or_else(|_| String::from_utf8_lossy(&c.args).into_owned());
@@ -161,7 +165,14 @@ pub fn show(site: &Site, id: &str, json: bool) -> ExitCode {
                     .unwrap_or_else(|| "ok".into()),
             ]);
         }
-        println!("{table}\n");
+        println!("{table}");
+        // Crashed attempts, each with its reason whole (the table may wrap it).
+        for a in &r.attempts {
+            if let Some(reason) = a.error.as_deref().and_then(crash_reason) {
+                println!("  crashed     attempt {}: {reason}", a.number);
+            }
+        }
+        println!();
     }
     ExitCode::SUCCESS
 }

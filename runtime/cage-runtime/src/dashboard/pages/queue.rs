@@ -95,7 +95,12 @@ pub fn render(
                                     td { (call_link(frame, cage, &r.call.id)) }
                                     td { (r.call.module) "." (r.call.method) }
                                     td { (r.stage.as_str()) @if v.running { " " b { "running" } } }
-                                    td data-v=(r.attempts.len()) { (r.attempts.len()) }
+                                    td data-v=(r.attempts.len()) {
+                                        (r.attempts.len())
+                                        @if let Some(c) = &v.crashes {
+                                            " " span.err { "crashes: " (c.count) " of " (c.max) }
+                                        }
+                                    }
                                     td data-v=(r.next_at_ms) { (moment(r.next_at_ms)) }
                                     td.err { (r.last_error().unwrap_or("")) }
                                     td data-v=(r.call.enqueued_at_ms) { (age(r.call.enqueued_at_ms)) }
