@@ -6,7 +6,7 @@ use crate::config::{CageConfig, ConfigError, ExecuteOn, InstanceOverrides, Site}
 use crate::delivery::Delivery;
 use crate::discovery::Responder;
 use crate::dispatch::{Dispatcher, Load};
-use crate::executor::CallExecutor;
+use crate::executor::{CallExecutor, ExecutorSettings};
 use crate::host::{HostEnv, OwnCage, SpareWorkers, StateLocks};
 use crate::listener::{Door, Limits, Listener, StopListening};
 use crate::messaging::Mailboxes;
@@ -230,7 +230,17 @@ impl PreparedCage {
             },
         )
         .start();
-        let executor = CallExecutor::new(c.executor_threads, self.env.clone())
+        let worker_exe = std::env::current_exe().map_err(|source| StartError::Executor {
+            cage: c.name.clone(),
+            source,
+        })?;
+        let settings = ExecutorSettings {
+            threads: c.executor_threads,
+            running: c.running,
+            modules: c.module_settings.clone(),
+            worker_exe,
+        };
+        let executor = CallExecutor::new(settings, self.env.clone())
             .map_err(|source| StartError::Executor {
                 cage: c.name.clone(),
                 source,

@@ -1,13 +1,19 @@
 //! The call executor: an actor in front of a bounded pool of worker threads that run module
-//! code, so a slow call never blocks the actor threads or other calls.
+//! code, so a slow call never blocks the actor threads or other calls. Each thread runs its
+//! call's module in place (`in_process`) or drives it in one of the module's worker
+//! processes (`process`, [`crate::worker`]); the threads bound the calls running at once.
 
+use crate::config::{Isolation, ModuleRunning};
 use crate::host::{HostEnv, Output};
 use crate::loader::LoadedModule;
 use crate::model::call::ChainLink;
 use crate::model::clock::unix_ms;
+use crate::worker::Workers;
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -16,8 +22,32 @@ use tokio::sync::oneshot;
 /// Calls that may wait for a worker per worker thread before new ones are refused.
 const BACKLOG_PER_WORKER: usize = 256;
 
-/// Where a call's result arrives.
-pub type Reply = oneshot::Receiver<Result<Output, CallError>>;
+/// Where a call's result arrives, and how the call runs.
+pub struct Reply {
+    /// The result, once the call ends.
+    pub result: oneshot::Receiver<Result<Output, CallError>>,
+    /// Where the module's code runs (what a timeout does to it depends on it).
+    pub isolation: Isolation,
+}
+
+/// How a cage's executor runs modules.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    /// Threads running calls.
+    pub threads: usize,
+    /// How modules run unless `modules` says otherwise.
+    pub running: ModuleRunning,
+    /// How named modules run.
+    pub modules: BTreeMap<String, ModuleRunning>,
+    /// The binary started as a worker process (the `cage` binary itself).
+    pub worker_exe: PathBuf,
+}
+
+impl ExecutorSettings {
+    fn running_of(&self, module: &str) -> ModuleRunning {
+        self.modules.get(module).copied().unwrap_or(self.running)
+    }
+}
 
 /// A call of one method, whichever way it came (sync, queued, a chain step).
 #[derive(Debug, Clone)]
@@ -53,19 +83,40 @@ struct Job {
     reply: oneshot::Sender<Result<Output, CallError>>,
 }
 
+/// What every executor thread shares: the host and where modules run.
+struct Runner {
+    env: Arc<HostEnv>,
+    settings: ExecutorSettings,
+    workers: Arc<Workers>,
+}
+
 /// The executor actor; dropping it closes the pool once queued calls have run.
 pub struct CallExecutor {
     jobs: Sender<Job>,
     workers: usize,
+    settings: ExecutorSettings,
 }
 
 impl CallExecutor {
-    /// Starts `workers` threads that run calls with `env` as their host.
-    pub fn new(workers: usize, env: Arc<HostEnv>) -> std::io::Result<Self> {
+    /// Starts `settings.threads` threads that run calls with `env` as their host.
+    pub fn new(settings: ExecutorSettings, env: Arc<HostEnv>) -> std::io::Result<Self> {
+        let workers = settings.threads;
+        let processes = Workers::start(
+            settings.worker_exe.clone(),
+            &env.cage,
+            env.spare.clone(),
+            env.metrics.clone(),
+        )?;
+        let runner = Arc::new(Runner {
+            env: env.clone(),
+            settings: settings.clone(),
+            workers: processes,
+        });
+        let env = runner;
         let (jobs, queue) = bounded::<Job>(workers * BACKLOG_PER_WORKER);
         let spare_queue = queue.clone();
-        let spare_env: Weak<HostEnv> = Arc::downgrade(&env);
-        env.spare.install(move |alive: Arc<AtomicBool>| {
+        let spare_env: Weak<Runner> = Arc::downgrade(&env);
+        env.env.spare.install(move |alive: Arc<AtomicBool>| {
             let Some(env) = spare_env.upgrade() else {
                 return false;
             };
@@ -94,11 +145,16 @@ impl CallExecutor {
                     }
                 })?;
         }
-        Ok(CallExecutor { jobs, workers })
+        Ok(CallExecutor {
+            jobs,
+            workers,
+            settings,
+        })
     }
 }
 
-fn run_job(env: &HostEnv, job: Job) {
+fn run_job(runner: &Runner, job: Job) {
+    let env = &runner.env;
     let Job {
         call: Execute {
             module,
@@ -118,6 +174,7 @@ fn run_job(env: &HostEnv, job: Job) {
         return;
     }
     let started = Instant::now();
+    let running = runner.settings.running_of(&module.name);
     let result = env.run(
         &module,
         &call.call_id,
@@ -126,6 +183,12 @@ fn run_job(env: &HostEnv, job: Job) {
         call.attempt,
         call.queued,
         call.chain.as_ref(),
+        |ctx, method, args| match running.isolation {
+            Isolation::InProcess => module.call(ctx, method, args),
+            Isolation::Process => runner
+                .workers
+                .call(&module, running, ctx, method, args, deadline),
+        },
     );
     let took = started.elapsed();
     let error = result.as_ref().err().map(ToString::to_string);
@@ -156,8 +219,12 @@ impl Handler<Execute> for CallExecutor {
 
     fn handle(&mut self, call: Execute, _: &mut Context<Self>) -> Self::Result {
         let (reply, rx) = oneshot::channel();
+        let isolation = self.settings.running_of(&call.module.name).isolation;
         match self.jobs.try_send(Job { call, reply }) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok(Reply {
+                result: rx,
+                isolation,
+            }),
             Err(TrySendError::Full(_)) => Err(CallError::with_kind(
                 ErrorKind::Refused,
                 format!(

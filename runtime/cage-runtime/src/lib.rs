@@ -15,6 +15,8 @@
 //!   it here: resolve the module, check the method, set the deadline, hand it to the executor.
 //! - [`delivery`]: handing queued calls to their target cages.
 //! - [`executor`]: the actor in front of the worker threads that run module code.
+//! - [`worker`]: module code in supervised worker processes (the `cage worker` role, pools
+//!   per module version, the watchdog that kills hung calls, how a worker died).
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
@@ -80,3 +82,4 @@ pub mod retry_policy;
 pub mod run;
 pub mod scheduler;
 pub mod transport;
+pub mod worker;

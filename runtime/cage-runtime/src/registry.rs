@@ -499,6 +499,7 @@ impl Handler<ListModules> for ModuleRegistry {
                     draining_versions: slot.draining.len(),
                     loads: slot.loads,
                     rejected: slot.rejected,
+                    workers: Default::default(),
                 }
             })
             .collect()

@@ -32,6 +32,8 @@ pub struct LoadedModule {
     /// The file it was loaded from.
     pub source: PathBuf,
     copy: PathBuf,
+    /// Whether dropping this deletes `copy` (the cage's own load made it; a worker's did not).
+    owns_copy: bool,
     call: CallFn,
     free: FreeFn,
     library: ManuallyDrop<libloading::Library>,
@@ -117,6 +119,25 @@ impl LoadedModule {
         }
     }
 
+    /// Loads the file `path` where it lies, with the same checks as [`LoadedModule::load`] but
+    /// no copy made and none deleted: a worker process's view of a version's private copy,
+    /// which the cage owns.
+    pub fn open_in_place(expected: &str, path: &Path) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            action: format!("read {}", path.display()),
+            source,
+        })?;
+        elf_check::check(&bytes)?;
+        let mut module = Self::open(expected, path, path, sha256_hex(&bytes))?;
+        module.owns_copy = false;
+        Ok(module)
+    }
+
+    /// The private copy this version was loaded from (the file its worker processes load).
+    pub fn copy(&self) -> &Path {
+        &self.copy
+    }
+
     fn open(expected: &str, source: &Path, copy: &Path, sha256: String) -> Result<Self, LoadError> {
         // RTLD_NOW: an unresolvable symbol fails here, at load, instead of at some later call.
         // SAFETY: the file was proven a whole ELF shared object exporting our entry symbol;
@@ -184,6 +205,7 @@ impl LoadedModule {
             loaded_at: SystemTime::now(),
             source: source.to_owned(),
             copy: copy.to_owned(),
+            owns_copy: true,
             call: d.call,
             free: d.free,
             library: ManuallyDrop::new(library),
@@ -202,6 +224,13 @@ impl LoadedModule {
         method: &str,
         args: &[u8],
     ) -> Result<Vec<u8>, CallError> {
+        let (status, bytes) = self.call_raw(host, method, args);
+        decode_outcome(&self.name, status, bytes)
+    }
+
+    /// Runs `method` as [`LoadedModule::call`] does, answering the ABI status and the bytes
+    /// as the module wrote them (a worker passes them on to its cage unread).
+    pub fn call_raw(&self, host: &HostContext, method: &str, args: &[u8]) -> (u32, Vec<u8>) {
         let mut out = OwnedBytes::empty();
         // SAFETY: the module's `call` never unwinds (the SDK catches panics) and writes `out`;
         // `host`, `method` and `args` outlive the call.
@@ -217,20 +246,24 @@ impl LoadedModule {
         let bytes = unsafe { out.as_slice() }.to_vec();
         // SAFETY: the module allocated `out`, so the module's `free` releases it, once.
         unsafe { (self.free)(out) };
-        if status == abi::status::OK {
-            Ok(bytes)
-        } else {
-            Err(
-                serde_json::from_slice::<CallError>(&bytes).unwrap_or_else(|_| CallError {
-                    kind: ErrorKind::Internal,
-                    message: format!(
-                        "module {} returned status {status} with an unreadable error: {}",
-                        self.name,
-                        String::from_utf8_lossy(&bytes)
-                    ),
-                }),
-            )
-        }
+        (status, bytes)
+    }
+}
+
+/// What module `module` answered with ABI `status` and `bytes`: its JSON result, or its error.
+pub fn decode_outcome(module: &str, status: u32, bytes: Vec<u8>) -> Result<Vec<u8>, CallError> {
+    if status == abi::status::OK {
+        Ok(bytes)
+    } else {
+        Err(
+            serde_json::from_slice::<CallError>(&bytes).unwrap_or_else(|_| CallError {
+                kind: ErrorKind::Internal,
+                message: format!(
+                    "module {module} returned status {status} with an unreadable error: {}",
+                    String::from_utf8_lossy(&bytes)
+                ),
+            }),
+        )
     }
 }
 
@@ -239,6 +272,9 @@ impl Drop for LoadedModule {
         // SAFETY: no call into this version is running: every call holds an `Arc` to it, and
         // this is the last one going away. Function pointers into it are dropped with `self`.
         unsafe { ManuallyDrop::drop(&mut self.library) };
+        if !self.owns_copy {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(&self.copy) {
             tracing::warn!(module = %self.name, copy = %self.copy.display(), "cannot delete unloaded copy: {e}");
         }

@@ -1,0 +1,106 @@
+//! The watchdog: one list of running calls' deadlines. A worker still busy at its call's
+//! deadline is killed (SIGKILL), so a hung call frees its slot at once. One thread serves
+//! every call (it also runs the pool's periodic sweep), rather than a timer per call.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Watched {
+    due: BinaryHeap<Reverse<(Instant, u64)>>,
+    armed: HashMap<u64, (u32, Arc<AtomicBool>)>,
+    next: u64,
+}
+
+/// Deadlines of the calls running in workers.
+#[derive(Default)]
+pub struct Watchdog {
+    watched: Mutex<Watched>,
+    changed: Condvar,
+}
+
+/// A watched call; dropping it (the call ended) disarms the kill.
+pub struct Armed<'a> {
+    dog: &'a Watchdog,
+    id: u64,
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        self.dog.lock().armed.remove(&self.id);
+    }
+}
+
+impl Watchdog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Kills process `pid` at `deadline` (setting `killed` first) unless the guard is dropped.
+    pub fn watch(&self, pid: u32, deadline: Instant, killed: Arc<AtomicBool>) -> Armed<'_> {
+        let mut w = self.lock();
+        let id = w.next;
+        w.next += 1;
+        w.armed.insert(id, (pid, killed));
+        w.due.push(Reverse((deadline, id)));
+        drop(w);
+        self.changed.notify_one();
+        Armed { dog: self, id }
+    }
+
+    /// Kills every worker past its deadline, then waits until the next deadline, a new watch,
+    /// or `tick`, whichever is first.
+    pub fn patrol(&self, tick: Duration) {
+        let mut w = self.lock();
+        let now = Instant::now();
+        while let Some(Reverse((at, id))) = w.due.peek().copied() {
+            if at > now {
+                break;
+            }
+            w.due.pop();
+            // Killed under the lock: a call that ended has disarmed (under the same lock)
+            // before its worker is reaped, so a pid reused since is never hit.
+            if let Some((pid, killed)) = w.armed.remove(&id) {
+                killed.store(true, Ordering::Release);
+                tracing::warn!(pid, "worker killed: its call passed its deadline");
+                // SAFETY: signalling a child process this cage started and has not reaped.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        let wait = w
+            .due
+            .peek()
+            .map(|Reverse((at, _))| at.saturating_duration_since(now))
+            .unwrap_or(tick)
+            .min(tick);
+        let _ = self.changed.wait_timeout(w, wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disarmed_watch_kills_nothing_and_a_due_one_kills_its_process() {
+        let dog = Watchdog::default();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let spared = Arc::new(AtomicBool::new(false));
+        drop(dog.watch(sleeper.id(), Instant::now(), spared.clone()));
+        dog.patrol(Duration::from_millis(1));
+        assert!(!spared.load(Ordering::Acquire));
+        assert!(sleeper.try_wait().unwrap().is_none());
+        let killed = Arc::new(AtomicBool::new(false));
+        let _armed = dog.watch(sleeper.id(), Instant::now(), killed.clone());
+        dog.patrol(Duration::from_millis(1));
+        assert!(killed.load(Ordering::Acquire));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+}
