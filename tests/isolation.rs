@@ -256,3 +256,44 @@ fn a_hot_reload_drains_old_workers_and_leaves_no_process_or_copy_behind() {
     });
     let _ = version;
 }
+
+#[test]
+fn a_module_that_crashes_while_loading_is_refused_and_the_cage_never_maps_it() {
+    let mut site = Site::new();
+    site.cage("box", &["crash", "echo"], "");
+    site.install("crash", &module_so("crash", &["crash_on_load"]));
+    site.install("echo", &module_so("echo", &[]));
+    let mut cage = site.start("box");
+    let pid = cage.pid();
+    let refused = eventually(Duration::from_secs(20), "the load is refused", || {
+        let modules = site.cage_cmd(&["modules", "box", "--json"]);
+        let list: Vec<Value> = serde_json::from_str(&modules.stdout).ok()?;
+        let crash = list.iter().find(|m| m["name"] == "crash")?.clone();
+        crash["last_error"].as_str().map(str::to_owned)
+    });
+    assert!(
+        refused.contains("its worker died while loading it (SIGSEGV)"),
+        "{refused}"
+    );
+    // Calls are refused as for any module not loaded, and start no process: no fork loop.
+    for _ in 0..5 {
+        let run = site.call("box", "crash.fine", "null");
+        assert_ne!(run.code, 0, "{run:?}");
+        assert!(run.stderr.contains("not loaded"), "{run:?}");
+    }
+    assert!(children(pid).is_empty(), "{:?}", children(pid));
+    assert!(cage.alive());
+    assert!(
+        cage.mapped_module_copies().is_empty(),
+        "{:?}",
+        cage.mapped_module_copies()
+    );
+    echo_answers(&site);
+    // A fixed build is loaded and served.
+    site.install_atomic("crash", &module_so("crash", &["fixed"]));
+    eventually(Duration::from_secs(20), "the fixed build serves", || {
+        let run = site.call("box", "crash.segfault", "null");
+        (run.code == 0).then_some(())
+    });
+    assert_eq!(cage.pid(), pid);
+}

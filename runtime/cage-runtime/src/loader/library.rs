@@ -4,7 +4,8 @@
 //! copy is unloaded and deleted when the last `Arc` to it drops, i.e. when the last call that
 //! started on this version has finished.
 
-use super::descriptor::{self, Described, DescriptorFields};
+pub use super::descriptor::Described;
+use super::descriptor::{self, DescriptorFields};
 use super::{elf_check, LoadError};
 use cage_sdk::abi::{
     self, Bytes, CallFn, EntryFn, FreeFn, HostContext, ModuleDescriptor, OwnedBytes,
@@ -34,10 +35,23 @@ pub struct LoadedModule {
     copy: PathBuf,
     /// Whether dropping this deletes `copy` (the cage's own load made it; a worker's did not).
     owns_copy: bool,
+    /// The mapped library, or none when only worker processes map it.
+    code: Option<Code>,
+}
+
+/// A library mapped into this process, and its two functions.
+struct Code {
     call: CallFn,
     free: FreeFn,
     library: ManuallyDrop<libloading::Library>,
 }
+
+/// Loads a version's private copy in another process (a worker) and says what it found there;
+/// `None` for a module whose code runs in this process, which then maps it itself. Given by
+/// the cage's wiring, so a module run in workers is never mapped, nor its initialisers run,
+/// in the cage.
+pub type Probe =
+    std::sync::Arc<dyn Fn(&str, &Path) -> Option<Result<Described, String>> + Send + Sync>;
 
 impl std::fmt::Debug for LoadedModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,12 +109,14 @@ fn write_copy(copy: &Path, bytes: &[u8]) -> Result<(), LoadError> {
 impl LoadedModule {
     /// Validates `bytes` (read from `source`) as module `expected`, writes them to a private copy
     /// in `copy_dir` named with `tag`, and loads that copy.
+    /// With a `probe` that takes the module, the copy is loaded in a worker process instead.
     pub fn load(
         expected: &str,
         source: &Path,
         bytes: &[u8],
         copy_dir: &Path,
         tag: &str,
+        probe: Option<&Probe>,
     ) -> Result<Self, LoadError> {
         elf_check::check(bytes)?;
         let sha256 = sha256_hex(bytes);
@@ -110,7 +126,26 @@ impl LoadedModule {
         })?;
         let copy = copy_dir.join(format!("lib{expected}.{tag}.{}.so", &sha256[..12]));
         write_copy(&copy, bytes)?;
-        match Self::open(expected, source, &copy, sha256) {
+        let opened = match probe.and_then(|probe| probe(expected, &copy)) {
+            Some(Ok(Described {
+                name,
+                version,
+                methods,
+            })) => Ok(LoadedModule {
+                name,
+                version,
+                methods,
+                sha256,
+                loaded_at: SystemTime::now(),
+                source: source.to_owned(),
+                copy: copy.clone(),
+                owns_copy: true,
+                code: None,
+            }),
+            Some(Err(reason)) => Err(LoadError::Worker(reason)),
+            None => Self::open(expected, source, &copy, sha256),
+        };
+        match opened {
             Ok(m) => Ok(m),
             Err(e) => {
                 let _ = std::fs::remove_file(&copy);
@@ -206,9 +241,11 @@ impl LoadedModule {
             source: source.to_owned(),
             copy: copy.to_owned(),
             owns_copy: true,
-            call: d.call,
-            free: d.free,
-            library: ManuallyDrop::new(library),
+            code: Some(Code {
+                call: d.call,
+                free: d.free,
+                library: ManuallyDrop::new(library),
+            }),
         })
     }
 
@@ -231,11 +268,24 @@ impl LoadedModule {
     /// Runs `method` as [`LoadedModule::call`] does, answering the ABI status and the bytes
     /// as the module wrote them (a worker passes them on to its cage unread).
     pub fn call_raw(&self, host: &HostContext, method: &str, args: &[u8]) -> (u32, Vec<u8>) {
+        let Some(code) = &self.code else {
+            let e = CallError::with_kind(
+                ErrorKind::Internal,
+                format!(
+                    "module {} {} is loaded in worker processes only, not in the cage",
+                    self.name, self.version
+                ),
+            );
+            return (
+                abi::status::ERROR,
+                serde_json::to_vec(&e).unwrap_or_default(),
+            );
+        };
         let mut out = OwnedBytes::empty();
         // SAFETY: the module's `call` never unwinds (the SDK catches panics) and writes `out`;
         // `host`, `method` and `args` outlive the call.
         let status = unsafe {
-            (self.call)(
+            (code.call)(
                 host,
                 Bytes::from_slice(method.as_bytes()),
                 Bytes::from_slice(args),
@@ -245,7 +295,7 @@ impl LoadedModule {
         // SAFETY: `out` is the module's live buffer; copy it, then give it back to its allocator.
         let bytes = unsafe { out.as_slice() }.to_vec();
         // SAFETY: the module allocated `out`, so the module's `free` releases it, once.
-        unsafe { (self.free)(out) };
+        unsafe { (code.free)(out) };
         (status, bytes)
     }
 }
@@ -269,9 +319,11 @@ pub fn decode_outcome(module: &str, status: u32, bytes: Vec<u8>) -> Result<Vec<u
 
 impl Drop for LoadedModule {
     fn drop(&mut self) {
-        // SAFETY: no call into this version is running: every call holds an `Arc` to it, and
-        // this is the last one going away. Function pointers into it are dropped with `self`.
-        unsafe { ManuallyDrop::drop(&mut self.library) };
+        if let Some(code) = &mut self.code {
+            // SAFETY: no call into this version is running: every call holds an `Arc` to it,
+            // and this is the last one going away. Function pointers into it go with `self`.
+            unsafe { ManuallyDrop::drop(&mut code.library) };
+        }
         if !self.owns_copy {
             return;
         }

@@ -4,6 +4,7 @@
 use super::exit::Death;
 use super::role::CHANNEL_FD;
 use super::wire::{self, ToCage};
+use crate::loader::library::Described;
 use std::collections::VecDeque;
 use std::io::BufRead;
 
@@ -99,6 +100,8 @@ pub struct Worker {
     pub channel: UnixStream,
     /// Set when the watchdog killed it at its call's deadline.
     pub killed: Arc<AtomicBool>,
+    /// What its module said of itself once loaded.
+    pub described: Described,
     child: Child,
     tail: Arc<Tail>,
 }
@@ -219,6 +222,7 @@ impl Worker {
             pid,
             channel: ours,
             killed: Arc::new(AtomicBool::new(false)),
+            described: Described::default(),
             child,
             tail,
         };
@@ -229,7 +233,18 @@ impl Worker {
         let said = wire::receive::<ToCage>(&mut worker.channel);
         let _ = worker.channel.set_read_timeout(None);
         match said {
-            Ok(ToCage::Ready { .. }) => Ok(worker),
+            Ok(ToCage::Ready {
+                name,
+                version,
+                methods,
+            }) => {
+                worker.described = Described {
+                    name,
+                    version,
+                    methods,
+                };
+                Ok(worker)
+            }
             Ok(ToCage::LoadFailed(e)) => {
                 worker.reap();
                 Err(StartFailure::Load(e))
@@ -287,6 +302,33 @@ impl Worker {
     pub fn was_killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
     }
+}
+
+/// Longest a module may take to load in a probing worker.
+const PROBE_WAIT: Duration = Duration::from_secs(30);
+
+/// Loads the version `spawn` names in a worker of its own, which then exits: what the module
+/// says of itself, or why it does not load (a crash in its initialisers kills only the
+/// worker). The cage proves a module this way without ever mapping it.
+pub fn probe(spawn: &Spawn) -> Result<Described, String> {
+    let worker = Worker::start(spawn, Instant::now() + PROBE_WAIT).map_err(|e| e.to_string())?;
+    let described = worker.described.clone();
+    let pid = worker.pid;
+    // Closing the channel ends the worker; reaping it here leaves no zombie behind.
+    let Worker { channel, child, .. } = worker;
+    drop(channel);
+    let mut exiting = Exiting(child);
+    let until = Instant::now() + EXIT_WAIT;
+    while !exiting.reaped() {
+        if Instant::now() >= until {
+            tracing::warn!(module = %spawn.module, pid, "probing worker lingers; killed");
+            let _ = exiting.0.kill();
+            let _ = exiting.0.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(described)
 }
 
 /// A worker told to exit, to be reaped once it has.
