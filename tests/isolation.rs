@@ -107,7 +107,7 @@ fn a_sync_call_that_crashes_its_worker_fails_as_crashed_and_the_cage_goes_on() {
     assert_eq!(crashed["exit_3"], 1, "{crash}");
     let table = site.cage_cmd(&["modules", "box"]);
     assert!(
-        table.stdout.contains("5 (2 stack_overflow"),
+        table.stdout.contains("6 (2 stack_overflow"),
         "{}",
         table.stdout
     );
@@ -292,4 +292,50 @@ fn a_module_that_crashes_while_loading_is_refused_and_the_cage_never_maps_it() {
         (run.code == 0).then_some(())
     });
     assert_eq!(cage.pid(), pid);
+}
+
+#[test]
+fn in_process_a_hung_call_has_its_thread_written_off_and_replaced() {
+    let mut site = Site::new();
+    site.cage(
+        "box",
+        &["crash"],
+        "executor_threads = 2\nisolation = \"in_process\"\n",
+    );
+    site.install("crash", &module_so("crash", &[]));
+    let mut cage = site.start("box");
+    // More hung calls than the cage has threads: each passes its limit and is left running.
+    for _ in 0..3 {
+        let run = site.cage_cmd(&[
+            "call",
+            "box",
+            "crash.sleep_forever",
+            "null",
+            "--timeout",
+            "1s",
+        ]);
+        assert_eq!(run.code, 16, "{run:?}");
+        assert!(
+            run.stderr
+                .contains("the method keeps running on its executor thread"),
+            "{}",
+            run.stderr
+        );
+    }
+    // The pool kept its size: a healthy call still finds a thread.
+    let written_off = eventually(Duration::from_secs(20), "three threads written off", || {
+        let modules = site.cage_cmd(&["modules", "box", "--json"]);
+        let list: Vec<Value> = serde_json::from_str(&modules.stdout).ok()?;
+        let crash = list.iter().find(|m| m["name"] == "crash")?.clone();
+        (crash["workers"]["threads_written_off"] == 3).then_some(crash)
+    });
+    let run = site.call("box", "crash.fine", "1");
+    assert_eq!(run.code, 0, "{run:?} {written_off}");
+    assert!(cage.alive());
+    let table = site.cage_cmd(&["modules", "box"]);
+    assert!(
+        table.stdout.contains("3 threads written off"),
+        "{}",
+        table.stdout
+    );
 }

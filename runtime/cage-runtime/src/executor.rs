@@ -6,15 +6,16 @@
 use crate::config::{Isolation, ModuleRunning};
 use crate::host::{HostEnv, Output};
 use crate::loader::LoadedModule;
+use crate::metrics::WorkerEvent;
 use crate::model::call::ChainLink;
 use crate::model::clock::unix_ms;
 use crate::worker::Workers;
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -83,11 +84,36 @@ struct Job {
     reply: oneshot::Sender<Result<Output, CallError>>,
 }
 
-/// What every executor thread shares: the host and where modules run.
+/// What every executor thread shares: the host, where modules run, and the calls to run.
 struct Runner {
     env: Arc<HostEnv>,
     settings: ExecutorSettings,
     workers: Arc<Workers>,
+    queue: Receiver<Job>,
+    /// Names threads started to replace ones written off.
+    replacements: AtomicUsize,
+}
+
+/// Which kind of executor thread runs a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seat {
+    /// One of the pool's threads: replaced when written off, so the pool keeps its size.
+    Pool,
+    /// A spare lent to a call waiting on its children: not replaced.
+    Spare,
+}
+
+/// Starts one pool thread taking calls from the queue until it closes, or until the thread
+/// is written off (its call ran past its deadline in process: the thread is left to it).
+fn start_pool_thread(runner: Arc<Runner>, name: String) -> std::io::Result<()> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        for job in runner.queue.iter() {
+            if run_job(&runner, job, Seat::Pool) {
+                break;
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// The executor actor; dropping it closes the pool once queued calls have run.
@@ -107,13 +133,15 @@ impl CallExecutor {
             env.spare.clone(),
             env.metrics.clone(),
         )?;
+        let (jobs, queue) = bounded::<Job>(workers * BACKLOG_PER_WORKER);
         let runner = Arc::new(Runner {
             env: env.clone(),
             settings: settings.clone(),
             workers: processes,
+            queue: queue.clone(),
+            replacements: AtomicUsize::new(0),
         });
         let env = runner;
-        let (jobs, queue) = bounded::<Job>(workers * BACKLOG_PER_WORKER);
         let spare_queue = queue.clone();
         let spare_env: Weak<Runner> = Arc::downgrade(&env);
         env.env.spare.install(move |alive: Arc<AtomicBool>| {
@@ -126,7 +154,11 @@ impl CallExecutor {
                 .spawn(move || {
                     while alive.load(Ordering::Acquire) {
                         match queue.recv_timeout(Duration::from_millis(100)) {
-                            Ok(job) => run_job(&env, job),
+                            Ok(job) => {
+                                if run_job(&env, job, Seat::Spare) {
+                                    break;
+                                }
+                            }
                             Err(RecvTimeoutError::Timeout) => {}
                             Err(RecvTimeoutError::Disconnected) => break,
                         }
@@ -135,15 +167,7 @@ impl CallExecutor {
                 .is_ok()
         });
         for i in 0..workers {
-            let queue = queue.clone();
-            let env = env.clone();
-            std::thread::Builder::new()
-                .name(format!("cage-exec-{i}"))
-                .spawn(move || {
-                    for job in queue {
-                        run_job(&env, job);
-                    }
-                })?;
+            start_pool_thread(env.clone(), format!("cage-exec-{i}"))?;
         }
         Ok(CallExecutor {
             jobs,
@@ -153,7 +177,8 @@ impl CallExecutor {
     }
 }
 
-fn run_job(runner: &Runner, job: Job) {
+/// Runs one call; answers whether this thread was written off meanwhile (and so must stop).
+fn run_job(runner: &Arc<Runner>, job: Job, seat: Seat) -> bool {
     let env = &runner.env;
     let Job {
         call: Execute {
@@ -171,10 +196,29 @@ fn run_job(runner: &Runner, job: Job) {
             ErrorKind::Timeout,
             "deadline passed while waiting for a free executor thread",
         )));
-        return;
+        return false;
     }
     let started = Instant::now();
     let running = runner.settings.running_of(&module.name);
+    let written_off = Arc::new(AtomicBool::new(false));
+    // In process, a call past its deadline cannot be stopped: its thread is left to it and,
+    // for a pool thread, another takes its place, so hung calls never drain the pool.
+    let _watched = (running.isolation == Isolation::InProcess).then(|| {
+        let (runner, written_off) = (runner.clone(), written_off.clone());
+        let name = module.name.clone();
+        let call_id = call.call_id.clone();
+        runner.workers.clone().on_deadline(deadline, move || {
+            written_off.store(true, Ordering::Release);
+            runner.env.metrics.worker_event(&name, WorkerEvent::ThreadWrittenOff, "");
+            tracing::warn!(call_id = %call_id, module = %name, "executor thread written off: its call passed its deadline and cannot be stopped in process");
+            if seat == Seat::Pool {
+                let n = runner.replacements.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = start_pool_thread(runner.clone(), format!("cage-exec-r{n}")) {
+                    tracing::error!("cannot start an executor thread to replace one written off: {e}");
+                }
+            }
+        })
+    });
     let result = env.run(
         &module,
         &call.call_id,
@@ -206,6 +250,8 @@ fn run_job(runner: &Runner, job: Job) {
         }
     }
     let _ = reply.send(result);
+    drop(_watched);
+    written_off.load(Ordering::Acquire)
     // `module` drops here; if a newer version was swapped in meanwhile and this was the last
     // call on the old one, the old library is unloaded now, on this worker thread.
 }

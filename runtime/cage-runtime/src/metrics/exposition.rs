@@ -283,6 +283,13 @@ impl Snapshots {
             Counter,
             per_module(|w| w.killed),
         )?;
+        family(
+            e,
+            "cage_threads_written_off",
+            "Executor threads left to a call that passed its deadline in process, and replaced.",
+            Counter,
+            per_module(|w| w.threads_written_off),
+        )?;
         let mut crashes = Vec::new();
         for s in &self.0 {
             for (module, w) in &s.workers {

@@ -160,6 +160,8 @@ pub struct WorkerCounters {
     pub crashed: BTreeMap<String, u64>,
     /// Workers killed because their call passed its deadline.
     pub killed: u64,
+    /// Executor threads left to a call that passed its deadline in process (and replaced).
+    pub threads_written_off: u64,
 }
 
 impl WorkerCounters {
@@ -186,6 +188,8 @@ pub enum WorkerEvent {
     Crashed,
     /// A worker was killed at its call's deadline.
     Killed,
+    /// An executor thread was left to a call running in process past its deadline.
+    ThreadWrittenOff,
 }
 
 #[derive(Default)]
@@ -259,6 +263,7 @@ impl Metrics {
                 less(&mut w.running);
                 w.killed += 1;
             }
+            WorkerEvent::ThreadWrittenOff => w.threads_written_off += 1,
         }
     }
 

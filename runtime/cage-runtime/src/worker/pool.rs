@@ -66,6 +66,18 @@ impl Pool {
     }
 }
 
+/// What [`Workers::on_deadline`] armed; dropping it (the call ended) disarms it.
+pub struct DeadlineGuard {
+    workers: Arc<Workers>,
+    id: u64,
+}
+
+impl Drop for DeadlineGuard {
+    fn drop(&mut self) {
+        self.workers.watchdog.disarm(self.id);
+    }
+}
+
 /// Every worker of the cage: pools per module version, one watchdog, workers being reaped.
 pub struct Workers {
     exe: PathBuf,
@@ -109,6 +121,17 @@ impl Workers {
                 }
             })?;
         Ok(workers)
+    }
+
+    /// Runs `expire` at `deadline` unless the returned guard is dropped first (a call running
+    /// in process asks so for its thread).
+    pub fn on_deadline(
+        self: Arc<Self>,
+        deadline: Instant,
+        expire: impl FnOnce() + Send + 'static,
+    ) -> DeadlineGuard {
+        let id = self.watchdog.on_deadline(deadline, expire);
+        DeadlineGuard { workers: self, id }
     }
 
     /// Runs `method` of `module` in one of its workers, `ctx` serving the worker's callbacks;

@@ -1,6 +1,8 @@
 //! The watchdog: one list of running calls' deadlines. A worker still busy at its call's
-//! deadline is killed (SIGKILL), so a hung call frees its slot at once. One thread serves
-//! every call (it also runs the pool's periodic sweep), rather than a timer per call.
+//! deadline is killed (SIGKILL), so a hung call frees its slot at once; a call running in
+//! process gets what its executor asked for instead (its thread is written off and replaced).
+//! One thread serves every call (it also runs the pool's periodic sweep), rather than a timer
+//! per call.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -8,10 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// What happens to a call still running at its deadline.
+enum Expiry {
+    /// Its worker process is killed, `killed` set first.
+    Kill { pid: u32, killed: Arc<AtomicBool> },
+    /// This runs (on the watchdog's thread).
+    Run(Box<dyn FnOnce() + Send>),
+}
+
 #[derive(Default)]
 struct Watched {
     due: BinaryHeap<Reverse<(Instant, u64)>>,
-    armed: HashMap<u64, (u32, Arc<AtomicBool>)>,
+    armed: HashMap<u64, Expiry>,
     next: u64,
 }
 
@@ -30,7 +40,7 @@ pub struct Armed<'a> {
 
 impl Drop for Armed<'_> {
     fn drop(&mut self) {
-        self.dog.lock().armed.remove(&self.id);
+        self.dog.disarm(self.id);
     }
 }
 
@@ -39,16 +49,31 @@ impl Watchdog {
         self.watched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Kills process `pid` at `deadline` (setting `killed` first) unless the guard is dropped.
-    pub fn watch(&self, pid: u32, deadline: Instant, killed: Arc<AtomicBool>) -> Armed<'_> {
+    fn arm(&self, deadline: Instant, expiry: Expiry) -> u64 {
         let mut w = self.lock();
         let id = w.next;
         w.next += 1;
-        w.armed.insert(id, (pid, killed));
+        w.armed.insert(id, expiry);
         w.due.push(Reverse((deadline, id)));
         drop(w);
         self.changed.notify_one();
+        id
+    }
+
+    /// Takes back what [`Watchdog::on_deadline`] armed, if it has not happened yet.
+    pub fn disarm(&self, id: u64) {
+        self.lock().armed.remove(&id);
+    }
+
+    /// Kills process `pid` at `deadline` (setting `killed` first) unless the guard is dropped.
+    pub fn watch(&self, pid: u32, deadline: Instant, killed: Arc<AtomicBool>) -> Armed<'_> {
+        let id = self.arm(deadline, Expiry::Kill { pid, killed });
         Armed { dog: self, id }
+    }
+
+    /// Runs `expire` at `deadline` unless disarmed first; answers the id to disarm it with.
+    pub fn on_deadline(&self, deadline: Instant, expire: impl FnOnce() + Send + 'static) -> u64 {
+        self.arm(deadline, Expiry::Run(Box::new(expire)))
     }
 
     /// Kills every worker past its deadline, then waits until the next deadline, a new watch,
@@ -56,19 +81,31 @@ impl Watchdog {
     pub fn patrol(&self, tick: Duration) {
         let mut w = self.lock();
         let now = Instant::now();
+        let mut runs = Vec::new();
         while let Some(Reverse((at, id))) = w.due.peek().copied() {
             if at > now {
                 break;
             }
             w.due.pop();
-            // Killed under the lock: a call that ended has disarmed (under the same lock)
-            // before its worker is reaped, so a pid reused since is never hit.
-            if let Some((pid, killed)) = w.armed.remove(&id) {
-                killed.store(true, Ordering::Release);
-                tracing::warn!(pid, "worker killed: its call passed its deadline");
-                // SAFETY: signalling a child process this cage started and has not reaped.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            match w.armed.remove(&id) {
+                // Killed under the lock: a call that ended has disarmed (under the same lock)
+                // before its worker is reaped, so a pid reused since is never hit.
+                Some(Expiry::Kill { pid, killed }) => {
+                    killed.store(true, Ordering::Release);
+                    tracing::warn!(pid, "worker killed: its call passed its deadline");
+                    // SAFETY: signalling a child process this cage started and has not reaped.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+                Some(Expiry::Run(run)) => runs.push(run),
+                None => {}
             }
+        }
+        if !runs.is_empty() {
+            drop(w);
+            for run in runs {
+                run();
+            }
+            return;
         }
         let wait = w
             .due
@@ -102,5 +139,23 @@ mod tests {
         assert!(killed.load(Ordering::Acquire));
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn a_due_expiry_runs_once_and_a_disarmed_one_never() {
+        let dog = Watchdog::default();
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = |ran: &Arc<std::sync::atomic::AtomicUsize>| {
+            let ran = ran.clone();
+            move || {
+                ran.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        let spared = dog.on_deadline(Instant::now(), count(&ran));
+        dog.disarm(spared);
+        dog.on_deadline(Instant::now(), count(&ran));
+        dog.patrol(Duration::from_millis(1));
+        dog.patrol(Duration::from_millis(1));
+        assert_eq!(ran.load(Ordering::Acquire), 1);
     }
 }

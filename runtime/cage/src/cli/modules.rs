@@ -44,6 +44,14 @@ fn crashed(w: &WorkerCounters) -> String {
     format!("{} ({})", w.crashes(), reasons.join(", "))
 }
 
+/// Workers killed at a deadline, and executor threads written off (in process).
+fn killed(w: &WorkerCounters) -> String {
+    match w.threads_written_off {
+        0 => w.killed.to_string(),
+        n => format!("{} ({n} threads written off)", w.killed),
+    }
+}
+
 pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
     let route = match target::route(site, cage) {
         Ok(r) => r,
@@ -100,7 +108,7 @@ pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
             m.methods.join(", "),
             workers(&m.workers),
             crashed(&m.workers),
-            m.workers.killed.to_string(),
+            killed(&m.workers),
             error,
         ]);
     }
