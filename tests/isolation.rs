@@ -339,3 +339,23 @@ fn in_process_a_hung_call_has_its_thread_written_off_and_replaced() {
         table.stdout
     );
 }
+
+#[test]
+fn an_idle_worker_killed_from_outside_is_replaced_without_failing_a_call() {
+    let site = crash_site();
+    let cage = site.start("box");
+    let first = fine_pid(&site);
+    // As the OOM killer would.
+    let kill = std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    eventually(Duration::from_secs(20), "the worker is dead", || {
+        let state = std::fs::read_to_string(format!("/proc/{first}/stat")).unwrap_or_default();
+        (state.is_empty() || state.contains(") Z ")).then_some(())
+    });
+    let second = fine_pid(&site);
+    assert_ne!(first, second);
+    assert_eq!(children(cage.pid()), vec![second]);
+}

@@ -216,7 +216,15 @@ impl Workers {
     fn take(&self, pool: &Pool, deadline: Instant) -> Result<Worker, CallError> {
         let mut state = pool.lock();
         loop {
-            if let Some(worker) = state.idle.pop() {
+            if let Some(mut worker) = state.idle.pop() {
+                if worker.ended() {
+                    let pid = worker.pid;
+                    let (death, _) = worker.reap();
+                    tracing::warn!(module = %pool.name, pid, "idle worker ended ({death}); another takes its place");
+                    self.metrics
+                        .worker_event(&pool.name, WorkerEvent::IdleRetired, "");
+                    continue;
+                }
                 state.busy += 1;
                 self.metrics.worker_event(&pool.name, WorkerEvent::Took, "");
                 return Ok(worker);

@@ -263,6 +263,12 @@ impl Worker {
         }
     }
 
+    /// Whether the process has ended while idle (killed from outside, say by the OOM killer):
+    /// such a worker is reaped, not handed a call it would fail.
+    pub fn ended(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Kills the process at once.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
