@@ -359,3 +359,54 @@ fn an_idle_worker_killed_from_outside_is_replaced_without_failing_a_call() {
     assert_ne!(first, second);
     assert_eq!(children(cage.pid()), vec![second]);
 }
+
+#[test]
+fn worker_crashes_and_kills_are_counted_in_metrics_and_on_the_dashboard() {
+    let mut site = Site::new();
+    let http = support::free_port();
+    site.cage(
+        "box",
+        &["crash"],
+        &format!("http_listen = \"127.0.0.1:{http}\"\n"),
+    );
+    site.install("crash", &module_so("crash", &[]));
+    let _cage = site.start("box");
+    assert_eq!(site.call("box", "crash.segfault", "null").code, 25);
+    assert_eq!(site.call("box", "crash.overflow", "null").code, 25);
+    let hung = site.cage_cmd(&[
+        "call",
+        "box",
+        "crash.sleep_forever",
+        "null",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(hung.code, 16, "{hung:?}");
+    fine_pid(&site);
+    let metrics = ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    for line in [
+        "cage_worker_crashes_total{cage=\"box\",module=\"crash\",reason=\"SIGSEGV\"} 1",
+        "cage_worker_crashes_total{cage=\"box\",module=\"crash\",reason=\"stack_overflow\"} 1",
+        "cage_workers_killed_total{cage=\"box\",module=\"crash\"} 1",
+        "cage_workers_idle{cage=\"box\",module=\"crash\"} 1",
+        "cage_workers_running{cage=\"box\",module=\"crash\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    let token = std::fs::read_to_string(site.path().join("config/keys/dashboard.token")).unwrap();
+    let page = ureq::get(&format!("http://127.0.0.1:{http}/ui/modules"))
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        page.contains("2 crashed (1 SIGSEGV, 1 stack_overflow)")
+            && page.contains("1 killed at a deadline"),
+        "{page}"
+    );
+}
