@@ -40,7 +40,9 @@
 //!
 //! A sync call's path: client frame → [`listener`] → [`dispatch::Dispatcher`] →
 //! [`run::run`] → [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`]
-//! (worker thread) → [`host::HostEnv::run`] → the module's `call` → response frame.
+//! (executor thread) → [`host::HostEnv::run`] → the module's `call`, in a worker process
+//! ([`worker::Workers`], its callbacks served by the cage's host) or in process → response
+//! frame.
 //!
 //! A queued call's path: enqueue → [`scheduler::Scheduler`] stores it in [`queue`] (journal
 //! entry, then sled) and answers after the group commit (one journal sync for every waiting
