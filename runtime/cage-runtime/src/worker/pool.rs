@@ -7,7 +7,7 @@
 use super::exit::Death;
 use super::process::{last_words, Exiting, Spawn, StartFailure, Worker};
 use super::remote::{self, Broken};
-use super::watchdog::Watchdog;
+use super::watchdog::{WatchKey, Watchdog};
 use crate::config::ModuleRunning;
 use crate::host::SpareWorkers;
 use crate::loader::library::decode_outcome;
@@ -69,12 +69,12 @@ impl Pool {
 /// What [`Workers::on_deadline`] armed; dropping it (the call ended) disarms it.
 pub struct DeadlineGuard {
     workers: Arc<Workers>,
-    id: u64,
+    key: WatchKey,
 }
 
 impl Drop for DeadlineGuard {
     fn drop(&mut self) {
-        self.workers.watchdog.disarm(self.id);
+        self.workers.watchdog.disarm(self.key);
     }
 }
 
@@ -130,8 +130,8 @@ impl Workers {
         deadline: Instant,
         expire: impl FnOnce() + Send + 'static,
     ) -> DeadlineGuard {
-        let id = self.watchdog.on_deadline(deadline, expire);
-        DeadlineGuard { workers: self, id }
+        let key = self.watchdog.on_deadline(deadline, expire);
+        DeadlineGuard { workers: self, key }
     }
 
     /// Runs `method` of `module` in one of its workers, `ctx` serving the worker's callbacks;

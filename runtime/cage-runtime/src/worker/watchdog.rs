@@ -4,8 +4,7 @@
 //! One thread serves every call (it also runs the pool's periodic sweep), rather than a timer
 //! per call.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -18,11 +17,17 @@ enum Expiry {
     Run(Box<dyn FnOnce() + Send>),
 }
 
+/// Where a watch is kept: its deadline, then a number that tells equal deadlines apart.
+pub type WatchKey = (Instant, u64);
+
+/// The armed watches, soonest first. A call that ends removes its own, so the map holds only
+/// calls running now, however many calls a second the cage runs.
 #[derive(Default)]
 struct Watched {
-    due: BinaryHeap<Reverse<(Instant, u64)>>,
-    armed: HashMap<u64, Expiry>,
+    armed: BTreeMap<WatchKey, Expiry>,
     next: u64,
+    /// When the watchdog wakes next on its own (none: it is not asleep).
+    wakes_at: Option<Instant>,
 }
 
 /// Deadlines of the calls running in workers.
@@ -35,12 +40,12 @@ pub struct Watchdog {
 /// A watched call; dropping it (the call ended) disarms the kill.
 pub struct Armed<'a> {
     dog: &'a Watchdog,
-    id: u64,
+    key: WatchKey,
 }
 
 impl Drop for Armed<'_> {
     fn drop(&mut self) {
-        self.dog.disarm(self.id);
+        self.dog.disarm(self.key);
     }
 }
 
@@ -49,55 +54,61 @@ impl Watchdog {
         self.watched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn arm(&self, deadline: Instant, expiry: Expiry) -> u64 {
+    fn arm(&self, deadline: Instant, expiry: Expiry) -> WatchKey {
         let mut w = self.lock();
-        let id = w.next;
+        let key = (deadline, w.next);
         w.next += 1;
-        w.armed.insert(id, expiry);
-        w.due.push(Reverse((deadline, id)));
+        w.armed.insert(key, expiry);
+        // The watchdog sleeps until the soonest deadline or its tick; only a deadline before
+        // then needs waking it (waking it for every call would cost a thread switch per call).
+        let sooner = w.wakes_at.is_some_and(|at| deadline < at);
         drop(w);
-        self.changed.notify_one();
-        id
+        if sooner {
+            self.changed.notify_one();
+        }
+        key
     }
 
     /// Takes back what [`Watchdog::on_deadline`] armed, if it has not happened yet.
-    pub fn disarm(&self, id: u64) {
-        self.lock().armed.remove(&id);
+    pub fn disarm(&self, key: WatchKey) {
+        self.lock().armed.remove(&key);
     }
 
     /// Kills process `pid` at `deadline` (setting `killed` first) unless the guard is dropped.
     pub fn watch(&self, pid: u32, deadline: Instant, killed: Arc<AtomicBool>) -> Armed<'_> {
-        let id = self.arm(deadline, Expiry::Kill { pid, killed });
-        Armed { dog: self, id }
+        let key = self.arm(deadline, Expiry::Kill { pid, killed });
+        Armed { dog: self, key }
     }
 
-    /// Runs `expire` at `deadline` unless disarmed first; answers the id to disarm it with.
-    pub fn on_deadline(&self, deadline: Instant, expire: impl FnOnce() + Send + 'static) -> u64 {
+    /// Runs `expire` at `deadline` unless disarmed first; answers the key to disarm it with.
+    pub fn on_deadline(
+        &self,
+        deadline: Instant,
+        expire: impl FnOnce() + Send + 'static,
+    ) -> WatchKey {
         self.arm(deadline, Expiry::Run(Box::new(expire)))
     }
 
-    /// Kills every worker past its deadline, then waits until the next deadline, a new watch,
-    /// or `tick`, whichever is first.
+    /// Kills every worker past its deadline, then waits until the next deadline, a sooner
+    /// watch, or `tick`, whichever is first.
     pub fn patrol(&self, tick: Duration) {
         let mut w = self.lock();
         let now = Instant::now();
         let mut runs = Vec::new();
-        while let Some(Reverse((at, id))) = w.due.peek().copied() {
-            if at > now {
+        while let Some(entry) = w.armed.first_entry() {
+            if entry.key().0 > now {
                 break;
             }
-            w.due.pop();
-            match w.armed.remove(&id) {
+            match entry.remove() {
                 // Killed under the lock: a call that ended has disarmed (under the same lock)
                 // before its worker is reaped, so a pid reused since is never hit.
-                Some(Expiry::Kill { pid, killed }) => {
+                Expiry::Kill { pid, killed } => {
                     killed.store(true, Ordering::Release);
                     tracing::warn!(pid, "worker killed: its call passed its deadline");
                     // SAFETY: signalling a child process this cage started and has not reaped.
                     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
                 }
-                Some(Expiry::Run(run)) => runs.push(run),
-                None => {}
+                Expiry::Run(run) => runs.push(run),
             }
         }
         if !runs.is_empty() {
@@ -108,12 +119,18 @@ impl Watchdog {
             return;
         }
         let wait = w
-            .due
-            .peek()
-            .map(|Reverse((at, _))| at.saturating_duration_since(now))
+            .armed
+            .keys()
+            .next()
+            .map(|(at, _)| at.saturating_duration_since(now))
             .unwrap_or(tick)
             .min(tick);
-        let _ = self.changed.wait_timeout(w, wait);
+        w.wakes_at = Some(now + wait);
+        let (mut w, _) = self
+            .changed
+            .wait_timeout(w, wait)
+            .unwrap_or_else(|p| p.into_inner());
+        w.wakes_at = None;
     }
 }
 
