@@ -179,31 +179,41 @@ fn a_hung_sync_call_has_its_worker_killed_at_its_timeout() {
 fn a_hung_queued_attempt_has_its_worker_killed_at_the_time_limit() {
     let site = crash_site();
     let mut cage = site.start("box");
-    let id = site.enqueue("box", "crash.sleep_forever", "null", &["--queue", "short"]);
-    let attempt = eventually(Duration::from_secs(30), "the attempt failed", || {
-        let shown = site.show(&id);
-        shown.first()?["record"]["attempts"]
-            .as_array()?
-            .first()
-            .cloned()
-    });
-    let error = attempt["error"].as_str().unwrap();
-    assert!(
-        error.contains("time_limit of 2s (its worker process was killed at the limit)"),
-        "{attempt}"
-    );
-    eventually(
-        Duration::from_secs(20),
-        "no worker runs the hung call",
-        || {
-            let modules = site.cage_cmd(&["modules", "box", "--json"]);
-            let list: Vec<Value> = serde_json::from_str(&modules.stdout).ok()?;
-            let crash = list.iter().find(|m| m["name"] == "crash")?.clone();
-            (crash["workers"]["killed"] == 1 && crash["workers"]["running"] == 0).then_some(())
-        },
-    );
-    assert!(cage.alive());
-    fine_pid(&site);
+    for (n, method) in ["spin", "sleep_forever"].into_iter().enumerate() {
+        let id = site.enqueue(
+            "box",
+            &format!("crash.{method}"),
+            "null",
+            &["--queue", "short"],
+        );
+        let attempt = eventually(Duration::from_secs(30), "the attempt failed", || {
+            let shown = site.show(&id);
+            shown.first()?["record"]["attempts"]
+                .as_array()?
+                .first()
+                .cloned()
+        });
+        let error = attempt["error"].as_str().unwrap();
+        assert!(
+            error.contains("time_limit of 2s (its worker process was killed at the limit)"),
+            "{method}: {attempt}"
+        );
+        // The hung worker is gone and the pool is whole: no worker runs, a new call answers.
+        eventually(
+            Duration::from_secs(20),
+            "no worker runs the hung call",
+            || {
+                let modules = site.cage_cmd(&["modules", "box", "--json"]);
+                let list: Vec<Value> = serde_json::from_str(&modules.stdout).ok()?;
+                let crash = list.iter().find(|m| m["name"] == "crash")?.clone();
+                (crash["workers"]["killed"] == n + 1 && crash["workers"]["running"] == 0)
+                    .then_some(())
+            },
+        );
+        assert!(cage.alive());
+        let fine = fine_pid(&site);
+        assert_eq!(children(cage.pid()), vec![fine]);
+    }
 }
 
 #[test]
