@@ -134,6 +134,18 @@ fn maybe(ctx: &Ctx, args: Chance) -> Result<Value, CallError> {
     Ok(serde_json::json!({ "attempt": attempt, "seed": args.seed }))
 }
 
+/// Segfaults: run by the loader as the library is mapped (the `crash_on_load` build).
+#[cfg(feature = "crash_on_load")]
+extern "C" fn crash_while_loading() {
+    // SAFETY: none; this build exists to crash whatever process loads it.
+    unsafe { std::ptr::null_mut::<u64>().write_volatile(black_box(7)) };
+}
+
+#[cfg(feature = "crash_on_load")]
+#[used]
+#[link_section = ".init_array"]
+static CRASH_WHILE_LOADING: extern "C" fn() = crash_while_loading;
+
 export_module! {
     name: "crash",
     version: VERSION,

@@ -2,13 +2,15 @@
 //! listener actors, serve until told to stop.
 
 use crate::chains::ChainWatch;
+use crate::config::Isolation;
 use crate::config::{CageConfig, ConfigError, ExecuteOn, InstanceOverrides, Site};
 use crate::delivery::Delivery;
 use crate::discovery::Responder;
 use crate::dispatch::{Dispatcher, Load};
-use crate::executor::CallExecutor;
+use crate::executor::{CallExecutor, ExecutorSettings};
 use crate::host::{HostEnv, OwnCage, SpareWorkers, StateLocks};
 use crate::listener::{Door, Limits, Listener, StopListening};
+use crate::loader::library::Probe;
 use crate::messaging::Mailboxes;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
@@ -17,6 +19,7 @@ use crate::registry::{ModuleRegistry, WatchSettings};
 use crate::scheduler::{JobsDeclared, Pause, Scheduler, Stop};
 use crate::transport::credential::{CredentialError, SiteSecret};
 use crate::transport::tls::Identity;
+use crate::worker::process::Spawn;
 use actix::{Actor, Addr};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -218,6 +221,25 @@ impl PreparedCage {
     pub fn start(self) -> Result<CageHandle, StartError> {
         let c = &self.config;
         let started = Instant::now();
+        let worker_exe = std::env::current_exe().map_err(|source| StartError::Executor {
+            cage: c.name.clone(),
+            source,
+        })?;
+        let probe: Probe = {
+            let (exe, config) = (worker_exe.clone(), c.clone());
+            Arc::new(move |module: &str, copy: &std::path::Path| {
+                let running = config.running_of(module);
+                (running.isolation == Isolation::Process).then(|| {
+                    crate::worker::process::probe(&Spawn {
+                        exe: exe.clone(),
+                        cage: config.name.clone(),
+                        module: module.to_owned(),
+                        copy: copy.to_owned(),
+                        memory_limit: running.memory_limit,
+                    })
+                })
+            })
+        };
         let registry = ModuleRegistry::new(
             &c.name,
             &c.modules,
@@ -227,10 +249,17 @@ impl PreparedCage {
                 debounce: c.reload_debounce,
                 rescan: c.rescan_interval,
                 max_module_bytes: c.max_module_bytes,
+                probe: Some(probe),
             },
         )
         .start();
-        let executor = CallExecutor::new(c.executor_threads, self.env.clone())
+        let settings = ExecutorSettings {
+            threads: c.executor_threads,
+            running: c.running,
+            modules: c.module_settings.clone(),
+            worker_exe,
+        };
+        let executor = CallExecutor::new(settings, self.env.clone())
             .map_err(|source| StartError::Executor {
                 cage: c.name.clone(),
                 source,

@@ -109,7 +109,13 @@ impl Dispatcher {
         match request {
             Request::Call(call) => self.call(call).await,
             Request::Modules => match self.registry.send(ListModules).await {
-                Ok(list) => Response::Modules(list),
+                Ok(mut list) => {
+                    let workers = self.metrics.workers();
+                    for module in &mut list {
+                        module.workers = workers.get(&module.name).cloned().unwrap_or_default();
+                    }
+                    Response::Modules(list)
+                }
                 Err(_) => Response::Modules(Vec::new()),
             },
             Request::Enqueue(request) => {
@@ -339,6 +345,7 @@ impl Dispatcher {
                 })
                 .collect(),
             methods: self.metrics.methods(),
+            workers: self.metrics.workers(),
             modules: modules
                 .into_iter()
                 .map(|m| ModuleLoads {

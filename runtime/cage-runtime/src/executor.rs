@@ -1,14 +1,21 @@
 //! The call executor: an actor in front of a bounded pool of worker threads that run module
-//! code, so a slow call never blocks the actor threads or other calls.
+//! code, so a slow call never blocks the actor threads or other calls. Each thread runs its
+//! call's module in place (`in_process`) or drives it in one of the module's worker
+//! processes (`process`, [`crate::worker`]); the threads bound the calls running at once.
 
+use crate::config::{Isolation, ModuleRunning};
 use crate::host::{HostEnv, Output};
 use crate::loader::LoadedModule;
+use crate::metrics::WorkerEvent;
 use crate::model::call::ChainLink;
 use crate::model::clock::unix_ms;
+use crate::worker::Workers;
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -16,8 +23,32 @@ use tokio::sync::oneshot;
 /// Calls that may wait for a worker per worker thread before new ones are refused.
 const BACKLOG_PER_WORKER: usize = 256;
 
-/// Where a call's result arrives.
-pub type Reply = oneshot::Receiver<Result<Output, CallError>>;
+/// Where a call's result arrives, and how the call runs.
+pub struct Reply {
+    /// The result, once the call ends.
+    pub result: oneshot::Receiver<Result<Output, CallError>>,
+    /// Where the module's code runs (what a timeout does to it depends on it).
+    pub isolation: Isolation,
+}
+
+/// How a cage's executor runs modules.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    /// Threads running calls.
+    pub threads: usize,
+    /// How modules run unless `modules` says otherwise.
+    pub running: ModuleRunning,
+    /// How named modules run.
+    pub modules: BTreeMap<String, ModuleRunning>,
+    /// The binary started as a worker process (the `cage` binary itself).
+    pub worker_exe: PathBuf,
+}
+
+impl ExecutorSettings {
+    fn running_of(&self, module: &str) -> ModuleRunning {
+        self.modules.get(module).copied().unwrap_or(self.running)
+    }
+}
 
 /// A call of one method, whichever way it came (sync, queued, a chain step).
 #[derive(Debug, Clone)]
@@ -53,19 +84,67 @@ struct Job {
     reply: oneshot::Sender<Result<Output, CallError>>,
 }
 
+/// What every executor thread shares: the host, where modules run, and the calls to run.
+struct Runner {
+    env: Arc<HostEnv>,
+    settings: ExecutorSettings,
+    workers: Arc<Workers>,
+    queue: Receiver<Job>,
+    /// Names threads started to replace ones written off.
+    replacements: AtomicUsize,
+}
+
+/// Which kind of executor thread runs a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seat {
+    /// One of the pool's threads: replaced when written off, so the pool keeps its size.
+    Pool,
+    /// A spare lent to a call waiting on its children: not replaced.
+    Spare,
+}
+
+/// Starts one pool thread taking calls from the queue until it closes, or until the thread
+/// is written off (its call ran past its deadline in process: the thread is left to it).
+fn start_pool_thread(runner: Arc<Runner>, name: String) -> std::io::Result<()> {
+    std::thread::Builder::new().name(name).spawn(move || {
+        for job in runner.queue.iter() {
+            if run_job(&runner, job, Seat::Pool) {
+                break;
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// The executor actor; dropping it closes the pool once queued calls have run.
 pub struct CallExecutor {
     jobs: Sender<Job>,
     workers: usize,
+    settings: ExecutorSettings,
 }
 
 impl CallExecutor {
-    /// Starts `workers` threads that run calls with `env` as their host.
-    pub fn new(workers: usize, env: Arc<HostEnv>) -> std::io::Result<Self> {
+    /// Starts `settings.threads` threads that run calls with `env` as their host.
+    pub fn new(settings: ExecutorSettings, env: Arc<HostEnv>) -> std::io::Result<Self> {
+        let workers = settings.threads;
+        let processes = Workers::start(
+            settings.worker_exe.clone(),
+            &env.cage,
+            env.spare.clone(),
+            env.metrics.clone(),
+        )?;
         let (jobs, queue) = bounded::<Job>(workers * BACKLOG_PER_WORKER);
+        let runner = Arc::new(Runner {
+            env: env.clone(),
+            settings: settings.clone(),
+            workers: processes,
+            queue: queue.clone(),
+            replacements: AtomicUsize::new(0),
+        });
+        let env = runner;
         let spare_queue = queue.clone();
-        let spare_env: Weak<HostEnv> = Arc::downgrade(&env);
-        env.spare.install(move |alive: Arc<AtomicBool>| {
+        let spare_env: Weak<Runner> = Arc::downgrade(&env);
+        env.env.spare.install(move |alive: Arc<AtomicBool>| {
             let Some(env) = spare_env.upgrade() else {
                 return false;
             };
@@ -75,7 +154,11 @@ impl CallExecutor {
                 .spawn(move || {
                     while alive.load(Ordering::Acquire) {
                         match queue.recv_timeout(Duration::from_millis(100)) {
-                            Ok(job) => run_job(&env, job),
+                            Ok(job) => {
+                                if run_job(&env, job, Seat::Spare) {
+                                    break;
+                                }
+                            }
                             Err(RecvTimeoutError::Timeout) => {}
                             Err(RecvTimeoutError::Disconnected) => break,
                         }
@@ -84,21 +167,19 @@ impl CallExecutor {
                 .is_ok()
         });
         for i in 0..workers {
-            let queue = queue.clone();
-            let env = env.clone();
-            std::thread::Builder::new()
-                .name(format!("cage-exec-{i}"))
-                .spawn(move || {
-                    for job in queue {
-                        run_job(&env, job);
-                    }
-                })?;
+            start_pool_thread(env.clone(), format!("cage-exec-{i}"))?;
         }
-        Ok(CallExecutor { jobs, workers })
+        Ok(CallExecutor {
+            jobs,
+            workers,
+            settings,
+        })
     }
 }
 
-fn run_job(env: &HostEnv, job: Job) {
+/// Runs one call; answers whether this thread was written off meanwhile (and so must stop).
+fn run_job(runner: &Arc<Runner>, job: Job, seat: Seat) -> bool {
+    let env = &runner.env;
     let Job {
         call: Execute {
             module,
@@ -115,9 +196,29 @@ fn run_job(env: &HostEnv, job: Job) {
             ErrorKind::Timeout,
             "deadline passed while waiting for a free executor thread",
         )));
-        return;
+        return false;
     }
     let started = Instant::now();
+    let running = runner.settings.running_of(&module.name);
+    let written_off = Arc::new(AtomicBool::new(false));
+    // In process, a call past its deadline cannot be stopped: its thread is left to it and,
+    // for a pool thread, another takes its place, so hung calls never drain the pool.
+    let _watched = (running.isolation == Isolation::InProcess).then(|| {
+        let (runner, written_off) = (runner.clone(), written_off.clone());
+        let name = module.name.clone();
+        let call_id = call.call_id.clone();
+        runner.workers.clone().on_deadline(deadline, move || {
+            written_off.store(true, Ordering::Release);
+            runner.env.metrics.worker_event(&name, WorkerEvent::ThreadWrittenOff, "");
+            tracing::warn!(call_id = %call_id, module = %name, "executor thread written off: its call passed its deadline and cannot be stopped in process");
+            if seat == Seat::Pool {
+                let n = runner.replacements.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = start_pool_thread(runner.clone(), format!("cage-exec-r{n}")) {
+                    tracing::error!("cannot start an executor thread to replace one written off: {e}");
+                }
+            }
+        })
+    });
     let result = env.run(
         &module,
         &call.call_id,
@@ -126,6 +227,12 @@ fn run_job(env: &HostEnv, job: Job) {
         call.attempt,
         call.queued,
         call.chain.as_ref(),
+        |ctx, method, args| match running.isolation {
+            Isolation::InProcess => module.call(ctx, method, args),
+            Isolation::Process => runner
+                .workers
+                .call(&module, running, ctx, method, args, deadline),
+        },
     );
     let took = started.elapsed();
     let error = result.as_ref().err().map(ToString::to_string);
@@ -143,6 +250,8 @@ fn run_job(env: &HostEnv, job: Job) {
         }
     }
     let _ = reply.send(result);
+    drop(_watched);
+    written_off.load(Ordering::Acquire)
     // `module` drops here; if a newer version was swapped in meanwhile and this was the last
     // call on the old one, the old library is unloaded now, on this worker thread.
 }
@@ -156,8 +265,12 @@ impl Handler<Execute> for CallExecutor {
 
     fn handle(&mut self, call: Execute, _: &mut Context<Self>) -> Self::Result {
         let (reply, rx) = oneshot::channel();
+        let isolation = self.settings.running_of(&call.module.name).isolation;
         match self.jobs.try_send(Job { call, reply }) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok(Reply {
+                result: rx,
+                isolation,
+            }),
             Err(TrySendError::Full(_)) => Err(CallError::with_kind(
                 ErrorKind::Refused,
                 format!(

@@ -15,6 +15,8 @@
 //!   it here: resolve the module, check the method, set the deadline, hand it to the executor.
 //! - [`delivery`]: handing queued calls to their target cages.
 //! - [`executor`]: the actor in front of the worker threads that run module code.
+//! - [`worker`]: module code in supervised worker processes (the `cage worker` role, pools
+//!   per module version, the watchdog that kills hung calls, how a worker died).
 //! - [`host`]: the host side of the module ABI (context and callbacks given to a call).
 //! - [`registry`]: the actor that knows each module's current version and swaps in new ones.
 //! - [`loader`]: proving a library file whole, loading a private copy, unloading it.
@@ -38,7 +40,9 @@
 //!
 //! A sync call's path: client frame → [`listener`] → [`dispatch::Dispatcher`] →
 //! [`run::run`] → [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`]
-//! (worker thread) → [`host::HostEnv::run`] → the module's `call` → response frame.
+//! (executor thread) → [`host::HostEnv::run`] → the module's `call`, in a worker process
+//! ([`worker::Workers`], its callbacks served by the cage's host) or in process → response
+//! frame.
 //!
 //! A queued call's path: enqueue → [`scheduler::Scheduler`] stores it in [`queue`] (journal
 //! entry, then sled) and answers after the group commit (one journal sync for every waiting
@@ -80,3 +84,4 @@ pub mod retry_policy;
 pub mod run;
 pub mod scheduler;
 pub mod transport;
+pub mod worker;

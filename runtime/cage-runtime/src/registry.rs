@@ -14,6 +14,7 @@
 
 use crate::loader::file_watch::{module_file, module_of_file, settle_and_read, FileStamp};
 use crate::loader::library::sha256_hex;
+use crate::loader::library::Probe;
 use crate::loader::{LoadError, LoadedModule};
 use crate::model::clock::unix_ms;
 use crate::transport::protocol::ModuleInfo;
@@ -40,7 +41,7 @@ const STARTUP_DEBOUNCE: Duration = Duration::from_millis(20);
 pub const STUCK_AFTER: Duration = Duration::from_secs(2 * SETTLE_LIMIT.as_secs());
 
 /// How the registry watches and reads module files.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct WatchSettings {
     /// How long a module file must stay unchanged before it is read.
     pub debounce: Duration,
@@ -48,6 +49,8 @@ pub struct WatchSettings {
     pub rescan: Duration,
     /// Largest module file read; a larger one is refused unread.
     pub max_module_bytes: u64,
+    /// Loads modules run in worker processes in a worker instead of this process.
+    pub probe: Option<Probe>,
 }
 
 /// The current version of a module for a new call.
@@ -134,7 +137,7 @@ impl ModuleRegistry {
             cage: cage.to_owned(),
             modules_dir: modules_dir.to_owned(),
             copy_dir: copy_dir.to_owned(),
-            settings,
+            settings: settings.clone(),
             slots: BTreeMap::new(),
             seq: 0,
             watcher: None,
@@ -164,6 +167,7 @@ impl ModuleRegistry {
                 debounce: STARTUP_DEBOUNCE,
                 settle_limit: STARTUP_SETTLE_LIMIT,
                 max_bytes: settings.max_module_bytes,
+                probe: settings.probe.clone(),
             };
             match examine_file(&examination) {
                 // Not refused: the background examination started with the actor takes it
@@ -191,7 +195,7 @@ impl ModuleRegistry {
     /// being examined.
     fn examine(&mut self, name: &str, ctx: &mut Context<Self>) {
         let (id, tag) = self.next_tag();
-        let settings = self.settings;
+        let settings = self.settings.clone();
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
@@ -213,6 +217,7 @@ impl ModuleRegistry {
             debounce: settings.debounce,
             settle_limit: SETTLE_LIMIT,
             max_bytes: settings.max_module_bytes,
+            probe: settings.probe.clone(),
         };
         let addr = ctx.address();
         // A plain thread, not the runtime's blocking pool: requests cannot fill it ahead of
@@ -383,6 +388,7 @@ struct Examination {
     debounce: Duration,
     settle_limit: Duration,
     max_bytes: u64,
+    probe: Option<Probe>,
 }
 
 /// Reads, checks and loads one module file; never panics the registry, whatever the file holds.
@@ -398,7 +404,14 @@ fn examine_file(exam: &Examination) -> Outcome {
     if exam.current_hash.as_deref() == Some(sha256_hex(&bytes).as_str()) {
         return Outcome::Unchanged(stamp);
     }
-    match LoadedModule::load(&exam.name, file, &bytes, &exam.copy_dir, &exam.tag) {
+    match LoadedModule::load(
+        &exam.name,
+        file,
+        &bytes,
+        &exam.copy_dir,
+        &exam.tag,
+        exam.probe.as_ref(),
+    ) {
         Ok(module) => Outcome::Loaded(module, stamp),
         Err(e) => Outcome::Rejected(e, Some(stamp)),
     }
@@ -499,6 +512,7 @@ impl Handler<ListModules> for ModuleRegistry {
                     draining_versions: slot.draining.len(),
                     loads: slot.loads,
                     rejected: slot.rejected,
+                    workers: Default::default(),
                 }
             })
             .collect()
@@ -517,6 +531,7 @@ mod tests {
             debounce: Duration::from_millis(10),
             rescan: Duration::from_secs(1),
             max_module_bytes: LIMIT,
+            probe: None,
         }
     }
 

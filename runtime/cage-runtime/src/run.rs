@@ -6,6 +6,7 @@
 //! or a step of a direct chain, takes [`run`]: resolve the module's current version, check the
 //! method, set the deadline, hand it to the executor and wait for it within the deadline.
 
+use crate::config::Isolation;
 use crate::executor::{CallExecutor, Execute, MethodCall};
 use crate::host::Output;
 use crate::model::call::{QueuedCall, Stage};
@@ -56,14 +57,18 @@ impl Limit {
         }
     }
 
-    fn exceeded(self) -> CallError {
+    fn exceeded(self, isolation: Isolation) -> CallError {
+        let fate = match isolation {
+            Isolation::Process => "its worker process was killed at the limit",
+            Isolation::InProcess => "the method keeps running on its executor thread",
+        };
         let text = match self {
             Limit::Call(d) => format!(
-                "did not finish within {} (the method keeps running on its executor thread)",
+                "did not finish within {} ({fate})",
                 humantime::format_duration(d)
             ),
             Limit::Attempt(d) => format!(
-                "attempt ran longer than the queue's time_limit of {}",
+                "attempt ran longer than the queue's time_limit of {} ({fate})",
                 humantime::format_duration(d)
             ),
         };
@@ -162,13 +167,13 @@ pub async fn run(registry: &Addr<ModuleRegistry>, executor: &Addr<CallExecutor>,
             }
         }
     };
-    let outcome = match tokio::time::timeout_at(deadline.into(), reply).await {
+    let outcome = match tokio::time::timeout_at(deadline.into(), reply.result).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(CallError::with_kind(
             ErrorKind::Internal,
             "executor thread ended without an answer",
         )),
-        Err(_) => Err(run.limit.exceeded()),
+        Err(_) => Err(run.limit.exceeded(reply.isolation)),
     };
     Ran { outcome, version }
 }
@@ -185,13 +190,16 @@ mod tests {
 
     #[test]
     fn running_out_of_time_is_told_by_what_set_the_limit() {
-        let call = Limit::Call(Duration::from_millis(300)).exceeded();
+        let call = Limit::Call(Duration::from_millis(300)).exceeded(Isolation::InProcess);
         assert_eq!(call.kind, ErrorKind::Timeout);
-        assert!(call.message.starts_with("did not finish within 300ms"));
-        let attempt = Limit::Attempt(Duration::from_secs(2)).exceeded();
+        assert_eq!(
+            call.message,
+            "did not finish within 300ms (the method keeps running on its executor thread)"
+        );
+        let attempt = Limit::Attempt(Duration::from_secs(2)).exceeded(Isolation::Process);
         assert_eq!(
             attempt.message,
-            "attempt ran longer than the queue's time_limit of 2s"
+            "attempt ran longer than the queue's time_limit of 2s (its worker process was killed at the limit)"
         );
     }
 }

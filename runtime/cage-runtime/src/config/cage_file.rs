@@ -4,7 +4,8 @@ use super::error::ConfigError;
 use super::ranges::{self, SpannedDuration};
 use crate::model::job::CatchUp;
 use crate::names::{self, NameKind};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -84,6 +85,51 @@ struct RawCageFile {
     tls: Option<bool>,
     #[serde(default)]
     jobs: Vec<Spanned<RawJob>>,
+    isolation: Option<Spanned<String>>,
+    workers: Option<Spanned<usize>>,
+    memory_limit: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    module_settings: BTreeMap<String, Spanned<RawModuleSettings>>,
+}
+
+/// `[module_settings.NAME]`: how one module runs, where it differs from the cage's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModuleSettings {
+    isolation: Option<Spanned<String>>,
+    workers: Option<Spanned<usize>>,
+    memory_limit: Option<Spanned<toml::Value>>,
+}
+
+/// Where a module's code runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// In worker processes of its own: a crash or hang fails only the call that caused it.
+    Process,
+    /// On the cage's executor threads: no hop, but a crash takes the cage down.
+    InProcess,
+}
+
+impl Isolation {
+    /// The setting's value as a file writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Process => "process",
+            Isolation::InProcess => "in_process",
+        }
+    }
+}
+
+/// How one module runs: isolated or not, how many worker processes, how much memory each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleRunning {
+    /// Worker processes or executor threads.
+    pub isolation: Isolation,
+    /// Most worker processes of the module at once (process isolation).
+    pub workers: usize,
+    /// Address space each worker may take, in bytes (none: unlimited).
+    pub memory_limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -177,6 +223,31 @@ pub struct CageConfig {
     pub max_connection_bytes: usize,
     /// Bytes of frames in flight on all connections together (at least one frame).
     pub max_inflight_bytes: usize,
+    /// How modules run unless `module_settings` says otherwise.
+    pub running: ModuleRunning,
+    /// How named modules run (`[module_settings.NAME]`), where they differ from `running`.
+    pub module_settings: BTreeMap<String, ModuleRunning>,
+}
+
+impl CageConfig {
+    /// How module `module` runs on this cage.
+    pub fn running_of(&self, module: &str) -> ModuleRunning {
+        self.module_settings
+            .get(module)
+            .copied()
+            .unwrap_or(self.running)
+    }
+}
+
+/// The isolation `value` names, or the error for `key`.
+fn isolation(value: &str, key: &str) -> Result<Isolation, String> {
+    match value {
+        "process" => Ok(Isolation::Process),
+        "in_process" => Ok(Isolation::InProcess),
+        other => Err(format!(
+            "{key}: expected \"process\" or \"in_process\", found {other:?}"
+        )),
+    }
 }
 
 /// The byte size `value` means: a number of bytes, or a text such as "512MiB" or "64MB";
@@ -332,6 +403,71 @@ impl CageConfig {
             Some(v) => byte_size(v.get_ref(), 64, 4 * 1024 * 1024 * 1024)
                 .map_err(|reason| at(v.span(), format!("max_module_bytes: {reason}")))?,
         };
+        let executor_threads = ranges::count(
+            &raw.executor_threads,
+            "executor_threads",
+            ranges::EXECUTOR_THREADS,
+            CageFileDefaults::EXECUTOR_THREADS,
+            &at,
+        )?;
+        let running_at = |prefix: &str,
+                          base: ModuleRunning,
+                          iso: &Option<Spanned<String>>,
+                          workers: &Option<Spanned<usize>>,
+                          memory: &Option<Spanned<toml::Value>>|
+         -> Result<ModuleRunning, ConfigError> {
+            let isolation = match iso {
+                None => base.isolation,
+                Some(i) => isolation(i.get_ref(), &format!("{prefix}isolation"))
+                    .map_err(|reason| at(i.span(), reason))?,
+            };
+            let workers = ranges::count(
+                workers,
+                &format!("{prefix}workers"),
+                ranges::WORKERS,
+                base.workers,
+                &at,
+            )?;
+            let memory_limit = match memory {
+                None => base.memory_limit,
+                Some(v) => Some(
+                    byte_size(
+                        v.get_ref(),
+                        ranges::MEMORY_LIMIT.min,
+                        ranges::MEMORY_LIMIT.max,
+                    )
+                    .map_err(|reason| at(v.span(), format!("{prefix}memory_limit: {reason}")))?,
+                ),
+            };
+            Ok(ModuleRunning {
+                isolation,
+                workers,
+                memory_limit,
+            })
+        };
+        let defaults = ModuleRunning {
+            isolation: Isolation::Process,
+            workers: executor_threads,
+            memory_limit: None,
+        };
+        let running = running_at(
+            "",
+            defaults,
+            &raw.isolation,
+            &raw.workers,
+            &raw.memory_limit,
+        )?;
+        let mut module_settings = BTreeMap::new();
+        for (module, settings) in &raw.module_settings {
+            names::check(NameKind::Module, module)
+                .map_err(|e| at(settings.span(), format!("module_settings: {e}")))?;
+            let r = settings.get_ref();
+            let prefix = format!("module_settings.{module}.");
+            module_settings.insert(
+                module.clone(),
+                running_at(&prefix, running, &r.isolation, &r.workers, &r.memory_limit)?,
+            );
+        }
         let data_dir = raw
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(name));
@@ -347,13 +483,7 @@ impl CageConfig {
             } else {
                 site.join(data_dir)
             },
-            executor_threads: ranges::count(
-                &raw.executor_threads,
-                "executor_threads",
-                ranges::EXECUTOR_THREADS,
-                CageFileDefaults::EXECUTOR_THREADS,
-                &at,
-            )?,
+            executor_threads,
             call_timeout: ranges::duration(
                 &raw.call_timeout,
                 "call_timeout",
@@ -469,6 +599,8 @@ impl CageConfig {
                 CageFileDefaults::MAX_INFLIGHT_BYTES,
                 &at,
             )?,
+            running,
+            module_settings,
         })
     }
 }
@@ -778,6 +910,76 @@ mod tests {
                 ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn isolation_workers_and_memory_limit_have_defaults_and_per_module_overrides() {
+        let c = parse("listen = \"127.0.0.1:7401\"\nexecutor_threads = 4\n").unwrap();
+        let expected = ModuleRunning {
+            isolation: Isolation::Process,
+            workers: 4,
+            memory_limit: None,
+        };
+        assert_eq!(c.running_of("echo"), expected);
+        let c = parse(
+            "listen = \"127.0.0.1:7401\"\nworkers = 2\nmemory_limit = \"512MB\"\n\
+             [module_settings.fast]\nisolation = \"in_process\"\n\
+             [module_settings.big]\nmemory_limit = \"2GiB\"\nworkers = 6\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.running_of("echo"),
+            ModuleRunning {
+                isolation: Isolation::Process,
+                workers: 2,
+                memory_limit: Some(512_000_000),
+            }
+        );
+        assert_eq!(c.running_of("fast").isolation, Isolation::InProcess);
+        assert_eq!(c.running_of("fast").workers, 2);
+        assert_eq!(
+            c.running_of("big"),
+            ModuleRunning {
+                isolation: Isolation::Process,
+                workers: 6,
+                memory_limit: Some(2 << 30),
+            }
+        );
+        for (src, says) in [
+            (
+                "isolation = \"thread\"",
+                "cages/demo.toml:2:13: isolation: expected \"process\" or \"in_process\", found \"thread\"",
+            ),
+            (
+                "workers = 0",
+                "cages/demo.toml:2:11: workers: 0 is out of range (allowed: 1 to 1024)",
+            ),
+            (
+                "memory_limit = \"lots\"",
+                "cages/demo.toml:2:16: memory_limit: expected a byte size",
+            ),
+            (
+                "memory_limit = \"1MB\"",
+                "cages/demo.toml:2:16: memory_limit: must be at least 64.0 MiB",
+            ),
+            (
+                "[module_settings.big]\nworkers = 5000",
+                "cages/demo.toml:3:11: module_settings.big.workers: 5000 is out of range",
+            ),
+            (
+                "[module_settings.big]\nisolation = \"none\"",
+                "cages/demo.toml:3:13: module_settings.big.isolation: expected",
+            ),
+            (
+                "[module_settings.big]\nthreads = 1",
+                "cages/demo.toml:3:1: unknown field `threads`",
+            ),
+        ] {
+            let e = parse(&format!("listen = \"127.0.0.1:7401\"\n{src}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(says), "{src}: {e}");
+        }
     }
 
     #[test]

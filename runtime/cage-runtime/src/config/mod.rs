@@ -11,7 +11,10 @@ pub mod ranges;
 mod site;
 
 pub use address::Address;
-pub use cage_file::{valid_name, CageConfig, CageFileDefaults, DeclaredJob, InstanceOverrides};
+pub use cage_file::{
+    valid_name, CageConfig, CageFileDefaults, DeclaredJob, InstanceOverrides, Isolation,
+    ModuleRunning,
+};
 pub use error::ConfigError;
 pub use execute_on::{
     CageRoute, Discovery, ExecuteOn, QueuePolicy, UnknownCages, DEFAULT_QUEUE, UNKNOWN_CAGE,

@@ -78,6 +78,14 @@ pub const MAX_WAITS: Bounds<usize> = counts(1, 1 << 20);
 pub const MAX_CONNECTION_BYTES: Bounds<usize> = counts(4096, 16 << 30);
 /// `max_inflight_bytes` (used as at least one frame of `max_frame_bytes`).
 pub const MAX_INFLIGHT_BYTES: Bounds<usize> = counts(4096, 64 << 30);
+/// `workers` (cage-wide and in `[module_settings.NAME]`): each is a process.
+pub const WORKERS: Bounds<usize> = counts(1, 1024);
+/// `memory_limit`, in bytes: below 64 MiB a worker cannot map the `cage` binary and a module;
+/// above 1 TiB it limits nothing a host has.
+pub const MEMORY_LIMIT: Bounds<u64> = Bounds {
+    min: 64 << 20,
+    max: 1 << 40,
+};
 /// `every` of a `[[jobs]]` entry.
 pub const JOB_EVERY: Bounds<Duration> = span(Duration::from_millis(100), YEAR);
 

@@ -116,7 +116,10 @@ struct CallScope<'a> {
 }
 
 impl HostEnv {
-    /// Runs `method` of `module` with JSON `args` on this thread, giving it a host context.
+    /// Runs `method` of `module` with JSON `args`, giving it a host context: `invoke` is the
+    /// one step that runs the module's code with that context (in this thread, or in a worker
+    /// process whose callbacks are served with it); everything around it, the call's scope,
+    /// its state writes and their commit, is this one path either way.
     /// A `queued` call whose state writes were already committed (by an attempt cut short
     /// before its completion was recorded) is not run again: its committed outcome is answered.
     #[allow(clippy::too_many_arguments)]
@@ -129,6 +132,7 @@ impl HostEnv {
         attempt: u32,
         queued: bool,
         chain: Option<&ChainLink>,
+        invoke: impl FnOnce(&HostContext, &str, &[u8]) -> Result<Vec<u8>, CallError>,
     ) -> Result<Output, CallError> {
         let storage = |e: crate::queue::QueueError| {
             CallError::with_kind(ErrorKind::Internal, format!("state storage: {e}"))
@@ -180,7 +184,7 @@ impl HostEnv {
             state_put: host_state_put,
             chain: host_chain,
         };
-        let result = module.call(&ctx, method, args).map(|result| Output {
+        let result = invoke(&ctx, method, args).map(|result| Output {
             result,
             next: scope.next.take(),
         });

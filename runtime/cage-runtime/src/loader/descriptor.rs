@@ -26,7 +26,7 @@ pub struct DescriptorFields {
 }
 
 /// What a valid descriptor says.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Described {
     /// Module name.
     pub name: String,

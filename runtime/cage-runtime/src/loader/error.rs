@@ -98,6 +98,9 @@ pub enum LoadError {
     /// The descriptor is malformed.
     #[error("bad module descriptor: {0}")]
     BadDescriptor(String),
+    /// A worker process started on the copy did not load it (or died trying).
+    #[error("{0}")]
+    Worker(String),
     /// The library is a different module than the file name says.
     #[error("library calls itself module {found:?}, but it was loaded as {expected:?}")]
     NameMismatch {

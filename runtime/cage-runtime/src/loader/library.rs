@@ -4,7 +4,8 @@
 //! copy is unloaded and deleted when the last `Arc` to it drops, i.e. when the last call that
 //! started on this version has finished.
 
-use super::descriptor::{self, Described, DescriptorFields};
+pub use super::descriptor::Described;
+use super::descriptor::{self, DescriptorFields};
 use super::{elf_check, LoadError};
 use cage_sdk::abi::{
     self, Bytes, CallFn, EntryFn, FreeFn, HostContext, ModuleDescriptor, OwnedBytes,
@@ -32,10 +33,25 @@ pub struct LoadedModule {
     /// The file it was loaded from.
     pub source: PathBuf,
     copy: PathBuf,
+    /// Whether dropping this deletes `copy` (the cage's own load made it; a worker's did not).
+    owns_copy: bool,
+    /// The mapped library, or none when only worker processes map it.
+    code: Option<Code>,
+}
+
+/// A library mapped into this process, and its two functions.
+struct Code {
     call: CallFn,
     free: FreeFn,
     library: ManuallyDrop<libloading::Library>,
 }
+
+/// Loads a version's private copy in another process (a worker) and says what it found there;
+/// `None` for a module whose code runs in this process, which then maps it itself. Given by
+/// the cage's wiring, so a module run in workers is never mapped, nor its initialisers run,
+/// in the cage.
+pub type Probe =
+    std::sync::Arc<dyn Fn(&str, &Path) -> Option<Result<Described, String>> + Send + Sync>;
 
 impl std::fmt::Debug for LoadedModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,12 +109,14 @@ fn write_copy(copy: &Path, bytes: &[u8]) -> Result<(), LoadError> {
 impl LoadedModule {
     /// Validates `bytes` (read from `source`) as module `expected`, writes them to a private copy
     /// in `copy_dir` named with `tag`, and loads that copy.
+    /// With a `probe` that takes the module, the copy is loaded in a worker process instead.
     pub fn load(
         expected: &str,
         source: &Path,
         bytes: &[u8],
         copy_dir: &Path,
         tag: &str,
+        probe: Option<&Probe>,
     ) -> Result<Self, LoadError> {
         elf_check::check(bytes)?;
         let sha256 = sha256_hex(bytes);
@@ -108,13 +126,51 @@ impl LoadedModule {
         })?;
         let copy = copy_dir.join(format!("lib{expected}.{tag}.{}.so", &sha256[..12]));
         write_copy(&copy, bytes)?;
-        match Self::open(expected, source, &copy, sha256) {
+        let opened = match probe.and_then(|probe| probe(expected, &copy)) {
+            Some(Ok(Described {
+                name,
+                version,
+                methods,
+            })) => Ok(LoadedModule {
+                name,
+                version,
+                methods,
+                sha256,
+                loaded_at: SystemTime::now(),
+                source: source.to_owned(),
+                copy: copy.clone(),
+                owns_copy: true,
+                code: None,
+            }),
+            Some(Err(reason)) => Err(LoadError::Worker(reason)),
+            None => Self::open(expected, source, &copy, sha256),
+        };
+        match opened {
             Ok(m) => Ok(m),
             Err(e) => {
                 let _ = std::fs::remove_file(&copy);
                 Err(e)
             }
         }
+    }
+
+    /// Loads the file `path` where it lies, with the same checks as [`LoadedModule::load`] but
+    /// no copy made and none deleted: a worker process's view of a version's private copy,
+    /// which the cage owns.
+    pub fn open_in_place(expected: &str, path: &Path) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            action: format!("read {}", path.display()),
+            source,
+        })?;
+        elf_check::check(&bytes)?;
+        let mut module = Self::open(expected, path, path, sha256_hex(&bytes))?;
+        module.owns_copy = false;
+        Ok(module)
+    }
+
+    /// The private copy this version was loaded from (the file its worker processes load).
+    pub fn copy(&self) -> &Path {
+        &self.copy
     }
 
     fn open(expected: &str, source: &Path, copy: &Path, sha256: String) -> Result<Self, LoadError> {
@@ -184,9 +240,12 @@ impl LoadedModule {
             loaded_at: SystemTime::now(),
             source: source.to_owned(),
             copy: copy.to_owned(),
-            call: d.call,
-            free: d.free,
-            library: ManuallyDrop::new(library),
+            owns_copy: true,
+            code: Some(Code {
+                call: d.call,
+                free: d.free,
+                library: ManuallyDrop::new(library),
+            }),
         })
     }
 
@@ -202,11 +261,31 @@ impl LoadedModule {
         method: &str,
         args: &[u8],
     ) -> Result<Vec<u8>, CallError> {
+        let (status, bytes) = self.call_raw(host, method, args);
+        decode_outcome(&self.name, status, bytes)
+    }
+
+    /// Runs `method` as [`LoadedModule::call`] does, answering the ABI status and the bytes
+    /// as the module wrote them (a worker passes them on to its cage unread).
+    pub fn call_raw(&self, host: &HostContext, method: &str, args: &[u8]) -> (u32, Vec<u8>) {
+        let Some(code) = &self.code else {
+            let e = CallError::with_kind(
+                ErrorKind::Internal,
+                format!(
+                    "module {} {} is loaded in worker processes only, not in the cage",
+                    self.name, self.version
+                ),
+            );
+            return (
+                abi::status::ERROR,
+                serde_json::to_vec(&e).unwrap_or_default(),
+            );
+        };
         let mut out = OwnedBytes::empty();
         // SAFETY: the module's `call` never unwinds (the SDK catches panics) and writes `out`;
         // `host`, `method` and `args` outlive the call.
         let status = unsafe {
-            (self.call)(
+            (code.call)(
                 host,
                 Bytes::from_slice(method.as_bytes()),
                 Bytes::from_slice(args),
@@ -216,29 +295,38 @@ impl LoadedModule {
         // SAFETY: `out` is the module's live buffer; copy it, then give it back to its allocator.
         let bytes = unsafe { out.as_slice() }.to_vec();
         // SAFETY: the module allocated `out`, so the module's `free` releases it, once.
-        unsafe { (self.free)(out) };
-        if status == abi::status::OK {
-            Ok(bytes)
-        } else {
-            Err(
-                serde_json::from_slice::<CallError>(&bytes).unwrap_or_else(|_| CallError {
-                    kind: ErrorKind::Internal,
-                    message: format!(
-                        "module {} returned status {status} with an unreadable error: {}",
-                        self.name,
-                        String::from_utf8_lossy(&bytes)
-                    ),
-                }),
-            )
-        }
+        unsafe { (code.free)(out) };
+        (status, bytes)
+    }
+}
+
+/// What module `module` answered with ABI `status` and `bytes`: its JSON result, or its error.
+pub fn decode_outcome(module: &str, status: u32, bytes: Vec<u8>) -> Result<Vec<u8>, CallError> {
+    if status == abi::status::OK {
+        Ok(bytes)
+    } else {
+        Err(
+            serde_json::from_slice::<CallError>(&bytes).unwrap_or_else(|_| CallError {
+                kind: ErrorKind::Internal,
+                message: format!(
+                    "module {module} returned status {status} with an unreadable error: {}",
+                    String::from_utf8_lossy(&bytes)
+                ),
+            }),
+        )
     }
 }
 
 impl Drop for LoadedModule {
     fn drop(&mut self) {
-        // SAFETY: no call into this version is running: every call holds an `Arc` to it, and
-        // this is the last one going away. Function pointers into it are dropped with `self`.
-        unsafe { ManuallyDrop::drop(&mut self.library) };
+        if let Some(code) = &mut self.code {
+            // SAFETY: no call into this version is running: every call holds an `Arc` to it,
+            // and this is the last one going away. Function pointers into it go with `self`.
+            unsafe { ManuallyDrop::drop(&mut code.library) };
+        }
+        if !self.owns_copy {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(&self.copy) {
             tracing::warn!(module = %self.name, copy = %self.copy.display(), "cannot delete unloaded copy: {e}");
         }

@@ -1,7 +1,9 @@
 //! Snapshots of one or more cages in the Prometheus text format (OpenMetrics flavour), every
 //! sample labelled with its cage so a dashboard can serve a whole site from one endpoint.
 
-use super::{MethodCounters, MetricsSnapshot, ModuleLoads, QueueMetrics, DURATION_BUCKETS};
+use super::{
+    MethodCounters, MetricsSnapshot, ModuleLoads, QueueMetrics, WorkerCounters, DURATION_BUCKETS,
+};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -231,14 +233,90 @@ impl Collector for Snapshots {
             Counter,
             self.per_module(|m| m.rejected),
         )?;
-        Ok(())
+        self.workers(e)
+    }
+}
+
+impl Snapshots {
+    /// The worker process families: gauges of running and idle workers per module, counters
+    /// of workers started, crashed (by reason) and killed at their call's deadline.
+    fn workers(&self, e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let per_module = |value: fn(&WorkerCounters) -> u64| -> Vec<(Labels, u64)> {
+            self.0
+                .iter()
+                .flat_map(|s| {
+                    s.workers.iter().map(move |(module, w)| {
+                        (
+                            vec![("cage", s.cage.clone()), ("module", module.clone())],
+                            value(w),
+                        )
+                    })
+                })
+                .collect()
+        };
+        family(
+            e,
+            "cage_workers_running",
+            "Worker processes of a module running a call now.",
+            Gauge,
+            per_module(|w| w.running),
+        )?;
+        family(
+            e,
+            "cage_workers_idle",
+            "Worker processes of a module waiting for a call now.",
+            Gauge,
+            per_module(|w| w.idle),
+        )?;
+        family(
+            e,
+            "cage_workers_started",
+            "Worker processes of a module started.",
+            Counter,
+            per_module(|w| w.started),
+        )?;
+        family(
+            e,
+            "cage_workers_killed",
+            "Worker processes killed because their call passed its deadline.",
+            Counter,
+            per_module(|w| w.killed),
+        )?;
+        family(
+            e,
+            "cage_threads_written_off",
+            "Executor threads left to a call that passed its deadline in process, and replaced.",
+            Counter,
+            per_module(|w| w.threads_written_off),
+        )?;
+        let mut crashes = Vec::new();
+        for s in &self.0 {
+            for (module, w) in &s.workers {
+                for (reason, n) in &w.crashed {
+                    let labels = vec![
+                        ("cage", s.cage.clone()),
+                        ("module", module.clone()),
+                        ("reason", reason.clone()),
+                    ];
+                    crashes.push((labels, *n));
+                }
+            }
+        }
+        family(
+            e,
+            "cage_worker_crashes",
+            "Worker processes that died in a call, by reason (SIGSEGV, stack_overflow, out_of_memory, exit_3…).",
+            Counter,
+            crashes,
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Metrics, ModuleLoads, QueueEvent, QueueMetrics};
+    use crate::metrics::{Metrics, ModuleLoads, QueueEvent, QueueMetrics, WorkerEvent};
     use std::time::Duration;
 
     #[test]
@@ -262,6 +340,15 @@ mod tests {
                 loads: 1,
                 rejected: 2,
             }],
+            workers: {
+                m.worker_event("crash", WorkerEvent::Started, "");
+                m.worker_event("crash", WorkerEvent::Crashed, "SIGSEGV");
+                m.worker_event("crash", WorkerEvent::Started, "");
+                m.worker_event("crash", WorkerEvent::Killed, "");
+                m.worker_event("crash", WorkerEvent::Started, "");
+                m.worker_event("crash", WorkerEvent::Finished, "");
+                m.workers()
+            },
         };
         let text = encode(vec![snapshot]);
         for line in [
@@ -271,6 +358,11 @@ mod tests {
             "cage_attempt_duration_seconds_count{cage=\"demo\",module=\"echo\",method=\"boom\"} 1",
             "cage_attempt_duration_seconds_bucket{le=\"+Inf\",cage=\"demo\",module=\"echo\",method=\"boom\"} 1",
             "cage_module_rejected_loads_total{cage=\"demo\",module=\"echo\"} 2",
+            "cage_worker_crashes_total{cage=\"demo\",module=\"crash\",reason=\"SIGSEGV\"} 1",
+            "cage_workers_killed_total{cage=\"demo\",module=\"crash\"} 1",
+            "cage_workers_started_total{cage=\"demo\",module=\"crash\"} 3",
+            "cage_workers_idle{cage=\"demo\",module=\"crash\"} 1",
+            "cage_workers_running{cage=\"demo\",module=\"crash\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

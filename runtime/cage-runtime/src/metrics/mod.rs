@@ -147,10 +147,56 @@ impl MethodCounters {
     }
 }
 
+/// Worker processes of one module (every version together), and how they ended.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct WorkerCounters {
+    /// Workers running a call now.
+    pub running: u64,
+    /// Workers waiting for a call now.
+    pub idle: u64,
+    /// Workers started since the cage started.
+    pub started: u64,
+    /// Workers that crashed, by reason (`SIGSEGV`, `stack_overflow`, `exit_3`…).
+    pub crashed: BTreeMap<String, u64>,
+    /// Workers killed because their call passed its deadline.
+    pub killed: u64,
+    /// Executor threads left to a call that passed its deadline in process (and replaced).
+    pub threads_written_off: u64,
+}
+
+impl WorkerCounters {
+    /// Crashes of every reason.
+    pub fn crashes(&self) -> u64 {
+        self.crashed.values().sum()
+    }
+}
+
+/// A change in a module's workers the pool reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// A worker started (it is running the call that started it).
+    Started,
+    /// An idle worker took a call.
+    Took,
+    /// A worker finished its call and waits for the next.
+    Finished,
+    /// A worker finished its call and exits (its version was replaced).
+    Retired,
+    /// An idle worker exits (its version was replaced).
+    IdleRetired,
+    /// A worker died in its call (the reason given with the event labels it).
+    Crashed,
+    /// A worker was killed at its call's deadline.
+    Killed,
+    /// An executor thread was left to a call running in process past its deadline.
+    ThreadWrittenOff,
+}
+
 #[derive(Default)]
 struct Counts {
     queues: BTreeMap<String, QueueCounters>,
     methods: BTreeMap<(String, String), MethodCounters>,
+    workers: BTreeMap<String, WorkerCounters>,
 }
 
 /// The live counters of one cage.
@@ -187,6 +233,43 @@ impl Metrics {
             .entry((module.to_owned(), method.to_owned()))
             .or_default()
             .observe(took, error, now_ms);
+    }
+
+    /// Counts a change in the workers of `module`; `reason` labels a crash.
+    pub fn worker_event(&self, module: &str, event: WorkerEvent, reason: &str) {
+        let mut counts = self.lock();
+        let w = counts.workers.entry(module.to_owned()).or_default();
+        let less = |n: &mut u64| *n = n.saturating_sub(1);
+        match event {
+            WorkerEvent::Started => {
+                w.started += 1;
+                w.running += 1;
+            }
+            WorkerEvent::Took => {
+                less(&mut w.idle);
+                w.running += 1;
+            }
+            WorkerEvent::Finished => {
+                less(&mut w.running);
+                w.idle += 1;
+            }
+            WorkerEvent::Retired => less(&mut w.running),
+            WorkerEvent::IdleRetired => less(&mut w.idle),
+            WorkerEvent::Crashed => {
+                less(&mut w.running);
+                *w.crashed.entry(reason.to_owned()).or_default() += 1;
+            }
+            WorkerEvent::Killed => {
+                less(&mut w.running);
+                w.killed += 1;
+            }
+            WorkerEvent::ThreadWrittenOff => w.threads_written_off += 1,
+        }
+    }
+
+    /// Worker counters of every module that had workers.
+    pub fn workers(&self) -> BTreeMap<String, WorkerCounters> {
+        self.lock().workers.clone()
     }
 
     /// Counters of every queue that saw an event.
@@ -261,6 +344,8 @@ pub struct MetricsSnapshot {
     pub methods: Vec<MethodMetrics>,
     /// Per module.
     pub modules: Vec<ModuleLoads>,
+    /// Worker processes per module.
+    pub workers: BTreeMap<String, WorkerCounters>,
 }
 
 impl MetricsSnapshot {

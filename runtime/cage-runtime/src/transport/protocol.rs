@@ -415,6 +415,8 @@ pub struct ModuleInfo {
     pub loads: u64,
     /// Files rejected since the cage started.
     pub rejected: u64,
+    /// Its worker processes: running and idle now, crashed and killed since the cage started.
+    pub workers: crate::metrics::WorkerCounters,
 }
 
 /// A failed request with everything an operator needs to find it: cage, and for a request

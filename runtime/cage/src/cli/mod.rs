@@ -17,6 +17,7 @@ mod show;
 mod status;
 mod steer;
 mod target;
+mod worker;
 
 use cage_runtime::config::Site;
 use cage_runtime::transport::protocol::{Filter, QueueQuery};
@@ -48,6 +49,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve one module version as a worker process of a cage (started by the cage itself).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
     /// Run cage NAME (cages/NAME.toml) until interrupted.
     Run {
         /// The cage to run.
@@ -302,6 +306,10 @@ fn init_logs(format: LogFormat, default: &str) {
 /// Parses the command line and runs it, returning the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Worker(args) = &cli.command {
+        // Before any logging or credential set-up: a worker speaks only to its cage.
+        return worker::worker(args);
+    }
     let site = Site::new(&cli.site);
     let is_run = matches!(cli.command, Command::Run { .. });
     init_logs(cli.log_format, if is_run { "info" } else { "warn" });
@@ -420,6 +428,7 @@ pub fn main() -> ExitCode {
         Command::Chaos(args) => lab_outcome(cage_lab::chaos::chaos(&site, args)),
         Command::Bench { scenario } => lab_outcome(cage_lab::bench::bench(&site, scenario)),
         Command::Keys { action } => keys::keys(&site, action),
+        Command::Worker(args) => worker::worker(&args),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::{exit, target};
 use cage_runtime::config::Site;
+use cage_runtime::metrics::WorkerCounters;
 use cage_runtime::transport::client::Client;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use std::process::ExitCode;
@@ -21,6 +22,34 @@ fn ago(ms: Option<u64>) -> String {
         "{} ago",
         humantime::format_duration(Duration::from_secs(secs))
     )
+}
+
+/// Worker processes now: `running/idle` (`-` for a module that never had one: it runs in
+/// process, or was never called).
+fn workers(w: &WorkerCounters) -> String {
+    if w.started == 0 {
+        return "-".into();
+    }
+    format!("{} running, {} idle", w.running, w.idle)
+}
+
+/// Crashed workers: the count and its reasons, most frequent first.
+fn crashed(w: &WorkerCounters) -> String {
+    if w.crashed.is_empty() {
+        return "0".into();
+    }
+    let mut reasons: Vec<(&String, &u64)> = w.crashed.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    format!("{} ({})", w.crashes(), reasons.join(", "))
+}
+
+/// Workers killed at a deadline, and executor threads written off (in process).
+fn killed(w: &WorkerCounters) -> String {
+    match w.threads_written_off {
+        0 => w.killed.to_string(),
+        n => format!("{} ({n} threads written off)", w.killed),
+    }
 }
 
 pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
@@ -52,6 +81,9 @@ pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
             "SHA256",
             "LOADED",
             "METHODS",
+            "WORKERS",
+            "CRASHED",
+            "KILLED",
             "LAST LOAD ERROR",
         ]);
     for m in &list {
@@ -74,6 +106,9 @@ pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
                 .unwrap_or_else(|| "-".into()),
             ago(m.loaded_at_ms),
             m.methods.join(", "),
+            workers(&m.workers),
+            crashed(&m.workers),
+            killed(&m.workers),
             error,
         ]);
     }

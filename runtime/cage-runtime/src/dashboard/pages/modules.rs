@@ -1,5 +1,6 @@
 //! Modules of every cage: the loaded version and file, loads and rejected files, the last
-//! load error, and calls and errors per method.
+//! load error, worker processes (running, idle, crashed by reason, killed), and calls and
+//! errors per method.
 
 use super::{page, took, utc, Frame};
 use crate::dashboard::gather::CageSummary;
@@ -26,6 +27,18 @@ pub fn render(frame: &Frame, cages: &[CageSummary]) -> Markup {
                         tr { th { "sha256" } td { code { (m.sha256.as_deref().unwrap_or("-")) } } }
                         tr { th { "loaded at" } td { (m.loaded_at_ms.map(utc).unwrap_or_else(|| "-".into())) } }
                         tr { th { "loads / rejected files" } td { (m.loads) " / " (loads.map_or(m.rejected, |l| l.rejected)) } }
+                        tr { th { "workers" } td {
+                            @let w = &m.workers;
+                            @if w.started == 0 && w.threads_written_off == 0 { span.muted { "none started" } }
+                            @else {
+                                (w.running) " running, " (w.idle) " idle; " (w.started) " started"
+                                @if w.crashes() > 0 {
+                                    "; " span.err { (w.crashes()) " crashed (" (w.crashed.iter().map(|(r, n)| format!("{n} {r}")).collect::<Vec<_>>().join(", ")) ")" }
+                                }
+                                @if w.killed > 0 { "; " span.err { (w.killed) " killed at a deadline" } }
+                                @if w.threads_written_off > 0 { "; " span.err { (w.threads_written_off) " threads written off" } }
+                            }
+                        } }
                         tr { th { "last load error" } td {
                             @match &m.last_error {
                                 Some(e) => { span.err { (e) } br; span.muted { (m.last_error_at_ms.map(utc).unwrap_or_default()) } }
