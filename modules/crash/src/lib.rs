@@ -22,7 +22,9 @@ fn repaired(ctx: &Ctx) -> Result<Value, CallError> {
 
 /// Answers: the module's healthy method (and a probe that its worker is whole).
 fn fine(ctx: &Ctx, args: Value) -> Result<Value, CallError> {
-    Ok(serde_json::json!({ "fine": args, "version": VERSION, "pid": std::process::id(), "call_id": ctx.call_id() }))
+    Ok(
+        serde_json::json!({ "fine": args, "version": VERSION, "pid": std::process::id(), "call_id": ctx.call_id() }),
+    )
 }
 
 /// Writes through a null pointer: SIGSEGV.
