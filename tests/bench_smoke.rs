@@ -26,7 +26,15 @@ fn bench_all_reports_every_figure() {
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)));
     assert!(report["fdatasync_per_sec"].as_f64().unwrap() > 0.0);
     let figures = report["figures"].as_array().unwrap();
-    for scenario in ["rpc", "enqueue", "e2e", "retry", "reload", "pending"] {
+    for scenario in [
+        "rpc",
+        "enqueue",
+        "e2e",
+        "retry",
+        "reload",
+        "pending",
+        "isolation",
+    ] {
         assert!(
             figures.iter().any(|f| f["scenario"] == scenario),
             "no figure of {scenario}: {report}"
@@ -40,6 +48,10 @@ fn bench_all_reports_every_figure() {
         "restart to first due call executed",
         "cage RSS with 2000 pending",
         "drop to first call answered by it",
+        "in_process: rpc latency p50, 1 caller",
+        "process: e2e queued calls/s",
+        "process mode adds to rpc latency p50",
+        "process mode costs of e2e queued calls/s",
     ] {
         assert!(
             figures

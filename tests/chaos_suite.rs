@@ -1,6 +1,6 @@
 //! The chaos suite as CI runs it: `cage chaos` for a minute (three cages, kill -9, broken
-//! module files, failed flushes, cut connections, while calls, chains and a job flow), then its
-//! invariants. Longer runs: `cage chaos --minutes 30`.
+//! module files, failed flushes, cut connections, while calls, chains, a job and calls of a
+//! module that crashes its worker at random flow), then its invariants. Longer runs: `cage chaos --minutes 30`.
 
 mod support;
 use support::{cage_bin, module_so};
@@ -8,7 +8,7 @@ use support::{cage_bin, module_so};
 #[test]
 fn a_minute_of_chaos_loses_nothing_and_runs_nothing_twice() {
     let modules = tempfile::tempdir().unwrap();
-    for m in ["echo", "orders"] {
+    for m in ["echo", "orders", "crash"] {
         std::fs::copy(module_so(m, &[]), modules.path().join(format!("lib{m}.so"))).unwrap();
     }
     let run = std::process::Command::new(cage_bin())
@@ -32,7 +32,7 @@ fn a_minute_of_chaos_loses_nothing_and_runs_nothing_twice() {
     assert!(run.status.success(), "chaos failed:\n{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let invariants = report["outcome"]["invariants"].as_array().unwrap();
-    assert_eq!(invariants.len(), 8, "{report}");
+    assert_eq!(invariants.len(), 10, "{report}");
     assert!(invariants.iter().all(|i| i["held"] == true), "{report}");
     for fault in [
         "kills",
@@ -52,6 +52,17 @@ fn a_minute_of_chaos_loses_nothing_and_runs_nothing_twice() {
     assert!(
         report["workload"]["chains_acked"].as_u64().unwrap() > 10,
         "{report}"
+    );
+    assert!(
+        report["workload"]["crashing_calls_acked"].as_u64().unwrap() > 10,
+        "{report}"
+    );
+    assert_eq!(
+        report["faults"]["unexpected_deaths"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "a module's crash took a cage down: {report}"
     );
     assert!(
         report["outcome"]["job_runs"].as_u64().unwrap() > 10,

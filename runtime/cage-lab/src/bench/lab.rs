@@ -55,6 +55,11 @@ impl Lab {
     /// Makes the site (with `tls`, a CA and a key pair per cage, and this process speaking
     /// as the site's `cli`) and starts its cages.
     pub fn start(echo: &Path, tls: bool) -> Result<Lab, String> {
+        Self::start_with(echo, tls, "")
+    }
+
+    /// [`Lab::start`], with `settings` (cage file lines) added to every cage's file.
+    pub fn start_with(echo: &Path, tls: bool, settings: &str) -> Result<Lab, String> {
         let site = LabSite::temporary("bench")?;
         let dir = site.dir().to_owned();
         site.install_atomic("echo", echo)?;
@@ -81,7 +86,7 @@ impl Lab {
                 name,
                 addr,
                 &["echo"],
-                &format!("reload_debounce = \"50ms\"\nrescan_interval = \"1s\"\nshutdown_grace = \"5s\"\ntls = {tls}\n"),
+                &format!("reload_debounce = \"50ms\"\nrescan_interval = \"1s\"\nshutdown_grace = \"5s\"\ntls = {tls}\n{settings}"),
             )?;
             routes.push_str(&format!("[cages.{name}]\naddresses = [\"{addr}\"]\n\n"));
         }

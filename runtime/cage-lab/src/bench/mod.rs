@@ -4,6 +4,7 @@
 mod chain;
 mod e2e;
 mod enqueue;
+mod isolation;
 mod lab;
 mod load;
 mod pending;
@@ -108,6 +109,9 @@ pub enum Scenario {
         #[command(flatten)]
         common: Common,
     },
+    /// Sync call latency and e2e calls/s with modules in worker processes and in the cage's
+    /// process (one lab of the benchmark's own cages each), and what the processes cost.
+    Isolation(Common),
     /// Hot-reload latency: from dropping a new `.so` into modules/ to the first call it answers.
     Reload {
         /// The running cage (of this site) serving the module.
@@ -173,13 +177,17 @@ impl Place {
             if tls { " with mutual TLS" } else { "" },
             echo.display()
         );
-        let lab = Lab::start(&echo, tls)?;
-        Ok(Place {
+        Ok(Place::of_lab(Lab::start(&echo, tls)?))
+    }
+
+    /// The benchmark's own cages of `lab`.
+    fn of_lab(lab: Lab) -> Place {
+        Place {
             site: lab.site(),
             lab: Some(lab),
             first: lab::CAGES[0].to_owned(),
             second: lab::CAGES[1].to_owned(),
-        })
+        }
     }
 
     fn of(
@@ -235,9 +243,9 @@ fn finish(result: Result<Report, String>, json: bool) -> Result<(), LabError> {
 }
 
 /// Calls and clients of each scenario when the command line gives none.
-const RPC: (usize, usize) = (20_000, 8);
+pub(crate) const RPC: (usize, usize) = (20_000, 8);
 const ENQUEUE: (usize, usize) = (20_000, 64);
-const E2E: (usize, usize) = (20_000, 16);
+pub(crate) const E2E: (usize, usize) = (20_000, 16);
 const RETRY: (usize, usize) = (2_000, 16);
 const PENDING: (usize, usize) = (1_000_000, 16);
 
@@ -296,6 +304,21 @@ pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
                 r,
             )
         }),
+        Scenario::Isolation(common) => {
+            let report = lab::find_echo(site, common.modules.as_deref()).and_then(|echo| {
+                // The labs go under the temporary directory: their disk is measured there.
+                let dir = std::env::temp_dir();
+                let mut r = Report {
+                    fdatasync_per_sec: load::fdatasync_rate(&dir, 300).map_err(|e| {
+                        format!("cannot measure fdatasync in {}: {e}", dir.display())
+                    })?,
+                    figures: Vec::new(),
+                };
+                isolation::run(&echo, common.tls, common.calls, common.clients, &mut r)?;
+                Ok(r)
+            });
+            finish(report, common.json)
+        }
         Scenario::Pending { cage, common } => measure(site, cage, None, &common, |p, r| {
             pending::run(p, common.calls(PENDING.0), common.clients(PENDING.1), r)
         }),
@@ -360,6 +383,11 @@ fn all(site: &Site, common: &Common) -> Result<Report, String> {
     step("pending");
     let (n, c) = calls(PENDING);
     pending::run(&mut place, n, c, &mut r)?;
+    // Two labs of its own, one per mode, once the million pending calls are gone.
+    drop(place);
+    step("isolation");
+    let echo = lab::find_echo(site, common.modules.as_deref())?;
+    isolation::run(&echo, common.tls, common.calls, common.clients, &mut r)?;
     Ok(r)
 }
 

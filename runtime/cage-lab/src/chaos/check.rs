@@ -4,10 +4,11 @@
 //! - a call ran more than once only as the same attempt (a kill cut that attempt short);
 //! - one idempotency key, one call;
 //! - every acknowledged chain finished, and module state counted each step exactly once;
-//! - no cage panicked.
+//! - every acknowledged call of the module that crashes its worker at random finished;
+//! - no cage died but by the run's kills, and no cage panicked.
 
 use super::workload::{Fate, Tally};
-use super::{Lab, Report, CAGES};
+use super::{Faults, Lab, Report, CAGES};
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{CallRequest, ChainRequest, Filter, QueueQuery};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
@@ -89,7 +90,9 @@ fn repeats(runs: &[(String, u32)]) -> Result<usize, String> {
     Ok(runs.len() - by_id.len())
 }
 
-pub fn check(lab: &Lab, tally: &Tally, kills: usize) -> Result<Outcome, String> {
+/// Checks the invariants once the queues drained, after `faults`.
+pub fn check(lab: &Lab, tally: &Tally, faults: &Faults) -> Result<Outcome, String> {
+    let kills = faults.kills;
     let mut out = Outcome::default();
     let timeout = Duration::from_secs(30);
     let mut dead_tags: BTreeMap<String, String> = BTreeMap::new();
@@ -250,6 +253,39 @@ pub fn check(lab: &Lab, tally: &Tally, kills: usize) -> Result<Outcome, String> 
         format!("{} step(s), each once", out.chain_steps_counted),
     );
 
+    // Its attempts crash at random but never from the third on, so each call ends done with
+    // fewer crashes than `max_crashes`: drained and not dead means it ran.
+    let crashing_dead: Vec<String> = tally
+        .crashing
+        .iter()
+        .filter(|(_, (fate, _))| *fate == Fate::Acked)
+        .filter_map(|(tag, (_, id))| {
+            dead_tags.get(tag).map(|why| {
+                format!(
+                    "{tag} (call {}) is dead: {why}",
+                    id.as_deref().unwrap_or("?")
+                )
+            })
+        })
+        .collect();
+    out.assert(
+        "every acknowledged call of the crashing module finished",
+        crashing_dead,
+        format!(
+            "{} acknowledged, all done despite their crashed workers",
+            tally.crashing_calls_acked
+        ),
+    );
+    out.assert(
+        "no cage died but by the run's kills",
+        faults
+            .unexpected_deaths
+            .iter()
+            .map(|c| format!("cage {c} died (see {c}.log)"))
+            .collect(),
+        format!("{} kill(s), no other death", faults.kills),
+    );
+
     let panics: Vec<String> = lab
         .logs()
         .into_iter()
@@ -281,6 +317,10 @@ pub fn print(r: &Report) {
         ("connection cuts", f.connection_cuts),
         ("connections cut", f.connections_cut),
         ("calls acknowledged", w.calls_acked),
+        (
+            "calls of the crashing module acknowledged",
+            w.crashing_calls_acked,
+        ),
         ("calls refused for good", w.calls_refused),
         (
             "calls with unknown fate (client gave up)",

@@ -1,7 +1,8 @@
-//! `cage chaos`: three cages on loopback in a temporary site, a stream of queued calls, chains
-//! and a recurring job, while cages are killed with SIGKILL and restarted, module files are
-//! replaced by garbage and restored, flushes fail (the storage fault hook) and connections are
-//! cut (a proxy in front of every cage). Then the faults stop, the queues drain, and the
+//! `cage chaos`: three cages on loopback in a temporary site, a stream of queued calls, chains,
+//! a recurring job and calls of a module that crashes its worker process at random, while
+//! cages are killed with SIGKILL and restarted, module files are replaced by garbage and
+//! restored, flushes fail (the storage fault hook) and connections are cut (a proxy in front
+//! of every cage). Then the faults stop, the queues drain, and the
 //! invariants are checked: see [`check`].
 
 mod check;
@@ -28,8 +29,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The cages of a chaos run.
 const CAGES: [&str; 3] = ["alpha", "beta", "gamma"];
-/// Modules every cage serves (their `.so` files come from `--modules`).
-const MODULES: [&str; 2] = ["echo", "orders"];
+/// Modules every cage serves (their `.so` files come from `--modules`); `crash` crashes its
+/// worker process at random.
+const MODULES: [&str; 3] = ["echo", "orders", "crash"];
 
 /// What `cage chaos` was told.
 #[derive(clap::Args)]
@@ -40,7 +42,7 @@ pub struct ChaosArgs {
     /// Seed of the fault schedule (default: from the clock); a failing run replays with it.
     #[arg(long)]
     seed: Option<u64>,
-    /// Directory holding libecho.so and liborders.so (default: the site's modules/).
+    /// Directory holding libecho.so, liborders.so and libcrash.so (default: the site's modules/).
     #[arg(long)]
     modules: Option<PathBuf>,
     /// Longest to wait for the queues to drain once the faults stop.
@@ -77,6 +79,8 @@ pub struct Faults {
     disk_faults: usize,
     connection_cuts: usize,
     connections_cut: usize,
+    /// Cages found dead that the run had not killed (a module's crash must not do that).
+    unexpected_deaths: Vec<String>,
 }
 
 /// The final report.
@@ -112,7 +116,7 @@ impl Lab {
             let so = modules.join(format!("lib{m}.so"));
             if !so.is_file() {
                 return Err(format!(
-                    "{} is missing: build the example modules (cargo build -p echo -p orders) and \
+                    "{} is missing: build the modules (cargo build -p echo -p orders -p crash) and \
                      pass --modules target/debug, or copy them into the site's modules/",
                     so.display()
                 ));
@@ -198,6 +202,19 @@ impl Lab {
         let ready = cage.wait_ready(Duration::from_secs(30), false);
         self.cages[i].process = Some(cage);
         ready.map(|_| ())
+    }
+
+    /// Restarts every cage whose process died without the run killing it; names them.
+    fn revive_unexpected(&mut self) -> Result<Vec<String>, String> {
+        let mut died = Vec::new();
+        for i in 0..self.cages.len() {
+            let dead = self.cages[i].process.as_mut().is_some_and(|p| !p.alive());
+            if dead {
+                died.push(self.cages[i].name.to_owned());
+                self.start(i)?;
+            }
+        }
+        Ok(died)
     }
 
     fn kill(&mut self, i: usize) {
@@ -362,6 +379,7 @@ fn run(lab: &mut Lab, seed: u64, minutes: f64, drain: Duration) -> Result<Report
     let started = Instant::now();
     while started.elapsed() < length {
         std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
+        faults.unexpected_deaths.extend(lab.revive_unexpected()?);
         let i = rng.below(CAGES.len() as u64) as usize;
         match rng.below(8) {
             0..=2 => {
@@ -372,7 +390,7 @@ fn run(lab: &mut Lab, seed: u64, minutes: f64, drain: Duration) -> Result<Report
                 faults.restarts += 1;
             }
             3 => {
-                let m = MODULES[rng.below(2) as usize];
+                let m = MODULES[rng.below(MODULES.len() as u64) as usize];
                 lab.break_module(m, &mut rng);
                 faults.broken_module_drops += 1;
                 std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
@@ -399,6 +417,7 @@ fn run(lab: &mut Lab, seed: u64, minutes: f64, drain: Duration) -> Result<Report
     progress.finish_and_clear();
     stop.store(true, Ordering::Release);
     let tally = workload::join(workers)?;
+    faults.unexpected_deaths.extend(lab.revive_unexpected()?);
     // Faults off, every cage up, the job gone: what was acknowledged must now finish.
     for m in MODULES {
         lab.restore_module(m)?;
@@ -429,7 +448,8 @@ fn run(lab: &mut Lab, seed: u64, minutes: f64, drain: Duration) -> Result<Report
         std::thread::sleep(Duration::from_millis(500));
     }
     let drained_in_secs = draining.elapsed().as_secs_f64();
-    let outcome = check::check(lab, &tally, faults.kills)?;
+    faults.unexpected_deaths.extend(lab.revive_unexpected()?);
+    let outcome = check::check(lab, &tally, &faults)?;
     Ok(Report {
         seed,
         minutes,

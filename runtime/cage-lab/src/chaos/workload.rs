@@ -51,6 +51,11 @@ pub struct Tally {
     /// Each chain's fate and owner, by id.
     #[serde(skip)]
     pub chains: BTreeMap<String, (Fate, String)>,
+    /// Calls of the crashing module acknowledged.
+    pub crashing_calls_acked: usize,
+    /// Each call of the crashing module: its fate and acknowledged id, by tag.
+    #[serde(skip)]
+    pub crashing: BTreeMap<String, (Fate, Option<String>)>,
 }
 
 impl Tally {
@@ -58,6 +63,7 @@ impl Tally {
         self.resends += other.resends;
         self.calls.extend(other.calls);
         self.chains.extend(other.chains);
+        self.crashing.extend(other.crashing);
     }
 
     fn count(&mut self) {
@@ -67,6 +73,7 @@ impl Tally {
         self.calls_uncertain = fates(Fate::Uncertain, &mut self.calls.values().map(|v| v.0));
         self.chains_acked = fates(Fate::Acked, &mut self.chains.values().map(|v| v.0));
         self.chains_refused = fates(Fate::Refused, &mut self.chains.values().map(|v| v.0));
+        self.crashing_calls_acked = fates(Fate::Acked, &mut self.crashing.values().map(|v| v.0));
     }
 }
 
@@ -160,6 +167,52 @@ fn enqueuer(
     tally
 }
 
+/// Share of `crash.maybe` attempts that crash their worker process.
+const CRASH_SHARE: f64 = 0.4;
+/// Attempts of `crash.maybe` from this one on never crash, so each call ends done with fewer
+/// crashes than the default `max_crashes` (3) and none is dead-lettered for crashing.
+const SPARE_FROM: u32 = 3;
+
+/// Queues calls of the module that crashes its worker at random (`crash.maybe`).
+fn crasher(lab_routes: Vec<CageRoute>, seed: u64, stop: Arc<AtomicBool>) -> Tally {
+    let mut rng = Lcg(seed ^ 0xc4a5);
+    let mut tally = Tally::default();
+    let mut clients: Vec<Option<Client>> = CAGES.iter().map(|_| None).collect();
+    let mut i = 0;
+    while !stop.load(Ordering::Acquire) {
+        let (s, t) = (rng.below(3) as usize, rng.below(3) as usize);
+        let tag = format!("crash-{i}");
+        i += 1;
+        let request = EnqueueRequest {
+            target: CAGES[t].into(),
+            module: "crash".into(),
+            method: "maybe".into(),
+            args: serde_json::to_vec(&serde_json::json!({
+                "crash": CRASH_SHARE, "seed": rng.below(u64::MAX), "spare_from": SPARE_FROM, "tag": tag
+            }))
+            .unwrap_or_default(),
+            queue: "retry".into(),
+            priority: 0,
+            key: Some(tag.clone()),
+            delay_ms: 0,
+        };
+        let (fate, id) = careful(
+            CAGES[s],
+            &lab_routes[s],
+            &mut clients[s],
+            &mut tally.resends,
+            &stop,
+            |c| {
+                c.enqueue(request.clone(), Duration::from_secs(10))
+                    .map(|(id, dup)| Ok(dup.unwrap_or(id)))
+            },
+        );
+        tally.crashing.insert(tag, (fate, id));
+        std::thread::sleep(Duration::from_millis(20 + rng.below(40)));
+    }
+    tally
+}
+
 fn chain_starter(lab_routes: Vec<CageRoute>, seed: u64, stop: Arc<AtomicBool>) -> Tally {
     let mut rng = Lcg(seed ^ 0x5eed);
     let mut tally = Tally::default();
@@ -217,10 +270,11 @@ pub fn start(lab: &Lab, seed: u64, stop: Arc<AtomicBool>) -> Vec<JoinHandle<Tall
             })
         })
         .collect();
-    let (routes, stop) = (routes.clone(), stop.clone());
+    let (chain_routes, chain_stop) = (routes.clone(), stop.clone());
     workers.push(std::thread::spawn(move || {
-        chain_starter(routes, seed, stop)
+        chain_starter(chain_routes, seed, chain_stop)
     }));
+    workers.push(std::thread::spawn(move || crasher(routes, seed, stop)));
     workers
 }
 
