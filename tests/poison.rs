@@ -11,7 +11,8 @@ use support::{cage_bin, eventually, module_so, RunningCage, Site};
 
 /// The settings of every cage file of these tests (written by [`crash_site`] alone): modules
 /// run in the cage's own process, so a crashing module takes its cage down.
-const CAGE_SETTINGS: &str = "";
+/// A worker's crash is shown in tests/isolation.rs.
+const CAGE_SETTINGS: &str = "isolation = \"in_process\"\n";
 
 /// `poison` retries within moments, so the restarts come fast; `slow` waits an hour, so a call
 /// waits for its next attempt until the test asks for it (`cage retry-now`).

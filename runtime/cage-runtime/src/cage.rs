@@ -277,6 +277,10 @@ impl PreparedCage {
             self.env.chains.clone(),
             self.env.metrics.clone(),
         )
+        .with_isolation({
+            let config = c.clone();
+            Arc::new(move |module: &str| config.running_of(module).isolation)
+        })
         .start();
         scheduler.do_send(JobsDeclared(c.jobs.clone()));
         crate::config_watch::watch(

@@ -5,8 +5,9 @@
 //! letters), where a pending call moves when the policy changes, and what a history sweep drops. The actor (the rest of this folder) only wires them to the store and the executor;
 //! the delivery window is [`super::window`]'s.
 
+use crate::config::Isolation;
 use crate::config::{ExecuteOn, QueuePolicy, DEFAULT_QUEUE};
-use crate::model::call::{CallRecord, QueuedCall};
+use crate::model::call::CallRecord;
 use crate::model::clock::{self, Clock};
 use crate::model::job::Job;
 use crate::queue::{CrashCount, DueCall};
@@ -129,13 +130,13 @@ pub(super) fn due_jobs(
         .collect()
 }
 
-/// Whether an attempt of `call` here needs a durable start mark before it runs: the mark is how
-/// a restarted cage learns that it died during the attempt. Every module runs in the cage's own
-/// process today, so every attempt needs one; a module whose calls run in a worker process
-/// needs none (its cage sees the worker die, stays up, and fails the attempt as
-/// [`ErrorKind::Crashed`]).
-pub(super) fn marks_start(_call: &QueuedCall) -> bool {
-    true
+/// Whether an attempt of a call here, of a module run with `isolation`, needs a durable start
+/// mark before it runs: the mark is how a restarted cage learns that it died during the
+/// attempt. Only a module run in the cage's own process needs one; a module whose calls run
+/// in a worker process needs none (its cage sees the worker die, stays up, and fails the
+/// attempt as [`ErrorKind::Crashed`]).
+pub(super) fn marks_start(isolation: Isolation) -> bool {
+    isolation == Isolation::InProcess
 }
 
 /// A process an attempt took down with it.
@@ -457,7 +458,8 @@ mod tests {
 
     #[test]
     fn every_attempt_here_needs_a_start_mark_while_modules_run_in_the_cage() {
-        assert!(marks_start(&record("orders", T0).call));
+        assert!(marks_start(Isolation::InProcess));
+        assert!(!marks_start(Isolation::Process));
     }
 
     #[test]

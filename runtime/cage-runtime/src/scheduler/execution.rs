@@ -168,7 +168,7 @@ impl Scheduler {
         let (addr, started_ms) = (ctx.address(), self.now());
         let marks: Vec<(&str, StartMark)> = records
             .iter()
-            .filter(|r| decide::marks_start(&r.call))
+            .filter(|r| decide::marks_start((self.isolation_of)(&r.call.module)))
             .map(|r| {
                 let mark = StartMark {
                     attempt: r.next_attempt(),

@@ -24,6 +24,7 @@ mod operator;
 mod policies;
 mod restart;
 mod window;
+use crate::config::Isolation;
 use execution::{Slot, PUMP_EVERY};
 use history::HISTORY_SWEEP_EVERY;
 use window::DeliveryWindows;
@@ -101,7 +102,12 @@ pub struct Scheduler {
     watch: Arc<ChainWatch>,
     direct_due: Vec<String>,
     chains_touched: bool,
+    /// How each module's calls run here (which attempts need a start mark).
+    isolation_of: IsolationOf,
 }
+
+/// How module `name`'s calls run on this cage.
+pub type IsolationOf = Arc<dyn Fn(&str) -> Isolation + Send + Sync>;
 
 impl Scheduler {
     /// A scheduler over `store` for cage `cage`.
@@ -139,7 +145,16 @@ impl Scheduler {
             watch,
             direct_due: Vec::new(),
             chains_touched: false,
+            // Until told otherwise, every module is taken to run in this process: every
+            // attempt is marked, so no crash of the cage goes uncounted.
+            isolation_of: Arc::new(|_| Isolation::InProcess),
         }
+    }
+
+    /// The same scheduler, told how each module's calls run here.
+    pub fn with_isolation(mut self, isolation_of: IsolationOf) -> Self {
+        self.isolation_of = isolation_of;
+        self
     }
 
     /// The same scheduler reading the time from `clock` (the system's by default).
