@@ -7,9 +7,11 @@ use serde_json::Value;
 use std::time::Duration;
 use support::{eventually, module_so, Site};
 
-/// Retries far apart: a queued call makes one attempt while the test looks at it.
+/// Retries far apart: a queued call makes one attempt while the test looks at it; `poison`
+/// retries at once, so a call that always crashes meets its `max_crashes` quickly.
 const SLOW_RETRY: &str = "[queues.retry]\nfirst_retry = \"1h\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\n\n\
-     [queues.short]\nfirst_retry = \"1h\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\ntime_limit = \"2s\"\n";
+     [queues.short]\nfirst_retry = \"1h\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\ntime_limit = \"2s\"\n\n\
+     [queues.poison]\nfirst_retry = \"100ms\"\ngrowth = 1.0\nmax_delay = \"100ms\"\ngive_up_after = \"1m\"\nmax_crashes = 3\n";
 
 /// Process ids of every child of process `pid` (all its threads).
 fn children(pid: u32) -> Vec<u32> {
@@ -138,6 +140,52 @@ fn a_queued_call_that_crashes_its_worker_fails_its_attempt_as_crashed() {
             .iter()
             .any(|p| p["record"]["call"]["id"] == id.as_str()));
     }
+    fine_pid(&site);
+}
+
+#[test]
+fn a_queued_call_that_crashes_its_worker_every_time_is_dead_after_max_crashes() {
+    let site = crash_site();
+    let mut cage = site.start("box");
+    let pid = cage.pid();
+    let ids: Vec<(String, &str, &str)> = CRASHES
+        .iter()
+        .map(|(method, how)| {
+            let id = site.enqueue(
+                "box",
+                &format!("crash.{method}"),
+                "null",
+                &["--queue", "poison"],
+            );
+            (id, *method, *how)
+        })
+        .collect();
+    for (id, method, how) in &ids {
+        let dead = eventually(Duration::from_secs(60), "the call is dead", || {
+            site.listing("dead", Some("box"))
+                .into_iter()
+                .find(|d| d["record"]["call"]["id"] == id.as_str())
+        });
+        let reason = dead["record"]["dead_reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("crashed its worker 3 times"),
+            "{method}: {reason}"
+        );
+        // The reason names the signal where the worker died of one.
+        let signal = how.trim_matches(['(', ')']).split(',').next().unwrap();
+        if signal.starts_with("SIG") {
+            assert!(reason.contains(signal), "{method}: {reason}");
+        }
+        let attempts = dead["record"]["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 3, "{method}: {dead}");
+        assert!(attempts.iter().all(|a| a["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("crash.{method} crashed its worker {how}"))));
+    }
+    assert!(cage.alive(), "the cage died\n{}", cage.log());
+    assert_eq!(cage.pid(), pid);
+    echo_answers(&site);
     fine_pid(&site);
 }
 
