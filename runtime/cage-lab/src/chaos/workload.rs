@@ -122,29 +122,33 @@ fn careful<T>(
     }
 }
 
-fn enqueuer(
-    lab_routes: Vec<CageRoute>,
-    effects: String,
-    seed: u64,
-    n: usize,
-    stop: Arc<AtomicBool>,
-) -> Tally {
-    let mut rng = Lcg(seed);
-    let mut tally = Tally::default();
+/// What an enqueuing client sent, by tag, and how often it sent again.
+type Sent = (BTreeMap<String, (Fate, Option<String>)>, usize);
+
+/// Enqueues calls until `stop`, each from a random cage for a random cage with its tag as its
+/// idempotency key: `call` makes a tag's module, method and JSON arguments; `pause` is the
+/// least and the spread of the wait between calls, in ms.
+fn enqueue_until_stopped(
+    lab_routes: &[CageRoute],
+    rng: &mut Lcg,
+    stop: &AtomicBool,
+    tag_prefix: &str,
+    pause: (u64, u64),
+    mut call: impl FnMut(&mut Lcg, &str) -> (&'static str, &'static str, serde_json::Value),
+) -> Sent {
+    let (mut sent, mut resends) = (BTreeMap::new(), 0);
     let mut clients: Vec<Option<Client>> = CAGES.iter().map(|_| None).collect();
     let mut i = 0;
     while !stop.load(Ordering::Acquire) {
         let (s, t) = (rng.below(3) as usize, rng.below(3) as usize);
-        let tag = format!("w{n}-{i}");
+        let tag = format!("{tag_prefix}{i}");
         i += 1;
+        let (module, method, args) = call(rng, &tag);
         let request = EnqueueRequest {
             target: CAGES[t].into(),
-            module: "echo".into(),
-            method: "append".into(),
-            args: serde_json::to_vec(&serde_json::json!({
-                "file": effects, "tag": tag, "sleep_ms": rng.below(20)
-            }))
-            .unwrap_or_default(),
+            module: module.into(),
+            method: method.into(),
+            args: serde_json::to_vec(&args).unwrap_or_default(),
             queue: "retry".into(),
             priority: 0,
             key: Some(tag.clone()),
@@ -154,17 +158,45 @@ fn enqueuer(
             CAGES[s],
             &lab_routes[s],
             &mut clients[s],
-            &mut tally.resends,
-            &stop,
+            &mut resends,
+            stop,
             |c| {
                 c.enqueue(request.clone(), Duration::from_secs(10))
                     .map(|(id, dup)| Ok(dup.unwrap_or(id)))
             },
         );
-        tally.calls.insert(tag, (fate, id));
-        std::thread::sleep(Duration::from_millis(2 + rng.below(8)));
+        sent.insert(tag, (fate, id));
+        std::thread::sleep(Duration::from_millis(pause.0 + rng.below(pause.1)));
     }
-    tally
+    (sent, resends)
+}
+
+/// Queues `echo.append` calls whose effects land in `effects`.
+fn enqueuer(
+    lab_routes: Vec<CageRoute>,
+    effects: String,
+    seed: u64,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Tally {
+    let (calls, resends) = enqueue_until_stopped(
+        &lab_routes,
+        &mut Lcg(seed),
+        &stop,
+        &format!("w{n}-"),
+        (2, 8),
+        |rng, tag| {
+            let args = serde_json::json!({
+                "file": effects, "tag": tag, "sleep_ms": rng.below(20)
+            });
+            ("echo", "append", args)
+        },
+    );
+    Tally {
+        calls,
+        resends,
+        ..Tally::default()
+    }
 }
 
 /// Share of `crash.maybe` attempts that crash their worker process.
@@ -175,42 +207,24 @@ const SPARE_FROM: u32 = 3;
 
 /// Queues calls of the module that crashes its worker at random (`crash.maybe`).
 fn crasher(lab_routes: Vec<CageRoute>, seed: u64, stop: Arc<AtomicBool>) -> Tally {
-    let mut rng = Lcg(seed ^ 0xc4a5);
-    let mut tally = Tally::default();
-    let mut clients: Vec<Option<Client>> = CAGES.iter().map(|_| None).collect();
-    let mut i = 0;
-    while !stop.load(Ordering::Acquire) {
-        let (s, t) = (rng.below(3) as usize, rng.below(3) as usize);
-        let tag = format!("crash-{i}");
-        i += 1;
-        let request = EnqueueRequest {
-            target: CAGES[t].into(),
-            module: "crash".into(),
-            method: "maybe".into(),
-            args: serde_json::to_vec(&serde_json::json!({
+    let (crashing, resends) = enqueue_until_stopped(
+        &lab_routes,
+        &mut Lcg(seed ^ 0xc4a5),
+        &stop,
+        "crash-",
+        (20, 40),
+        |rng, tag| {
+            let args = serde_json::json!({
                 "crash": CRASH_SHARE, "seed": rng.below(u64::MAX), "spare_from": SPARE_FROM, "tag": tag
-            }))
-            .unwrap_or_default(),
-            queue: "retry".into(),
-            priority: 0,
-            key: Some(tag.clone()),
-            delay_ms: 0,
-        };
-        let (fate, id) = careful(
-            CAGES[s],
-            &lab_routes[s],
-            &mut clients[s],
-            &mut tally.resends,
-            &stop,
-            |c| {
-                c.enqueue(request.clone(), Duration::from_secs(10))
-                    .map(|(id, dup)| Ok(dup.unwrap_or(id)))
-            },
-        );
-        tally.crashing.insert(tag, (fate, id));
-        std::thread::sleep(Duration::from_millis(20 + rng.below(40)));
+            });
+            ("crash", "maybe", args)
+        },
+    );
+    Tally {
+        crashing,
+        resends,
+        ..Tally::default()
     }
-    tally
 }
 
 fn chain_starter(lab_routes: Vec<CageRoute>, seed: u64, stop: Arc<AtomicBool>) -> Tally {

@@ -143,19 +143,7 @@ mod tests {
             s.mark_started(&[("a-1", mark(1)), ("a-2", mark(3))])
                 .unwrap();
         }
-        // sled's background flusher may hold the file lock a moment after the last handle is
-        // dropped (a new process never meets it; a reopen within one process can).
-        let started = std::time::Instant::now();
-        let s = loop {
-            match QueueStore::open(dir.path()) {
-                Ok(s) => break s,
-                Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
-                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let s = crate::queue::store::tests::reopen(dir.path());
         assert_eq!(
             s.start_marks().unwrap(),
             vec![("a-1".to_owned(), mark(1)), ("a-2".to_owned(), mark(3))]

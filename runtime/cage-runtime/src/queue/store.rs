@@ -222,8 +222,25 @@ impl Drop for QueueStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// The store in `dir` opened again within this process. sled's background flusher may
+    /// hold the file lock a moment after the last handle is dropped (a new process never
+    /// meets it; a reopen within one process can).
+    pub(in crate::queue) fn reopen(dir: &std::path::Path) -> QueueStore {
+        let started = std::time::Instant::now();
+        loop {
+            match QueueStore::open(dir) {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
     use crate::model::call::{Attempt, QueuedCall, Stage};
     use crate::queue::keys::CALL;
     use crate::queue::Acceptance;
@@ -458,19 +475,7 @@ mod tests {
             .unwrap();
             s.db().flush().unwrap();
         }
-        // sled's background flusher may hold the file lock a moment after the last handle is
-        // dropped (a new process never meets it; a reopen within one process can).
-        let started = std::time::Instant::now();
-        let s = loop {
-            match QueueStore::open(dir.path()) {
-                Ok(s) => break s,
-                Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
-                    assert!(e.to_string().contains("could not acquire lock"), "{e}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        let s = reopen(dir.path());
         let r = s.get("keep").unwrap().unwrap();
         assert_eq!((r.stage, r.call.priority), (Stage::Deliver, 3));
         assert_eq!(s.due(1000, 10).unwrap()[0].id, "keep");
