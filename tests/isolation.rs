@@ -190,6 +190,21 @@ fn a_queued_call_that_crashes_its_worker_every_time_is_dead_after_max_crashes() 
 }
 
 #[test]
+fn a_worker_busy_in_a_hung_call_does_not_outlive_its_killed_cage() {
+    let site = crash_site();
+    let mut cage = site.start("box");
+    let _hung = site.call_in_background("box", "crash.spin", "null");
+    let worker = eventually(Duration::from_secs(20), "a worker runs the call", || {
+        children(cage.pid()).first().copied()
+    });
+    cage.kill9();
+    // The worker never reads its channel while it spins; it notices that its cage is gone.
+    eventually(Duration::from_secs(20), "the orphaned worker ended", || {
+        (!alive(worker)).then_some(())
+    });
+}
+
+#[test]
 fn a_hung_sync_call_has_its_worker_killed_at_its_timeout() {
     let site = crash_site();
     let mut cage = site.start("box");
