@@ -13,17 +13,33 @@ const SLOW_RETRY: &str = "[queues.retry]\nfirst_retry = \"1h\"\nmax_delay = \"1h
      [queues.short]\nfirst_retry = \"1h\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\ntime_limit = \"2s\"\n\n\
      [queues.poison]\nfirst_retry = \"100ms\"\ngrowth = 1.0\nmax_delay = \"100ms\"\ngive_up_after = \"1m\"\nmax_crashes = 3\n";
 
-/// Process ids of every child of process `pid` (all its threads).
+/// Process ids of every child of process `pid`, from each process's parent in `/proc/*/stat`
+/// (a kernel without `/proc/PID/task/*/children` has those too).
 fn children(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                found.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
-                );
-            }
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `PID (COMMAND) STATE PPID ...`: the command may hold spaces and parentheses, so the
+        // fields are counted from the last ')'. A zombie has ended, whoever reaps it.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (state, parent) = (
+            fields.next(),
+            fields.next().and_then(|p| p.parse::<u32>().ok()),
+        );
+        if parent == Some(pid) && state != Some("Z") {
+            found.push(child);
         }
     }
     found.sort_unstable();
