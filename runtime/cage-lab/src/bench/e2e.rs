@@ -4,15 +4,39 @@
 use super::load::{echo_call, enqueue_many, stats, wait_executed};
 use super::report::{Goal, Report};
 use super::Place;
-use std::time::Instant;
+use cage_runtime::transport::protocol::QueueStats;
+use std::time::{Duration, Instant};
 
-/// Enqueues `calls` calls of `echo.version` on the first cage for the second, and waits until
-/// the second executed them all.
-pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> Result<(), String> {
+/// What a run of queued calls from the first cage to the second measured.
+pub(super) struct Queued {
+    /// The target's counters before the run.
+    pub before: QueueStats,
+    /// The target's counters once every call ran.
+    pub after: QueueStats,
+    /// From the first enqueue to the last acknowledged one.
+    pub enqueued: Duration,
+    /// From the first enqueue until the target ran them all.
+    pub total: Duration,
+}
+
+/// Enqueues `calls` calls of `echo.METHOD` with `args` on `queue` on the first cage for the
+/// second, from `clients` clients, and waits until the second ran them all; `scenario` and
+/// `waiting` label the progress shown.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn queue_and_wait(
+    place: &Place,
+    method: &str,
+    args: &[u8],
+    queue: &str,
+    calls: usize,
+    clients: usize,
+    scenario: &str,
+    waiting: &str,
+) -> Result<Queued, String> {
     let (source, to) = (place.first.as_str(), place.second.as_str());
     let (source_route, target_route) = (place.route(source)?, place.route(to)?);
     let before = stats(to, &target_route)?;
-    let request = echo_call(to, "version", b"null", "retry");
+    let request = echo_call(to, method, args, queue);
     let started = Instant::now();
     enqueue_many(
         source,
@@ -21,17 +45,40 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
         calls,
         clients,
         1,
-        &format!("e2e {source} → {to}"),
+        &format!("{scenario} {source} → {to}"),
     )?;
     let enqueued = started.elapsed();
-    wait_executed(
+    let after = wait_executed(
         to,
         &target_route,
         &before,
         calls,
-        &format!("executing on {to}"),
+        &format!("{waiting} on {to}"),
     )?;
-    let total = started.elapsed();
+    Ok(Queued {
+        before,
+        after,
+        enqueued,
+        total: started.elapsed(),
+    })
+}
+
+/// Enqueues `calls` calls of `echo.version` on the first cage for the second, and waits until
+/// the second executed them all.
+pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> Result<(), String> {
+    let (source, to) = (place.first.as_str(), place.second.as_str());
+    let Queued {
+        enqueued, total, ..
+    } = queue_and_wait(
+        place,
+        "version",
+        b"null",
+        "retry",
+        calls,
+        clients,
+        "e2e",
+        "executing",
+    )?;
     report.add(
         "e2e",
         format!("queued calls/s {source} → {to}, first enqueue to last done"),

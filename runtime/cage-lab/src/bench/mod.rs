@@ -226,14 +226,18 @@ impl Place {
 
     /// A report whose fdatasync rate was measured now, on the disk of the first cage.
     fn report(&self) -> Result<Report, String> {
-        let dir = self.data_dir(&self.first)?;
-        let rate = load::fdatasync_rate(&dir, 300)
-            .map_err(|e| format!("cannot measure fdatasync in {}: {e}", dir.display()))?;
-        Ok(Report {
-            fdatasync_per_sec: rate,
-            figures: Vec::new(),
-        })
+        report_on(&self.data_dir(&self.first)?)
     }
+}
+
+/// A report whose fdatasync rate was measured now, in `dir`.
+fn report_on(dir: &Path) -> Result<Report, String> {
+    let rate = load::fdatasync_rate(dir, 300)
+        .map_err(|e| format!("cannot measure fdatasync in {}: {e}", dir.display()))?;
+    Ok(Report {
+        fdatasync_per_sec: rate,
+        figures: Vec::new(),
+    })
 }
 
 fn finish(result: Result<Report, String>, json: bool) -> Result<(), LabError> {
@@ -307,13 +311,7 @@ pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
         Scenario::Isolation(common) => {
             let report = lab::find_echo(site, common.modules.as_deref()).and_then(|echo| {
                 // The labs go under the temporary directory: their disk is measured there.
-                let dir = std::env::temp_dir();
-                let mut r = Report {
-                    fdatasync_per_sec: load::fdatasync_rate(&dir, 300).map_err(|e| {
-                        format!("cannot measure fdatasync in {}: {e}", dir.display())
-                    })?,
-                    figures: Vec::new(),
-                };
+                let mut r = report_on(&std::env::temp_dir())?;
                 isolation::run(&echo, common.tls, common.calls, common.clients, &mut r)?;
                 Ok(r)
             });

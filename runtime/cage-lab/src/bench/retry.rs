@@ -1,12 +1,12 @@
 //! `cage bench retry`: calls that fail twice and succeed on their third attempt, with retries
 //! a few milliseconds apart: how long until all are done, and that none is lost.
 
-use super::load::{echo_call, enqueue_many, stats, wait_executed};
+use super::e2e::{queue_and_wait, Queued};
 use super::report::{Goal, Report};
 use super::Place;
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::{Filter, QueueQuery};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Enqueues `calls` calls of `echo.flaky` (failing the first two attempts) on the first cage
 /// for the second, on `queue`, and waits until every one succeeded.
@@ -17,28 +17,23 @@ pub fn run(
     clients: usize,
     report: &mut Report,
 ) -> Result<(), String> {
-    let (source, to) = (place.first.as_str(), place.second.as_str());
-    let (source_route, target_route) = (place.route(source)?, place.route(to)?);
-    let before = stats(to, &target_route)?;
-    let request = echo_call(to, "flaky", b"2", queue);
-    let started = Instant::now();
-    enqueue_many(
-        source,
-        &source_route,
-        &request,
+    let to = place.second.as_str();
+    let Queued {
+        before,
+        after,
+        total,
+        ..
+    } = queue_and_wait(
+        place,
+        "flaky",
+        b"2",
+        queue,
         calls,
         clients,
-        1,
-        &format!("retry {source} → {to}"),
+        "retry",
+        "third attempts",
     )?;
-    let after = wait_executed(
-        to,
-        &target_route,
-        &before,
-        calls,
-        &format!("third attempts on {to}"),
-    )?;
-    let total = started.elapsed();
+    let target_route = place.route(to)?;
     let dead = Client::connect(to, &target_route)
         .and_then(|mut c| {
             c.calls(
