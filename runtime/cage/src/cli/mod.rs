@@ -169,34 +169,10 @@ enum Command {
         json: bool,
     },
     /// Make a pending call (or, with --all, every pending call that passes the filters) due now.
-    RetryNow {
-        /// The call id.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<String>,
-        /// Every pending call that passes the filters.
-        #[arg(long)]
-        all: bool,
-        /// With --all: only this cage.
-        #[arg(long)]
-        cage: Option<String>,
-        #[command(flatten)]
-        filter: FilterArgs,
-    },
+    RetryNow(PendingCalls),
     /// Remove a call, pending or dead, and cancel the chains it started; or cancel a chain (or,
     /// with --all, every pending call that passes the filters).
-    Cancel {
-        /// The call id.
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        id: Option<String>,
-        /// Every pending call that passes the filters.
-        #[arg(long)]
-        all: bool,
-        /// With --all: only this cage.
-        #[arg(long)]
-        cage: Option<String>,
-        #[command(flatten)]
-        filter: FilterArgs,
-    },
+    Cancel(PendingCalls),
     /// Move a dead call back to pending, due now, with a fresh give-up window and crash count.
     Revive {
         /// The call id.
@@ -256,6 +232,22 @@ enum Command {
         #[command(subcommand)]
         scenario: cage_lab::bench::Scenario,
     },
+}
+
+/// The pending calls a steering command acts on: one by id, or every one the filters pass.
+#[derive(clap::Args)]
+struct PendingCalls {
+    /// The call id.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<String>,
+    /// Every pending call that passes the filters.
+    #[arg(long)]
+    all: bool,
+    /// With --all: only this cage.
+    #[arg(long)]
+    cage: Option<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
 }
 
 /// Filters shared by the queue listings.
@@ -386,28 +378,28 @@ pub fn main() -> ExitCode {
             pending::list(&site, cage.as_deref(), filter.into(), true, json)
         }
         Command::Show { id, json } => show::show(&site, &id, json),
-        Command::RetryNow { id: Some(id), .. } => {
+        Command::RetryNow(PendingCalls { id: Some(id), .. }) => {
             steer::by_id(&site, &id, "retry-now", QueueQuery::RetryNow)
         }
-        Command::RetryNow {
+        Command::RetryNow(PendingCalls {
             id: None,
             cage,
             filter,
             ..
-        } => steer::all(
+        }) => steer::all(
             &site,
             cage.as_deref(),
             filter.into(),
             "due now",
             QueueQuery::RetryAllNow,
         ),
-        Command::Cancel { id: Some(id), .. } => steer::cancel(&site, &id),
-        Command::Cancel {
+        Command::Cancel(PendingCalls { id: Some(id), .. }) => steer::cancel(&site, &id),
+        Command::Cancel(PendingCalls {
             id: None,
             cage,
             filter,
             ..
-        } => steer::all(
+        }) => steer::all(
             &site,
             cage.as_deref(),
             filter.into(),
