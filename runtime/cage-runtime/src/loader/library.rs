@@ -127,21 +127,7 @@ impl LoadedModule {
         let copy = copy_dir.join(format!("lib{expected}.{tag}.{}.so", &sha256[..12]));
         write_copy(&copy, bytes)?;
         let opened = match probe.and_then(|probe| probe(expected, &copy)) {
-            Some(Ok(Described {
-                name,
-                version,
-                methods,
-            })) => Ok(LoadedModule {
-                name,
-                version,
-                methods,
-                sha256,
-                loaded_at: SystemTime::now(),
-                source: source.to_owned(),
-                copy: copy.clone(),
-                owns_copy: true,
-                code: None,
-            }),
+            Some(Ok(described)) => Ok(Self::described(described, sha256, source, &copy, None)),
             Some(Err(reason)) => Err(LoadError::Worker(reason)),
             None => Self::open(expected, source, &copy, sha256),
         };
@@ -227,12 +213,31 @@ impl LoadedModule {
                     .push(raw(unsafe { *d.methods.add(i) }, "method name")?);
             }
         }
+        // Checked before the library is kept: a module refused here is unmapped again.
+        let described = descriptor::check(expected, &fields)?;
+        let code = Code {
+            call: d.call,
+            free: d.free,
+            library: ManuallyDrop::new(library),
+        };
+        Ok(Self::described(described, sha256, source, copy, Some(code)))
+    }
+
+    /// The version `described`, loaded now from its private `copy` of `source`; `code` is the
+    /// mapped library, none when it runs only in worker processes.
+    fn described(
+        described: Described,
+        sha256: String,
+        source: &Path,
+        copy: &Path,
+        code: Option<Code>,
+    ) -> Self {
         let Described {
             name,
             version,
             methods,
-        } = descriptor::check(expected, &fields)?;
-        Ok(LoadedModule {
+        } = described;
+        LoadedModule {
             name,
             version,
             methods,
@@ -241,12 +246,8 @@ impl LoadedModule {
             source: source.to_owned(),
             copy: copy.to_owned(),
             owns_copy: true,
-            code: Some(Code {
-                call: d.call,
-                free: d.free,
-                library: ManuallyDrop::new(library),
-            }),
-        })
+            code,
+        }
     }
 
     /// Whether the module exports `method`.
