@@ -168,6 +168,11 @@ pub async fn run(registry: &Addr<ModuleRegistry>, executor: &Addr<CallExecutor>,
         }
     };
     let outcome = match tokio::time::timeout_at(deadline.into(), reply.result).await {
+        // A worker is killed at this same deadline; its answer can beat the timer. Either way
+        // the limit was passed, and the limit says so, in one wording.
+        Ok(Ok(Err(e))) if e.kind == ErrorKind::Timeout && Instant::now() >= deadline => {
+            Err(run.limit.exceeded(reply.isolation))
+        }
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(CallError::with_kind(
             ErrorKind::Internal,
