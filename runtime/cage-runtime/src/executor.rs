@@ -2,13 +2,19 @@
 //! code, so a slow call never blocks the actor threads or other calls. Each thread runs its
 //! call's module in place (`in_process`) or drives it in one of the module's worker
 //! processes (`process`, [`crate::worker`]); the threads bound the calls running at once.
+//!
+//! A call for a module in worker processes that finds one of its workers idle, with no call
+//! waiting before it, skips the threads: the event loop hands it to the worker and takes the
+//! answer, so a quick call costs no thread wake-up on either way. Under load, calls queue for
+//! the threads, which feed the workers without waiting for the event loop.
 
 use crate::config::{Isolation, ModuleRunning};
-use crate::host::{HostEnv, Output};
+use crate::host::{Begun, HostEnv, Output};
 use crate::loader::LoadedModule;
 use crate::metrics::WorkerEvent;
 use crate::model::call::ChainLink;
 use crate::model::clock::unix_ms;
+use crate::worker::pool::Taken;
 use crate::worker::Workers;
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
@@ -19,6 +25,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use tracing::Instrument;
+
+/// Calls driven from the event loop that wrote state, committing it with their completion.
+static COMMITS: crate::blocking::Lane = crate::blocking::Lane::new("state commits", 16);
 
 /// Calls that may wait for a worker per worker thread before new ones are refused.
 const BACKLOG_PER_WORKER: usize = 256;
@@ -120,7 +130,7 @@ fn start_pool_thread(runner: Arc<Runner>, name: String) -> std::io::Result<()> {
 pub struct CallExecutor {
     jobs: Sender<Job>,
     workers: usize,
-    settings: ExecutorSettings,
+    runner: Arc<Runner>,
 }
 
 impl CallExecutor {
@@ -172,7 +182,7 @@ impl CallExecutor {
         Ok(CallExecutor {
             jobs,
             workers,
-            settings,
+            runner: env,
         })
     }
 }
@@ -188,7 +198,7 @@ fn run_job(runner: &Arc<Runner>, job: Job, seat: Seat) -> bool {
         },
         reply,
     } = job;
-    let span = tracing::info_span!("call", call_id = %call.call_id, cage = %env.cage, module = %module.name, method = %call.method, attempt = call.attempt);
+    let span = call_span(env, &module, &call);
     let _entered = span.enter();
     if reply.is_closed() || Instant::now() >= deadline {
         tracing::warn!("not started: its caller stopped waiting while it queued for a worker");
@@ -234,7 +244,27 @@ fn run_job(runner: &Arc<Runner>, job: Job, seat: Seat) -> bool {
                 .call(&module, running, ctx, method, args, deadline),
         },
     );
-    let took = started.elapsed();
+    report(env, &module, &call, started.elapsed(), &result);
+    let _ = reply.send(result);
+    drop(_watched);
+    written_off.load(Ordering::Acquire)
+    // `module` drops here; if a newer version was swapped in meanwhile and this was the last
+    // call on the old one, the old library is unloaded now, on this worker thread.
+}
+
+/// The span of one call's run: its id and what it runs.
+fn call_span(env: &HostEnv, module: &LoadedModule, call: &MethodCall) -> tracing::Span {
+    tracing::info_span!("call", call_id = %call.call_id, cage = %env.cage, module = %module.name, method = %call.method, attempt = call.attempt)
+}
+
+/// Counts and logs how a call's run ended.
+fn report(
+    env: &HostEnv,
+    module: &LoadedModule,
+    call: &MethodCall,
+    took: Duration,
+    result: &Result<Output, CallError>,
+) {
     let error = result.as_ref().err().map(ToString::to_string);
     env.metrics.method_run(
         &module.name,
@@ -249,11 +279,75 @@ fn run_job(runner: &Arc<Runner>, job: Job, seat: Seat) -> bool {
             tracing::warn!(version = %module.version, elapsed = ?took, "call failed: {e}")
         }
     }
-    let _ = reply.send(result);
-    drop(_watched);
-    written_off.load(Ordering::Acquire)
-    // `module` drops here; if a newer version was swapped in meanwhile and this was the last
-    // call on the old one, the old library is unloaded now, on this worker thread.
+}
+
+impl Runner {
+    /// Runs a call in the worker `taken` for it, from the event loop.
+    async fn remote(
+        self: Arc<Self>,
+        taken: Taken,
+        execute: Execute,
+        reply: oneshot::Sender<Result<Output, CallError>>,
+    ) {
+        let Execute {
+            module,
+            call,
+            deadline,
+        } = execute;
+        let span = call_span(&self.env, &module, &call);
+        async {
+            let started = Instant::now();
+            let result = self.run_taken(taken, &module, &call, deadline).await;
+            report(&self.env, &module, &call, started.elapsed(), &result);
+            let _ = reply.send(result);
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn run_taken(
+        &self,
+        taken: Taken,
+        module: &Arc<LoadedModule>,
+        call: &MethodCall,
+        deadline: Instant,
+    ) -> Result<Output, CallError> {
+        let begun = self.env.begin(
+            &module.name,
+            &call.call_id,
+            &call.method,
+            call.attempt,
+            call.queued,
+            call.chain.as_ref(),
+        );
+        let scope = match begun {
+            Ok(Begun::Running(scope)) => scope,
+            Ok(Begun::Executed(output)) => {
+                self.workers.put_back(taken);
+                return Ok(output);
+            }
+            Err(e) => {
+                self.workers.put_back(taken);
+                return Err(e);
+            }
+        };
+        let (scope, result) = self
+            .workers
+            .call_taken(taken, module, scope, &call.method, &call.args, deadline)
+            .await;
+        let Some(scope) = scope else {
+            return result.map(Output::result);
+        };
+        if result.is_ok() && scope.commits() {
+            // The commit writes to the store, which may wait for the disk.
+            COMMITS
+                .run(move || scope.finish(result))
+                .await
+                .unwrap_or_else(|e| Err(CallError::with_kind(ErrorKind::Internal, e.to_string())))
+        } else {
+            scope.finish(result)
+        }
+    }
 }
 
 impl Actor for CallExecutor {
@@ -265,7 +359,17 @@ impl Handler<Execute> for CallExecutor {
 
     fn handle(&mut self, call: Execute, _: &mut Context<Self>) -> Self::Result {
         let (reply, rx) = oneshot::channel();
-        let isolation = self.settings.running_of(&call.module.name).isolation;
+        let running = self.runner.settings.running_of(&call.module.name);
+        let isolation = running.isolation;
+        if isolation == Isolation::Process && self.jobs.is_empty() {
+            if let Some(taken) = self.runner.workers.take_idle(&call.module, running) {
+                actix::spawn(self.runner.clone().remote(taken, call, reply));
+                return Ok(Reply {
+                    result: rx,
+                    isolation,
+                });
+            }
+        }
         match self.jobs.try_send(Job { call, reply }) {
             Ok(()) => Ok(Reply {
                 result: rx,

@@ -42,7 +42,8 @@
 //! [`run::run`] → [`registry::ModuleRegistry`] (resolve) → [`executor::CallExecutor`]
 //! (executor thread) → [`host::HostEnv::run`] → the module's `call`, in a worker process
 //! ([`worker::Workers`], its callbacks served by the cage's host) or in process → response
-//! frame.
+//! frame. A call for an idle worker with none queued before it skips the thread: the event
+//! loop sends it to the worker and takes the answer.
 //!
 //! A queued call's path: enqueue → [`scheduler::Scheduler`] stores it in [`queue`] (journal
 //! entry, then sled) and answers after the group commit (one journal sync for every waiting

@@ -28,7 +28,7 @@ fn json(value: impl Serialize) -> Result<Vec<u8>, CallError> {
     serde_json::to_vec(&value).map_err(|e| CallError::with_kind(ErrorKind::Internal, e.to_string()))
 }
 
-impl CallScope<'_> {
+impl CallScope {
     fn serve_chain(&self, call: ChainCall) -> Result<Vec<u8>, CallError> {
         match call {
             ChainCall::Start {
@@ -38,7 +38,7 @@ impl CallScope<'_> {
             ChainCall::Children => json(
                 self.env
                     .store
-                    .children(self.call_id)
+                    .children(&self.call_id)
                     .map_err(storage)?
                     .into_iter()
                     .map(|c| Handle(c.id))
@@ -127,18 +127,18 @@ impl CallScope<'_> {
         chains: Vec<NewChain>,
         max_parallel: u32,
     ) -> Result<Vec<String>, CallError> {
-        let env = self.env;
+        let env = &self.env;
         let request = Request::Chain(ChainRequest::Start {
             chains,
             max_parallel,
-            parent: Some(self.call_id.to_owned()),
+            parent: Some(self.call_id.clone()),
         });
         let ids = env
             .own
             .request(&env.cage, request, START_TIMEOUT)
             .and_then(|answer| client::chains_started(&env.cage, answer))
             .map_err(ClientError::into_call_error)??;
-        tracing::debug!(parent = self.call_id, chains = ?ids, "module started chains");
+        tracing::debug!(parent = %self.call_id, chains = ?ids, "module started chains");
         Ok(ids)
     }
 

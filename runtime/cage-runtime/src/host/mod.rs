@@ -90,41 +90,92 @@ impl Output {
     }
 }
 
-/// Ends an invocation when the call leaves the module, however it leaves.
-struct Running<'a>(&'a Mailboxes, u64);
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.end(self.1);
-    }
-}
-
-/// One call's identity, passed to callbacks through `HostContext::data`.
-struct CallScope<'a> {
-    env: &'a HostEnv,
-    call_id: &'a str,
-    module: &'a str,
-    method: &'a str,
+/// One call's identity and its pending effects, passed to callbacks through
+/// `HostContext::data`. It owns all it holds, so a call driven in a worker process keeps it
+/// across the callbacks it serves on other threads; dropping it ends the call's invocation.
+pub struct CallScope {
+    env: Arc<HostEnv>,
+    call_id: String,
+    module: String,
+    method: String,
+    attempt: u32,
+    queued: bool,
     invocation: u64,
+    invocation_id: String,
+    token: String,
     state: RefCell<StateTx>,
     /// The chain this call is a step of.
-    chain: Option<&'a ChainLink>,
+    chain: Option<ChainLink>,
     /// The continuation asked for with `chain_next`.
     next: RefCell<Option<StepSpec>>,
     /// Child chains started so far (their ordinals, and part of their ids).
     children: Cell<u32>,
 }
 
+impl Drop for CallScope {
+    fn drop(&mut self) {
+        self.env.mailboxes.end(self.invocation);
+    }
+}
+
+/// How a call begins: already executed (its committed outcome), or ready to run in a scope.
+pub enum Begun {
+    /// A queued call whose state writes were committed by an earlier attempt: its outcome.
+    Executed(Output),
+    /// The call's scope, to run the module in.
+    Running(Box<CallScope>),
+}
+
 impl HostEnv {
+    /// Begins call `call_id` of `module.method`: a `queued` call whose state writes were
+    /// already committed (by an attempt cut short before its completion was recorded) is not
+    /// run again, and its committed outcome is answered; any other gets its scope.
+    #[allow(clippy::too_many_arguments)]
+    pub fn begin(
+        self: &Arc<Self>,
+        module: &str,
+        call_id: &str,
+        method: &str,
+        attempt: u32,
+        queued: bool,
+        chain: Option<&ChainLink>,
+    ) -> Result<Begun, CallError> {
+        if queued {
+            if let Some(outcome) = self.store.executed(call_id).map_err(storage)? {
+                tracing::info!(
+                    "already executed (its effects were committed before a restart); not run again"
+                );
+                return Ok(Begun::Executed(
+                    postcard::from_bytes(&outcome)
+                        .unwrap_or_else(|_| Output::result(b"null".to_vec())),
+                ));
+            }
+        }
+        let (invocation, token) = self.mailboxes.begin();
+        Ok(Begun::Running(Box::new(CallScope {
+            env: self.clone(),
+            call_id: call_id.to_owned(),
+            module: module.to_owned(),
+            method: method.to_owned(),
+            attempt,
+            queued,
+            invocation,
+            invocation_id: self.mailboxes.id(invocation),
+            token,
+            state: RefCell::new(StateTx::default()),
+            chain: chain.cloned(),
+            next: RefCell::new(None),
+            children: Cell::new(0),
+        })))
+    }
+
     /// Runs `method` of `module` with JSON `args`, giving it a host context: `invoke` is the
     /// one step that runs the module's code with that context (in this thread, or in a worker
     /// process whose callbacks are served with it); everything around it, the call's scope,
     /// its state writes and their commit, is this one path either way.
-    /// A `queued` call whose state writes were already committed (by an attempt cut short
-    /// before its completion was recorded) is not run again: its committed outcome is answered.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
-        &self,
+        self: &Arc<Self>,
         module: &LoadedModule,
         call_id: &str,
         method: &str,
@@ -134,78 +185,89 @@ impl HostEnv {
         chain: Option<&ChainLink>,
         invoke: impl FnOnce(&HostContext, &str, &[u8]) -> Result<Vec<u8>, CallError>,
     ) -> Result<Output, CallError> {
-        let storage = |e: crate::queue::QueueError| {
-            CallError::with_kind(ErrorKind::Internal, format!("state storage: {e}"))
-        };
-        if queued {
-            if let Some(outcome) = self.store.executed(call_id).map_err(storage)? {
-                tracing::info!(
-                    "already executed (its effects were committed before a restart); not run again"
-                );
-                return Ok(postcard::from_bytes(&outcome)
-                    .unwrap_or_else(|_| Output::result(b"null".to_vec())));
+        match self.begin(&module.name, call_id, method, attempt, queued, chain)? {
+            Begun::Executed(output) => Ok(output),
+            Begun::Running(scope) => {
+                let result = scope.with_context(|ctx| invoke(ctx, method, args));
+                scope.finish(result)
             }
         }
-        let (invocation, token) = self.mailboxes.begin();
-        let _running = Running(&self.mailboxes, invocation);
-        let invocation_id = self.mailboxes.id(invocation);
-        let scope = CallScope {
-            env: self,
-            call_id,
-            module: &module.name,
-            method,
-            invocation,
-            state: RefCell::new(StateTx::default()),
-            chain,
-            next: RefCell::new(None),
-            children: Cell::new(0),
-        };
+    }
+}
+
+fn storage(e: crate::queue::QueueError) -> CallError {
+    CallError::with_kind(ErrorKind::Internal, format!("state storage: {e}"))
+}
+
+impl CallScope {
+    /// Runs `f` with the host context of this call, whose views and callbacks hold while `f`
+    /// runs.
+    pub fn with_context<R>(&self, f: impl FnOnce(&HostContext) -> R) -> R {
         let ctx = HostContext {
             abi_version: abi::ABI_VERSION,
             size: std::mem::size_of::<HostContext>() as u32,
-            data: &scope as *const CallScope as *const c_void,
-            cage: Bytes::from_slice(self.cage.as_bytes()),
-            module: Bytes::from_slice(module.name.as_bytes()),
-            method: Bytes::from_slice(method.as_bytes()),
-            call_id: Bytes::from_slice(call_id.as_bytes()),
+            data: self as *const CallScope as *const c_void,
+            cage: Bytes::from_slice(self.env.cage.as_bytes()),
+            module: Bytes::from_slice(self.module.as_bytes()),
+            method: Bytes::from_slice(self.method.as_bytes()),
+            call_id: Bytes::from_slice(self.call_id.as_bytes()),
             log: host_log,
             call: host_call,
             free: cage_sdk::export::free_bytes,
-            attempt,
+            attempt: self.attempt,
             enqueue: host_enqueue,
             add_job: host_add_job,
-            invocation_id: Bytes::from_slice(invocation_id.as_bytes()),
+            invocation_id: Bytes::from_slice(self.invocation_id.as_bytes()),
             send_message: host_send,
             receive_message: host_receive,
-            api_url: Bytes::from_slice(self.api_url.as_bytes()),
-            api_token: Bytes::from_slice(token.as_bytes()),
-            client_path: Bytes::from_slice(self.client_path.as_bytes()),
+            api_url: Bytes::from_slice(self.env.api_url.as_bytes()),
+            api_token: Bytes::from_slice(self.token.as_bytes()),
+            client_path: Bytes::from_slice(self.env.client_path.as_bytes()),
             state_get: host_state_get,
             state_put: host_state_put,
             chain: host_chain,
         };
-        let result = invoke(&ctx, method, args).map(|result| Output {
+        f(&ctx)
+    }
+
+    /// Whether finishing this call writes to the store (it wrote state), and so may block.
+    pub fn commits(&self) -> bool {
+        !self.state.borrow().writes.is_empty()
+    }
+
+    /// Ends the call with the module's `result`: a successful call's state writes are
+    /// committed (with the executed mark of a queued call) before its module's state lock is
+    /// released.
+    pub fn finish(
+        self: Box<Self>,
+        result: Result<Vec<u8>, CallError>,
+    ) -> Result<Output, CallError> {
+        let result = result.map(|result| Output {
             result,
-            next: scope.next.take(),
+            next: self.next.take(),
         });
-        let tx = scope.state.into_inner();
+        let tx = self.state.take();
         if let (Ok(output), false) = (&result, tx.writes.is_empty()) {
             // The writes and the executed mark (with the outcome) go in one batch; the lock (in
             // `tx`) is released only after it, so the next call of the module reads what this
             // one wrote.
             let outcome = postcard::to_allocvec(output).unwrap_or_default();
-            self.store
+            self.env
+                .store
                 .commit_state(
-                    &module.name,
+                    &self.module,
                     &tx.writes,
-                    queued.then_some((call_id, outcome.as_slice())),
+                    self.queued
+                        .then_some((self.call_id.as_str(), outcome.as_slice())),
                 )
                 .map_err(storage)?;
         }
         drop(tx);
         result
     }
+}
 
+impl HostEnv {
     /// Calls `target` (`module.method`) on `cage` synchronously, on behalf of call `parent`.
     pub fn call(
         &self,
@@ -288,7 +350,7 @@ unsafe extern "C" fn host_log(data: *const c_void, level: u32, msg: Bytes) {
         let scope = unsafe { &*(data as *const CallScope) };
         // SAFETY: the module passes a live view.
         let msg = String::from_utf8_lossy(unsafe { msg.as_slice() });
-        let (module, method, call_id) = (scope.module, scope.method, scope.call_id);
+        let (module, method, call_id) = (&*scope.module, &*scope.method, &*scope.call_id);
         match level {
             1 => tracing::error!(target: "module", module, method, call_id, "{msg}"),
             2 => tracing::warn!(target: "module", module, method, call_id, "{msg}"),
@@ -323,7 +385,7 @@ unsafe extern "C" fn host_call(
                 &target,
                 args,
                 Duration::from_millis(timeout_ms),
-                scope.call_id,
+                &scope.call_id,
             )
             .map_err(|f| CallError::with_kind(f.error.kind, f.to_string()))
     }));
@@ -345,7 +407,7 @@ unsafe extern "C" fn host_enqueue(
             request,
             out,
             "enqueue request",
-            |scope, r: cage_sdk::ctx::EnqueueRequest| scope.env.enqueue(r, scope.call_id),
+            |scope, r: cage_sdk::ctx::EnqueueRequest| scope.env.enqueue(r, &scope.call_id),
         )
     }
 }
@@ -415,7 +477,7 @@ unsafe extern "C" fn host_add_job(
             request,
             out,
             "job request",
-            |scope, r: cage_sdk::ctx::JobRequest| scope.env.add_job(r, scope.call_id),
+            |scope, r: cage_sdk::ctx::JobRequest| scope.env.add_job(r, &scope.call_id),
         )
     }
 }

@@ -51,11 +51,11 @@ fn check_key(key: &[u8]) -> Result<(), CallError> {
     Ok(())
 }
 
-impl CallScope<'_> {
+impl CallScope {
     fn state_tx(&self) -> std::cell::RefMut<'_, StateTx> {
         let mut tx = self.state.borrow_mut();
         if tx.lock.is_none() {
-            tx.lock = Some(self.env.state_locks.lock(self.module));
+            tx.lock = Some(self.env.state_locks.lock(&self.module));
         }
         tx
     }
@@ -68,7 +68,7 @@ impl CallScope<'_> {
         }
         self.env
             .store
-            .state_get(self.module, key)
+            .state_get(&self.module, key)
             .map_err(|e| CallError::with_kind(ErrorKind::Internal, format!("state storage: {e}")))
     }
 

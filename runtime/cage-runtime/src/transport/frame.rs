@@ -52,7 +52,8 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(postcard::from_bytes(body)?)
 }
 
-fn check_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {
+/// The body length a frame's header announces, refused past `max`.
+pub fn check_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, FrameError> {
     let len = u32::from_be_bytes(header) as usize;
     if len > max {
         Err(FrameError::TooLarge { len, max })

@@ -8,8 +8,9 @@ use super::exit::Death;
 use super::process::{last_words, Exiting, Spawn, StartFailure, Worker};
 use super::remote::{self, Broken};
 use super::watchdog::{WatchKey, Watchdog};
+use crate::blocking::Lane;
 use crate::config::ModuleRunning;
-use crate::host::SpareWorkers;
+use crate::host::{CallScope, SpareWorkers};
 use crate::loader::library::decode_outcome;
 use crate::loader::LoadedModule;
 use crate::metrics::{Metrics, WorkerEvent};
@@ -19,6 +20,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+/// Reaping workers lost under calls driven from the event loop (a reap waits for the process
+/// to end and for its last words).
+static REAPS: Lane = Lane::new("worker reaps", 16);
 
 /// How often retired workers are reaped and pools of unloaded versions retired.
 const SWEEP: Duration = Duration::from_millis(200);
@@ -41,6 +46,9 @@ struct PoolState {
     idle: Vec<Worker>,
     /// Workers out on a call (or starting for one).
     busy: usize,
+    /// Executor threads waiting for a worker to be freed: an idle one is theirs, not for a
+    /// call that came later.
+    waiting: usize,
     retired: bool,
     start_failures: u32,
     /// No worker starts before this, after starts failed.
@@ -64,6 +72,12 @@ impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A worker taken from its pool for one call driven from the event loop.
+pub struct Taken {
+    pool: Arc<Pool>,
+    worker: Worker,
 }
 
 /// What [`Workers::on_deadline`] armed; dropping it (the call ended) disarms it.
@@ -162,6 +176,81 @@ impl Workers {
         }
     }
 
+    /// An idle worker of `module`'s version, taken at once for a call driven from the event
+    /// loop, if one is idle and no executor thread waits for one.
+    pub fn take_idle(&self, module: &Arc<LoadedModule>, running: ModuleRunning) -> Option<Taken> {
+        let pool = self.pool_of(module, running);
+        let mut state = pool.lock();
+        if state.waiting > 0 {
+            return None;
+        }
+        while let Some(mut worker) = state.idle.pop() {
+            if worker.ended() {
+                self.metrics
+                    .worker_event(&pool.name, WorkerEvent::IdleRetired, "");
+                let name = pool.name.clone();
+                // Reaping may wait for its last words: not on the event loop.
+                tokio::task::spawn_blocking(move || {
+                    let pid = worker.pid;
+                    let (death, _) = worker.reap();
+                    tracing::warn!(module = %name, pid, "idle worker ended ({death}); another takes its place");
+                });
+                continue;
+            }
+            state.busy += 1;
+            drop(state);
+            self.metrics.worker_event(&pool.name, WorkerEvent::Took, "");
+            return Some(Taken { pool, worker });
+        }
+        None
+    }
+
+    /// Puts back a worker taken for a call that did not run after all.
+    pub fn put_back(&self, taken: Taken) {
+        self.give_back(&taken.pool, taken.worker);
+    }
+
+    /// Runs `method` of `module` in the `taken` worker from the event loop, in the call
+    /// `scope` (which serves the worker's callbacks); the worker is killed if the call is
+    /// still running at `deadline`. Answers the scope back (gone only if the cage failed to
+    /// serve a callback) with the module's result.
+    pub async fn call_taken(
+        self: &Arc<Self>,
+        taken: Taken,
+        module: &LoadedModule,
+        scope: Box<CallScope>,
+        method: &str,
+        args: &[u8],
+        deadline: Instant,
+    ) -> (Option<Box<CallScope>>, Result<Vec<u8>, CallError>) {
+        let Taken { pool, mut worker } = taken;
+        let (scope, outcome) = {
+            let _armed = self
+                .watchdog
+                .watch(worker.pid, deadline, worker.killed.clone());
+            remote::converse_async(&worker.channel, scope, method, args).await
+        };
+        let result = match outcome {
+            Ok((status, bytes)) => {
+                self.give_back(&pool, worker);
+                decode_outcome(&module.name, status, bytes)
+            }
+            Err(broken) => {
+                if matches!(broken, Broken::Host(_)) {
+                    // It waits for an answer that will not come.
+                    worker.kill();
+                }
+                let (workers, method) = (self.clone(), method.to_owned());
+                let lost = REAPS
+                    .run(move || workers.lost(&pool, worker, &method, &broken))
+                    .await;
+                Err(lost
+                    .unwrap_or_else(|e| CallError::with_kind(ErrorKind::Internal, e.to_string())))
+            }
+        };
+        (scope, result)
+    }
+
     /// The pool of `module`'s version, made on its first call; a pool of an older version of
     /// the module is retired then.
     fn pool_of(&self, module: &Arc<LoadedModule>, running: ModuleRunning) -> Arc<Pool> {
@@ -187,6 +276,7 @@ impl Workers {
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 busy: 0,
+                waiting: 0,
                 retired: false,
                 start_failures: 0,
                 next_start: None,
@@ -257,11 +347,13 @@ impl Workers {
                     ),
                 ));
             }
+            state.waiting += 1;
             state = pool
                 .freed
                 .wait_timeout(state, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            state.waiting -= 1;
         }
     }
 

@@ -274,7 +274,9 @@ pub fn serve(args: &WorkerArgs) -> i32 {
         return EXIT_CAGE_GONE;
     };
     let link = Link(Mutex::new(channel));
-    let mut reader = reader;
+    // Between calls the cage sends nothing but the next call, so a buffer never reads ahead
+    // into the answers a call's callbacks take from the other handle.
+    let mut reader = std::io::BufReader::new(reader);
     loop {
         match wire::receive::<ToWorker>(&mut reader) {
             Ok(ToWorker::Call(start)) => {

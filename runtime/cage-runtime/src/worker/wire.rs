@@ -9,6 +9,10 @@
 use crate::transport::frame::{self, FrameError};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// Largest frame either side accepts: arguments, results and state values of one call.
 pub const MAX_FRAME: usize = 1 << 30;
@@ -148,56 +152,150 @@ pub fn send<T: Serialize>(w: &mut impl Write, message: &T) -> Result<(), FrameEr
     frame::write_blocking(w, &frame::encode(message)?)
 }
 
-/// Threads of this process spinning in [`spin_for_data`] now.
-static SPINNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Waits up to `spin` on the CPU for a byte to read on `channel`, without sleeping: a worker
-/// that answers within it spares its cage a wake-up from sleep, which costs more than a short
-/// call (tens of µs on a virtual machine). Returns at once when data is there or `spin` is up,
-/// and does not spin at all while another thread does: with many calls at once the CPU is
-/// better left to the workers.
-pub fn spin_for_data(channel: &std::os::unix::net::UnixStream, spin: std::time::Duration) {
-    use std::os::fd::AsRawFd;
-    use std::sync::atomic::Ordering;
-    if SPINNING.fetch_add(1, Ordering::AcqRel) > 0 {
-        SPINNING.fetch_sub(1, Ordering::AcqRel);
-        return;
-    }
-    struct Done;
-    impl Drop for Done {
-        fn drop(&mut self) {
-            SPINNING.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-    let _done = Done;
-    let fd = channel.as_raw_fd();
-    let started = std::time::Instant::now();
-    let mut byte = 0u8;
-    loop {
-        // SAFETY: a one-byte peek into a live local buffer on an open socket; it reads
-        // nothing off the stream and never blocks.
-        let got = unsafe {
-            libc::recv(
-                fd,
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        // Data (or end of stream, or an error) is for the blocking read to take.
-        if got >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
-            return;
-        }
-        if started.elapsed() >= spin {
-            return;
-        }
-        std::hint::spin_loop();
-    }
-}
-
 /// Receives one message.
 pub fn receive<T: serde::de::DeserializeOwned>(r: &mut impl Read) -> Result<T, FrameError> {
     frame::decode(&frame::read_blocking(r, MAX_FRAME)?)
+}
+
+/// Sends what `fd` takes of `bytes` now, without blocking.
+fn send_now(fd: std::os::fd::RawFd, bytes: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: a send of a live buffer on an open socket; it never blocks.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A worker's channel driven from the cage's event loop for one call: it reads and writes
+/// without blocking (the socket itself stays blocking for the executor threads, which drive
+/// it at other times), and stops watching the channel when dropped.
+pub struct AsyncLink<'a> {
+    fd: AsyncFd<BorrowedFd<'a>>,
+    /// Bytes read and not yet taken: a worker may send several messages at once (logs).
+    read: Vec<u8>,
+    taken: usize,
+}
+
+impl<'a> AsyncLink<'a> {
+    /// Watches `channel` from the running event loop.
+    pub fn new(channel: &'a UnixStream) -> std::io::Result<Self> {
+        // SAFETY: the descriptor is borrowed from `channel`, which outlives the link, so it
+        // stays open and the same for as long as the event loop watches it.
+        let fd = unsafe {
+            AsyncFd::register_with_interest(
+                channel.as_fd(),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        }
+        .map_err(|e| e.into_parts().1)?;
+        Ok(AsyncLink {
+            fd,
+            read: Vec::new(),
+            taken: 0,
+        })
+    }
+
+    /// Sends one message: written at once while the socket takes it (as a worker waiting for
+    /// its call always does), waiting for room only when it is full.
+    pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), FrameError> {
+        let frame = frame::encode(message)?;
+        let mut sent = 0;
+        while sent < frame.len() {
+            match send_now(self.fd.get_ref().as_raw_fd(), &frame[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut ready = self.fd.writable().await?;
+                    ready.clear_ready();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives one message.
+    pub async fn receive<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, FrameError> {
+        loop {
+            if let Some(body) = self.whole_frame()? {
+                return frame::decode(&body);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next whole frame's body among the bytes read, if they hold one.
+    fn whole_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let unread = &self.read[self.taken..];
+        let Some(header) = unread.get(..frame::HEADER_LEN) else {
+            return Ok(None);
+        };
+        let len = frame::check_len(header.try_into().unwrap_or_default(), MAX_FRAME)?;
+        let Some(body) = unread.get(frame::HEADER_LEN..frame::HEADER_LEN + len) else {
+            return Ok(None);
+        };
+        let body = body.to_vec();
+        self.taken += frame::HEADER_LEN + len;
+        if self.taken == self.read.len() {
+            self.read.clear();
+            self.taken = 0;
+        }
+        Ok(Some(body))
+    }
+
+    /// Reads what has arrived, waiting until something has.
+    async fn fill(&mut self) -> Result<(), FrameError> {
+        const CHUNK: usize = 64 * 1024;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let at = self.read.len();
+            self.read.resize(at + CHUNK, 0);
+            let room = &mut self.read[at..];
+            // SAFETY: a receive into a live buffer on an open socket; it never blocks.
+            let got = ready.try_io(|fd| {
+                let n = unsafe {
+                    libc::recv(
+                        fd.get_ref().as_raw_fd(),
+                        room.as_mut_ptr().cast(),
+                        room.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match got {
+                Ok(Ok(0)) => {
+                    self.read.truncate(at);
+                    return Err(if at == self.taken {
+                        FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+                    } else {
+                        FrameError::Truncated
+                    });
+                }
+                Ok(Ok(n)) => {
+                    self.read.truncate(at + n);
+                    return Ok(());
+                }
+                Ok(Err(e)) => {
+                    self.read.truncate(at);
+                    return Err(e.into());
+                }
+                Err(_would_block) => self.read.truncate(at),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -223,5 +321,59 @@ mod tests {
         assert_eq!(receive::<ToCage>(&mut a).unwrap(), back);
         drop(b);
         assert!(receive::<ToCage>(&mut a).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_event_loop_drives_a_blocking_channel_and_leaves_it_blocking() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let call = ToWorker::Call(CallStart {
+            args: vec![7; 300_000],
+            ..CallStart::default()
+        });
+        let worker = std::thread::spawn(move || {
+            let got = receive::<ToWorker>(&mut b).unwrap();
+            // Two messages at once: the link keeps the second for the next receive.
+            let mut both = frame::encode(&ToCage::Log {
+                level: 3,
+                msg: "one".into(),
+            })
+            .unwrap();
+            both.extend(
+                frame::encode(&ToCage::Done {
+                    status: 0,
+                    bytes: vec![2; 100_000],
+                })
+                .unwrap(),
+            );
+            b.write_all(&both).unwrap();
+            let again = receive::<ToWorker>(&mut b).unwrap();
+            drop(b);
+            (got, again)
+        });
+        {
+            let mut link = AsyncLink::new(&a).unwrap();
+            link.send(&call).await.unwrap();
+            assert_eq!(
+                link.receive::<ToCage>().await.unwrap(),
+                ToCage::Log {
+                    level: 3,
+                    msg: "one".into()
+                }
+            );
+            assert_eq!(
+                link.receive::<ToCage>().await.unwrap(),
+                ToCage::Done {
+                    status: 0,
+                    bytes: vec![2; 100_000]
+                }
+            );
+        }
+        // The same channel, driven by a blocking thread after the link is gone.
+        let mut a2 = a.try_clone().unwrap();
+        send(&mut a2, &call).unwrap();
+        let (got, again) = worker.join().unwrap();
+        assert_eq!((got, again), (call.clone(), call));
+        let mut link = AsyncLink::new(&a).unwrap();
+        assert!(link.receive::<ToCage>().await.is_err());
     }
 }
