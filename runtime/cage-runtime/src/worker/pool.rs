@@ -177,11 +177,14 @@ impl Workers {
     }
 
     /// An idle worker of `module`'s version, taken at once for a call driven from the event
-    /// loop, if one is idle and no executor thread waits for one.
+    /// loop, if one is idle and no other call of the module is out or waits for a worker.
     pub fn take_idle(&self, module: &Arc<LoadedModule>, running: ModuleRunning) -> Option<Taken> {
         let pool = self.pool_of(module, running);
         let mut state = pool.lock();
-        if state.waiting > 0 {
+        // With another call of the module out, the cage is busy: executor threads drive
+        // workers side by side better than the one event loop, which serves the network
+        // and the journal too (measured: 25 % of e2e calls/s against 2-11 %).
+        if state.waiting > 0 || state.busy > 0 {
             return None;
         }
         while let Some(mut worker) = state.idle.pop() {
@@ -228,7 +231,7 @@ impl Workers {
             let _armed = self
                 .watchdog
                 .watch(worker.pid, deadline, worker.killed.clone());
-            remote::converse_async(&worker.channel, scope, method, args).await
+            remote::converse_async(&mut worker.channel, scope, method, args).await
         };
         let result = match outcome {
             Ok((status, bytes)) => {

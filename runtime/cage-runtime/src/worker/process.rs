@@ -3,7 +3,7 @@
 
 use super::exit::Death;
 use super::role::CHANNEL_FD;
-use super::wire::{self, ToCage};
+use super::wire::{Channel, ToCage};
 use crate::loader::library::Described;
 use std::collections::VecDeque;
 use std::io::BufRead;
@@ -97,7 +97,7 @@ pub struct Worker {
     /// Its process id.
     pub pid: u32,
     /// The cage's end of the channel.
-    pub channel: UnixStream,
+    pub channel: Channel,
     /// Set when the watchdog killed it at its call's deadline.
     pub killed: Arc<AtomicBool>,
     /// What its module said of itself once loaded.
@@ -220,7 +220,7 @@ impl Worker {
         }
         let mut worker = Worker {
             pid,
-            channel: ours,
+            channel: Channel::new(ours),
             killed: Arc::new(AtomicBool::new(false)),
             described: Described::default(),
             child,
@@ -229,9 +229,9 @@ impl Worker {
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        let _ = worker.channel.set_read_timeout(Some(wait));
-        let said = wire::receive::<ToCage>(&mut worker.channel);
-        let _ = worker.channel.set_read_timeout(None);
+        let _ = worker.channel.stream().set_read_timeout(Some(wait));
+        let said = worker.channel.receive_blocking::<ToCage>();
+        let _ = worker.channel.stream().set_read_timeout(None);
         match said {
             Ok(ToCage::Ready {
                 name,

@@ -7,12 +7,11 @@
 //! with [`converse_async`] when a worker is idle the moment the call comes (no thread between
 //! the call and its worker), serving the callbacks on blocking threads, as they may wait.
 
-use super::wire::{self, AsyncLink, CallStart, Callback, ToCage, ToWorker};
+use super::wire::{CallStart, Callback, Channel, ToCage, ToWorker};
 use crate::blocking::Lane;
 use crate::host::CallScope;
 use crate::transport::frame::FrameError;
 use cage_sdk::abi::{Bytes, HostContext, OwnedBytes};
-use std::os::unix::net::UnixStream;
 
 /// Callbacks of calls driven from the event loop, served while their worker waits: at most
 /// one per worker, so this bounds only what a cage with very many workers holds at once.
@@ -69,19 +68,19 @@ fn log(ctx: &HostContext, level: u32, msg: &str) {
 /// Runs `method` with `args` in the worker on `channel`, as `ctx` describes the call;
 /// answers the ABI status and bytes the module gave.
 pub fn converse(
-    channel: &mut UnixStream,
+    channel: &mut Channel,
     ctx: &HostContext,
     method: &str,
     args: &[u8],
 ) -> Result<(u32, Vec<u8>), Broken> {
-    wire::send(channel, &ToWorker::Call(start_of(ctx, method, args)))?;
+    channel.send_blocking(&ToWorker::Call(start_of(ctx, method, args)))?;
     loop {
-        match wire::receive::<ToCage>(channel)? {
+        match channel.receive_blocking::<ToCage>()? {
             ToCage::Done { status, bytes } => return Ok((status, bytes)),
             ToCage::Log { level, msg } => log(ctx, level, &msg),
             ToCage::Callback(callback) => {
                 let (status, bytes) = serve(ctx, &callback);
-                wire::send(channel, &ToWorker::Answer { status, bytes })?;
+                channel.send_blocking(&ToWorker::Answer { status, bytes })?;
             }
             ToCage::Ready { .. } => return Err(Broken::OutOfTurn("Ready")),
             ToCage::LoadFailed(_) => return Err(Broken::OutOfTurn("LoadFailed")),
@@ -92,21 +91,17 @@ pub fn converse(
 /// [`converse`] from the event loop, in the call `scope`; answers the scope back (gone only
 /// if serving a callback failed) with the module's status and bytes.
 pub async fn converse_async(
-    channel: &UnixStream,
+    channel: &mut Channel,
     mut scope: Box<CallScope>,
     method: &str,
     args: &[u8],
 ) -> (Option<Box<CallScope>>, Result<(u32, Vec<u8>), Broken>) {
-    let mut link = match AsyncLink::new(channel) {
-        Ok(link) => link,
-        Err(e) => return (Some(scope), Err(Broken::Channel(e.into()))),
-    };
     let start = scope.with_context(|ctx| start_of(ctx, method, args));
-    if let Err(e) = link.send(&ToWorker::Call(start)).await {
+    if let Err(e) = channel.send(&ToWorker::Call(start)).await {
         return (Some(scope), Err(e.into()));
     }
     loop {
-        let said = match link.receive::<ToCage>().await {
+        let said = match channel.receive::<ToCage>().await {
             Ok(said) => said,
             Err(e) => return (Some(scope), Err(e.into())),
         };
@@ -119,7 +114,7 @@ pub async fn converse_async(
                     Err(e) => return (None, Err(Broken::Host(e))),
                 };
                 scope = back;
-                if let Err(e) = link.send(&ToWorker::Answer { status, bytes }).await {
+                if let Err(e) = channel.send(&ToWorker::Answer { status, bytes }).await {
                     return (Some(scope), Err(e.into()));
                 }
             }

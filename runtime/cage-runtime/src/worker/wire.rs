@@ -9,8 +9,9 @@
 use crate::transport::frame::{self, FrameError};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::thread::ThreadId;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -158,7 +159,7 @@ pub fn receive<T: serde::de::DeserializeOwned>(r: &mut impl Read) -> Result<T, F
 }
 
 /// Sends what `fd` takes of `bytes` now, without blocking.
-fn send_now(fd: std::os::fd::RawFd, bytes: &[u8]) -> std::io::Result<usize> {
+fn send_now(fd: RawFd, bytes: &[u8]) -> std::io::Result<usize> {
     // SAFETY: a send of a live buffer on an open socket; it never blocks.
     let n = unsafe {
         libc::send(
@@ -175,65 +176,47 @@ fn send_now(fd: std::os::fd::RawFd, bytes: &[u8]) -> std::io::Result<usize> {
     }
 }
 
-/// A worker's channel driven from the cage's event loop for one call: it reads and writes
-/// without blocking (the socket itself stays blocking for the executor threads, which drive
-/// it at other times), and stops watching the channel when dropped.
-pub struct AsyncLink<'a> {
-    fd: AsyncFd<BorrowedFd<'a>>,
-    /// Bytes read and not yet taken: a worker may send several messages at once (logs).
+/// A descriptor the event loop watches; the [`Channel`] holding it keeps it open for as
+/// long as the watch lives.
+struct Watched(RawFd);
+
+impl AsRawFd for Watched {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl AsFd for Watched {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the channel's socket owns the descriptor and outlives its watch.
+        unsafe { BorrowedFd::borrow_raw(self.0) }
+    }
+}
+
+/// The cage's end of a worker's channel, driven either by a blocking thread or from the
+/// cage's event loop, a call at a time: the socket stays blocking, reads are buffered (a
+/// worker may send several messages at once), and the event loop that first drove it keeps
+/// watching it, so a call driven from there costs no registration.
+pub struct Channel {
+    /// The event loop's watch, with the thread it was made on; dropped before `stream`.
+    watched: Option<(ThreadId, AsyncFd<Watched>)>,
+    stream: UnixStream,
+    inbox: Inbox,
+}
+
+/// Bytes read from a channel and not yet taken.
+#[derive(Default)]
+struct Inbox {
     read: Vec<u8>,
     taken: usize,
 }
 
-impl<'a> AsyncLink<'a> {
-    /// Watches `channel` from the running event loop.
-    pub fn new(channel: &'a UnixStream) -> std::io::Result<Self> {
-        // SAFETY: the descriptor is borrowed from `channel`, which outlives the link, so it
-        // stays open and the same for as long as the event loop watches it.
-        let fd = unsafe {
-            AsyncFd::register_with_interest(
-                channel.as_fd(),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-        }
-        .map_err(|e| e.into_parts().1)?;
-        Ok(AsyncLink {
-            fd,
-            read: Vec::new(),
-            taken: 0,
-        })
-    }
+/// How much one read asks the socket for.
+const CHUNK: usize = 64 * 1024;
 
-    /// Sends one message: written at once while the socket takes it (as a worker waiting for
-    /// its call always does), waiting for room only when it is full.
-    pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), FrameError> {
-        let frame = frame::encode(message)?;
-        let mut sent = 0;
-        while sent < frame.len() {
-            match send_now(self.fd.get_ref().as_raw_fd(), &frame[sent..]) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let mut ready = self.fd.writable().await?;
-                    ready.clear_ready();
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Receives one message.
-    pub async fn receive<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, FrameError> {
-        loop {
-            if let Some(body) = self.whole_frame()? {
-                return frame::decode(&body);
-            }
-            self.fill().await?;
-        }
-    }
-
-    /// The next whole frame's body among the bytes read, if they hold one.
-    fn whole_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+impl Inbox {
+    /// The next whole message among the bytes read, if they hold one.
+    fn whole_message<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         let unread = &self.read[self.taken..];
         let Some(header) = unread.get(..frame::HEADER_LEN) else {
             return Ok(None);
@@ -242,59 +225,160 @@ impl<'a> AsyncLink<'a> {
         let Some(body) = unread.get(frame::HEADER_LEN..frame::HEADER_LEN + len) else {
             return Ok(None);
         };
-        let body = body.to_vec();
+        let message = frame::decode(body)?;
         self.taken += frame::HEADER_LEN + len;
         if self.taken == self.read.len() {
             self.read.clear();
             self.taken = 0;
         }
-        Ok(Some(body))
+        Ok(Some(message))
     }
 
-    /// Reads what has arrived, waiting until something has.
-    async fn fill(&mut self) -> Result<(), FrameError> {
-        const CHUNK: usize = 64 * 1024;
-        loop {
-            let mut ready = self.fd.readable().await?;
-            let at = self.read.len();
-            self.read.resize(at + CHUNK, 0);
-            let room = &mut self.read[at..];
-            // SAFETY: a receive into a live buffer on an open socket; it never blocks.
-            let got = ready.try_io(|fd| {
-                let n = unsafe {
-                    libc::recv(
-                        fd.get_ref().as_raw_fd(),
-                        room.as_mut_ptr().cast(),
-                        room.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n < 0 {
-                    Err(std::io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
+    /// Appends what `read` puts into fresh room at the buffer's end; the end of the stream
+    /// is an error (mid-frame or not).
+    fn read_with(
+        &mut self,
+        read: impl FnOnce(&mut [std::mem::MaybeUninit<u8>]) -> std::io::Result<usize>,
+    ) -> Result<(), FrameError> {
+        if self.taken > 0 {
+            self.read.drain(..self.taken);
+            self.taken = 0;
+        }
+        self.read.reserve(CHUNK);
+        let at = self.read.len();
+        let n = read(&mut self.read.spare_capacity_mut()[..CHUNK])?;
+        if n == 0 {
+            return Err(if at == 0 {
+                FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+            } else {
+                FrameError::Truncated
             });
-            match got {
-                Ok(Ok(0)) => {
-                    self.read.truncate(at);
-                    return Err(if at == self.taken {
-                        FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
-                    } else {
-                        FrameError::Truncated
-                    });
+        }
+        // SAFETY: the receive initialised the first `n` bytes of the spare capacity.
+        unsafe { self.read.set_len(at + n) };
+        Ok(())
+    }
+}
+
+impl Channel {
+    /// The cage's end of a fresh socket pair.
+    pub fn new(stream: UnixStream) -> Self {
+        Channel {
+            watched: None,
+            stream,
+            inbox: Inbox::default(),
+        }
+    }
+
+    /// The socket, for its timeouts.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Sends one message, blocking while the socket is full.
+    pub fn send_blocking<T: Serialize>(&mut self, message: &T) -> Result<(), FrameError> {
+        frame::write_blocking(&mut self.stream, &frame::encode(message)?)
+    }
+
+    /// Receives one message, blocking until it is whole (the socket's read timeout applies).
+    pub fn receive_blocking<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, FrameError> {
+        loop {
+            if let Some(message) = self.inbox.whole_message()? {
+                return Ok(message);
+            }
+            let fd = self.stream.as_raw_fd();
+            loop {
+                match self.inbox.read_with(|room| recv(fd, room, 0)) {
+                    Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    other => break other?,
                 }
-                Ok(Ok(n)) => {
-                    self.read.truncate(at + n);
-                    return Ok(());
-                }
-                Ok(Err(e)) => {
-                    self.read.truncate(at);
-                    return Err(e.into());
-                }
-                Err(_would_block) => self.read.truncate(at),
             }
         }
+    }
+
+    /// Sends one message from the event loop: written at once while the socket takes it (as
+    /// a worker waiting for its call always does), waiting for room only when it is full.
+    pub async fn send<T: Serialize>(&mut self, message: &T) -> Result<(), FrameError> {
+        let frame = frame::encode(message)?;
+        let mut sent = 0;
+        while sent < frame.len() {
+            match send_now(self.stream.as_raw_fd(), &frame[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let watched = watch(&mut self.watched, &self.stream)?;
+                    let mut ready = watched.writable().await?;
+                    ready.clear_ready();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives one message from the event loop.
+    pub async fn receive<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, FrameError> {
+        loop {
+            if let Some(message) = self.inbox.whole_message()? {
+                return Ok(message);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads what has arrived, waiting on the event loop until something has (the watch
+    /// reports what arrived while nobody waited: when it is made, and as it arrives).
+    async fn fill(&mut self) -> Result<(), FrameError> {
+        let watched = watch(&mut self.watched, &self.stream)?;
+        let inbox = &mut self.inbox;
+        let fd = self.stream.as_raw_fd();
+        loop {
+            let mut ready = watched.readable().await?;
+            match inbox.read_with(|room| recv(fd, room, libc::MSG_DONTWAIT)) {
+                Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The event loop's watch of `stream`, made on its first use on this thread.
+fn watch<'a>(
+    watched: &'a mut Option<(ThreadId, AsyncFd<Watched>)>,
+    stream: &UnixStream,
+) -> std::io::Result<&'a AsyncFd<Watched>> {
+    let here = std::thread::current().id();
+    if watched.as_ref().is_some_and(|(on, _)| *on != here) {
+        // Made by another event loop: that one stops watching before this one starts.
+        *watched = None;
+    }
+    let (_, fd) = match watched {
+        Some(made) => made,
+        None => {
+            // SAFETY: the descriptor stays open and the same while watched: the watch is
+            // dropped before the socket that owns it (field order of `Channel`).
+            let fd = unsafe {
+                AsyncFd::register_with_interest(
+                    Watched(stream.as_raw_fd()),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+            }
+            .map_err(|e| e.into_parts().1)?;
+            watched.insert((here, fd))
+        }
+    };
+    Ok(fd)
+}
+
+/// Receives into `room` from the socket `fd`.
+fn recv(fd: RawFd, room: &mut [std::mem::MaybeUninit<u8>], flags: i32) -> std::io::Result<usize> {
+    // SAFETY: a receive into live, writable memory on an open socket.
+    let n = unsafe { libc::recv(fd, room.as_mut_ptr().cast(), room.len(), flags) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -324,56 +408,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_event_loop_drives_a_blocking_channel_and_leaves_it_blocking() {
+    async fn a_channel_serves_the_event_loop_and_blocking_threads_in_turn() {
         let (a, mut b) = UnixStream::pair().unwrap();
         let call = ToWorker::Call(CallStart {
             args: vec![7; 300_000],
             ..CallStart::default()
         });
+        let done = |n| ToCage::Done {
+            status: 0,
+            bytes: vec![2; n],
+        };
         let worker = std::thread::spawn(move || {
             let got = receive::<ToWorker>(&mut b).unwrap();
-            // Two messages at once: the link keeps the second for the next receive.
+            // Two messages at once: the channel keeps the second for the next receive.
             let mut both = frame::encode(&ToCage::Log {
                 level: 3,
                 msg: "one".into(),
             })
             .unwrap();
-            both.extend(
-                frame::encode(&ToCage::Done {
-                    status: 0,
-                    bytes: vec![2; 100_000],
-                })
-                .unwrap(),
-            );
+            both.extend(frame::encode(&done(100_000)).unwrap());
             b.write_all(&both).unwrap();
             let again = receive::<ToWorker>(&mut b).unwrap();
+            send(&mut b, &done(5)).unwrap();
             drop(b);
             (got, again)
         });
-        {
-            let mut link = AsyncLink::new(&a).unwrap();
-            link.send(&call).await.unwrap();
-            assert_eq!(
-                link.receive::<ToCage>().await.unwrap(),
-                ToCage::Log {
-                    level: 3,
-                    msg: "one".into()
-                }
-            );
-            assert_eq!(
-                link.receive::<ToCage>().await.unwrap(),
-                ToCage::Done {
-                    status: 0,
-                    bytes: vec![2; 100_000]
-                }
-            );
-        }
-        // The same channel, driven by a blocking thread after the link is gone.
-        let mut a2 = a.try_clone().unwrap();
-        send(&mut a2, &call).unwrap();
+        let mut channel = Channel::new(a);
+        channel.send(&call).await.unwrap();
+        let log = ToCage::Log {
+            level: 3,
+            msg: "one".into(),
+        };
+        assert_eq!(channel.receive::<ToCage>().await.unwrap(), log);
+        assert_eq!(channel.receive::<ToCage>().await.unwrap(), done(100_000));
+        // The same channel driven by a blocking thread while the event loop still watches it.
+        let again = call.clone();
+        let mut channel = tokio::task::spawn_blocking(move || {
+            channel.send_blocking(&again).unwrap();
+            assert_eq!(channel.receive_blocking::<ToCage>().unwrap(), done(5));
+            channel
+        })
+        .await
+        .unwrap();
         let (got, again) = worker.join().unwrap();
         assert_eq!((got, again), (call.clone(), call));
-        let mut link = AsyncLink::new(&a).unwrap();
-        assert!(link.receive::<ToCage>().await.is_err());
+        // Back on the event loop: the worker is gone, and the channel says so.
+        assert!(channel.receive::<ToCage>().await.is_err());
     }
 }
