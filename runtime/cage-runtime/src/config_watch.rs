@@ -19,8 +19,11 @@ use std::time::Duration;
 
 /// Quiet time after a file event before the files are read (editors write in several steps).
 const SETTLE: Duration = Duration::from_millis(100);
-/// The files are also compared this often, in case an event was missed.
+/// The files are compared this often where they cannot be watched (no events, or a directory
+/// that does not exist yet).
 const POLL: Duration = Duration::from_secs(2);
+/// ... and this often where both directories are watched, in case an event was missed.
+const WATCHED_POLL: Duration = Duration::from_secs(30);
 
 /// One watched file: its path and the text last acted on.
 struct Watched {
@@ -55,28 +58,33 @@ pub fn watch(
 ) {
     let (tx, rx) = mpsc::channel::<()>();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reading a file is an event too (open, access, close): reading the files after each
+        // event would wake the watcher again, ten times a second, for as long as it runs.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     })
     .map(|mut w| {
         // A site without a config/ directory is fine (all defaults); the poll below notices
         // the file if it appears.
+        let mut all_watched = true;
         for dir in ["config", "cages"] {
             let path = site.root().join(dir);
+            all_watched &= path.is_dir();
             if path.is_dir() {
                 if let Err(e) = w.watch(&path, notify::RecursiveMode::NonRecursive) {
                     tracing::warn!(dir = %path.display(), "cannot watch ({e}); checking every {POLL:?}");
+                    all_watched = false;
                 }
             }
         }
-        w
+        (w, all_watched)
     });
-    let watcher = match watcher {
-        Ok(w) => Some(w),
+    let (watcher, poll) = match watcher {
+        Ok((w, all_watched)) => (Some(w), if all_watched { WATCHED_POLL } else { POLL }),
         Err(e) => {
             tracing::warn!("config file events unavailable ({e}); checking every {POLL:?}");
-            None
+            (None, POLL)
         }
     };
     let mut execute_on = Watched::new(site.root().join(EXECUTE_ON_FILE));
@@ -86,13 +94,13 @@ pub fn watch(
     let spawned = std::thread::Builder::new().name("cage-config".into()).spawn(move || {
         let _keep_alive = watcher;
         loop {
-            match rx.recv_timeout(POLL) {
+            match rx.recv_timeout(poll) {
                 Ok(()) => {
                     std::thread::sleep(SETTLE);
                     while rx.try_recv().is_ok() {}
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(POLL),
+                Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(poll),
             }
             if execute_on.changed() {
                 match site.execute_on() {

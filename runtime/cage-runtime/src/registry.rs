@@ -348,7 +348,11 @@ impl ModuleRegistry {
         }
         let addr = ctx.address();
         let handler = move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
+            // Reads of a module file (by the cage itself, copying it) change nothing.
+            if let Some(event) = event
+                .ok()
+                .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
+            {
                 for path in event.paths {
                     if module_of_file(&path).is_some() {
                         addr.do_send(FileChanged(path));

@@ -85,7 +85,9 @@ pub fn start(
         .route("/v1/whoami", web::get().to(handlers::whoami))
         .default_service(web::to(handlers::not_found))
     })
-    .workers(2)
+    // One worker: every handler waits off it (`web::block`), and each worker wakes a few times
+    // a second for as long as the cage runs, idle or not.
+    .workers(1)
     .disable_signals()
     .listen(listener)?
     .run();

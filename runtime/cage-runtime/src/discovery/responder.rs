@@ -3,8 +3,8 @@
 //!
 //! Every cage of a host binds the same port (SO_REUSEADDR and SO_REUSEPORT): a multicast or
 //! broadcast datagram is delivered to each of them, so each answers for itself. The socket is
-//! served by one thread of its own, which wakes a few times a second to see whether the cage
-//! is stopping.
+//! served by one thread of its own, which sleeps until a datagram comes; stopping shuts the
+//! socket's receiving side, which wakes it.
 
 use super::error::DiscoveryError;
 use super::wire::{self, Answer, Datagram, Query, EVERYONE, MAX_DATAGRAM};
@@ -16,8 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often the answering thread looks whether it should stop.
-const POLL: Duration = Duration::from_millis(250);
+/// How long the answering thread waits for a datagram before it looks whether it should
+/// stop all the same (stopping wakes it at once; this is in case a kernel does not).
+const POLL: Duration = Duration::from_secs(5);
+
+/// How long the answering thread pauses after its socket failed.
+const AFTER_FAILURE: Duration = Duration::from_millis(250);
 
 /// What a cage says about itself in answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,7 @@ pub struct Identity {
 #[derive(Debug)]
 pub struct Responder {
     stop: Arc<AtomicBool>,
+    socket: Arc<UdpSocket>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -56,13 +61,16 @@ impl Responder {
         let stop = Arc::new(AtomicBool::new(false));
         let cluster = unknown.cluster.clone();
         let stopping = stop.clone();
+        let socket = Arc::new(socket);
+        let served = socket.clone();
         let thread = std::thread::Builder::new()
             .name("discovery".into())
-            .spawn(move || serve(&socket, &me, &cluster, &stopping))
+            .spawn(move || serve(&served, &me, &cluster, &stopping))
             .map_err(|e| listen_failed("starting its thread", e))?;
         tracing::debug!(%address, "answering discovery queries");
         Ok(Some(Responder {
             stop,
+            socket,
             thread: Some(thread),
         }))
     }
@@ -74,6 +82,9 @@ impl Responder {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Wakes the thread's receive (Linux does so even for an unconnected socket, though
+        // it answers ENOTCONN); failing that, the thread sees the flag within POLL.
+        let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Read);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -115,8 +126,11 @@ fn serve(socket: &UdpSocket, me: &Identity, cluster: &str, stop: &AtomicBool) {
             Ok(got) => got,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
             Err(e) => {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 tracing::debug!(cage = %me.cage, "discovery: receive failed: {e}");
-                std::thread::sleep(POLL);
+                std::thread::sleep(AFTER_FAILURE);
                 continue;
             }
         };

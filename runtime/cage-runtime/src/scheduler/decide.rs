@@ -130,6 +130,47 @@ pub(super) fn due_jobs(
         .collect()
 }
 
+/// How often due calls are looked for while attempts run (also right after every enqueue
+/// and every attempt's end).
+pub(super) const PUMP_EVERY: Duration = Duration::from_millis(10);
+
+/// The longest an idle cage sleeps between looks at its schedule: it wakes for the next due
+/// call or job run, for new work, and at least this often (should the wall clock jump).
+pub(super) const PUMP_IDLE_MAX: Duration = Duration::from_secs(1);
+
+/// When the next job run is due (a job held after a failed firing counts from its retry).
+pub(super) fn next_job_ms(
+    jobs: &BTreeMap<String, Job>,
+    held: &HashMap<String, u64>,
+) -> Option<u64> {
+    jobs.values()
+        .filter_map(|j| {
+            let next = j.next_run_ms?;
+            Some(held.get(&j.id).map_or(next, |&until| next.max(until)))
+        })
+        .min()
+}
+
+/// How long the pump waits before looking again, at `now_ms`: [`PUMP_EVERY`] while `busy`
+/// (attempts running, calls held for room) or while something due could not start; else
+/// until the next due call or job run, and never longer than [`PUMP_IDLE_MAX`].
+pub(super) fn pump_wait(
+    now_ms: u64,
+    busy: bool,
+    next_due_ms: Option<u64>,
+    next_job_ms: Option<u64>,
+) -> Duration {
+    if busy {
+        return PUMP_EVERY;
+    }
+    match next_due_ms.into_iter().chain(next_job_ms).min() {
+        None => PUMP_IDLE_MAX,
+        Some(at) => {
+            Duration::from_millis(at.saturating_sub(now_ms)).clamp(PUMP_EVERY, PUMP_IDLE_MAX)
+        }
+    }
+}
+
 /// Whether an attempt of a call here, of a module run with `isolation`, needs a durable start
 /// mark before it runs: the mark is how a restarted cage learns that it died during the
 /// attempt. Only a module run in the cage's own process needs one; a module whose calls run
@@ -662,6 +703,37 @@ mod tests {
         assert_eq!(due_jobs(&jobs, &held, &clock), ["held", "now"]);
         clock.advance(Duration::from_millis(500));
         assert_eq!(due_jobs(&jobs, &held, &clock), ["held", "later", "now"]);
+        // The soonest run: "held" is due at T0 - 5 but waits for its retry at T0 + 500.
+        assert_eq!(next_job_ms(&jobs, &held), Some(T0));
+        let later_only: BTreeMap<String, Job> =
+            jobs.into_iter().filter(|(id, _)| id != "now").collect();
+        assert_eq!(next_job_ms(&later_only, &held), Some(T0 + 500));
+        assert_eq!(next_job_ms(&BTreeMap::new(), &held), None);
+    }
+
+    #[test]
+    fn an_idle_pump_sleeps_until_the_next_due_instant_within_bounds() {
+        let ms = Duration::from_millis;
+        // Attempts running: look again soon, whatever is scheduled.
+        assert_eq!(pump_wait(T0, true, Some(T0 + 900_000), None), PUMP_EVERY);
+        // Nothing scheduled: the longest sleep.
+        assert_eq!(pump_wait(T0, false, None, None), PUMP_IDLE_MAX);
+        // The sooner of the next due call and the next job run.
+        assert_eq!(
+            pump_wait(T0, false, Some(T0 + 300), Some(T0 + 5_000)),
+            ms(300)
+        );
+        assert_eq!(
+            pump_wait(T0, false, Some(T0 + 50_000), Some(T0 + 200)),
+            ms(200)
+        );
+        // Something due that could not start: looked at again soon, never in a busy loop.
+        assert_eq!(pump_wait(T0, false, Some(T0 - 10), None), PUMP_EVERY);
+        // Far ahead: woken at least every PUMP_IDLE_MAX all the same.
+        assert_eq!(
+            pump_wait(T0, false, Some(T0 + 3_600_000), None),
+            PUMP_IDLE_MAX
+        );
     }
 
     #[test]

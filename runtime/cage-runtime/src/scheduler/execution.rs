@@ -18,9 +18,6 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// How often due calls are looked for (also right after every enqueue and every attempt).
-pub(super) const PUMP_EVERY: Duration = Duration::from_millis(10);
-
 /// How a successful attempt of a call at `stage` is counted.
 fn success_of(stage: Stage) -> QueueEvent {
     match stage {
@@ -56,7 +53,42 @@ pub(super) enum Slot {
 }
 
 impl Scheduler {
+    /// Starts what is due, then sets when to look again.
     pub(super) fn pump(&mut self, ctx: &mut Context<Self>) {
+        self.start_due(ctx);
+        self.arm_pump(ctx);
+    }
+
+    /// Sets the next pump: soon while attempts run or calls wait for room, else at the next
+    /// due call or job run (within [`decide::PUMP_IDLE_MAX`]); an earlier one already set stays.
+    fn arm_pump(&mut self, ctx: &mut Context<Self>) {
+        let busy = !self.running.is_empty() || self.windows.held() > 0;
+        let next_due = if busy {
+            None
+        } else {
+            self.store.next_due_ms().unwrap_or_else(|e| {
+                tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
+                None
+            })
+        };
+        let next_job = decide::next_job_ms(&self.jobs, &self.jobs_held);
+        let wait = decide::pump_wait(self.now(), busy, next_due, next_job);
+        let at = Instant::now() + wait;
+        if let Some((handle, set_for)) = self.pump_timer {
+            if set_for <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(wait, |this, ctx| {
+            this.pump_timer = None;
+            this.pump(ctx);
+        });
+        self.pump_timer = Some((handle, at));
+    }
+
+    /// Starts the due calls that may start now.
+    fn start_due(&mut self, ctx: &mut Context<Self>) {
         if self.paused {
             return;
         }

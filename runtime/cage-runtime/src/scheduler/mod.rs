@@ -25,7 +25,7 @@ mod policies;
 mod restart;
 mod window;
 use crate::config::Isolation;
-use execution::{Slot, PUMP_EVERY};
+use execution::Slot;
 use history::HISTORY_SWEEP_EVERY;
 use window::DeliveryWindows;
 
@@ -94,6 +94,8 @@ pub struct Scheduler {
     rng: SmallRng,
     metrics: Arc<Metrics>,
     pump_asked: bool,
+    /// The next pump set by the last one, and when it runs.
+    pump_timer: Option<(SpawnHandle, std::time::Instant)>,
     jobs: std::collections::BTreeMap<String, Job>,
     /// Jobs whose last firing failed to be stored, and when to try them again: the pump runs
     /// every few milliseconds, and a queue that takes no writes would be asked (and logged
@@ -140,6 +142,7 @@ impl Scheduler {
             rng: SmallRng::from_entropy(),
             metrics,
             pump_asked: false,
+            pump_timer: None,
             jobs: std::collections::BTreeMap::new(),
             jobs_held: std::collections::HashMap::new(),
             watch,
@@ -199,7 +202,8 @@ impl Actor for Scheduler {
                 tracing::error!(cage = %self.cage, "queue open, but its schedule is unreadable: {e}")
             }
         }
-        ctx.run_interval(PUMP_EVERY, |this, ctx| this.pump(ctx));
+        // From here the pump sets its own next run (see `execution::arm_pump`).
+        self.pump_soon(ctx);
         ctx.run_interval(HISTORY_SWEEP_EVERY, |this, _| this.sweep_history());
     }
 }

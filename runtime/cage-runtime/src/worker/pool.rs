@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 static REAPS: Lane = Lane::new("worker reaps", 16);
 
 /// How often retired workers are reaped and pools of unloaded versions retired.
-const SWEEP: Duration = Duration::from_millis(200);
+const SWEEP: Duration = Duration::from_secs(1);
 
 /// First wait after a worker died before it was ready; doubled for each one after, up to
 /// [`START_BACKOFF_MAX`].
