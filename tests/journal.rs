@@ -1,10 +1,12 @@
 //! The queue's journal in real cages: what was acknowledged before a `kill -9` is replayed on
 //! the next start, a last entry that a crash cut short is left out with a warning, a change
-//! that failed and was taken back is left out, and a graceful stop leaves nothing to replay.
+//! that failed and was taken back is left out, a call completed just before the crash is
+//! neither lost nor run again, and a graceful stop leaves nothing to replay.
 
 mod support;
 use std::path::{Path, PathBuf};
-use support::{module_so, Site};
+use std::time::Duration;
+use support::{eventually, module_so, Site};
 
 /// The newest journal segment of cage `cage`.
 fn newest_segment(site: &Site, cage: &str) -> PathBuf {
@@ -131,4 +133,64 @@ fn a_taken_back_change_stays_out_through_checkpoints_and_replays() {
         !log.contains("replayed") && !log.contains("taken back"),
         "{log}"
     );
+}
+
+/// The call ids a file of `echo.append` lines names, one per run.
+fn runs_in(file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut ids: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Calls run to completion, then a `kill -9` before the next checkpoint: their completions
+/// are only in the journal. The next start replays them: no call comes back as pending, and
+/// none runs a second time (each left its mark once); a call enqueued after the restart runs,
+/// so the queue was read and went on.
+#[test]
+fn calls_completed_just_before_kill_9_are_neither_lost_nor_run_twice() {
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let mut cage = site.start("back");
+    let file = site.path().join("runs.txt");
+    let args = format!(
+        r#"{{"file": {:?}, "tag": "once"}}"#,
+        file.display().to_string()
+    );
+    let mut ids: Vec<String> = (0..20)
+        .map(|_| site.enqueue("back", "echo.append", &args, &[]))
+        .collect();
+    ids.sort();
+    eventually(
+        Duration::from_secs(30),
+        "every call ran and completed",
+        || (runs_in(&file) == ids && pending_ids(&site).is_empty()).then_some(()),
+    );
+    // The completions have not reached a checkpoint (one runs every 30 s at most): the
+    // journal holds them.
+    assert!(end_of_entries(&newest_segment(&site, "back")) > 8);
+    cage.kill9();
+
+    let cage = site.start("back");
+    assert!(
+        cage.log().contains("replayed from the journal"),
+        "{}",
+        cage.log()
+    );
+    let after = site.enqueue("back", "echo.append", &args, &[]);
+    let mut all = ids.clone();
+    all.push(after);
+    all.sort();
+    eventually(
+        Duration::from_secs(30),
+        "the call enqueued after the restart ran",
+        || pending_ids(&site).is_empty().then_some(()),
+    );
+    assert_eq!(runs_in(&file), all, "each call ran exactly once");
+    assert!(site.listing("dead", Some("back")).is_empty());
 }
