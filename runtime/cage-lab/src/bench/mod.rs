@@ -4,6 +4,7 @@
 mod chain;
 mod e2e;
 mod enqueue;
+mod footprint;
 mod isolation;
 mod lab;
 mod load;
