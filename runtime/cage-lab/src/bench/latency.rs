@@ -9,6 +9,7 @@ use super::report::{Goal, Report};
 use super::stamps::{now_us, StampFile};
 use super::{percentile_us, Place};
 use cage_runtime::transport::client::Client;
+use cage_runtime::transport::protocol::EnqueueRequest;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,7 +56,8 @@ pub fn run(
     let interval = Duration::from_secs_f64(1.0 / rate);
     // Every client connects before the schedule starts, so the first calls wait for no
     // handshake.
-    let connected = (0..clients.min(calls))
+    let step = clients.min(calls);
+    let connected = (0..step)
         .map(|_| Client::connect(source, &source_route).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now() + Duration::from_millis(50);
@@ -68,7 +70,6 @@ pub fn run(
                 progress.clone(),
                 echo_call(to, "stamp", b"", "retry"),
             );
-            let step = clients.min(calls);
             std::thread::spawn(move || -> Result<Vec<Sent>, String> {
                 let mut sent = Vec::with_capacity(calls / step + 1);
                 for index in (k..calls).step_by(step) {
@@ -77,7 +78,7 @@ pub fn run(
                     if due > now {
                         std::thread::sleep(due - now);
                     }
-                    let request = cage_runtime::transport::protocol::EnqueueRequest {
+                    let request = EnqueueRequest {
                         args: stamps.args(&index.to_string()),
                         ..template.clone()
                     };
@@ -126,7 +127,7 @@ pub fn run(
     waits.sort_unstable();
     let first = sends.iter().map(|s| s.at_us).min().unwrap_or(0);
     let last = sends.iter().map(|s| s.at_us).max().unwrap_or(0);
-    let offered = (calls.saturating_sub(1)) as f64 / ((last - first) as f64 / 1e6).max(1e-6);
+    let offered = calls.saturating_sub(1) as f64 / ((last - first) as f64 / 1e6).max(1e-6);
     let behind = sends
         .iter()
         .filter(|s| s.late > Duration::from_millis(1))
