@@ -15,7 +15,15 @@ fn bench_all_reports_every_figure() {
     // The benchmark's own site goes under this TMPDIR, to check it is removed afterwards.
     let tmp = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(cage_bin())
-        .args(["bench", "all", "--calls", "2000", "--json", "--site"])
+        .args([
+            "bench",
+            "all",
+            "--calls",
+            "2000",
+            "--no-fsync",
+            "--json",
+            "--site",
+        ])
         .arg(site.path())
         .env("TMPDIR", tmp.path())
         .output()
@@ -34,6 +42,9 @@ fn bench_all_reports_every_figure() {
         "reload",
         "pending",
         "isolation",
+        "idle",
+        "latency",
+        "burn-down",
     ] {
         assert!(
             figures.iter().any(|f| f["scenario"] == scenario),
@@ -52,12 +63,34 @@ fn bench_all_reports_every_figure() {
         "process: e2e queued calls/s",
         "process mode adds to rpc latency p50",
         "process mode costs of e2e queued calls/s",
+        "cage a CPU while idle",
+        "cage b CPU while idle",
+        "offered rate achieved, 2000 calls a → b",
+        "enqueue → execution start p50",
+        "enqueue → execution start p99",
+        "2000 queued calls drained, cage start to last done",
+        "cage start to first queued call executed",
     ] {
         assert!(
             figures
                 .iter()
                 .any(|f| f["name"].as_str().unwrap().starts_with(wanted)),
             "no figure {wanted:?}: {report}"
+        );
+    }
+    // --no-fsync: the sync-bound scenarios again, every such row labelled, after the durable
+    // ones (false, then true, in the order of the rows).
+    for scenario in ["enqueue", "e2e", "burn-down"] {
+        let unsynced: Vec<bool> = figures
+            .iter()
+            .filter(|f| f["scenario"] == scenario)
+            .map(|f| f["name"].as_str().unwrap().ends_with("(no fsync)"))
+            .collect();
+        assert!(
+            unsynced.first() == Some(&false)
+                && unsynced.last() == Some(&true)
+                && unsynced.is_sorted(),
+            "{scenario}: durable rows, then rows (no fsync): {report}"
         );
     }
     for f in figures {

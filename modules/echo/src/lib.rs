@@ -101,6 +101,30 @@ fn append(ctx: &Ctx, args: Append) -> Result<(), CallError> {
         .map_err(|e| CallError::new(format!("cannot write {}: {e}", args.file)))
 }
 
+#[derive(Deserialize)]
+struct Stamp {
+    file: String,
+    tag: String,
+}
+
+/// Appends `tag unix-time-in-µs` to a file, the time read as the call starts: tells a
+/// benchmark when each queued call began executing, without timing hooks in the runtime.
+fn stamp(_ctx: &Ctx, args: Stamp) -> Result<(), CallError> {
+    use std::io::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| CallError::new(format!("clock before 1970: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.file)
+        .map_err(|e| CallError::new(format!("cannot open {}: {e}", args.file)))?;
+    // One write per line: with O_APPEND, concurrent calls then never interleave within a line.
+    let line = format!("{} {}\n", args.tag, now.as_micros());
+    f.write_all(line.as_bytes())
+        .map_err(|e| CallError::new(format!("cannot write {}: {e}", args.file)))
+}
+
 /// Refuses for good: the queue moves the call to dead letters at once.
 fn refuse(_ctx: &Ctx, reason: String) -> Result<(), CallError> {
     Err(CallError::permanent(reason))
@@ -404,7 +428,7 @@ export_module! {
     name: "echo",
     version: VERSION,
     methods: [
-        echo, shout, sleep, version, boom, forward, append, refuse, relay, later, whoami, send_to, receive, idle,
+        echo, shout, sleep, version, boom, forward, append, stamp, refuse, relay, later, whoami, send_to, receive, idle,
         orchestrate, child, run_python, respond, pingpong, ponger, count, count_get, flaky
     ],
 }

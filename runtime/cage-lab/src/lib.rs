@@ -1,7 +1,8 @@
 //! The cages lab: what measures and tortures cages from outside, as real processes.
 //!
 //! - [`bench`]: `cage bench`, one file per scenario (durable enqueue, e2e, RPC, retries,
-//!   pending-call scale, hot reload, chains) and their report.
+//!   pending-call scale, burn-down of a backlog, latency under load, soak, idle CPU, hot
+//!   reload, chains) and their report.
 //! - [`chaos`]: `cage chaos`, a seeded workload under injected faults, checked against the
 //!   invariants (nothing lost, nothing run twice).
 //! - [`site`]: the site harness: a temporary site directory and the `cage run` processes on

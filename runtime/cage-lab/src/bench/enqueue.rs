@@ -1,12 +1,11 @@
 //! `cage bench enqueue`: durable enqueue rate (acknowledged = on disk) with one client and with
 //! many, against the disk's raw `fdatasync` rate measured in the same run.
 
-use super::load::enqueue_many;
+use super::load::{cancel_queue, enqueue_many};
 use super::report::{Goal, Report};
 use super::{percentile_us, Place};
-use cage_runtime::transport::client::Client;
-use cage_runtime::transport::protocol::{EnqueueRequest, Filter, QueueQuery};
-use std::time::{Duration, Instant};
+use cage_runtime::transport::protocol::EnqueueRequest;
+use std::time::Instant;
 
 /// Enqueues each client keeps in flight in the pipelined run.
 const PIPELINED: usize = 16;
@@ -79,17 +78,5 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
             None,
         );
     }
-    Client::connect(cage, &route)
-        .and_then(|mut c| {
-            c.steer(
-                QueueQuery::CancelAll(Filter {
-                    queue: Some(BENCH_QUEUE.into()),
-                    module: None,
-                    limit: 0,
-                }),
-                Duration::from_secs(600),
-            )
-        })
-        .map(drop)
-        .map_err(|e| format!("the benchmark's calls could not be cancelled ({e}); run: cage cancel --all --queue {BENCH_QUEUE}"))
+    cancel_queue(cage, &route, BENCH_QUEUE)
 }

@@ -16,6 +16,10 @@ pub const CAGES: [&str; 2] = ["a", "b"];
 /// milliseconds, and a high concurrency, so the queue is not the limit being measured.
 const QUEUES: &str = "[queues.retry]\nfirst_retry = \"10ms\"\ngrowth = 2.0\nmax_delay = \"5s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 256\n\n[queues.bench]\nconcurrency = 256\n";
 
+/// Cage file lines of a lab whose queues do not sync to the device before acknowledging
+/// (`cage bench ... --no-fsync`): what durability costs, read against the durable run.
+pub const NO_FSYNC: &str = "fdatasync = false\n";
+
 /// A temporary site with its cage processes.
 pub struct Lab {
     site: LabSite,

@@ -3,7 +3,9 @@
 
 use cage_runtime::config::CageRoute;
 use cage_runtime::transport::client::Client;
-use cage_runtime::transport::protocol::{EnqueueRequest, QueueStats, Request, Response};
+use cage_runtime::transport::protocol::{
+    EnqueueRequest, Filter, QueueQuery, QueueStats, Request, Response,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::Path;
@@ -23,15 +25,38 @@ pub fn enqueue_many(
     in_flight: usize,
     label: &str,
 ) -> Result<Vec<Duration>, String> {
+    let request = request.clone();
+    enqueue_many_with(
+        via,
+        route,
+        Arc::new(move || request.clone()),
+        calls,
+        clients,
+        in_flight,
+        label,
+    )
+}
+
+/// [`enqueue_many`], each request made by `make` just before it is sent (e.g. a delay that
+/// depends on the time of sending).
+pub fn enqueue_many_with(
+    via: &str,
+    route: &CageRoute,
+    make: Arc<dyn Fn() -> EnqueueRequest + Send + Sync>,
+    calls: usize,
+    clients: usize,
+    in_flight: usize,
+    label: &str,
+) -> Result<Vec<Duration>, String> {
     let in_flight = in_flight.max(1);
     let progress = Arc::new(bar(calls, label));
     let per_client = calls.div_ceil(clients);
     let workers: Vec<_> = (0..clients)
         .map(|i| {
-            let (via, route, request, progress) = (
+            let (via, route, make, progress) = (
                 via.to_owned(),
                 route.clone(),
-                request.clone(),
+                make.clone(),
                 progress.clone(),
             );
             let n = per_client.min(calls.saturating_sub(i * per_client));
@@ -44,12 +69,12 @@ pub fn enqueue_many(
                     let t = Instant::now();
                     if batch == 1 {
                         client
-                            .enqueue(request.clone(), Duration::from_secs(60))
+                            .enqueue(make(), Duration::from_secs(60))
                             .map_err(|e| e.to_string())?;
                     } else {
                         let answers = client
                             .pipeline(
-                                vec![Request::Enqueue(request.clone()); batch],
+                                (0..batch).map(|_| Request::Enqueue(make())).collect(),
                                 Duration::from_secs(60),
                             )
                             .map_err(|e| e.to_string())?;
@@ -154,4 +179,21 @@ pub fn echo_call(to: &str, method: &str, args: &[u8], queue: &str) -> EnqueueReq
         key: None,
         delay_ms: 0,
     }
+}
+
+/// Cancels every pending call of `queue` on cage `cage` (the calls a benchmark left due later).
+pub fn cancel_queue(cage: &str, route: &CageRoute, queue: &str) -> Result<(), String> {
+    Client::connect(cage, route)
+        .and_then(|mut c| {
+            c.steer(
+                QueueQuery::CancelAll(Filter {
+                    queue: Some(queue.to_owned()),
+                    module: None,
+                    limit: 0,
+                }),
+                Duration::from_secs(600),
+            )
+        })
+        .map(drop)
+        .map_err(|e| format!("the benchmark's calls could not be cancelled ({e}); run: cage cancel --all --queue {queue} --cage {cage}"))
 }

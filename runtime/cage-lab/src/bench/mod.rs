@@ -1,17 +1,23 @@
 //! `cage bench`: measure cages, one file per scenario; without cage names a scenario starts
 //! its own cages in a temporary site (`lab`), runs, reports (`report`) and cleans up.
 
+mod burn_down;
 mod chain;
 mod e2e;
 mod enqueue;
+mod footprint;
+mod idle;
 mod isolation;
 mod lab;
+mod latency;
 mod load;
 mod pending;
 mod reload;
 mod report;
 mod retry;
 mod rpc;
+mod soak;
+mod stamps;
 
 use crate::LabError;
 use cage_runtime::config::Site;
@@ -43,6 +49,20 @@ pub struct Common {
     tls: bool,
 }
 
+/// `--no-fsync`, for the scenarios whose figures the disk's sync bounds.
+#[derive(Args, Clone, Copy)]
+pub struct NoFsync {
+    /// Also run on a second pair of the benchmark's own cages whose cage files say
+    /// `fdatasync = false`; those rows say "(no fsync)" and follow the durable ones.
+    #[arg(long)]
+    no_fsync: bool,
+}
+
+impl NoFsync {
+    /// The durable run only (the scenarios that take no `--no-fsync`).
+    const OFF: NoFsync = NoFsync { no_fsync: false };
+}
+
 impl Common {
     fn calls(&self, default: usize) -> usize {
         self.calls.unwrap_or(default).max(1)
@@ -56,14 +76,22 @@ impl Common {
 /// with them, it measures those cages of the site (`--site`), which must be running.
 #[derive(Subcommand)]
 pub enum Scenario {
-    /// Every scenario below, on the benchmark's own cages, with the targets of each figure.
-    All(Common),
+    /// Every scenario below but soak, on the benchmark's own cages, with the targets of each
+    /// figure.
+    All {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fsync: NoFsync,
+    },
     /// Durable enqueue rate (acknowledged = on disk) with 1 and with C concurrent clients.
     Enqueue {
         /// A running cage to enqueue into (its calls are due a day later and cancelled after).
         cage: Option<String>,
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        fsync: NoFsync,
     },
     /// Queued no-op calls from SOURCE to TARGET: first enqueue to last completion, calls/s.
     E2e {
@@ -72,6 +100,52 @@ pub enum Scenario {
         /// The cage that executes the calls.
         #[arg(requires = "source")]
         target: Option<String>,
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fsync: NoFsync,
+    },
+    /// A backlog of calls (100 000 by default) already queued when the cage that executes
+    /// them starts: calls/s from its start to the last call done, and the start to the first
+    /// call executed (the benchmark's own cages: it stops and starts the second).
+    BurnDown {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        fsync: NoFsync,
+    },
+    /// Enqueue → start of execution p50/p99 for calls SOURCE → TARGET offered at a steady rate
+    /// in an open loop (10 s of calls by default); the target's echo needs `stamp`.
+    Latency {
+        /// The cage that takes the enqueues.
+        source: Option<String>,
+        /// The cage that executes the calls (on this machine: it stamps a temporary file).
+        #[arg(requires = "source")]
+        target: Option<String>,
+        /// Calls offered per second.
+        #[arg(long, default_value_t = latency::RATE)]
+        rate: f64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Many queued calls SOURCE → TARGET (10 000 000 by default) in rounds: bytes on disk
+    /// per call the target holds, and its RSS at the start, middle and end.
+    Soak {
+        /// The cage that takes the enqueues.
+        source: Option<String>,
+        /// The cage that executes the calls (its RSS is read when it runs on this machine).
+        #[arg(requires = "source")]
+        target: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// CPU use of an idle cage and its worker processes, in % of one core.
+    Idle {
+        /// A running cage of this machine (default: both of the benchmark's own cages).
+        cage: Option<String>,
+        /// Seconds of the quiet window.
+        #[arg(long, default_value_t = idle::WINDOW.as_secs_f64())]
+        seconds: f64,
         #[command(flatten)]
         common: Common,
     },
@@ -253,44 +327,134 @@ pub(crate) const E2E: (usize, usize) = (20_000, 16);
 const RETRY: (usize, usize) = (2_000, 16);
 const PENDING: (usize, usize) = (1_000_000, 16);
 
+const BURN_DOWN: (usize, usize) = (100_000, 64);
+/// Calls of the burn-down in `all` without --calls: a modest backlog, to keep `all` short.
+const BURN_DOWN_IN_ALL: usize = 20_000;
+
 /// Runs one scenario where `first` (and `second`) say, or on the benchmark's own cages, and
-/// prints its report.
+/// prints its report; with `fsync.no_fsync`, runs it again on cages that do not fdatasync.
 fn measure(
     site: &Site,
     first: Option<String>,
     second: Option<String>,
     common: &Common,
-    scenario: impl FnOnce(&mut Place, &mut Report) -> Result<(), String>,
+    fsync: NoFsync,
+    scenario: impl Fn(&mut Place, &mut Report) -> Result<(), String>,
 ) -> Result<(), LabError> {
+    if fsync.no_fsync && first.is_some() {
+        return finish(
+            Err("--no-fsync writes `fdatasync = false` into the benchmark's own cage files: drop the cage names".into()),
+            common.json,
+        );
+    }
     let report =
         Place::of(site, first, second, common.modules.as_deref(), common.tls).and_then(|mut p| {
             let mut r = p.report()?;
             scenario(&mut p, &mut r)?;
+            drop(p);
+            if fsync.no_fsync {
+                without_fsync(site, common, &mut r, &scenario)?;
+            }
             Ok(r)
         });
     finish(report, common.json)
 }
 
+/// Runs `scenario` once more, on a lab of the benchmark's own cages whose cage files say
+/// `fdatasync = false`, and adds its figures to `report` with "(no fsync)" in their names,
+/// after the durable figures, which stay the headline.
+fn without_fsync(
+    site: &Site,
+    common: &Common,
+    report: &mut Report,
+    scenario: impl FnOnce(&mut Place, &mut Report) -> Result<(), String>,
+) -> Result<(), String> {
+    let echo = lab::find_echo(site, common.modules.as_deref())?;
+    eprintln!("bench: again on cages that do not fdatasync (fdatasync = false)");
+    let mut place = Place::of_lab(Lab::start_with(&echo, common.tls, lab::NO_FSYNC)?);
+    let mut own = Report {
+        fdatasync_per_sec: report.fdatasync_per_sec,
+        figures: Vec::new(),
+    };
+    scenario(&mut place, &mut own)?;
+    for f in own.figures {
+        report.add(
+            f.scenario,
+            format!("{} (no fsync)", f.name),
+            f.value,
+            f.unit,
+            f.goal,
+        );
+    }
+    Ok(())
+}
+
 /// Runs one scenario (or all of them).
 pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
     match scenario {
-        Scenario::All(common) => finish(all(site, &common), common.json),
-        Scenario::Enqueue { cage, common } => measure(site, cage, None, &common, |p, r| {
+        Scenario::All { common, fsync } => finish(all(site, &common, fsync), common.json),
+        Scenario::Enqueue {
+            cage,
+            common,
+            fsync,
+        } => measure(site, cage, None, &common, fsync, |p, r| {
             enqueue::run(p, common.calls(ENQUEUE.0), common.clients(ENQUEUE.1), r)
         }),
         Scenario::E2e {
             source,
             target,
             common,
-        } => measure(site, source, target, &common, |p, r| {
+            fsync,
+        } => measure(site, source, target, &common, fsync, |p, r| {
             e2e::run(p, common.calls(E2E.0), common.clients(E2E.1), r)
         }),
+        Scenario::BurnDown { common, fsync } => {
+            measure(site, None, None, &common, fsync, |p, r| {
+                burn_down::run(p, common.calls(BURN_DOWN.0), common.clients(BURN_DOWN.1), r)
+            })
+        }
+        Scenario::Latency {
+            source,
+            target,
+            rate,
+            common,
+        } => measure(site, source, target, &common, NoFsync::OFF, |p, r| {
+            latency::run(
+                p,
+                rate,
+                common.calls((rate * latency::SECONDS) as usize),
+                common.clients(latency::CLIENTS),
+                r,
+            )
+        }),
+        Scenario::Soak {
+            source,
+            target,
+            common,
+        } => measure(site, source, target, &common, NoFsync::OFF, |p, r| {
+            soak::run(p, common.calls(soak::CALLS), common.clients(E2E.1), r)
+        }),
+        Scenario::Idle {
+            cage,
+            seconds,
+            common,
+        } => match Duration::try_from_secs_f64(seconds) {
+            Ok(window) => measure(site, cage, None, &common, NoFsync::OFF, |p, r| {
+                idle::run(p, idle::SETTLE, window, r)
+            }),
+            Err(_) => finish(
+                Err(format!(
+                    "--seconds {seconds}: give a positive number of seconds"
+                )),
+                common.json,
+            ),
+        },
         Scenario::Retry {
             source,
             target,
             queue,
             common,
-        } => measure(site, source, target, &common, |p, r| {
+        } => measure(site, source, target, &common, NoFsync::OFF, |p, r| {
             retry::run(p, &queue, common.calls(RETRY.0), common.clients(RETRY.1), r)
         }),
         Scenario::Rpc {
@@ -298,7 +462,7 @@ pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
             target,
             args,
             common,
-        } => measure(site, cage, None, &common, |p, r| {
+        } => measure(site, cage, None, &common, NoFsync::OFF, |p, r| {
             rpc::run(
                 p,
                 &target,
@@ -317,9 +481,11 @@ pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
             });
             finish(report, common.json)
         }
-        Scenario::Pending { cage, common } => measure(site, cage, None, &common, |p, r| {
-            pending::run(p, common.calls(PENDING.0), common.clients(PENDING.1), r)
-        }),
+        Scenario::Pending { cage, common } => {
+            measure(site, cage, None, &common, NoFsync::OFF, |p, r| {
+                pending::run(p, common.calls(PENDING.0), common.clients(PENDING.1), r)
+            })
+        }
         Scenario::Reload {
             cage,
             module,
@@ -327,7 +493,7 @@ pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
             call,
             rounds,
             common,
-        } => measure(site, cage, None, &common, |p, r| {
+        } => measure(site, cage, None, &common, NoFsync::OFF, |p, r| {
             reload::run(p, &module, &files, &call, rounds.max(1), r)
         }),
         Scenario::Chain {
@@ -355,15 +521,27 @@ pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
     }
 }
 
-/// Every scenario on one set of the benchmark's own cages; `pending` last, as it leaves a
-/// million calls behind.
-fn all(site: &Site, common: &Common) -> Result<Report, String> {
+/// Every scenario but soak on one set of the benchmark's own cages: `idle` first, while
+/// they are fresh; `pending` late, as it leaves a million calls behind; `isolation` on labs
+/// of its own; with `fsync.no_fsync`, the enqueue, e2e and burn-down again on cages that do
+/// not fdatasync, after every durable figure.
+fn all(site: &Site, common: &Common, fsync: NoFsync) -> Result<Report, String> {
     let mut place = Place::own(site, common.modules.as_deref(), common.tls)?;
     let mut r = place.report()?;
-    let rounds = if common.calls.is_some() { 3 } else { 10 };
+    // --calls makes a quick run (CI's smoke test): shorter windows where time, not calls,
+    // sets the length.
+    let quick = common.calls.is_some();
+    let rounds = if quick { 3 } else { 10 };
     let calls = |default: (usize, usize)| (common.calls(default.0), common.clients(default.1));
     // Progress bars show only on a terminal; a line per scenario shows in logs too.
     let step = |name: &str| eprintln!("bench: {name}");
+    step("idle");
+    let (settle, window) = if quick {
+        (Duration::from_secs(1), Duration::from_secs(3))
+    } else {
+        (idle::SETTLE, idle::WINDOW)
+    };
+    idle::run(&place, settle, window, &mut r)?;
     step("rpc");
     let (n, c) = calls(RPC);
     rpc::run(&place, "echo.shout", "\"ping\"", n, c, &mut r)?;
@@ -373,11 +551,20 @@ fn all(site: &Site, common: &Common) -> Result<Report, String> {
     step("e2e");
     let (n, c) = calls(E2E);
     e2e::run(&place, n, c, &mut r)?;
+    step("latency");
+    let (n, c) = calls((
+        (latency::RATE * latency::SECONDS) as usize,
+        latency::CLIENTS,
+    ));
+    latency::run(&place, latency::RATE, n, c, &mut r)?;
     step("retry");
     let (n, c) = calls(RETRY);
     retry::run(&place, "retry", n, c, &mut r)?;
     step("reload");
     reload::run(&place, "echo", &[], "echo.version", rounds, &mut r)?;
+    step("burn-down");
+    let (n, c) = calls((BURN_DOWN_IN_ALL, BURN_DOWN.1));
+    burn_down::run(&mut place, n, c, &mut r)?;
     step("pending");
     let (n, c) = calls(PENDING);
     pending::run(&mut place, n, c, &mut r)?;
@@ -386,6 +573,17 @@ fn all(site: &Site, common: &Common) -> Result<Report, String> {
     step("isolation");
     let echo = lab::find_echo(site, common.modules.as_deref())?;
     isolation::run(&echo, common.tls, common.calls, common.clients, &mut r)?;
+    if fsync.no_fsync {
+        step("enqueue, e2e and burn-down without fdatasync");
+        without_fsync(site, common, &mut r, |p, r| {
+            let (n, c) = calls(ENQUEUE);
+            enqueue::run(p, n, c, r)?;
+            let (n, c) = calls(E2E);
+            e2e::run(p, n, c, r)?;
+            let (n, c) = calls((BURN_DOWN_IN_ALL, BURN_DOWN.1));
+            burn_down::run(p, n, c, r)
+        })?;
+    }
     Ok(r)
 }
 

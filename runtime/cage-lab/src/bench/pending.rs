@@ -1,38 +1,13 @@
 //! `cage bench pending`: fill a cage with calls due later, then report its disk and memory and
 //! (on the benchmark's own cages) how soon after a restart the first due call runs.
 
+use super::footprint::{dir_bytes, rss_bytes};
 use super::load::enqueue_many;
 use super::report::{Goal, Report};
 use super::Place;
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::EnqueueRequest;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
 
 /// Fills the first cage with `calls` calls due in a week, measures, and on the benchmark's own
 /// cages restarts it with one call overdue and times that call's execution.
