@@ -135,8 +135,9 @@ pub(super) fn due_jobs(
 pub(super) const PUMP_EVERY: Duration = Duration::from_millis(10);
 
 /// The longest an idle cage sleeps between looks at its schedule: it wakes for the next due
-/// call or job run, for new work, and at least this often (should the wall clock jump).
-pub(super) const PUMP_IDLE_MAX: Duration = Duration::from_secs(1);
+/// call or job run, for new work, and at least this often (should the wall clock jump, or
+/// a change reach the queue without a word to the scheduler).
+pub(super) const PUMP_IDLE_MAX: Duration = Duration::from_secs(5);
 
 /// When the next job run is due (a job held after a failed firing counts from its retry).
 pub(super) fn next_job_ms(
