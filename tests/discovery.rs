@@ -8,7 +8,7 @@
 mod support;
 use serde_json::Value;
 use std::net::{SocketAddr, TcpListener};
-use support::{discovery_settings, module_so, Site};
+use support::{discovery_settings, log_mentioning, module_so, Site};
 
 /// A free port on 127.0.0.3.
 fn free_port_on_3() -> SocketAddr {
@@ -55,7 +55,8 @@ fn a_cage_the_site_does_not_list_is_found_called_and_found_again_after_it_moves(
     );
     assert_eq!((run.code, run.stdout.trim()), (0, r#""VIA A""#), "{run:?}");
     let id = site_a.queued_append_runs("c", "a");
-    assert!(c.log().contains(&id), "cage c ran {id}:\n{}", c.log());
+    let log = log_mentioning(&c, &id);
+    assert!(log.contains(&id), "cage c ran {id}:\n{log}");
 
     // `cage status` lists `a` from its cage file and `c` as discovered, up, with its modules.
     let run = site_a.cage_cmd(&["status", "--json"]);
@@ -95,11 +96,8 @@ fn a_cage_the_site_does_not_list_is_found_called_and_found_again_after_it_moves(
     site_c.cage_at("c", free_port_on_3(), &["echo"], "");
     let c = site_c.start("c");
     let id = site_a.queued_append_runs("c", "a");
-    assert!(
-        c.log().contains(&id),
-        "the moved cage ran {id}:\n{}",
-        c.log()
-    );
+    let log = log_mentioning(&c, &id);
+    assert!(log.contains(&id), "the moved cage ran {id}:\n{log}");
     assert!(
         a.log().contains("asked for again"),
         "cage a refreshed its binding after the failure:\n{}",

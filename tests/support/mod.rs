@@ -548,6 +548,19 @@ impl Enqueuer {
 /// A `cage run` process; killed when dropped.
 pub type RunningCage = CageProcess;
 
+/// `cage`'s log once it mentions `needle`, or as it stands after ten seconds: a cage logs a
+/// call as done only after the module's effect, which a test may have seen first.
+pub fn log_mentioning(cage: &RunningCage, needle: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = cage.log();
+        if log.contains(needle) || Instant::now() >= until {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls `check` until it returns `Some`, failing with `what` after `limit`.
 pub fn eventually<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
