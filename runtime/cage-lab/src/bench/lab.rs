@@ -25,6 +25,8 @@ pub struct Lab {
     site: LabSite,
     cages: Vec<(String, Option<CageProcess>)>,
     echo: PathBuf,
+    /// Whether its cages speak mutual TLS.
+    tls: bool,
 }
 
 /// Where `libecho.so` is: `modules` if given, else the site's `modules/`, else beside the
@@ -100,11 +102,24 @@ impl Lab {
             site,
             cages: CAGES.iter().map(|c| ((*c).to_owned(), None)).collect(),
             echo: echo.to_owned(),
+            tls,
         };
         for name in CAGES {
             lab.run(name)?;
         }
         Ok(lab)
+    }
+
+    /// Makes this process's clients present this lab's credential (and, with TLS, its client
+    /// identity) again: another lab started since has put its own in place.
+    pub fn present(&self) -> Result<(), String> {
+        let keys = self.site.dir().join("config/keys");
+        let secret = SiteSecret::of_keys_dir(&keys).map_err(|e| e.to_string())?;
+        credential::present_secret(secret);
+        if self.tls {
+            tls::act_as(tls::Identity::new(tls::CLI_IDENTITY, &keys));
+        }
+        Ok(())
     }
 
     /// The lab's site.
