@@ -203,9 +203,7 @@ fn missed_ticks_follow_catch_up() {
     std::thread::sleep(Duration::from_millis(1500));
     let before: Vec<(u64, String)> = runs(&out);
     let _cage = site.start("back");
-    std::thread::sleep(Duration::from_millis(1000));
-    let after = runs(&out);
-    let new = |mode: &str| -> Vec<u64> {
+    let new_in = |after: &[(u64, String)], mode: &str| -> Vec<u64> {
         after
             .iter()
             .filter(|r| r.1 == mode && !before.contains(r))
@@ -218,6 +216,17 @@ fn missed_ticks_follow_catch_up() {
             .filter(|t| **t > down_from + 250 && **t < down_from + 1400)
             .count()
     };
+    // The catch-up runs all start at once, each in a worker that may first have to start: on
+    // a loaded machine that takes a while, so wait for them (and for the ticks after them).
+    let after = eventually(Duration::from_secs(20), "the missed runs ran", || {
+        let after = runs(&out);
+        let caught_up = missed(&new_in(&after, "all")) >= 5;
+        let resumed = ["once", "skip"]
+            .iter()
+            .all(|m| !new_in(&after, m).is_empty());
+        (caught_up && resumed).then_some(after)
+    });
+    let new = |mode: &str| new_in(&after, mode);
     // all: every tick of the downtime ran; once: one run stood for them; skip: none did.
     assert!(missed(&new("all")) >= 5, "catch_up = all: {:?}", new("all"));
     assert!(
