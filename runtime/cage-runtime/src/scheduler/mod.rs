@@ -96,6 +96,8 @@ pub struct Scheduler {
     pump_asked: bool,
     /// The next pump set by the last one, and when it runs.
     pump_timer: Option<(SpawnHandle, std::time::Instant)>,
+    /// A sweep of a history backlog is set to follow the last one (the regular sweep waits).
+    sweep_follows: bool,
     jobs: std::collections::BTreeMap<String, Job>,
     /// Jobs whose last firing failed to be stored, and when to try them again: the pump runs
     /// every few milliseconds, and a queue that takes no writes would be asked (and logged
@@ -143,6 +145,7 @@ impl Scheduler {
             metrics,
             pump_asked: false,
             pump_timer: None,
+            sweep_follows: false,
             jobs: std::collections::BTreeMap::new(),
             jobs_held: std::collections::HashMap::new(),
             watch,
@@ -204,7 +207,7 @@ impl Actor for Scheduler {
         }
         // From here the pump sets its own next run (see `execution::arm_pump`).
         self.pump_soon(ctx);
-        ctx.run_interval(HISTORY_SWEEP_EVERY, |this, _| this.sweep_history());
+        ctx.run_interval(HISTORY_SWEEP_EVERY, |this, ctx| this.sweep_history(ctx));
     }
 }
 
