@@ -82,7 +82,8 @@ impl QueueStore {
 
     /// Drops history entries that expired by `now_ms` (at most `limit`), so their ids and keys
     /// could be accepted again; entries of calls still pending here are looked at again
-    /// `recheck_ms` later. Returns how many were dropped.
+    /// `recheck_ms` later. One change for the whole batch (one journal entry, not one per
+    /// entry). Returns how many were dropped.
     pub fn expire_history(
         &self,
         now_ms: u64,
@@ -90,13 +91,14 @@ impl QueueStore {
         limit: usize,
     ) -> Result<usize, QueueError> {
         let end = keys::expiry(now_ms, "\u{10FFFF}");
-        let mut expired = 0;
+        let mut b = Batch::default();
+        let (mut seen, mut expired) = (0, 0);
         for item in self.db().range(vec![EXPIRY]..end).take(limit) {
             let (k, _) = item.map_err(|e| self.err(e))?;
             let Some((_, id)) = keys::parse_expiry(&k) else {
                 continue;
             };
-            let mut b = Batch::default();
+            seen += 1;
             b.remove(k.clone());
             if self
                 .db()
@@ -108,7 +110,6 @@ impl QueueStore {
                     keys::expiry(now_ms.saturating_add(recheck_ms), &id),
                     &[][..],
                 );
-                self.apply(b)?;
                 continue;
             }
             let hkey = keys::with_id(keys::HISTORY, &id);
@@ -119,8 +120,10 @@ impl QueueStore {
                 }
             }
             b.remove(hkey);
-            self.apply(b)?;
             expired += 1;
+        }
+        if seen > 0 {
+            self.apply(b)?;
         }
         Ok(expired)
     }

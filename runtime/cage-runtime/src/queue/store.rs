@@ -327,6 +327,29 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn an_expired_backlog_drains_a_batch_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        let ids: Vec<String> = (0..25).map(|i| format!("b{i}")).collect();
+        for id in &ids {
+            let r = CallRecord::new(call(id, 0, None), Stage::Execute, 1000);
+            assert_eq!(s.accept(&r, 1000, 9000).unwrap(), Acceptance::Accepted);
+            s.finish(&s.get(id).unwrap().unwrap()).unwrap();
+        }
+        let batches: Vec<usize> = (0..4)
+            .map(|_| s.expire_history(10_000, 50_000, 10).unwrap())
+            .collect();
+        assert_eq!(batches, [10, 10, 5, 0]);
+        for id in &ids {
+            let again = CallRecord::new(call(id, 0, None), Stage::Execute, 11_000);
+            assert_eq!(
+                s.accept(&again, 11_000, 90_000).unwrap(),
+                Acceptance::Accepted
+            );
+        }
+    }
+
+    #[test]
     fn a_call_taken_back_can_be_accepted_again() {
         let dir = tempfile::tempdir().unwrap();
         let s = QueueStore::open(dir.path()).unwrap();
