@@ -187,25 +187,12 @@ impl Workers {
         if state.waiting > 0 || state.busy > 0 {
             return None;
         }
-        while let Some(mut worker) = state.idle.pop() {
-            if worker.ended() {
-                self.metrics
-                    .worker_event(&pool.name, WorkerEvent::IdleRetired, "");
-                let name = pool.name.clone();
-                // Reaping may wait for its last words: not on the event loop.
-                tokio::task::spawn_blocking(move || {
-                    let pid = worker.pid;
-                    let (death, _) = worker.reap();
-                    tracing::warn!(module = %name, pid, "idle worker ended ({death}); another takes its place");
-                });
-                continue;
-            }
-            state.busy += 1;
-            drop(state);
-            self.metrics.worker_event(&pool.name, WorkerEvent::Took, "");
-            return Some(Taken { pool, worker });
-        }
-        None
+        // Reaping may wait for the worker's last words: not on the event loop.
+        let worker = self.pop_idle(&pool, &mut state, |reap| {
+            tokio::task::spawn_blocking(reap);
+        })?;
+        drop(state);
+        Some(Taken { pool, worker })
     }
 
     /// Puts back a worker taken for a call that did not run after all.
@@ -304,22 +291,40 @@ impl Workers {
         pool
     }
 
+    /// The most recently idle worker of `pool` still alive, counted as busy; idle workers
+    /// found dead meanwhile (killed from outside) are counted and handed to `reap` as the job
+    /// that reaps them, for the caller to run where waiting is allowed.
+    fn pop_idle(
+        &self,
+        pool: &Pool,
+        state: &mut PoolState,
+        reap: impl Fn(Box<dyn FnOnce() + Send>),
+    ) -> Option<Worker> {
+        while let Some(mut worker) = state.idle.pop() {
+            if worker.ended() {
+                self.metrics
+                    .worker_event(&pool.name, WorkerEvent::IdleRetired, "");
+                let name = pool.name.clone();
+                reap(Box::new(move || {
+                    let pid = worker.pid;
+                    let (death, _) = worker.reap();
+                    tracing::warn!(module = %name, pid, "idle worker ended ({death}); another takes its place");
+                }));
+                continue;
+            }
+            state.busy += 1;
+            self.metrics.worker_event(&pool.name, WorkerEvent::Took, "");
+            return Some(worker);
+        }
+        None
+    }
+
     /// An idle worker of `pool`, or a new one if the pool may grow, or the first one freed
     /// before `deadline`.
     fn take(&self, pool: &Pool, deadline: Instant) -> Result<Worker, CallError> {
         let mut state = pool.lock();
         loop {
-            if let Some(mut worker) = state.idle.pop() {
-                if worker.ended() {
-                    let pid = worker.pid;
-                    let (death, _) = worker.reap();
-                    tracing::warn!(module = %pool.name, pid, "idle worker ended ({death}); another takes its place");
-                    self.metrics
-                        .worker_event(&pool.name, WorkerEvent::IdleRetired, "");
-                    continue;
-                }
-                state.busy += 1;
-                self.metrics.worker_event(&pool.name, WorkerEvent::Took, "");
+            if let Some(worker) = self.pop_idle(pool, &mut state, |reap| reap()) {
                 return Ok(worker);
             }
             let limit = pool.limit + self.spare.held();
