@@ -38,6 +38,14 @@ fn end_of_entries(segment: &Path) -> usize {
     }
 }
 
+/// A site with one cage, `back`, serving `echo`.
+fn back_with_echo() -> Site {
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    site
+}
+
 fn pending_ids(site: &Site) -> Vec<String> {
     let mut ids: Vec<String> = site
         .listing("pending", Some("back"))
@@ -50,9 +58,7 @@ fn pending_ids(site: &Site) -> Vec<String> {
 
 #[test]
 fn acknowledged_calls_are_replayed_after_kill_9_and_a_torn_entry_is_left_out() {
-    let mut site = Site::new();
-    site.cage("back", &["echo"], "");
-    site.install("echo", &module_so("echo", &[]));
+    let site = back_with_echo();
     let mut cage = site.start("back");
     let mut ids: Vec<String> = (0..40)
         .map(|_| site.enqueue("back", "echo.version", "null", &["--delay", "1h"]))
@@ -99,9 +105,7 @@ fn acknowledged_calls_are_replayed_after_kill_9_and_a_torn_entry_is_left_out() {
 /// the refused call stays gone; a crash before the checkpoint replays around it.
 #[test]
 fn a_taken_back_change_stays_out_through_checkpoints_and_replays() {
-    let mut site = Site::new();
-    site.cage("back", &["echo"], "");
-    site.install("echo", &module_so("echo", &[]));
+    let site = back_with_echo();
     let fault = site.path().join("journal-fault");
     let env = [("CAGE_FAULT_JOURNAL_FILE", fault.to_str().unwrap())];
     let mut cage = site.start_with_env("back", &env);
@@ -153,9 +157,7 @@ fn runs_in(file: &Path) -> Vec<String> {
 /// so the queue was read and went on.
 #[test]
 fn calls_completed_just_before_kill_9_are_neither_lost_nor_run_twice() {
-    let mut site = Site::new();
-    site.cage("back", &["echo"], "");
-    site.install("echo", &module_so("echo", &[]));
+    let site = back_with_echo();
     let mut cage = site.start("back");
     let file = site.path().join("runs.txt");
     let args = format!(
