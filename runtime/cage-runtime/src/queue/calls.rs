@@ -131,6 +131,12 @@ impl QueueStore {
         if let Some(record) = self.get_dead(id)? {
             let mut b = Batch::default();
             b.remove(keys::with_id(DEAD, id));
+            if record.stage == crate::model::call::Stage::Execute {
+                b.remember(super::ledger::Entry {
+                    digest: super::ledger::digest(id),
+                    until: self.remembered_until(&record.call.queue),
+                });
+            }
             self.apply(b)?;
             return Ok(Some(record));
         }

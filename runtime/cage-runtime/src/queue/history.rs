@@ -1,10 +1,18 @@
-//! The history table: what a target remembers of each accepted call (`h`, expiring by the
-//! expiry index `t`) and each idempotency key (`k`), so a re-sent call or a second call with
-//! the same key is recognised until its `retention` ends.
+//! The history table: what a target remembers of the calls it accepted, so a re-sent call or a
+//! second call with the same idempotency key is recognised until its `retention` ends.
+//!
+//! - A call is known while it is pending (`c`) or dead (`x`), and once finished by the ledger
+//!   (see [`super::ledger`]: 16 bytes a call, in a file of its own).
+//! - A call with an idempotency key also has a history record (`h`, expiring by the expiry
+//!   index `t`) naming its key entry (`k` → the id of the call that owns it), so a second call
+//!   with that key can be told which call it duplicates.
+//! - Databases from before the ledger hold `h` records for every call; they are still read
+//!   until they expire.
 
 use super::calls::due_value;
 use super::journal::Batch;
 use super::keys::{self, CALL, EXPIRY};
+use super::ledger;
 use super::store::{decode, encode};
 use super::{QueueError, QueueStore};
 use crate::model::call::CallRecord;
@@ -39,11 +47,7 @@ impl QueueStore {
         expires_ms: u64,
     ) -> Result<Acceptance, QueueError> {
         let id = &record.call.id;
-        if self
-            .db()
-            .contains_key(keys::with_id(keys::HISTORY, id))
-            .map_err(|e| self.err(e))?
-        {
+        if self.known(id, record.call.key.is_some(), now_ms)? {
             return Ok(Acceptance::AlreadyAccepted);
         }
         let key = record
@@ -64,20 +68,37 @@ impl QueueStore {
         b.insert(keys::with_id(CALL, id), encode(&record));
         b.insert(Self::due_key(&record), due_value(&record));
         b.insert(Self::order_key(&record), id.as_bytes());
-        b.insert(
-            keys::with_id(keys::HISTORY, id),
-            encode(&History {
-                accepted_ms: now_ms,
-                expires_ms,
-                key: key.clone(),
-            }),
-        );
-        b.insert(keys::expiry(expires_ms, id), &[][..]);
         if let Some(k) = key {
+            b.insert(
+                keys::with_id(keys::HISTORY, id),
+                encode(&History {
+                    accepted_ms: now_ms,
+                    expires_ms,
+                    key: Some(k.clone()),
+                }),
+            );
+            b.insert(keys::expiry(expires_ms, id), &[][..]);
             b.insert(k, id.as_bytes());
         }
         self.apply_stored(b, record.seq)?;
         Ok(Acceptance::Accepted)
+    }
+
+    /// Whether call `id` was accepted here and is still remembered: pending, dead, in the
+    /// ledger, or (for a call with an idempotency key, or any call in a database from before
+    /// the ledger) in a history record.
+    fn known(&self, id: &str, keyed: bool, now_ms: u64) -> Result<bool, QueueError> {
+        let db = self.db();
+        let has = |prefix| {
+            db.contains_key(keys::with_id(prefix, id))
+                .map_err(|e| self.err(e))
+        };
+        Ok(has(CALL)?
+            || has(keys::DEAD)?
+            || self
+                .ledger()
+                .contains(&ledger::digest(id), ledger::expiry(now_ms))?
+            || ((keyed || self.legacy_history()) && has(keys::HISTORY)?))
     }
 
     /// Drops history entries that expired by `now_ms` (at most `limit`), so their ids and keys
@@ -125,6 +146,10 @@ impl QueueStore {
         if seen > 0 {
             self.apply(b)?;
         }
+        if seen < limit {
+            // The end of a sweep: a moment to give back the ledger's expired space.
+            self.compact_ledger(now_ms)?;
+        }
         Ok(expired)
     }
 
@@ -138,7 +163,7 @@ impl QueueStore {
             return Ok(None);
         };
         let mut t = self.txn();
-        t.finish(&record);
+        t.forget(&record);
         let hkey = keys::with_id(keys::HISTORY, id);
         if let Some(h) = self.db().get(&hkey).map_err(|e| self.err(e))? {
             let h: History = decode(&hkey, &h)?;

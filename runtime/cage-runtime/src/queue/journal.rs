@@ -33,6 +33,7 @@
 //! outcome is unknown, and the journal says so and stops taking writes (see [`Journal::apply`]).
 
 use super::fault::{injected, Faults, Steps};
+use super::ledger::{self, Ledger};
 use super::QueueError;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -53,6 +54,8 @@ const PREPARED: &str = "journal.prepared";
 const ROLLED: &str = "journal.rolled";
 const INSERT: u8 = 1;
 const REMOVE: u8 = 0;
+/// A change's tag for an entry added to the ledger of finished calls (16 bytes follow).
+const REMEMBER: u8 = 3;
 /// First byte of a void entry (a change's first byte is [`INSERT`] or [`REMOVE`]).
 const VOID: u8 = 2;
 
@@ -60,6 +63,8 @@ const VOID: u8 = 2;
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct Batch {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Entries for the ledger of finished calls (see [`super::ledger`]).
+    remember: Vec<ledger::Entry>,
 }
 
 impl Batch {
@@ -74,13 +79,22 @@ impl Batch {
         self.ops.push((key.as_ref().to_vec(), None));
     }
 
+    /// Adds `entry` to the ledger of finished calls.
+    pub fn remember(&mut self, entry: ledger::Entry) {
+        self.remember.push(entry);
+    }
+
     /// Whether nothing is to change.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.remember.is_empty()
     }
 
     /// The entry's bytes: per change a tag, the key, and for an insert the value.
     fn encode(&self, out: &mut Vec<u8>) {
+        for e in &self.remember {
+            out.push(REMEMBER);
+            out.extend_from_slice(&e.to_bytes());
+        }
         for (k, v) in &self.ops {
             out.push(if v.is_some() { INSERT } else { REMOVE });
             out.extend_from_slice(&(k.len() as u32).to_le_bytes());
@@ -109,6 +123,13 @@ impl Batch {
         let mut batch = Batch::default();
         while !bytes.is_empty() {
             let tag = take(&mut bytes, 1)?[0];
+            if tag == REMEMBER {
+                let e = take(&mut bytes, 16)?;
+                batch
+                    .remember
+                    .push(ledger::Entry::from_bytes(e.try_into().ok()?));
+                continue;
+            }
             let n = len(&mut bytes)?;
             let key = take(&mut bytes, n)?.to_vec();
             let value = match tag {
@@ -127,12 +148,26 @@ impl Batch {
     /// Applies the changes in order, pushing onto `before` each key's value before its change
     /// (sled answers it anyway, so keeping it costs nothing); with `fail_at`, the change of
     /// that index fails instead (fault injection).
+    ///
+    /// Ledger entries go first, so a finished call is in the ledger before its pending record
+    /// leaves sled (a call offered again meanwhile finds one or the other). They are never
+    /// taken back: an entry for a call whose finishing failed only says it was accepted, which
+    /// its pending record says too.
     fn apply_to(
         &self,
         db: &sled::Db,
+        ledger: &Ledger,
         before: &mut Vec<Option<sled::IVec>>,
         fail_at: Option<usize>,
     ) -> sled::Result<()> {
+        if !self.remember.is_empty() {
+            let now = ledger::expiry(crate::model::clock::now_ms());
+            for e in &self.remember {
+                ledger
+                    .remember(*e, now)
+                    .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))?;
+            }
+        }
         for (i, (k, v)) in self.ops.iter().enumerate() {
             if fail_at == Some(i) {
                 return Err(sled::Error::Io(injected(&format!("apply:{i}"))));
@@ -355,6 +390,8 @@ pub struct Journal {
     /// Why the journal takes no more writes, once it stopped (see [`Journal::apply`]).
     stopped: OnceLock<String>,
     faults: Faults,
+    /// The ledger of finished calls, which changes apply to beside sled.
+    ledger: Arc<Ledger>,
 }
 
 /// A zero-filled segment file under a temporary name, not yet in use.
@@ -380,6 +417,7 @@ impl Journal {
     /// back), checkpoints, and starts a new segment.
     pub fn open(dir: &Path, db: &sled::Db) -> Result<(Journal, Replayed), QueueError> {
         let found = segments(dir).map_err(io_error("list", dir))?;
+        let ledger = Arc::new(Ledger::open(dir)?);
         let mut replayed = Replayed::default();
         // Every segment is read before any entry is applied: a void may stand in a later
         // segment than the change it takes back (when that change's segment was full or torn).
@@ -422,7 +460,9 @@ impl Journal {
                     }
                     Entry::Void { undo, .. } => undo,
                 };
-                batch.apply_to(db, &mut scratch, None).map_err(storage)?;
+                batch
+                    .apply_to(db, &ledger, &mut scratch, None)
+                    .map_err(storage)?;
                 scratch.clear();
             }
             if let Some(at) = scan.torn_at {
@@ -452,9 +492,11 @@ impl Journal {
             checkpointing: Mutex::new(()),
             stopped: OnceLock::new(),
             faults: Faults::from_env(),
+            ledger,
         };
         if found.iter().any(|(n, _)| *n < current) {
             journal.flush_db(db)?;
+            journal.ledger.sync()?;
             journal.remove_before(current)?;
         }
         Ok((journal, replayed))
@@ -613,7 +655,7 @@ impl Journal {
         }
         seg.bytes += len;
         let mut before = std::mem::take(&mut seg.before);
-        let result = match batch.apply_to(db, &mut before, faults.apply_key) {
+        let result = match batch.apply_to(db, &self.ledger, &mut before, faults.apply_key) {
             Ok(()) => {
                 then();
                 Ok(())
@@ -652,7 +694,7 @@ impl Journal {
         let undo = undo.unwrap_or_default();
         // For readers until the restart; replay does the same from the void below.
         let mut scratch = Vec::new();
-        let restored = undo.apply_to(db, &mut scratch, None);
+        let restored = undo.apply_to(db, &self.ledger, &mut scratch, None);
         let failed_file = seg.file.clone();
         let voided = self.void(seg, at, &undo, faults).or_else(|void_failed| {
             // Without keys to put back, erasing the entry's header does as well, and needs
@@ -787,7 +829,13 @@ impl Journal {
             seg.number
         };
         self.flush_db(db)?;
+        self.ledger.sync()?;
         self.remove_before(number)
+    }
+
+    /// The ledger of finished calls.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
     }
 
     fn flush_db(&self, db: &sled::Db) -> Result<(), QueueError> {
@@ -947,6 +995,36 @@ mod tests {
             1,
             "replayed segments dropped"
         );
+    }
+
+    #[test]
+    fn ledger_entries_replay_when_the_ledger_lost_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = ledger::Entry {
+            digest: ledger::digest("c-1"),
+            until: u32::MAX,
+        };
+        let mut b = batch(&[("c-1", None)]);
+        b.remember(entry);
+        let mut both = Vec::new();
+        frame(|out| b.encode(out), &mut both);
+        assert_eq!(
+            changes(&scan(&segment_of(std::slice::from_ref(&b))[..]).unwrap()),
+            vec![b.clone()],
+            "an entry with ledger entries reads back whole"
+        );
+        let (db, journal) = open(dir.path());
+        journal.apply(&db, &b, || {}).unwrap();
+        assert!(journal.ledger().contains(&entry.digest, 1).unwrap());
+        journal.sync().unwrap();
+        // A power cut before the checkpoint: the ledger's pages never reached the disk.
+        drop(journal);
+        drop(db);
+        std::fs::remove_file(dir.path().join(ledger::FILE)).unwrap();
+        let db = open_db(dir.path());
+        let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();
+        assert_eq!(replayed.entries, 1);
+        assert!(journal.ledger().contains(&entry.digest, 1).unwrap());
     }
 
     #[test]

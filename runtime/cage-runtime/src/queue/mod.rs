@@ -11,6 +11,7 @@
 //!   [`crashes`] (start marks of running attempts, crash counts of calls).
 //! - [`txn`]: one atomic change across tables (a step's end with its chain's advance).
 //! - [`keys`]: the byte layout of the one sled tree (prefix per kind, big-endian times).
+//! - [`ledger`]: the ids of finished calls, 16 bytes each, for deduplication within retention.
 //! - [`journal`]: each batch appended (length, CRC) before it reaches sled; replayed on open; a
 //!   change that fails after its entry is written is taken back (voided) before it is refused.
 //! - [`txn`]: one atomic change of several records (a step's end with its chain's advance).
@@ -30,6 +31,7 @@ pub mod history;
 pub mod jobs;
 pub mod journal;
 mod keys;
+pub mod ledger;
 mod legacy;
 pub mod state;
 pub mod store;
@@ -63,6 +65,27 @@ pub enum QueueError {
     Unrecognised {
         /// The database directory.
         path: String,
+    },
+    /// The ledger of finished calls is not one this cage wrote, or is damaged.
+    #[error(
+        "call ledger {path}: {why}. Nothing was changed; move the file aside to start without \
+         the record of finished calls (calls offered again within their retention would run again)"
+    )]
+    Ledger {
+        /// The ledger file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// Reading or writing the ledger of finished calls failed.
+    #[error("call ledger: cannot {what} {path}: {source}")]
+    LedgerIo {
+        /// What was being done.
+        what: String,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
     },
     /// A stored record does not decode (corruption or an incompatible version).
     #[error("queue record {key} does not decode: {source}")]

@@ -5,12 +5,15 @@
 
 use super::journal::{Batch, Journal};
 use super::keys;
+use super::ledger;
 use super::QueueError;
 use crate::model::call::CallRecord;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 /// Cache sled may use unless told otherwise; bounded so a million pending calls do not mean a
 /// million in memory (64 MiB put a cage holding a million pending calls at 340 MB RSS, 32 MiB
@@ -23,6 +26,31 @@ pub struct QueueStore {
     db: sled::Db,
     journal: Arc<Journal>,
     issued: Arc<AtomicU64>,
+    /// How long each queue's finished calls are remembered (set from the site config).
+    retention: RwLock<Retention>,
+    /// The database holds history records from before the ledger (`h` keys of calls without
+    /// an idempotency key), which deduplicate until they expire.
+    legacy_history: bool,
+    /// When the ledger was last compacted (ms).
+    compacted_ms: AtomicU64,
+}
+
+/// How long finished calls are remembered, per queue.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// For queues not named.
+    pub default: Duration,
+    /// By queue name.
+    pub queues: HashMap<String, Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            default: crate::config::QueuePolicy::default().retention,
+            queues: HashMap::new(),
+        }
+    }
 }
 
 /// Format of stored values, written as their first byte so a later format can read (or
@@ -131,17 +159,68 @@ impl QueueStore {
                 replayed.voided
             );
         }
+        let legacy_history = db
+            .scan_prefix([keys::HISTORY])
+            .next()
+            .transpose()
+            .map_err(storage)?
+            .is_some();
         Ok(QueueStore {
             path: dir.to_owned(),
             db,
             journal: Arc::new(journal),
             issued: Arc::new(AtomicU64::new(issued)),
+            retention: RwLock::new(Retention::default()),
+            legacy_history,
+            compacted_ms: AtomicU64::new(crate::model::clock::now_ms()),
         })
     }
 
     /// The sled database; only the queue module writes it, and only through the journal.
     pub(super) fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// Sets how long finished calls of each queue are remembered from now on.
+    pub fn set_retention(&self, retention: Retention) {
+        *self
+            .retention
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = retention;
+    }
+
+    /// Until when a call of `queue` finished now is remembered, in the ledger's form.
+    pub(super) fn remembered_until(&self, queue: &str) -> u32 {
+        let r = self
+            .retention
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let keep = r.queues.get(queue).copied().unwrap_or(r.default);
+        ledger::expiry(crate::model::clock::after(
+            crate::model::clock::now_ms(),
+            keep,
+        ))
+    }
+
+    /// Whether history records from before the ledger may still be found.
+    pub(super) fn legacy_history(&self) -> bool {
+        self.legacy_history
+    }
+
+    /// The ledger of finished calls.
+    pub fn ledger(&self) -> &ledger::Ledger {
+        self.journal.ledger()
+    }
+
+    /// Gives back the ledger's space of expired entries, at most every ten minutes.
+    pub(super) fn compact_ledger(&self, now_ms: u64) -> Result<(), QueueError> {
+        const EVERY_MS: u64 = 10 * 60 * 1000;
+        let last = self.compacted_ms.load(Ordering::Relaxed);
+        if now_ms < last.saturating_add(EVERY_MS) {
+            return Ok(());
+        }
+        self.compacted_ms.store(now_ms, Ordering::Relaxed);
+        self.ledger().compact(ledger::expiry(now_ms))
     }
 
     /// The journal, for group commit.
@@ -303,18 +382,14 @@ pub(super) mod tests {
             Acceptance::DuplicateKey("c1".into())
         );
 
-        // Pending calls keep their history past expiry; finished ones lose it.
+        // A pending call keeps its key past expiry; a finished one loses it.
         assert_eq!(s.expire_history(10_000, 50_000, 100).unwrap(), 0);
         s.finish(&r).unwrap();
-        s.accept(
-            &CallRecord::new(call("c3", 0, None), Stage::Execute, 1000),
-            1000,
-            9000,
-        )
-        .unwrap();
+        let c3 = CallRecord::new(call("c3", 0, None), Stage::Execute, 1000);
+        s.accept(&c3, 1000, 9000).unwrap();
         s.finish(&s.get("c3").unwrap().unwrap()).unwrap();
-        // c3 expires now; c1 was pushed back to 60 000 while it was pending.
-        assert_eq!(s.expire_history(10_000, 50_000, 100).unwrap(), 1);
+        // c3 has no key, so no history record; c1's was pushed back to 60 000.
+        assert_eq!(s.expire_history(10_000, 50_000, 100).unwrap(), 0);
         assert_eq!(
             s.accept(&other, 11_000, 20_000).unwrap(),
             Acceptance::DuplicateKey("c1".into())
@@ -324,6 +399,59 @@ pub(super) mod tests {
             s.accept(&other, 61_000, 90_000).unwrap(),
             Acceptance::Accepted
         );
+        // Finished calls are in the ledger for their queue's retention (from the wall clock).
+        for again in [&r, &c3] {
+            assert_eq!(
+                s.accept(again, 62_000, 90_000).unwrap(),
+                Acceptance::AlreadyAccepted
+            );
+        }
+    }
+
+    #[test]
+    fn finished_and_dead_calls_are_recognised_until_their_retention_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::model::clock::now_ms();
+        {
+            let s = QueueStore::open(dir.path()).unwrap();
+            s.set_retention(Retention {
+                default: Duration::from_secs(3600),
+                queues: [("short".to_string(), Duration::from_secs(60))].into(),
+            });
+            let mut short = call("short-1", 0, None);
+            short.queue = "short".into();
+            for c in [call("done", 0, None), call("dead", 0, None), short] {
+                let r = CallRecord::new(c, Stage::Execute, now);
+                assert_eq!(s.accept(&r, now, now + 1).unwrap(), Acceptance::Accepted);
+            }
+            s.finish(&s.get("done").unwrap().unwrap()).unwrap();
+            s.finish(&s.get("short-1").unwrap().unwrap()).unwrap();
+            let dead = s.get("dead").unwrap().unwrap();
+            let mut buried = dead.clone();
+            buried.dead_reason = Some("gave up".into());
+            s.bury(&dead, &buried).unwrap();
+            s.cancel("dead").unwrap().unwrap();
+            // A source's delivery record is not remembered: only calls executed here are.
+            s.insert(&CallRecord::new(call("sent", 0, None), Stage::Deliver, now))
+                .unwrap();
+            s.finish(&s.get("sent").unwrap().unwrap()).unwrap();
+        }
+        let s = reopen(dir.path());
+        let offered = |id: &str, at: u64| {
+            let r = CallRecord::new(call(id, 0, None), Stage::Execute, at);
+            let answer = s.accept(&r, at, at + 1).unwrap();
+            if answer == Acceptance::Accepted {
+                s.take_back(id).unwrap();
+            }
+            answer
+        };
+        for id in ["done", "dead", "short-1"] {
+            assert_eq!(offered(id, now), Acceptance::AlreadyAccepted, "{id}");
+        }
+        assert_eq!(offered("sent", now), Acceptance::Accepted);
+        assert_eq!(offered("short-1", now + 62_000), Acceptance::Accepted);
+        assert_eq!(offered("done", now + 62_000), Acceptance::AlreadyAccepted);
+        assert_eq!(offered("done", now + 3_602_000), Acceptance::Accepted);
     }
 
     #[test]
@@ -332,7 +460,7 @@ pub(super) mod tests {
         let s = QueueStore::open(dir.path()).unwrap();
         let ids: Vec<String> = (0..25).map(|i| format!("b{i}")).collect();
         for id in &ids {
-            let r = CallRecord::new(call(id, 0, None), Stage::Execute, 1000);
+            let r = CallRecord::new(call(id, 0, Some(id)), Stage::Execute, 1000);
             assert_eq!(s.accept(&r, 1000, 9000).unwrap(), Acceptance::Accepted);
             s.finish(&s.get(id).unwrap().unwrap()).unwrap();
         }
@@ -341,7 +469,12 @@ pub(super) mod tests {
             .collect();
         assert_eq!(batches, [10, 10, 5, 0]);
         for id in &ids {
-            let again = CallRecord::new(call(id, 0, None), Stage::Execute, 11_000);
+            // The key is free again (the id itself stays in the ledger).
+            let again = CallRecord::new(
+                call(&format!("{id}-2"), 0, Some(id)),
+                Stage::Execute,
+                11_000,
+            );
             assert_eq!(
                 s.accept(&again, 11_000, 90_000).unwrap(),
                 Acceptance::Accepted

@@ -4,9 +4,10 @@
 
 use super::journal::Batch;
 use super::keys::{self, CALL, DEAD};
+use super::ledger;
 use super::store::encode;
 use super::{QueueError, QueueStore};
-use crate::model::call::CallRecord;
+use crate::model::call::{CallRecord, Stage};
 use crate::model::chain::ChainRecord;
 
 /// Changes collected for one atomic apply; nothing is written before [`Txn::commit`].
@@ -45,8 +46,20 @@ impl Txn<'_> {
     }
 
     /// Removes a pending call that is done with on this cage, with its start mark and crash
-    /// count (a revived call starts a fresh count).
+    /// count (a revived call starts a fresh count). A call executed here is remembered in the
+    /// ledger for its queue's retention, so that one offered again is not run twice.
     pub fn finish(&mut self, record: &CallRecord) {
+        if record.stage == Stage::Execute {
+            self.batch.remember(ledger::Entry {
+                digest: ledger::digest(&record.call.id),
+                until: self.store.remembered_until(&record.call.queue),
+            });
+        }
+        self.forget(record);
+    }
+
+    /// Removes a pending call as if it had never been stored (a take-back).
+    pub(super) fn forget(&mut self, record: &CallRecord) {
         self.batch.remove(QueueStore::due_key(record));
         self.batch.remove(QueueStore::order_key(record));
         self.batch

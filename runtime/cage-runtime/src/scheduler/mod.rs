@@ -127,6 +127,7 @@ impl Scheduler {
         watch: Arc<ChainWatch>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        store.set_retention(policies::retention(&policies));
         Scheduler {
             cage: cage.to_owned(),
             store,

@@ -47,6 +47,7 @@ impl Handler<PoliciesChanged> for Scheduler {
 
     fn handle(&mut self, PoliciesChanged(policies): PoliciesChanged, _: &mut Context<Self>) {
         self.policies = policies;
+        self.store.set_retention(retention(&self.policies));
         match self.reschedule_all() {
             Ok(n) => {
                 tracing::info!(cage = %self.cage, "new queue settings in force; {n} pending call(s) rescheduled")
@@ -55,5 +56,17 @@ impl Handler<PoliciesChanged> for Scheduler {
                 tracing::error!(cage = %self.cage, "new queue settings in force, but rescheduling failed: {e}")
             }
         }
+    }
+}
+
+/// How long each queue's finished calls are remembered under `policies`.
+pub(super) fn retention(policies: &crate::config::ExecuteOn) -> crate::queue::store::Retention {
+    crate::queue::store::Retention {
+        default: policies.queue(crate::config::DEFAULT_QUEUE).retention,
+        queues: policies
+            .queues
+            .iter()
+            .map(|(name, p)| (name.clone(), p.retention))
+            .collect(),
     }
 }

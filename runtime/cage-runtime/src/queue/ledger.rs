@@ -1,0 +1,509 @@
+//! The ledger: which calls a target finished, kept for their `retention` so that one offered
+//! again (its acknowledgement was lost) is recognised and not run twice. Sixteen bytes a call
+//! in a file of its own, not sled keys (two keys, about 1.2 KB on disk per call).
+//!
+//! The file is a hash table of 4 KiB buckets after a 4 KiB header. A call's [`Digest`] (the
+//! first 12 bytes of a SHA-256 of its id, so no sender can make two ids collide) picks its
+//! bucket; a bucket holds 256 slots of the digest and its expiry (seconds since [`EPOCH_S`],
+//! little-endian; 0 marks an empty slot). A lookup or an insert reads one bucket and writes at
+//! most one slot. An expired slot is free for the next insert that lands in its bucket, so
+//! nothing sweeps the ledger key by key. When the slots in use pass three quarters of the
+//! table (or a bucket has no free slot), the table is rewritten into a new file with only its
+//! live entries, at a size that leaves it half full, and renamed over the old one.
+//!
+//! Durability comes from the journal: an entry is added when a journal entry that names it is
+//! applied (and again when that entry is replayed; adding one twice changes nothing), and a
+//! checkpoint syncs the ledger before it drops the journal segments. Reads and writes go
+//! through the page cache (`pread`/`pwrite`), so the table costs the process no memory.
+
+use super::QueueError;
+use sha2::{Digest as _, Sha256};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// The ledger's file, beside sled's in the queue database directory.
+pub const FILE: &str = "history.ledger";
+/// A rebuilt table is written under this name, then renamed over [`FILE`].
+const REBUILT: &str = "history.ledger.new";
+/// First bytes of the file: the format.
+const MAGIC: &[u8; 8] = b"CAGELDG1";
+const PAGE: usize = 4096;
+const SLOT: usize = 16;
+const SLOTS: usize = PAGE / SLOT;
+/// The smallest table: 16 buckets (64 KiB).
+const MIN_BUCKETS: u64 = 16;
+/// Expiries count seconds from 2020-01-01 UTC, so 32 bits reach the year 2156.
+pub const EPOCH_S: u64 = 1_577_836_800;
+
+/// What the ledger keeps of a call id.
+pub type Digest = [u8; 12];
+
+/// The digest of call id `id`.
+pub fn digest(id: &str) -> Digest {
+    let full = Sha256::new()
+        .chain_update(b"cages call id\0")
+        .chain_update(id.as_bytes())
+        .finalize();
+    let mut d = [0u8; 12];
+    d.copy_from_slice(&full[..12]);
+    d
+}
+
+/// The ledger's form of a Unix time in ms: seconds since [`EPOCH_S`], rounded up (an entry is
+/// kept at least as long as asked), never 0 (which marks an empty slot).
+pub fn expiry(unix_ms: u64) -> u32 {
+    let s = unix_ms.div_ceil(1000).saturating_sub(EPOCH_S);
+    s.clamp(1, u64::from(u32::MAX)) as u32
+}
+
+/// An entry to add: a digest and the expiry it is kept until.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The call's digest.
+    pub digest: Digest,
+    /// Kept until (see [`expiry`]).
+    pub until: u32,
+}
+
+impl Entry {
+    /// The entry's 16 bytes, as stored in a slot and in the journal.
+    pub fn to_bytes(self) -> [u8; SLOT] {
+        let mut b = [0u8; SLOT];
+        b[..12].copy_from_slice(&self.digest);
+        b[12..].copy_from_slice(&self.until.to_le_bytes());
+        b
+    }
+
+    /// An entry read back from 16 bytes.
+    pub fn from_bytes(b: &[u8; SLOT]) -> Entry {
+        let mut digest = [0u8; 12];
+        digest.copy_from_slice(&b[..12]);
+        Entry {
+            digest,
+            until: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+        }
+    }
+}
+
+fn bucket_of(digest: &Digest, buckets: u64) -> u64 {
+    let mut h = [0u8; 8];
+    h.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(h) & (buckets - 1)
+}
+
+fn offset(bucket: u64) -> u64 {
+    (bucket + 1) * PAGE as u64
+}
+
+fn slot(page: &[u8], i: usize) -> Entry {
+    let mut b = [0u8; SLOT];
+    b.copy_from_slice(&page[i * SLOT..(i + 1) * SLOT]);
+    Entry::from_bytes(&b)
+}
+
+/// The call-id ledger of one queue database.
+pub struct Ledger {
+    path: PathBuf,
+    inner: Mutex<Table>,
+}
+
+struct Table {
+    file: File,
+    buckets: u64,
+    /// Slots not empty (live or expired), as counted at the last rebuild plus inserts since.
+    used: u64,
+    page: Vec<u8>,
+}
+
+/// How full the table is, for `cage` commands and the benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerSize {
+    /// Slots in use, live or expired.
+    pub used: u64,
+    /// Slots in all.
+    pub slots: u64,
+    /// The file's size in bytes.
+    pub bytes: u64,
+}
+
+impl Ledger {
+    /// Opens the ledger in `dir`, making an empty one if there is none.
+    pub fn open(dir: &Path) -> Result<Ledger, QueueError> {
+        let path = dir.join(FILE);
+        let _ = std::fs::remove_file(dir.join(REBUILT));
+        let table = if path.exists() {
+            Table::read(&path)?
+        } else {
+            let made = Table::make(&dir.join(REBUILT), MIN_BUCKETS)?;
+            std::fs::rename(dir.join(REBUILT), &path).map_err(io_error("rename into", &path))?;
+            made
+        };
+        Ok(Ledger {
+            path,
+            inner: Mutex::new(table),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `digest` is kept and not expired at `now` (an [`expiry`]).
+    pub fn contains(&self, digest: &Digest, now: u32) -> Result<bool, QueueError> {
+        let mut t = self.lock();
+        let bucket = bucket_of(digest, t.buckets);
+        t.load(bucket).map_err(io_error("read", &self.path))?;
+        Ok((0..SLOTS)
+            .map(|i| slot(&t.page, i))
+            .any(|e| e.digest == *digest && e.until > now))
+    }
+
+    /// Keeps `entry` (or keeps an entry already there until the later of both expiries);
+    /// `now` tells which slots have expired and may be taken.
+    pub fn remember(&self, entry: Entry, now: u32) -> Result<(), QueueError> {
+        let mut t = self.lock();
+        let err = |e| io_error("write", &self.path)(e);
+        loop {
+            let bucket = bucket_of(&entry.digest, t.buckets);
+            t.load(bucket).map_err(err)?;
+            let (mut expired, mut empty, mut found) = (None, None, None);
+            for i in 0..SLOTS {
+                let e = slot(&t.page, i);
+                if e.until == 0 {
+                    empty = empty.or(Some(i));
+                } else if e.digest == entry.digest {
+                    found = Some((i, e.until));
+                    break;
+                } else if e.until <= now {
+                    expired = expired.or(Some(i));
+                }
+            }
+            let (i, fresh) = match (found, expired, empty) {
+                (Some((_, until)), _, _) if until >= entry.until => return Ok(()),
+                (Some((i, _)), _, _) | (None, Some(i), _) => (i, false),
+                (None, None, Some(i)) => (i, true),
+                (None, None, None) => {
+                    // Every slot of the bucket is live: a bigger table spreads it.
+                    t.rebuild(&self.path, now, true)?;
+                    continue;
+                }
+            };
+            let at = offset(bucket) + (i * SLOT) as u64;
+            t.file.write_all_at(&entry.to_bytes(), at).map_err(err)?;
+            if fresh {
+                t.used += 1;
+                if t.used * 4 > t.buckets * SLOTS as u64 * 3 {
+                    t.rebuild(&self.path, now, false)?;
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    /// Rewrites the table smaller if its live entries at `now` fit in a smaller one (expired
+    /// slots are reused by inserts, but only a rewrite gives their space back). Reads the whole
+    /// table: for an occasional sweep.
+    pub fn compact(&self, now: u32) -> Result<(), QueueError> {
+        let mut t = self.lock();
+        let live = t.live(now).map_err(io_error("read", &self.path))?;
+        if Table::buckets_for(live) < t.buckets {
+            t.rebuild(&self.path, now, false)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs every entry added so far to the device (a checkpoint's part).
+    pub fn sync(&self) -> Result<(), QueueError> {
+        let mut t = self.lock();
+        t.write_header().map_err(io_error("write", &self.path))?;
+        t.file
+            .sync_data()
+            .map_err(io_error("fdatasync", &self.path))
+    }
+
+    /// How full the table is.
+    pub fn size(&self) -> LedgerSize {
+        let t = self.lock();
+        LedgerSize {
+            used: t.used,
+            slots: t.buckets * SLOTS as u64,
+            bytes: offset(t.buckets),
+        }
+    }
+}
+
+impl Table {
+    /// A new, empty table of `buckets` buckets in a new file at `path`.
+    fn make(path: &Path, buckets: u64) -> Result<Table, QueueError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(io_error("create", path))?;
+        file.set_len(offset(buckets))
+            .map_err(io_error("size", path))?;
+        let mut t = Table {
+            file,
+            buckets,
+            used: 0,
+            page: vec![0; PAGE],
+        };
+        t.write_header().map_err(io_error("write", path))?;
+        Ok(t)
+    }
+
+    fn read(path: &Path) -> Result<Table, QueueError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_error("open", path))?;
+        let mut header = [0u8; 28];
+        file.read_exact_at(&mut header, 0)
+            .map_err(io_error("read", path))?;
+        let bad = |why: String| QueueError::Ledger {
+            path: path.display().to_string(),
+            why,
+        };
+        if &header[..8] != MAGIC {
+            return Err(bad("it does not start as a cages ledger".into()));
+        }
+        let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or([0; 8]));
+        let crc = u32::from_le_bytes(header[24..28].try_into().unwrap_or([0; 4]));
+        if crc != crc32fast::hash(&header[..24]) {
+            return Err(bad("its header is damaged (checksum)".into()));
+        }
+        let (buckets, used) = (word(8), word(16));
+        if !buckets.is_power_of_two() || buckets < MIN_BUCKETS {
+            return Err(bad(format!("its header names {buckets} buckets")));
+        }
+        let len = file.metadata().map_err(io_error("read", path))?.len();
+        if len != offset(buckets) {
+            return Err(bad(format!(
+                "it is {len} bytes long, its header says {}",
+                offset(buckets)
+            )));
+        }
+        Ok(Table {
+            file,
+            buckets,
+            used,
+            page: vec![0; PAGE],
+        })
+    }
+
+    fn write_header(&mut self) -> std::io::Result<()> {
+        let mut h = Vec::with_capacity(28);
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&self.buckets.to_le_bytes());
+        h.extend_from_slice(&self.used.to_le_bytes());
+        let crc = crc32fast::hash(&h);
+        h.extend_from_slice(&crc.to_le_bytes());
+        self.file.write_all_at(&h, 0)
+    }
+
+    fn load(&mut self, bucket: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(&mut self.page, offset(bucket))
+    }
+
+    /// Rewrites the table with its live entries at a size that leaves it at most half full
+    /// (bigger than now when `grow`: a bucket overflowed).
+    fn rebuild(&mut self, path: &Path, now: u32, grow: bool) -> Result<(), QueueError> {
+        let err = |e| io_error("rebuild", path)(e);
+        let live = self.live(now).map_err(err)?;
+        let mut buckets = Table::buckets_for(live);
+        if grow {
+            buckets = buckets.max(self.buckets * 2);
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let new_path = dir.join(REBUILT);
+        let (table, used) = loop {
+            let mut table = Table::make(&new_path, buckets)?;
+            match self.copy_live_into(&mut table, now).map_err(err)? {
+                Some(used) => break (table, used),
+                // A bucket of the smaller table would overflow: try the next size.
+                None => buckets *= 2,
+            }
+        };
+        let mut table = table;
+        table.used = used;
+        table.write_header().map_err(err)?;
+        table
+            .file
+            .sync_data()
+            .map_err(io_error("fdatasync", &new_path))?;
+        std::fs::rename(&new_path, path).map_err(io_error("rename into", path))?;
+        if let Ok(d) = File::open(dir) {
+            d.sync_all().map_err(io_error("fdatasync", dir))?;
+        }
+        tracing::debug!(
+            "ledger {}: rebuilt with {used} live entries in {} buckets (was {})",
+            path.display(),
+            table.buckets,
+            self.buckets
+        );
+        *self = table;
+        Ok(())
+    }
+
+    /// Live entries at `now`, counted over the whole table.
+    fn live(&mut self, now: u32) -> std::io::Result<u64> {
+        let mut live = 0u64;
+        for b in 0..self.buckets {
+            self.load(b)?;
+            live += (0..SLOTS)
+                .filter(|&i| slot(&self.page, i).until > now)
+                .count() as u64;
+        }
+        Ok(live)
+    }
+
+    /// The size of table that holds `live` entries half full.
+    fn buckets_for(live: u64) -> u64 {
+        (live * 2)
+            .div_ceil(SLOTS as u64)
+            .next_power_of_two()
+            .max(MIN_BUCKETS)
+    }
+
+    /// Copies every live entry into `to` (a new, empty table), bucket by bucket of `to`;
+    /// `None` if a bucket of `to` cannot hold its entries.
+    fn copy_live_into(&mut self, to: &mut Table, now: u32) -> std::io::Result<Option<u64>> {
+        let mut out = vec![0u8; PAGE];
+        let mut used = 0;
+        for n in 0..to.buckets {
+            out.fill(0);
+            let mut filled = 0;
+            // The old buckets whose entries can land in new bucket `n`.
+            let sources: Vec<u64> = if to.buckets >= self.buckets {
+                vec![n & (self.buckets - 1)]
+            } else {
+                (n..self.buckets).step_by(to.buckets as usize).collect()
+            };
+            for b in sources {
+                self.load(b)?;
+                for i in 0..SLOTS {
+                    let e = slot(&self.page, i);
+                    if e.until <= now || bucket_of(&e.digest, to.buckets) != n {
+                        continue;
+                    }
+                    if filled == SLOTS {
+                        return Ok(None);
+                    }
+                    out[filled * SLOT..(filled + 1) * SLOT].copy_from_slice(&e.to_bytes());
+                    filled += 1;
+                }
+            }
+            if filled > 0 {
+                to.file.write_all_at(&out, offset(n))?;
+            }
+            used += filled as u64;
+        }
+        Ok(Some(used))
+    }
+}
+
+fn io_error<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> QueueError + 'a {
+    move |source| QueueError::LedgerIo {
+        what: what.to_owned(),
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u64, until: u32) -> Entry {
+        Entry {
+            digest: digest(&format!("call-{n}")),
+            until,
+        }
+    }
+
+    #[test]
+    fn an_entry_is_kept_until_its_expiry_and_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        l.remember(entry(1, 100), 10).unwrap();
+        assert!(l.contains(&entry(1, 0).digest, 99).unwrap());
+        assert!(!l.contains(&entry(1, 0).digest, 100).unwrap());
+        assert!(!l.contains(&entry(2, 0).digest, 10).unwrap());
+        // Added again with a later expiry: kept to the later one; an earlier one changes nothing.
+        l.remember(entry(1, 200), 10).unwrap();
+        l.remember(entry(1, 150), 10).unwrap();
+        assert!(l.contains(&entry(1, 0).digest, 199).unwrap());
+        l.sync().unwrap();
+        drop(l);
+        let l = Ledger::open(dir.path()).unwrap();
+        assert!(l.contains(&entry(1, 0).digest, 199).unwrap());
+        assert_eq!(l.size().used, 1);
+    }
+
+    #[test]
+    fn the_table_grows_and_shrinks_with_what_is_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let n = 20_000;
+        for i in 0..n {
+            l.remember(entry(i, if i % 2 == 0 { 50 } else { 500 }), 10)
+                .unwrap();
+        }
+        let grown = l.size();
+        assert_eq!(grown.used, n);
+        assert!(grown.used * 4 <= grown.slots * 3, "{grown:?}");
+        assert!((0..n).all(|i| l.contains(&entry(i, 0).digest, 40).unwrap()));
+        // Half expire by 60: later inserts take their slots before any free one.
+        for i in n..n + n / 2 {
+            l.remember(entry(i, 500), 60).unwrap();
+        }
+        assert!(l.size().used < n + n / 2, "{:?}", l.size());
+        for i in 0..n + n / 2 {
+            let expect = i % 2 == 1 || i >= n;
+            assert_eq!(l.contains(&entry(i, 0).digest, 60).unwrap(), expect, "{i}");
+        }
+        // Everything but one entry expires: compacting leaves the smallest table.
+        l.remember(entry(0, 10_000), 600).unwrap();
+        l.compact(600).unwrap();
+        assert_eq!(l.size().slots, MIN_BUCKETS * SLOTS as u64);
+        assert_eq!(l.size().used, 1);
+        assert!(l.contains(&entry(0, 0).digest, 9_999).unwrap());
+        assert!(!l.contains(&entry(1, 0).digest, 600).unwrap());
+        drop(l);
+        assert!(!dir.path().join(REBUILT).exists());
+        let reopened = Ledger::open(dir.path()).unwrap();
+        assert!(reopened.contains(&entry(0, 0).digest, 9_999).unwrap());
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Ledger::open(dir.path()).unwrap());
+        let path = dir.path().join(FILE);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xff], 9).unwrap();
+        let e = Ledger::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            e.contains("history.ledger") && e.contains("checksum"),
+            "{e}"
+        );
+        std::fs::write(&path, b"not a ledger at all, just some text.").unwrap();
+        let e = Ledger::open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("does not start as a cages ledger"), "{e}");
+    }
+
+    #[test]
+    fn expiries_round_up_and_never_mark_a_slot_empty() {
+        assert_eq!(expiry(0), 1);
+        assert_eq!(expiry(EPOCH_S * 1000 + 1), 1);
+        assert_eq!(expiry(EPOCH_S * 1000 + 1001), 2);
+        assert_eq!(expiry(u64::MAX), u32::MAX);
+        let e = entry(7, 12345);
+        assert_eq!(Entry::from_bytes(&e.to_bytes()), e);
+    }
+}
