@@ -179,6 +179,10 @@ impl PreparedCage {
         };
         let cache = config.queue_cache_mb as u64 * 1024 * 1024;
         let store = Arc::new(QueueStore::open_with_cache(&queue_dir, cache).map_err(queue_error)?);
+        // Before anything is stored or started: which queues keep order decides what is indexed.
+        store
+            .set_rules(crate::scheduler::store_rules(&execute_on))
+            .map_err(queue_error)?;
         let commit = Arc::new(
             GroupCommit::start(&store, config.fdatasync, config.commit_window)
                 .map_err(queue_error)?,

@@ -1,5 +1,5 @@
 //! The calls table: pending calls (`c`), their due index (`d`) and stored order per queue
-//! (`o`), dead letters (`x`) and quarantined records (`q`). Listings for operators read here.
+//! (`o`, for queues that keep order: see [`super::rules`]), dead letters (`x`) and quarantined records (`q`). Listings for operators read here.
 
 use super::journal::Batch;
 use super::keys::{self, CALL, DEAD, DUE};
@@ -117,7 +117,7 @@ impl QueueStore {
         b.insert(keys::with_id(CALL, id), encode(&record));
         b.insert(Self::due_key(&record), due_value(&record));
         // Back in its old place: in an ordered queue it again goes before later calls.
-        b.insert(Self::order_key(&record), id.as_bytes());
+        self.order_entry(&mut b, &record);
         self.apply(b)?;
         Ok(Some(record))
     }
@@ -265,23 +265,14 @@ impl QueueStore {
         )
     }
 
-    /// Pending and dead calls per queue: the pending from the order index (keys only), the
-    /// dead by reading their records.
+    /// Pending and dead calls per queue: the pending from the due index (keys and queue names
+    /// only), the dead by reading their records.
     pub fn counts_by_queue(&self) -> Result<BTreeMap<String, (u64, u64)>, QueueError> {
         let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        for item in self.db().scan_prefix([keys::ORDER]) {
-            let (k, _) = item.map_err(|e| self.err(e))?;
-            // `o` + queue + 0 + seq (8 bytes).
-            let Some(queue) = k.get(1..k.len().saturating_sub(9)) else {
-                continue;
-            };
-            let queue = String::from_utf8_lossy(queue);
-            match out.get_mut(queue.as_ref()) {
-                Some(c) => c.0 += 1,
-                None => {
-                    out.insert(queue.into_owned(), (1, 0));
-                }
-            }
+        for item in self.db().scan_prefix([DUE]) {
+            let (_, v) = item.map_err(|e| self.err(e))?;
+            let (queue, _) = parse_due_value(&v);
+            out.entry(queue).or_default().0 += 1;
         }
         for record in self.dead(&|_| true, usize::MAX)? {
             out.entry(record.call.queue).or_default().1 += 1;

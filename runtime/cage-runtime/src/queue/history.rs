@@ -67,7 +67,7 @@ impl QueueStore {
         let mut b = Batch::default();
         b.insert(keys::with_id(CALL, id), encode(&record));
         b.insert(Self::due_key(&record), due_value(&record));
-        b.insert(Self::order_key(&record), id.as_bytes());
+        self.order_entry(&mut b, &record);
         if let Some(k) = key {
             b.insert(
                 keys::with_id(keys::HISTORY, id),

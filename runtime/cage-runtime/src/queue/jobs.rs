@@ -60,7 +60,7 @@ impl QueueStore {
             last_seq = record.seq;
             b.insert(keys::with_id(CALL, &record.call.id), encode(&record));
             b.insert(Self::due_key(&record), due_value(&record));
-            b.insert(Self::order_key(&record), record.call.id.as_bytes());
+            self.order_entry(&mut b, &record);
         }
         b.insert(keys::with_id(keys::JOB, &job.id), encode(job));
         self.apply_stored(b, last_seq)

@@ -73,6 +73,14 @@ pub const QUARANTINE: u8 = b'q';
 /// `o` + queue + 0 + seq → id: pending calls of each queue in the order they were stored.
 pub const ORDER: u8 = b'o';
 
+/// `O` + queue → (): the queue's order index holds every pending call of it.
+pub const ORDERED: u8 = b'O';
+
+/// The marker of a queue whose order index is whole.
+pub fn ordered(queue: &str) -> Vec<u8> {
+    with_id(ORDERED, queue)
+}
+
 /// The prefix of a queue's order entries.
 pub fn order_prefix(queue: &str) -> Vec<u8> {
     let mut k = vec![ORDER];

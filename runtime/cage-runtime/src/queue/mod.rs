@@ -11,6 +11,8 @@
 //!   [`crashes`] (start marks of running attempts, crash counts of calls).
 //! - [`txn`]: one atomic change across tables (a step's end with its chain's advance).
 //! - [`keys`]: the byte layout of the one sled tree (prefix per kind, big-endian times).
+//! - [`rules`]: what the store follows of each queue's policy (retention, keep_order).
+//! - [`rules`]: what the store follows of each queue's policy (retention, keep_order).
 //! - [`ledger`]: the ids of finished calls, 16 bytes each, for deduplication within retention.
 //! - [`journal`]: each batch appended (length, CRC) before it reaches sled; replayed on open; a
 //!   change that fails after its entry is written is taken back (voided) before it is refused.
@@ -33,6 +35,7 @@ pub mod journal;
 mod keys;
 pub mod ledger;
 mod legacy;
+pub mod rules;
 pub mod state;
 pub mod store;
 mod txn;

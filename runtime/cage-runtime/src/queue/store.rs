@@ -6,14 +6,13 @@
 use super::journal::{Batch, Journal};
 use super::keys;
 use super::ledger;
+use super::rules::{QueueRule, Rules};
 use super::QueueError;
 use crate::model::call::CallRecord;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
 
 /// Cache sled may use unless told otherwise; bounded so a million pending calls do not mean a
 /// million in memory (64 MiB put a cage holding a million pending calls at 340 MB RSS, 32 MiB
@@ -26,31 +25,13 @@ pub struct QueueStore {
     db: sled::Db,
     journal: Arc<Journal>,
     issued: Arc<AtomicU64>,
-    /// How long each queue's finished calls are remembered (set from the site config).
-    retention: RwLock<Retention>,
+    /// What the store keeps per queue (set from the site config).
+    rules: RwLock<Rules>,
     /// The database holds history records from before the ledger (`h` keys of calls without
     /// an idempotency key), which deduplicate until they expire.
     legacy_history: bool,
     /// When the ledger was last compacted (ms).
     compacted_ms: AtomicU64,
-}
-
-/// How long finished calls are remembered, per queue.
-#[derive(Debug, Clone)]
-pub struct Retention {
-    /// For queues not named.
-    pub default: Duration,
-    /// By queue name.
-    pub queues: HashMap<String, Duration>,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            default: crate::config::QueuePolicy::default().retention,
-            queues: HashMap::new(),
-        }
-    }
 }
 
 /// Format of stored values, written as their first byte so a later format can read (or
@@ -170,7 +151,7 @@ impl QueueStore {
             db,
             journal: Arc::new(journal),
             issued: Arc::new(AtomicU64::new(issued)),
-            retention: RwLock::new(Retention::default()),
+            rules: RwLock::new(Rules::default()),
             legacy_history,
             compacted_ms: AtomicU64::new(crate::model::clock::now_ms()),
         })
@@ -181,24 +162,25 @@ impl QueueStore {
         &self.db
     }
 
-    /// Sets how long finished calls of each queue are remembered from now on.
-    pub fn set_retention(&self, retention: Retention) {
-        *self
-            .retention
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = retention;
+    /// The rules in force for `queue`.
+    pub(super) fn rule(&self, queue: &str) -> QueueRule {
+        let r = self.rules.read().unwrap_or_else(PoisonError::into_inner);
+        r.queues.get(queue).copied().unwrap_or(r.default)
+    }
+
+    /// Replaces the rules (see [`super::rules`]).
+    pub(super) fn replace_rules(&self, rules: Rules) -> Rules {
+        std::mem::replace(
+            &mut *self.rules.write().unwrap_or_else(PoisonError::into_inner),
+            rules,
+        )
     }
 
     /// Until when a call of `queue` finished now is remembered, in the ledger's form.
     pub(super) fn remembered_until(&self, queue: &str) -> u32 {
-        let r = self
-            .retention
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let keep = r.queues.get(queue).copied().unwrap_or(r.default);
         ledger::expiry(crate::model::clock::after(
             crate::model::clock::now_ms(),
-            keep,
+            self.rule(queue).retention,
         ))
     }
 
@@ -414,10 +396,15 @@ pub(super) mod tests {
         let now = crate::model::clock::now_ms();
         {
             let s = QueueStore::open(dir.path()).unwrap();
-            s.set_retention(Retention {
-                default: Duration::from_secs(3600),
-                queues: [("short".to_string(), Duration::from_secs(60))].into(),
-            });
+            let keep = |secs| QueueRule {
+                retention: std::time::Duration::from_secs(secs),
+                keep_order: false,
+            };
+            s.set_rules(Rules {
+                default: keep(3600),
+                queues: [("short".to_string(), keep(60))].into(),
+            })
+            .unwrap();
             let mut short = call("short-1", 0, None);
             short.queue = "short".into();
             for c in [call("done", 0, None), call("dead", 0, None), short] {
@@ -498,6 +485,7 @@ pub(super) mod tests {
     fn head_of_follows_stored_order() {
         let dir = tempfile::tempdir().unwrap();
         let s = QueueStore::open(dir.path()).unwrap();
+        s.set_rules(ordered("retry")).unwrap();
         assert_eq!(s.head_of("retry").unwrap(), None);
         s.insert(&CallRecord::new(
             call("first", 0, None),
@@ -514,6 +502,61 @@ pub(super) mod tests {
         assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("first"));
         s.finish(&s.get("first").unwrap().unwrap()).unwrap();
         assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("second"));
+    }
+
+    /// Rules under which `queue` keeps order.
+    fn ordered(queue: &str) -> Rules {
+        let mut rules = Rules::default();
+        let rule = QueueRule {
+            keep_order: true,
+            ..rules.default
+        };
+        rules.queues.insert(queue.into(), rule);
+        rules
+    }
+
+    #[test]
+    fn a_queue_that_starts_keeping_order_gets_every_pending_call_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = QueueStore::open(dir.path()).unwrap();
+            for (id, priority) in [("first", 0), ("second", 9)] {
+                s.insert(&CallRecord::new(
+                    call(id, priority, None),
+                    Stage::Execute,
+                    9000,
+                ))
+                .unwrap();
+            }
+            // Not keeping order: nothing indexed.
+            assert_eq!(s.head_of("retry").unwrap(), None);
+            assert_eq!(s.counts_by_queue().unwrap()["retry"], (2, 0));
+        }
+        let s = reopen(dir.path());
+        s.set_rules(ordered("retry")).unwrap();
+        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("first"));
+        s.insert(&CallRecord::new(
+            call("third", 0, None),
+            Stage::Execute,
+            1000,
+        ))
+        .unwrap();
+        for id in ["first", "second"] {
+            s.finish(&s.get(id).unwrap().unwrap()).unwrap();
+        }
+        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("third"));
+        // Order dropped and taken up again: calls stored meanwhile are indexed too.
+        s.set_rules(Rules::default()).unwrap();
+        s.insert(&CallRecord::new(
+            call("fourth", 0, None),
+            Stage::Execute,
+            1000,
+        ))
+        .unwrap();
+        s.finish(&s.get("third").unwrap().unwrap()).unwrap();
+        assert_eq!(s.head_of("retry").unwrap(), None);
+        s.set_rules(ordered("retry")).unwrap();
+        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("fourth"));
     }
 
     #[test]

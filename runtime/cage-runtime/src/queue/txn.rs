@@ -40,8 +40,7 @@ impl Txn<'_> {
             QueueStore::due_key(&record),
             super::calls::due_value(&record),
         );
-        self.batch
-            .insert(QueueStore::order_key(&record), record.call.id.as_bytes());
+        self.store.order_entry(&mut self.batch, &record);
         Ok(())
     }
 

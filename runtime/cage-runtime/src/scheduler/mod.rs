@@ -33,7 +33,7 @@ pub use chains::StartChains;
 pub use intake::{Accept, AcceptMany, Enqueue};
 pub use jobs::{JobCommand, JobsDeclared};
 pub use operator::Query;
-pub use policies::PoliciesChanged;
+pub use policies::{rules as store_rules, PoliciesChanged};
 
 use crate::chains::ChainWatch;
 use crate::config::ExecuteOn;
@@ -127,7 +127,6 @@ impl Scheduler {
         watch: Arc<ChainWatch>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        store.set_retention(policies::retention(&policies));
         Scheduler {
             cage: cage.to_owned(),
             store,

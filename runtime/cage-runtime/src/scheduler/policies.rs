@@ -47,7 +47,9 @@ impl Handler<PoliciesChanged> for Scheduler {
 
     fn handle(&mut self, PoliciesChanged(policies): PoliciesChanged, _: &mut Context<Self>) {
         self.policies = policies;
-        self.store.set_retention(retention(&self.policies));
+        if let Err(e) = self.store.set_rules(rules(&self.policies)) {
+            tracing::error!(cage = %self.cage, "new queue settings: the order index could not be built: {e}");
+        }
         match self.reschedule_all() {
             Ok(n) => {
                 tracing::info!(cage = %self.cage, "new queue settings in force; {n} pending call(s) rescheduled")
@@ -59,14 +61,18 @@ impl Handler<PoliciesChanged> for Scheduler {
     }
 }
 
-/// How long each queue's finished calls are remembered under `policies`.
-pub(super) fn retention(policies: &crate::config::ExecuteOn) -> crate::queue::store::Retention {
-    crate::queue::store::Retention {
-        default: policies.queue(crate::config::DEFAULT_QUEUE).retention,
+/// What the store follows of `policies`.
+pub fn rules(policies: &crate::config::ExecuteOn) -> crate::queue::rules::Rules {
+    let rule = |p: &crate::config::QueuePolicy| crate::queue::rules::QueueRule {
+        retention: p.retention,
+        keep_order: p.keep_order,
+    };
+    crate::queue::rules::Rules {
+        default: rule(policies.queue(crate::config::DEFAULT_QUEUE)),
         queues: policies
             .queues
             .iter()
-            .map(|(name, p)| (name.clone(), p.retention))
+            .map(|(name, p)| (name.clone(), rule(p)))
             .collect(),
     }
 }
