@@ -84,7 +84,7 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
         format!("queued calls/s {source} → {to}, first enqueue to last done"),
         calls as f64 / total.as_secs_f64(),
         "calls/s",
-        Some(Goal::AtLeast(20_000.0)),
+        Some(Goal::AtLeast(25_000.0)),
     );
     report.add(
         "e2e",

@@ -58,7 +58,7 @@ pub fn run(
         format!("queue on disk with {calls} pending"),
         mb(dir_bytes(&data_dir.join("queue"))),
         "MB",
-        None,
+        Some(Goal::AtMost(600.0)),
     );
     if let Some(rss) = rss_bytes(pid) {
         report.add(

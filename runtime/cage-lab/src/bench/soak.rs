@@ -88,7 +88,7 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
         format!("bytes on disk per call held for dedup on {to} (growth / calls)"),
         last.disk.saturating_sub(first.disk) as f64 / calls as f64,
         "B",
-        None,
+        Some(Goal::AtMost(100.0)),
     );
     report.add(
         "soak",
