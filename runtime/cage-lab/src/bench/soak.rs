@@ -5,9 +5,8 @@
 
 use super::e2e::queue_and_wait;
 use super::footprint::{dir_allocated, rss_bytes};
-use super::report::Report;
+use super::report::{Goal, Report};
 use super::Place;
-use crate::bench::report::Goal;
 use cage_runtime::transport::client::Client;
 use std::time::{Duration, Instant};
 
