@@ -132,10 +132,7 @@ impl QueueStore {
             let mut b = Batch::default();
             b.remove(keys::with_id(DEAD, id));
             if record.stage == crate::model::call::Stage::Execute {
-                b.remember(super::ledger::Entry {
-                    digest: super::ledger::digest(id),
-                    until: self.remembered_until(&record.call.queue),
-                });
+                b.remember(self.ledger_entry(&record));
             }
             self.apply(b)?;
             return Ok(Some(record));

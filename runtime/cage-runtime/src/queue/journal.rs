@@ -1006,8 +1006,6 @@ mod tests {
         };
         let mut b = batch(&[("c-1", None)]);
         b.remember(entry);
-        let mut both = Vec::new();
-        frame(|out| b.encode(out), &mut both);
         assert_eq!(
             changes(&scan(&segment_of(std::slice::from_ref(&b))[..]).unwrap()),
             vec![b.clone()],

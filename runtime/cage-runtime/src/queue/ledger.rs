@@ -186,7 +186,9 @@ impl Ledger {
                 (None, None, Some(i)) => (i, true),
                 (None, None, None) => {
                     // Every slot of the bucket is live: a bigger table spreads it.
-                    t.rebuild(&self.path, now, true)?;
+                    let live = t.live(now).map_err(io_error("rebuild", &self.path))?;
+                    let buckets = Table::buckets_for(live).max(t.buckets * 2);
+                    t.rebuild(&self.path, now, buckets)?;
                     continue;
                 }
             };
@@ -195,7 +197,8 @@ impl Ledger {
             if fresh {
                 t.used += 1;
                 if t.used * 4 > t.buckets * SLOTS as u64 * 3 {
-                    t.rebuild(&self.path, now, false)?;
+                    let live = t.live(now).map_err(io_error("rebuild", &self.path))?;
+                    t.rebuild(&self.path, now, Table::buckets_for(live))?;
                 }
             }
             return Ok(());
@@ -208,8 +211,9 @@ impl Ledger {
     pub fn compact(&self, now: u32) -> Result<(), QueueError> {
         let mut t = self.lock();
         let live = t.live(now).map_err(io_error("read", &self.path))?;
-        if Table::buckets_for(live) < t.buckets {
-            t.rebuild(&self.path, now, false)?;
+        let buckets = Table::buckets_for(live);
+        if buckets < t.buckets {
+            t.rebuild(&self.path, now, buckets)?;
         }
         Ok(())
     }
@@ -310,15 +314,10 @@ impl Table {
         self.file.read_exact_at(&mut self.page, offset(bucket))
     }
 
-    /// Rewrites the table with its live entries at a size that leaves it at most half full
-    /// (bigger than now when `grow`: a bucket overflowed).
-    fn rebuild(&mut self, path: &Path, now: u32, grow: bool) -> Result<(), QueueError> {
+    /// Rewrites the table with its entries live at `now` into `buckets` buckets (more, should a
+    /// bucket of that size overflow).
+    fn rebuild(&mut self, path: &Path, now: u32, mut buckets: u64) -> Result<(), QueueError> {
         let err = |e| io_error("rebuild", path)(e);
-        let live = self.live(now).map_err(err)?;
-        let mut buckets = Table::buckets_for(live);
-        if grow {
-            buckets = buckets.max(self.buckets * 2);
-        }
         let dir = path.parent().unwrap_or(Path::new("."));
         let new_path = dir.join(REBUILT);
         let (table, used) = loop {
@@ -407,9 +406,12 @@ impl Table {
     }
 }
 
-fn io_error<'a>(what: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> QueueError + 'a {
+fn io_error<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> QueueError + 'a {
     move |source| QueueError::LedgerIo {
-        what: what.to_owned(),
+        what,
         path: path.display().to_string(),
         source,
     }

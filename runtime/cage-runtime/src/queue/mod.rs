@@ -83,8 +83,8 @@ pub enum QueueError {
     /// Reading or writing the ledger of finished calls failed.
     #[error("call ledger: cannot {what} {path}: {source}")]
     LedgerIo {
-        /// What was being done.
-        what: String,
+        /// What was being done ("read", "write", "rebuild", …).
+        what: &'static str,
         /// The file.
         path: String,
         /// The I/O error.

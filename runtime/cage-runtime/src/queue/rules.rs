@@ -31,6 +31,13 @@ pub struct Rules {
     pub queues: HashMap<String, QueueRule>,
 }
 
+impl Rules {
+    /// The rule of `queue`.
+    pub fn of(&self, queue: &str) -> QueueRule {
+        self.queues.get(queue).copied().unwrap_or(self.default)
+    }
+}
+
 impl Default for Rules {
     fn default() -> Self {
         let p = crate::config::QueuePolicy::default();
@@ -52,7 +59,7 @@ impl QueueStore {
     /// has no whole index yet (reading every pending call, once), and drops the marker of one
     /// that no longer keeps order (its calls stored from now on are not indexed).
     pub fn set_rules(&self, rules: Rules) -> Result<(), QueueError> {
-        self.replace_rules(rules.clone());
+        self.put_rules(rules.clone());
         let mut marked = HashSet::new();
         for item in self.db().scan_prefix([keys::ORDERED]) {
             let (k, _) = item.map_err(|e| self.err(e))?;
@@ -60,7 +67,7 @@ impl QueueStore {
         }
         let mut unmark = Batch::default();
         for queue in &marked {
-            if !self.rule(queue).keep_order {
+            if !rules.of(queue).keep_order {
                 unmark.remove(keys::ordered(queue));
             }
         }
@@ -79,9 +86,7 @@ impl QueueStore {
     /// Indexes the pending calls of every queue that keeps order and is not in `whole`, then
     /// marks those queues.
     fn build_order_index(&self, rules: &Rules, whole: &HashSet<String>) -> Result<(), QueueError> {
-        let wanted = |queue: &str| {
-            rules.queues.get(queue).unwrap_or(&rules.default).keep_order && !whole.contains(queue)
-        };
+        let wanted = |queue: &str| rules.of(queue).keep_order && !whole.contains(queue);
         // A named queue with no pending call is marked too: its index is (trivially) whole.
         let mut built: HashSet<String> =
             rules.queues.keys().filter(|q| wanted(q)).cloned().collect();

@@ -164,24 +164,26 @@ impl QueueStore {
 
     /// The rules in force for `queue`.
     pub(super) fn rule(&self, queue: &str) -> QueueRule {
-        let r = self.rules.read().unwrap_or_else(PoisonError::into_inner);
-        r.queues.get(queue).copied().unwrap_or(r.default)
+        self.rules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .of(queue)
     }
 
     /// Replaces the rules (see [`super::rules`]).
-    pub(super) fn replace_rules(&self, rules: Rules) -> Rules {
-        std::mem::replace(
-            &mut *self.rules.write().unwrap_or_else(PoisonError::into_inner),
-            rules,
-        )
+    pub(super) fn put_rules(&self, rules: Rules) {
+        *self.rules.write().unwrap_or_else(PoisonError::into_inner) = rules;
     }
 
-    /// Until when a call of `queue` finished now is remembered, in the ledger's form.
-    pub(super) fn remembered_until(&self, queue: &str) -> u32 {
-        ledger::expiry(crate::model::clock::after(
-            crate::model::clock::now_ms(),
-            self.rule(queue).retention,
-        ))
+    /// The ledger entry of `record` finished now: kept for its queue's retention.
+    pub(super) fn ledger_entry(&self, record: &CallRecord) -> ledger::Entry {
+        ledger::Entry {
+            digest: ledger::digest(&record.call.id),
+            until: ledger::expiry(crate::model::clock::after(
+                crate::model::clock::now_ms(),
+                self.rule(&record.call.queue).retention,
+            )),
+        }
     }
 
     /// Whether history records from before the ledger may still be found.

@@ -4,7 +4,6 @@
 
 use super::journal::Batch;
 use super::keys::{self, CALL, DEAD};
-use super::ledger;
 use super::store::encode;
 use super::{QueueError, QueueStore};
 use crate::model::call::{CallRecord, Stage};
@@ -49,10 +48,7 @@ impl Txn<'_> {
     /// ledger for its queue's retention, so that one offered again is not run twice.
     pub fn finish(&mut self, record: &CallRecord) {
         if record.stage == Stage::Execute {
-            self.batch.remember(ledger::Entry {
-                digest: ledger::digest(&record.call.id),
-                until: self.store.remembered_until(&record.call.queue),
-            });
+            self.batch.remember(self.store.ledger_entry(record));
         }
         self.forget(record);
     }
