@@ -7,9 +7,11 @@
 //! survives a process crash; with `fdatasync` on (the default) the journal is also synced to the
 //! device before anyone is acknowledged, so an acknowledged call survives power loss too.
 //!
-//! Between syncs the thread checkpoints when the journal has grown past [`CHECKPOINT_BYTES`] or
-//! has held changes for [`CHECKPOINT_EVERY`]: sled is flushed and the old segments dropped, so
-//! the journal (and the replay on the next start) stays short.
+//! Between syncs the thread checkpoints when the journal has grown past [`CHECKPOINT_BYTES`],
+//! the memory tables past [`CHECKPOINT_MEMORY`], or the journal has held changes for
+//! [`CHECKPOINT_EVERY`]: what the memory tables still hold is written to sled, sled is flushed
+//! and the old segments dropped, so memory, the journal and the replay on the next start stay
+//! short.
 
 use super::journal::Journal;
 use super::{QueueError, QueueStore};
@@ -25,6 +27,9 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 pub const CHECKPOINT_BYTES: u64 = super::journal::SEGMENT_BYTES / 4 * 3;
 /// A journal holding changes is checkpointed at least this often.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+/// Memory tables holding this much are checkpointed at the next pause between syncs (the
+/// journal's size usually asks first; this bounds a run of large keys and small values).
+pub const CHECKPOINT_MEMORY: usize = 64 * 1024 * 1024;
 
 #[derive(Default)]
 struct State {
@@ -61,7 +66,7 @@ impl GroupCommit {
     ) -> Result<Self, QueueError> {
         let issued = store.issued();
         let disk = Disk {
-            db: store.db().clone(),
+            tables: store.tables(),
             journal: store.journal(),
             fdatasync,
         };
@@ -168,7 +173,7 @@ fn gather<'a>(
 
 /// What the commit thread syncs and checkpoints.
 struct Disk {
-    db: sled::Db,
+    tables: Arc<super::tables::Tables>,
     journal: Arc<Journal>,
     fdatasync: bool,
 }
@@ -189,12 +194,13 @@ impl Disk {
     fn maybe_checkpoint(&self, last: &mut Instant) {
         let len = self.journal.len();
         let due = len >= CHECKPOINT_BYTES
+            || self.tables.memory_bytes() >= CHECKPOINT_MEMORY
             || (!self.journal.is_empty() && last.elapsed() >= CHECKPOINT_EVERY);
         if !due {
             return;
         }
         *last = Instant::now();
-        if let Err(e) = self.journal.checkpoint(&self.db) {
+        if let Err(e) = self.journal.checkpoint(&self.tables) {
             tracing::error!("queue checkpoint failed (the journal keeps every change): {e}");
         }
     }

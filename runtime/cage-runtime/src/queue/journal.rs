@@ -1,39 +1,47 @@
 //! The queue's journal: every change to the queue tree is appended here as one entry before it
-//! is applied to sled, key by key. The journal, not sled, makes changes atomic and durable:
+//! is applied to the memory tables ([`super::tables`]). The journal, not sled, is the system of
+//! record: it makes changes atomic and durable, and sled receives what is left of them at each
+//! checkpoint.
 //!
 //! - *atomic*: an entry is written whole (length and CRC-32 checked) before any of its keys
-//!   reaches sled, so a crash in the middle of applying leaves the whole entry in the journal,
+//!   is applied, so a crash in the middle of applying leaves the whole entry in the journal,
 //!   and replaying it on the next open completes the change;
 //! - *durable*: group commit syncs the journal file (one sequential `fdatasync` shared by every
 //!   waiting writer), so nothing waits on sled's own flush.
 //!
 //! Why not sled's batches: each `apply_batch` rolls sled's log buffer and takes sled's global
 //! lock exclusively, and sled's `flush` holds that lock too, so batches and flushes queue behind
-//! each other. Single inserts and removes take no exclusive lock and never wait for a flush.
+//! each other. A checkpoint writes key by key; single inserts and removes take no exclusive
+//! lock.
 //!
 //! Segments are written full of zeros when made, and entries overwrite them in place: the
 //! file's size never changes, so syncing it writes the entries' blocks and no file metadata
 //! (an appended file costs an inode write on every `fdatasync`, roughly halving the sync rate).
-//! A zero length field ends a segment's entries.
+//! A zero length field ends a segment's entries. The format is meant to be shipped as it is:
+//! a replica that applies the same entries in the same order ends in the same state.
 //!
-//! A *checkpoint* flushes sled (and syncs its data file), after which the journal segments
-//! written before it are no longer needed and are deleted. Replaying an entry twice is harmless:
-//! entries are whole values set or removed, so replaying every entry since the last checkpoint,
-//! in order, ends in the state the last one left.
+//! A *checkpoint* starts a new segment and freezes the memory tables at that point, writes
+//! them to sled, flushes sled (and syncs its data file), after which the journal segments
+//! written before it are no longer needed and are deleted. Replaying an entry twice is
+//! harmless: entries are whole values set or removed, so replaying every entry since the last
+//! checkpoint, in order, ends in the state the last one left. Replay at open writes straight to
+//! sled and checkpoints.
 //!
 //! *Take-back*: a change that fails after its entry was written (the write reported an error,
-//! or sled failed on one of its keys) was never acknowledged, and must never take effect, or a
+//! or applying one of its keys failed) was never acknowledged, and must never take effect, or a
 //! refused call would run after the next restart. Before the failure is answered, the writer
-//! (still holding the journal) restores in sled the keys that reached it, and appends and syncs
-//! a *void* entry naming the failed one (segment and offset) and carrying those keys' earlier
-//! values: replay skips the voided entry and applies the earlier values where the void stands,
-//! which also repairs keys that sled had already written to its own log. When no key reached
-//! sled, erasing the failed entry's header in place (which ends its segment there) serves too,
-//! for a disk that can no longer make the next segment. If neither can be made durable, the
-//! outcome is unknown, and the journal says so and stops taking writes (see [`Journal::apply`]).
+//! (still holding the journal) restores the keys that it changed, and appends and syncs a
+//! *void* entry naming the failed one (segment and offset) and carrying the earlier values of
+//! the keys that reached sled (a large change goes to sled at once): replay skips the voided
+//! entry and applies the earlier values where the void stands, which also repairs keys that
+//! sled had already written to its own log. When no key reached sled, erasing the failed
+//! entry's header in place (which ends its segment there) serves too, for a disk that can no
+//! longer make the next segment. If neither can be made durable, the outcome is unknown, and
+//! the journal says so and stops taking writes (see [`Journal::apply`]).
 
 use super::fault::{injected, Faults, Steps};
 use super::ledger::{self, Ledger};
+use super::tables::{Failed, Tables};
 use super::QueueError;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -145,21 +153,46 @@ impl Batch {
         Some(batch)
     }
 
-    /// Applies the changes in order, pushing onto `before` each key's value before its change
-    /// (sled answers it anyway, so keeping it costs nothing); with `fail_at`, the change of
-    /// that index fails instead (fault injection).
+    /// The key changes, in order.
+    pub(super) fn ops(&self) -> &[(Vec<u8>, Option<Vec<u8>>)] {
+        &self.ops
+    }
+
+    /// Adds the ledger entries, then applies the key changes to `tables` (see
+    /// [`Tables::apply`]); with `fail_at`, the key change of that index fails instead (fault
+    /// injection).
     ///
     /// Ledger entries go first, so a finished call is in the ledger before its pending record
-    /// leaves sled (a call offered again meanwhile finds one or the other). They are never
-    /// taken back: an entry for a call whose finishing failed only says it was accepted, which
-    /// its pending record says too.
+    /// is gone (a call offered again meanwhile finds one or the other). They are never taken
+    /// back: an entry for a call whose finishing failed only says it was accepted, which its
+    /// pending record says too.
     fn apply_to(
         &self,
-        db: &sled::Db,
+        tables: &Tables,
         ledger: &Ledger,
-        before: &mut Vec<Option<sled::IVec>>,
         fail_at: Option<usize>,
-    ) -> sled::Result<()> {
+    ) -> Result<(), Failed> {
+        self.remember_in(ledger).map_err(|source| Failed {
+            source,
+            undo: Batch::default(),
+        })?;
+        tables.apply(self, fail_at)
+    }
+
+    /// Adds the ledger entries and applies the key changes straight to sled (replay at open,
+    /// before the memory tables take any change).
+    fn replay_into(&self, db: &sled::Db, ledger: &Ledger) -> sled::Result<()> {
+        self.remember_in(ledger)?;
+        for (k, v) in &self.ops {
+            match v {
+                Some(v) => db.insert(k, v.as_slice())?,
+                None => db.remove(k)?,
+            };
+        }
+        Ok(())
+    }
+
+    fn remember_in(&self, ledger: &Ledger) -> sled::Result<()> {
         if !self.remember.is_empty() {
             let now = ledger::expiry(crate::model::clock::now_ms());
             for e in &self.remember {
@@ -168,29 +201,7 @@ impl Batch {
                     .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))?;
             }
         }
-        for (i, (k, v)) in self.ops.iter().enumerate() {
-            if fail_at == Some(i) {
-                return Err(sled::Error::Io(injected(&format!("apply:{i}"))));
-            }
-            before.push(match v {
-                Some(v) => db.insert(k, v.as_slice())?,
-                None => db.remove(k)?,
-            });
-        }
         Ok(())
-    }
-
-    /// The change that puts back what the first `before.len()` changes of this batch replaced
-    /// (their earlier values, latest first, so a key changed twice ends as it was).
-    fn undo(&self, before: &[Option<sled::IVec>]) -> Batch {
-        let mut undo = Batch::default();
-        for ((k, _), old) in self.ops.iter().zip(before).rev() {
-            match old {
-                Some(v) => undo.insert(k, v),
-                None => undo.remove(k),
-            }
-        }
-        undo
     }
 }
 
@@ -362,8 +373,6 @@ struct Segment {
     torn: bool,
     /// Reused for framing, so appending allocates nothing once warm.
     buf: Vec<u8>,
-    /// Reused for the values an entry's keys held before it (to take it back if sled fails).
-    before: Vec<Option<sled::IVec>>,
 }
 
 impl Segment {
@@ -376,7 +385,6 @@ impl Segment {
             capacity,
             torn: false,
             buf: Vec::new(),
-            before: Vec::new(),
         }
     }
 }
@@ -443,7 +451,6 @@ impl Journal {
             path: dir.display().to_string(),
             source,
         };
-        let mut scratch = Vec::new();
         // The last segment, if it holds no entry and nothing torn (a graceful stop's
         // checkpoint left it so): written to again rather than a new one made on every start.
         let mut unused_last = false;
@@ -460,10 +467,7 @@ impl Journal {
                     }
                     Entry::Void { undo, .. } => undo,
                 };
-                batch
-                    .apply_to(db, &ledger, &mut scratch, None)
-                    .map_err(storage)?;
-                scratch.clear();
+                batch.replay_into(db, &ledger).map_err(storage)?;
             }
             if let Some(at) = scan.torn_at {
                 replayed.torn += 1;
@@ -599,7 +603,7 @@ impl Journal {
         let _ = self.stopped.set(why);
     }
 
-    /// Appends `batch` and then applies it to `db`; `then` runs while the journal is still
+    /// Appends `batch` and then applies it to `tables`; `then` runs while the journal is still
     /// held, so what it publishes is ordered with the entry. Journal order is apply order, which
     /// replay relies on when two writers change the same key.
     ///
@@ -607,16 +611,17 @@ impl Journal {
     /// (see the module documentation): the error is then [`QueueError::TakenBack`], and no
     /// replay brings the change back. Two failures stop the journal (every later write gets
     /// [`QueueError::Stopped`], until a restart replays the journal into a consistent sled):
-    /// - sled failed: its errors do not heal (an I/O error poisons sled 0.34 for good, and a
-    ///   failed large-value file leaves its log buffer unwritable), and its keys may hold part of
-    ///   the taken-back change until the restart; only replay repairs them, so nothing more is
-    ///   written on top;
+    /// - applying it failed: for a large change written to sled at once, sled's errors do not
+    ///   heal (an I/O error poisons sled 0.34 for good, and a failed large-value file leaves its
+    ///   log buffer unwritable), and its keys may hold part of the taken-back change until the
+    ///   restart; only replay repairs them, so nothing more is written on top (a failure in
+    ///   memory is only ever injected, and is treated the same);
     /// - the take-back itself could not be made durable (the disk is gone): the change may
     ///   still come back after a crash, so "refused" would be a lie. The error is then
     ///   [`QueueError::Unknown`]: the caller must report the outcome as unknown.
     pub fn apply(
         &self,
-        db: &sled::Db,
+        tables: &Tables,
         batch: &Batch,
         then: impl FnOnce(),
     ) -> Result<(), QueueError> {
@@ -651,50 +656,47 @@ impl Journal {
             // Some or all of the entry may be in the file.
             seg.torn = true;
             let failed = io_error("write to", &self.segment_path(seg.number))(e);
-            return Err(self.take_back(db, seg, at, None, failed, &faults));
+            return Err(self.take_back(tables, seg, at, None, failed, &faults));
         }
         seg.bytes += len;
-        let mut before = std::mem::take(&mut seg.before);
-        let result = match batch.apply_to(db, &self.ledger, &mut before, faults.apply_key) {
+        match batch.apply_to(tables, &self.ledger, faults.apply_key) {
             Ok(()) => {
                 then();
                 Ok(())
             }
-            Err(source) => {
+            Err(Failed { source, undo }) => {
                 let failed = QueueError::Storage {
                     path: self.dir.display().to_string(),
                     source,
                 };
-                let undo = batch.undo(&before);
-                Err(self.take_back(db, seg, at, Some(undo), failed, &faults))
+                Err(self.take_back(tables, seg, at, Some(undo), failed, &faults))
             }
-        };
-        before.clear();
-        seg.before = before;
-        result
+        }
     }
 
     /// Takes back the change whose entry starts at `at` (segment, offset) and failed with
-    /// `failed`; `undo` puts back the keys it had changed in sled (`None`: it never reached
-    /// sled). Answers the error to give its writer.
+    /// `failed`; `undo` puts back the keys it had changed in sled (`None`: it was never
+    /// applied; empty: what it changed in memory is already put back). Answers the error to give
+    /// its writer.
     ///
     /// The key on which sled failed is not in `undo`: sled changes a key in memory and then
     /// fails only when it can no longer write its log at all, so that change never reaches
     /// sled's files, and the restart that the stop below requires reads the key as it was.
     fn take_back(
         &self,
-        db: &sled::Db,
+        tables: &Tables,
         seg: &mut Segment,
         at: (u64, u64),
         undo: Option<Batch>,
         failed: QueueError,
         faults: &Steps,
     ) -> QueueError {
-        let reached_sled = undo.is_some();
+        let applied = undo.is_some();
         let undo = undo.unwrap_or_default();
         // For readers until the restart; replay does the same from the void below.
-        let mut scratch = Vec::new();
-        let restored = undo.apply_to(db, &self.ledger, &mut scratch, None);
+        let restored = undo
+            .apply_to(tables, &self.ledger, None)
+            .map_err(|f| f.source);
         let failed_file = seg.file.clone();
         let voided = self.void(seg, at, &undo, faults).or_else(|void_failed| {
             // Without keys to put back, erasing the entry's header does as well, and needs
@@ -714,11 +716,12 @@ impl Journal {
                     "queue journal {}: a change failed and was taken back: {failed}",
                     self.segment_path(at.0).display()
                 );
-                if reached_sled {
+                if applied {
                     self.stop(match restored {
-                        Ok(()) => format!("sled failed: {failed}"),
+                        Ok(()) => format!("applying a change failed: {failed}"),
                         Err(e) => format!(
-                            "sled failed: {failed}; and putting back the keys it had changed                              failed ({e}): they read wrong until the restart"
+                            "applying a change failed: {failed}; and putting back the keys it \
+                             had changed failed ({e}): they read wrong until the restart"
                         ),
                     });
                 }
@@ -779,8 +782,8 @@ impl Journal {
     /// Applies `batch` as [`Journal::apply`] does and syncs the journal before returning: for
     /// a change that takes back one whose acknowledgement failed, which must be on disk before
     /// the refusal is answered. If it cannot be synced, the journal stops (as in `apply`).
-    pub fn apply_durably(&self, db: &sled::Db, batch: &Batch) -> Result<(), QueueError> {
-        self.apply(db, batch, || {})?;
+    pub fn apply_durably(&self, tables: &Tables, batch: &Batch) -> Result<(), QueueError> {
+        self.apply(tables, batch, || {})?;
         self.sync().inspect_err(|e| {
             self.stop(format!("a take-back could not be made durable: {e}"));
         })
@@ -812,9 +815,10 @@ impl Journal {
     /// Makes everything applied so far durable in sled and drops the segments that held it.
     /// A stopped journal refuses: sled may hold part of a taken-back change, which only the
     /// replay of the segments kept can repair.
-    pub fn checkpoint(&self, db: &sled::Db) -> Result<(), QueueError> {
+    pub fn checkpoint(&self, tables: &Tables) -> Result<(), QueueError> {
         // A new segment first: entries appended from now on go there and are kept; everything
-        // in the older ones was applied to sled before the switch, so the flush below covers it.
+        // in the older ones was applied to the tables frozen at the switch, which are written
+        // to sled and flushed below.
         let _one = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         self.refuse_if_stopped()?;
         // The zero-filling happens before the journal is held, so writers do not wait for it.
@@ -826,10 +830,17 @@ impl Journal {
             // are acknowledged on by the next sync (of the new segment).
             self.sync_before_leaving(&seg)?;
             *seg = Self::install(&self.dir, prepared, seg.number + 1)?;
+            // Under the journal: the frozen tables hold exactly the older segments' changes.
+            tables.freeze();
             seg.number
         };
-        self.flush_db(db)?;
+        let spilled = tables.spill().map_err(|source| QueueError::Storage {
+            path: self.dir.display().to_string(),
+            source,
+        })?;
+        self.flush_db(tables.sled())?;
         self.ledger.sync()?;
+        tables.forget_spilled(spilled);
         self.remove_before(number)
     }
 
@@ -865,11 +876,11 @@ mod tests {
 
     /// Opens sled in `dir`, waiting while sled's flusher of a just-dropped handle still holds
     /// the file lock (a new process never meets it; a reopen within one process can).
-    fn open_db(dir: &Path) -> sled::Db {
+    fn open_db(dir: &Path) -> Tables {
         let started = std::time::Instant::now();
         loop {
             match sled::Config::new().path(dir).open() {
-                Ok(db) => return db,
+                Ok(db) => return Tables::new(db),
                 Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
                     assert!(e.to_string().contains("could not acquire lock"), "{e}");
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -929,7 +940,7 @@ mod tests {
     fn an_entry_that_does_not_fit_starts_the_next_segment() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path());
-        let (journal, _) = Journal::open(dir.path(), &db).unwrap();
+        let (journal, _) = Journal::open(dir.path(), db.sled()).unwrap();
         let big = vec![7u8; (SEGMENT_BYTES / 3) as usize];
         for k in ["a", "b", "c", "d"] {
             let mut b = Batch::default();
@@ -971,7 +982,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = open_db(dir.path());
-            let (journal, _) = Journal::open(dir.path(), &db).unwrap();
+            let (journal, _) = Journal::open(dir.path(), db.sled()).unwrap();
             journal
                 .apply(&db, &batch(&[("x", Some("1")), ("y", Some("1"))]), || {})
                 .unwrap();
@@ -985,7 +996,7 @@ mod tests {
             seg.file.write_all_at(&seg.buf, seg.bytes).unwrap();
         }
         let db = open_db(dir.path());
-        let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();
+        let (journal, replayed) = Journal::open(dir.path(), db.sled()).unwrap();
         assert_eq!(replayed.entries, 2);
         assert_eq!(db.get("x").unwrap().unwrap(), &b"2"[..]);
         assert_eq!(db.get("y").unwrap().unwrap(), &b"2"[..]);
@@ -1020,7 +1031,7 @@ mod tests {
         drop(db);
         std::fs::remove_file(dir.path().join(ledger::FILE)).unwrap();
         let db = open_db(dir.path());
-        let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();
+        let (journal, replayed) = Journal::open(dir.path(), db.sled()).unwrap();
         assert_eq!(replayed.entries, 1);
         assert!(journal.ledger().contains(&entry.digest, 1).unwrap());
     }
@@ -1030,7 +1041,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let before = {
             let db = open_db(dir.path());
-            let (journal, _) = Journal::open(dir.path(), &db).unwrap();
+            let (journal, _) = Journal::open(dir.path(), db.sled()).unwrap();
             journal
                 .apply(&db, &batch(&[("a", Some("1"))]), || {})
                 .unwrap();
@@ -1038,7 +1049,7 @@ mod tests {
             segments(dir.path()).unwrap()
         };
         let db = open_db(dir.path());
-        let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();
+        let (journal, replayed) = Journal::open(dir.path(), db.sled()).unwrap();
         assert_eq!(replayed, Replayed::default());
         assert_eq!(segments(dir.path()).unwrap(), before, "no new segment made");
         journal
@@ -1047,7 +1058,7 @@ mod tests {
         drop(journal);
         drop(db);
         let db = open_db(dir.path());
-        let (_, replayed) = Journal::open(dir.path(), &db).unwrap();
+        let (_, replayed) = Journal::open(dir.path(), db.sled()).unwrap();
         assert_eq!(replayed.entries, 1, "what was written to it replays");
         assert_eq!(db.get("b").unwrap().unwrap(), &b"2"[..]);
     }
@@ -1056,7 +1067,7 @@ mod tests {
     fn a_checkpoint_keeps_later_entries() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path());
-        let (journal, _) = Journal::open(dir.path(), &db).unwrap();
+        let (journal, _) = Journal::open(dir.path(), db.sled()).unwrap();
         journal
             .apply(&db, &batch(&[("a", Some("1"))]), || {})
             .unwrap();
@@ -1071,18 +1082,18 @@ mod tests {
         assert_eq!(changes(&scan), vec![batch(&[("b", Some("1"))])]);
     }
 
-    fn open(dir: &Path) -> (sled::Db, Journal) {
+    fn open(dir: &Path) -> (Tables, Journal) {
         let db = open_db(dir);
-        let (journal, _) = Journal::open(dir, &db).unwrap();
+        let (journal, _) = Journal::open(dir, db.sled()).unwrap();
         (db, journal)
     }
 
     /// Drops `journal` and `db` (as a process that dies does) and opens them again.
-    fn reopen(dir: &Path, journal: Journal, db: sled::Db) -> (sled::Db, Journal, Replayed) {
+    fn reopen(dir: &Path, journal: Journal, db: Tables) -> (Tables, Journal, Replayed) {
         drop(journal);
         drop(db);
         let db = open_db(dir);
-        let (journal, replayed) = Journal::open(dir, &db).unwrap();
+        let (journal, replayed) = Journal::open(dir, db.sled()).unwrap();
         (db, journal, replayed)
     }
 
@@ -1095,7 +1106,7 @@ mod tests {
         (dir, file)
     }
 
-    fn value(db: &sled::Db, key: &str) -> Option<String> {
+    fn value(db: &Tables, key: &str) -> Option<String> {
         db.get(key)
             .unwrap()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -1118,9 +1129,11 @@ mod tests {
     }
 
     #[test]
-    fn a_change_sled_fails_on_is_taken_back_whole_and_never_replayed() {
+    fn a_change_that_fails_part_way_is_taken_back_whole_and_never_replayed() {
         let old = || (Some("old".to_owned()), None, Some("old".to_owned()));
-        for fail_at in 0..3 {
+        // Small changes are applied in memory; one with a large value goes to sled at once.
+        let big = "x".repeat(super::super::tables::DIRECT_BYTES + 1);
+        for (fail_at, large) in (0..3).flat_map(|i| [(i, false), (i, true)]) {
             let dir = tempfile::tempdir().unwrap();
             let (db, mut journal) = open(dir.path());
             journal
@@ -1131,15 +1144,22 @@ mod tests {
                 )
                 .unwrap();
             let _fault = inject(&mut journal, &format!("apply:{fail_at}"));
-            let change = batch(&[("a", Some("new")), ("b", Some("new")), ("gone", None)]);
+            let mut change = batch(&[("a", Some("new")), ("b", Some("new")), ("gone", None)]);
+            if large {
+                change.insert("big", &big);
+            }
             let mut published = false;
             let err = journal
                 .apply(&db, &change, || published = true)
                 .unwrap_err();
             assert!(matches!(err, QueueError::TakenBack(_)), "{err}");
             assert!(err.is_refusal() && !published);
-            let state = |db: &sled::Db| (value(db, "a"), value(db, "b"), value(db, "gone"));
-            assert_eq!(state(&db), old(), "readers see no trace (key {fail_at})");
+            let state = |db: &Tables| (value(db, "a"), value(db, "b"), value(db, "gone"));
+            assert_eq!(
+                state(&db),
+                old(),
+                "readers see no trace (key {fail_at}, large {large})"
+            );
             // sled's failures do not heal: nothing more is written until a restart replays.
             let later = journal.apply(&db, &batch(&[("c", Some("1"))]), || {});
             assert!(matches!(later, Err(QueueError::Stopped(_))), "{later:?}");
@@ -1149,17 +1169,25 @@ mod tests {
                 Err(QueueError::Stopped(_))
             ));
             // The worst case for the restart: sled wrote the keys it had applied to its own log
-            // (and not the keys put back).
-            for (k, v) in change.ops.iter().take(fail_at) {
+            // (and not the keys put back). Only a large change reaches sled before a checkpoint.
+            for (k, v) in change.ops.iter().take(if large { fail_at } else { 0 }) {
                 match v {
-                    Some(v) => db.insert(k, v.as_slice()).map(drop),
-                    None => db.remove(k).map(drop),
+                    Some(v) => db.sled().insert(k, v.as_slice()).map(drop),
+                    None => db.sled().remove(k).map(drop),
                 }
                 .unwrap();
             }
             let (db, journal, replayed) = reopen(dir.path(), journal, db);
-            assert_eq!((replayed.entries, replayed.voided), (1, 1), "key {fail_at}");
-            assert_eq!(state(&db), old(), "after the replay (key {fail_at})");
+            assert_eq!(
+                (replayed.entries, replayed.voided),
+                (1, 1),
+                "key {fail_at}, large {large}"
+            );
+            assert_eq!(
+                state(&db),
+                old(),
+                "after the replay (key {fail_at}, large {large})"
+            );
             assert_eq!(value(&db, "c"), None);
             assert!(journal.stopped().is_none());
             journal
@@ -1318,7 +1346,7 @@ mod tests {
         write_segment(dir.path(), 1, &[&a, &x]);
         write_segment(dir.path(), 2, &[&void, &c]);
         let db = open_db(dir.path());
-        let (_, replayed) = Journal::open(dir.path(), &db).unwrap();
+        let (_, replayed) = Journal::open(dir.path(), db.sled()).unwrap();
         assert_eq!((replayed.entries, replayed.voided), (2, 1));
         assert_eq!(
             (value(&db, "a"), value(&db, "b"), value(&db, "c")),
@@ -1332,7 +1360,7 @@ mod tests {
         let later = framed(|o| batch(&[("k", Some("after"))]).encode(o));
         write_segment(dir.path(), 6, &[&void, &later]);
         let db = open_db(dir.path());
-        let (journal, replayed) = Journal::open(dir.path(), &db).unwrap();
+        let (journal, replayed) = Journal::open(dir.path(), db.sled()).unwrap();
         assert_eq!((replayed.entries, replayed.voided), (1, 0));
         assert_eq!(value(&db, "k"), Some("after".into()));
         assert!(journal.current.lock().unwrap().number > 6, "numbers go on");

@@ -1,6 +1,7 @@
 //! The cage's database: calls held until accepted (source side) or executed (target side),
 //! with a due-time index, dead letters, the history used to deduplicate, module state, jobs
-//! and chains, in one sled tree behind a write-ahead journal. What is stored are the records
+//! and chains, in memory tables over one sled tree, behind a write-ahead journal that is the
+//! system of record. What is stored are the records
 //! of [`crate::model`]; nothing here knows of chain or job logic, modules or the network.
 //!
 //! - [`store`]: opening the database, the value format, applying changes through the journal.
@@ -12,8 +13,9 @@
 //! - [`txn`]: one atomic change across tables (a step's end with its chain's advance).
 //! - [`keys`]: the byte layout of the one sled tree (prefix per kind, big-endian times).
 //! - [`rules`]: what the store follows of each queue's policy (retention, keep_order).
-//! - [`rules`]: what the store follows of each queue's policy (retention, keep_order).
 //! - [`ledger`]: the ids of finished calls, 16 bytes each, for deduplication within retention.
+//! - [`tables`]: the memory tables: changes since the last checkpoint, read before sled; a
+//!   checkpoint writes what is left of them to sled.
 //! - [`journal`]: each batch appended (length, CRC) before it reaches sled; replayed on open; a
 //!   change that fails after its entry is written is taken back (voided) before it is refused.
 //! - [`txn`]: one atomic change of several records (a step's end with its chain's advance).
@@ -38,6 +40,7 @@ mod legacy;
 pub mod rules;
 pub mod state;
 pub mod store;
+pub mod tables;
 mod txn;
 
 pub use calls::DueCall;

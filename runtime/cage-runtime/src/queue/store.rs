@@ -7,6 +7,7 @@ use super::journal::{Batch, Journal};
 use super::keys;
 use super::ledger;
 use super::rules::{QueueRule, Rules};
+use super::tables::Tables;
 use super::QueueError;
 use crate::model::call::CallRecord;
 use serde::{Deserialize, Serialize};
@@ -19,10 +20,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 /// at 270 MB).
 pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
-/// A cage's queue, in one sled tree.
+/// A cage's queue: the memory tables over one sled tree, behind the journal.
 pub struct QueueStore {
     path: PathBuf,
-    db: sled::Db,
+    tables: Arc<Tables>,
     journal: Arc<Journal>,
     issued: Arc<AtomicU64>,
     /// What the store keeps per queue (set from the site config).
@@ -148,7 +149,7 @@ impl QueueStore {
             .is_some();
         Ok(QueueStore {
             path: dir.to_owned(),
-            db,
+            tables: Arc::new(Tables::new(db)),
             journal: Arc::new(journal),
             issued: Arc::new(AtomicU64::new(issued)),
             rules: RwLock::new(Rules::default()),
@@ -157,9 +158,20 @@ impl QueueStore {
         })
     }
 
-    /// The sled database; only the queue module writes it, and only through the journal.
-    pub(super) fn db(&self) -> &sled::Db {
-        &self.db
+    /// The queue tree (memory tables over sled); only the queue module writes it, and only
+    /// through the journal.
+    pub(super) fn db(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// The queue tree, for group commit's checkpoints.
+    pub(super) fn tables(&self) -> Arc<Tables> {
+        self.tables.clone()
+    }
+
+    /// Bytes of changes held in memory until the next checkpoint.
+    pub fn memory_bytes(&self) -> usize {
+        self.tables.memory_bytes()
     }
 
     /// The rules in force for `queue`.
@@ -215,7 +227,7 @@ impl QueueStore {
     /// Makes every change so far durable in sled itself and empties the journal (at shutdown,
     /// and from group commit as the journal grows).
     pub fn checkpoint(&self) -> Result<(), QueueError> {
-        self.journal.checkpoint(&self.db)
+        self.journal.checkpoint(&self.tables)
     }
 
     /// The database directory.
@@ -231,13 +243,13 @@ impl QueueStore {
     }
 
     pub(super) fn apply(&self, batch: Batch) -> Result<(), QueueError> {
-        self.journal.apply(&self.db, &batch, || {})
+        self.journal.apply(&self.tables, &batch, || {})
     }
 
     /// Applies `batch` and syncs the journal before returning (for take-backs, which must be
     /// on disk before a refusal is answered).
     pub(super) fn apply_durably(&self, batch: Batch) -> Result<(), QueueError> {
-        self.journal.apply_durably(&self.db, &batch)
+        self.journal.apply_durably(&self.tables, &batch)
     }
 
     /// Why this queue takes no more writes, if it stopped (see [`Journal::apply`]).
@@ -250,13 +262,13 @@ impl QueueStore {
     }
 
     pub(super) fn next_seq(&self) -> Result<u64, QueueError> {
-        self.db.generate_id().map_err(|e| self.err(e))
+        self.tables.sled().generate_id().map_err(|e| self.err(e))
     }
 
     /// Applies a batch that stored calls up to sequence `seq`, then publishes `seq` as issued:
     /// only after the batch is applied may a flush that starts later count it as covered.
     pub(super) fn apply_stored(&self, batch: Batch, seq: u64) -> Result<(), QueueError> {
-        self.journal.apply(&self.db, &batch, || {
+        self.journal.apply(&self.tables, &batch, || {
             self.issued.fetch_max(seq, Ordering::AcqRel);
         })
     }
@@ -279,7 +291,7 @@ impl Drop for QueueStore {
         // the journal holds every change, and the replay at the next start repairs sled. One
         // handle kept forever means sled's flush-on-drop never runs.
         if self.stopped().is_some() {
-            std::mem::forget(self.db.clone());
+            std::mem::forget(self.tables.sled().clone());
         }
     }
 }
@@ -600,7 +612,10 @@ pub(super) mod tests {
         .unwrap();
         s.insert(&CallRecord::new(call("bad", 0, None), Stage::Execute, 1000))
             .unwrap();
+        // Damaged in sled (where a checkpoint put it).
+        s.checkpoint().unwrap();
         s.db()
+            .sled()
             .insert(keys::with_id(CALL, "bad"), &[9u8, 1, 2][..])
             .unwrap();
         assert!(matches!(
@@ -657,7 +672,10 @@ pub(super) mod tests {
             7u64,
         );
         let bytes = postcard::to_extend(&record, vec![FORMAT_1]).unwrap();
-        s.db().insert(keys::with_id(CALL, "old"), bytes).unwrap();
+        s.db()
+            .sled()
+            .insert(keys::with_id(CALL, "old"), bytes)
+            .unwrap();
         let r = s.get("old").unwrap().unwrap();
         assert_eq!((r.call.priority, r.call.chain, r.seq), (4, None, 7));
         assert_eq!(s.pending(&|_| true, 10).unwrap().len(), 1);
@@ -674,7 +692,7 @@ pub(super) mod tests {
                 1000,
             ))
             .unwrap();
-            s.db().flush().unwrap();
+            s.checkpoint().unwrap();
         }
         let s = reopen(dir.path());
         let r = s.get("keep").unwrap().unwrap();

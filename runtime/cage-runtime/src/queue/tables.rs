@@ -1,0 +1,561 @@
+//! The memory tables: every change applied since the last checkpoint, held in memory and read
+//! before sled. The journal is the system of record; sled is where a checkpoint puts what is
+//! still there, in one pass. A call enqueued, run and finished between two checkpoints never
+//! reaches sled: its insert and its removal meet in memory, and the checkpoint's removal of a
+//! key sled never held costs sled a lookup, not a write.
+//!
+//! Layers, newest first: the *active* table (changes since the last freeze); tables *frozen* by
+//! checkpoints still being written to sled; then sled. A key is what the newest layer holding it
+//! says. A removal leaves nothing in memory: a key only the active table held is dropped, one
+//! sled holds is removed from sled at once (as before the memory tables; the journal entry
+//! comes first, so a replay repeats it), and only a key a frozen table holds gets a tombstone,
+//! which hides the frozen value until that table is in sled. So scans of the due index never
+//! wade through the ends of the calls done since the last checkpoint. A checkpoint
+//! freezes the active table under the journal's lock (so the frozen tables hold exactly what
+//! the journal's older segments hold), writes them to sled, flushes sled and only then drops
+//! them and those segments. A failed checkpoint keeps its frozen tables readable and is redone.
+//!
+//! A change whose values are large ([`DIRECT_BYTES`]) goes to sled at once, as before the memory
+//! tables: it costs memory, not keys, and sled's failures (a large value's file it cannot make)
+//! then refuse the change that met them. A key it sets that a memory table holds is set there
+//! too, so a frozen table written later cannot bring back an older value.
+
+use super::fault::injected;
+use super::journal::Batch;
+use sled::IVec;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// A change carrying more value bytes than this is applied to sled at once.
+pub const DIRECT_BYTES: usize = 64 * 1024;
+/// Memory a key takes beside its bytes in a table (tree node share, lengths), for the budget.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// What a table holds of a key.
+#[derive(Clone, Debug)]
+struct Held {
+    /// Its newest value, or `None` where it was removed.
+    value: Option<IVec>,
+    /// Whether an older table or sled may hold the key: only then does a removal need to be
+    /// kept (as a tombstone). A key set and removed between two checkpoints leaves nothing,
+    /// so scans do not wade through the ends of finished calls.
+    below: bool,
+}
+
+impl Held {
+    fn bytes(&self, key: &[u8]) -> usize {
+        key.len() + self.value.as_ref().map_or(0, |v| v.len()) + ENTRY_OVERHEAD
+    }
+}
+
+/// One table: what it holds of each key it changed.
+type Layer = BTreeMap<IVec, Held>;
+
+#[derive(Default)]
+struct Layers {
+    active: Layer,
+    /// Bytes the active table holds (keys, values and [`ENTRY_OVERHEAD`] each).
+    active_bytes: usize,
+    /// Tables frozen by checkpoints not yet finished, oldest first.
+    frozen: Vec<Arc<Layer>>,
+}
+
+impl Layers {
+    /// What the memory tables say of `key`: `Some(None)` if it was removed, `None` if they
+    /// hold nothing of it (sled then answers).
+    fn lookup(&self, key: &[u8]) -> Option<Option<IVec>> {
+        self.active
+            .get(key)
+            .or_else(|| self.frozen.iter().rev().find_map(|l| l.get(key)))
+            .map(|h| h.value.clone())
+    }
+
+    /// The first key after `after` and before `end` in any table, with what its newest table
+    /// says of it.
+    fn next(&self, after: &Bound<IVec>, end: &Bound<IVec>) -> Option<(IVec, Option<IVec>)> {
+        let mut best: Option<(&IVec, &Held)> = None;
+        // Newest first: on equal keys the first one found stays.
+        for layer in std::iter::once(&self.active).chain(self.frozen.iter().rev().map(|l| &**l)) {
+            if let Some((k, v)) = layer.range::<IVec, _>((after.clone(), end.clone())).next() {
+                if best.is_none_or(|(b, _)| k < b) {
+                    best = Some((k, v));
+                }
+            }
+        }
+        best.map(|(k, h)| (k.clone(), h.value.clone()))
+    }
+
+    /// Sets `key` to `value` in the active table, or removes it; answers what the active table
+    /// held of it before. A removal of a key that no frozen table holds is made in sled at once
+    /// (sled ignores one of a key it does not hold), pushing onto `in_sled` the value sled had:
+    /// a tombstone would hide the key from scans only until the next checkpoint, and every
+    /// scan of the due index would wade through the tombstones of the calls done meanwhile.
+    fn set(
+        &mut self,
+        db: &sled::Db,
+        key: IVec,
+        value: Option<IVec>,
+        in_sled: &mut Vec<(IVec, IVec)>,
+    ) -> sled::Result<Option<Held>> {
+        let frozen = self.frozen.iter().any(|l| l.contains_key(&key));
+        let held = self.active.get(&key);
+        if value.is_some() || frozen {
+            let below = match held {
+                Some(held) => held.below,
+                None => frozen || db.contains_key(&key)?,
+            };
+            return Ok(self.put(key, Some(Held { value, below })));
+        }
+        if held.is_none_or(|h| h.below) {
+            if let Some(was) = db.remove(&key)? {
+                in_sled.push((key.clone(), was));
+            }
+        }
+        Ok(self.put(key, None))
+    }
+
+    /// Makes the active table hold `held` of `key` (`None`: nothing); answers what it held.
+    fn put(&mut self, key: IVec, held: Option<Held>) -> Option<Held> {
+        if let Some(held) = &held {
+            self.active_bytes += held.bytes(&key);
+        }
+        let old = match held {
+            Some(held) => self.active.insert(key.clone(), held),
+            None => self.active.remove(&key),
+        };
+        if let Some(old) = &old {
+            self.active_bytes = self.active_bytes.saturating_sub(old.bytes(&key));
+        }
+        old
+    }
+}
+
+/// The queue tree: the memory tables over sled (see the module documentation).
+pub struct Tables {
+    db: sled::Db,
+    layers: RwLock<Layers>,
+}
+
+/// A change that failed part-way: the error, and the change that puts back the keys it had
+/// changed in sled (empty when it changed only memory, which is already put back).
+pub(super) struct Failed {
+    pub source: sled::Error,
+    pub undo: Batch,
+}
+
+impl Tables {
+    /// The tables over `db`, empty.
+    pub fn new(db: sled::Db) -> Tables {
+        Tables {
+            db,
+            layers: RwLock::default(),
+        }
+    }
+
+    /// sled itself, for what bypasses the tables (ids, the marker, checkpoints).
+    pub fn sled(&self) -> &sled::Db {
+        &self.db
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Layers> {
+        self.layers.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Layers> {
+        self.layers.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
+        let key = key.as_ref();
+        match self.read().lookup(key) {
+            Some(held) => Ok(held),
+            None => self.db.get(key),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> sled::Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// The keys from `start` (inclusive) to `end` (exclusive) with their values, in key order.
+    pub fn range(&self, range: std::ops::Range<Vec<u8>>) -> Iter<'_> {
+        let start = IVec::from(range.start);
+        let end = IVec::from(range.end);
+        Iter {
+            tables: self,
+            sled: self.db.range(start.clone()..end.clone()).peekable(),
+            after: Bound::Included(start),
+            end: Bound::Excluded(end),
+            held: None,
+            held_done: false,
+        }
+    }
+
+    /// The keys starting with `prefix`, with their values, in key order.
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter<'_> {
+        let prefix = prefix.as_ref();
+        let start = IVec::from(prefix);
+        let end = prefix_end(prefix).map(IVec::from);
+        Iter {
+            tables: self,
+            sled: self.db.scan_prefix(prefix).peekable(),
+            after: Bound::Included(start),
+            end: end.map_or(Bound::Unbounded, Bound::Excluded),
+            held: None,
+            held_done: false,
+        }
+    }
+
+    /// Applies `batch`'s key changes in order: in memory, or in sled at once when its values
+    /// are large (see the module documentation). With `fail_at`, the change of that index
+    /// fails instead (fault injection). Called under the journal's lock, which orders writers.
+    pub(super) fn apply(&self, batch: &Batch, fail_at: Option<usize>) -> Result<(), Failed> {
+        let ops = batch.ops();
+        let value_bytes: usize = ops
+            .iter()
+            .filter_map(|(_, v)| v.as_ref())
+            .map(Vec::len)
+            .sum();
+        let mut layers = self.write();
+        if value_bytes > DIRECT_BYTES {
+            return self.apply_direct(&mut layers, ops, fail_at);
+        }
+        let mut replaced = Vec::with_capacity(ops.len());
+        let mut in_sled = Vec::new();
+        for (i, (k, v)) in ops.iter().enumerate() {
+            let key = IVec::from(k.as_slice());
+            let result = if fail_at == Some(i) {
+                Err(sled::Error::Io(injected(&format!("apply:{i}"))))
+            } else {
+                layers.set(
+                    &self.db,
+                    key.clone(),
+                    v.as_deref().map(IVec::from),
+                    &mut in_sled,
+                )
+            };
+            match result {
+                Ok(old) => replaced.push((key, old)),
+                Err(source) => {
+                    // Memory is put back here; what was removed from sled, by the undo.
+                    for (key, old) in replaced.into_iter().rev() {
+                        layers.put(key, old);
+                    }
+                    let mut undo = Batch::default();
+                    for (key, was) in in_sled.iter().rev() {
+                        undo.insert(key, was);
+                    }
+                    return Err(Failed { source, undo });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `ops` to sled, key by key; a key a memory table holds is set there too.
+    fn apply_direct(
+        &self,
+        layers: &mut Layers,
+        ops: &[(Vec<u8>, Option<Vec<u8>>)],
+        fail_at: Option<usize>,
+    ) -> Result<(), Failed> {
+        let mut before = Vec::with_capacity(ops.len());
+        let undo = |before: &[(&[u8], Option<IVec>)]| {
+            // Earlier values, latest first, so a key changed twice ends as it was.
+            let mut undo = Batch::default();
+            for (k, old) in before.iter().rev() {
+                match old {
+                    Some(v) => undo.insert(k, v),
+                    None => undo.remove(k),
+                }
+            }
+            undo
+        };
+        for (i, (k, v)) in ops.iter().enumerate() {
+            let result = if fail_at == Some(i) {
+                Err(sled::Error::Io(injected(&format!("apply:{i}"))))
+            } else {
+                match v {
+                    Some(v) => self.db.insert(k, v.as_slice()),
+                    None => self.db.remove(k),
+                }
+            };
+            match result {
+                Ok(in_sled) => {
+                    let held = layers.lookup(k);
+                    if held.is_some() {
+                        let value = v.as_deref().map(IVec::from);
+                        layers.put(IVec::from(k.as_slice()), Some(Held { value, below: true }));
+                    }
+                    before.push((k.as_slice(), held.unwrap_or(in_sled)));
+                }
+                Err(source) => {
+                    return Err(Failed {
+                        source,
+                        undo: undo(&before),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the active table holds: what the next checkpoint writes to sled at most.
+    pub fn memory_bytes(&self) -> usize {
+        self.read().active_bytes
+    }
+
+    /// Freezes the active table (under the journal's lock, at a segment switch): it is written
+    /// to sled by [`Tables::spill`].
+    pub(super) fn freeze(&self) {
+        let mut layers = self.write();
+        let active = std::mem::take(&mut layers.active);
+        layers.active_bytes = 0;
+        if !active.is_empty() {
+            layers.frozen.push(Arc::new(active));
+        }
+    }
+
+    /// Writes every frozen table to sled, oldest first; answers how many, for
+    /// [`Tables::forget_spilled`] once sled has flushed them.
+    pub(super) fn spill(&self) -> sled::Result<usize> {
+        let frozen = self.read().frozen.clone();
+        for layer in &frozen {
+            for (k, held) in layer.iter() {
+                // sled short-circuits a removal of a key it does not hold without writing.
+                match &held.value {
+                    Some(v) => self.db.insert(k, v.clone())?,
+                    None => self.db.remove(k)?,
+                };
+            }
+        }
+        Ok(frozen.len())
+    }
+
+    /// Drops the `n` oldest frozen tables, which sled now holds durably.
+    pub(super) fn forget_spilled(&self, n: usize) {
+        let mut layers = self.write();
+        let n = n.min(layers.frozen.len());
+        layers.frozen.drain(..n);
+    }
+}
+
+/// The first key after every key that starts with `prefix`, if there is one.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Keys and values of a range, the memory tables merged over sled (newest layer wins; removed
+/// keys left out). Each step looks up the tables afresh, so it holds no lock between steps.
+pub struct Iter<'a> {
+    tables: &'a Tables,
+    sled: std::iter::Peekable<sled::Iter>,
+    /// Where the next look into the memory tables starts.
+    after: Bound<IVec>,
+    end: Bound<IVec>,
+    /// The memory tables' next key, looked up but not yet passed.
+    held: Option<(IVec, Option<IVec>)>,
+    held_done: bool,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = sled::Result<(IVec, IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.held.is_none() && !self.held_done {
+                self.held = self.tables.read().next(&self.after, &self.end);
+                self.held_done = self.held.is_none();
+            }
+            let from_sled = match self.sled.peek() {
+                Some(Ok((k, _))) => Some(k.clone()),
+                Some(Err(_)) => return self.sled.next(),
+                None => None,
+            };
+            let take_held = match (&self.held, from_sled) {
+                (None, None) => return None,
+                (None, Some(_)) => false,
+                (Some(_), None) => true,
+                (Some((h, _)), Some(s)) => {
+                    if *h == s {
+                        // The memory tables hold a newer value of sled's key.
+                        self.sled.next();
+                    }
+                    *h <= s
+                }
+            };
+            if !take_held {
+                return self.sled.next();
+            }
+            let (k, v) = self.held.take()?;
+            self.after = Bound::Excluded(k.clone());
+            if let Some(v) = v {
+                return Some(Ok((k, v)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables() -> (tempfile::TempDir, Tables) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        (dir, Tables::new(db))
+    }
+
+    fn batch(ops: &[(&str, Option<&str>)]) -> Batch {
+        let mut b = Batch::default();
+        for (k, v) in ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        b
+    }
+
+    fn listed(it: Iter<'_>) -> Vec<(String, String)> {
+        it.map(|r| {
+            let (k, v) = r.unwrap();
+            (
+                String::from_utf8(k.to_vec()).unwrap(),
+                String::from_utf8(v.to_vec()).unwrap(),
+            )
+        })
+        .collect()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn newer_layers_hide_older_ones_in_lookups_and_scans() {
+        let (_dir, t) = tables();
+        for (k, v) in [
+            ("a1", "sled"),
+            ("a2", "sled"),
+            ("a4", "sled"),
+            ("b1", "sled"),
+        ] {
+            t.sled().insert(k, v).unwrap();
+        }
+        t.apply(
+            &batch(&[("a2", Some("frozen")), ("a3", Some("frozen"))]),
+            None,
+        )
+        .ok()
+        .unwrap();
+        t.freeze();
+        t.apply(
+            &batch(&[("a3", Some("active")), ("a4", None), ("a0", Some("active"))]),
+            None,
+        )
+        .ok()
+        .unwrap();
+        let expect = pairs(&[
+            ("a0", "active"),
+            ("a1", "sled"),
+            ("a2", "frozen"),
+            ("a3", "active"),
+        ]);
+        assert_eq!(listed(t.scan_prefix("a")), expect);
+        assert_eq!(listed(t.range(b"a".to_vec()..b"b".to_vec())), expect);
+        assert_eq!(
+            listed(t.range(b"a2".to_vec()..b"a3".to_vec())),
+            pairs(&[("a2", "frozen")])
+        );
+        assert_eq!(t.get("a4").unwrap(), None);
+        assert_eq!(t.get("b1").unwrap().unwrap(), "sled");
+        assert!(!t.contains_key("a9").unwrap());
+
+        // A checkpoint's work: sled ends as the tables said, and nothing reads differently.
+        t.freeze();
+        assert_eq!(t.spill().unwrap(), 2);
+        t.forget_spilled(2);
+        assert_eq!(listed(t.scan_prefix("a")), expect);
+        assert_eq!(t.sled().get("a4").unwrap(), None);
+        assert_eq!(t.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn a_key_set_and_removed_between_checkpoints_never_reaches_sled() {
+        let (_dir, t) = tables();
+        t.apply(&batch(&[("c1", Some("call")), ("d1", Some("due"))]), None)
+            .ok()
+            .unwrap();
+        t.apply(&batch(&[("d1", None), ("c1", None), ("never", None)]), None)
+            .ok()
+            .unwrap();
+        assert!(t.scan_prefix("").next().is_none());
+        assert_eq!(
+            t.memory_bytes(),
+            0,
+            "no tombstone is kept for what sled never held"
+        );
+        t.freeze();
+        t.spill().unwrap();
+        t.forget_spilled(1);
+        assert!(t.sled().is_empty());
+    }
+
+    #[test]
+    fn a_failed_change_puts_memory_back_and_a_large_one_reports_what_sled_held() {
+        let (_dir, t) = tables();
+        t.apply(&batch(&[("k1", Some("old"))]), None).ok().unwrap();
+        let failed = t
+            .apply(&batch(&[("k1", Some("new")), ("k2", Some("new"))]), Some(1))
+            .err()
+            .unwrap();
+        assert!(failed.undo.is_empty());
+        assert_eq!(t.get("k1").unwrap().unwrap(), "old");
+        assert_eq!(t.get("k2").unwrap(), None);
+        // A removal of what sled holds is made there at once, and the undo puts it back.
+        t.sled().insert("s1", "in sled").unwrap();
+        let failed = t
+            .apply(
+                &batch(&[("s1", None), ("k1", None), ("k2", Some("new"))]),
+                Some(2),
+            )
+            .err()
+            .unwrap();
+        assert_eq!(failed.undo, batch(&[("s1", Some("in sled"))]));
+        assert_eq!(t.get("k1").unwrap().unwrap(), "old");
+        assert_eq!(t.sled().get("s1").unwrap(), None);
+
+        // Large: straight to sled, and a key the tables hold is set there too.
+        let big = "x".repeat(DIRECT_BYTES + 1);
+        t.apply(&batch(&[("k1", Some(&big)), ("k3", Some("s"))]), None)
+            .ok()
+            .unwrap();
+        assert_eq!(t.get("k1").unwrap().unwrap().len(), big.len());
+        assert_eq!(t.sled().get("k3").unwrap().unwrap(), "s");
+        let failed = t
+            .apply(&batch(&[("k3", Some(&big)), ("k4", Some("s"))]), Some(1))
+            .err()
+            .unwrap();
+        assert_eq!(failed.undo, batch(&[("k3", Some("s"))]));
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 255]), Some(vec![2]));
+        assert_eq!(prefix_end(&[255]), None);
+    }
+}
