@@ -496,7 +496,12 @@ fn pipelined_enqueues_are_each_answered_and_stored() {
 #[test]
 fn calls_too_large_to_offer_together_are_offered_one_by_one() {
     let mut site = Site::new();
-    site.write("config/config_execute_on.toml", FAST_RETRY);
+    // Retries wait for `retry-now` below, so every call is due at once (with a short first
+    // retry, each would come due on its own and could be delivered alone before it).
+    site.write(
+        "config/config_execute_on.toml",
+        "[queues.retry]\nfirst_retry = \"1h\"\nmax_delay = \"1h\"\ngive_up_after = \"3d\"\n",
+    );
     // back takes frames of at most 1 MiB; each call carries 600 KB, so any two offered in one
     // request make a frame back refuses (it closes the connection).
     site.cage("front", &[], "")
