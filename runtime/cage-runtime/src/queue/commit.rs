@@ -7,11 +7,13 @@
 //! survives a process crash; with `fdatasync` on (the default) the journal is also synced to the
 //! device before anyone is acknowledged, so an acknowledged call survives power loss too.
 //!
-//! Between syncs the thread checkpoints when the journal has grown past [`CHECKPOINT_BYTES`],
-//! the memory tables past [`CHECKPOINT_MEMORY`], or the journal has held changes for
-//! [`CHECKPOINT_EVERY`]: what the memory tables still hold is written to sled, sled is flushed
-//! and the old segments dropped, so memory, the journal and the replay on the next start stay
-//! short.
+//! A second thread checkpoints when the journal has grown past [`CHECKPOINT_BYTES`], the memory
+//! tables past [`CHECKPOINT_MEMORY`] (the commit thread looks after each sync and asks), or the
+//! journal has held changes for [`CHECKPOINT_EVERY`]: what the memory tables still hold is
+//! written to sled, sled is flushed and the old segments dropped, so memory, the journal and the
+//! replay on the next start stay short. It is a thread of its own so that syncs go on while it
+//! works: a checkpoint makes the next segment (8 MiB of zeros, synced) and flushes sled, which
+//! takes tens of milliseconds that every writer would otherwise wait.
 
 use super::journal::Journal;
 use super::{QueueError, QueueStore};
@@ -49,10 +51,40 @@ struct Shared {
     durable_seq: AtomicU64,
 }
 
-/// The group-commit thread of one queue database.
+/// The group-commit thread of one queue database, and its checkpointer.
 pub struct GroupCommit {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+    checkpoints: Arc<Checkpoints>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the checkpointer waits on: a request from the commit thread, or the stop.
+#[derive(Default)]
+struct Checkpoints {
+    state: Mutex<CheckpointState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct CheckpointState {
+    asked: bool,
+    stopping: bool,
+}
+
+impl Checkpoints {
+    fn ask(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).asked = true;
+        self.wake.notify_one();
+    }
+
+    fn stop(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopping = true;
+        self.wake.notify_one();
+    }
 }
 
 impl GroupCommit {
@@ -65,25 +97,43 @@ impl GroupCommit {
         window: Duration,
     ) -> Result<Self, QueueError> {
         let issued = store.issued();
-        let disk = Disk {
+        let disk = Arc::new(Disk {
             tables: store.tables(),
             journal: store.journal(),
             fdatasync,
-        };
+        });
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             flushes: AtomicU64::new(0),
             durable_seq: AtomicU64::new(issued.load(Ordering::Acquire)),
         });
+        let checkpoints = Arc::new(Checkpoints::default());
+        let (ask, on) = (checkpoints.clone(), disk.clone());
+        let checkpointer = std::thread::Builder::new()
+            .name("cage-checkpoint".into())
+            .spawn(move || checkpoint_when_due(&ask, &on))
+            .map_err(|e| QueueError::Flush(format!("cannot start the checkpoint thread: {e}")))?;
         let worker = shared.clone();
+        let ask = checkpoints.clone();
         let thread = std::thread::Builder::new()
             .name("cage-commit".into())
-            .spawn(move || run(&worker, &disk, &issued, window))
-            .map_err(|e| QueueError::Flush(format!("cannot start the commit thread: {e}")))?;
+            .spawn(move || run(&worker, &disk, &ask, &issued, window));
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                checkpoints.stop();
+                let _ = checkpointer.join();
+                return Err(QueueError::Flush(format!(
+                    "cannot start the commit thread: {e}"
+                )));
+            }
+        };
         Ok(GroupCommit {
             shared,
             thread: Some(thread),
+            checkpoints,
+            checkpointer: Some(checkpointer),
         })
     }
 
@@ -154,19 +204,12 @@ fn gather<'a>(
     if window.is_zero() || last_batch <= 1 || s.stopping {
         return s;
     }
-    let deadline = Instant::now() + window;
     s.sleeping = true;
-    while !s.stopping {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        s = shared
-            .wake
-            .wait_timeout(s, left)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
+    let mut s = shared
+        .wake
+        .wait_timeout_while(s, window, |s| !s.stopping)
+        .unwrap_or_else(|p| p.into_inner())
+        .0;
     s.sleeping = false;
     s
 }
@@ -189,28 +232,66 @@ impl Disk {
         Ok(())
     }
 
-    /// Checkpoints if the journal is long or old; a failed checkpoint loses nothing (the
-    /// journal keeps every change) and is tried again later.
-    fn maybe_checkpoint(&self, last: &mut Instant) {
-        let len = self.journal.len();
-        let due = len >= CHECKPOINT_BYTES
-            || self.tables.memory_bytes() >= CHECKPOINT_MEMORY
-            || (!self.journal.is_empty() && last.elapsed() >= CHECKPOINT_EVERY);
-        if !due {
-            return;
-        }
-        *last = Instant::now();
+    /// Whether the journal or the memory tables have grown enough to checkpoint.
+    fn full(&self) -> bool {
+        self.journal.len() >= CHECKPOINT_BYTES || self.tables.memory_bytes() >= CHECKPOINT_MEMORY
+    }
+
+    /// Checkpoints; a failed checkpoint loses nothing (the journal keeps every change) and is
+    /// tried again later.
+    fn checkpoint(&self) {
         if let Err(e) = self.journal.checkpoint(&self.tables) {
             tracing::error!("queue checkpoint failed (the journal keeps every change): {e}");
         }
     }
 }
 
-fn run(shared: &Shared, disk: &Disk, issued: &AtomicU64, window: Duration) {
-    let mut last_batch = 0;
-    let mut last_checkpoint = Instant::now();
+/// The checkpointer: checkpoints when asked (the journal or memory grew), and when the journal
+/// has held changes for [`CHECKPOINT_EVERY`]; otherwise sleeps.
+fn checkpoint_when_due(checkpoints: &Checkpoints, disk: &Disk) {
+    let mut last = Instant::now();
     loop {
-        disk.maybe_checkpoint(&mut last_checkpoint);
+        let asked = {
+            let s = checkpoints.state.lock().unwrap_or_else(|p| p.into_inner());
+            let left = CHECKPOINT_EVERY.saturating_sub(last.elapsed());
+            let mut s = checkpoints
+                .wake
+                .wait_timeout_while(s, left, |s| !s.asked && !s.stopping)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            if s.stopping {
+                return;
+            }
+            std::mem::take(&mut s.asked)
+        };
+        // Asked while still full (a request made during the last checkpoint may be stale), or
+        // the journal's age is up (an empty one has nothing to checkpoint).
+        let due = if asked {
+            disk.full()
+        } else {
+            !disk.journal.is_empty()
+        };
+        if due {
+            disk.checkpoint();
+            last = Instant::now();
+        } else if !asked {
+            last = Instant::now();
+        }
+    }
+}
+
+fn run(
+    shared: &Shared,
+    disk: &Disk,
+    checkpoints: &Checkpoints,
+    issued: &AtomicU64,
+    window: Duration,
+) {
+    let mut last_batch = 0;
+    loop {
+        if disk.full() {
+            checkpoints.ask();
+        }
         let batch = {
             let mut s = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             while s.waiters.is_empty() && !s.nudged && !s.stopping {
@@ -265,6 +346,10 @@ impl Drop for GroupCommit {
             .stopping = true;
         self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.checkpoints.stop();
+        if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
         }
     }

@@ -86,35 +86,6 @@ impl Layers {
         best.map(|(k, h)| (k.clone(), h.value.clone()))
     }
 
-    /// Sets `key` to `value` in the active table, or removes it; answers what the active table
-    /// held of it before. A removal of a key that no frozen table holds is made in sled at once
-    /// (sled ignores one of a key it does not hold), pushing onto `in_sled` the value sled had:
-    /// a tombstone would hide the key from scans only until the next checkpoint, and every
-    /// scan of the due index would wade through the tombstones of the calls done meanwhile.
-    fn set(
-        &mut self,
-        db: &sled::Db,
-        key: IVec,
-        value: Option<IVec>,
-        in_sled: &mut Vec<(IVec, IVec)>,
-    ) -> sled::Result<Option<Held>> {
-        let frozen = self.frozen.iter().any(|l| l.contains_key(&key));
-        let held = self.active.get(&key);
-        if value.is_some() || frozen {
-            let below = match held {
-                Some(held) => held.below,
-                None => frozen || db.contains_key(&key)?,
-            };
-            return Ok(self.put(key, Some(Held { value, below })));
-        }
-        if held.is_none_or(|h| h.below) {
-            if let Some(was) = db.remove(&key)? {
-                in_sled.push((key.clone(), was));
-            }
-        }
-        Ok(self.put(key, None))
-    }
-
     /// Makes the active table hold `held` of `key` (`None`: nothing); answers what it held.
     fn put(&mut self, key: IVec, held: Option<Held>) -> Option<Held> {
         if let Some(held) = &held {
@@ -219,9 +190,8 @@ impl Tables {
             .filter_map(|(_, v)| v.as_ref())
             .map(Vec::len)
             .sum();
-        let mut layers = self.write();
         if value_bytes > DIRECT_BYTES {
-            return self.apply_direct(&mut layers, ops, fail_at);
+            return self.apply_direct(&mut self.write(), ops, fail_at);
         }
         let mut replaced = Vec::with_capacity(ops.len());
         let mut in_sled = Vec::new();
@@ -230,17 +200,13 @@ impl Tables {
             let result = if fail_at == Some(i) {
                 Err(sled::Error::Io(injected(&format!("apply:{i}"))))
             } else {
-                layers.set(
-                    &self.db,
-                    key.clone(),
-                    v.as_deref().map(IVec::from),
-                    &mut in_sled,
-                )
+                self.set(key.clone(), v.as_deref().map(IVec::from), &mut in_sled)
             };
             match result {
                 Ok(old) => replaced.push((key, old)),
                 Err(source) => {
                     // Memory is put back here; what was removed from sled, by the undo.
+                    let mut layers = self.write();
                     for (key, old) in replaced.into_iter().rev() {
                         layers.put(key, old);
                     }
@@ -253,6 +219,47 @@ impl Tables {
             }
         }
         Ok(())
+    }
+
+    /// Sets `key` to `value` in the active table, or removes it; answers what the active table
+    /// held of it before. A removal of a key that no frozen table holds is made in sled at once
+    /// (sled ignores one of a key it does not hold), pushing onto `in_sled` the value sled had:
+    /// a tombstone would hide the key from scans only until the next checkpoint, and every
+    /// scan of the due index would wade through the tombstones of the calls done meanwhile.
+    ///
+    /// The tables are locked only to look and to change memory, never across sled's work, so
+    /// readers do not wait for it. Called under the journal's lock: no other writer and no
+    /// freeze comes between the look and the change (a checkpoint may drop a frozen table in
+    /// between, once sled holds it, which leaves the answer right).
+    fn set(
+        &self,
+        key: IVec,
+        value: Option<IVec>,
+        in_sled: &mut Vec<(IVec, IVec)>,
+    ) -> sled::Result<Option<Held>> {
+        let (frozen, held_below) = {
+            let layers = self.read();
+            (
+                layers.frozen.iter().any(|l| l.contains_key(&key)),
+                layers.active.get(&key).map(|h| h.below),
+            )
+        };
+        if value.is_some() || frozen {
+            let below = match held_below {
+                Some(below) => below,
+                None => frozen || self.db.contains_key(&key)?,
+            };
+            return Ok(self.write().put(key, Some(Held { value, below })));
+        }
+        if held_below.is_none_or(|below| below) {
+            if let Some(was) = self.db.remove(&key)? {
+                in_sled.push((key.clone(), was));
+            }
+        }
+        if held_below.is_none() {
+            return Ok(None);
+        }
+        Ok(self.write().put(key, None))
     }
 
     /// Applies `ops` to sled, key by key; a key a memory table holds is set there too.
