@@ -455,6 +455,45 @@ pub(super) mod tests {
         assert_eq!(offered("done", now + 3_602_000), Acceptance::Accepted);
     }
 
+    /// The memory tables: a call accepted and finished between two checkpoints never reaches
+    /// sled, nor does one still pending; a crash (no checkpoint) replays both from the journal:
+    /// the finished one is not pending and is recognised if offered again, the other pends.
+    #[test]
+    fn calls_between_checkpoints_stay_out_of_sled_and_a_crash_replays_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::model::clock::now_ms();
+        let in_sled =
+            |s: &QueueStore, id: &str| s.db().sled().contains_key(keys::with_id(CALL, id)).unwrap();
+        {
+            let s = QueueStore::open(dir.path()).unwrap();
+            let brief = CallRecord::new(call("brief", 0, None), Stage::Execute, now);
+            assert_eq!(
+                s.accept(&brief, now, now + 1).unwrap(),
+                Acceptance::Accepted
+            );
+            s.finish(&s.get("brief").unwrap().unwrap()).unwrap();
+            s.insert(&CallRecord::new(
+                call("waiting", 0, None),
+                Stage::Execute,
+                now,
+            ))
+            .unwrap();
+            assert_eq!(s.due(now, 10).unwrap().len(), 1);
+            assert!(!in_sled(&s, "brief") && !in_sled(&s, "waiting"));
+            assert!(s.memory_bytes() > 0);
+        }
+        let s = reopen(dir.path());
+        assert!(s.get("brief").unwrap().is_none());
+        assert_eq!(s.due(now, 10).unwrap()[0].id, "waiting");
+        let again = CallRecord::new(call("brief", 0, None), Stage::Execute, now);
+        assert_eq!(
+            s.accept(&again, now, now + 1).unwrap(),
+            Acceptance::AlreadyAccepted
+        );
+        // The replay put what was left in sled (a checkpoint at open), and nothing more.
+        assert!(in_sled(&s, "waiting") && !in_sled(&s, "brief"));
+    }
+
     #[test]
     fn an_expired_backlog_drains_a_batch_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
