@@ -381,4 +381,37 @@ mod tests {
             commit.flushes()
         );
     }
+
+    /// The checkpointer: once the journal holds a segment's worth, it is checkpointed while
+    /// writers go on being acknowledged; what the memory tables held is then in sled.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_journal_is_checkpointed_while_writers_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = QueueStore::open(dir.path()).unwrap();
+        let commit = GroupCommit::start(&store, false, Duration::ZERO).unwrap();
+        let write = |i: u32| {
+            let mut b = super::super::journal::Batch::default();
+            b.insert(i.to_be_bytes(), vec![7u8; 4096]);
+            store.apply(b).unwrap();
+        };
+        let mut i = 0;
+        while store.journal().len() < CHECKPOINT_BYTES {
+            write(i);
+            commit.durable().await.unwrap();
+            i += 1;
+        }
+        let started = Instant::now();
+        while store.journal().len() >= CHECKPOINT_BYTES / 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no checkpoint after {i} writes"
+            );
+            write(i);
+            commit.durable().await.unwrap();
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(store.db().sled().contains_key(0u32.to_be_bytes()).unwrap());
+        assert!(store.memory_bytes() < CHECKPOINT_BYTES as usize / 2);
+    }
 }
