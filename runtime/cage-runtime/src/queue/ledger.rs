@@ -7,9 +7,18 @@
 //! bucket; a bucket holds 256 slots of the digest and its expiry (seconds since [`EPOCH_S`],
 //! little-endian; 0 marks an empty slot). A lookup or an insert reads one bucket and writes at
 //! most one slot. An expired slot is free for the next insert that lands in its bucket, so
-//! nothing sweeps the ledger key by key. When the slots in use pass three quarters of the
-//! table (or a bucket has no free slot), the table is rewritten into a new file with only its
-//! live entries, at a size that leaves it half full, and renamed over the old one.
+//! nothing sweeps the ledger key by key.
+//!
+//! The table grows a bucket at a time (linear hashing): when the slots in use pass three
+//! eighths, the next bucket in turn is split (a bucket not yet split in a round holds up to
+//! twice the average, so three quarters at most), its entries whose digest now picks the new
+//! bucket copied there (a read and two writes), so no insert waits for the whole table to be
+//! rewritten, however large it is. A split leaves the copied entries where they were until the
+//! ledger is next synced with the new size, so the file as last synced (header and buckets)
+//! finds every entry it held, whatever a crash keeps of later writes; after that sync their
+//! old slots are free. Only a bucket whose every slot is live, even after a sync, makes the
+//! table be rewritten whole into a new file at twice the size; and when most of it expired,
+//! compaction rewrites it smaller.
 //!
 //! Durability comes from the journal: an entry is added when a journal entry that names it is
 //! applied (and again when that entry is replayed; adding one twice changes nothing), and a
@@ -87,11 +96,29 @@ impl Entry {
     }
 }
 
+/// The bucket that `digest` picks in a table of `buckets` buckets (linear hashing: with `lo`
+/// the largest power of two not above `buckets`, the hash modulo `2 lo` if that bucket exists
+/// yet, else modulo `lo`; for a power of two, the hash modulo `buckets`).
 fn bucket_of(digest: &Digest, buckets: u64) -> u64 {
     let mut h = [0u8; 8];
     h.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(h) & (buckets - 1)
+    let h = u64::from_le_bytes(h);
+    let lo = low_power(buckets);
+    let b = h & (2 * lo - 1);
+    if b < buckets {
+        b
+    } else {
+        h & (lo - 1)
+    }
 }
+
+/// The largest power of two not above `buckets`.
+fn low_power(buckets: u64) -> u64 {
+    1 << (63 - buckets.leading_zeros())
+}
+
+/// Buckets the file grows by at a time (1 MiB), so a split rarely changes its size.
+const GROW_BUCKETS: u64 = 256;
 
 fn offset(bucket: u64) -> u64 {
     (bucket + 1) * PAGE as u64
@@ -112,8 +139,14 @@ pub struct Ledger {
 struct Table {
     file: File,
     buckets: u64,
-    /// Slots not empty (live or expired), as counted at the last rebuild plus inserts since.
+    /// The bucket count the file's header had when last synced: an entry's copy left behind
+    /// by a split stays until this count picks its new bucket.
+    synced: u64,
+    /// Slots not empty (live, expired, or a copy a split left behind), as counted at the last
+    /// rebuild plus inserts and splits since.
     used: u64,
+    /// The file's length (at least the buckets' end).
+    len: u64,
     page: Vec<u8>,
 }
 
@@ -176,7 +209,7 @@ impl Ledger {
                 } else if e.digest == entry.digest {
                     found = Some((i, e.until));
                     break;
-                } else if e.until <= now {
+                } else if e.until <= now || t.left_behind(&e, bucket) {
                     expired = expired.or(Some(i));
                 }
             }
@@ -184,10 +217,16 @@ impl Ledger {
                 (Some((_, until)), _, _) if until >= entry.until => return Ok(()),
                 (Some((i, _)), _, _) | (None, Some(i), _) => (i, false),
                 (None, None, Some(i)) => (i, true),
+                (None, None, None) if t.synced != t.buckets => {
+                    // Copies left behind by splits since the last sync hold slots: a sync
+                    // frees them.
+                    t.sync().map_err(io_error("fdatasync", &self.path))?;
+                    continue;
+                }
                 (None, None, None) => {
                     // Every slot of the bucket is live: a bigger table spreads it.
                     let live = t.live(now).map_err(io_error("rebuild", &self.path))?;
-                    let buckets = Table::buckets_for(live).max(t.buckets * 2);
+                    let buckets = Table::buckets_for(live).max(t.buckets.next_power_of_two() * 2);
                     t.rebuild(&self.path, now, buckets)?;
                     continue;
                 }
@@ -196,9 +235,8 @@ impl Ledger {
             t.file.write_all_at(&entry.to_bytes(), at).map_err(err)?;
             if fresh {
                 t.used += 1;
-                if t.used * 4 > t.buckets * SLOTS as u64 * 3 {
-                    let live = t.live(now).map_err(io_error("rebuild", &self.path))?;
-                    t.rebuild(&self.path, now, Table::buckets_for(live))?;
+                if t.used * 8 > t.buckets * SLOTS as u64 * 3 {
+                    t.split(now).map_err(io_error("grow", &self.path))?;
                 }
             }
             return Ok(());
@@ -220,10 +258,8 @@ impl Ledger {
 
     /// Syncs every entry added so far to the device (a checkpoint's part).
     pub fn sync(&self) -> Result<(), QueueError> {
-        let mut t = self.lock();
-        t.write_header().map_err(io_error("write", &self.path))?;
-        t.file
-            .sync_data()
+        self.lock()
+            .sync()
             .map_err(io_error("fdatasync", &self.path))
     }
 
@@ -253,11 +289,55 @@ impl Table {
         let mut t = Table {
             file,
             buckets,
+            synced: buckets,
             used: 0,
+            len: offset(buckets),
             page: vec![0; PAGE],
         };
         t.write_header().map_err(io_error("write", path))?;
         Ok(t)
+    }
+
+    /// Syncs the buckets, then the header naming their count: a header durable before the
+    /// buckets it counts could send a lookup to a bucket a crash lost.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        self.write_header()?;
+        self.file.sync_data()?;
+        self.synced = self.buckets;
+        Ok(())
+    }
+
+    /// Whether `e`, found in `bucket`, is a copy a split left behind that the synced file no
+    /// longer needs (both the table now and the table as synced pick another bucket for it).
+    fn left_behind(&self, e: &Entry, bucket: u64) -> bool {
+        bucket_of(&e.digest, self.buckets) != bucket && bucket_of(&e.digest, self.synced) != bucket
+    }
+
+    /// Adds one bucket, copying into it the live entries of the bucket it splits from that
+    /// now pick it (the originals stay until a sync, see the module documentation).
+    fn split(&mut self, now: u32) -> std::io::Result<()> {
+        let new = self.buckets;
+        let from = new - low_power(new);
+        if self.len < offset(new + 1) {
+            let len = offset(new + GROW_BUCKETS);
+            self.file.set_len(len)?;
+            self.len = len;
+        }
+        self.load(from)?;
+        let mut out = vec![0u8; PAGE];
+        let mut filled = 0;
+        for i in 0..SLOTS {
+            let e = slot(&self.page, i);
+            if e.until > now && bucket_of(&e.digest, new + 1) == new {
+                out[filled * SLOT..(filled + 1) * SLOT].copy_from_slice(&e.to_bytes());
+                filled += 1;
+            }
+        }
+        self.file.write_all_at(&out, offset(new))?;
+        self.buckets = new + 1;
+        self.used += filled as u64;
+        Ok(())
     }
 
     fn read(path: &Path) -> Result<Table, QueueError> {
@@ -282,20 +362,22 @@ impl Table {
             return Err(bad("its header is damaged (checksum)".into()));
         }
         let (buckets, used) = (word(8), word(16));
-        if !buckets.is_power_of_two() || buckets < MIN_BUCKETS {
+        if buckets < MIN_BUCKETS || buckets > u64::MAX / PAGE as u64 / 2 {
             return Err(bad(format!("its header names {buckets} buckets")));
         }
         let len = file.metadata().map_err(io_error("read", path))?.len();
-        if len != offset(buckets) {
+        if len < offset(buckets) {
             return Err(bad(format!(
-                "it is {len} bytes long, its header says {}",
+                "it is {len} bytes long, its header says at least {}",
                 offset(buckets)
             )));
         }
         Ok(Table {
             file,
             buckets,
+            synced: buckets,
             used,
+            len,
             page: vec![0; PAGE],
         })
     }
@@ -355,7 +437,8 @@ impl Table {
         for b in 0..self.buckets {
             self.load(b)?;
             live += (0..SLOTS)
-                .filter(|&i| slot(&self.page, i).until > now)
+                .map(|i| slot(&self.page, i))
+                .filter(|e| e.until > now && bucket_of(&e.digest, self.buckets) == b)
                 .count() as u64;
         }
         Ok(live)
@@ -377,9 +460,19 @@ impl Table {
         for n in 0..to.buckets {
             out.fill(0);
             let mut filled = 0;
-            // The old buckets whose entries can land in new bucket `n`.
-            let sources: Vec<u64> = if to.buckets >= self.buckets {
-                vec![n & (self.buckets - 1)]
+            // The old buckets whose entries can land in new bucket `n` (a power of two of
+            // buckets): larger, the one or two buckets a digest of `n` picks now; smaller,
+            // every old bucket that is `n` modulo the new size. Each entry is taken from the
+            // bucket it belongs to now (not from a copy a split left behind).
+            let lo = low_power(self.buckets);
+            let sources: Vec<u64> = if to.buckets >= 2 * lo {
+                let high = n & (2 * lo - 1);
+                let low = n & (lo - 1);
+                if high < self.buckets && high != low {
+                    vec![low, high]
+                } else {
+                    vec![low]
+                }
             } else {
                 (n..self.buckets).step_by(to.buckets as usize).collect()
             };
@@ -387,7 +480,10 @@ impl Table {
                 self.load(b)?;
                 for i in 0..SLOTS {
                     let e = slot(&self.page, i);
-                    if e.until <= now || bucket_of(&e.digest, to.buckets) != n {
+                    if e.until <= now
+                        || bucket_of(&e.digest, to.buckets) != n
+                        || bucket_of(&e.digest, self.buckets) != b
+                    {
                         continue;
                     }
                     if filled == SLOTS {
@@ -428,6 +524,16 @@ mod tests {
         }
     }
 
+    /// A new ledger holding calls `0..n`, call `i` kept until `until(i)` (added at 10).
+    fn ledger_of(n: u64, until: impl Fn(u64) -> u32) -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        for i in 0..n {
+            l.remember(entry(i, until(i)), 10).unwrap();
+        }
+        (dir, l)
+    }
+
     #[test]
     fn an_entry_is_kept_until_its_expiry_and_across_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -449,16 +555,12 @@ mod tests {
 
     #[test]
     fn the_table_grows_and_shrinks_with_what_is_live() {
-        let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::open(dir.path()).unwrap();
         let n = 20_000;
-        for i in 0..n {
-            l.remember(entry(i, if i % 2 == 0 { 50 } else { 500 }), 10)
-                .unwrap();
-        }
+        let (dir, l) = ledger_of(n, |i| if i % 2 == 0 { 50 } else { 500 });
         let grown = l.size();
-        assert_eq!(grown.used, n);
-        assert!(grown.used * 4 <= grown.slots * 3, "{grown:?}");
+        // Copies that splits left behind count until later inserts take their slots.
+        assert!(grown.used >= n, "{grown:?}");
+        assert!(grown.used * 8 <= grown.slots * 3 + 8, "{grown:?}");
         assert!((0..n).all(|i| l.contains(&entry(i, 0).digest, 40).unwrap()));
         // Half expire by 60: later inserts take their slots before any free one.
         for i in n..n + n / 2 {
@@ -480,6 +582,60 @@ mod tests {
         assert!(!dir.path().join(REBUILT).exists());
         let reopened = Ledger::open(dir.path()).unwrap();
         assert!(reopened.contains(&entry(0, 0).digest, 9_999).unwrap());
+    }
+
+    #[test]
+    fn the_table_grows_a_bucket_at_a_time_and_every_entry_stays_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let n = 30_000;
+        let mut sizes = std::collections::BTreeSet::new();
+        for i in 0..n {
+            l.remember(entry(i, 500), 10).unwrap();
+            sizes.insert(l.size().slots / SLOTS as u64);
+        }
+        // Grown one bucket at a time, never rewritten: every count from 16 up was seen.
+        let last = *sizes.last().unwrap();
+        assert!(!last.is_power_of_two() || last > 64, "{last}");
+        assert_eq!(sizes.len() as u64, last - MIN_BUCKETS + 1);
+        assert!(l.size().used >= n);
+        assert!((0..n).all(|i| l.contains(&entry(i, 0).digest, 40).unwrap()));
+        assert!(!l.contains(&entry(n, 0).digest, 40).unwrap());
+        l.sync().unwrap();
+        drop(l);
+        let l = Ledger::open(dir.path()).unwrap();
+        assert!((0..n).all(|i| l.contains(&entry(i, 0).digest, 40).unwrap()));
+        // A rebuild from a table that is not a power of two (compaction) keeps every entry.
+        let mut t = l.lock();
+        t.rebuild(
+            &dir.path().join(FILE),
+            10,
+            MIN_BUCKETS.max(last.next_power_of_two() / 2),
+        )
+        .unwrap();
+        drop(t);
+        assert!((0..n).all(|i| l.contains(&entry(i, 0).digest, 40).unwrap()));
+    }
+
+    /// What a crash keeps: the header as last synced, and any mix of later bucket writes. The
+    /// file as it stands (every later write) under the synced header finds every entry added
+    /// before that sync, though splits since moved them and later inserts took slots.
+    #[test]
+    fn the_file_as_last_synced_finds_every_entry_it_held() {
+        let synced = 5_000;
+        let (dir, l) = ledger_of(synced, |_| 500);
+        l.sync().unwrap();
+        for i in synced..synced * 4 {
+            l.remember(entry(i, 500), 10).unwrap();
+        }
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.path().join(FILE), copy.path().join(FILE)).unwrap();
+        let crashed = Ledger::open(copy.path()).unwrap();
+        // The header is the last synced one (a bucket that filled up syncs by itself).
+        assert!(crashed.size().slots <= l.size().slots);
+        for i in 0..synced {
+            assert!(crashed.contains(&entry(i, 0).digest, 40).unwrap(), "{i}");
+        }
     }
 
     #[test]
