@@ -142,8 +142,8 @@ struct Table {
     /// The bucket count the file's header had when last synced: an entry's copy left behind
     /// by a split stays until this count picks its new bucket.
     synced: u64,
-    /// Slots not empty (live, expired, or a copy a split left behind), as counted at the last
-    /// rebuild plus inserts and splits since.
+    /// Slots holding an entry in the bucket it belongs to (live or expired; not a copy a split
+    /// left behind), as counted at the last rebuild plus inserts and splits since.
     used: u64,
     /// The file's length (at least the buckets' end).
     len: u64,
@@ -201,29 +201,31 @@ impl Ledger {
         loop {
             let bucket = bucket_of(&entry.digest, t.buckets);
             t.load(bucket).map_err(err)?;
-            let (mut expired, mut empty, mut found) = (None, None, None);
+            // A free slot, and whether taking it adds to `used`: an empty one or a copy a
+            // split left behind does, an expired entry's (counted already) does not.
+            let (mut free, mut found) = (None, None);
             for i in 0..SLOTS {
                 let e = slot(&t.page, i);
-                if e.until == 0 {
-                    empty = empty.or(Some(i));
+                if e.until == 0 || t.left_behind(&e, bucket) {
+                    free = free.or(Some((i, true)));
                 } else if e.digest == entry.digest {
                     found = Some((i, e.until));
                     break;
-                } else if e.until <= now || t.left_behind(&e, bucket) {
-                    expired = expired.or(Some(i));
+                } else if e.until <= now {
+                    free = free.or(Some((i, false)));
                 }
             }
-            let (i, fresh) = match (found, expired, empty) {
-                (Some((_, until)), _, _) if until >= entry.until => return Ok(()),
-                (Some((i, _)), _, _) | (None, Some(i), _) => (i, false),
-                (None, None, Some(i)) => (i, true),
-                (None, None, None) if t.synced != t.buckets => {
+            let (i, fresh) = match (found, free) {
+                (Some((_, until)), _) if until >= entry.until => return Ok(()),
+                (Some((i, _)), _) => (i, false),
+                (None, Some(free)) => free,
+                (None, None) if t.synced != t.buckets => {
                     // Copies left behind by splits since the last sync hold slots: a sync
                     // frees them.
                     t.sync().map_err(io_error("fdatasync", &self.path))?;
                     continue;
                 }
-                (None, None, None) => {
+                (None, None) => {
                     // Every slot of the bucket is live: a bigger table spreads it.
                     let live = t.live(now).map_err(io_error("rebuild", &self.path))?;
                     let buckets = Table::buckets_for(live).max(t.buckets.next_power_of_two() * 2);
@@ -326,17 +328,24 @@ impl Table {
         }
         self.load(from)?;
         let mut out = vec![0u8; PAGE];
-        let mut filled = 0;
+        let (mut filled, mut dropped) = (0, 0);
         for i in 0..SLOTS {
             let e = slot(&self.page, i);
-            if e.until > now && bucket_of(&e.digest, new + 1) == new {
+            if e.until == 0 || bucket_of(&e.digest, new + 1) != new || self.left_behind(&e, from) {
+                continue;
+            }
+            if e.until > now {
                 out[filled * SLOT..(filled + 1) * SLOT].copy_from_slice(&e.to_bytes());
                 filled += 1;
+            } else {
+                dropped += 1;
             }
         }
         self.file.write_all_at(&out, offset(new))?;
         self.buckets = new + 1;
-        self.used += filled as u64;
+        // A moved entry is counted once, in its new bucket; an expired one that would have
+        // moved is left behind like a copy, uncounted.
+        self.used = self.used.saturating_sub(dropped);
         Ok(())
     }
 
@@ -558,8 +567,7 @@ mod tests {
         let n = 20_000;
         let (dir, l) = ledger_of(n, |i| if i % 2 == 0 { 50 } else { 500 });
         let grown = l.size();
-        // Copies that splits left behind count until later inserts take their slots.
-        assert!(grown.used >= n, "{grown:?}");
+        assert_eq!(grown.used, n);
         assert!(grown.used * 8 <= grown.slots * 3 + 8, "{grown:?}");
         assert!((0..n).all(|i| l.contains(&entry(i, 0).digest, 40).unwrap()));
         // Half expire by 60: later inserts take their slots before any free one.
@@ -598,7 +606,7 @@ mod tests {
         let last = *sizes.last().unwrap();
         assert!(!last.is_power_of_two() || last > 64, "{last}");
         assert_eq!(sizes.len() as u64, last - MIN_BUCKETS + 1);
-        assert!(l.size().used >= n);
+        assert_eq!(l.size().used, n);
         assert!((0..n).all(|i| l.contains(&entry(i, 0).digest, 40).unwrap()));
         assert!(!l.contains(&entry(n, 0).digest, 40).unwrap());
         l.sync().unwrap();
