@@ -1,9 +1,11 @@
-//! The calls table: pending calls (`c`), their due index (`d`) and stored order per queue
+//! The calls table: pending calls (`c`), their due index (`d`, kept in memory only and rebuilt
+//! from the records at open: see [`super::tables`]) and stored order per queue
 //! (`o`, for queues that keep order: see [`super::rules`]), dead letters (`x`) and quarantined records (`q`). Listings for operators read here.
 
 use super::journal::Batch;
 use super::keys::{self, CALL, DEAD, DUE};
 use super::store::{decode_record, encode};
+use super::tables::Tables;
 use super::{QueueError, QueueStore};
 use crate::model::call::CallRecord;
 use std::collections::BTreeMap;
@@ -42,6 +44,45 @@ fn parse_due_value(v: &[u8]) -> (String, Option<String>) {
         Some((queue, target)) => (queue.to_owned(), Some(target.to_owned())),
         None => (text.into_owned(), None),
     }
+}
+
+/// What [`load_due_index`] found.
+pub(super) struct Loaded {
+    /// Entries an earlier version had kept on disk, now removed from it.
+    pub moved: usize,
+    /// Pending records that could not be read: each is indexed as due at once (with no queue),
+    /// so the scheduler moves it to quarantine as it would any unreadable record it reaches.
+    pub unreadable: usize,
+}
+
+/// Builds the due index (kept in memory only) from the pending call records in sled, after the
+/// journal's replay; removes what an earlier version kept of it in sled.
+pub(super) fn load_due_index(tables: &Tables) -> sled::Result<Loaded> {
+    let db = tables.sled();
+    let mut moved = 0;
+    for key in db.scan_prefix([DUE]).keys() {
+        db.remove(key?)?;
+        moved += 1;
+    }
+    let mut unreadable = 0;
+    let mut entries = Vec::new();
+    for item in db.scan_prefix([CALL]) {
+        let (k, v) = item?;
+        match decode_record(&k, &v) {
+            Ok(record) => entries.push((QueueStore::due_key(&record), due_value(&record))),
+            Err(_) => {
+                unreadable += 1;
+                let id = String::from_utf8_lossy(&k[1..]);
+                entries.push((keys::due(0, 0, &id), Vec::new()));
+            }
+        }
+        // In slices, so that a million pending calls do not hold their keys twice.
+        if entries.len() >= 4096 {
+            tables.load_index(entries.drain(..));
+        }
+    }
+    tables.load_index(entries);
+    Ok(Loaded { moved, unreadable })
 }
 
 impl QueueStore {

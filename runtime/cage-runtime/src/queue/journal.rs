@@ -41,7 +41,7 @@
 
 use super::fault::{injected, Faults, Steps};
 use super::ledger::{self, Ledger};
-use super::tables::{Failed, Tables};
+use super::tables::{memory_only, Failed, Tables};
 use super::QueueError;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -183,7 +183,8 @@ impl Batch {
     /// before the memory tables take any change).
     fn replay_into(&self, db: &sled::Db, ledger: &Ledger) -> sled::Result<()> {
         self.remember_in(ledger)?;
-        for (k, v) in &self.ops {
+        // The keys kept in memory only are rebuilt from the records after the replay.
+        for (k, v) in self.ops.iter().filter(|(k, _)| !memory_only(k)) {
             match v {
                 Some(v) => db.insert(k, v.as_slice())?,
                 None => db.remove(k)?,

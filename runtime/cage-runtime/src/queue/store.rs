@@ -147,9 +147,26 @@ impl QueueStore {
             .transpose()
             .map_err(storage)?
             .is_some();
+        let tables = Tables::new(db);
+        let loaded = super::calls::load_due_index(&tables).map_err(storage)?;
+        if loaded.moved > 0 {
+            tracing::info!(
+                "queue database {}: {} due index entries moved from disk to memory",
+                dir.display(),
+                loaded.moved
+            );
+        }
+        if loaded.unreadable > 0 {
+            tracing::warn!(
+                "queue database {}: {} pending call record(s) could not be read; they are due \
+                 at once and move to quarantine when the scheduler reaches them",
+                dir.display(),
+                loaded.unreadable
+            );
+        }
         Ok(QueueStore {
             path: dir.to_owned(),
-            tables: Arc::new(Tables::new(db)),
+            tables: Arc::new(tables),
             journal: Arc::new(journal),
             issued: Arc::new(AtomicU64::new(issued)),
             rules: RwLock::new(Rules::default()),
@@ -317,7 +334,7 @@ pub(super) mod tests {
         }
     }
     use crate::model::call::{Attempt, QueuedCall, Stage};
-    use crate::queue::keys::CALL;
+    use crate::queue::keys::{CALL, DUE};
     use crate::queue::Acceptance;
 
     fn call(id: &str, priority: i32, key: Option<&str>) -> QueuedCall {
@@ -492,6 +509,80 @@ pub(super) mod tests {
         );
         // The replay put what was left in sled (a checkpoint at open), and nothing more.
         assert!(in_sled(&s, "waiting") && !in_sled(&s, "brief"));
+    }
+
+    #[test]
+    fn the_due_index_stays_in_memory_and_is_rebuilt_from_the_records_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let due_in_sled = |s: &QueueStore| s.db().sled().scan_prefix([DUE]).count();
+        let listed = |s: &QueueStore| -> Vec<(String, u64, i32)> {
+            s.due(u64::MAX - 1, 10)
+                .unwrap()
+                .into_iter()
+                .map(|d| (d.id, d.due_ms, d.priority))
+                .collect()
+        };
+        let expect = vec![
+            ("hi".to_string(), 2000, 5),
+            ("lo".to_string(), 2000, 0),
+            ("moved".to_string(), 7000, 0),
+        ];
+        {
+            let s = QueueStore::open(dir.path()).unwrap();
+            for (id, priority) in [("lo", 0), ("hi", 5), ("moved", 0), ("gone", 0)] {
+                s.insert(&CallRecord::new(
+                    call(id, priority, None),
+                    Stage::Execute,
+                    2000,
+                ))
+                .unwrap();
+            }
+            s.checkpoint().unwrap();
+            // After the checkpoint, so only the journal holds these changes.
+            let old = s.get("moved").unwrap().unwrap();
+            let mut new = old.clone();
+            new.next_at_ms = 7000;
+            s.update(&old, &new).unwrap();
+            s.finish(&s.get("gone").unwrap().unwrap()).unwrap();
+            assert_eq!(listed(&s), expect);
+            assert_eq!(due_in_sled(&s), 0, "a checkpoint writes no due index entry");
+            assert_eq!(s.db().index_len(), 3);
+        }
+        // A crash: the replay brings back the records, and the index follows them.
+        let s = reopen(dir.path());
+        assert_eq!(listed(&s), expect);
+        assert_eq!(due_in_sled(&s), 0);
+        assert_eq!(s.counts_by_queue().unwrap()["retry"], (3, 0));
+
+        // A database from before kept its due index in sled, and one of its entries was stale.
+        s.db()
+            .sled()
+            .insert(keys::due(1, 0, "stale"), &b"retry"[..])
+            .unwrap();
+        s.db()
+            .sled()
+            .insert(keys::due(2000, 0, "lo"), &b"retry"[..])
+            .unwrap();
+        s.checkpoint().unwrap();
+        drop(s);
+        let s = reopen(dir.path());
+        assert_eq!(listed(&s), expect, "only what the records say is due");
+        assert_eq!(due_in_sled(&s), 0, "the old entries are gone from disk");
+
+        // An unreadable record is due at once, so the scheduler moves it to quarantine.
+        s.db()
+            .sled()
+            .insert(keys::with_id(CALL, "bad"), &[9u8, 1, 2][..])
+            .unwrap();
+        s.checkpoint().unwrap();
+        drop(s);
+        let s = reopen(dir.path());
+        let first = s.due(1, 10).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].id.as_str(), first[0].due_ms), ("bad", 0));
+        assert!(s.get("bad").is_err());
+        s.quarantine(&first[0]).unwrap();
+        assert_eq!(listed(&s), expect);
     }
 
     #[test]

@@ -15,6 +15,13 @@
 //! the journal's older segments hold), writes them to sled, flushes sled and only then drops
 //! them and those segments. A failed checkpoint keeps its frozen tables readable and is redone.
 //!
+//! The due index is kept in memory only ([`memory_only`]): every pending call record implies its
+//! entry, so [`Tables::load_index`] rebuilds it from the records at open and no checkpoint
+//! writes it. A pending call then costs sled one key instead of two (about 170 bytes of disk
+//! each), and the scheduler's scans of the due index never touch sled. The cost is memory:
+//! about 80 bytes a pending call (its key once, and a number for its value, which few calls
+//! differ in: a queue and a target).
+//!
 //! A change whose values are large ([`DIRECT_BYTES`]) goes to sled at once, as before the memory
 //! tables: it costs memory, not keys, and sled's failures (a large value's file it cannot make)
 //! then refuse the change that met them. A key it sets that a memory table holds is set there
@@ -22,8 +29,9 @@
 
 use super::fault::injected;
 use super::journal::Batch;
+use super::keys::DUE;
 use sled::IVec;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -52,8 +60,67 @@ impl Held {
 /// One table: what it holds of each key it changed.
 type Layer = BTreeMap<IVec, Held>;
 
+/// Whether `key` is kept in memory only (the due index; see the module documentation).
+pub(super) fn memory_only(key: &[u8]) -> bool {
+    key.first() == Some(&DUE)
+}
+
+/// The keys kept in memory only, each with the number of its value: the values (a queue and a
+/// target) are few and each is kept once.
+#[derive(Default)]
+struct Index {
+    keys: BTreeMap<Box<[u8]>, u32>,
+    values: Vec<IVec>,
+    numbers: HashMap<IVec, u32>,
+}
+
+impl Index {
+    fn set(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let Some(value) = value else {
+            self.keys.remove(key);
+            return;
+        };
+        let number = match self.numbers.get(value) {
+            Some(n) => *n,
+            None => {
+                let n = self.values.len() as u32;
+                self.values.push(IVec::from(value));
+                self.numbers.insert(IVec::from(value), n);
+                n
+            }
+        };
+        match self.keys.get_mut(key) {
+            Some(n) => *n = number,
+            None => {
+                self.keys.insert(key.into(), number);
+            }
+        }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<IVec> {
+        self.keys.get(key).map(|n| self.values[*n as usize].clone())
+    }
+
+    /// The first key after `after` and before `end`, with its value.
+    fn next(&self, after: &Bound<IVec>, end: &Bound<IVec>) -> Option<(IVec, IVec)> {
+        fn bound(b: &Bound<IVec>) -> Bound<&[u8]> {
+            match b {
+                Bound::Included(k) => Bound::Included(&k[..]),
+                Bound::Excluded(k) => Bound::Excluded(&k[..]),
+                Bound::Unbounded => Bound::Unbounded,
+            }
+        }
+        self.keys
+            .range::<[u8], _>((bound(after), bound(end)))
+            .next()
+            .map(|(k, n)| (IVec::from(&**k), self.values[*n as usize].clone()))
+    }
+}
+
 #[derive(Default)]
 struct Layers {
+    /// The keys kept in memory only.
+    index: Index,
     active: Layer,
     /// Bytes the active table holds (keys, values and [`ENTRY_OVERHEAD`] each).
     active_bytes: usize,
@@ -84,6 +151,14 @@ impl Layers {
             }
         }
         best.map(|(k, h)| (k.clone(), h.value.clone()))
+    }
+
+    /// Makes the changes `which` of `ops` to keys kept in memory only.
+    fn set_index(&mut self, ops: &[(Vec<u8>, Option<Vec<u8>>)], which: &[usize]) {
+        for i in which {
+            let (k, v) = &ops[*i];
+            self.index.set(k, v.as_deref());
+        }
     }
 
     /// Makes the active table hold `held` of `key` (`None`: nothing); answers what it held.
@@ -140,6 +215,9 @@ impl Tables {
     /// The value of `key`.
     pub fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
         let key = key.as_ref();
+        if memory_only(key) {
+            return Ok(self.read().index.get(key));
+        }
         match self.read().lookup(key) {
             Some(held) => Ok(held),
             None => self.db.get(key),
@@ -152,12 +230,15 @@ impl Tables {
     }
 
     /// The keys from `start` (inclusive) to `end` (exclusive) with their values, in key order.
+    /// A range must not hold both keys kept in memory only and other keys.
     pub fn range(&self, range: std::ops::Range<Vec<u8>>) -> Iter<'_> {
         let start = IVec::from(range.start);
         let end = IVec::from(range.end);
+        let only_memory = memory_only(&start);
+        debug_assert!(!only_memory || end.as_ref() <= [DUE + 1].as_slice());
         Iter {
             tables: self,
-            sled: self.db.range(start.clone()..end.clone()).peekable(),
+            sled: (!only_memory).then(|| self.db.range(start.clone()..end.clone()).peekable()),
             after: Bound::Included(start),
             end: Bound::Excluded(end),
             held: None,
@@ -172,7 +253,7 @@ impl Tables {
         let end = prefix_end(prefix).map(IVec::from);
         Iter {
             tables: self,
-            sled: self.db.scan_prefix(prefix).peekable(),
+            sled: (!memory_only(prefix)).then(|| self.db.scan_prefix(prefix).peekable()),
             after: Bound::Included(start),
             end: end.map_or(Bound::Unbounded, Bound::Excluded),
             held: None,
@@ -195,10 +276,15 @@ impl Tables {
         }
         let mut replaced = Vec::with_capacity(ops.len());
         let mut in_sled = Vec::new();
+        // Changes of keys kept in memory only cannot fail: they are made once the rest is.
+        let mut in_index = Vec::new();
         for (i, (k, v)) in ops.iter().enumerate() {
             let key = IVec::from(k.as_slice());
             let result = if fail_at == Some(i) {
                 Err(sled::Error::Io(injected(&format!("apply:{i}"))))
+            } else if memory_only(k) {
+                in_index.push(i);
+                continue;
             } else {
                 self.set(key.clone(), v.as_deref().map(IVec::from), &mut in_sled)
             };
@@ -217,6 +303,9 @@ impl Tables {
                     return Err(Failed { source, undo });
                 }
             }
+        }
+        if !in_index.is_empty() {
+            self.write().set_index(ops, &in_index);
         }
         Ok(())
     }
@@ -281,9 +370,13 @@ impl Tables {
             }
             undo
         };
+        let mut in_index = Vec::new();
         for (i, (k, v)) in ops.iter().enumerate() {
             let result = if fail_at == Some(i) {
                 Err(sled::Error::Io(injected(&format!("apply:{i}"))))
+            } else if memory_only(k) {
+                in_index.push(i);
+                continue;
             } else {
                 match v {
                     Some(v) => self.db.insert(k, v.as_slice()),
@@ -307,7 +400,22 @@ impl Tables {
                 }
             }
         }
+        layers.set_index(ops, &in_index);
         Ok(())
+    }
+
+    /// Puts `entries` into the keys kept in memory only (at open, from the call records).
+    pub(super) fn load_index(&self, entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) {
+        let mut layers = self.write();
+        for (k, v) in entries {
+            debug_assert!(memory_only(&k));
+            layers.index.set(&k, Some(&v));
+        }
+    }
+
+    /// Number of keys kept in memory only.
+    pub fn index_len(&self) -> usize {
+        self.read().index.keys.len()
     }
 
     /// Bytes the active table holds: what the next checkpoint writes to sled at most.
@@ -366,7 +474,8 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 /// keys left out). Each step looks up the tables afresh, so it holds no lock between steps.
 pub struct Iter<'a> {
     tables: &'a Tables,
-    sled: std::iter::Peekable<sled::Iter>,
+    /// sled's keys of the range; `None` for a range of keys kept in memory only.
+    sled: Option<std::iter::Peekable<sled::Iter>>,
     /// Where the next look into the memory tables starts.
     after: Bound<IVec>,
     end: Bound<IVec>,
@@ -379,14 +488,19 @@ impl Iterator for Iter<'_> {
     type Item = sled::Result<(IVec, IVec)>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let Some(sled) = self.sled.as_mut() else {
+            let (k, v) = self.tables.read().index.next(&self.after, &self.end)?;
+            self.after = Bound::Excluded(k.clone());
+            return Some(Ok((k, v)));
+        };
         loop {
             if self.held.is_none() && !self.held_done {
                 self.held = self.tables.read().next(&self.after, &self.end);
                 self.held_done = self.held.is_none();
             }
-            let from_sled = match self.sled.peek() {
+            let from_sled = match sled.peek() {
                 Some(Ok((k, _))) => Some(k.clone()),
-                Some(Err(_)) => return self.sled.next(),
+                Some(Err(_)) => return sled.next(),
                 None => None,
             };
             let take_held = match (&self.held, from_sled) {
@@ -396,13 +510,13 @@ impl Iterator for Iter<'_> {
                 (Some((h, _)), Some(s)) => {
                     if *h == s {
                         // The memory tables hold a newer value of sled's key.
-                        self.sled.next();
+                        sled.next();
                     }
                     *h <= s
                 }
             };
             if !take_held {
-                return self.sled.next();
+                return sled.next();
             }
             let (k, v) = self.held.take()?;
             self.after = Bound::Excluded(k.clone());
@@ -557,6 +671,56 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(failed.undo, batch(&[("k3", Some("s"))]));
+    }
+
+    #[test]
+    fn keys_kept_in_memory_only_never_reach_sled() {
+        let (_dir, t) = tables();
+        let due = |n: u8| {
+            let mut k = vec![DUE];
+            k.push(n);
+            String::from_utf8(k).unwrap()
+        };
+        let (d1, d2, d3) = (due(b'1'), due(b'2'), due(b'3'));
+        t.apply(
+            &batch(&[
+                (&d2, Some("q")),
+                ("c2", Some("call")),
+                (&d1, Some("q")),
+                (&d3, Some("other")),
+            ]),
+            None,
+        )
+        .ok()
+        .unwrap();
+        t.apply(&batch(&[(&d3, None)]), None).ok().unwrap();
+        assert_eq!(
+            listed(t.scan_prefix([DUE])),
+            pairs(&[(&d1, "q"), (&d2, "q")])
+        );
+        assert_eq!(
+            listed(t.range(d2.as_bytes().to_vec()..vec![DUE + 1])),
+            pairs(&[(&d2, "q")])
+        );
+        assert_eq!(t.get(&d1).unwrap().unwrap(), "q");
+
+        // A change that fails leaves them as they were; a large one keeps them in memory.
+        t.apply(&batch(&[(&d1, None), ("c3", Some("x"))]), Some(1))
+            .err()
+            .unwrap();
+        assert_eq!(t.index_len(), 2);
+        let big = "x".repeat(DIRECT_BYTES + 1);
+        t.apply(&batch(&[(&d3, Some("q")), ("c4", Some(&big))]), None)
+            .ok()
+            .unwrap();
+        assert_eq!(t.index_len(), 3);
+
+        t.freeze();
+        t.spill().unwrap();
+        t.forget_spilled(1);
+        assert!(t.sled().scan_prefix([DUE]).next().is_none());
+        assert_eq!(t.sled().get("c2").unwrap().unwrap(), "call");
+        assert_eq!(listed(t.scan_prefix([DUE])).len(), 3);
     }
 
     #[test]
