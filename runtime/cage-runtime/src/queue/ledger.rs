@@ -259,10 +259,36 @@ impl Ledger {
     }
 
     /// Syncs every entry added so far to the device (a checkpoint's part).
+    ///
+    /// The device's work happens without the table's lock: inserts, which the journal makes
+    /// under its own lock, would otherwise wait for it (every writer of the queue, for as long
+    /// as the device takes to write back a checkpoint's worth of buckets). What they write
+    /// meanwhile goes with the next sync; the header written counts only buckets whose data
+    /// was synced first.
     pub fn sync(&self) -> Result<(), QueueError> {
-        self.lock()
-            .sync()
-            .map_err(io_error("fdatasync", &self.path))
+        let fail = |e| io_error("fdatasync", &self.path)(e);
+        let (file, buckets) = {
+            let t = self.lock();
+            (t.file.try_clone().map_err(fail)?, t.buckets)
+        };
+        file.sync_data().map_err(fail)?;
+        {
+            let mut t = self.lock();
+            if !same_file(&t.file, &file) {
+                // Rebuilt meanwhile: the rebuild synced every live entry into its new file.
+                return Ok(());
+            }
+            // A sync made meanwhile (a full bucket's) may have counted more buckets already.
+            let count = buckets.max(t.synced);
+            t.write_header_counting(count)
+                .map_err(io_error("write", &self.path))?;
+        }
+        file.sync_data().map_err(fail)?;
+        let mut t = self.lock();
+        if same_file(&t.file, &file) {
+            t.synced = t.synced.max(buckets);
+        }
+        Ok(())
     }
 
     /// How full the table is.
@@ -273,6 +299,15 @@ impl Ledger {
             slots: t.buckets * SLOTS as u64,
             bytes: offset(t.buckets),
         }
+    }
+}
+
+/// Whether `a` and `b` are the same open file (a rebuild replaces the table's file).
+fn same_file(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -392,9 +427,14 @@ impl Table {
     }
 
     fn write_header(&mut self) -> std::io::Result<()> {
+        self.write_header_counting(self.buckets)
+    }
+
+    /// Writes the header saying the table has `buckets` buckets (at most the count it has).
+    fn write_header_counting(&mut self, buckets: u64) -> std::io::Result<()> {
         let mut h = Vec::with_capacity(28);
         h.extend_from_slice(MAGIC);
-        h.extend_from_slice(&self.buckets.to_le_bytes());
+        h.extend_from_slice(&buckets.to_le_bytes());
         h.extend_from_slice(&self.used.to_le_bytes());
         let crc = crc32fast::hash(&h);
         h.extend_from_slice(&crc.to_le_bytes());
@@ -644,6 +684,45 @@ mod tests {
         for i in 0..synced {
             assert!(crashed.contains(&entry(i, 0).digest, 40).unwrap(), "{i}");
         }
+    }
+
+    /// A checkpoint syncs while the queue goes on finishing calls: inserts are not held for the
+    /// device's work, and after each sync the file under its header finds every entry added
+    /// before the sync began, though the table grew meanwhile.
+    #[test]
+    fn a_sync_made_while_inserts_go_on_keeps_what_came_before_it() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let (dir, l) = ledger_of(1_000, |_| 500);
+        let l = std::sync::Arc::new(l);
+        let added = std::sync::Arc::new(AtomicU64::new(1_000));
+        let writer = {
+            let (l, added) = (l.clone(), added.clone());
+            std::thread::spawn(move || {
+                for i in 1_000..40_000 {
+                    l.remember(entry(i, 500), 10).unwrap();
+                    added.store(i + 1, Ordering::Release);
+                }
+            })
+        };
+        let mut checked = 0;
+        while !writer.is_finished() || checked == 0 {
+            let before = added.load(Ordering::Acquire);
+            l.sync().unwrap();
+            let copy = tempfile::tempdir().unwrap();
+            std::fs::copy(dir.path().join(FILE), copy.path().join(FILE)).unwrap();
+            let crashed = Ledger::open(copy.path()).unwrap();
+            for i in 0..before {
+                assert!(
+                    crashed.contains(&entry(i, 0).digest, 40).unwrap(),
+                    "{i} of {before}"
+                );
+            }
+            checked += 1;
+        }
+        writer.join().unwrap();
+        l.sync().unwrap();
+        let reopened = Ledger::open(dir.path()).unwrap();
+        assert!((0..40_000).all(|i| reopened.contains(&entry(i, 0).digest, 40).unwrap()));
     }
 
     #[test]
