@@ -214,11 +214,13 @@ impl Handler<Enqueue> for Scheduler {
 impl Handler<Accept> for Scheduler {
     type Result = ResponseActFuture<Self, Result<Option<String>, CallError>>;
 
-    fn handle(&mut self, Accept(call): Accept, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Accept(call): Accept, _: &mut Context<Self>) -> Self::Result {
         let (taken, stored) = self.take_offered(call);
         let durable = self.commit.durable();
-        self.pump_soon(ctx);
-        Box::pin(durable.into_actor(self).map(move |durable, this, _| {
+        // Pumped once durable: the pump starts only durable calls, so one before would skip it
+        // and the call would wait for the next pump for another reason.
+        Box::pin(durable.into_actor(self).map(move |durable, this, ctx| {
+            this.pump_soon(ctx);
             let taken = taken?;
             this.settle(durable, stored.as_deref())?;
             Ok(taken)
@@ -229,11 +231,12 @@ impl Handler<Accept> for Scheduler {
 impl Handler<AcceptMany> for Scheduler {
     type Result = ResponseActFuture<Self, Vec<Result<Option<String>, CallError>>>;
 
-    fn handle(&mut self, AcceptMany(calls): AcceptMany, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, AcceptMany(calls): AcceptMany, _: &mut Context<Self>) -> Self::Result {
         let taken: Vec<_> = calls.into_iter().map(|c| self.take_offered(c)).collect();
         let durable = self.commit.durable();
-        self.pump_soon(ctx);
-        Box::pin(durable.into_actor(self).map(move |durable, this, _| {
+        // Pumped once durable (see `Accept`).
+        Box::pin(durable.into_actor(self).map(move |durable, this, ctx| {
+            this.pump_soon(ctx);
             // One commit stands for every call: if it failed, each stored call is taken back.
             let failed = durable.err().map(|e| e.to_string());
             taken
