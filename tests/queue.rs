@@ -402,23 +402,33 @@ fn an_idempotency_key_makes_a_second_enqueue_the_first_call() {
     assert_eq!(text.lines().count(), 1, "{text}");
 }
 
-#[test]
-fn due_calls_of_higher_priority_run_first() {
+/// Cage `back` serving echo, with queue `queue` of one slot; answers the site, the running
+/// cage, and the file that `echo.append` calls made by [`append_args`] write to.
+fn one_slot_site(queue: &str) -> (Site, support::RunningCage, std::path::PathBuf) {
     let mut site = Site::new();
     site.write(
         "config/config_execute_on.toml",
-        "[queues.single]\nconcurrency = 1\n",
+        &format!("[queues.{queue}]\nconcurrency = 1\n"),
     );
     site.cage("back", &["echo"], "");
     site.install("echo", &module_so("echo", &[]));
-    let _cage = site.start("back");
+    let cage = site.start("back");
     let out = site.path().join("order.txt");
-    let args = |tag: &str, sleep_ms: u64| {
-        format!(
-            r#"{{"file": {:?}, "tag": "{tag}", "sleep_ms": {sleep_ms}}}"#,
-            out.display().to_string()
-        )
-    };
+    (site, cage, out)
+}
+
+/// Arguments of an `echo.append` call that sleeps `sleep_ms`, then writes `tag` to `out`.
+fn append_args(out: &std::path::Path, tag: &str, sleep_ms: u64) -> String {
+    format!(
+        r#"{{"file": {:?}, "tag": "{tag}", "sleep_ms": {sleep_ms}}}"#,
+        out.display().to_string()
+    )
+}
+
+#[test]
+fn due_calls_of_higher_priority_run_first() {
+    let (site, _cage, out) = one_slot_site("single");
+    let args = |tag: &str, sleep_ms: u64| append_args(&out, tag, sleep_ms);
 
     // The first call holds the queue's only slot while the other two become due.
     site.enqueue(
@@ -446,6 +456,55 @@ fn due_calls_of_higher_priority_run_first() {
     });
     let tags: Vec<&str> = text.lines().map(|l| l.split(' ').nth(2).unwrap()).collect();
     assert_eq!(tags, vec!["blocker", "high", "low"]);
+}
+
+/// A queue at its concurrency with a backlog of due calls larger than one reading of the
+/// schedule does not hold back a call of another queue that came due after them.
+#[test]
+fn a_full_queue_with_a_backlog_does_not_hold_back_another_queue() {
+    use cages::runtime::transport::client::Client;
+    use cages::runtime::transport::protocol::{EnqueueRequest, Request, Response};
+    let (site, _cage, out) = one_slot_site("slow");
+    let args = |tag: &str, sleep_ms: u64| append_args(&out, tag, sleep_ms);
+    // The blocker holds the slow queue's only slot; 400 more of its calls come due behind it.
+    site.enqueue(
+        "back",
+        "echo.append",
+        &args("blocker", 4000),
+        &["--queue", "slow"],
+    );
+    let backlog = |_| {
+        Request::Enqueue(EnqueueRequest {
+            target: "back".into(),
+            module: "echo".into(),
+            method: "version".into(),
+            args: b"null".to_vec(),
+            queue: "slow".into(),
+            priority: 0,
+            key: None,
+            delay_ms: 0,
+        })
+    };
+    let mut client = Client::connect("back", &site.route("back")).unwrap();
+    let answers = client
+        .pipeline((0..400).map(backlog).collect(), Duration::from_secs(30))
+        .unwrap();
+    assert!(answers
+        .iter()
+        .all(|a| matches!(a, Response::Enqueued { .. })));
+    site.enqueue(
+        "back",
+        "echo.append",
+        &args("other", 0),
+        &["--queue", "other"],
+    );
+    let text = eventually(Duration::from_secs(30), "both ran", || {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|t| t.lines().count() == 2 && t.ends_with('\n'))
+    });
+    let tags: Vec<&str> = text.lines().map(|l| l.split(' ').nth(2).unwrap()).collect();
+    assert_eq!(tags, vec!["other", "blocker"], "{text}");
 }
 
 #[test]

@@ -29,21 +29,40 @@ pub struct DueCall {
 /// The due index's value for `record`: its queue, and for a call to deliver, its target, so
 /// the scheduler can hold back calls for a busy cage without reading their records.
 pub(super) fn due_value(record: &CallRecord) -> Vec<u8> {
-    let mut v = record.call.queue.as_bytes().to_vec();
-    if record.stage == crate::model::call::Stage::Deliver {
+    let deliver = record.stage == crate::model::call::Stage::Deliver;
+    value_of(
+        &record.call.queue,
+        deliver.then_some(record.call.target.as_str()),
+    )
+}
+
+/// The due index's value of a call of `queue` (to deliver to `target`, if given).
+fn value_of(queue: &str, target: Option<&str>) -> Vec<u8> {
+    let mut v = queue.as_bytes().to_vec();
+    if let Some(target) = target {
         v.push(0);
-        v.extend_from_slice(record.call.target.as_bytes());
+        v.extend_from_slice(target.as_bytes());
     }
     v
 }
 
 /// Reads a due index value: the queue, and the target if one is recorded.
-fn parse_due_value(v: &[u8]) -> (String, Option<String>) {
-    let text = String::from_utf8_lossy(v);
+fn parse_due_value(v: &[u8]) -> (&str, Option<&str>) {
+    let text = std::str::from_utf8(v).unwrap_or_default();
     match text.split_once('\0') {
-        Some((queue, target)) => (queue.to_owned(), Some(target.to_owned())),
-        None => (text.into_owned(), None),
+        Some((queue, target)) => (queue, Some(target)),
+        None => (text, None),
     }
+}
+
+/// The due index's key of `due`.
+fn due_key_of(due: &DueCall) -> Vec<u8> {
+    keys::due(
+        due.due_ms,
+        due.priority,
+        &due.id,
+        &value_of(&due.queue, due.target.as_deref()),
+    )
 }
 
 /// What [`load_due_index`] found.
@@ -73,7 +92,7 @@ pub(super) fn load_due_index(tables: &Tables) -> sled::Result<Loaded> {
             Err(_) => {
                 unreadable += 1;
                 let id = String::from_utf8_lossy(&k[1..]);
-                entries.push((keys::due(0, 0, &id), Vec::new()));
+                entries.push((keys::due(0, 0, &id, b""), Vec::new()));
             }
         }
         // In slices, so that a million pending calls do not hold their keys twice.
@@ -184,11 +203,14 @@ impl QueueStore {
     /// Up to `limit` calls due at or before `now_ms`, earliest first (higher priority first at
     /// equal times); none from a stopped queue (see [`QueueStore::due_where`]).
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<DueCall>, QueueError> {
-        self.due_where(now_ms, limit, limit, &|_| false)
+        self.due_where(now_ms, limit, limit, &|_| false, &|_, _| false)
     }
 
     /// Up to `want` calls due at or before `now_ms` for which `skip` is false, in due order,
-    /// looking at no more than `max_scan` index entries.
+    /// looking at no more than `max_scan` index entries; the calls of a queue (or, to deliver,
+    /// of a queue and target) for which `pass` is true are passed over without being read, so
+    /// a queue whose calls cannot start now does not hold back those of other queues due
+    /// after them.
     ///
     /// A stopped queue lists none: its records may hold part of a change that was taken back,
     /// and no outcome could be recorded, so a call started now could run again and again.
@@ -198,23 +220,28 @@ impl QueueStore {
         want: usize,
         max_scan: usize,
         skip: &dyn Fn(&str) -> bool,
+        pass: &dyn Fn(&str, Option<&str>) -> bool,
     ) -> Result<Vec<DueCall>, QueueError> {
         if self.stopped().is_some() {
             return Ok(Vec::new());
         }
-        let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}");
+        let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}", b"");
+        let keep = |v: &[u8]| {
+            let (queue, target) = parse_due_value(v);
+            !pass(queue, target)
+        };
         let mut out = Vec::new();
-        for item in self.db().range(vec![DUE]..end).take(max_scan) {
+        for item in self.db().range_where(vec![DUE]..end, &keep).take(max_scan) {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if let Some((due_ms, priority, id)) = keys::parse_due(&k) {
                 if !skip(&id) {
                     let (queue, target) = parse_due_value(&v);
                     out.push(DueCall {
                         id,
-                        queue,
+                        queue: queue.to_owned(),
                         priority,
                         due_ms,
-                        target,
+                        target: target.map(str::to_owned),
                     });
                     if out.len() >= want {
                         break;
@@ -234,7 +261,7 @@ impl QueueStore {
             b.insert(keys::with_id(keys::QUARANTINE, &due.id), bytes);
         }
         b.remove(call_key);
-        b.remove(keys::due(due.due_ms, due.priority, &due.id));
+        b.remove(due_key_of(due));
         b.remove(keys::with_id(keys::STARTED, &due.id));
         b.remove(keys::with_id(keys::CRASHES, &due.id));
         self.apply(b)
@@ -310,7 +337,7 @@ impl QueueStore {
         for item in self.db().scan_prefix([DUE]) {
             let (_, v) = item.map_err(|e| self.err(e))?;
             let (queue, _) = parse_due_value(&v);
-            out.entry(queue).or_default().0 += 1;
+            out.entry(queue.to_owned()).or_default().0 += 1;
         }
         for record in self.dead(&|_| true, usize::MAX)? {
             out.entry(record.call.queue).or_default().1 += 1;

@@ -943,7 +943,7 @@ mod tests {
         let db = open_db(dir.path());
         let (journal, _) = Journal::open(dir.path(), db.sled()).unwrap();
         let big = vec![7u8; (SEGMENT_BYTES / 3) as usize];
-        for k in ["a", "b", "c", "d"] {
+        for k in ["a", "b", "c", "e"] {
             let mut b = Batch::default();
             b.insert(k, &big);
             journal.apply(&db, &b, || {}).unwrap();

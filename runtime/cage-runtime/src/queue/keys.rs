@@ -6,7 +6,9 @@
 pub const MARKER: &[u8] = b"!cages-queue";
 /// `c` + id → pending call record.
 pub const CALL: u8 = b'c';
-/// `d` + due ms + inverted priority + id → queue name: the schedule, in due order.
+/// `d` + due ms + inverted priority + id + 0 + value → value, where the value is the call's
+/// queue, and for a call to deliver, 0 and its target: the schedule, in due order (kept in
+/// memory only, partitioned by value: see [`super::tables`]).
 pub const DUE: u8 = b'd';
 /// `x` + id → dead call record.
 pub const DEAD: u8 = b'x';
@@ -109,25 +111,32 @@ fn priority_rank(priority: i32) -> u32 {
     !((priority as u32) ^ 0x8000_0000)
 }
 
-/// The due-index key of a call.
-pub fn due(at_ms: u64, priority: i32, id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(13 + id.len());
+/// Bytes of a due-index key before the id: prefix, due time, priority.
+pub const DUE_FIXED: usize = 13;
+
+/// The due-index key of a call whose due-index value is `value`.
+pub fn due(at_ms: u64, priority: i32, id: &str, value: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(DUE_FIXED + id.len() + 1 + value.len());
     k.push(DUE);
     k.extend_from_slice(&at_ms.to_be_bytes());
     k.extend_from_slice(&priority_rank(priority).to_be_bytes());
     k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(value);
     k
 }
 
 /// Splits a due-index key into (due ms, priority, id).
 pub fn parse_due(key: &[u8]) -> Option<(u64, i32, String)> {
-    if key.len() < 13 || key[0] != DUE {
+    if key.len() < DUE_FIXED || key[0] != DUE {
         return None;
     }
     let at = u64::from_be_bytes(key[1..9].try_into().ok()?);
     let rank = u32::from_be_bytes(key[9..13].try_into().ok()?);
     let priority = ((!rank) ^ 0x8000_0000) as i32;
-    Some((at, priority, String::from_utf8(key[13..].to_vec()).ok()?))
+    let rest = &key[DUE_FIXED..];
+    let id = &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())];
+    Some((at, priority, String::from_utf8(id.to_vec()).ok()?))
 }
 
 /// The expiry-index key of a history entry.
@@ -167,17 +176,20 @@ mod tests {
     #[test]
     fn due_keys_order_by_time_then_priority_descending() {
         let mut keys = [
-            due(20, 0, "a"),
-            due(10, -5, "b"),
-            due(10, 7, "c"),
-            due(10, 0, "d"),
-            due(10, i32::MIN, "e"),
-            due(10, i32::MAX, "f"),
+            due(20, 0, "a", b"q"),
+            due(10, -5, "b", b"q"),
+            due(10, 7, "c", b"q"),
+            due(10, 0, "d", b"r"),
+            due(10, i32::MIN, "e", b"q\0target"),
+            due(10, i32::MAX, "f", b""),
         ];
         keys.sort();
         let ids: Vec<String> = keys.iter().map(|k| parse_due(k).unwrap().2).collect();
         assert_eq!(ids, vec!["f", "c", "d", "b", "e", "a"]);
-        assert_eq!(parse_due(&due(10, -5, "b")), Some((10, -5, "b".into())));
+        assert_eq!(
+            parse_due(&due(10, -5, "b", b"q")),
+            Some((10, -5, "b".into()))
+        );
     }
 
     #[test]

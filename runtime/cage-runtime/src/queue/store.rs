@@ -275,7 +275,12 @@ impl QueueStore {
     }
 
     pub(super) fn due_key(r: &CallRecord) -> Vec<u8> {
-        keys::due(r.next_at_ms, r.call.priority, &r.call.id)
+        keys::due(
+            r.next_at_ms,
+            r.call.priority,
+            &r.call.id,
+            &super::calls::due_value(r),
+        )
     }
 
     pub(super) fn next_seq(&self) -> Result<u64, QueueError> {
@@ -557,11 +562,11 @@ pub(super) mod tests {
         // A database from before kept its due index in sled, and one of its entries was stale.
         s.db()
             .sled()
-            .insert(keys::due(1, 0, "stale"), &b"retry"[..])
+            .insert(keys::due(1, 0, "stale", b"retry"), &b"retry"[..])
             .unwrap();
         s.db()
             .sled()
-            .insert(keys::due(2000, 0, "lo"), &b"retry"[..])
+            .insert(keys::due(2000, 0, "lo", b"retry"), &b"retry"[..])
             .unwrap();
         s.checkpoint().unwrap();
         drop(s);

@@ -29,9 +29,9 @@
 
 use super::fault::injected;
 use super::journal::Batch;
-use super::keys::DUE;
+use super::keys::{self, DUE};
 use sled::IVec;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -65,44 +65,65 @@ pub(super) fn memory_only(key: &[u8]) -> bool {
     key.first() == Some(&DUE)
 }
 
-/// The keys kept in memory only, each with the number of its value: the values (a queue and a
-/// target) are few and each is kept once.
+/// The part of a key kept in memory only that names its partition: what follows the first 0
+/// byte after the due time and the priority (see [`super::keys::due`]), empty if none does.
+pub(super) fn partition_of(key: &[u8]) -> &[u8] {
+    key.get(keys::DUE_FIXED..)
+        .and_then(|rest| rest.iter().position(|b| *b == 0).map(|i| &rest[i + 1..]))
+        .unwrap_or(&[])
+}
+
+/// Which partitions of the keys kept in memory only a scan reads, by their value.
+pub type Keep<'a> = &'a dyn Fn(&[u8]) -> bool;
+
+/// The keys kept in memory only, in partitions: one for each value their keys end with (a
+/// queue, and a target for calls to deliver), so a scan can pass over a whole partition whose
+/// calls cannot start now (a queue at its concurrency) without reading its keys. A key's value
+/// is its partition's name: nothing else is kept per key.
 #[derive(Default)]
 struct Index {
-    keys: BTreeMap<Box<[u8]>, u32>,
-    values: Vec<IVec>,
-    numbers: HashMap<IVec, u32>,
+    parts: HashMap<Box<[u8]>, BTreeSet<Box<[u8]>>>,
+    len: usize,
 }
 
 impl Index {
-    fn set(&mut self, key: &[u8], value: Option<&[u8]>) {
-        let Some(value) = value else {
-            self.keys.remove(key);
-            return;
-        };
-        let number = match self.numbers.get(value) {
-            Some(n) => *n,
-            None => {
-                let n = self.values.len() as u32;
-                self.values.push(IVec::from(value));
-                self.numbers.insert(IVec::from(value), n);
-                n
+    fn set(&mut self, key: &[u8], present: bool) {
+        let part = partition_of(key);
+        if present {
+            if self
+                .parts
+                .entry(part.into())
+                .or_default()
+                .insert(key.into())
+            {
+                self.len += 1;
             }
-        };
-        match self.keys.get_mut(key) {
-            Some(n) => *n = number,
-            None => {
-                self.keys.insert(key.into(), number);
+        } else if let Some(keys) = self.parts.get_mut(part) {
+            if keys.remove(key) {
+                self.len -= 1;
+                if keys.is_empty() {
+                    self.parts.remove(part);
+                }
             }
         }
     }
 
     fn get(&self, key: &[u8]) -> Option<IVec> {
-        self.keys.get(key).map(|n| self.values[*n as usize].clone())
+        let part = partition_of(key);
+        self.parts
+            .get(part)
+            .filter(|keys| keys.contains(key))
+            .map(|_| IVec::from(part))
     }
 
-    /// The first key after `after` and before `end`, with its value.
-    fn next(&self, after: &Bound<IVec>, end: &Bound<IVec>) -> Option<(IVec, IVec)> {
+    /// The first key after `after` and before `end` in the partitions `keep` selects, with its
+    /// value.
+    fn next(
+        &self,
+        after: &Bound<IVec>,
+        end: &Bound<IVec>,
+        keep: Option<Keep<'_>>,
+    ) -> Option<(IVec, IVec)> {
         fn bound(b: &Bound<IVec>) -> Bound<&[u8]> {
             match b {
                 Bound::Included(k) => Bound::Included(&k[..]),
@@ -110,10 +131,15 @@ impl Index {
                 Bound::Unbounded => Bound::Unbounded,
             }
         }
-        self.keys
-            .range::<[u8], _>((bound(after), bound(end)))
-            .next()
-            .map(|(k, n)| (IVec::from(&**k), self.values[*n as usize].clone()))
+        self.parts
+            .iter()
+            .filter(|(part, _)| keep.is_none_or(|keep| keep(part)))
+            .filter_map(|(part, keys)| {
+                let first = keys.range::<[u8], _>((bound(after), bound(end))).next()?;
+                Some((first, part))
+            })
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(k, part)| (IVec::from(&**k), IVec::from(&**part)))
     }
 }
 
@@ -157,7 +183,8 @@ impl Layers {
     fn set_index(&mut self, ops: &[(Vec<u8>, Option<Vec<u8>>)], which: &[usize]) {
         for i in which {
             let (k, v) = &ops[*i];
-            self.index.set(k, v.as_deref());
+            debug_assert!(v.as_ref().is_none_or(|v| v[..] == *partition_of(k)));
+            self.index.set(k, v.is_some());
         }
     }
 
@@ -243,7 +270,17 @@ impl Tables {
             end: Bound::Excluded(end),
             held: None,
             held_done: false,
+            keep: None,
         }
+    }
+
+    /// The keys kept in memory only from `start` (inclusive) to `end` (exclusive), with their
+    /// values, in key order, of the partitions whose value `keep` selects (see [`Index`]).
+    pub fn range_where<'a>(&'a self, range: std::ops::Range<Vec<u8>>, keep: Keep<'a>) -> Iter<'a> {
+        debug_assert!(memory_only(&range.start));
+        let mut it = self.range(range);
+        it.keep = Some(keep);
+        it
     }
 
     /// The keys starting with `prefix`, with their values, in key order.
@@ -258,6 +295,7 @@ impl Tables {
             end: end.map_or(Bound::Unbounded, Bound::Excluded),
             held: None,
             held_done: false,
+            keep: None,
         }
     }
 
@@ -408,14 +446,14 @@ impl Tables {
     pub(super) fn load_index(&self, entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) {
         let mut layers = self.write();
         for (k, v) in entries {
-            debug_assert!(memory_only(&k));
-            layers.index.set(&k, Some(&v));
+            debug_assert!(memory_only(&k) && v[..] == *partition_of(&k));
+            layers.index.set(&k, true);
         }
     }
 
     /// Number of keys kept in memory only.
     pub fn index_len(&self) -> usize {
-        self.read().index.keys.len()
+        self.read().index.len
     }
 
     /// Bytes the active table holds: what the next checkpoint writes to sled at most.
@@ -482,6 +520,8 @@ pub struct Iter<'a> {
     /// The memory tables' next key, looked up but not yet passed.
     held: Option<(IVec, Option<IVec>)>,
     held_done: bool,
+    /// For keys kept in memory only: the partitions to read (all if `None`).
+    keep: Option<Keep<'a>>,
 }
 
 impl Iterator for Iter<'_> {
@@ -489,7 +529,11 @@ impl Iterator for Iter<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let Some(sled) = self.sled.as_mut() else {
-            let (k, v) = self.tables.read().index.next(&self.after, &self.end)?;
+            let (k, v) = self
+                .tables
+                .read()
+                .index
+                .next(&self.after, &self.end, self.keep)?;
             self.after = Bound::Excluded(k.clone());
             return Some(Ok((k, v)));
         };
@@ -617,10 +661,10 @@ mod tests {
     #[test]
     fn a_key_set_and_removed_between_checkpoints_never_reaches_sled() {
         let (_dir, t) = tables();
-        t.apply(&batch(&[("c1", Some("call")), ("d1", Some("due"))]), None)
+        t.apply(&batch(&[("c1", Some("call")), ("e1", Some("mark"))]), None)
             .ok()
             .unwrap();
-        t.apply(&batch(&[("d1", None), ("c1", None), ("never", None)]), None)
+        t.apply(&batch(&[("e1", None), ("c1", None), ("never", None)]), None)
             .ok()
             .unwrap();
         assert!(t.scan_prefix("").next().is_none());
@@ -676,43 +720,71 @@ mod tests {
     #[test]
     fn keys_kept_in_memory_only_never_reach_sled() {
         let (_dir, t) = tables();
-        let due = |n: u8| {
-            let mut k = vec![DUE];
-            k.push(n);
-            String::from_utf8(k).unwrap()
+        let due = |at: u64, id: &str, value: &[u8]| keys::due(at, 0, id, value);
+        let (d1, d2, d3) = (
+            due(1, "a", b"q"),
+            due(2, "b", b"q"),
+            due(3, "c", b"r\0cage"),
+        );
+        let change = |ops: &[(&[u8], Option<&[u8]>)]| {
+            let mut b = Batch::default();
+            for (k, v) in ops {
+                match v {
+                    Some(v) => b.insert(k, v),
+                    None => b.remove(k),
+                }
+            }
+            b
         };
-        let (d1, d2, d3) = (due(b'1'), due(b'2'), due(b'3'));
+        let listed = |it: Iter<'_>| -> Vec<(Vec<u8>, Vec<u8>)> {
+            it.map(|r| {
+                let (k, v) = r.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+        };
+        let entry = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
         t.apply(
-            &batch(&[
-                (&d2, Some("q")),
-                ("c2", Some("call")),
-                (&d1, Some("q")),
-                (&d3, Some("other")),
+            &change(&[
+                (&d2, Some(b"q")),
+                (b"c2", Some(b"call")),
+                (&d1, Some(b"q")),
+                (&d3, Some(b"r\0cage")),
             ]),
             None,
         )
         .ok()
         .unwrap();
-        t.apply(&batch(&[(&d3, None)]), None).ok().unwrap();
         assert_eq!(
             listed(t.scan_prefix([DUE])),
-            pairs(&[(&d1, "q"), (&d2, "q")])
+            vec![entry(&d1, b"q"), entry(&d2, b"q"), entry(&d3, b"r\0cage")]
         );
+        // A scan passes over the partitions it is told to.
+        let not_q = |v: &[u8]| v != b"q";
         assert_eq!(
-            listed(t.range(d2.as_bytes().to_vec()..vec![DUE + 1])),
-            pairs(&[(&d2, "q")])
+            listed(t.range_where(vec![DUE]..vec![DUE + 1], &not_q)),
+            vec![entry(&d3, b"r\0cage")]
         );
-        assert_eq!(t.get(&d1).unwrap().unwrap(), "q");
+        t.apply(&change(&[(&d3, None)]), None).ok().unwrap();
+        assert_eq!(
+            listed(t.range(d2.clone()..vec![DUE + 1])),
+            vec![entry(&d2, b"q")]
+        );
+        assert_eq!(t.get(&d1).unwrap().unwrap(), b"q");
+        assert_eq!(t.get(&d3).unwrap(), None);
 
         // A change that fails leaves them as they were; a large one keeps them in memory.
-        t.apply(&batch(&[(&d1, None), ("c3", Some("x"))]), Some(1))
+        t.apply(&change(&[(&d1, None), (b"c3", Some(b"x"))]), Some(1))
             .err()
             .unwrap();
         assert_eq!(t.index_len(), 2);
-        let big = "x".repeat(DIRECT_BYTES + 1);
-        t.apply(&batch(&[(&d3, Some("q")), ("c4", Some(&big))]), None)
-            .ok()
-            .unwrap();
+        let big = vec![b'x'; DIRECT_BYTES + 1];
+        t.apply(
+            &change(&[(&d3, Some(b"r\0cage")), (b"c4", Some(&big))]),
+            None,
+        )
+        .ok()
+        .unwrap();
         assert_eq!(t.index_len(), 3);
 
         t.freeze();

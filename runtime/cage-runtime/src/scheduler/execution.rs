@@ -101,11 +101,19 @@ impl Scheduler {
         self.last_scan_ms = now;
         let want = capacity.scan_size();
         let (running, windows) = (&self.running, &self.windows);
+        let (policies, busy) = (&self.policies, &self.busy);
+        // A queue with no free slot: its due calls are passed over, so that a backlog of them
+        // does not hold back the calls of other queues due after it.
+        let full = |queue: &str, target: Option<&str>| {
+            target.is_none()
+                && !decide::has_slot(policies.queue(queue), busy.get(queue).copied().unwrap_or(0))
+        };
         let due = match self.store.due_where(
             now,
             want,
             want + running.len() + windows.held() + 64,
             &|id| running.contains_key(id) || windows.is_held(id),
+            &full,
         ) {
             Ok(d) => d,
             Err(e) => {
