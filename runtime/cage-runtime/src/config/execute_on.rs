@@ -60,6 +60,8 @@ struct RawQueue {
     give_up_after: Option<SpannedDuration>,
     jitter: Option<Spanned<f64>>,
     concurrency: Option<Spanned<usize>>,
+    rate_limit: Option<Spanned<String>>,
+    burst: Option<Spanned<usize>>,
     keep_order: Option<bool>,
     time_limit: Option<SpannedDuration>,
     retention: Option<SpannedDuration>,
@@ -214,6 +216,10 @@ pub struct QueuePolicy {
     pub jitter: f64,
     /// Calls of the queue running at once.
     pub concurrency: usize,
+    /// Most attempts of the queue started on this cage per period (`None`: no limit).
+    pub rate_limit: Option<super::Rate>,
+    /// Attempts a rate-limited queue may start at once after a quiet spell.
+    pub burst: usize,
     /// A call waits for the one enqueued before it.
     pub keep_order: bool,
     /// An attempt running longer counts as failed.
@@ -251,6 +257,8 @@ impl Default for QueuePolicy {
             give_up_after: backoff.give_up_after,
             jitter: backoff.jitter,
             concurrency: 16,
+            rate_limit: None,
+            burst: 1,
             keep_order: false,
             time_limit: Duration::from_secs(300),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -551,6 +559,20 @@ fn queue_policy(
             base.concurrency,
             at,
         )?,
+        rate_limit: match &r.rate_limit {
+            None => base.rate_limit,
+            Some(text) => Some(super::Rate::parse(text.get_ref()).ok_or_else(|| {
+                at(
+                    text.span(),
+                    format!(
+                        "queues.{name}.rate_limit: expected {}, found {:?}",
+                        super::RATE_FORM,
+                        text.get_ref()
+                    ),
+                )
+            })?),
+        },
+        burst: ranges::count(&r.burst, &key("burst"), ranges::BURST, base.burst, at)?,
         keep_order: r.keep_order.unwrap_or(base.keep_order),
         time_limit: ranges::duration(
             &r.time_limit,
@@ -659,6 +681,17 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limit_and_its_burst_are_read_per_queue() {
+        let c = parse("[queues.api]\nrate_limit = \"50/s\"\nburst = 5\n[queues.mail]\nrate_limit = \"300/m\"\n").unwrap();
+        let api = c.queue("api");
+        assert_eq!(api.rate_limit.unwrap().to_string(), "50/s");
+        assert_eq!(api.burst, 5);
+        assert_eq!(c.queue("mail").rate_limit.unwrap().to_string(), "300/m");
+        assert_eq!(c.queue("mail").burst, 1);
+        assert_eq!(c.queue("other").rate_limit, None);
+    }
+
+    #[test]
     fn harmful_queue_and_route_values_are_refused_where_they_stand() {
         for (src, says) in [
             (
@@ -672,6 +705,18 @@ mod tests {
             (
                 "[queues.fast]\nconcurrency = 100000\n",
                 "config/config_execute_on.toml:2:15: queues.fast.concurrency: 100000 is out of range (allowed: 1 to 10000)",
+            ),
+            (
+                "[queues.fast]\nrate_limit = \"fast\"\n",
+                "config/config_execute_on.toml:2:14: queues.fast.rate_limit: expected a rate such as \"50/s\", \"300/m\" or \"1000/h\" (a whole number above zero, per second, minute or hour), found \"fast\"",
+            ),
+            (
+                "[queues.fast]\nrate_limit = \"0/s\"\n",
+                "config/config_execute_on.toml:2:14: queues.fast.rate_limit: expected a rate such as",
+            ),
+            (
+                "[queues.fast]\nrate_limit = \"5/s\"\nburst = 0\n",
+                "config/config_execute_on.toml:3:9: queues.fast.burst: 0 is out of range (allowed: 1 to 100000)",
             ),
             (
                 "[queues.fast]\nmax_crashes = 0\n",

@@ -8,6 +8,7 @@ mod cage_file;
 mod error;
 mod execute_on;
 pub mod ranges;
+mod rate;
 mod site;
 
 pub use address::Address;
@@ -19,4 +20,5 @@ pub use error::ConfigError;
 pub use execute_on::{
     CageRoute, Discovery, ExecuteOn, QueuePolicy, UnknownCages, DEFAULT_QUEUE, UNKNOWN_CAGE,
 };
+pub use rate::{Rate, RATE_FORM};
 pub use site::{Site, EXECUTE_ON_FILE};

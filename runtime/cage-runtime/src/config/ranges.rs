@@ -112,6 +112,8 @@ pub const TIME_LIMIT: Bounds<Duration> = span(Duration::from_millis(100), DAY);
 pub const RETENTION: Bounds<Duration> = span(MIN, YEAR);
 /// `concurrency`.
 pub const CONCURRENCY: Bounds<usize> = counts(1, 10_000);
+/// `burst`: starts a rate-limited queue may make at once after a quiet spell.
+pub const BURST: Bounds<usize> = counts(1, 100_000);
 /// `max_crashes`: at least one crash is allowed (the first is how a poison call is known).
 pub const MAX_CRASHES: Bounds<usize> = counts(1, 1000);
 

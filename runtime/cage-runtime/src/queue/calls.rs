@@ -267,6 +267,28 @@ impl QueueStore {
         self.apply(b)
     }
 
+    /// When the earliest scheduled call is due of those `pass` does not pass over (see
+    /// [`QueueStore::due_where`]), if any is.
+    pub fn next_due_ms_where(
+        &self,
+        pass: &dyn Fn(&str, Option<&str>) -> bool,
+    ) -> Result<Option<u64>, QueueError> {
+        let keep = |v: &[u8]| {
+            let (queue, target) = parse_due_value(v);
+            !pass(queue, target)
+        };
+        match self
+            .db()
+            .range_where(vec![DUE]..vec![DUE + 1], &keep)
+            .next()
+        {
+            Some(item) => {
+                Ok(keys::parse_due(&item.map_err(|e| self.err(e))?.0).map(|(at, _, _)| at))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// When the earliest scheduled call is due, if any is.
     pub fn next_due_ms(&self) -> Result<Option<u64>, QueueError> {
         match self.db().scan_prefix([DUE]).next() {

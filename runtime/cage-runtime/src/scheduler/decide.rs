@@ -422,6 +422,8 @@ mod tests {
             give_up_after: Duration::from_secs(120),
             jitter: 0.0,
             concurrency: 2,
+            rate_limit: None,
+            burst: 1,
             keep_order: false,
             time_limit: Duration::from_secs(5),
             retention: Duration::from_secs(3600),

@@ -15,7 +15,7 @@ use crate::run::{Limit, Run};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 use rand::Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// How a successful attempt of a call at `stage` is counted.
@@ -44,6 +44,9 @@ pub(super) struct AttemptDone {
     version: Option<String>,
 }
 
+/// The rate limit an attempt's start is paced by: its queue, the rate and the burst.
+type Pace = Option<(String, crate::config::Rate, usize)>;
+
 /// What a running attempt occupies: a slot of its queue (an execution), or room in its target
 /// cage's delivery window (a delivery).
 #[derive(Debug, Clone, PartialEq)]
@@ -63,16 +66,24 @@ impl Scheduler {
     /// due call or job run (within [`decide::PUMP_IDLE_MAX`]); an earlier one already set stays.
     fn arm_pump(&mut self, ctx: &mut Context<Self>) {
         let busy = !self.running.is_empty() || self.windows.held() > 0;
+        let now = self.now();
         let next_due = if busy {
             None
         } else {
-            self.store.next_due_ms().unwrap_or_else(|e| {
-                tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
-                None
-            })
+            // Calls waiting for their queue's rate limit are due when it gives the next start.
+            let held = &self.rate_held;
+            let next_start = held.values().min().map(|w| now + w.as_millis() as u64 + 1);
+            let next = self
+                .store
+                .next_due_ms_where(&|queue, target| target.is_none() && held.contains_key(queue))
+                .unwrap_or_else(|e| {
+                    tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
+                    None
+                });
+            next.into_iter().chain(next_start).min()
         };
         let next_job = decide::next_job_ms(&self.jobs, &self.jobs_held);
-        let wait = decide::pump_wait(self.now(), busy, next_due, next_job);
+        let wait = decide::pump_wait(now, busy, next_due, next_job);
         let at = Instant::now() + wait;
         if let Some((handle, set_for)) = self.pump_timer {
             if set_for <= at {
@@ -101,12 +112,23 @@ impl Scheduler {
         self.last_scan_ms = now;
         let want = capacity.scan_size();
         let (running, windows) = (&self.running, &self.windows);
-        let (policies, busy) = (&self.policies, &self.busy);
-        // A queue with no free slot: its due calls are passed over, so that a backlog of them
-        // does not hold back the calls of other queues due after it.
+        let (policies, busy, rates) = (&self.policies, &self.busy, &self.rates);
+        let instant = Instant::now();
+        let rate_held = std::cell::RefCell::new(HashMap::new());
+        // A queue with no free slot, or none of its rate limit's starts left: its due calls
+        // are passed over, so that a backlog of them does not hold back the calls of other
+        // queues due after it.
         let full = |queue: &str, target: Option<&str>| {
-            target.is_none()
-                && !decide::has_slot(policies.queue(queue), busy.get(queue).copied().unwrap_or(0))
+            if target.is_some() {
+                return false;
+            }
+            let policy = policies.queue(queue);
+            let wait = rates.wait(queue, policy, instant);
+            if !wait.is_zero() {
+                rate_held.borrow_mut().insert(queue.to_owned(), wait);
+                return true;
+            }
+            !decide::has_slot(policy, busy.get(queue).copied().unwrap_or(0))
         };
         let due = match self.store.due_where(
             now,
@@ -135,6 +157,11 @@ impl Scheduler {
                 }
                 None => {
                     if !decide::has_slot(&policy, self.busy.get(&d.queue).copied().unwrap_or(0)) {
+                        continue;
+                    }
+                    let wait = self.rates.wait(&d.queue, &policy, instant);
+                    if !wait.is_zero() {
+                        rate_held.borrow_mut().insert(d.queue.clone(), wait);
                         continue;
                     }
                 }
@@ -184,10 +211,12 @@ impl Scheduler {
             } else {
                 self.running
                     .insert(d.id.clone(), Slot::Queue(d.queue.clone()));
+                self.rates.take(&d.queue, &policy, instant);
                 *self.busy.entry(d.queue).or_default() += 1;
                 attempts.push(record);
             }
         }
+        self.rate_held = rate_held.into_inner();
         self.start_attempts(attempts, ctx);
         // Calls for the same cage go in one request (one round trip, one commit on the target).
         for (target, records) in deliveries {
@@ -222,17 +251,22 @@ impl Scheduler {
                 .mark_started(&marks)
                 .map(|()| self.commit.durable())
         });
-        let runs: Vec<(String, Run)> = records
+        let runs: Vec<(String, Run, Pace)> = records
             .into_iter()
             .map(|record| {
                 let attempt = record.next_attempt();
                 let call = record.call;
                 tracing::debug!(call_id = %call.id, stage = record.stage.as_str(), attempt, "attempt starts");
-                let limit = Limit::Attempt(self.policies.queue(&call.queue).time_limit);
-                (call.id.clone(), Run::of_queued(call, attempt, true, limit))
+                let policy = self.policies.queue(&call.queue);
+                let limit = Limit::Attempt(policy.time_limit);
+                let pace = policy
+                    .rate_limit
+                    .map(|rate| (call.queue.clone(), rate, policy.burst));
+                (call.id.clone(), Run::of_queued(call, attempt, true, limit), pace)
             })
             .collect();
         let (registry, executor) = (self.registry.clone(), self.executor.clone());
+        let pacer = self.pacer.clone();
         actix_rt::spawn(async move {
             let unmarked = match marked {
                 None => None,
@@ -243,7 +277,7 @@ impl Scheduler {
                 // Run without a durable mark, a crash would go uncounted: the attempt fails
                 // unrun instead, and is retried like any failed attempt.
                 let why = format!("not run: its start could not be recorded durably: {e}");
-                for (id, _) in runs {
+                for (id, _, _) in runs {
                     addr.do_send(AttemptDone {
                         id,
                         started_ms,
@@ -254,9 +288,17 @@ impl Scheduler {
                 }
                 return;
             }
-            for (id, run) in runs {
+            for (id, run, pace) in runs {
                 let (addr, registry, executor) = (addr.clone(), registry.clone(), executor.clone());
+                // In start order, as each may run: a rate-limited queue's starts stay apart
+                // however the commit of their marks bunched them.
+                let wait = pace.map_or(Duration::ZERO, |(queue, rate, burst)| {
+                    pacer.delay(&queue, rate, burst, Instant::now())
+                });
                 actix_rt::spawn(async move {
+                    if !wait.is_zero() {
+                        actix_rt::time::sleep(wait).await;
+                    }
                     let t0 = Instant::now();
                     let ran = crate::run::run(&registry, &executor, run).await;
                     addr.do_send(AttemptDone {

@@ -22,6 +22,7 @@ mod intake;
 mod jobs;
 mod operator;
 mod policies;
+mod rate;
 mod restart;
 mod window;
 use crate::config::Isolation;
@@ -108,6 +109,13 @@ pub struct Scheduler {
     chains_touched: bool,
     /// How each module's calls run here (which attempts need a start mark).
     isolation_of: IsolationOf,
+    /// The buckets of rate-limited queues.
+    rates: rate::Rates,
+    /// Paces the starts of rate-limited queues as they run.
+    pacer: rate::Pacer,
+    /// Queues whose due calls waited for their rate limit at the last pump, and how long
+    /// until each may start the next.
+    rate_held: HashMap<String, std::time::Duration>,
 }
 
 /// How module `name`'s calls run on this cage.
@@ -154,6 +162,9 @@ impl Scheduler {
             // Until told otherwise, every module is taken to run in this process: every
             // attempt is marked, so no crash of the cage goes uncounted.
             isolation_of: Arc::new(|_| Isolation::InProcess),
+            rates: rate::Rates::default(),
+            pacer: rate::Pacer::default(),
+            rate_held: HashMap::new(),
         }
     }
 

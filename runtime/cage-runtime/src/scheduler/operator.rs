@@ -3,11 +3,12 @@
 
 use super::Scheduler;
 use crate::metrics::Metrics;
-use crate::model::call::CallRecord;
+use crate::model::call::{CallRecord, Stage};
 use crate::queue::{GroupCommit, QueueError};
 use crate::transport::protocol::{CallView, Crashes, Filter, QueueQuery, QueueStats, Response};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
+use std::time::Duration;
 
 /// Most calls a listing returns when the operator gives no limit.
 const DEFAULT_LISTING: usize = 1000;
@@ -44,20 +45,39 @@ impl Scheduler {
                 None
             }
         };
+        let running = self.running.contains_key(&record.call.id);
+        let waiting = if self.windows.is_held(&record.call.id) {
+            let target = &record.call.target;
+            Some(format!(
+                "waiting for room: {} of cage {target}'s window of {} calls are being handed over",
+                self.windows.in_flight(target),
+                self.delivery.peers().window(target)
+            ))
+        } else if !running && record.stage == Stage::Execute && record.next_at_ms <= self.now() {
+            self.rate_waiting(&record.call.queue)
+        } else {
+            None
+        };
         CallView {
             crashes,
             cage: self.cage.clone(),
-            running: self.running.contains_key(&record.call.id),
-            waiting: self.windows.is_held(&record.call.id).then(|| {
-                let target = &record.call.target;
-                format!(
-                    "waiting for room: {} of cage {target}'s window of {} calls are being handed over",
-                    self.windows.in_flight(target),
-                    self.delivery.peers().window(target)
-                )
-            }),
+            running,
+            waiting,
             record,
         }
+    }
+
+    /// Why a due call of `queue` waits for its rate limit, if it does.
+    fn rate_waiting(&self, queue: &str) -> Option<String> {
+        let policy = self.policies.queue(queue);
+        let rate = policy.rate_limit?;
+        let wait = self.rates.wait(queue, policy, std::time::Instant::now());
+        (!wait.is_zero() || self.rate_held.contains_key(queue)).then(|| {
+            format!(
+                "waiting: rate limit {rate} (next start in {})",
+                humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
+            )
+        })
     }
 
     fn listing(&self, filter: &Filter, dead: bool) -> Result<Vec<CallView>, QueueError> {

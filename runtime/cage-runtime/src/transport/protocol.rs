@@ -242,7 +242,7 @@ pub struct CallView {
     /// Whether an attempt is running now.
     pub running: bool,
     /// Why a due call has not started, if it is held back (its target cage's delivery window
-    /// is full).
+    /// is full, or its queue's rate limit gives no start yet).
     pub waiting: Option<String>,
     /// How often the pending call crashed the process running it, if it ever did.
     #[serde(default)]
