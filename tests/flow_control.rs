@@ -8,11 +8,12 @@ use cages::runtime::transport::protocol::{EnqueueRequest, Request, Response};
 use std::time::{Duration, Instant};
 use support::{eventually, module_so, Site};
 
-/// Cage `back` serving echo, with `config` as the site's execute-on file.
-fn site_with(config: &str) -> (Site, support::RunningCage) {
+/// Cage `back` serving echo (`extra` added to its cage file), with `config` as the site's
+/// execute-on file.
+fn site_with(config: &str, extra: &str) -> (Site, support::RunningCage) {
     let mut site = Site::new();
     site.write("config/config_execute_on.toml", config);
-    site.cage("back", &["echo"], "");
+    site.cage("back", &["echo"], extra);
     site.install("echo", &module_so("echo", &[]));
     let cage = site.start("back");
     (site, cage)
@@ -74,10 +75,15 @@ fn most_in_a_second(times: &[u64]) -> usize {
 
 #[test]
 fn a_rate_limit_holds_the_starts_to_the_rate_plus_the_burst_and_each_call_runs_once() {
-    let (site, _cage) = site_with("[queues.paced]\nrate_limit = \"20/s\"\nburst = 1\n");
+    let http = support::free_port();
+    let (site, _cage) = site_with(
+        "[queues.paced]\nrate_limit = \"20/s\"\nburst = 1\n",
+        &format!("http_listen = \"127.0.0.1:{http}\"\n"),
+    );
     let out = site.path().join("starts.txt");
     stamp_calls(&site, "paced", &out, 60);
-    // While they drain (about three seconds), a due call that waits says why.
+    // While they drain (about three seconds), a due call that waits says why, and /metrics
+    // counts the calls held.
     let listed = site.listing("pending", Some("back"));
     assert!(
         listed.iter().any(|c| c["waiting"]
@@ -85,6 +91,20 @@ fn a_rate_limit_holds_the_starts_to_the_rate_plus_the_burst_and_each_call_runs_o
             .is_some_and(|w| w.starts_with("waiting: rate limit 20/s (next start in "))),
         "{listed:?}"
     );
+    let metrics = ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let held: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("cage_calls_held_by_rate_limit{cage=\"back\",queue=\"paced\"} ")
+        })
+        .unwrap_or_else(|| panic!("no held gauge for paced in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(held >= 1.0, "{held} held");
     let started = stamps(&out, 60, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
     let started_after = stamps(&out, 60, Duration::from_secs(1));
@@ -105,7 +125,7 @@ fn a_rate_limit_holds_the_starts_to_the_rate_plus_the_burst_and_each_call_runs_o
 
 #[test]
 fn a_limit_edited_while_calls_wait_applies_from_the_next_start() {
-    let (site, _cage) = site_with("[queues.paced]\nrate_limit = \"4/s\"\n");
+    let (site, _cage) = site_with("[queues.paced]\nrate_limit = \"4/s\"\n", "");
     let out = site.path().join("starts.txt");
     stamp_calls(&site, "paced", &out, 40);
     stamps(&out, 2, Duration::from_secs(30));

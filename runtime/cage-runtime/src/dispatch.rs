@@ -320,8 +320,16 @@ impl Dispatcher {
             .await
             .map_err(|e| format!("module registry unavailable: {e}"))?;
         let store = self.store.clone();
-        let counts = STORE_READS
-            .run(move || store.counts_by_queue())
+        let held = self.metrics.rate_held();
+        let (counts, held) = STORE_READS
+            .run(move || -> Result<_, crate::queue::QueueError> {
+                let now = crate::model::clock::now_ms();
+                let held: std::collections::BTreeMap<String, u64> = held
+                    .into_iter()
+                    .map(|q| Ok((q.clone(), store.count_due(&q, now)? as u64)))
+                    .collect::<Result<_, crate::queue::QueueError>>()?;
+                Ok((store.counts_by_queue()?, held))
+            })
             .await
             .map_err(|e| format!("counting queued calls failed: {e}"))?
             .map_err(|e| e.to_string())?;
@@ -337,6 +345,7 @@ impl Dispatcher {
                 .map(|(queue, counters)| {
                     let (pending, dead_now) = counts.get(&queue).copied().unwrap_or_default();
                     QueueMetrics {
+                        held_by_rate_limit: held.get(&queue).copied().unwrap_or(0),
                         queue,
                         counters,
                         pending,

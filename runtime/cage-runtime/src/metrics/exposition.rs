@@ -171,6 +171,13 @@ impl Collector for Snapshots {
         )?;
         family(
             e,
+            "cage_calls_held_by_rate_limit",
+            "Due calls of the queue waiting for its rate limit now.",
+            Gauge,
+            self.per_queue(|q| q.held_by_rate_limit),
+        )?;
+        family(
+            e,
             "cage_method_calls",
             "Runs of a module method that ended (sync and queued).",
             Counter,
@@ -333,6 +340,7 @@ mod tests {
                 counters: m.queues()["retry"].clone(),
                 pending: 1,
                 dead_now: 0,
+                held_by_rate_limit: 7,
             }],
             methods: m.methods(),
             modules: vec![ModuleLoads {
@@ -355,6 +363,7 @@ mod tests {
             "cage_calls_enqueued_total{cage=\"demo\",queue=\"retry\"} 1",
             "cage_attempt_failures_total{cage=\"demo\",queue=\"retry\"} 1",
             "cage_pending_calls{cage=\"demo\",queue=\"retry\"} 1",
+            "cage_calls_held_by_rate_limit{cage=\"demo\",queue=\"retry\"} 7",
             "cage_attempt_duration_seconds_count{cage=\"demo\",module=\"echo\",method=\"boom\"} 1",
             "cage_attempt_duration_seconds_bucket{le=\"+Inf\",cage=\"demo\",module=\"echo\",method=\"boom\"} 1",
             "cage_module_rejected_loads_total{cage=\"demo\",module=\"echo\"} 2",

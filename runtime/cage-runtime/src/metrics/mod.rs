@@ -12,7 +12,7 @@
 pub mod exposition;
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -197,6 +197,8 @@ struct Counts {
     queues: BTreeMap<String, QueueCounters>,
     methods: BTreeMap<(String, String), MethodCounters>,
     workers: BTreeMap<String, WorkerCounters>,
+    /// Queues whose due calls wait for their rate limit, as the last pump found them.
+    rate_held: BTreeSet<String>,
 }
 
 /// The live counters of one cage.
@@ -277,6 +279,16 @@ impl Metrics {
         self.lock().queues.clone()
     }
 
+    /// Records which queues' due calls wait for their rate limit now.
+    pub fn set_rate_held(&self, queues: BTreeSet<String>) {
+        self.lock().rate_held = queues;
+    }
+
+    /// The queues whose due calls waited for their rate limit at the last pump.
+    pub fn rate_held(&self) -> BTreeSet<String> {
+        self.lock().rate_held.clone()
+    }
+
     /// Counters of every method that ran.
     pub fn methods(&self) -> Vec<MethodMetrics> {
         self.lock()
@@ -307,6 +319,9 @@ pub struct QueueMetrics {
     pub pending: u64,
     /// Dead letters now.
     pub dead_now: u64,
+    /// Due calls waiting for the queue's rate limit now.
+    #[serde(default)]
+    pub held_by_rate_limit: u64,
 }
 
 /// One module method's counters.

@@ -267,6 +267,18 @@ impl QueueStore {
         self.apply(b)
     }
 
+    /// How many calls of `queue` (to run here, not to deliver) are due at `now_ms`.
+    pub fn count_due(&self, queue: &str, now_ms: u64) -> Result<usize, QueueError> {
+        let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}", b"");
+        let keep = |v: &[u8]| v == queue.as_bytes();
+        let mut n = 0;
+        for item in self.db().range_where(vec![DUE]..end, &keep) {
+            item.map_err(|e| self.err(e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// When the earliest scheduled call is due of those `pass` does not pass over (see
     /// [`QueueStore::due_where`]), if any is.
     pub fn next_due_ms_where(

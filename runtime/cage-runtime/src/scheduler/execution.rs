@@ -216,7 +216,14 @@ impl Scheduler {
                 attempts.push(record);
             }
         }
-        self.rate_held = rate_held.into_inner();
+        let rate_held = rate_held.into_inner();
+        if rate_held.len() != self.rate_held.len()
+            || rate_held.keys().any(|q| !self.rate_held.contains_key(q))
+        {
+            self.metrics
+                .set_rate_held(rate_held.keys().cloned().collect());
+        }
+        self.rate_held = rate_held;
         self.start_attempts(attempts, ctx);
         // Calls for the same cage go in one request (one round trip, one commit on the target).
         for (target, records) in deliveries {
