@@ -80,6 +80,9 @@ fn a_rate_limit_holds_the_starts_to_the_rate_plus_the_burst_and_each_call_runs_o
         "[queues.paced]\nrate_limit = \"20/s\"\nburst = 1\n",
         &format!("http_listen = \"127.0.0.1:{http}\"\n"),
     );
+    // A first call starts echo's worker process: the first calls to a module whose worker is
+    // still starting reach it together, however far apart the cage released them.
+    assert_eq!(site.call("back", "echo.version", "null").code, 0);
     let out = site.path().join("starts.txt");
     stamp_calls(&site, "paced", &out, 60);
     // While they drain (about three seconds), a due call that waits says why, and /metrics
@@ -105,6 +108,17 @@ fn a_rate_limit_holds_the_starts_to_the_rate_plus_the_burst_and_each_call_runs_o
         .parse()
         .unwrap();
     assert!(held >= 1.0, "{held} held");
+    let token = std::fs::read_to_string(site.path().join("config/keys/dashboard.token")).unwrap();
+    let page = ureq::get(&format!("http://127.0.0.1:{http}/ui/queue/back/paced"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        page.contains("waiting: rate limit 20/s (next start in "),
+        "the dashboard's queue page says why: {page}"
+    );
     let started = stamps(&out, 60, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(500));
     let started_after = stamps(&out, 60, Duration::from_secs(1));

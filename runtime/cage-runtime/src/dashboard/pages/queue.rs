@@ -101,7 +101,10 @@ pub fn render(
                                             " " span.err { "crashes: " (c.count) " of " (c.max) }
                                         }
                                     }
-                                    td data-v=(r.next_at_ms) { (moment(r.next_at_ms)) }
+                                    td data-v=(r.next_at_ms) {
+                                        (moment(r.next_at_ms))
+                                        @if let Some(why) = &v.waiting { br; span.muted { (why) } }
+                                    }
                                     td.err { (r.last_error().unwrap_or("")) }
                                     td data-v=(r.call.enqueued_at_ms) { (age(r.call.enqueued_at_ms)) }
                                     td {
