@@ -492,6 +492,14 @@ fn a_full_queue_with_a_backlog_does_not_hold_back_another_queue() {
     assert!(answers
         .iter()
         .all(|a| matches!(a, Response::Enqueued { .. })));
+    // A due call of the full queue says why it waits.
+    let listed = site.listing("pending", Some("back"));
+    assert!(
+        listed
+            .iter()
+            .any(|c| c["waiting"].as_str() == Some("waiting: queue slow has 1 of 1 running")),
+        "{listed:?}"
+    );
     site.enqueue(
         "back",
         "echo.append",

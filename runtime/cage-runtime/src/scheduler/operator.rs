@@ -54,7 +54,8 @@ impl Scheduler {
                 self.delivery.peers().window(target)
             ))
         } else if !running && record.stage == Stage::Execute && record.next_at_ms <= self.now() {
-            self.rate_waiting(&record.call.queue)
+            self.slots_waiting(&record.call.queue)
+                .or_else(|| self.rate_waiting(&record.call.queue))
         } else {
             None
         };
@@ -65,6 +66,14 @@ impl Scheduler {
             waiting,
             record,
         }
+    }
+
+    /// Why a due call of `queue` waits for a slot of its queue, if it does.
+    fn slots_waiting(&self, queue: &str) -> Option<String> {
+        let concurrency = self.policies.queue(queue).concurrency;
+        let busy = self.busy.get(queue).copied().unwrap_or(0);
+        (busy >= concurrency)
+            .then(|| format!("waiting: queue {queue} has {busy} of {concurrency} running"))
     }
 
     /// Why a due call of `queue` waits for its rate limit, if it does.
