@@ -151,6 +151,14 @@ fn harmful_queue_settings_stop_the_cage_and_cage_schedule_at_their_place() {
             "config/config_execute_on.toml:1:1: queues.retry: this schedule makes more than 1000 attempts (the most a call makes)",
         ),
         (
+            "[queues.api]\nrate_limit = \"fast\"\n",
+            "config/config_execute_on.toml:2:14: queues.api.rate_limit: expected a rate such as \"50/s\", \"300/m\" or \"1000/h\"",
+        ),
+        (
+            "[queues.api]\nrate_limit = \"0/s\"\n",
+            "config/config_execute_on.toml:2:14: queues.api.rate_limit: expected a rate such as",
+        ),
+        (
             "[queues.\"../x\"]\nconcurrency = 2\n",
             "config/config_execute_on.toml:1:1: queues.../x: \"../x\" is not a queue name",
         ),
