@@ -148,7 +148,14 @@ impl QueueStore {
             .map_err(storage)?
             .is_some();
         let tables = Tables::new(db);
+        let rebuilding = std::time::Instant::now();
         let loaded = super::calls::load_due_index(&tables).map_err(storage)?;
+        tracing::info!(
+            "queue database {}: due index of {} pending call(s) rebuilt in {} ms",
+            dir.display(),
+            tables.index_len(),
+            rebuilding.elapsed().as_millis()
+        );
         if loaded.moved > 0 {
             tracing::info!(
                 "queue database {}: {} due index entries moved from disk to memory",
