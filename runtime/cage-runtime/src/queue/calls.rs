@@ -55,6 +55,20 @@ fn parse_due_value(v: &[u8]) -> (&str, Option<&str>) {
     }
 }
 
+/// Whether a scan reads the due-index partition of value `v`: not if `pass` passes over its
+/// queue (and target).
+fn kept_by(pass: &dyn Fn(&str, Option<&str>) -> bool) -> impl Fn(&[u8]) -> bool + '_ {
+    move |v| {
+        let (queue, target) = parse_due_value(v);
+        !pass(queue, target)
+    }
+}
+
+/// The end of the due index's range of calls due at `now_ms` (exclusive).
+fn due_until(now_ms: u64) -> Vec<u8> {
+    keys::due(now_ms, i32::MIN, "\u{10FFFF}", b"")
+}
+
 /// The due index's key of `due`.
 fn due_key_of(due: &DueCall) -> Vec<u8> {
     keys::due(
@@ -225,13 +239,13 @@ impl QueueStore {
         if self.stopped().is_some() {
             return Ok(Vec::new());
         }
-        let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}", b"");
-        let keep = |v: &[u8]| {
-            let (queue, target) = parse_due_value(v);
-            !pass(queue, target)
-        };
+        let keep = kept_by(pass);
         let mut out = Vec::new();
-        for item in self.db().range_where(vec![DUE]..end, &keep).take(max_scan) {
+        for item in self
+            .db()
+            .range_where(vec![DUE]..due_until(now_ms), &keep)
+            .take(max_scan)
+        {
             let (k, v) = item.map_err(|e| self.err(e))?;
             if let Some((due_ms, priority, id)) = keys::parse_due(&k) {
                 if !skip(&id) {
@@ -269,10 +283,9 @@ impl QueueStore {
 
     /// How many calls of `queue` (to run here, not to deliver) are due at `now_ms`.
     pub fn count_due(&self, queue: &str, now_ms: u64) -> Result<usize, QueueError> {
-        let end = keys::due(now_ms, i32::MIN, "\u{10FFFF}", b"");
         let keep = |v: &[u8]| v == queue.as_bytes();
         let mut n = 0;
-        for item in self.db().range_where(vec![DUE]..end, &keep) {
+        for item in self.db().range_where(vec![DUE]..due_until(now_ms), &keep) {
             item.map_err(|e| self.err(e))?;
             n += 1;
         }
@@ -285,10 +298,7 @@ impl QueueStore {
         &self,
         pass: &dyn Fn(&str, Option<&str>) -> bool,
     ) -> Result<Option<u64>, QueueError> {
-        let keep = |v: &[u8]| {
-            let (queue, target) = parse_due_value(v);
-            !pass(queue, target)
-        };
+        let keep = kept_by(pass);
         match self
             .db()
             .range_where(vec![DUE]..vec![DUE + 1], &keep)
@@ -303,12 +313,7 @@ impl QueueStore {
 
     /// When the earliest scheduled call is due, if any is.
     pub fn next_due_ms(&self) -> Result<Option<u64>, QueueError> {
-        match self.db().scan_prefix([DUE]).next() {
-            Some(item) => {
-                Ok(keys::parse_due(&item.map_err(|e| self.err(e))?.0).map(|(at, _, _)| at))
-            }
-            None => Ok(None),
-        }
+        self.next_due_ms_where(&|_, _| false)
     }
 
     fn scan(

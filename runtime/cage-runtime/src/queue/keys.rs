@@ -112,7 +112,22 @@ fn priority_rank(priority: i32) -> u32 {
 }
 
 /// Bytes of a due-index key before the id: prefix, due time, priority.
-pub const DUE_FIXED: usize = 13;
+const DUE_FIXED: usize = 13;
+
+/// The id and the value a due-index key ends with (both empty in a key too short to hold
+/// them, the value empty where no 0 byte ends the id).
+fn due_tail(key: &[u8]) -> (&[u8], &[u8]) {
+    let rest = key.get(DUE_FIXED..).unwrap_or(&[]);
+    match rest.iter().position(|b| *b == 0) {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[]),
+    }
+}
+
+/// The value a due-index key carries (see [`due`]).
+pub fn due_value_of(key: &[u8]) -> &[u8] {
+    due_tail(key).1
+}
 
 /// The due-index key of a call whose due-index value is `value`.
 pub fn due(at_ms: u64, priority: i32, id: &str, value: &[u8]) -> Vec<u8> {
@@ -134,8 +149,7 @@ pub fn parse_due(key: &[u8]) -> Option<(u64, i32, String)> {
     let at = u64::from_be_bytes(key[1..9].try_into().ok()?);
     let rank = u32::from_be_bytes(key[9..13].try_into().ok()?);
     let priority = ((!rank) ^ 0x8000_0000) as i32;
-    let rest = &key[DUE_FIXED..];
-    let id = &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())];
+    let (id, _) = due_tail(key);
     Some((at, priority, String::from_utf8(id.to_vec()).ok()?))
 }
 
@@ -190,6 +204,8 @@ mod tests {
             parse_due(&due(10, -5, "b", b"q")),
             Some((10, -5, "b".into()))
         );
+        assert_eq!(due_value_of(&due(10, 0, "e", b"q\0target")), b"q\0target");
+        assert_eq!(due_value_of(b"d1"), b"");
     }
 
     #[test]

@@ -65,12 +65,9 @@ pub(super) fn memory_only(key: &[u8]) -> bool {
     key.first() == Some(&DUE)
 }
 
-/// The part of a key kept in memory only that names its partition: what follows the first 0
-/// byte after the due time and the priority (see [`super::keys::due`]), empty if none does.
-pub(super) fn partition_of(key: &[u8]) -> &[u8] {
-    key.get(keys::DUE_FIXED..)
-        .and_then(|rest| rest.iter().position(|b| *b == 0).map(|i| &rest[i + 1..]))
-        .unwrap_or(&[])
+/// The part of a key kept in memory only that names its partition: the value it carries.
+fn partition_of(key: &[u8]) -> &[u8] {
+    keys::due_value_of(key)
 }
 
 /// Which partitions of the keys kept in memory only a scan reads, by their value.
