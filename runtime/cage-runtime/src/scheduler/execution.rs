@@ -44,6 +44,25 @@ pub(super) struct AttemptDone {
     version: Option<String>,
 }
 
+/// Whether an attempt of `queue` (under `policy`, with `busy` running per queue) must wait:
+/// its rate limit gives no start at `now` (recorded in `rate_held` with how long until it
+/// does), or every slot of the queue is taken.
+fn must_wait(
+    queue: &str,
+    policy: &crate::config::QueuePolicy,
+    busy: &HashMap<String, usize>,
+    rates: &super::rate::Rates,
+    now: Instant,
+    rate_held: &std::cell::RefCell<HashMap<String, Duration>>,
+) -> bool {
+    let wait = rates.wait(queue, policy, now);
+    if !wait.is_zero() {
+        rate_held.borrow_mut().insert(queue.to_owned(), wait);
+        return true;
+    }
+    !decide::has_slot(policy, busy.get(queue).copied().unwrap_or(0))
+}
+
 /// The rate limit an attempt's start is paced by: its queue, the rate and the burst.
 type Pace = Option<(String, crate::config::Rate, usize)>;
 
@@ -119,16 +138,15 @@ impl Scheduler {
         // are passed over, so that a backlog of them does not hold back the calls of other
         // queues due after it.
         let full = |queue: &str, target: Option<&str>| {
-            if target.is_some() {
-                return false;
-            }
-            let policy = policies.queue(queue);
-            let wait = rates.wait(queue, policy, instant);
-            if !wait.is_zero() {
-                rate_held.borrow_mut().insert(queue.to_owned(), wait);
-                return true;
-            }
-            !decide::has_slot(policy, busy.get(queue).copied().unwrap_or(0))
+            target.is_none()
+                && must_wait(
+                    queue,
+                    policies.queue(queue),
+                    busy,
+                    rates,
+                    instant,
+                    &rate_held,
+                )
         };
         let due = match self.store.due_where(
             now,
@@ -156,12 +174,14 @@ impl Scheduler {
                     }
                 }
                 None => {
-                    if !decide::has_slot(&policy, self.busy.get(&d.queue).copied().unwrap_or(0)) {
-                        continue;
-                    }
-                    let wait = self.rates.wait(&d.queue, &policy, instant);
-                    if !wait.is_zero() {
-                        rate_held.borrow_mut().insert(d.queue.clone(), wait);
+                    if must_wait(
+                        &d.queue,
+                        &policy,
+                        &self.busy,
+                        &self.rates,
+                        instant,
+                        &rate_held,
+                    ) {
                         continue;
                     }
                 }

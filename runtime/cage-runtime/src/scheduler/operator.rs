@@ -70,10 +70,14 @@ impl Scheduler {
 
     /// Why a due call of `queue` waits for a slot of its queue, if it does.
     fn slots_waiting(&self, queue: &str) -> Option<String> {
-        let concurrency = self.policies.queue(queue).concurrency;
+        let policy = self.policies.queue(queue);
         let busy = self.busy.get(queue).copied().unwrap_or(0);
-        (busy >= concurrency)
-            .then(|| format!("waiting: queue {queue} has {busy} of {concurrency} running"))
+        (!super::decide::has_slot(policy, busy)).then(|| {
+            format!(
+                "waiting: queue {queue} has {busy} of {} running",
+                policy.concurrency
+            )
+        })
     }
 
     /// Why a due call of `queue` waits for its rate limit, if it does.
