@@ -174,8 +174,12 @@ fn frames_with_impossible_names_are_refused_as_bad_arguments_and_nothing_is_queu
         enqueued_at_ms: 1,
         not_before_ms: 0,
         chain: None,
+        group: None,
     };
-    match client.request(Request::Accept(offered), TIMEOUT).unwrap() {
+    match client
+        .request(Request::Accept(offered.into()), TIMEOUT)
+        .unwrap()
+    {
         // Typed, naming the call, so the offering cage moves it to dead letters at once.
         Response::Failed(f) => {
             assert_eq!(f.error.kind, ErrorKind::BadArguments, "{f:?}");

@@ -32,6 +32,7 @@ fn stamp_calls(site: &Site, queue: &str, out: &std::path::Path, n: usize) {
             priority: 0,
             key: None,
             delay_ms: 0,
+            group: None,
         })
     };
     let mut client = Client::connect("back", &site.route("back")).unwrap();

@@ -498,6 +498,7 @@ fn a_job_or_delay_beyond_the_horizon_is_refused_and_the_queue_keeps_working() {
         priority: 0,
         key: None,
         delay_ms,
+        group: None,
     };
     let refused = client
         .enqueue(enqueue(u64::MAX), Duration::from_secs(10))
@@ -517,6 +518,7 @@ fn a_job_or_delay_beyond_the_horizon_is_refused_and_the_queue_keeps_working() {
         enqueued_at_ms: now_ms(),
         not_before_ms: u64::MAX,
         chain: None,
+        group: None,
     };
     let refused = client
         .accept(offered, Duration::from_secs(10))

@@ -483,6 +483,7 @@ fn a_full_queue_with_a_backlog_does_not_hold_back_another_queue() {
             priority: 0,
             key: None,
             delay_ms: 0,
+            group: None,
         })
     };
     let mut client = Client::connect("back", &site.route("back")).unwrap();
@@ -533,6 +534,7 @@ fn pipelined_enqueues_are_each_answered_and_stored() {
             priority: 0,
             key: Some(format!("k{}", i % 40)),
             delay_ms: 3_600_000,
+            group: None,
         })
     };
     let mut client = Client::connect("back", &site.route("back")).unwrap();

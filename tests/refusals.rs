@@ -37,8 +37,14 @@ fn refuse(request: &Request) -> Response {
     };
     let offered = |c: &QueuedCall| refusal(&c.module, &c.method, &c.id);
     match request {
-        Request::Accept(call) => Response::Failed(offered(call)),
-        Request::AcceptMany(calls) => {
+        Request::Accept(call) => Response::Failed(offered(&call.clone().into())),
+        Request::AcceptMany(calls) => Response::AcceptedMany(
+            calls
+                .iter()
+                .map(|c| Err(Box::new(offered(&c.clone().into()))))
+                .collect(),
+        ),
+        Request::AcceptCalls(calls) => {
             Response::AcceptedMany(calls.iter().map(|c| Err(Box::new(offered(c)))).collect())
         }
         Request::Enqueue(e) => Response::Failed(refusal(&e.module, &e.method, "")),
@@ -74,8 +80,12 @@ fn offers(back: &FakeCage, id: &str) -> usize {
     back.asked()
         .iter()
         .flat_map(|r| match r {
-            Request::Accept(c) => vec![c.id.clone()],
-            Request::AcceptMany(calls) => calls.iter().map(|c| c.id.clone()).collect(),
+            Request::Accept(c) => vec![QueuedCall::from(c.clone()).id],
+            Request::AcceptMany(calls) => calls
+                .iter()
+                .map(|c| QueuedCall::from(c.clone()).id)
+                .collect(),
+            Request::AcceptCalls(calls) => calls.iter().map(|c| c.id.clone()).collect(),
             _ => Vec::new(),
         })
         .filter(|offered| offered == id)

@@ -415,6 +415,7 @@ fn enqueue_large(e: &Effects, tag: &str) -> Result<(String, Option<String>), Str
                 priority: 0,
                 key: None,
                 delay_ms: 0,
+                group: None,
             },
             Duration::from_secs(10),
         )

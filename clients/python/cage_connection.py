@@ -124,11 +124,17 @@ def call(cage, target, args=None, timeout=30):
     return _request("POST", "/v1/call", body, wait=timeout)["result"]
 
 
-def enqueue(cage, target, args=None, queue="retry", priority=0, key=None, delay=None):
-    """Queue ``target`` on ``cage`` durably; return the call id once it is on disk."""
+def enqueue(cage, target, args=None, queue="retry", priority=0, key=None, delay=None, group=None):
+    """Queue ``target`` on ``cage`` durably; return the call id once it is on disk.
+
+    ``group`` (a customer, a tenant) is what the queue's ``group_concurrency``,
+    ``group_rate_limit`` and round-robin dispatch count by.
+    """
     body = {"cage": cage, "target": target, "args": args, "queue": queue, "priority": priority}
     if key is not None:
         body["key"] = key
+    if group is not None:
+        body["group"] = group
     if delay is not None:
         body["delay_secs"] = delay
     return _request("POST", "/v1/enqueue", body, wait=30)["id"]

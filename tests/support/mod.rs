@@ -496,6 +496,7 @@ pub fn echo_call(
         priority: 0,
         key,
         delay_ms: 0,
+        group: None,
     }
 }
 

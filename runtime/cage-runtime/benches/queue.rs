@@ -26,6 +26,7 @@ fn record(due_ms: u64) -> CallRecord {
         enqueued_at_ms: due_ms,
         not_before_ms: due_ms,
         chain: None,
+        group: None,
     };
     CallRecord::new(call, Stage::Execute, due_ms)
 }

@@ -258,6 +258,7 @@ impl ChainRecord {
             enqueued_at_ms: now_ms,
             not_before_ms: 0,
             chain: None,
+            group: None,
         })
     }
 

@@ -11,6 +11,7 @@ use crate::executor::{CallExecutor, MethodCall};
 use crate::host::{query_chains, wait_for_chain_async};
 use crate::messaging::{parse_invocation, Mailboxes};
 use crate::metrics::{Metrics, MetricsSnapshot, ModuleLoads, QueueMetrics};
+use crate::model::call::QueuedCall;
 use crate::model::ids::new_call_id;
 use crate::queue::QueueStore;
 use crate::registry::{ListModules, ModuleRegistry};
@@ -152,6 +153,7 @@ impl Dispatcher {
                 }
                 // The call moves to the scheduler; a refusal still names it (its error is
                 // filled in below).
+                let call = QueuedCall::from(call);
                 let offered = CallFailure::of_queued(&self.cage, &call, CallError::new(""));
                 match self.scheduler.send(Accept(call)).await {
                     Ok(Ok(duplicate_of)) => Response::Accepted { duplicate_of },
@@ -160,24 +162,10 @@ impl Dispatcher {
                 }
             }
             Request::AcceptMany(calls) => {
-                if self.load.draining.load(Ordering::Acquire) {
-                    return self.shutting_down("");
-                }
-                let offered: Vec<_> = calls
-                    .iter()
-                    .map(|c| CallFailure::of_queued(&self.cage, c, CallError::new("")))
-                    .collect();
-                match self.scheduler.send(AcceptMany(calls)).await {
-                    Ok(answers) => Response::AcceptedMany(
-                        answers
-                            .into_iter()
-                            .zip(offered)
-                            .map(|(a, f)| a.map_err(|error| Box::new(CallFailure { error, ..f })))
-                            .collect(),
-                    ),
-                    Err(_) => self.shutting_down(""),
-                }
+                let calls = calls.into_iter().map(QueuedCall::from).collect();
+                self.accept_many(calls).await
             }
+            Request::AcceptCalls(calls) => self.accept_many(calls).await,
             Request::Message(m) => {
                 // port_wait caps how long a message may wait for its receiver, whatever the
                 // client asks.
@@ -225,6 +213,28 @@ impl Dispatcher {
 
     /// Finds each of `cages` other than this one (asking discovery for any never found) in the
     /// lookups lane, so the scheduler's own check of them answers from memory.
+    /// Takes calls offered by another cage, made durable by one group commit; per call, its
+    /// answer.
+    async fn accept_many(&self, calls: Vec<QueuedCall>) -> Response {
+        if self.load.draining.load(Ordering::Acquire) {
+            return self.shutting_down("");
+        }
+        let offered: Vec<_> = calls
+            .iter()
+            .map(|c| CallFailure::of_queued(&self.cage, c, CallError::new("")))
+            .collect();
+        match self.scheduler.send(AcceptMany(calls)).await {
+            Ok(answers) => Response::AcceptedMany(
+                answers
+                    .into_iter()
+                    .zip(offered)
+                    .map(|(a, f)| a.map_err(|error| Box::new(CallFailure { error, ..f })))
+                    .collect(),
+            ),
+            Err(_) => self.shutting_down(""),
+        }
+    }
+
     async fn look_up(&self, mut cages: Vec<String>) -> Result<(), CallError> {
         // The usual case, a cage known already, costs no thread hop.
         cages.retain(|c| needs_lookup(&self.peers, &self.cage, c));

@@ -30,6 +30,9 @@ pub enum NameKind {
     Job,
     /// A discovery cluster.
     Cluster,
+    /// The group of a queued call (a customer, a tenant): never a path or a TOML key, so it
+    /// may hold any printable ASCII character but space.
+    Group,
 }
 
 impl NameKind {
@@ -41,17 +44,24 @@ impl NameKind {
             NameKind::Queue => "queue",
             NameKind::Job => "job",
             NameKind::Cluster => "cluster",
+            NameKind::Group => "group",
         }
     }
 
     fn max_len(self) -> usize {
         match self {
-            NameKind::Method => MAX_METHOD,
+            NameKind::Method | NameKind::Group => MAX_METHOD,
             _ => MAX_NAME,
         }
     }
 
     fn rule(self) -> String {
+        if self == NameKind::Group {
+            return format!(
+                "1 to {} printable ASCII characters other than space",
+                self.max_len()
+            );
+        }
         let dots = if self == NameKind::Method {
             ", and '.' between them"
         } else {
@@ -92,6 +102,12 @@ pub fn check(kind: NameKind, name: &str) -> Result<(), BadName> {
             name.len(),
             kind.max_len()
         )));
+    }
+    if kind == NameKind::Group {
+        return match name.chars().find(|c| !c.is_ascii_graphic()) {
+            Some(c) => Err(bad(format!("it holds {}", describe(c)))),
+            None => Ok(()),
+        };
     }
     if let Some(c) = name
         .chars()
@@ -212,6 +228,32 @@ mod tests {
         }
         assert!(is_valid(NameKind::Method, "v2.shout"));
         assert!(is_valid(NameKind::Method, &"m".repeat(MAX_METHOD)));
+    }
+
+    #[test]
+    fn groups_take_printable_ascii_but_not_space_or_control_characters() {
+        for good in ["customer-42", "acme.com", "tenant:7/eu", "a"] {
+            assert_eq!(check(NameKind::Group, good), Ok(()), "{good}");
+        }
+        assert!(is_valid(NameKind::Group, &"g".repeat(MAX_METHOD)));
+        for (bad, why) in [
+            ("", "it is empty"),
+            ("a b", "white space ' '"),
+            ("a\0b", "a NUL byte"),
+            ("kunde-ä", "'ä'"),
+        ] {
+            let e = check(NameKind::Group, bad).unwrap_err().to_string();
+            assert!(
+                e.contains(why) && e.contains("is not a group name"),
+                "{bad}: {e}"
+            );
+            assert!(
+                e.contains("printable ASCII characters other than space"),
+                "{e}"
+            );
+        }
+        let long = check(NameKind::Group, &"g".repeat(MAX_METHOD + 1)).unwrap_err();
+        assert!(long.to_string().contains("more than 128"), "{long}");
     }
 
     #[test]

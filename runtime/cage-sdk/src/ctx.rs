@@ -31,6 +31,9 @@ pub struct EnqueueOptions {
     pub priority: i32,
     /// Idempotency key: a second call with the same key is taken as the first.
     pub key: Option<String>,
+    /// Group within the queue (a customer, a tenant): what `group_concurrency`,
+    /// `group_rate_limit` and round-robin dispatch count by.
+    pub group: Option<String>,
 }
 
 impl Default for EnqueueOptions {
@@ -39,6 +42,7 @@ impl Default for EnqueueOptions {
             queue: "retry".to_owned(),
             priority: 0,
             key: None,
+            group: None,
         }
     }
 }
@@ -60,6 +64,9 @@ pub struct EnqueueRequest {
     pub priority: i32,
     /// Idempotency key.
     pub key: Option<String>,
+    /// Group within the queue.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// When a job added with [`Ctx::add_job`] runs.
@@ -199,6 +206,7 @@ impl Ctx {
             queue: options.queue,
             priority: options.priority,
             key: options.key,
+            group: options.group,
         };
         self.json_request(host.enqueue, &request)
     }

@@ -49,6 +49,7 @@ pub fn run(
     let calibration = EnqueueRequest {
         queue: CALIBRATION_QUEUE.into(),
         delay_ms: 24 * 3600 * 1000,
+        group: None,
         ..backlog.clone()
     };
     let timed = Instant::now();
@@ -72,6 +73,7 @@ pub fn run(
         &route,
         Arc::new(move || EnqueueRequest {
             delay_ms: due_ms.saturating_sub(now_ms()).max(1),
+            group: None,
             ..backlog.clone()
         }),
         calls,

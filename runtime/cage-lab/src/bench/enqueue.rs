@@ -28,6 +28,7 @@ pub fn run(place: &Place, calls: usize, clients: usize, report: &mut Report) -> 
         priority: 0,
         key: None,
         delay_ms: 24 * 3600 * 1000,
+        group: None,
     };
     // One request at a time per client, then with PIPELINED requests in flight per client (as
     // an asynchronous producer sends them): the last shows what the queue takes when its

@@ -178,6 +178,7 @@ pub fn echo_call(to: &str, method: &str, args: &[u8], queue: &str) -> EnqueueReq
         priority: 0,
         key: None,
         delay_ms: 0,
+        group: None,
     }
 }
 

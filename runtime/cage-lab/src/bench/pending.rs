@@ -29,6 +29,7 @@ pub fn run(
         priority: 0,
         key: None,
         delay_ms: 7 * 24 * 3600 * 1000,
+        group: None,
     };
     let started = Instant::now();
     enqueue_many(
@@ -82,6 +83,7 @@ pub fn run(
         args: b"null".to_vec(),
         queue: "retry".into(),
         delay_ms: 2_000,
+        group: None,
         ..request
     };
     Client::connect(&cage, &route)

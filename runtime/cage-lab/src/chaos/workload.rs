@@ -153,6 +153,7 @@ fn enqueue_until_stopped(
             priority: 0,
             key: Some(tag.clone()),
             delay_ms: 0,
+            group: None,
         };
         let (fate, id) = careful(
             CAGES[s],

@@ -165,6 +165,7 @@ pub struct EnqueueBody {
     priority: i32,
     key: Option<String>,
     delay_secs: Option<f64>,
+    group: Option<String>,
 }
 
 /// Queues a call durably; answers its id once it is on disk.
@@ -187,6 +188,7 @@ pub async fn enqueue(
         key: body.key,
         // Not a wait: uncapped here, refused by the cage beyond its horizon.
         delay_ms: clock::millis(clock::from_secs_f64(body.delay_secs.unwrap_or(0.0))),
+        group: body.group,
     };
     let state = state.into_inner();
     let (id, duplicate_of) =

@@ -331,6 +331,7 @@ impl HostEnv {
             priority: request.priority,
             key: request.key,
             delay_ms: 0,
+            group: request.group,
         });
         let (id, _) = self
             .own

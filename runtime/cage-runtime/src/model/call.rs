@@ -31,6 +31,71 @@ pub struct QueuedCall {
     pub not_before_ms: u64,
     /// The chain this call is a step of, if any.
     pub chain: Option<ChainLink>,
+    /// The group it belongs to within its queue (a customer, a tenant): the unit of
+    /// `group_concurrency`, `group_rate_limit` and round-robin dispatch.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// A queued call as cages before groups encoded it: the body of call records of format 2 and of
+/// the `Accept` and `AcceptMany` frames, so that cages of both versions still exchange the
+/// calls that have no group.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct UngroupedCall {
+    id: String,
+    source: String,
+    target: String,
+    module: String,
+    method: String,
+    #[serde(with = "serde_bytes")]
+    args: Vec<u8>,
+    queue: String,
+    priority: i32,
+    key: Option<String>,
+    enqueued_at_ms: u64,
+    not_before_ms: u64,
+    chain: Option<ChainLink>,
+}
+
+impl From<UngroupedCall> for QueuedCall {
+    fn from(c: UngroupedCall) -> Self {
+        QueuedCall {
+            id: c.id,
+            source: c.source,
+            target: c.target,
+            module: c.module,
+            method: c.method,
+            args: c.args,
+            queue: c.queue,
+            priority: c.priority,
+            key: c.key,
+            enqueued_at_ms: c.enqueued_at_ms,
+            not_before_ms: c.not_before_ms,
+            chain: c.chain,
+            group: None,
+        }
+    }
+}
+
+impl From<QueuedCall> for UngroupedCall {
+    /// Drops the group: only for calls that have none.
+    fn from(c: QueuedCall) -> Self {
+        debug_assert!(c.group.is_none());
+        UngroupedCall {
+            id: c.id,
+            source: c.source,
+            target: c.target,
+            module: c.module,
+            method: c.method,
+            args: c.args,
+            queue: c.queue,
+            priority: c.priority,
+            key: c.key,
+            enqueued_at_ms: c.enqueued_at_ms,
+            not_before_ms: c.not_before_ms,
+            chain: c.chain,
+        }
+    }
 }
 
 /// A queued call's place in a chain: which chain, which step, and the cage that holds it.

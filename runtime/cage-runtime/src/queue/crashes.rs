@@ -122,6 +122,7 @@ mod tests {
             enqueued_at_ms: 1000,
             not_before_ms: 0,
             chain: None,
+            group: None,
         };
         CallRecord::new(call, Stage::Execute, 1000)
     }

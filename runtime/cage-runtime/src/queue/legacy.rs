@@ -1,10 +1,12 @@
-//! Records as format 1 wrote them (before calls could belong to chains), read on upgrade.
+//! Records as formats 1 (before calls could belong to chains) and 2 (before they could belong
+//! to groups) wrote them, read on upgrade.
 
-use crate::model::call::{self, Attempt, Stage};
+use crate::model::call::{self, Attempt, Stage, UngroupedCall};
 use serde::Deserialize;
 
+/// A call as format 1 wrote it: no chain link, no group.
 #[derive(Deserialize)]
-pub struct QueuedCall {
+pub struct QueuedCall1 {
     id: String,
     source: String,
     target: String,
@@ -19,9 +21,30 @@ pub struct QueuedCall {
     not_before_ms: u64,
 }
 
+impl From<QueuedCall1> for call::QueuedCall {
+    fn from(c: QueuedCall1) -> Self {
+        call::QueuedCall {
+            id: c.id,
+            source: c.source,
+            target: c.target,
+            module: c.module,
+            method: c.method,
+            args: c.args,
+            queue: c.queue,
+            priority: c.priority,
+            key: c.key,
+            enqueued_at_ms: c.enqueued_at_ms,
+            not_before_ms: c.not_before_ms,
+            chain: None,
+            group: None,
+        }
+    }
+}
+
+/// A call record of an earlier format: laid out as now around a call of that format's shape.
 #[derive(Deserialize)]
-pub struct CallRecord {
-    call: QueuedCall,
+pub struct CallRecord<C> {
+    call: C,
     stage: Stage,
     attempts: Vec<Attempt>,
     next_at_ms: u64,
@@ -30,24 +53,15 @@ pub struct CallRecord {
     seq: u64,
 }
 
-impl From<CallRecord> for call::CallRecord {
-    fn from(r: CallRecord) -> Self {
-        let c = r.call;
+/// A record of format 1.
+pub type CallRecord1 = CallRecord<QueuedCall1>;
+/// A record of format 2.
+pub type CallRecord2 = CallRecord<UngroupedCall>;
+
+impl<C: Into<call::QueuedCall>> From<CallRecord<C>> for call::CallRecord {
+    fn from(r: CallRecord<C>) -> Self {
         call::CallRecord {
-            call: call::QueuedCall {
-                id: c.id,
-                source: c.source,
-                target: c.target,
-                module: c.module,
-                method: c.method,
-                args: c.args,
-                queue: c.queue,
-                priority: c.priority,
-                key: c.key,
-                enqueued_at_ms: c.enqueued_at_ms,
-                not_before_ms: c.not_before_ms,
-                chain: None,
-            },
+            call: r.call.into(),
             stage: r.stage,
             attempts: r.attempts,
             next_at_ms: r.next_at_ms,

@@ -36,11 +36,13 @@ pub struct QueueStore {
 }
 
 /// Format of stored values, written as their first byte so a later format can read (or
-/// refuse, by name) what an earlier one wrote. Format 2 added the chain link of a call; every
-/// other value is laid out as in format 1.
-const FORMAT: u8 = 2;
+/// refuse, by name) what an earlier one wrote. Format 2 added the chain link of a call, format 3
+/// its group; every other value is laid out as in format 1.
+const FORMAT: u8 = 3;
 /// The first format, still read.
 const FORMAT_1: u8 = 1;
+/// The second format, still read.
+const FORMAT_2: u8 = 2;
 
 fn corrupt(key: &[u8]) -> impl FnOnce(postcard::Error) -> QueueError + '_ {
     move |source| QueueError::Corrupt {
@@ -52,7 +54,10 @@ fn corrupt(key: &[u8]) -> impl FnOnce(postcard::Error) -> QueueError + '_ {
 /// Decodes a call record of either format.
 pub(super) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<CallRecord, QueueError> {
     match bytes.split_first() {
-        Some((&FORMAT_1, body)) => postcard::from_bytes::<super::legacy::CallRecord>(body)
+        Some((&FORMAT_1, body)) => postcard::from_bytes::<super::legacy::CallRecord1>(body)
+            .map(Into::into)
+            .map_err(corrupt(key)),
+        Some((&FORMAT_2, body)) => postcard::from_bytes::<super::legacy::CallRecord2>(body)
             .map(Into::into)
             .map_err(corrupt(key)),
         _ => decode(key, bytes),
@@ -66,7 +71,9 @@ pub(super) fn decode<T: for<'a> Deserialize<'a>>(
 ) -> Result<T, QueueError> {
     let printable = || String::from_utf8_lossy(key).into_owned();
     match bytes.split_first() {
-        Some((&(FORMAT | FORMAT_1), body)) => postcard::from_bytes(body).map_err(corrupt(key)),
+        Some((&(FORMAT | FORMAT_1 | FORMAT_2), body)) => {
+            postcard::from_bytes(body).map_err(corrupt(key))
+        }
         Some((&other, _)) => Err(QueueError::Format {
             key: printable(),
             found: other,
@@ -363,6 +370,7 @@ pub(super) mod tests {
             enqueued_at_ms: 1000,
             not_before_ms: 0,
             chain: None,
+            group: None,
         }
     }
 
@@ -821,6 +829,43 @@ pub(super) mod tests {
         let r = s.get("old").unwrap().unwrap();
         assert_eq!((r.call.priority, r.call.chain, r.seq), (4, None, 7));
         assert_eq!(s.pending(&|_| true, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_record_of_format_2_still_reads_and_a_group_survives_format_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        // Format 2's layout: the call with its chain link and no group.
+        let mut old = call("two", 5, None);
+        old.chain = Some(crate::model::call::ChainLink {
+            chain: "ch".into(),
+            owner: "a".into(),
+            step: 2,
+        });
+        let call2 = crate::model::call::UngroupedCall::from(old.clone());
+        let record = (
+            call2,
+            Stage::Execute,
+            Vec::<Attempt>::new(),
+            2000u64,
+            1000u64,
+            None::<String>,
+            9u64,
+        );
+        let bytes = postcard::to_extend(&record, vec![FORMAT_2]).unwrap();
+        s.db()
+            .sled()
+            .insert(keys::with_id(CALL, "two"), bytes)
+            .unwrap();
+        let r = s.get("two").unwrap().unwrap();
+        assert_eq!((&r.call, r.seq), (&old, 9));
+        // A call with a group keeps it through the store.
+        let mut grouped = call("three", 0, None);
+        grouped.group = Some("customer-42".into());
+        s.insert(&CallRecord::new(grouped, Stage::Execute, 1000))
+            .unwrap();
+        let back = s.get("three").unwrap().unwrap();
+        assert_eq!(back.call.group.as_deref(), Some("customer-42"));
     }
 
     #[test]

@@ -59,9 +59,10 @@ impl Scheduler {
                 // A frame need not come from a parsed chain: its names are checked as a call's
                 // (the message quotes a bad name cut short, so not the step's whole label).
                 let queue = new.queue.as_deref().unwrap_or(crate::config::DEFAULT_QUEUE);
-                super::intake::check_names(cage, Some(&step.module), &step.method, queue).map_err(
-                    |e| CallError::bad_arguments(format!("{which}, step {}: {}", n + 1, e.message)),
-                )?;
+                super::intake::check_names(cage, Some(&step.module), &step.method, queue, None)
+                    .map_err(|e| {
+                        CallError::bad_arguments(format!("{which}, step {}: {}", n + 1, e.message))
+                    })?;
                 // Refuse now what could never run, rather than retry it for days.
                 check_target(self.delivery.peers(), &self.cage, cage).map_err(|e| {
                     CallError::with_kind(e.kind, format!("{which}, step {}: {e}", step.label()))
@@ -259,6 +260,7 @@ impl Scheduler {
                 enqueued_at_ms: self.now(),
                 not_before_ms: 0,
                 chain: None,
+                group: None,
             };
             t.insert_call(&CallRecord::new(call, Stage::Deliver, self.now()))?;
         }

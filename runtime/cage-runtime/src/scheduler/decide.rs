@@ -445,6 +445,7 @@ mod tests {
             enqueued_at_ms: enqueued_ms,
             not_before_ms: 0,
             chain: None,
+            group: None,
         };
         CallRecord::new(call, Stage::Execute, enqueued_ms)
     }
@@ -796,6 +797,7 @@ mod tests {
             enqueued_at_ms: 0,
             not_before_ms: 0,
             chain: None,
+            group: None,
         };
         CallRecord::new(call, Stage::Deliver, 0)
     }

@@ -84,7 +84,13 @@ impl Scheduler {
             )));
         }
         // Refuse now a call no cage could ever run, rather than keep and retry it for days.
-        check_names(&r.target, Some(&r.module), &r.method, &r.queue)?;
+        check_names(
+            &r.target,
+            Some(&r.module),
+            &r.method,
+            &r.queue,
+            r.group.as_deref(),
+        )?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&r.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         check_target(self.delivery.peers(), &self.cage, &r.target)?;
@@ -110,6 +116,7 @@ impl Scheduler {
             },
             enqueued_at_ms: now,
             chain: None,
+            group: r.group,
         };
         let id = call.id.clone();
         let queue = call.queue.clone();
@@ -143,7 +150,13 @@ impl Scheduler {
                 ErrorKind::Permanent,
                 format!("call {id}: {e}"),
             ))
-        } else if let Err(e) = check_names(&call.target, module, &call.method, &call.queue) {
+        } else if let Err(e) = check_names(
+            &call.target,
+            module,
+            &call.method,
+            &call.queue,
+            call.group.as_deref(),
+        ) {
             Err(e)
         } else if stage_for(&self.cage, &call.target) == Stage::Execute {
             self.metrics
@@ -164,19 +177,21 @@ impl Scheduler {
     }
 }
 
-/// Checks the names of a call to be queued: a bad one is refused as bad arguments, so it is
+/// Checks the names (and group) of a call to be queued: a bad one is refused as bad arguments, so it is
 /// never stored (`module` is `None` for the cage's own built-in module).
 pub(super) fn check_names(
     target: &str,
     module: Option<&str>,
     method: &str,
     queue: &str,
+    group: Option<&str>,
 ) -> Result<(), CallError> {
     [
         (NameKind::Cage, Some(target)),
         (NameKind::Module, module),
         (NameKind::Method, Some(method)),
         (NameKind::Queue, Some(queue)),
+        (NameKind::Group, group),
     ]
     .into_iter()
     .filter_map(|(kind, name)| Some((kind, name?)))

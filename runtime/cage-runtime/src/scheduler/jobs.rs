@@ -55,6 +55,7 @@ impl Scheduler {
             enqueued_at_ms: now,
             not_before_ms: 0,
             chain: None,
+            group: None,
         };
         CallRecord::new(call, stage_for(&self.cage, &job.cage), now)
     }
@@ -125,7 +126,13 @@ impl Scheduler {
     }
 
     fn add_job(&mut self, spec: JobSpec, replace: bool) -> Result<Job, CallError> {
-        super::intake::check_names(&self.cage, Some(&spec.module), &spec.method, &spec.queue)?;
+        super::intake::check_names(
+            &self.cage,
+            Some(&spec.module),
+            &spec.method,
+            &spec.queue,
+            None,
+        )?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&spec.args)
             .map_err(|e| CallError::bad_arguments(format!("arguments are not JSON: {e}")))?;
         let now = self.now();

@@ -583,7 +583,12 @@ impl Client {
         call: QueuedCall,
         timeout: Duration,
     ) -> Result<AcceptAnswer, ClientError> {
-        match self.request(Request::Accept(call), timeout)? {
+        let request = match call.group {
+            None => Request::Accept(call.into()),
+            Some(_) => Request::AcceptCalls(vec![call]),
+        };
+        match self.request(request, timeout)? {
+            Response::AcceptedMany(mut answers) if answers.len() == 1 => Ok(answers.remove(0)),
             Response::Accepted { duplicate_of } => Ok(Ok(duplicate_of)),
             Response::Failed(f) => Ok(Err(Box::new(f))),
             other => Err(self.unexpected(&other)),
@@ -599,7 +604,14 @@ impl Client {
         timeout: Duration,
     ) -> Result<Vec<AcceptAnswer>, (ClientError, Vec<QueuedCall>)> {
         let sent = calls.len();
-        let (body, answer) = self.exchange(Request::AcceptMany(calls), timeout);
+        // Calls without a group go in the frame every cage reads; only calls with one need
+        // the frame a cage from before groups refuses.
+        let request = if calls.iter().any(|c| c.group.is_some()) {
+            Request::AcceptCalls(calls)
+        } else {
+            Request::AcceptMany(calls.into_iter().map(Into::into).collect())
+        };
+        let (body, answer) = self.exchange(request, timeout);
         let error = match answer {
             Ok(Response::AcceptedMany(answers)) if answers.len() == sent => return Ok(answers),
             Ok(Response::AcceptedMany(answers)) => ClientError::Protocol {
@@ -609,8 +621,10 @@ impl Client {
             Ok(other) => self.unexpected(&other),
             Err(e) => e,
         };
-        let Request::AcceptMany(calls) = body else {
-            unreachable!("exchange hands back the request it was given")
+        let calls = match body {
+            Request::AcceptMany(calls) => calls.into_iter().map(Into::into).collect(),
+            Request::AcceptCalls(calls) => calls,
+            _ => unreachable!("exchange hands back the request it was given"),
         };
         Err((error, calls))
     }

@@ -2,7 +2,7 @@
 //! connection can carry many calls at once.
 
 use crate::metrics::MetricsSnapshot;
-use crate::model::call::{CallRecord, QueuedCall};
+use crate::model::call::{CallRecord, QueuedCall, UngroupedCall};
 use crate::model::chain::{ChainRecord, StepSpec};
 use crate::model::job::{CatchUp, Job, Schedule};
 use cage_sdk::{CallError, ErrorKind};
@@ -28,8 +28,8 @@ pub enum Request {
     Ping,
     /// Take a call into the durable queue (for this cage or for another one).
     Enqueue(EnqueueRequest),
-    /// From another cage: accept a queued call for execution here.
-    Accept(QueuedCall),
+    /// From another cage: accept a queued call (one without a group) for execution here.
+    Accept(UngroupedCall),
     /// Inspect or steer the queue.
     Queue(QueueQuery),
     /// Add, list, remove or run jobs.
@@ -40,8 +40,13 @@ pub enum Request {
     Chain(ChainRequest),
     /// What the cage counted since it started, and what its queues hold now.
     Metrics,
-    /// From another cage: accept several queued calls, made durable by one group commit.
-    AcceptMany(Vec<QueuedCall>),
+    /// From another cage: accept several queued calls without groups, made durable by one
+    /// group commit.
+    AcceptMany(Vec<UngroupedCall>),
+    /// From another cage: accept several queued calls, some with groups, made durable by one
+    /// group commit (a cage from before groups refuses it; calls without groups are offered
+    /// as [`Request::AcceptMany`], which every cage takes).
+    AcceptCalls(Vec<QueuedCall>),
 }
 
 /// A chain to start on the receiving cage (its owner).
@@ -164,6 +169,9 @@ pub struct EnqueueRequest {
     pub key: Option<String>,
     /// Run no earlier than this many milliseconds after the enqueue (0: at once).
     pub delay_ms: u64,
+    /// The group of the call within its queue, if any.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// Which queued calls an operator command is about.
@@ -519,6 +527,7 @@ mod tests {
             enqueued_at_ms: 0,
             not_before_ms: 0,
             chain: None,
+            group: None,
         }
     }
 
@@ -530,6 +539,44 @@ mod tests {
             waiting: None,
             crashes: None,
         }
+    }
+
+    #[test]
+    fn offers_without_groups_keep_the_frame_cages_before_groups_read() {
+        // The request tags and call layout of cages before groups: Accept was variant 4 and
+        // AcceptMany variant 10, each call ending with its chain link.
+        let plain = call(b"1".to_vec());
+        let earlier = |variant: u8| {
+            let mut bytes = vec![variant];
+            let layout = (
+                "front-1",
+                "front",
+                "front",
+                "echo",
+                "shout",
+                serde_bytes::ByteBuf::from(b"1".to_vec()),
+                "retry",
+                0i32,
+                None::<String>,
+                0u64,
+                0u64,
+                None::<()>,
+            );
+            if variant == 10 {
+                bytes.push(1);
+            }
+            postcard::to_extend(&layout, bytes).unwrap()
+        };
+        let one = postcard::to_allocvec(&Request::Accept(plain.clone().into())).unwrap();
+        assert_eq!(one, earlier(4));
+        let many = postcard::to_allocvec(&Request::AcceptMany(vec![plain.clone().into()])).unwrap();
+        assert_eq!(many, earlier(10));
+        // A call with a group travels in the newer frame, group and all.
+        let mut grouped = plain;
+        grouped.group = Some("customer-42".into());
+        let bytes = postcard::to_allocvec(&Request::AcceptCalls(vec![grouped.clone()])).unwrap();
+        let back: Request = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, Request::AcceptCalls(vec![grouped]));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub struct EnqueueArgs<'a> {
     pub queue: String,
     pub priority: i32,
     pub key: Option<String>,
+    pub group: Option<String>,
     pub from: Option<String>,
     pub delay: std::time::Duration,
     pub json: bool,
@@ -27,7 +28,10 @@ pub fn enqueue(site: &Site, a: EnqueueArgs<'_>) -> ExitCode {
         Ok(t) => t,
         Err(code) => return code,
     };
-    if let Err(code) = target::cage(a.cage).and_then(|()| target::queue(&a.queue)) {
+    if let Err(code) = target::cage(a.cage)
+        .and_then(|()| target::queue(&a.queue))
+        .and_then(|()| a.group.as_deref().map_or(Ok(()), target::group))
+    {
         return code;
     }
     if let Err(e) = serde_json::from_str::<serde_json::Value>(a.args) {
@@ -58,6 +62,7 @@ pub fn enqueue(site: &Site, a: EnqueueArgs<'_>) -> ExitCode {
         priority: a.priority,
         key: a.key,
         delay_ms: clock::millis(a.delay),
+        group: a.group,
     };
     match Client::connect(via, &route).and_then(|mut c| c.enqueue(request, TIMEOUT)) {
         Ok((id, duplicate_of)) => {

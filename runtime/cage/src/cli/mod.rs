@@ -130,6 +130,10 @@ enum Command {
         /// Idempotency key: a second enqueue with the same key is the first call.
         #[arg(long)]
         key: Option<String>,
+        /// Group of the call within its queue (a customer, a tenant), which the queue's
+        /// group_concurrency, group_rate_limit and round-robin dispatch count by.
+        #[arg(long)]
+        group: Option<String>,
         /// Hand the call to this cage, which keeps it until CAGE accepts it (default: CAGE).
         #[arg(long)]
         from: Option<String>,
@@ -354,6 +358,7 @@ pub fn main() -> ExitCode {
             queue,
             priority,
             key,
+            group,
             from,
             delay,
             json,
@@ -366,6 +371,7 @@ pub fn main() -> ExitCode {
                 queue,
                 priority,
                 key,
+                group,
                 from,
                 delay,
                 json,

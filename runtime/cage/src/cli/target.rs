@@ -25,6 +25,11 @@ pub fn queue(name: &str) -> Result<(), ExitCode> {
     names::check(NameKind::Queue, name).map_err(bad_arguments)
 }
 
+/// Checks the group of a call to enqueue, or fails with the bad-arguments exit code.
+pub fn group(name: &str) -> Result<(), ExitCode> {
+    names::check(NameKind::Group, name).map_err(bad_arguments)
+}
+
 fn bad_arguments(e: impl std::fmt::Display) -> ExitCode {
     exit::fail(exit::for_kind(ErrorKind::BadArguments), e)
 }
