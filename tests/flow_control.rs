@@ -59,6 +59,22 @@ fn stamps(out: &std::path::Path, n: usize, within: Duration) -> Vec<(String, u64
         .collect()
 }
 
+/// The value of gauge `name` of `queue` on cage `back`'s `/metrics` at port `http`.
+fn gauge(http: u16, name: &str, queue: &str) -> f64 {
+    let metrics = ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let line = format!("{name}{{cage=\"back\",queue=\"{queue}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line.as_str()))
+        .unwrap_or_else(|| panic!("no {name} of {queue} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
 /// The most starts in any one-second window of `times` (µs).
 fn most_in_a_second(times: &[u64]) -> usize {
     let mut sorted = times.to_vec();
@@ -95,19 +111,7 @@ fn a_rate_limit_holds_the_starts_to_the_rate_plus_the_burst_and_each_call_runs_o
             .is_some_and(|w| w.starts_with("waiting: rate limit 20/s (next start in "))),
         "{listed:?}"
     );
-    let metrics = ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    let held: f64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("cage_calls_held_by_rate_limit{cage=\"back\",queue=\"paced\"} ")
-        })
-        .unwrap_or_else(|| panic!("no held gauge for paced in\n{metrics}"))
-        .parse()
-        .unwrap();
+    let held = gauge(http, "cage_calls_held_by_rate_limit", "paced");
     assert!(held >= 1.0, "{held} held");
     let token = std::fs::read_to_string(site.path().join("config/keys/dashboard.token")).unwrap();
     let page = ureq::get(&format!("http://127.0.0.1:{http}/ui/queue/back/paced"))
@@ -179,4 +183,157 @@ fn a_limit_edited_while_calls_wait_applies_from_the_next_start() {
     );
     let all = stamps(&out, 40, Duration::from_secs(60));
     assert_eq!(all.len(), 40);
+}
+
+/// Enqueues on `queue` of `back` one `echo.span` call of `ms` for each (tag, group), in order.
+fn span_calls(site: &Site, queue: &str, out: &std::path::Path, ms: u64, calls: &[(String, &str)]) {
+    let request = |(tag, group): &(String, &str)| {
+        Request::Enqueue(EnqueueRequest {
+            target: "back".into(),
+            module: "echo".into(),
+            method: "span".into(),
+            args: serde_json::to_vec(&serde_json::json!({ "file": out, "tag": tag, "ms": ms }))
+                .unwrap(),
+            queue: queue.into(),
+            priority: 0,
+            key: None,
+            delay_ms: 0,
+            group: Some((*group).to_owned()),
+        })
+    };
+    let mut client = Client::connect("back", &site.route("back")).unwrap();
+    let answers = client
+        .pipeline(calls.iter().map(request).collect(), Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Response::Enqueued { .. })),
+        "{answers:?}"
+    );
+}
+
+/// The (tag, start µs, end µs) lines of the spans written, once there are `n`.
+fn spans(out: &std::path::Path, n: usize, within: Duration) -> Vec<(String, u64, u64)> {
+    let text = eventually(within, &format!("{n} spans written"), || {
+        std::fs::read_to_string(out)
+            .ok()
+            .filter(|t| t.lines().count() >= n && t.ends_with('\n'))
+    });
+    text.lines()
+        .map(|l| {
+            let mut parts = l.split(' ');
+            let tag = parts.next().unwrap().to_owned();
+            let start = parts.next().unwrap().parse().unwrap();
+            let end = parts.next().unwrap().parse().unwrap();
+            (tag, start, end)
+        })
+        .collect()
+}
+
+/// The most of `spans` running at one instant.
+fn most_at_once(spans: &[(u64, u64)]) -> usize {
+    spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_group_runs_one_call_at_a_time_while_other_groups_run_beside_it() {
+    let http = support::free_port();
+    let (site, _cage) = site_with(
+        "[queues.tenants]\nconcurrency = 8\ngroup_concurrency = 1\n",
+        &format!("http_listen = \"127.0.0.1:{http}\"\n"),
+    );
+    assert_eq!(site.call("back", "echo.version", "null").code, 0);
+    let out = site.path().join("spans.txt");
+    let groups = ["customer-1", "customer-2", "customer-3", "customer-4"];
+    let calls: Vec<(String, &str)> = (0..24)
+        .map(|i| (format!("{}/{i}", groups[i % 4]), groups[i % 4]))
+        .collect();
+    span_calls(&site, "tenants", &out, 150, &calls);
+    // While they run, a due call of a busy group says why, and /metrics counts them.
+    eventually(
+        Duration::from_secs(30),
+        "a call waiting for its group",
+        || {
+            site.listing("pending", Some("back")).iter().find_map(|c| {
+                let waiting = c["waiting"].as_str()?;
+                let group = c["record"]["call"]["group"].as_str()?;
+                (waiting == format!("waiting: group {group} has 1 of 1 running")).then_some(())
+            })
+        },
+    );
+    let held = gauge(http, "cage_calls_held_by_group", "tenants");
+    assert!(held >= 1.0, "{held} held by their group");
+
+    let ran = spans(&out, 24, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        spans(&out, 24, Duration::from_secs(1)).len(),
+        24,
+        "none ran twice"
+    );
+    let mut tags: Vec<&str> = ran.iter().map(|(t, _, _)| t.as_str()).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    assert_eq!(tags.len(), 24, "each call ran once");
+    for group in groups {
+        let of_group: Vec<(u64, u64)> = ran
+            .iter()
+            .filter(|(t, _, _)| t.starts_with(&format!("{group}/")))
+            .map(|(_, s, e)| (*s, *e))
+            .collect();
+        assert_eq!(of_group.len(), 6);
+        assert_eq!(
+            most_at_once(&of_group),
+            1,
+            "{group} ran two at once: {of_group:?}"
+        );
+    }
+    let all: Vec<(u64, u64)> = ran.iter().map(|(_, s, e)| (*s, *e)).collect();
+    assert!(
+        most_at_once(&all) >= 2,
+        "groups did not run beside each other: {all:?}"
+    );
+}
+
+#[test]
+fn a_queue_in_turn_starts_a_small_group_before_a_large_backlog_queued_ahead_of_it() {
+    let (site, _cage) = site_with(
+        "[queues.fair]\nconcurrency = 1\nfairness = \"round_robin\"\n",
+        "",
+    );
+    assert_eq!(site.call("back", "echo.version", "null").code, 0);
+    let out = site.path().join("spans.txt");
+    let a: Vec<(String, &str)> = (0..1000).map(|i| (format!("A/{i}"), "A")).collect();
+    span_calls(&site, "fair", &out, 10, &a);
+    let b: Vec<(String, &str)> = (0..10).map(|i| (format!("B/{i}"), "B")).collect();
+    span_calls(&site, "fair", &out, 10, &b);
+    // In the order they started: every B before the 100th A.
+    let ran = eventually(Duration::from_secs(60), "B's ten calls", || {
+        let ran = spans(&out, 1, Duration::from_secs(10));
+        (ran.iter().filter(|(t, _, _)| t.starts_with("B/")).count() == 10).then_some(ran)
+    });
+    let mut by_start: Vec<&(String, u64, u64)> = ran.iter().collect();
+    by_start.sort_by_key(|(_, start, _)| *start);
+    let last_b = by_start
+        .iter()
+        .rposition(|(tag, _, _)| tag.starts_with("B/"))
+        .unwrap();
+    let a_before_last_b = by_start[..last_b]
+        .iter()
+        .filter(|(tag, _, _)| tag.starts_with("A/"))
+        .count();
+    assert!(
+        a_before_last_b < 100,
+        "{a_before_last_b} of A's calls started before B's last"
+    );
 }

@@ -125,6 +125,36 @@ fn stamp(_ctx: &Ctx, args: Stamp) -> Result<(), CallError> {
         .map_err(|e| CallError::new(format!("cannot write {}: {e}", args.file)))
 }
 
+#[derive(Deserialize)]
+struct Span {
+    file: String,
+    tag: String,
+    ms: u64,
+}
+
+/// Sleeps `ms`, then appends `tag start-µs end-µs` to a file: tells a test which calls ran at
+/// the same time (the concurrency a queue or group allowed), from the module's own clock.
+fn span(_ctx: &Ctx, args: Span) -> Result<(), CallError> {
+    use std::io::Write;
+    let micros = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .map_err(|e| CallError::new(format!("clock before 1970: {e}")))
+    };
+    let start = micros()?;
+    std::thread::sleep(std::time::Duration::from_millis(args.ms));
+    let end = micros()?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.file)
+        .map_err(|e| CallError::new(format!("cannot open {}: {e}", args.file)))?;
+    let line = format!("{} {start} {end}\n", args.tag);
+    f.write_all(line.as_bytes())
+        .map_err(|e| CallError::new(format!("cannot write {}: {e}", args.file)))
+}
+
 /// Refuses for good: the queue moves the call to dead letters at once.
 fn refuse(_ctx: &Ctx, reason: String) -> Result<(), CallError> {
     Err(CallError::permanent(reason))
@@ -428,7 +458,7 @@ export_module! {
     name: "echo",
     version: VERSION,
     methods: [
-        echo, shout, sleep, version, boom, forward, append, stamp, refuse, relay, later, whoami, send_to, receive, idle,
+        echo, shout, sleep, version, boom, forward, append, stamp, span, refuse, relay, later, whoami, send_to, receive, idle,
         orchestrate, child, run_python, respond, pingpong, ponger, count, count_get, flaky
     ],
 }

@@ -330,14 +330,22 @@ impl Dispatcher {
             .await
             .map_err(|e| format!("module registry unavailable: {e}"))?;
         let store = self.store.clone();
-        let held = self.metrics.rate_held();
+        let (rate_held, group_held) = self.metrics.held();
         let (counts, held) = STORE_READS
             .run(move || -> Result<_, crate::queue::QueueError> {
                 let now = crate::model::clock::now_ms();
-                let held: std::collections::BTreeMap<String, u64> = held
-                    .into_iter()
-                    .map(|q| Ok((q.clone(), store.count_due(&q, now)? as u64)))
-                    .collect::<Result<_, crate::queue::QueueError>>()?;
+                // Per queue: due calls held by its rate limit, and by their groups' limits.
+                let mut held = std::collections::BTreeMap::<String, (u64, u64)>::new();
+                for queue in rate_held.iter().chain(group_held.keys()) {
+                    if held.contains_key(queue) {
+                        continue;
+                    }
+                    let groups = group_held.get(queue);
+                    let (all, of_groups) = store
+                        .count_due(queue, now, &|g| groups.is_some_and(|held| held.contains(g)))?;
+                    let by_rate = if rate_held.contains(queue) { all } else { 0 };
+                    held.insert(queue.clone(), (by_rate as u64, of_groups as u64));
+                }
                 Ok((store.counts_by_queue()?, held))
             })
             .await
@@ -354,8 +362,10 @@ impl Dispatcher {
                 .into_iter()
                 .map(|(queue, counters)| {
                     let (pending, dead_now) = counts.get(&queue).copied().unwrap_or_default();
+                    let (by_rate, by_group) = held.get(&queue).copied().unwrap_or_default();
                     QueueMetrics {
-                        held_by_rate_limit: held.get(&queue).copied().unwrap_or(0),
+                        held_by_rate_limit: by_rate,
+                        held_by_group: by_group,
                         queue,
                         counters,
                         pending,

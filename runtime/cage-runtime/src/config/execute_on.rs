@@ -62,6 +62,10 @@ struct RawQueue {
     concurrency: Option<Spanned<usize>>,
     rate_limit: Option<Spanned<String>>,
     burst: Option<Spanned<usize>>,
+    group_concurrency: Option<Spanned<usize>>,
+    group_rate_limit: Option<Spanned<String>>,
+    group_burst: Option<Spanned<usize>>,
+    fairness: Option<Spanned<String>>,
     keep_order: Option<bool>,
     time_limit: Option<SpannedDuration>,
     retention: Option<SpannedDuration>,
@@ -220,7 +224,16 @@ pub struct QueuePolicy {
     pub rate_limit: Option<super::Rate>,
     /// Attempts a rate-limited queue may start at once after a quiet spell.
     pub burst: usize,
-    /// A call waits for the one enqueued before it.
+    /// Calls of one group of the queue running at once (`None`: no cap beyond the queue's).
+    pub group_concurrency: Option<usize>,
+    /// Most attempts of one group of the queue started on this cage per period.
+    pub group_rate_limit: Option<super::Rate>,
+    /// Attempts of one rate-limited group that may start at once after a quiet spell.
+    pub group_burst: usize,
+    /// In what order due calls of different groups start.
+    pub fairness: Fairness,
+    /// A call waits for the one of its group (or, without a group, of its queue) enqueued
+    /// before it.
     pub keep_order: bool,
     /// An attempt running longer counts as failed.
     pub time_limit: Duration,
@@ -229,6 +242,40 @@ pub struct QueuePolicy {
     /// Attempts of one call that may crash the process running them before the call is
     /// moved to dead letters (a poison call must not bring its cage down for ever).
     pub max_crashes: usize,
+}
+
+/// In what order a queue starts due calls of different groups (`fairness`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fairness {
+    /// By due time, then priority, whatever their group (`"fifo"`).
+    #[default]
+    Fifo,
+    /// One group after another in turn, by due time then priority within each group
+    /// (`"round_robin"`): a large backlog of one group does not delay the others.
+    RoundRobin,
+}
+
+impl Fairness {
+    /// The accepted spellings, for errors.
+    pub const FORM: &'static str = "\"fifo\" or \"round_robin\"";
+
+    /// Reads a spelling of the file.
+    pub fn parse(text: &str) -> Option<Fairness> {
+        match text {
+            "fifo" => Some(Fairness::Fifo),
+            "round_robin" => Some(Fairness::RoundRobin),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Fairness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fairness::Fifo => "fifo",
+            Fairness::RoundRobin => "round_robin",
+        })
+    }
 }
 
 impl QueuePolicy {
@@ -259,6 +306,10 @@ impl Default for QueuePolicy {
             concurrency: 16,
             rate_limit: None,
             burst: 1,
+            group_concurrency: None,
+            group_rate_limit: None,
+            group_burst: 1,
+            fairness: Fairness::Fifo,
             keep_order: false,
             time_limit: Duration::from_secs(300),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -494,6 +545,24 @@ fn window(
     )
 }
 
+/// A rate the file gives at `text` for `key`, or the error naming the expected form.
+fn rate(
+    text: &Spanned<String>,
+    key: &str,
+    at: &impl Fn(std::ops::Range<usize>, String) -> ConfigError,
+) -> Result<super::Rate, ConfigError> {
+    super::Rate::parse(text.get_ref()).ok_or_else(|| {
+        at(
+            text.span(),
+            format!(
+                "{key}: expected {}, found {:?}",
+                super::RATE_FORM,
+                text.get_ref()
+            ),
+        )
+    })
+}
+
 fn queue_policy(
     name: &str,
     q: &Spanned<RawQueue>,
@@ -561,18 +630,44 @@ fn queue_policy(
         )?,
         rate_limit: match &r.rate_limit {
             None => base.rate_limit,
-            Some(text) => Some(super::Rate::parse(text.get_ref()).ok_or_else(|| {
+            Some(text) => Some(rate(text, &key("rate_limit"), at)?),
+        },
+        burst: ranges::count(&r.burst, &key("burst"), ranges::BURST, base.burst, at)?,
+        group_concurrency: match &r.group_concurrency {
+            None => base.group_concurrency,
+            Some(_) => Some(ranges::count(
+                &r.group_concurrency,
+                &key("group_concurrency"),
+                ranges::CONCURRENCY,
+                1,
+                at,
+            )?),
+        },
+        group_rate_limit: match &r.group_rate_limit {
+            None => base.group_rate_limit,
+            Some(text) => Some(rate(text, &key("group_rate_limit"), at)?),
+        },
+        group_burst: ranges::count(
+            &r.group_burst,
+            &key("group_burst"),
+            ranges::BURST,
+            base.group_burst,
+            at,
+        )?,
+        fairness: match &r.fairness {
+            None => base.fairness,
+            Some(text) => Fairness::parse(text.get_ref()).ok_or_else(|| {
                 at(
                     text.span(),
                     format!(
-                        "queues.{name}.rate_limit: expected {}, found {:?}",
-                        super::RATE_FORM,
+                        "{}: expected {}, found {:?}",
+                        key("fairness"),
+                        Fairness::FORM,
                         text.get_ref()
                     ),
                 )
-            })?),
+            })?,
         },
-        burst: ranges::count(&r.burst, &key("burst"), ranges::BURST, base.burst, at)?,
         keep_order: r.keep_order.unwrap_or(base.keep_order),
         time_limit: ranges::duration(
             &r.time_limit,
@@ -692,6 +787,29 @@ mod tests {
     }
 
     #[test]
+    fn group_limits_and_fairness_are_read_per_queue() {
+        let c = parse(
+            "[queues.tenants]\ngroup_concurrency = 2\ngroup_rate_limit = \"5/s\"\ngroup_burst = 3\nfairness = \"round_robin\"\n",
+        )
+        .unwrap();
+        let q = c.queue("tenants");
+        assert_eq!(q.group_concurrency, Some(2));
+        assert_eq!(q.group_rate_limit.unwrap().to_string(), "5/s");
+        assert_eq!(q.group_burst, 3);
+        assert_eq!(q.fairness, Fairness::RoundRobin);
+        let other = c.queue("other");
+        assert_eq!(
+            (
+                other.group_concurrency,
+                other.group_rate_limit,
+                other.group_burst,
+                other.fairness
+            ),
+            (None, None, 1, Fairness::Fifo)
+        );
+    }
+
+    #[test]
     fn harmful_queue_and_route_values_are_refused_where_they_stand() {
         for (src, says) in [
             (
@@ -717,6 +835,18 @@ mod tests {
             (
                 "[queues.fast]\nrate_limit = \"5/s\"\nburst = 0\n",
                 "config/config_execute_on.toml:3:9: queues.fast.burst: 0 is out of range (allowed: 1 to 100000)",
+            ),
+            (
+                "[queues.fast]\ngroup_concurrency = 0\n",
+                "config/config_execute_on.toml:2:21: queues.fast.group_concurrency: 0 is out of range (allowed: 1 to 10000)",
+            ),
+            (
+                "[queues.fast]\ngroup_rate_limit = \"fast\"\n",
+                "config/config_execute_on.toml:2:20: queues.fast.group_rate_limit: expected a rate such as",
+            ),
+            (
+                "[queues.fast]\nfairness = \"fair\"\n",
+                "config/config_execute_on.toml:2:12: queues.fast.fairness: expected \"fifo\" or \"round_robin\", found \"fair\"",
             ),
             (
                 "[queues.fast]\nmax_crashes = 0\n",

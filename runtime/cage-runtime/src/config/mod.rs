@@ -18,7 +18,8 @@ pub use cage_file::{
 };
 pub use error::ConfigError;
 pub use execute_on::{
-    CageRoute, Discovery, ExecuteOn, QueuePolicy, UnknownCages, DEFAULT_QUEUE, UNKNOWN_CAGE,
+    CageRoute, Discovery, ExecuteOn, Fairness, QueuePolicy, UnknownCages, DEFAULT_QUEUE,
+    UNKNOWN_CAGE,
 };
 pub use rate::{Rate, RATE_FORM};
 pub use site::{Site, EXECUTE_ON_FILE};

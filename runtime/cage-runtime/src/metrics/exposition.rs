@@ -178,6 +178,13 @@ impl Collector for Snapshots {
         )?;
         family(
             e,
+            "cage_calls_held_by_group",
+            "Due calls of the queue waiting for their group's concurrency or rate limit now.",
+            Gauge,
+            self.per_queue(|q| q.held_by_group),
+        )?;
+        family(
+            e,
             "cage_method_calls",
             "Runs of a module method that ended (sync and queued).",
             Counter,
@@ -341,6 +348,7 @@ mod tests {
                 pending: 1,
                 dead_now: 0,
                 held_by_rate_limit: 7,
+                held_by_group: 3,
             }],
             methods: m.methods(),
             modules: vec![ModuleLoads {
@@ -364,6 +372,7 @@ mod tests {
             "cage_attempt_failures_total{cage=\"demo\",queue=\"retry\"} 1",
             "cage_pending_calls{cage=\"demo\",queue=\"retry\"} 1",
             "cage_calls_held_by_rate_limit{cage=\"demo\",queue=\"retry\"} 7",
+            "cage_calls_held_by_group{cage=\"demo\",queue=\"retry\"} 3",
             "cage_attempt_duration_seconds_count{cage=\"demo\",module=\"echo\",method=\"boom\"} 1",
             "cage_attempt_duration_seconds_bucket{le=\"+Inf\",cage=\"demo\",module=\"echo\",method=\"boom\"} 1",
             "cage_module_rejected_loads_total{cage=\"demo\",module=\"echo\"} 2",

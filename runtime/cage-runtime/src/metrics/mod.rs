@@ -199,6 +199,9 @@ struct Counts {
     workers: BTreeMap<String, WorkerCounters>,
     /// Queues whose due calls wait for their rate limit, as the last pump found them.
     rate_held: BTreeSet<String>,
+    /// Groups, by queue, whose due calls wait for their group's slots or rate limit, as the
+    /// last pump found them.
+    group_held: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The live counters of one cage.
@@ -279,14 +282,19 @@ impl Metrics {
         self.lock().queues.clone()
     }
 
-    /// Records which queues' due calls wait for their rate limit now.
-    pub fn set_rate_held(&self, queues: BTreeSet<String>) {
-        self.lock().rate_held = queues;
+    /// Records which queues' due calls wait for their rate limit now, and which groups' (by
+    /// queue) for their group's slots or rate limit.
+    pub fn set_held(&self, queues: BTreeSet<String>, groups: BTreeMap<String, BTreeSet<String>>) {
+        let mut counts = self.lock();
+        counts.rate_held = queues;
+        counts.group_held = groups;
     }
 
-    /// The queues whose due calls waited for their rate limit at the last pump.
-    pub fn rate_held(&self) -> BTreeSet<String> {
-        self.lock().rate_held.clone()
+    /// The queues whose due calls waited for their rate limit at the last pump, and the
+    /// groups (by queue) whose due calls waited for their group's limits.
+    pub fn held(&self) -> (BTreeSet<String>, BTreeMap<String, BTreeSet<String>>) {
+        let counts = self.lock();
+        (counts.rate_held.clone(), counts.group_held.clone())
     }
 
     /// Counters of every method that ran.
@@ -322,6 +330,9 @@ pub struct QueueMetrics {
     /// Due calls waiting for the queue's rate limit now.
     #[serde(default)]
     pub held_by_rate_limit: u64,
+    /// Due calls waiting for their group's slots or rate limit now.
+    #[serde(default)]
+    pub held_by_group: u64,
 }
 
 /// One module method's counters.

@@ -72,7 +72,8 @@ pub fn ended(at_ms: u64, chain: &str) -> Vec<u8> {
 pub const JOB: u8 = b'j';
 /// `q` + id → the raw bytes of a record that could not be read, kept for inspection.
 pub const QUARANTINE: u8 = b'q';
-/// `o` + queue + 0 + seq → id: pending calls of each queue in the order they were stored.
+/// `o` + queue (+ 1 + group) + 0 + seq → id: pending calls of each queue (and group) in the
+/// order they were stored.
 pub const ORDER: u8 = b'o';
 
 /// `O` + queue → (): the queue's order index holds every pending call of it.
@@ -83,17 +84,23 @@ pub fn ordered(queue: &str) -> Vec<u8> {
     with_id(ORDERED, queue)
 }
 
-/// The prefix of a queue's order entries.
-pub fn order_prefix(queue: &str) -> Vec<u8> {
+/// The prefix of the order entries of a queue's calls (of one group: each group of a queue
+/// keeps its own order).
+pub fn order_prefix(queue: &str, group: Option<&str>) -> Vec<u8> {
     let mut k = vec![ORDER];
     k.extend_from_slice(queue.as_bytes());
+    if let Some(group) = group {
+        // Queue names hold no 1 byte, group names no 0 byte: each prefix is one queue's group.
+        k.push(1);
+        k.extend_from_slice(group.as_bytes());
+    }
     k.push(0);
     k
 }
 
 /// The order entry of a call.
-pub fn order(queue: &str, seq: u64) -> Vec<u8> {
-    let mut k = order_prefix(queue);
+pub fn order(queue: &str, group: Option<&str>, seq: u64) -> Vec<u8> {
+    let mut k = order_prefix(queue, group);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
@@ -122,6 +129,11 @@ fn due_tail(key: &[u8]) -> (&[u8], &[u8]) {
         Some(i) => (&rest[..i], &rest[i + 1..]),
         None => (rest, &[]),
     }
+}
+
+/// The id a due-index key carries (see [`due`]).
+pub fn due_id_of(key: &[u8]) -> &[u8] {
+    due_tail(key).0
 }
 
 /// The value a due-index key carries (see [`due`]).

@@ -43,7 +43,7 @@ pub mod store;
 pub mod tables;
 mod txn;
 
-pub use calls::DueCall;
+pub use calls::{DueCall, DueValue, Room};
 pub use commit::GroupCommit;
 pub use crashes::{CrashCount, StartMark};
 pub use history::Acceptance;

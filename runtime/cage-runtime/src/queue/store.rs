@@ -315,7 +315,7 @@ impl QueueStore {
     }
 
     pub(super) fn order_key(r: &CallRecord) -> Vec<u8> {
-        keys::order(&r.call.queue, r.seq)
+        keys::order(&r.call.queue, r.call.group.as_deref(), r.seq)
     }
 }
 
@@ -645,12 +645,109 @@ pub(super) mod tests {
         assert!(s.take_back("missing").unwrap().is_none());
     }
 
+    /// Stores a call of queue `retry` to run here, in `group`, due at `at`.
+    fn grouped(s: &QueueStore, id: &str, group: Option<&str>, at: u64) {
+        let mut c = call(id, 0, None);
+        c.group = group.map(Into::into);
+        s.insert(&CallRecord::new(c, Stage::Execute, at)).unwrap();
+    }
+
+    fn ids(calls: &[crate::queue::DueCall]) -> Vec<&str> {
+        calls.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_due_scan_takes_from_each_group_no_more_than_its_room() {
+        use crate::queue::Room;
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        for i in 0..5 {
+            grouped(&s, &format!("a{i}"), Some("A"), 1000 + i);
+        }
+        grouped(&s, "b0", Some("B"), 1010);
+        grouped(&s, "b1", Some("B"), 1011);
+        grouped(&s, "n0", None, 1020);
+        let due = s.due(5000, 100).unwrap();
+        assert_eq!(due.len(), 8);
+        assert_eq!(due[0].group.as_deref(), Some("A"));
+        assert_eq!(due[7].group, None);
+        // A has room for one, the queue for three: A's backlog does not fill the scan.
+        let room = |v: &crate::queue::DueValue<'_>| match v.group {
+            Some("A") => Room { queue: 3, part: 1 },
+            _ => Room {
+                queue: 3,
+                part: usize::MAX,
+            },
+        };
+        let due = s.due_where(5000, 100, 100, &|_| false, &room).unwrap();
+        assert_eq!(ids(&due), vec!["a0", "b0", "b1"]);
+        // A group without room is passed over; a running call is not counted.
+        let room = |v: &crate::queue::DueValue<'_>| match v.group {
+            Some("B") => Room { queue: 0, part: 0 },
+            _ => Room { queue: 10, part: 2 },
+        };
+        let due = s
+            .due_where(5000, 100, 100, &|id| id == "a0", &room)
+            .unwrap();
+        assert_eq!(ids(&due), vec!["a1", "a2", "n0"]);
+        // The index rebuilt at open says the same.
+        drop(s);
+        let s = QueueStore::open(dir.path()).unwrap();
+        let due = s
+            .due_where(5000, 100, 100, &|id| id == "a0", &room)
+            .unwrap();
+        assert_eq!(ids(&due), vec!["a1", "a2", "n0"]);
+        assert_eq!(s.count_due("retry", 5000, &|g| g == "A").unwrap(), (8, 5));
+    }
+
+    #[test]
+    fn a_queue_in_turn_serves_its_groups_one_after_another_and_goes_round() {
+        use crate::queue::Room;
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        // A's backlog was stored before B's and C's calls.
+        for i in 0..10 {
+            grouped(&s, &format!("a{i}"), Some("A"), 1000 + i);
+        }
+        for i in 0..2 {
+            grouped(&s, &format!("b{i}"), Some("B"), 2000 + i);
+        }
+        grouped(&s, "c0", Some("C"), 3000);
+        grouped(&s, "later", Some("C"), 9000);
+        let any = |_: &crate::queue::DueValue<'_>| Room::ANY;
+        let turn = |want, after: Option<&[u8]>, skip: &dyn Fn(&str) -> bool| {
+            s.due_in_turn("retry", 5000, want, 1000, after, skip, &any)
+                .unwrap()
+        };
+        let (due, cursor) = turn(6, None, &|_| false);
+        assert_eq!(ids(&due), vec!["a0", "b0", "c0", "a1", "b1", "a2"]);
+        assert_eq!(cursor.as_deref(), Some(&b"retry\x01A"[..]));
+        // The next turn starts after the group the last one ended at.
+        let (due, cursor) = turn(2, cursor.as_deref(), &|id| id.starts_with('a'));
+        assert_eq!(ids(&due), vec!["b0", "c0"]);
+        assert_eq!(cursor.as_deref(), Some(&b"retry\x01C"[..]));
+        // A group's room bounds what it gives; the queue's bounds the whole turn.
+        let room = |v: &crate::queue::DueValue<'_>| Room {
+            queue: 4,
+            part: if v.group == Some("A") { 1 } else { 5 },
+        };
+        let (due, _) = s
+            .due_in_turn("retry", 5000, 100, 1000, None, &|_| false, &room)
+            .unwrap();
+        assert_eq!(ids(&due), vec!["a0", "b0", "c0", "b1"]);
+        // Another queue's calls are not its own.
+        let (due, _) = s
+            .due_in_turn("other", 5000, 100, 1000, None, &|_| false, &any)
+            .unwrap();
+        assert!(due.is_empty());
+    }
+
     #[test]
     fn head_of_follows_stored_order() {
         let dir = tempfile::tempdir().unwrap();
         let s = QueueStore::open(dir.path()).unwrap();
         s.set_rules(ordered("retry")).unwrap();
-        assert_eq!(s.head_of("retry").unwrap(), None);
+        assert_eq!(s.head_of("retry", None).unwrap(), None);
         s.insert(&CallRecord::new(
             call("first", 0, None),
             Stage::Execute,
@@ -663,9 +760,40 @@ pub(super) mod tests {
             1000,
         ))
         .unwrap();
-        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("first"));
+        assert_eq!(s.head_of("retry", None).unwrap().as_deref(), Some("first"));
         s.finish(&s.get("first").unwrap().unwrap()).unwrap();
-        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("second"));
+        assert_eq!(s.head_of("retry", None).unwrap().as_deref(), Some("second"));
+    }
+
+    #[test]
+    fn each_group_keeps_its_own_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        s.set_rules(ordered("retry")).unwrap();
+        grouped(&s, "a1", Some("A"), 1000);
+        grouped(&s, "b1", Some("B"), 1001);
+        grouped(&s, "a2", Some("A"), 1002);
+        grouped(&s, "n1", None, 1003);
+        assert_eq!(
+            s.head_of("retry", Some("A")).unwrap().as_deref(),
+            Some("a1")
+        );
+        assert_eq!(
+            s.head_of("retry", Some("B")).unwrap().as_deref(),
+            Some("b1")
+        );
+        assert_eq!(s.head_of("retry", None).unwrap().as_deref(), Some("n1"));
+        s.finish(&s.get("a1").unwrap().unwrap()).unwrap();
+        assert_eq!(
+            s.head_of("retry", Some("A")).unwrap().as_deref(),
+            Some("a2")
+        );
+        assert_eq!(
+            s.head_of("retry", Some("B")).unwrap().as_deref(),
+            Some("b1")
+        );
+        // A group whose name begins like another's is its own group.
+        assert_eq!(s.head_of("retry", Some("A2")).unwrap(), None);
     }
 
     /// Rules under which `queue` keeps order.
@@ -693,12 +821,12 @@ pub(super) mod tests {
                 .unwrap();
             }
             // Not keeping order: nothing indexed.
-            assert_eq!(s.head_of("retry").unwrap(), None);
+            assert_eq!(s.head_of("retry", None).unwrap(), None);
             assert_eq!(s.counts_by_queue().unwrap()["retry"], (2, 0));
         }
         let s = reopen(dir.path());
         s.set_rules(ordered("retry")).unwrap();
-        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("first"));
+        assert_eq!(s.head_of("retry", None).unwrap().as_deref(), Some("first"));
         s.insert(&CallRecord::new(
             call("third", 0, None),
             Stage::Execute,
@@ -708,7 +836,7 @@ pub(super) mod tests {
         for id in ["first", "second"] {
             s.finish(&s.get(id).unwrap().unwrap()).unwrap();
         }
-        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("third"));
+        assert_eq!(s.head_of("retry", None).unwrap().as_deref(), Some("third"));
         // Order dropped and taken up again: calls stored meanwhile are indexed too.
         s.set_rules(Rules::default()).unwrap();
         s.insert(&CallRecord::new(
@@ -718,9 +846,9 @@ pub(super) mod tests {
         ))
         .unwrap();
         s.finish(&s.get("third").unwrap().unwrap()).unwrap();
-        assert_eq!(s.head_of("retry").unwrap(), None);
+        assert_eq!(s.head_of("retry", None).unwrap(), None);
         s.set_rules(ordered("retry")).unwrap();
-        assert_eq!(s.head_of("retry").unwrap().as_deref(), Some("fourth"));
+        assert_eq!(s.head_of("retry", None).unwrap().as_deref(), Some("fourth"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use super::fault::injected;
 use super::journal::Batch;
 use super::keys::{self, DUE};
 use sled::IVec;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -70,16 +70,17 @@ fn partition_of(key: &[u8]) -> &[u8] {
     keys::due_value_of(key)
 }
 
-/// Which partitions of the keys kept in memory only a scan reads, by their value.
-pub type Keep<'a> = &'a dyn Fn(&[u8]) -> bool;
-
 /// The keys kept in memory only, in partitions: one for each value their keys end with (a
-/// queue, and a target for calls to deliver), so a scan can pass over a whole partition whose
-/// calls cannot start now (a queue at its concurrency) without reading its keys. A key's value
-/// is its partition's name: nothing else is kept per key.
+/// queue, a queue and a group, or a queue and a target for calls to deliver), so a scan can
+/// pass over a whole partition whose calls cannot start now (a queue or group at its
+/// concurrency) without reading its keys. A key's value is its partition's name: nothing else
+/// is kept per key. The first key of each partition is kept in a second, ordered set, so a
+/// scan in key order merges the partitions from their heads (a step costs a logarithm of the
+/// partitions, not a look at each of them), and a queue's partitions are one range of names.
 #[derive(Default)]
 struct Index {
-    parts: HashMap<Box<[u8]>, BTreeSet<Box<[u8]>>>,
+    parts: BTreeMap<Box<[u8]>, BTreeSet<Box<[u8]>>>,
+    heads: BTreeSet<Box<[u8]>>,
     len: usize,
 }
 
@@ -87,19 +88,32 @@ impl Index {
     fn set(&mut self, key: &[u8], present: bool) {
         let part = partition_of(key);
         if present {
-            if self
-                .parts
-                .entry(part.into())
-                .or_default()
-                .insert(key.into())
-            {
+            let keys = self.parts.entry(part.into()).or_default();
+            let old_head = keys.first().filter(|h| ***h > *key).cloned();
+            let was_empty = keys.is_empty();
+            if keys.insert(key.into()) {
                 self.len += 1;
+                if let Some(old) = old_head {
+                    self.heads.remove(&old);
+                    self.heads.insert(key.into());
+                } else if was_empty {
+                    self.heads.insert(key.into());
+                }
             }
         } else if let Some(keys) = self.parts.get_mut(part) {
+            let was_head = keys.first().is_some_and(|h| **h == *key);
             if keys.remove(key) {
                 self.len -= 1;
-                if keys.is_empty() {
-                    self.parts.remove(part);
+                if was_head {
+                    self.heads.remove(key);
+                    match keys.first() {
+                        Some(next) => {
+                            self.heads.insert(next.clone());
+                        }
+                        None => {
+                            self.parts.remove(part);
+                        }
+                    }
                 }
             }
         }
@@ -112,31 +126,123 @@ impl Index {
             .filter(|keys| keys.contains(key))
             .map(|_| IVec::from(part))
     }
+}
 
-    /// The first key after `after` and before `end` in the partitions `keep` selects, with its
-    /// value.
-    fn next(
+/// What a scan of the due index does after visiting a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// Go on, with the next key of this partition among the rest.
+    Next,
+    /// Go on without the rest of this partition.
+    Leave,
+    /// End the scan.
+    Stop,
+}
+
+/// The keys kept in memory only, read under the tables' read lock (see [`Tables::with_index`]).
+pub struct DueIndex<'a>(&'a Index);
+
+/// One partition of the due index: its keys in order.
+pub struct Partition<'a>(&'a BTreeSet<Box<[u8]>>);
+
+impl<'a> Partition<'a> {
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds none (a partition is dropped when its last key goes, so never).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Its keys after `after` (from the first if `None`) and before `end`, in order.
+    pub fn keys(&self, after: Option<&[u8]>, end: &[u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        // The range keeps no borrow of its bounds, only of the set.
+        self.0
+            .range::<[u8], _>((start, Bound::Excluded(end)))
+            .map(|k| &**k)
+    }
+}
+
+impl<'a> DueIndex<'a> {
+    /// Visits the keys before `end` of the partitions `keep` selects (asked once for each
+    /// partition, as the scan reaches its first key), in key order, as `visit` says.
+    pub fn scan(
         &self,
-        after: &Bound<IVec>,
-        end: &Bound<IVec>,
-        keep: Option<Keep<'_>>,
-    ) -> Option<(IVec, IVec)> {
-        fn bound(b: &Bound<IVec>) -> Bound<&[u8]> {
-            match b {
-                Bound::Included(k) => Bound::Included(&k[..]),
-                Bound::Excluded(k) => Bound::Excluded(&k[..]),
-                Bound::Unbounded => Bound::Unbounded,
+        end: &[u8],
+        keep: &mut dyn FnMut(&'a [u8]) -> bool,
+        visit: &mut dyn FnMut(&'a [u8], &'a [u8]) -> Visit,
+    ) {
+        use std::cmp::Reverse;
+        let index = self.0;
+        let mut heads = index
+            .heads
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(end)))
+            .peekable();
+        // The next key of each partition under way, smallest first.
+        let mut under_way: std::collections::BinaryHeap<Reverse<&'a [u8]>> = Default::default();
+        loop {
+            let from_heads = match (heads.peek(), under_way.peek()) {
+                (None, None) => return,
+                (Some(h), Some(Reverse(k))) => ***h < **k,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            let key: &'a [u8] = if from_heads {
+                let head = heads.next().map_or(&[][..], |h| &**h);
+                if !keep(partition_of(head)) {
+                    continue;
+                }
+                head
+            } else {
+                match under_way.pop() {
+                    Some(Reverse(k)) => k,
+                    None => return,
+                }
+            };
+            let part = partition_of(key);
+            match visit(key, part) {
+                Visit::Stop => return,
+                Visit::Leave => {}
+                Visit::Next => {
+                    let next = index.parts.get(part).and_then(|keys| {
+                        keys.range::<[u8], _>((Bound::Excluded(key), Bound::Excluded(end)))
+                            .next()
+                    });
+                    if let Some(next) = next {
+                        under_way.push(Reverse(&**next));
+                    }
+                }
             }
         }
-        self.parts
-            .iter()
-            .filter(|(part, _)| keep.is_none_or(|keep| keep(part)))
-            .filter_map(|(part, keys)| {
-                let first = keys.range::<[u8], _>((bound(after), bound(end))).next()?;
-                Some((first, part))
-            })
-            .min_by(|a, b| a.0.cmp(b.0))
-            .map(|(k, part)| (IVec::from(&**k), IVec::from(&**part)))
+    }
+
+    /// The partitions named from `from` (inclusive) to `to` (exclusive), in name order.
+    pub fn partitions(
+        &self,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl Iterator<Item = (&'a [u8], Partition<'a>)> + 'a {
+        self.0
+            .parts
+            .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to)))
+            .map(|(name, keys)| (&**name, Partition(keys)))
+    }
+
+    /// The partition named `name`, if it holds keys.
+    pub fn partition(&self, name: &[u8]) -> Option<Partition<'a>> {
+        self.0.parts.get(name).map(Partition)
+    }
+
+    /// The first key before `end` of the partitions `keep` selects.
+    pub fn first(&self, end: &[u8], keep: &mut dyn FnMut(&'a [u8]) -> bool) -> Option<&'a [u8]> {
+        self.0
+            .heads
+            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(end)))
+            .map(|h| &**h)
+            .find(|h| keep(partition_of(h)))
     }
 }
 
@@ -254,7 +360,8 @@ impl Tables {
     }
 
     /// The keys from `start` (inclusive) to `end` (exclusive) with their values, in key order.
-    /// A range must not hold both keys kept in memory only and other keys.
+    /// A range must not hold both keys kept in memory only and other keys; a range of those is
+    /// read whole at once (the scheduler reads the due index through [`Tables::with_index`]).
     pub fn range(&self, range: std::ops::Range<Vec<u8>>) -> Iter<'_> {
         let start = IVec::from(range.start);
         let end = IVec::from(range.end);
@@ -263,36 +370,48 @@ impl Tables {
         Iter {
             tables: self,
             sled: (!only_memory).then(|| self.db.range(start.clone()..end.clone()).peekable()),
+            memory: only_memory.then(|| self.index_range(&start, &end).into_iter()),
             after: Bound::Included(start),
             end: Bound::Excluded(end),
             held: None,
             held_done: false,
-            keep: None,
         }
     }
 
-    /// The keys kept in memory only from `start` (inclusive) to `end` (exclusive), with their
-    /// values, in key order, of the partitions whose value `keep` selects (see [`Index`]).
-    pub fn range_where<'a>(&'a self, range: std::ops::Range<Vec<u8>>, keep: Keep<'a>) -> Iter<'a> {
-        debug_assert!(memory_only(&range.start));
-        let mut it = self.range(range);
-        it.keep = Some(keep);
-        it
+    /// The keys kept in memory only from `start` to `end` (exclusive), with their values.
+    fn index_range(&self, start: &[u8], end: &[u8]) -> Vec<(IVec, IVec)> {
+        let mut out = Vec::new();
+        self.with_index(|index| {
+            index.scan(end, &mut |_| true, &mut |key, part| {
+                if key >= start {
+                    out.push((IVec::from(key), IVec::from(part)));
+                }
+                Visit::Next
+            })
+        });
+        out
+    }
+
+    /// Runs `f` over the keys kept in memory only, under the tables' read lock: writers wait
+    /// until it returns.
+    pub fn with_index<R>(&self, f: impl FnOnce(DueIndex<'_>) -> R) -> R {
+        f(DueIndex(&self.read().index))
     }
 
     /// The keys starting with `prefix`, with their values, in key order.
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter<'_> {
         let prefix = prefix.as_ref();
-        let start = IVec::from(prefix);
-        let end = prefix_end(prefix).map(IVec::from);
-        Iter {
-            tables: self,
-            sled: (!memory_only(prefix)).then(|| self.db.scan_prefix(prefix).peekable()),
-            after: Bound::Included(start),
-            end: end.map_or(Bound::Unbounded, Bound::Excluded),
-            held: None,
-            held_done: false,
-            keep: None,
+        match prefix_end(prefix) {
+            Some(end) => self.range(prefix.to_vec()..end),
+            None => Iter {
+                tables: self,
+                sled: Some(self.db.scan_prefix(prefix).peekable()),
+                memory: None,
+                after: Bound::Included(IVec::from(prefix)),
+                end: Bound::Unbounded,
+                held: None,
+                held_done: false,
+            },
         }
     }
 
@@ -517,23 +636,18 @@ pub struct Iter<'a> {
     /// The memory tables' next key, looked up but not yet passed.
     held: Option<(IVec, Option<IVec>)>,
     held_done: bool,
-    /// For keys kept in memory only: the partitions to read (all if `None`).
-    keep: Option<Keep<'a>>,
+    /// A range of keys kept in memory only, read whole.
+    memory: Option<std::vec::IntoIter<(IVec, IVec)>>,
 }
 
 impl Iterator for Iter<'_> {
     type Item = sled::Result<(IVec, IVec)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let Some(sled) = self.sled.as_mut() else {
-            let (k, v) = self
-                .tables
-                .read()
-                .index
-                .next(&self.after, &self.end, self.keep)?;
-            self.after = Bound::Excluded(k.clone());
-            return Some(Ok((k, v)));
-        };
+        if let Some(memory) = self.memory.as_mut() {
+            return memory.next().map(Ok);
+        }
+        let sled = self.sled.as_mut()?;
         loop {
             if self.held.is_none() && !self.held_done {
                 self.held = self.tables.read().next(&self.after, &self.end);
@@ -757,11 +871,14 @@ mod tests {
             vec![entry(&d1, b"q"), entry(&d2, b"q"), entry(&d3, b"r\0cage")]
         );
         // A scan passes over the partitions it is told to.
-        let not_q = |v: &[u8]| v != b"q";
-        assert_eq!(
-            listed(t.range_where(vec![DUE]..vec![DUE + 1], &not_q)),
-            vec![entry(&d3, b"r\0cage")]
-        );
+        let mut seen = Vec::new();
+        t.with_index(|index| {
+            index.scan(&[DUE + 1], &mut |v| v != b"q", &mut |k, v| {
+                seen.push(entry(k, v));
+                Visit::Next
+            })
+        });
+        assert_eq!(seen, vec![entry(&d3, b"r\0cage")]);
         t.apply(&change(&[(&d3, None)]), None).ok().unwrap();
         assert_eq!(
             listed(t.range(d2.clone()..vec![DUE + 1])),
@@ -790,6 +907,61 @@ mod tests {
         assert!(t.sled().scan_prefix([DUE]).next().is_none());
         assert_eq!(t.sled().get("c2").unwrap().unwrap(), "call");
         assert_eq!(listed(t.scan_prefix([DUE])).len(), 3);
+    }
+
+    #[test]
+    fn a_merged_scan_lists_every_partition_in_key_order_as_keys_come_and_go() {
+        let (_dir, t) = tables();
+        let mut model = BTreeSet::new();
+        // A fixed pseudo-random walk over 40 partitions: inserts and removes, heads changing.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 0..4000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let part = format!("q\u{1}g{}", x % 40);
+            let key = keys::due(x % 500, 0, &format!("id{}", x % 997), part.as_bytes());
+            let mut b = Batch::default();
+            if step % 3 == 2 && !model.is_empty() {
+                let victim: Vec<u8> = model
+                    .iter()
+                    .nth((x as usize) % model.len())
+                    .cloned()
+                    .unwrap();
+                model.remove(&victim);
+                b.remove(victim);
+            } else {
+                model.insert(key.clone());
+                b.insert(key, part.as_bytes());
+            }
+            t.apply(&b, None).ok().unwrap();
+        }
+        let mut seen = Vec::new();
+        t.with_index(|index| {
+            index.scan(&[DUE + 1], &mut |_| true, &mut |k, v| {
+                assert_eq!(keys::due_value_of(k), v);
+                seen.push(k.to_vec());
+                Visit::Next
+            })
+        });
+        assert_eq!(seen, model.iter().cloned().collect::<Vec<_>>());
+        assert_eq!(t.index_len(), model.len());
+        // Leaving a partition drops the rest of it, and only it.
+        let mut firsts = Vec::new();
+        t.with_index(|index| {
+            index.scan(&[DUE + 1], &mut |_| true, &mut |k, _| {
+                firsts.push(k.to_vec());
+                Visit::Leave
+            })
+        });
+        let parts: BTreeSet<&[u8]> = model.iter().map(|k| keys::due_value_of(k)).collect();
+        assert_eq!(firsts.len(), parts.len());
+        for k in &firsts {
+            let first = model
+                .iter()
+                .find(|m| keys::due_value_of(m) == keys::due_value_of(k));
+            assert_eq!(first, Some(k));
+        }
     }
 
     #[test]

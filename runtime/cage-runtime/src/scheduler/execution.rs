@@ -3,19 +3,21 @@
 //! batched per cage), and records how each attempt ended. What may start, what counts as a
 //! crash and what follows a failure are [`super::decide`]'s.
 
+use super::admission::Held;
 use super::decide::{self, delivery_batches, AfterFailure, Capacity, Crash};
 use super::Scheduler;
 use crate::chains::REPORT_MODULE;
+use crate::config::Fairness;
 use crate::host::Output;
 use crate::metrics::QueueEvent;
 use crate::model::call::{Attempt, CallRecord, QueuedCall, Stage};
 use crate::model::chain::StepOutcome;
-use crate::queue::{QueueError, StartMark};
+use crate::queue::{DueCall, DueValue, QueueError, Room, StartMark};
 use crate::run::{Limit, Run};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 use rand::Rng;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// How a successful attempt of a call at `stage` is counted.
@@ -44,33 +46,22 @@ pub(super) struct AttemptDone {
     version: Option<String>,
 }
 
-/// Whether an attempt of `queue` (under `policy`, with `busy` running per queue) must wait:
-/// its rate limit gives no start at `now` (recorded in `rate_held` with how long until it
-/// does), or every slot of the queue is taken.
-fn must_wait(
-    queue: &str,
-    policy: &crate::config::QueuePolicy,
-    busy: &HashMap<String, usize>,
-    rates: &super::rate::Rates,
-    now: Instant,
-    rate_held: &std::cell::RefCell<HashMap<String, Duration>>,
-) -> bool {
-    let wait = rates.wait(queue, policy, now);
-    if !wait.is_zero() {
-        rate_held.borrow_mut().insert(queue.to_owned(), wait);
-        return true;
-    }
-    !decide::has_slot(policy, busy.get(queue).copied().unwrap_or(0))
-}
+/// The rate limits an attempt's start is paced by: its queue's and its group's, by key.
+type Pace = Vec<(String, super::rate::Limit)>;
 
-/// The rate limit an attempt's start is paced by: its queue, the rate and the burst.
-type Pace = Option<(String, crate::config::Rate, usize)>;
+/// Where queues served in turn ended a pump: queue, and partition of the due index.
+type Turns = Vec<(String, Vec<u8>)>;
 
-/// What a running attempt occupies: a slot of its queue (an execution), or room in its target
-/// cage's delivery window (a delivery).
+/// Partitions of the due index a queue served in turn may look at in one pump, beyond the
+/// calls it reads: most of a queue's groups may have nothing due, and the ring must still come
+/// round to those that do.
+const TURN_SCAN: usize = 16_384;
+
+/// What a running attempt occupies: a slot of its queue and of its group (an execution), or
+/// room in its target cage's delivery window (a delivery).
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Slot {
-    Queue(String),
+    Queue(String, Option<String>),
     Window(String),
 }
 
@@ -89,12 +80,12 @@ impl Scheduler {
         let next_due = if busy {
             None
         } else {
-            // Calls waiting for their queue's rate limit are due when it gives the next start.
-            let held = &self.rate_held;
-            let next_start = held.values().min().map(|w| now + w.as_millis() as u64 + 1);
+            // Calls waiting for a rate limit are due when it gives the next start.
+            let held = &self.held;
+            let next_start = held.next_start().map(|w| now + w.as_millis() as u64 + 1);
             let next = self
                 .store
-                .next_due_ms_where(&|queue, target| target.is_none() && held.contains_key(queue))
+                .next_due_ms_where(&|v| held.waits_for_rate(v))
                 .unwrap_or_else(|e| {
                     tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
                     None
@@ -123,45 +114,17 @@ impl Scheduler {
             return;
         }
         self.fire_due_jobs();
-        let capacity = Capacity::of(&self.policies, &self.busy);
+        let capacity = Capacity::of(&self.policies, self.admission.busy_by_queue());
         if capacity.may_skip_scan(self.last_scan_ms, &*self.clock) {
             return;
         }
         let now = self.now();
         self.last_scan_ms = now;
-        let want = capacity.scan_size();
-        let (running, windows) = (&self.running, &self.windows);
-        let (policies, busy, rates) = (&self.policies, &self.busy, &self.rates);
         let instant = Instant::now();
-        let rate_held = std::cell::RefCell::new(HashMap::new());
-        // A queue with no free slot, or none of its rate limit's starts left: its due calls
-        // are passed over, so that a backlog of them does not hold back the calls of other
-        // queues due after it.
-        let full = |queue: &str, target: Option<&str>| {
-            target.is_none()
-                && must_wait(
-                    queue,
-                    policies.queue(queue),
-                    busy,
-                    rates,
-                    instant,
-                    &rate_held,
-                )
-        };
-        let due = match self.store.due_where(
-            now,
-            want,
-            want + running.len() + windows.held() + 64,
-            &|id| running.contains_key(id) || windows.is_held(id),
-            &full,
-        ) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
-                return;
-            }
-        };
-        let mut due = due;
+        self.admission.prune(instant);
+        self.pacer.prune(instant, super::admission::PRUNE_ABOVE);
+        let (mut due, turns, mut held) = self.read_due(now, capacity.scan_size(), instant);
+        self.turns.extend(turns);
         let mut deliveries: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
         let mut attempts = Vec::new();
         decide::start_order(&mut due);
@@ -174,21 +137,20 @@ impl Scheduler {
                     }
                 }
                 None => {
-                    if must_wait(
-                        &d.queue,
-                        &policy,
-                        &self.busy,
-                        &self.rates,
-                        instant,
-                        &rate_held,
-                    ) {
+                    let group = d.group.as_deref();
+                    if let Some(hold) = self.admission.hold(&d.queue, group, &policy, instant) {
+                        held.note(&d.queue, group, hold);
                         continue;
                     }
                 }
             }
-            // keep_order: a call waits until every call stored before it in its queue is done.
+            // keep_order: a call waits until every call stored before it in its queue (or its
+            // group) is done.
             if !decide::in_order(&policy, &d.id, || {
-                self.store.head_of(&d.queue).ok().flatten()
+                self.store
+                    .head_of(&d.queue, d.group.as_deref())
+                    .ok()
+                    .flatten()
             }) {
                 continue;
             }
@@ -229,21 +191,26 @@ impl Scheduler {
                     .insert(d.id.clone(), Slot::Window(target.clone()));
                 deliveries.entry(target).or_default().push(record);
             } else {
+                self.admission
+                    .start(&d.queue, d.group.as_deref(), &policy, instant);
                 self.running
-                    .insert(d.id.clone(), Slot::Queue(d.queue.clone()));
-                self.rates.take(&d.queue, &policy, instant);
-                *self.busy.entry(d.queue).or_default() += 1;
+                    .insert(d.id.clone(), Slot::Queue(d.queue, d.group));
                 attempts.push(record);
             }
         }
-        let rate_held = rate_held.into_inner();
-        if rate_held.len() != self.rate_held.len()
-            || rate_held.keys().any(|q| !self.rate_held.contains_key(q))
+        if held.queue_rate.len() != self.held.queue_rate.len()
+            || held.groups != self.held.groups
+            || held
+                .queue_rate
+                .keys()
+                .any(|q| !self.held.queue_rate.contains_key(q))
         {
-            self.metrics
-                .set_rate_held(rate_held.keys().cloned().collect());
+            self.metrics.set_held(
+                held.queue_rate.keys().cloned().collect(),
+                held.groups.clone(),
+            );
         }
-        self.rate_held = rate_held;
+        self.held = held;
         self.start_attempts(attempts, ctx);
         // Calls for the same cage go in one request (one round trip, one commit on the target).
         for (target, records) in deliveries {
@@ -252,6 +219,65 @@ impl Scheduler {
             }
         }
         self.after_chains(ctx);
+    }
+
+    /// Reads up to `want` due calls that may start at `now`: in due order, passing over the
+    /// queues and groups without room (see [`crate::queue::QueueStore::due_where`]), and for
+    /// each queue served in turn, from its groups in turn after where its last pump ended;
+    /// also where each such queue ended this time, and what held calls back.
+    fn read_due(&self, now: u64, want: usize, instant: Instant) -> (Vec<DueCall>, Turns, Held) {
+        let (running, windows, policies) = (&self.running, &self.windows, &self.policies);
+        let admission = &self.admission;
+        let held = std::cell::RefCell::new(Held::default());
+        let skip = |id: &str| running.contains_key(id) || windows.is_held(id);
+        let max_scan = want + running.len() + windows.held() + 64;
+        // Queues served in turn: those named so, and any other whose calls the scan met.
+        let mut in_turn: BTreeSet<String> = policies
+            .queues
+            .iter()
+            .filter(|(_, p)| p.fairness == Fairness::RoundRobin)
+            .map(|(q, _)| q.clone())
+            .collect();
+        let met = std::cell::RefCell::new(BTreeSet::new());
+        let in_due_order = |v: &DueValue<'_>| {
+            let policy = policies.queue(v.queue);
+            if v.target.is_none() && policy.fairness == Fairness::RoundRobin {
+                if !in_turn.contains(v.queue) {
+                    met.borrow_mut().insert(v.queue.to_owned());
+                }
+                return Room { queue: 0, part: 0 };
+            }
+            admission.room(v, policy, instant, &mut held.borrow_mut())
+        };
+        let mut due = self
+            .store
+            .due_where(now, want, max_scan, &skip, &in_due_order)
+            .unwrap_or_else(|e| {
+                tracing::error!(cage = %self.cage, "cannot read the schedule: {e}");
+                Vec::new()
+            });
+        in_turn.extend(met.into_inner());
+        let mut turns = Vec::new();
+        for queue in in_turn {
+            let policy = policies.queue(&queue);
+            let room =
+                |v: &DueValue<'_>| admission.room(v, policy, instant, &mut held.borrow_mut());
+            let after = self.turns.get(&queue).map(Vec::as_slice);
+            let scan = max_scan.max(TURN_SCAN);
+            match self
+                .store
+                .due_in_turn(&queue, now, want, scan, after, &skip, &room)
+            {
+                Ok((calls, cursor)) => {
+                    due.extend(calls);
+                    turns.extend(cursor.map(|c| (queue, c)));
+                }
+                Err(e) => {
+                    tracing::error!(cage = %self.cage, queue, "cannot read the schedule: {e}")
+                }
+            }
+        }
+        (due, turns, held.into_inner())
     }
 
     /// Starts attempts of `records` here. Their start marks (those [`decide::marks_start`]
@@ -286,9 +312,14 @@ impl Scheduler {
                 tracing::debug!(call_id = %call.id, stage = record.stage.as_str(), attempt, "attempt starts");
                 let policy = self.policies.queue(&call.queue);
                 let limit = Limit::Attempt(policy.time_limit);
-                let pace = policy
-                    .rate_limit
-                    .map(|rate| (call.queue.clone(), rate, policy.burst));
+                let mut pace = Pace::new();
+                if let Some(rate) = policy.rate_limit {
+                    pace.push((call.queue.clone(), (rate, policy.burst)));
+                }
+                if let (Some(rate), Some(group)) = (policy.group_rate_limit, &call.group) {
+                    let key = super::admission::group_key(&call.queue, group);
+                    pace.push((key, (rate, policy.group_burst)));
+                }
                 (call.id.clone(), Run::of_queued(call, attempt, true, limit), pace)
             })
             .collect();
@@ -319,9 +350,12 @@ impl Scheduler {
                 let (addr, registry, executor) = (addr.clone(), registry.clone(), executor.clone());
                 // In start order, as each may run: a rate-limited queue's starts stay apart
                 // however the commit of their marks bunched them.
-                let wait = pace.map_or(Duration::ZERO, |(queue, rate, burst)| {
-                    pacer.delay(&queue, rate, burst, Instant::now())
-                });
+                let now = Instant::now();
+                let wait = pace
+                    .iter()
+                    .map(|(key, limit)| pacer.delay(key, *limit, now))
+                    .max()
+                    .unwrap_or_default();
                 actix_rt::spawn(async move {
                     if !wait.is_zero() {
                         actix_rt::time::sleep(wait).await;
@@ -389,11 +423,7 @@ impl Scheduler {
 
     fn attempt_done(&mut self, done: AttemptDone) -> Result<(), QueueError> {
         match self.running.remove(&done.id) {
-            Some(Slot::Queue(queue)) => {
-                if let Some(n) = self.busy.get_mut(&queue) {
-                    *n = n.saturating_sub(1);
-                }
-            }
+            Some(Slot::Queue(queue, group)) => self.admission.end(&queue, group.as_deref()),
             Some(Slot::Window(target)) => self.windows.end(&target),
             None => {}
         }

@@ -14,6 +14,7 @@
 //! start), [`jobs`], [`chains`]; and the decisions, as plain functions, in [`decide`] and
 //! [`window`].
 
+mod admission;
 mod chains;
 mod decide;
 mod execution;
@@ -87,7 +88,8 @@ pub struct Scheduler {
     executor: Addr<CallExecutor>,
     delivery: Arc<Delivery>,
     running: HashMap<String, Slot>,
-    busy: HashMap<String, usize>,
+    /// Attempts running per queue and group, and their rate limits' buckets.
+    admission: admission::Admission,
     windows: DeliveryWindows,
     last_scan_ms: u64,
     clock: Arc<dyn Clock>,
@@ -109,13 +111,13 @@ pub struct Scheduler {
     chains_touched: bool,
     /// How each module's calls run here (which attempts need a start mark).
     isolation_of: IsolationOf,
-    /// The buckets of rate-limited queues.
-    rates: rate::Rates,
     /// Paces the starts of rate-limited queues as they run.
     pacer: rate::Pacer,
-    /// Queues whose due calls waited for their rate limit at the last pump, and how long
-    /// until each may start the next.
-    rate_held: HashMap<String, std::time::Duration>,
+    /// What held back due calls at the last pump.
+    held: admission::Held,
+    /// For each queue served in turn (`fairness = "round_robin"`): the partition of the due
+    /// index its last pump ended at.
+    turns: HashMap<String, Vec<u8>>,
 }
 
 /// How module `name`'s calls run on this cage.
@@ -144,7 +146,7 @@ impl Scheduler {
             executor,
             delivery,
             running: HashMap::new(),
-            busy: HashMap::new(),
+            admission: admission::Admission::default(),
             windows: DeliveryWindows::default(),
             last_scan_ms: 0,
             clock: Arc::new(SystemClock),
@@ -162,9 +164,9 @@ impl Scheduler {
             // Until told otherwise, every module is taken to run in this process: every
             // attempt is marked, so no crash of the cage goes uncounted.
             isolation_of: Arc::new(|_| Isolation::InProcess),
-            rates: rate::Rates::default(),
             pacer: rate::Pacer::default(),
-            rate_held: HashMap::new(),
+            held: admission::Held::default(),
+            turns: HashMap::new(),
         }
     }
 
@@ -229,7 +231,7 @@ impl Handler<Stop> for Scheduler {
         let running: Vec<&str> = self
             .running
             .iter()
-            .filter(|(_, slot)| matches!(slot, Slot::Queue(_)))
+            .filter(|(_, slot)| matches!(slot, Slot::Queue(..)))
             .map(|(id, _)| id.as_str())
             .collect();
         if running.is_empty() {

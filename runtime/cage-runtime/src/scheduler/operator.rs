@@ -1,6 +1,7 @@
 //! The scheduler's answers to an operator: listings of pending and dead calls, one call's
 //! record, counters, and orders (retry now, cancel, revive).
 
+use super::admission::Hold;
 use super::Scheduler;
 use crate::metrics::Metrics;
 use crate::model::call::{CallRecord, Stage};
@@ -54,8 +55,7 @@ impl Scheduler {
                 self.delivery.peers().window(target)
             ))
         } else if !running && record.stage == Stage::Execute && record.next_at_ms <= self.now() {
-            self.slots_waiting(&record.call.queue)
-                .or_else(|| self.rate_waiting(&record.call.queue))
+            self.waiting_for(&record.call.queue, record.call.group.as_deref())
         } else {
             None
         };
@@ -68,28 +68,43 @@ impl Scheduler {
         }
     }
 
-    /// Why a due call of `queue` waits for a slot of its queue, if it does.
-    fn slots_waiting(&self, queue: &str) -> Option<String> {
+    /// Why a due call of `queue` (and `group`) waits, if it waits for its queue's or its
+    /// group's slots or rate limit.
+    fn waiting_for(&self, queue: &str, group: Option<&str>) -> Option<String> {
         let policy = self.policies.queue(queue);
-        let busy = self.busy.get(queue).copied().unwrap_or(0);
-        (!super::decide::has_slot(policy, busy)).then(|| {
-            format!(
-                "waiting: queue {queue} has {busy} of {} running",
+        let now = std::time::Instant::now();
+        let next_in = |wait: Duration| {
+            humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
+        };
+        let group_name = group.unwrap_or_default();
+        Some(match self.admission.hold(queue, group, policy, now) {
+            Some(Hold::QueueRate(wait)) => format!(
+                "waiting: rate limit {} (next start in {})",
+                policy.rate_limit?,
+                next_in(wait)
+            ),
+            Some(Hold::QueueSlots) => format!(
+                "waiting: queue {queue} has {} of {} running",
+                self.admission.busy(queue),
                 policy.concurrency
-            )
-        })
-    }
-
-    /// Why a due call of `queue` waits for its rate limit, if it does.
-    fn rate_waiting(&self, queue: &str) -> Option<String> {
-        let policy = self.policies.queue(queue);
-        let rate = policy.rate_limit?;
-        let wait = self.rates.wait(queue, policy, std::time::Instant::now());
-        (!wait.is_zero() || self.rate_held.contains_key(queue)).then(|| {
-            format!(
-                "waiting: rate limit {rate} (next start in {})",
-                humantime::format_duration(Duration::from_millis(wait.as_millis() as u64))
-            )
+            ),
+            Some(Hold::GroupRate(wait)) => format!(
+                "waiting: group {group_name} rate limit {} (next start in {})",
+                policy.group_rate_limit?,
+                next_in(wait)
+            ),
+            Some(Hold::GroupSlots) => format!(
+                "waiting: group {group_name} has {} of {} running",
+                self.admission.group_busy(queue, group_name),
+                policy.group_concurrency?
+            ),
+            // Held at the last pump, and its next start is due now: it starts at the next.
+            None if self.held.queue_rate.contains_key(queue) => format!(
+                "waiting: rate limit {} (next start in {})",
+                policy.rate_limit?,
+                next_in(Duration::ZERO)
+            ),
+            None => return None,
         })
     }
 
