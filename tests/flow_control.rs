@@ -337,3 +337,68 @@ fn a_queue_in_turn_starts_a_small_group_before_a_large_backlog_queued_ahead_of_i
         "{a_before_last_b} of A's calls started before B's last"
     );
 }
+
+#[test]
+fn a_group_travels_with_its_call_to_the_cage_that_runs_it() {
+    let mut site = Site::new();
+    site.write(
+        "config/config_execute_on.toml",
+        "[queues.tenants]\nconcurrency = 4\ngroup_concurrency = 1\n",
+    );
+    site.cage("front", &[], "").cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let (_front, _back) = (site.start("front"), site.start("back"));
+    assert_eq!(site.call("back", "echo.version", "null").code, 0);
+    let out = site.path().join("spans.txt");
+    // Queued on front, delivered to back: back runs customer-7's calls one at a time.
+    for i in 0..6 {
+        let group = if i < 4 { "customer-7" } else { "customer-8" };
+        let args = serde_json::json!({ "file": out, "tag": format!("{group}/{i}"), "ms": 300 });
+        site.enqueue(
+            "back",
+            "echo.span",
+            &args.to_string(),
+            &["--queue", "tenants", "--group", group, "--from", "front"],
+        );
+    }
+    eventually(
+        Duration::from_secs(30),
+        "back holding customer-7's calls",
+        || {
+            site.listing("pending", Some("back")).iter().find_map(|c| {
+                (c["record"]["call"]["group"] == "customer-7"
+                    && c["waiting"] == "waiting: group customer-7 has 1 of 1 running")
+                    .then_some(())
+            })
+        },
+    );
+    let ran = spans(&out, 6, Duration::from_secs(60));
+    let of_7: Vec<(u64, u64)> = ran
+        .iter()
+        .filter(|(t, _, _)| t.starts_with("customer-7/"))
+        .map(|(_, s, e)| (*s, *e))
+        .collect();
+    assert_eq!(of_7.len(), 4);
+    assert_eq!(
+        most_at_once(&of_7),
+        1,
+        "customer-7 ran two at once: {of_7:?}"
+    );
+
+    // A group that is no group name is refused before anything is queued.
+    let refused = site.cage_cmd(&[
+        "enqueue",
+        "back",
+        "echo.echo",
+        "null",
+        "--group",
+        "two words",
+    ]);
+    assert_eq!(refused.code, 11, "bad arguments: {refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("\"two words\" is not a group name: it holds white space ' '"),
+        "{refused:?}"
+    );
+}

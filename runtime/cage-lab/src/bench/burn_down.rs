@@ -20,6 +20,7 @@ use super::stamps::{now_us, StampFile};
 use super::Place;
 use cage_runtime::model::clock::now_ms;
 use cage_runtime::transport::protocol::{EnqueueRequest, QueueStats};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,39 @@ pub fn run(
     place: &mut Place,
     calls: usize,
     clients: usize,
+    report: &mut Report,
+) -> Result<(), String> {
+    run_as(place, calls, clients, &Backlog::PLAIN, report)
+}
+
+/// What a burn-down's backlog is, and the name its figures are reported under.
+pub struct Backlog<'a> {
+    /// The scenario the figures belong to.
+    pub scenario: &'static str,
+    /// How the rows describe this backlog ("" for the plain one).
+    pub what: &'a str,
+    /// The calls are spread over this many groups, in turn (0: no groups).
+    pub groups: usize,
+    /// Only the drain rate is reported.
+    pub drain_only: bool,
+}
+
+impl Backlog<'_> {
+    /// Calls without groups, every figure reported.
+    pub const PLAIN: Backlog<'static> = Backlog {
+        scenario: "burn-down",
+        what: "",
+        groups: 0,
+        drain_only: false,
+    };
+}
+
+/// [`run`] with the backlog `backlog` says.
+pub fn run_as(
+    place: &mut Place,
+    calls: usize,
+    clients: usize,
+    backlog_of: &Backlog<'_>,
     report: &mut Report,
 ) -> Result<(), String> {
     let cage = place.second.clone();
@@ -68,12 +102,14 @@ pub fn run(
     let planned = Duration::from_secs_f64(1.5 * calls as f64 / rate) + Duration::from_secs(1);
     let due_ms = now_ms() + planned.as_millis() as u64;
     let filled = Instant::now();
+    let (groups, next) = (backlog_of.groups, AtomicUsize::new(0));
     enqueue_many_with(
         &cage,
         &route,
         Arc::new(move || EnqueueRequest {
             delay_ms: due_ms.saturating_sub(now_ms()).max(1),
-            group: None,
+            group: (groups > 0)
+                .then(|| format!("customer-{}", next.fetch_add(1, Ordering::Relaxed) % groups)),
             ..backlog.clone()
         }),
         calls,
@@ -117,12 +153,18 @@ pub fn run(
         })?;
 
     report.add(
-        "burn-down",
-        format!("{calls} queued calls drained, cage start to last done"),
+        backlog_of.scenario,
+        format!(
+            "{calls} queued calls{} drained, cage start to last done",
+            backlog_of.what
+        ),
         calls as f64 / drain.as_secs_f64(),
         "calls/s",
         None,
     );
+    if backlog_of.drain_only {
+        return Ok(());
+    }
     report.add(
         "burn-down",
         format!("cage start to first queued call executed, {calls} queued"),

@@ -14,7 +14,10 @@ pub const CAGES: [&str; 2] = ["a", "b"];
 
 /// Queue whose calls the benchmarks make: fast retries, so the retry scenario finishes in
 /// milliseconds, and a high concurrency, so the queue is not the limit being measured.
-const QUEUES: &str = "[queues.retry]\nfirst_retry = \"10ms\"\ngrowth = 2.0\nmax_delay = \"5s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 256\n\n[queues.bench]\nconcurrency = 256\n";
+const RETRY_QUEUE: &str = "[queues.retry]\nfirst_retry = \"10ms\"\ngrowth = 2.0\nmax_delay = \"5s\"\ngive_up_after = \"1h\"\njitter = 0.1\nconcurrency = 256\n";
+
+/// The other queue of the benchmarks (calls due later, cancelled after).
+const BENCH_QUEUE: &str = "\n[queues.bench]\nconcurrency = 256\n";
 
 /// Cage file lines of a lab whose queues do not sync to the device before acknowledging
 /// (`cage bench ... --no-fsync`): what durability costs, read against the durable run.
@@ -22,6 +25,8 @@ pub const NO_FSYNC: &str = "fdatasync = false\n";
 
 /// A temporary site with its cage processes.
 pub struct Lab {
+    /// The `[tls]` and `[cages.*]` part of its execute-on file.
+    routes: String,
     site: LabSite,
     cages: Vec<(String, Option<CageProcess>)>,
     echo: PathBuf,
@@ -96,9 +101,12 @@ impl Lab {
             )?;
             routes.push_str(&format!("[cages.{name}]\naddresses = [\"{addr}\"]\n\n"));
         }
-        routes.push_str(QUEUES);
-        site.write("config/config_execute_on.toml", &routes)?;
+        site.write(
+            "config/config_execute_on.toml",
+            &format!("{routes}{RETRY_QUEUE}{BENCH_QUEUE}"),
+        )?;
         let mut lab = Lab {
+            routes,
             site,
             cages: CAGES.iter().map(|c| ((*c).to_owned(), None)).collect(),
             echo: echo.to_owned(),
@@ -120,6 +128,16 @@ impl Lab {
             tls::act_as(tls::Identity::new(tls::CLI_IDENTITY, &keys));
         }
         Ok(())
+    }
+
+    /// Rewrites the site's execute-on file with `settings` added to the `retry` queue (the
+    /// queue of the calls the benchmarks execute): running cages re-read it, a cage started
+    /// later reads it at its start.
+    pub fn set_retry_queue(&self, settings: &str) -> Result<(), String> {
+        self.site.write(
+            "config/config_execute_on.toml",
+            &format!("{}{RETRY_QUEUE}{settings}{BENCH_QUEUE}", self.routes),
+        )
     }
 
     /// The lab's site.

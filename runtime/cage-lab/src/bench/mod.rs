@@ -6,6 +6,7 @@ mod chain;
 mod e2e;
 mod enqueue;
 mod footprint;
+mod groups;
 mod idle;
 mod isolation;
 mod lab;
@@ -114,6 +115,16 @@ pub enum Scenario {
         #[command(flatten)]
         fsync: NoFsync,
     },
+    /// What groups and fair dispatch cost: a burn-down without groups, then over N groups
+    /// (100 000 by default) with fairness "fifo", "round_robin", and round robin with
+    /// group_concurrency = 1 (the benchmark's own cages), calls/s of each.
+    Groups {
+        /// Groups the calls are spread over, in turn.
+        #[arg(long, default_value_t = groups::GROUPS)]
+        groups: usize,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Enqueue → start of execution p50/p99 for calls SOURCE → TARGET offered at a steady rate
     /// in an open loop (10 s of calls by default); the target's echo needs `stamp`.
     Latency {
@@ -180,6 +191,9 @@ pub enum Scenario {
     Pending {
         /// The cage to fill.
         cage: Option<String>,
+        /// Spread the calls over this many groups, in turn (0: no groups).
+        #[arg(long, default_value_t = 0)]
+        groups: usize,
         #[command(flatten)]
         common: Common,
     },
@@ -328,6 +342,8 @@ const RETRY: (usize, usize) = (2_000, 16);
 const PENDING: (usize, usize) = (1_000_000, 16);
 
 const BURN_DOWN: (usize, usize) = (100_000, 64);
+/// Calls of each burn-down of `cage bench groups`.
+const GROUPS_CALLS: usize = 200_000;
 /// Calls of the burn-down in `all` without --calls: a modest backlog, to keep `all` short.
 const BURN_DOWN_IN_ALL: usize = 20_000;
 
@@ -413,6 +429,17 @@ pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
                 burn_down::run(p, common.calls(BURN_DOWN.0), common.clients(BURN_DOWN.1), r)
             })
         }
+        Scenario::Groups { groups, common } => {
+            measure(site, None, None, &common, NoFsync::OFF, |p, r| {
+                groups::run(
+                    p,
+                    common.calls(GROUPS_CALLS),
+                    common.clients(BURN_DOWN.1),
+                    groups.max(1),
+                    r,
+                )
+            })
+        }
         Scenario::Latency {
             source,
             target,
@@ -481,11 +508,19 @@ pub fn bench(site: &Site, scenario: Scenario) -> Result<(), LabError> {
             });
             finish(report, common.json)
         }
-        Scenario::Pending { cage, common } => {
-            measure(site, cage, None, &common, NoFsync::OFF, |p, r| {
-                pending::run(p, common.calls(PENDING.0), common.clients(PENDING.1), r)
-            })
-        }
+        Scenario::Pending {
+            cage,
+            groups,
+            common,
+        } => measure(site, cage, None, &common, NoFsync::OFF, |p, r| {
+            pending::run(
+                p,
+                common.calls(PENDING.0),
+                common.clients(PENDING.1),
+                groups,
+                r,
+            )
+        }),
         Scenario::Reload {
             cage,
             module,
@@ -567,7 +602,7 @@ fn all(site: &Site, common: &Common, fsync: NoFsync) -> Result<Report, String> {
     burn_down::run(&mut place, n, c, &mut r)?;
     step("pending");
     let (n, c) = calls(PENDING);
-    pending::run(&mut place, n, c, &mut r)?;
+    pending::run(&mut place, n, c, 0, &mut r)?;
     // Two labs of its own, one per mode, once the million pending calls are gone.
     drop(place);
     step("isolation");

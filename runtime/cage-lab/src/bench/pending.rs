@@ -2,21 +2,30 @@
 //! (on the benchmark's own cages) how soon after a restart the first due call runs.
 
 use super::footprint::{dir_bytes, rss_bytes};
-use super::load::enqueue_many;
+use super::load::enqueue_many_with;
 use super::report::{Goal, Report};
 use super::Place;
 use cage_runtime::transport::client::Client;
 use cage_runtime::transport::protocol::EnqueueRequest;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Fills the first cage with `calls` calls due in a week, measures, and on the benchmark's own
-/// cages restarts it with one call overdue and times that call's execution.
+/// Fills the first cage with `calls` calls due in a week (spread over `groups` groups in turn,
+/// if any), measures, and on the benchmark's own cages restarts it with one call overdue and
+/// times that call's execution.
 pub fn run(
     place: &mut Place,
     calls: usize,
     clients: usize,
+    groups: usize,
     report: &mut Report,
 ) -> Result<(), String> {
+    let pending = if groups > 0 {
+        format!("{calls} pending in {groups} groups")
+    } else {
+        format!("{calls} pending")
+    };
     let cage = place.first.clone();
     let route = place.route(&cage)?;
     let data_dir = place.data_dir(&cage)?;
@@ -32,14 +41,19 @@ pub fn run(
         group: None,
     };
     let started = Instant::now();
-    enqueue_many(
+    let (next, each) = (AtomicUsize::new(0), request.clone());
+    enqueue_many_with(
         &cage,
         &route,
-        &request,
+        Arc::new(move || EnqueueRequest {
+            group: (groups > 0)
+                .then(|| format!("customer-{}", next.fetch_add(1, Ordering::Relaxed) % groups)),
+            ..each.clone()
+        }),
         calls,
         clients,
         1,
-        &format!("filling {cage} with {calls} calls"),
+        &format!("filling {cage} with {pending} calls"),
     )?;
     let enqueue_secs = started.elapsed().as_secs_f64();
     let pid = Client::connect(&cage, &route)
@@ -49,14 +63,14 @@ pub fn run(
     let mb = |b: u64| b as f64 / 1e6;
     report.add(
         "pending",
-        format!("{calls} pending calls enqueued at"),
+        format!("{pending} calls enqueued at"),
         calls as f64 / enqueue_secs,
         "calls/s",
         None,
     );
     report.add(
         "pending",
-        format!("queue on disk with {calls} pending"),
+        format!("queue on disk with {pending}"),
         mb(dir_bytes(&data_dir.join("queue"))),
         "MB",
         Some(Goal::AtMost(600.0)),
@@ -64,7 +78,7 @@ pub fn run(
     if let Some(rss) = rss_bytes(pid) {
         report.add(
             "pending",
-            format!("cage RSS with {calls} pending"),
+            format!("cage RSS with {pending}"),
             mb(rss),
             "MB",
             Some(Goal::AtMost(300.0)),
@@ -90,7 +104,7 @@ pub fn run(
         .and_then(|mut c| c.enqueue(marker, Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
     let due = Instant::now() + Duration::from_millis(2_000);
-    eprintln!("restarting {cage} with {calls} calls pending");
+    eprintln!("restarting {cage} with {pending}");
     lab.stop(&cage);
     std::thread::sleep(due.saturating_duration_since(Instant::now()));
     let restart = Instant::now();
@@ -112,7 +126,7 @@ pub fn run(
     }
     report.add(
         "pending",
-        format!("restart to first due call executed, {calls} pending"),
+        format!("restart to first due call executed, {pending}"),
         restart.elapsed().as_secs_f64(),
         "s",
         Some(Goal::AtMost(5.0)),
@@ -124,7 +138,7 @@ pub fn run(
     if let Some(rss) = rss_bytes(pid) {
         report.add(
             "pending",
-            format!("cage RSS after restart, {calls} pending"),
+            format!("cage RSS after restart, {pending}"),
             mb(rss),
             "MB",
             Some(Goal::AtMost(300.0)),
