@@ -41,6 +41,7 @@ pub fn run(
                     queue: Some(queue.to_owned()),
                     module: Some("echo".into()),
                     limit: 0,
+                    group: None,
                 }),
                 Duration::from_secs(60),
             )

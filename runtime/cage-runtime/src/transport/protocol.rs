@@ -183,6 +183,9 @@ pub struct Filter {
     pub module: Option<String>,
     /// At most this many (0: no limit).
     pub limit: usize,
+    /// Only calls of this group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 impl Filter {
@@ -193,6 +196,10 @@ impl Filter {
                 .module
                 .as_ref()
                 .is_none_or(|m| *m == record.call.module)
+            && self
+                .group
+                .as_ref()
+                .is_none_or(|g| Some(g) == record.call.group.as_ref())
     }
 }
 

@@ -263,6 +263,9 @@ struct FilterArgs {
     /// Only calls to this module.
     #[arg(long)]
     module: Option<String>,
+    /// Only calls of this group.
+    #[arg(long)]
+    group: Option<String>,
     /// At most this many calls per cage (default 1000).
     #[arg(long, default_value_t = 0)]
     limit: usize,
@@ -274,6 +277,7 @@ impl From<FilterArgs> for Filter {
             queue: f.queue,
             module: f.module,
             limit: f.limit,
+            group: f.group,
         }
     }
 }

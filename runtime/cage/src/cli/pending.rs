@@ -15,6 +15,14 @@ fn target_of(v: &CallView) -> String {
 }
 
 /// Lists pending (`dead` false) or dead calls.
+/// The queue column of a call: its queue, and its group if it has one.
+fn queue_of(v: &CallView) -> String {
+    match &v.record.call.group {
+        Some(group) => format!("{} (group {group})", v.record.call.queue),
+        None => v.record.call.queue.clone(),
+    }
+}
+
 pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: bool) -> ExitCode {
     let query = if dead {
         QueueQuery::Dead(filter)
@@ -61,7 +69,7 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
                 v.record.call.id.clone(),
                 v.cage.clone(),
                 target_of(v),
-                v.record.call.queue.clone(),
+                queue_of(v),
                 v.record.attempts.len().to_string(),
                 span_ms(now.saturating_sub(v.record.call.enqueued_at_ms)),
                 v.record.dead_reason.clone().unwrap_or_default(),
@@ -85,7 +93,7 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
                 v.cage.clone(),
                 v.record.stage.as_str().to_owned(),
                 target_of(v),
-                v.record.call.queue.clone(),
+                queue_of(v),
                 match crashes(v) {
                     Some(c) => format!("{} ({c})", v.record.attempts.len()),
                     None => v.record.attempts.len().to_string(),

@@ -93,7 +93,10 @@ pub fn render(
                                 @let r = &v.record;
                                 tr data-call=(r.call.id) {
                                     td { (call_link(frame, cage, &r.call.id)) }
-                                    td { (r.call.module) "." (r.call.method) }
+                                    td {
+                                        (r.call.module) "." (r.call.method)
+                                        @if let Some(group) = &r.call.group { br; span.muted { "group " (group) } }
+                                    }
                                     td { (r.stage.as_str()) @if v.running { " " b { "running" } } }
                                     td data-v=(r.attempts.len()) {
                                         (r.attempts.len())
