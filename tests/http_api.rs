@@ -87,6 +87,7 @@ except cc.MessageSendError as e:
 print("call:", cc.call("back", "echo.shout", "py"))
 print("enqueued:", cc.enqueue("back", "echo.version").startswith("back-"))
 print("job:", cc.job_add("echo.version", every_secs=3600)["id"].startswith("job-"))
+print("grouped:", cc.enqueue("back", "echo.version", queue="tenants", group="customer-42", delay=3600))
 "#,
     )
     .unwrap();
@@ -113,6 +114,15 @@ print("job:", cc.job_add("echo.version", every_secs=3600)["id"].startswith("job-
     assert_eq!(lines[3], "call: PY");
     assert_eq!(lines[4], "enqueued: True");
     assert_eq!(lines[5], "job: True");
+    // A group given by the Python client is the call's group.
+    let grouped = lines[6].strip_prefix("grouped: ").unwrap();
+    let listed = site.listing("pending", Some("back"));
+    let call = listed
+        .iter()
+        .find(|c| c["record"]["call"]["id"] == grouped)
+        .unwrap_or_else(|| panic!("{grouped} not pending: {listed:?}"));
+    assert_eq!(call["record"]["call"]["group"], "customer-42");
+    assert_eq!(call["record"]["call"]["queue"], "tenants");
     assert_eq!(peer.join().unwrap().code, 0);
 }
 

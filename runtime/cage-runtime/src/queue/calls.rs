@@ -365,8 +365,13 @@ impl QueueStore {
             // The partitions met, in order, with their room and the keys gathered from them.
             let parts = std::cell::RefCell::new(Gathered::default());
             let (mut scanned, mut usable) = (0, 0);
+            let mut per_queue: std::collections::HashMap<&str, usize> = Default::default();
             index.scan(
                 &end,
+                &mut |class| {
+                    let r = room(&parse_due_value(class));
+                    r.queue > 0 && r.part > 0
+                },
                 &mut |part| {
                     let r = room(&parse_due_value(part));
                     let open = r.queue > 0 && r.part > 0;
@@ -391,10 +396,25 @@ impl QueueStore {
                         return Visit::Leave;
                     };
                     let (_, r, keys) = &mut g.parts[at];
+                    let r = *r;
+                    // Calls of a queue to run here count against its room across its groups.
+                    let execute = parse_due_value(part);
+                    let of_queue = match execute.target {
+                        None => Some(per_queue.entry(execute.queue).or_default()),
+                        Some(_) => None,
+                    };
+                    // A queue whose room is taken reads no further partition (within one
+                    // partition, the priority window is still read).
+                    if keys.is_empty() && of_queue.as_ref().is_some_and(|n| **n >= r.queue) {
+                        return Visit::LeaveClass;
+                    }
                     keys.push(key);
                     let fits = r.part.min(r.queue);
                     if keys.len() <= fits {
                         usable += 1;
+                        if let Some(n) = of_queue {
+                            *n += 1;
+                        }
                     }
                     if usable >= want {
                         Visit::Stop
@@ -405,7 +425,7 @@ impl QueueStore {
                     }
                 },
             );
-            let mut per_queue: std::collections::HashMap<&str, usize> = Default::default();
+            per_queue.clear();
             for (part, r, mut keys) in parts.into_inner().parts {
                 let v = parse_due_value(part);
                 let of_queue = per_queue.entry(v.queue).or_default();
@@ -586,7 +606,11 @@ impl QueueStore {
     ) -> Result<Option<u64>, QueueError> {
         Ok(self.db().with_index(|index| {
             index
-                .first(&[DUE + 1], &mut |part| !pass(&parse_due_value(part)))
+                .first(
+                    &[DUE + 1],
+                    &mut |class| !pass(&parse_due_value(class)),
+                    &mut |part| !pass(&parse_due_value(part)),
+                )
                 .and_then(keys::parse_due)
                 .map(|(at, _, _)| at)
         }))

@@ -701,6 +701,28 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_queue_out_of_room_is_left_whole_however_many_groups_it_has() {
+        use crate::queue::Room;
+        let dir = tempfile::tempdir().unwrap();
+        let s = QueueStore::open(dir.path()).unwrap();
+        for i in 0..50 {
+            grouped(&s, &format!("g{i}"), Some(&format!("G{i}")), 1000 + i);
+        }
+        let mut later = call("other-1", 0, None);
+        later.queue = "other".into();
+        s.insert(&CallRecord::new(later, Stage::Execute, 2000))
+            .unwrap();
+        let room = |v: &crate::queue::DueValue<'_>| match v.queue {
+            "retry" => Room { queue: 2, part: 1 },
+            _ => Room::ANY,
+        };
+        // Two of retry's groups fill its room; the scan leaves the other 48 unread and still
+        // reaches the other queue within a budget of four entries.
+        let due = s.due_where(5000, 100, 4, &|_| false, &room).unwrap();
+        assert_eq!(ids(&due), vec!["g0", "g1", "other-1"]);
+    }
+
+    #[test]
     fn a_queue_in_turn_serves_its_groups_one_after_another_and_goes_round() {
         use crate::queue::Room;
         let dir = tempfile::tempdir().unwrap();

@@ -31,7 +31,7 @@ use super::fault::injected;
 use super::journal::Batch;
 use super::keys::{self, DUE};
 use sled::IVec;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -70,34 +70,48 @@ fn partition_of(key: &[u8]) -> &[u8] {
     keys::due_value_of(key)
 }
 
+/// The class of a partition: its name up to a group mark (a 1 byte), so the partitions of a
+/// queue's calls to run here, grouped or not, are one class, and those of its calls to deliver
+/// to one cage another.
+pub fn class_of(part: &[u8]) -> &[u8] {
+    match part.iter().position(|b| *b == 1) {
+        Some(i) => &part[..i],
+        None => part,
+    }
+}
+
 /// The keys kept in memory only, in partitions: one for each value their keys end with (a
 /// queue, a queue and a group, or a queue and a target for calls to deliver), so a scan can
 /// pass over a whole partition whose calls cannot start now (a queue or group at its
 /// concurrency) without reading its keys. A key's value is its partition's name: nothing else
-/// is kept per key. The first key of each partition is kept in a second, ordered set, so a
-/// scan in key order merges the partitions from their heads (a step costs a logarithm of the
-/// partitions, not a look at each of them), and a queue's partitions are one range of names.
+/// is kept per key. The first key of each partition is kept again, in an ordered set per class
+/// of partitions ([`class_of`]: a queue), so a scan in key order merges the partitions from
+/// their heads (a step costs a logarithm of the partitions, not a look at each of them) and
+/// passes over a whole queue, however many groups it has, at the cost of one look; and a
+/// queue's partitions are one range of names.
 #[derive(Default)]
 struct Index {
     parts: BTreeMap<Box<[u8]>, BTreeSet<Box<[u8]>>>,
-    heads: BTreeSet<Box<[u8]>>,
+    heads: HashMap<Box<[u8]>, BTreeSet<Box<[u8]>>>,
     len: usize,
 }
 
 impl Index {
     fn set(&mut self, key: &[u8], present: bool) {
         let part = partition_of(key);
+        let class = class_of(part);
         if present {
             let keys = self.parts.entry(part.into()).or_default();
             let old_head = keys.first().filter(|h| ***h > *key).cloned();
             let was_empty = keys.is_empty();
             if keys.insert(key.into()) {
                 self.len += 1;
-                if let Some(old) = old_head {
-                    self.heads.remove(&old);
-                    self.heads.insert(key.into());
-                } else if was_empty {
-                    self.heads.insert(key.into());
+                if old_head.is_some() || was_empty {
+                    let heads = self.heads.entry(class.into()).or_default();
+                    if let Some(old) = old_head {
+                        heads.remove(&old);
+                    }
+                    heads.insert(key.into());
                 }
             }
         } else if let Some(keys) = self.parts.get_mut(part) {
@@ -105,13 +119,20 @@ impl Index {
             if keys.remove(key) {
                 self.len -= 1;
                 if was_head {
-                    self.heads.remove(key);
-                    match keys.first() {
-                        Some(next) => {
-                            self.heads.insert(next.clone());
-                        }
-                        None => {
-                            self.parts.remove(part);
+                    let next = keys.first().cloned();
+                    if next.is_none() {
+                        self.parts.remove(part);
+                    }
+                    if let Some(heads) = self.heads.get_mut(class) {
+                        heads.remove(key);
+                        match next {
+                            Some(next) => {
+                                heads.insert(next);
+                            }
+                            None if heads.is_empty() => {
+                                self.heads.remove(class);
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -135,6 +156,8 @@ pub enum Visit {
     Next,
     /// Go on without the rest of this partition.
     Leave,
+    /// Go on without the rest of this partition's class (see [`class_of`]).
+    LeaveClass,
     /// End the scan.
     Stop,
 }
@@ -168,51 +191,59 @@ impl<'a> Partition<'a> {
 
 impl<'a> DueIndex<'a> {
     /// Visits the keys before `end` of the partitions `keep` selects (asked once for each
-    /// partition, as the scan reaches its first key), in key order, as `visit` says.
+    /// partition, as the scan reaches its first key) among the classes `keep_class` selects
+    /// (asked once for each class, first), in key order, as `visit` says.
     pub fn scan(
         &self,
         end: &[u8],
+        keep_class: &mut dyn FnMut(&'a [u8]) -> bool,
         keep: &mut dyn FnMut(&'a [u8]) -> bool,
         visit: &mut dyn FnMut(&'a [u8], &'a [u8]) -> Visit,
     ) {
         use std::cmp::Reverse;
         let index = self.0;
-        let mut heads = index
+        let bounds = (Bound::Unbounded, Bound::Excluded(end));
+        // The heads of the classes kept, each in key order.
+        let mut classes: Vec<_> = index
             .heads
-            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(end)))
-            .peekable();
-        // The next key of each partition under way, smallest first.
-        let mut under_way: std::collections::BinaryHeap<Reverse<&'a [u8]>> = Default::default();
-        loop {
-            let from_heads = match (heads.peek(), under_way.peek()) {
-                (None, None) => return,
-                (Some(h), Some(Reverse(k))) => ***h < **k,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-            };
-            let key: &'a [u8] = if from_heads {
-                let head = heads.next().map_or(&[][..], |h| &**h);
-                if !keep(partition_of(head)) {
+            .iter()
+            .filter(|(class, _)| keep_class(class))
+            .map(|(_, heads)| heads.range::<[u8], _>(bounds))
+            .collect();
+        // The next head of each class and the next key of each partition under way, smallest
+        // first, each with its class and whether it is a head.
+        let mut next: std::collections::BinaryHeap<Reverse<(&'a [u8], usize, bool)>> =
+            Default::default();
+        for (i, heads) in classes.iter_mut().enumerate() {
+            if let Some(h) = heads.next() {
+                next.push(Reverse((&**h, i, true)));
+            }
+        }
+        let mut left = vec![false; classes.len()];
+        while let Some(Reverse((key, class, head))) = next.pop() {
+            if left[class] {
+                continue;
+            }
+            if head {
+                if let Some(h) = classes[class].next() {
+                    next.push(Reverse((&**h, class, true)));
+                }
+                if !keep(partition_of(key)) {
                     continue;
                 }
-                head
-            } else {
-                match under_way.pop() {
-                    Some(Reverse(k)) => k,
-                    None => return,
-                }
-            };
+            }
             let part = partition_of(key);
             match visit(key, part) {
                 Visit::Stop => return,
                 Visit::Leave => {}
+                Visit::LeaveClass => left[class] = true,
                 Visit::Next => {
-                    let next = index.parts.get(part).and_then(|keys| {
+                    let after = index.parts.get(part).and_then(|keys| {
                         keys.range::<[u8], _>((Bound::Excluded(key), Bound::Excluded(end)))
                             .next()
                     });
-                    if let Some(next) = next {
-                        under_way.push(Reverse(&**next));
+                    if let Some(after) = after {
+                        next.push(Reverse((&**after, class, false)));
                     }
                 }
             }
@@ -236,13 +267,29 @@ impl<'a> DueIndex<'a> {
         self.0.parts.get(name).map(Partition)
     }
 
-    /// The first key before `end` of the partitions `keep` selects.
-    pub fn first(&self, end: &[u8], keep: &mut dyn FnMut(&'a [u8]) -> bool) -> Option<&'a [u8]> {
-        self.0
-            .heads
-            .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(end)))
-            .map(|h| &**h)
-            .find(|h| keep(partition_of(h)))
+    /// The first key before `end` of the partitions `keep` selects among the classes
+    /// `keep_class` selects.
+    pub fn first(
+        &self,
+        end: &[u8],
+        keep_class: &mut dyn FnMut(&'a [u8]) -> bool,
+        keep: &mut dyn FnMut(&'a [u8]) -> bool,
+    ) -> Option<&'a [u8]> {
+        let mut best: Option<&'a [u8]> = None;
+        for (class, heads) in &self.0.heads {
+            if !keep_class(class) {
+                continue;
+            }
+            let found = heads
+                .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(end)))
+                .map(|h| &**h)
+                .take_while(|h| best.is_none_or(|b| *h < b))
+                .find(|h| keep(partition_of(h)));
+            if found.is_some() {
+                best = found;
+            }
+        }
+        best
     }
 }
 
@@ -382,7 +429,7 @@ impl Tables {
     fn index_range(&self, start: &[u8], end: &[u8]) -> Vec<(IVec, IVec)> {
         let mut out = Vec::new();
         self.with_index(|index| {
-            index.scan(end, &mut |_| true, &mut |key, part| {
+            index.scan(end, &mut |_| true, &mut |_| true, &mut |key, part| {
                 if key >= start {
                     out.push((IVec::from(key), IVec::from(part)));
                 }
@@ -873,10 +920,15 @@ mod tests {
         // A scan passes over the partitions it is told to.
         let mut seen = Vec::new();
         t.with_index(|index| {
-            index.scan(&[DUE + 1], &mut |v| v != b"q", &mut |k, v| {
-                seen.push(entry(k, v));
-                Visit::Next
-            })
+            index.scan(
+                &[DUE + 1],
+                &mut |_| true,
+                &mut |v| v != b"q",
+                &mut |k, v| {
+                    seen.push(entry(k, v));
+                    Visit::Next
+                },
+            )
         });
         assert_eq!(seen, vec![entry(&d3, b"r\0cage")]);
         t.apply(&change(&[(&d3, None)]), None).ok().unwrap();
@@ -938,7 +990,7 @@ mod tests {
         }
         let mut seen = Vec::new();
         t.with_index(|index| {
-            index.scan(&[DUE + 1], &mut |_| true, &mut |k, v| {
+            index.scan(&[DUE + 1], &mut |_| true, &mut |_| true, &mut |k, v| {
                 assert_eq!(keys::due_value_of(k), v);
                 seen.push(k.to_vec());
                 Visit::Next
@@ -949,7 +1001,7 @@ mod tests {
         // Leaving a partition drops the rest of it, and only it.
         let mut firsts = Vec::new();
         t.with_index(|index| {
-            index.scan(&[DUE + 1], &mut |_| true, &mut |k, _| {
+            index.scan(&[DUE + 1], &mut |_| true, &mut |_| true, &mut |k, _| {
                 firsts.push(k.to_vec());
                 Visit::Leave
             })

@@ -81,6 +81,9 @@ impl Admission {
             return Some(Hold::QueueSlots);
         }
         let group = group?;
+        if policy.group_rate_limit.is_none() && policy.group_concurrency.is_none() {
+            return None;
+        }
         let key = group_key(queue, group);
         let wait = self.rates.wait(&key, group_limit(policy), now);
         if !wait.is_zero() {
@@ -113,6 +116,9 @@ impl Admission {
             .min(self.rates.available(v.queue, queue_limit(policy), now));
         let part = match v.group {
             None => queue,
+            Some(_) if policy.group_rate_limit.is_none() && policy.group_concurrency.is_none() => {
+                queue
+            }
             Some(group) => {
                 let key = group_key(v.queue, group);
                 let slots = policy.group_concurrency.map_or(usize::MAX, |cap| {
