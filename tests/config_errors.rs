@@ -159,6 +159,18 @@ fn harmful_queue_settings_stop_the_cage_and_cage_schedule_at_their_place() {
             "config/config_execute_on.toml:2:14: queues.api.rate_limit: expected a rate such as",
         ),
         (
+            "[queues.api]\ngroup_concurrency = 0\n",
+            "config/config_execute_on.toml:2:21: queues.api.group_concurrency: 0 is out of range (allowed: 1 to 10000)",
+        ),
+        (
+            "[queues.api]\ngroup_rate_limit = \"fast\"\n",
+            "config/config_execute_on.toml:2:20: queues.api.group_rate_limit: expected a rate such as",
+        ),
+        (
+            "[queues.api]\nfairness = \"fair\"\n",
+            "config/config_execute_on.toml:2:12: queues.api.fairness: expected \"fifo\" or \"round_robin\", found \"fair\"",
+        ),
+        (
             "[queues.\"../x\"]\nconcurrency = 2\n",
             "config/config_execute_on.toml:1:1: queues.../x: \"../x\" is not a queue name",
         ),

@@ -385,6 +385,23 @@ fn a_group_travels_with_its_call_to_the_cage_that_runs_it() {
         "customer-7 ran two at once: {of_7:?}"
     );
 
+    // A module queues in a group through the SDK (EnqueueOptions { group }): the call that
+    // dies keeps its group in the dead letters.
+    let queued = site.call(
+        "back",
+        "echo.queue_in",
+        r#"{"cage": "back", "target": "echo.refuse", "args": "no", "queue": "tenants", "group": "sdk-group"}"#,
+    );
+    assert_eq!(queued.code, 0, "{queued:?}");
+    let id: String = serde_json::from_str(&queued.stdout).unwrap();
+    eventually(Duration::from_secs(30), "the refused call dead", || {
+        site.listing("dead", Some("back")).iter().find_map(|c| {
+            (c["record"]["call"]["id"] == id.as_str()).then(|| {
+                assert_eq!(c["record"]["call"]["group"], "sdk-group", "{c}");
+            })
+        })
+    });
+
     // A group that is no group name is refused before anything is queued.
     let refused = site.cage_cmd(&[
         "enqueue",

@@ -67,6 +67,25 @@ struct Forward {
     args: Value,
 }
 
+#[derive(Deserialize)]
+struct QueueIn {
+    cage: String,
+    target: String,
+    args: Value,
+    queue: String,
+    group: Option<String>,
+}
+
+/// Queues a call on another cage's (or this cage's) queue, in a group if given; its id.
+fn queue_in(ctx: &Ctx, args: QueueIn) -> Result<String, CallError> {
+    let options = cage_sdk::EnqueueOptions {
+        queue: args.queue,
+        group: args.group,
+        ..cage_sdk::EnqueueOptions::default()
+    };
+    ctx.enqueue_with(&args.cage, &args.target, &args.args, options)
+}
+
 /// Calls another cage's method through the host and returns its result.
 fn forward(ctx: &Ctx, args: Forward) -> Result<Value, CallError> {
     ctx.call(
@@ -458,7 +477,7 @@ export_module! {
     name: "echo",
     version: VERSION,
     methods: [
-        echo, shout, sleep, version, boom, forward, append, stamp, span, refuse, relay, later, whoami, send_to, receive, idle,
+        echo, shout, sleep, version, boom, forward, queue_in, append, stamp, span, refuse, relay, later, whoami, send_to, receive, idle,
         orchestrate, child, run_python, respond, pingpong, ponger, count, count_get, flaky
     ],
 }
