@@ -191,7 +191,7 @@ pub fn cancel_queue(cage: &str, route: &CageRoute, queue: &str) -> Result<(), St
                     queue: Some(queue.to_owned()),
                     module: None,
                     limit: 0,
-                    group: None,
+                    ..Filter::default()
                 }),
                 Duration::from_secs(600),
             )

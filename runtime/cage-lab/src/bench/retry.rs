@@ -41,7 +41,7 @@ pub fn run(
                     queue: Some(queue.to_owned()),
                     module: Some("echo".into()),
                     limit: 0,
-                    group: None,
+                    ..Filter::default()
                 }),
                 Duration::from_secs(60),
             )

@@ -160,6 +160,18 @@ pub struct CallRecord {
     pub dead_reason: Option<String>,
     /// Place in its queue's order on this cage (assigned when stored; rises monotonically).
     pub seq: u64,
+    /// What operators did to it here besides its attempts (revived, made due), oldest first.
+    #[serde(default)]
+    pub events: Vec<CallEvent>,
+}
+
+/// Something done to a call besides its attempts: an operator's order, when and by what.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CallEvent {
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// What was done, and by which command (`revived by cage revive --all --queue mail`).
+    pub what: String,
 }
 
 impl CallRecord {
@@ -176,6 +188,7 @@ impl CallRecord {
             window_start_ms: due,
             dead_reason: None,
             seq: 0,
+            events: Vec::new(),
             call,
         }
     }

@@ -7,7 +7,7 @@ use super::keys::{self, CALL, DEAD, DUE};
 use super::store::{decode_record, encode};
 use super::tables::{Tables, Visit};
 use super::{QueueError, QueueStore};
-use crate::model::call::CallRecord;
+use crate::model::call::{CallEvent, CallRecord};
 use std::collections::BTreeMap;
 
 /// A call whose next attempt is due, as the due index lists it.
@@ -298,12 +298,25 @@ impl QueueStore {
 
     /// Moves dead call `id` back to pending, due at `now_ms` with a fresh give-up window.
     pub fn revive(&self, id: &str, now_ms: u64) -> Result<Option<CallRecord>, QueueError> {
+        self.revive_at(id, now_ms, now_ms, None)
+    }
+
+    /// Moves dead call `id` back to pending with a fresh give-up window from `now_ms`, due at
+    /// `due_ms`, with `event` (the order that revived it) added to its history.
+    pub fn revive_at(
+        &self,
+        id: &str,
+        now_ms: u64,
+        due_ms: u64,
+        event: Option<CallEvent>,
+    ) -> Result<Option<CallRecord>, QueueError> {
         let Some(mut record) = self.get_dead(id)? else {
             return Ok(None);
         };
         record.dead_reason = None;
-        record.next_at_ms = now_ms;
+        record.next_at_ms = due_ms.max(now_ms);
         record.window_start_ms = now_ms;
+        record.events.extend(event);
         let mut b = Batch::default();
         b.remove(keys::with_id(DEAD, id));
         b.insert(keys::with_id(CALL, id), encode(&record));
@@ -642,6 +655,29 @@ impl QueueStore {
                 out.push(record);
                 if out.len() >= limit {
                     break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of the pending (or, with `dead`, dead) calls that `keep` selects, at most `limit`,
+    /// in id order (records are read one at a time and not kept).
+    pub fn ids_where(
+        &self,
+        dead: bool,
+        keep: &dyn Fn(&CallRecord) -> bool,
+        limit: usize,
+    ) -> Result<Vec<String>, QueueError> {
+        let mut out = Vec::new();
+        for item in self.db().scan_prefix([if dead { DEAD } else { CALL }]) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Ok(record) = decode_record(&k, &v) {
+                if keep(&record) {
+                    out.push(record.call.id);
                 }
             }
         }

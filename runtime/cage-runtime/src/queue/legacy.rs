@@ -1,5 +1,5 @@
-//! Records as formats 1 (before calls could belong to chains) and 2 (before they could belong
-//! to groups) wrote them, read on upgrade.
+//! Records as formats 1 (before calls could belong to chains), 2 (before they could belong to
+//! groups) and 3 (before records kept operators' orders) wrote them, read on upgrade.
 
 use crate::model::call::{self, Attempt, Stage, UngroupedCall};
 use serde::Deserialize;
@@ -57,6 +57,8 @@ pub struct CallRecord<C> {
 pub type CallRecord1 = CallRecord<QueuedCall1>;
 /// A record of format 2.
 pub type CallRecord2 = CallRecord<UngroupedCall>;
+/// A record of format 3.
+pub type CallRecord3 = CallRecord<call::QueuedCall>;
 
 impl<C: Into<call::QueuedCall>> From<CallRecord<C>> for call::CallRecord {
     fn from(r: CallRecord<C>) -> Self {
@@ -68,6 +70,7 @@ impl<C: Into<call::QueuedCall>> From<CallRecord<C>> for call::CallRecord {
             window_start_ms: r.window_start_ms,
             dead_reason: r.dead_reason,
             seq: r.seq,
+            events: Vec::new(),
         }
     }
 }

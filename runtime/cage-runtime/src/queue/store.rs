@@ -37,12 +37,15 @@ pub struct QueueStore {
 
 /// Format of stored values, written as their first byte so a later format can read (or
 /// refuse, by name) what an earlier one wrote. Format 2 added the chain link of a call, format 3
-/// its group; every other value is laid out as in format 1.
-const FORMAT: u8 = 3;
+/// its group, format 4 the operators' orders on its record; every other value is laid out as in
+/// format 1.
+const FORMAT: u8 = 4;
 /// The first format, still read.
 const FORMAT_1: u8 = 1;
 /// The second format, still read.
 const FORMAT_2: u8 = 2;
+/// The third format, still read.
+const FORMAT_3: u8 = 3;
 
 fn corrupt(key: &[u8]) -> impl FnOnce(postcard::Error) -> QueueError + '_ {
     move |source| QueueError::Corrupt {
@@ -60,6 +63,9 @@ pub(super) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<CallRecord, Queu
         Some((&FORMAT_2, body)) => postcard::from_bytes::<super::legacy::CallRecord2>(body)
             .map(Into::into)
             .map_err(corrupt(key)),
+        Some((&FORMAT_3, body)) => postcard::from_bytes::<super::legacy::CallRecord3>(body)
+            .map(Into::into)
+            .map_err(corrupt(key)),
         _ => decode(key, bytes),
     }
 }
@@ -71,7 +77,7 @@ pub(super) fn decode<T: for<'a> Deserialize<'a>>(
 ) -> Result<T, QueueError> {
     let printable = || String::from_utf8_lossy(key).into_owned();
     match bytes.split_first() {
-        Some((&(FORMAT | FORMAT_1 | FORMAT_2), body)) => {
+        Some((&(FORMAT | FORMAT_1 | FORMAT_2 | FORMAT_3), body)) => {
             postcard::from_bytes(body).map_err(corrupt(key))
         }
         Some((&other, _)) => Err(QueueError::Format {
@@ -982,7 +988,7 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_record_of_format_2_still_reads_and_a_group_survives_format_3() {
+    fn records_of_formats_2_and_3_still_read_and_a_group_survives() {
         let dir = tempfile::tempdir().unwrap();
         let s = QueueStore::open(dir.path()).unwrap();
         // Format 2's layout: the call with its chain link and no group.
@@ -1016,6 +1022,25 @@ pub(super) mod tests {
             .unwrap();
         let back = s.get("three").unwrap().unwrap();
         assert_eq!(back.call.group.as_deref(), Some("customer-42"));
+        // Format 3's layout: the call with its group, the record without operators' orders.
+        let mut three = call("three-old", 0, None);
+        three.group = Some("customer-7".into());
+        let record = (
+            three.clone(),
+            Stage::Execute,
+            Vec::<Attempt>::new(),
+            2000u64,
+            1000u64,
+            None::<String>,
+            11u64,
+        );
+        let bytes = postcard::to_extend(&record, vec![FORMAT_3]).unwrap();
+        s.db()
+            .sled()
+            .insert(keys::with_id(CALL, "three-old"), bytes)
+            .unwrap();
+        let r = s.get("three-old").unwrap().unwrap();
+        assert_eq!((&r.call, r.seq, r.events.len()), (&three, 11, 0));
     }
 
     #[test]

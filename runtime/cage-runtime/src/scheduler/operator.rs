@@ -4,9 +4,11 @@
 use super::admission::Hold;
 use super::Scheduler;
 use crate::metrics::Metrics;
-use crate::model::call::{CallRecord, Stage};
+use crate::model::call::{CallEvent, CallRecord, Stage};
 use crate::queue::{GroupCommit, QueueError};
-use crate::transport::protocol::{CallView, Crashes, Filter, QueueQuery, QueueStats, Response};
+use crate::transport::protocol::{
+    CallView, Crashes, Filter, QueueQuery, QueueStats, Redrive, Response,
+};
 use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 use std::time::Duration;
@@ -130,13 +132,82 @@ impl Scheduler {
     }
 
     fn retry_now(&mut self, id: &str) -> Result<usize, QueueError> {
+        let now = self.now();
+        let event = CallEvent {
+            at_ms: now,
+            what: "made due now by an operator".into(),
+        };
+        self.retry_at(id, now, Some(event))
+    }
+
+    /// Makes pending call `id` due at `due_ms`, with `event` added to its history.
+    fn retry_at(
+        &mut self,
+        id: &str,
+        due_ms: u64,
+        event: Option<CallEvent>,
+    ) -> Result<usize, QueueError> {
         let Some(record) = self.store.get(id)? else {
             return Ok(0);
         };
         let mut updated = record.clone();
-        updated.next_at_ms = self.now();
+        updated.next_at_ms = due_ms;
+        updated.events.extend(event);
         self.store.update(&record, &updated)?;
         Ok(1)
+    }
+
+    /// Revives the dead calls, or makes due the pending ones, that `r` selects, their due
+    /// times spread evenly over its span; or, in a dry run, only counts them. Each call's
+    /// history records the order.
+    fn redrive(&mut self, r: Redrive) -> Result<Response, QueueError> {
+        let limit = if r.filter.limit == 0 {
+            usize::MAX
+        } else {
+            r.filter.limit
+        };
+        let ids = self
+            .store
+            .ids_where(r.dead, &|rec| r.filter.keeps(rec), limit)?;
+        let count = ids.len();
+        let shown = |this: &Self, ids: &[String]| -> Result<Vec<CallView>, QueueError> {
+            let mut first = Vec::new();
+            for id in ids.iter().take(10) {
+                let record = match this.store.get(id)? {
+                    Some(rec) => Some(rec),
+                    None => this.store.get_dead(id)?,
+                };
+                first.extend(record.map(|rec| this.view(rec)));
+            }
+            Ok(first)
+        };
+        if r.dry_run {
+            let first = shown(self, &ids)?;
+            return Ok(Response::Redriven { count, first });
+        }
+        let now = self.now();
+        let mut taken = 0;
+        for (i, id) in ids.iter().enumerate() {
+            // Evenly over the span: the first now, the last one step before its end.
+            let due = now + (u128::from(r.spread_ms) * i as u128 / count.max(1) as u128) as u64;
+            let what = if r.dead { "revived" } else { "made due" };
+            let event = CallEvent {
+                at_ms: now,
+                what: format!("{what} by {} (due {})", r.by, crate::model::clock::utc(due)),
+            };
+            taken += if r.dead {
+                usize::from(self.store.revive_at(id, now, due, Some(event))?.is_some())
+            } else {
+                self.retry_at(id, due, Some(event))?
+            };
+        }
+        self.commit.nudge();
+        tracing::info!(cage = %self.cage, "{taken} call(s) {} by an operator ({}), spread over {} ms", if r.dead { "revived" } else { "made due" }, r.by, r.spread_ms);
+        let first = shown(self, &ids)?;
+        Ok(Response::Redriven {
+            count: taken,
+            first,
+        })
     }
 
     fn query(&mut self, q: QueueQuery) -> Result<Response, QueueError> {
@@ -185,8 +256,14 @@ impl Scheduler {
                 }
                 Response::Stats(stats)
             }
+            QueueQuery::Redrive(r) => self.redrive(r)?,
             QueueQuery::Revive(id) => {
-                let n = usize::from(self.store.revive(&id, self.now())?.is_some());
+                let now = self.now();
+                let event = CallEvent {
+                    at_ms: now,
+                    what: "revived by an operator".into(),
+                };
+                let n = usize::from(self.store.revive_at(&id, now, now, Some(event))?.is_some());
                 if n == 1 {
                     tracing::info!(cage = %self.cage, call_id = %id, "revived by an operator: pending again, due now");
                 }

@@ -5,7 +5,7 @@ use super::credential::{self, CredentialError, HandshakeError, SiteSecret};
 use super::frame::{self, FrameError};
 use super::protocol::{
     CageInfo, CallFailure, CallRequest, CallView, ChainRequest, EnqueueRequest, JobRequest,
-    MessageRequest, ModuleInfo, QueueQuery, QueueStats, Request, RequestFrame, Response,
+    MessageRequest, ModuleInfo, QueueQuery, QueueStats, Redrive, Request, RequestFrame, Response,
     ResponseFrame, CONNECTION_FRAME_ID,
 };
 use crate::config::{Address, CageRoute};
@@ -649,6 +649,19 @@ impl Client {
         }
     }
 
+    /// Revives dead calls or makes pending ones due, as `redrive` says: how many it took (or
+    /// would take), and the first ten.
+    pub fn redrive(
+        &mut self,
+        redrive: Redrive,
+        timeout: Duration,
+    ) -> Result<(usize, Vec<CallView>), ClientError> {
+        match self.request(Request::Queue(QueueQuery::Redrive(redrive)), timeout)? {
+            Response::Redriven { count, first } => Ok((count, first)),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
     /// The cage's queue counters (with `count`, also its pending and dead totals).
     pub fn stats(&mut self, count: bool, timeout: Duration) -> Result<QueueStats, ClientError> {
         match self.request(Request::Queue(QueueQuery::Stats(count)), timeout)? {
@@ -777,6 +790,7 @@ fn unexpected(cage: &str, r: &Response) -> ClientError {
         Response::ChainsStarted(_) => "chain ids",
         Response::Chains(_) => "a chain listing",
         Response::Metrics(_) => "metrics",
+        Response::Redriven { .. } => "a redrive count",
         // Only a cage of an earlier build answers a request with words alone.
         Response::Error(e) => {
             return ClientError::Rejected {

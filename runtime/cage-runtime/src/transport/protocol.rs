@@ -186,21 +186,62 @@ pub struct Filter {
     /// Only calls of this group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Only calls to this method.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Only calls whose last error (or, for a dead call, why it died) holds this text.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Only calls last tried (or, never tried, enqueued) at or after this time (ms since the
+    /// epoch).
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    /// Only calls last tried (or, never tried, enqueued) before this time (ms since the epoch).
+    #[serde(default)]
+    pub before_ms: Option<u64>,
 }
 
 impl Filter {
     /// Whether `record` passes the filter.
     pub fn keeps(&self, record: &CallRecord) -> bool {
-        self.queue.as_ref().is_none_or(|q| *q == record.call.queue)
-            && self
-                .module
-                .as_ref()
-                .is_none_or(|m| *m == record.call.module)
+        let call = &record.call;
+        let same = |want: &Option<String>, have: &str| want.as_ref().is_none_or(|w| w == have);
+        let last = record
+            .attempts
+            .last()
+            .map_or(call.enqueued_at_ms, |a| a.started_ms);
+        same(&self.queue, &call.queue)
+            && same(&self.module, &call.module)
+            && same(&self.method, &call.method)
             && self
                 .group
                 .as_ref()
-                .is_none_or(|g| Some(g) == record.call.group.as_ref())
+                .is_none_or(|g| Some(g) == call.group.as_ref())
+            && self.error.as_ref().is_none_or(|text| {
+                [record.last_error(), record.dead_reason.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e.contains(text.as_str()))
+            })
+            && self.since_ms.is_none_or(|t| last >= t)
+            && self.before_ms.is_none_or(|t| last < t)
     }
+}
+
+/// An operator's order to run pending calls again soon, or dead calls again (a redrive after a
+/// fix): which calls, how their due times are spread, and who gave it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct Redrive {
+    /// Dead calls (revive) rather than pending ones (retry now).
+    pub dead: bool,
+    /// Which calls (its limit: at most this many).
+    pub filter: Filter,
+    /// Count them and show the first ten, changing nothing.
+    pub dry_run: bool,
+    /// Their due times spread evenly over this span from now (0: all due now).
+    pub spread_ms: u64,
+    /// The command that gave the order, as each call's history records it.
+    pub by: String,
 }
 
 /// An operator's question or order about the queue.
@@ -224,6 +265,8 @@ pub enum QueueQuery {
     Revive(String),
     /// Counters of the queue; with `true`, also count pending and dead calls (a full scan).
     Stats(bool),
+    /// Revive dead calls or make pending ones due, filtered, spread, or only counted.
+    Redrive(Redrive),
 }
 
 /// What a cage's queue has done since the cage started, and what it holds.
@@ -383,6 +426,14 @@ pub enum Response {
     /// Answer to [`Request::AcceptMany`], in the order of its calls: the id each duplicates
     /// (if it or its key was accepted before), or why it was not accepted.
     AcceptedMany(Vec<Result<Option<String>, Box<CallFailure>>>),
+    /// Answer to a [`QueueQuery::Redrive`]: how many calls it took (or, in a dry run, would
+    /// take), and the first ten of them as they now stand.
+    Redriven {
+        /// Calls taken.
+        count: usize,
+        /// The first ten.
+        first: Vec<CallView>,
+    },
 }
 
 impl Response {

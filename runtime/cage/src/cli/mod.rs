@@ -20,7 +20,7 @@ mod target;
 mod worker;
 
 use cage_runtime::config::Site;
-use cage_runtime::transport::protocol::{Filter, QueueQuery};
+use cage_runtime::transport::protocol::{Filter, QueueQuery, Redrive};
 use cage_runtime::transport::{credential, tls};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -172,16 +172,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Make a pending call (or, with --all, every pending call that passes the filters) due now.
-    RetryNow(PendingCalls),
+    /// Make a pending call due now; or, with --all, every pending call that passes the filters
+    /// (--dry-run to count them first, --spread to spread their due times).
+    RetryNow(Redrivable),
     /// Remove a call, pending or dead, and cancel the chains it started; or cancel a chain (or,
     /// with --all, every pending call that passes the filters).
     Cancel(PendingCalls),
-    /// Move a dead call back to pending, due now, with a fresh give-up window and crash count.
-    Revive {
-        /// The call id.
-        id: String,
-    },
+    /// Move a dead call back to pending, due now, with a fresh give-up window and crash count;
+    /// or, with --all, every dead call that passes the filters (a redrive after a fix:
+    /// --dry-run to count them first, --spread to spread their due times).
+    Revive(Redrivable),
     /// Add, remove or run a job.
     Job {
         #[command(subcommand)]
@@ -244,7 +244,7 @@ struct PendingCalls {
     /// The call id.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     id: Option<String>,
-    /// Every pending call that passes the filters.
+    /// Every call that passes the filters.
     #[arg(long)]
     all: bool,
     /// With --all: only this cage.
@@ -252,6 +252,23 @@ struct PendingCalls {
     cage: Option<String>,
     #[command(flatten)]
     filter: FilterArgs,
+}
+
+/// The calls a redrive (`retry-now`, `revive`) is about: one, or all that pass the filters.
+#[derive(clap::Args)]
+struct Redrivable {
+    #[command(flatten)]
+    calls: PendingCalls,
+    /// With --all: count the calls and show the first ten, changing nothing.
+    #[arg(long, requires = "all")]
+    dry_run: bool,
+    /// With --all: spread their due times evenly over this span from now (e.g. 10m), so a
+    /// service downstream is not flooded.
+    #[arg(long, requires = "all", value_parser = humantime::parse_duration)]
+    spread: Option<Duration>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Filters shared by the queue listings.
@@ -266,7 +283,20 @@ struct FilterArgs {
     /// Only calls of this group.
     #[arg(long)]
     group: Option<String>,
-    /// At most this many calls per cage (default 1000).
+    /// Only calls to this method.
+    #[arg(long)]
+    method: Option<String>,
+    /// Only calls whose last error (or why they died) holds this text.
+    #[arg(long)]
+    error: Option<String>,
+    /// Only calls last tried at or after this time: RFC 3339 (2026-12-01T10:00:00Z) or a span
+    /// ago (2h).
+    #[arg(long, value_parser = moment)]
+    since: Option<u64>,
+    /// Only calls last tried before this time (as --since).
+    #[arg(long, value_parser = moment)]
+    before: Option<u64>,
+    /// At most this many calls per cage (listings: default 1000; orders: no limit).
     #[arg(long, default_value_t = 0)]
     limit: usize,
 }
@@ -278,8 +308,42 @@ impl From<FilterArgs> for Filter {
             module: f.module,
             limit: f.limit,
             group: f.group,
+            method: f.method,
+            error: f.error,
+            since_ms: f.since,
+            before_ms: f.before,
         }
     }
+}
+
+/// A moment given on the command line: an RFC 3339 time, or a span before now (`2h`); in ms
+/// since the epoch.
+fn moment(text: &str) -> Result<u64, String> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(cage_runtime::model::clock::unix_ms(at));
+    }
+    humantime::parse_duration(text)
+        .map(|ago| cage_runtime::model::clock::now_ms().saturating_sub(ago.as_millis() as u64))
+        .map_err(|_| {
+            format!("{text:?} is neither a time (2026-12-01T10:00:00Z) nor a span ago (2h)")
+        })
+}
+
+/// Gives the redrive `r` (of dead calls with `dead`, else of pending ones) on its cages.
+fn redrive(site: &Site, r: Redrivable, dead: bool) -> ExitCode {
+    // The command as typed, for each call's history.
+    let by = std::iter::once("cage".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let order = Redrive {
+        dead,
+        filter: r.calls.filter.into(),
+        dry_run: r.dry_run,
+        spread_ms: r.spread.map_or(0, |d| d.as_millis() as u64),
+        by,
+    };
+    steer::redrive(site, r.calls.cage.as_deref(), order, r.json)
 }
 
 /// The exit of a lab command: success, or its error with the general failure code.
@@ -388,21 +452,11 @@ pub fn main() -> ExitCode {
             pending::list(&site, cage.as_deref(), filter.into(), true, json)
         }
         Command::Show { id, json } => show::show(&site, &id, json),
-        Command::RetryNow(PendingCalls { id: Some(id), .. }) => {
-            steer::by_id(&site, &id, "retry-now", QueueQuery::RetryNow)
-        }
-        Command::RetryNow(PendingCalls {
-            id: None,
-            cage,
-            filter,
+        Command::RetryNow(Redrivable {
+            calls: PendingCalls { id: Some(id), .. },
             ..
-        }) => steer::all(
-            &site,
-            cage.as_deref(),
-            filter.into(),
-            "due now",
-            QueueQuery::RetryAllNow,
-        ),
+        }) => steer::by_id(&site, &id, "retry-now", QueueQuery::RetryNow),
+        Command::RetryNow(r) => redrive(&site, r, false),
         Command::Cancel(PendingCalls { id: Some(id), .. }) => steer::cancel(&site, &id),
         Command::Cancel(PendingCalls {
             id: None,
@@ -416,7 +470,11 @@ pub fn main() -> ExitCode {
             "cancelled",
             QueueQuery::CancelAll,
         ),
-        Command::Revive { id } => steer::by_id(&site, &id, "revived", QueueQuery::Revive),
+        Command::Revive(Redrivable {
+            calls: PendingCalls { id: Some(id), .. },
+            ..
+        }) => steer::by_id(&site, &id, "revived", QueueQuery::Revive),
+        Command::Revive(r) => redrive(&site, r, true),
         Command::Job { action } => jobs::job(&site, action),
         Command::Jobs { cage, json } => jobs::list(&site, cage.as_deref(), json),
         Command::Schedule { queue, json } => schedule::schedule(&site, &queue, json),

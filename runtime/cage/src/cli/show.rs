@@ -144,6 +144,17 @@ pub fn show(site: &Site, id: &str, json: bool) -> ExitCode {
             .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
             .unwrap_or_else(|_| String::from_utf8_lossy(&c.args).into_owned());
         println!("  args        {}", args.replace('\n', "\n              "));
+        if let Some(group) = &c.group {
+            println!("  group       {group}");
+        }
+        // Operators' orders, each with when it was given.
+        for e in &r.events {
+            println!(
+                "  order       {} ago: {}",
+                span_ms(now.saturating_sub(e.at_ms)),
+                e.what
+            );
+        }
         if r.attempts.is_empty() {
             println!("  no attempts yet\n");
             continue;

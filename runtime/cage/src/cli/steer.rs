@@ -2,11 +2,11 @@
 
 use super::exit;
 use super::listing::Gathered;
-use super::queue_view::{cages, find, TIMEOUT};
+use super::queue_view::{cages, find, next_attempt, TIMEOUT};
 use super::target;
 use cage_runtime::config::Site;
 use cage_runtime::transport::client::{Client, ClientError};
-use cage_runtime::transport::protocol::{Filter, QueueQuery};
+use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery, Redrive};
 use std::process::ExitCode;
 
 /// Gives `order` (built from the call id) to every cage holding call `id`.
@@ -74,6 +74,78 @@ pub fn all(
         }
         Err(code) => code,
     }
+}
+
+/// Gives redrive `order` (revive dead calls, or make pending ones due) to one cage or every
+/// cage of the site, and says how many calls each took (or, in a dry run, would take) and the
+/// first ten of them.
+pub fn redrive(site: &Site, cage: Option<&str>, order: Redrive, json: bool) -> ExitCode {
+    let asked = match Gathered::ask(site, &cages(site, cage), |c| {
+        c.redrive(order.clone(), TIMEOUT)
+            .map(|(count, first)| vec![(count, first)])
+            .map_err(ClientError::into_call_error)
+    }) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let count: usize = asked.items.iter().map(|(n, _)| n).sum();
+    let first: Vec<&CallView> = asked.items.iter().flat_map(|(_, f)| f).take(10).collect();
+    let verb = match (order.dead, order.dry_run) {
+        (true, true) => "would be revived",
+        (true, false) => "revived",
+        (false, true) => "would be made due",
+        (false, false) => "made due",
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "dry_run": order.dry_run, "count": count, "first": first })
+        );
+    } else {
+        let spread = match order.spread_ms {
+            0 => String::new(),
+            ms => format!(
+                ", due times spread over {}",
+                humantime::format_duration(std::time::Duration::from_millis(ms))
+            ),
+        };
+        println!("{count} call(s) {verb}{spread}");
+        if !first.is_empty() {
+            let mut table = comfy_table::Table::new();
+            table
+                .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
+                .set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+            table.set_header([
+                "ID",
+                "CAGE",
+                "QUEUE",
+                "TARGET",
+                "NEXT ATTEMPT",
+                "LAST ERROR",
+            ]);
+            for v in &first {
+                let r = &v.record;
+                table.add_row([
+                    r.call.id.clone(),
+                    v.cage.clone(),
+                    r.call.queue.clone(),
+                    format!("{}.{}", r.call.module, r.call.method),
+                    next_attempt(v),
+                    r.last_error()
+                        .or(r.dead_reason.as_deref())
+                        .unwrap_or("-")
+                        .to_owned(),
+                ]);
+            }
+            let title = if count > first.len() {
+                format!("the first {} of them:", first.len())
+            } else {
+                "they are:".to_owned()
+            };
+            println!("{title}\n{table}");
+        }
+    }
+    asked.fail_if_unread("their calls were not changed")
 }
 
 /// Gives the order `order` builds to each of `cages`: how many calls each that answered

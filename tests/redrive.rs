@@ -1,0 +1,171 @@
+//! Bulk redrive after a fix: `cage revive --all` and `cage retry-now --all` with filters, a dry
+//! run that changes nothing, due times spread over a span, and each call's history naming the
+//! order that moved it.
+
+mod support;
+use std::time::Duration;
+use support::{eventually, module_so, Site};
+
+/// Cage `back` serving echo, with queues `mail` and `other` that retry quickly.
+fn site() -> (Site, support::RunningCage) {
+    let mut site = Site::new();
+    site.write(
+        "config/config_execute_on.toml",
+        "[queues.mail]\nfirst_retry = \"100ms\"\n\n[queues.other]\nfirst_retry = \"100ms\"\n",
+    );
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let cage = site.start("back");
+    (site, cage)
+}
+
+/// `cage ARGS --json` answered as JSON, exiting 0.
+fn json(site: &Site, args: &[&str]) -> serde_json::Value {
+    let mut cmd = args.to_vec();
+    cmd.push("--json");
+    let run = site.cage_cmd(&cmd);
+    assert_eq!(run.code, 0, "{args:?}: {run:?}");
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:?}"))
+}
+
+/// The dead calls of `back` in `queue`.
+fn dead_in(site: &Site, queue: &str) -> Vec<serde_json::Value> {
+    site.listing("dead", Some("back"))
+        .into_iter()
+        .filter(|c| c["record"]["call"]["queue"] == queue)
+        .collect()
+}
+
+#[test]
+fn a_filtered_revive_counts_first_then_spreads_its_calls_and_each_history_names_it() {
+    let (site, _cage) = site();
+    // Five calls of `mail` refused for good ("smtp down"), two of `other` for another reason.
+    for (queue, reason) in [("mail", "smtp down"); 5]
+        .into_iter()
+        .chain([("other", "quota"); 2])
+    {
+        site.enqueue(
+            "back",
+            "echo.refuse",
+            &format!("{reason:?}"),
+            &["--queue", queue],
+        );
+    }
+    eventually(Duration::from_secs(30), "seven dead letters", || {
+        (site.listing("dead", Some("back")).len() == 7).then_some(())
+    });
+
+    // A dry run counts and lists, and changes nothing.
+    let dry = json(&site, &["revive", "--all", "--error", "smtp", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["count"], 5, "{dry}");
+    assert_eq!(dry["first"].as_array().unwrap().len(), 5);
+    assert!(dry["first"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["record"]["call"]["queue"] == "mail"));
+    assert_eq!(dead_in(&site, "mail").len(), 5, "a dry run changed nothing");
+    let limited = json(
+        &site,
+        &[
+            "revive",
+            "--all",
+            "--queue",
+            "mail",
+            "--limit",
+            "2",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(limited["count"], 2);
+    let old = json(
+        &site,
+        &[
+            "revive",
+            "--all",
+            "--before",
+            "2000-01-01T00:00:00Z",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(old["count"], 0);
+    let recent = json(
+        &site,
+        &[
+            "revive",
+            "--all",
+            "--since",
+            "1h",
+            "--method",
+            "refuse",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(recent["count"], 7);
+
+    // Revived over an hour: due times a fifth of it apart, the first at once.
+    let before = cages::runtime::model::clock::now_ms();
+    let done = json(
+        &site,
+        &["revive", "--all", "--queue", "mail", "--spread", "1h"],
+    );
+    assert_eq!(done["count"], 5, "{done}");
+    let mut due: Vec<u64> = site
+        .listing("pending", Some("back"))
+        .iter()
+        .map(|c| c["record"]["next_at_ms"].as_u64().unwrap())
+        .collect();
+    due.sort_unstable();
+    // The first, due at once, may already have run and died again.
+    assert!(due.len() >= 4, "{due:?}");
+    let later = &due[due.len() - 4..];
+    for (i, at) in later.iter().enumerate() {
+        let expected = before + (i as u64 + 1) * 720_000;
+        assert!(
+            at.abs_diff(expected) < 60_000,
+            "call {} of 5 due at {at}, expected about {expected}: {due:?}",
+            i + 2
+        );
+    }
+    assert_eq!(dead_in(&site, "other").len(), 2, "other queue untouched");
+
+    // Each history names the order.
+    let pending = site.listing("pending", Some("back"));
+    let id = pending[0]["record"]["call"]["id"].as_str().unwrap();
+    let shown = site.cage_cmd(&["show", id]);
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert!(
+        shown
+            .stdout
+            .contains("revived by cage revive --all --queue mail --spread 1h --json"),
+        "{shown:?}"
+    );
+    let events = &pending[0]["record"]["events"];
+    assert_eq!(events.as_array().map(Vec::len), Some(1), "{events}");
+
+    // Made due again, all at once: they run (and are refused) now.
+    let dry = json(
+        &site,
+        &["retry-now", "--all", "--queue", "mail", "--dry-run"],
+    );
+    assert_eq!(dry["count"], pending.len());
+    let now = json(&site, &["retry-now", "--all", "--queue", "mail"]);
+    assert_eq!(now["count"], pending.len());
+    let dead = eventually(Duration::from_secs(30), "mail's calls dead again", || {
+        let dead = dead_in(&site, "mail");
+        (dead.len() == 5).then_some(dead)
+    });
+    let retried = dead
+        .iter()
+        .find(|c| c["record"]["call"]["id"] == id)
+        .unwrap();
+    let said: Vec<&str> = retried["record"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(said[1].starts_with("made due by cage retry-now --all --queue mail --json"));
+}
