@@ -169,3 +169,107 @@ fn a_filtered_revive_counts_first_then_spreads_its_calls_and_each_history_names_
     assert_eq!(said.len(), 2, "{said:?}");
     assert!(said[1].starts_with("made due by cage retry-now --all --queue mail --json"));
 }
+
+#[test]
+fn the_dead_letter_page_revives_what_its_filter_selects_after_a_confirmation_that_counts_it() {
+    let mut site = Site::new();
+    let http = support::free_port();
+    site.write(
+        "config/config_execute_on.toml",
+        "[queues.mail]\nfirst_retry = \"100ms\"\n",
+    );
+    site.cage(
+        "back",
+        &["echo"],
+        &format!("http_listen = \"127.0.0.1:{http}\"\n"),
+    );
+    site.install("echo", &module_so("echo", &[]));
+    let _cage = site.start("back");
+    for (queue, reason) in [("mail", "smtp down"); 3]
+        .into_iter()
+        .chain([("retry", "quota")])
+    {
+        site.enqueue(
+            "back",
+            "echo.refuse",
+            &format!("{reason:?}"),
+            &["--queue", queue],
+        );
+    }
+    eventually(Duration::from_secs(30), "four dead letters", || {
+        (site.listing("dead", Some("back")).len() == 4).then_some(())
+    });
+    let token = std::fs::read_to_string(site.path().join("config/keys/dashboard.token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let base = format!("http://127.0.0.1:{http}/ui");
+    let get = |path: &str| {
+        ureq::get(&format!("{base}{path}"))
+            .set("Authorization", &auth)
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    };
+    let listed = get("/dead?queue=mail");
+    assert_eq!(
+        listed.matches("<tr data-call=\"back-").count(),
+        3,
+        "{listed}"
+    );
+    assert!(
+        listed.contains("href=\"/ui/revive?queue=mail\""),
+        "{listed}"
+    );
+    // The confirmation counts them and changes nothing.
+    let confirm = get("/revive?queue=mail");
+    assert!(
+        confirm.contains("Revive <b>3</b> dead letter(s) matching queue=&quot;mail&quot;?"),
+        "{confirm}"
+    );
+    assert_eq!(dead_in(&site, "mail").len(), 3);
+    let csrf = confirm
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    // Without the page's CSRF value nothing is revived.
+    let refused = agent
+        .post(&format!("{base}/revive"))
+        .set("Authorization", &auth)
+        .send_form(&[("csrf", "wrong"), ("queue", "mail")]);
+    assert!(matches!(refused, Err(ureq::Error::Status(403, _))));
+    let done = agent
+        .post(&format!("{base}/revive"))
+        .set("Authorization", &auth)
+        .send_form(&[("csrf", csrf.as_str()), ("queue", "mail"), ("spread", "0s")])
+        .unwrap();
+    assert_eq!(done.status(), 303);
+    let location = done.header("location").unwrap_or_default().to_owned();
+    assert!(
+        location.starts_with("/ui/dead?queue=mail&notice=revived%203%20call"),
+        "{location}"
+    );
+    // They ran again (and were refused again); each history names the dashboard's order.
+    eventually(
+        Duration::from_secs(30),
+        "mail's calls revived and dead again",
+        || {
+            let dead = dead_in(&site, "mail");
+            dead.iter()
+                .all(|c| {
+                    c["record"]["events"][0]["what"]
+                        .as_str()
+                        .is_some_and(|w| w.starts_with("revived by the dashboard (queue=\"mail\")"))
+                })
+                .then_some(())
+                .filter(|()| dead.len() == 3)
+        },
+    );
+    assert_eq!(
+        dead_in(&site, "retry").len(),
+        1,
+        "the other queue untouched"
+    );
+}

@@ -9,7 +9,7 @@ use crate::model::chain::ChainRecord;
 use crate::model::job::Job;
 use crate::transport::client::{Client, ClientError};
 use crate::transport::protocol::{
-    CageInfo, CallView, ChainRequest, Filter, JobRequest, ModuleInfo, QueueQuery,
+    CageInfo, CallView, ChainRequest, Filter, JobRequest, ModuleInfo, QueueQuery, Redrive,
 };
 use std::time::Duration;
 
@@ -250,12 +250,40 @@ impl Cluster {
     }
 
     /// Dead letters of every cage (or why a cage could not say).
-    pub fn dead(&self) -> Vec<(String, Result<Vec<CallView>, String>)> {
-        self.ask_all(|name, route| {
+    pub fn dead(
+        &self,
+        cage: Option<&str>,
+        filter: &Filter,
+    ) -> Vec<(String, Result<Vec<CallView>, String>)> {
+        let mut all = self.ask_all(|name, route| {
+            if cage.is_some_and(|c| c != name) {
+                return Ok(Vec::new());
+            }
             Client::connect(name, route)
-                .and_then(|mut c| c.calls(QueueQuery::Dead(Filter::default()), ASK_TIMEOUT))
+                .and_then(|mut c| c.calls(QueueQuery::Dead(filter.clone()), ASK_TIMEOUT))
                 .map_err(|e| e.to_string())
-        })
+        });
+        all.retain(|(name, _)| cage.is_none_or(|c| c == name));
+        all
+    }
+
+    /// Gives `order` to `cage` (or every cage): per cage, how many calls it took (or, in a
+    /// dry run, would take) and the first ten, or why the cage could not say.
+    pub fn redrive(
+        &self,
+        cage: Option<&str>,
+        order: &Redrive,
+    ) -> Vec<(String, Result<Redriven, String>)> {
+        let mut all = self.ask_all(|name, route| {
+            if cage.is_some_and(|c| c != name) {
+                return Ok((0, Vec::new()));
+            }
+            Client::connect(name, route)
+                .and_then(|mut c| c.redrive(order.clone(), ASK_TIMEOUT))
+                .map_err(|e| e.to_string())
+        });
+        all.retain(|(name, _)| cage.is_none_or(|c| c == name));
+        all
     }
 
     /// Jobs of every cage (or why a cage could not say).
@@ -311,6 +339,9 @@ impl Cluster {
         self.ask(cage, |c| c.steer(query, ASK_TIMEOUT))
     }
 }
+
+/// What a cage said of a redrive: how many calls it took (or would take), the first ten.
+pub type Redriven = (usize, Vec<CallView>);
 
 /// Instance `addr` of `name`: pinged, then asked for its modules and metrics on the same
 /// connection.

@@ -18,6 +18,7 @@ pub mod pages;
 pub mod redirect;
 
 use crate::metrics::exposition;
+use crate::transport::protocol::Redrive;
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -48,6 +49,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/queue/{cage}/{queue}", web::get().to(queue))
         .route("/call/{cage}/{id}", web::get().to(call))
         .route("/dead", web::get().to(dead))
+        .route("/revive", web::get().to(revive_confirm))
+        .route("/revive", web::post().to(revive))
         .route("/jobs", web::get().to(jobs))
         .route("/metrics", web::get().to(metrics))
         .route("/action", web::post().to(action));
@@ -251,12 +254,127 @@ async fn call(
     .await
 }
 
-async fn dead(d: web::Data<Dashboard>, req: HttpRequest) -> HttpResponse {
+async fn dead(
+    d: web::Data<Dashboard>,
+    req: HttpRequest,
+    filter: web::Query<pages::dead::DeadFilter>,
+) -> HttpResponse {
     let back = here(&req);
-    show(d, req, Cluster::dead, move |f, dead| {
-        pages::dead::render(f, &dead, &back)
-    })
+    let filter = filter.into_inner();
+    let asked = filter.clone();
+    show(
+        d,
+        req,
+        move |cluster| cluster.dead(asked.cage(), &asked.filter()),
+        move |f, dead| pages::dead::render(f, &dead, &filter, &back),
+    )
     .await
+}
+
+/// The revive of every dead letter a filter selects, counted by a dry run, to confirm.
+async fn revive_confirm(
+    d: web::Data<Dashboard>,
+    req: HttpRequest,
+    filter: web::Query<pages::dead::DeadFilter>,
+) -> HttpResponse {
+    let filter = filter.into_inner();
+    let order = Redrive {
+        dead: true,
+        filter: filter.filter(),
+        dry_run: true,
+        ..Redrive::default()
+    };
+    let cage = filter.cage().map(str::to_owned);
+    show(
+        d,
+        req,
+        move |cluster| cluster.redrive(cage.as_deref(), &order),
+        move |f, counted| pages::dead::confirm(f, &counted, &filter),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct ReviveForm {
+    csrf: Option<String>,
+    #[serde(flatten)]
+    filter: pages::dead::DeadFilter,
+    spread: Option<String>,
+}
+
+/// Revives every dead letter the confirmed filter selects, due times spread as asked.
+async fn revive(
+    d: web::Data<Dashboard>,
+    req: HttpRequest,
+    form: web::Form<ReviveForm>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    if let Some(refused) = order_refused(&d, &req, form.csrf.as_deref()) {
+        return refused;
+    }
+    let spread = match form
+        .spread
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        None => std::time::Duration::ZERO,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) => d,
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    &format!("spread {text:?} is not a span such as 10m: {e}"),
+                )
+            }
+        },
+    };
+    let order = Redrive {
+        dead: true,
+        filter: form.filter.filter(),
+        dry_run: false,
+        spread_ms: spread.as_millis() as u64,
+        by: format!("the dashboard ({})", form.filter.words()),
+    };
+    let dash = d.clone();
+    let cage = form.filter.cage().map(str::to_owned);
+    let done = web::block(move || dash.cluster.redrive(cage.as_deref(), &order)).await;
+    let message = match done {
+        Ok(answers) => {
+            let revived: usize = answers
+                .iter()
+                .map(|(_, a)| a.as_ref().map_or(0, |(n, _)| *n))
+                .sum();
+            let failed: Vec<String> = answers
+                .iter()
+                .filter_map(|(cage, a)| a.as_ref().err().map(|e| format!("cage {cage}: {e}")))
+                .collect();
+            tracing::info!(
+                "dashboard: {revived} dead letter(s) revived by an operator ({})",
+                form.filter.words()
+            );
+            match failed.is_empty() {
+                true => format!("revived {revived} call(s)"),
+                false => format!(
+                    "revived {revived} call(s); not done on {}",
+                    failed.join("; ")
+                ),
+            }
+        }
+        Err(e) => format!("revive failed: {e}"),
+    };
+    let query = form.filter.query();
+    let sep = if query.is_empty() { "" } else { "&" };
+    HttpResponse::SeeOther()
+        .insert_header((
+            header::LOCATION,
+            format!(
+                "{}/dead?{query}{sep}notice={}",
+                d.base,
+                pages::enc(&message)
+            ),
+        ))
+        .finish()
 }
 
 async fn jobs(d: web::Data<Dashboard>, req: HttpRequest) -> HttpResponse {
@@ -297,35 +415,43 @@ fn refuse(status: StatusCode, why: &str) -> HttpResponse {
         .body(format!("refused: {why}\n"))
 }
 
-/// An operator's order: only with the token, the CSRF value of a page of this dashboard and,
-/// when the browser names one, this dashboard's origin.
+/// Why an operator's order is refused, if it is: it needs the token, the CSRF value of a page
+/// of this dashboard and, when the browser names one, this dashboard's origin.
+fn order_refused(d: &Dashboard, req: &HttpRequest, csrf: Option<&str>) -> Option<HttpResponse> {
+    match guard::presented(req) {
+        Some(t) if d.token.opens(&t) => {}
+        Some(_) => {
+            return Some(refuse(
+                StatusCode::UNAUTHORIZED,
+                "the token does not open this dashboard",
+            ))
+        }
+        None => return Some(refuse(StatusCode::UNAUTHORIZED, "no token: log in first")),
+    }
+    if !csrf.is_some_and(|c| d.token.csrf_ok(c)) {
+        return Some(refuse(
+            StatusCode::FORBIDDEN,
+            "missing or wrong CSRF value: send the form of a dashboard page",
+        ));
+    }
+    if !guard::same_origin(req) {
+        return Some(refuse(
+            StatusCode::FORBIDDEN,
+            "the request comes from another site (Origin does not match)",
+        ));
+    }
+    None
+}
+
+/// An operator's order about one call (see [`order_refused`]).
 async fn action(
     d: web::Data<Dashboard>,
     req: HttpRequest,
     form: web::Form<ActionForm>,
 ) -> HttpResponse {
-    match guard::presented(&req) {
-        Some(t) if d.token.opens(&t) => {}
-        Some(_) => {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "the token does not open this dashboard",
-            )
-        }
-        None => return refuse(StatusCode::UNAUTHORIZED, "no token: log in first"),
-    }
     let form = form.into_inner();
-    if !form.csrf.as_deref().is_some_and(|c| d.token.csrf_ok(c)) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "missing or wrong CSRF value: send the form of a dashboard page",
-        );
-    }
-    if !guard::same_origin(&req) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "the request comes from another site (Origin does not match)",
-        );
+    if let Some(refused) = order_refused(&d, &req, form.csrf.as_deref()) {
+        return refused;
     }
     let Some(act) = Action::parse(&form.action) else {
         return refuse(
