@@ -1,4 +1,6 @@
 //! Example module `echo`: the smallest useful module, and a test bed for the cage.
+// The `lean` build exports a few methods only: the others are left unused in it.
+#![cfg_attr(feature = "lean", allow(dead_code))]
 
 use cage_sdk::{export_module, CallError, Ctx};
 use serde::{Deserialize, Serialize};
@@ -9,6 +11,8 @@ use std::time::Duration;
 const BUILD: &str = if cfg!(feature = "v2") { "v2" } else { "v1" };
 const VERSION: &str = if cfg!(feature = "v2") {
     "1.0.0+v2"
+} else if cfg!(feature = "lean") {
+    "1.0.0+lean"
 } else {
     "1.0.0"
 };
@@ -473,6 +477,16 @@ fn flaky(ctx: &Ctx, fail_first: u32) -> Result<u32, CallError> {
     }
 }
 
+// A build that lacks most methods, to show what a cage does with calls pending for methods a
+// new version no longer has.
+#[cfg(feature = "lean")]
+export_module! {
+    name: "echo",
+    version: VERSION,
+    methods: [echo, shout, version],
+}
+
+#[cfg(not(feature = "lean"))]
 export_module! {
     name: "echo",
     version: VERSION,

@@ -254,6 +254,19 @@ impl PreparedCage {
                 rescan: c.rescan_interval,
                 max_module_bytes: c.max_module_bytes,
                 probe: Some(probe),
+                in_use: Some({
+                    let store = self.store.clone();
+                    Arc::new(move |module: &str| {
+                        store.pending_methods(module).unwrap_or_else(|e| {
+                            tracing::error!(
+                                module,
+                                "cannot count the pending calls per method: {e}"
+                            );
+                            Default::default()
+                        })
+                    })
+                }),
+                strict_methods: c.strict_methods,
             },
         )
         .start();

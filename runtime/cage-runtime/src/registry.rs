@@ -51,7 +51,16 @@ pub struct WatchSettings {
     pub max_module_bytes: u64,
     /// Loads modules run in worker processes in a worker instead of this process.
     pub probe: Option<Probe>,
+    /// How many pending calls here target each method of a module, asked when a new version of
+    /// it loads (off the registry's thread), to say which methods it lacks.
+    pub in_use: Option<MethodsInUse>,
+    /// A new version lacking methods that pending calls target is refused (the one loaded
+    /// stays); otherwise it loads, and the gap is logged and shown.
+    pub strict_methods: bool,
 }
+
+/// How many pending calls target each method of module `name` on this cage.
+pub type MethodsInUse = Arc<dyn Fn(&str) -> BTreeMap<String, usize> + Send + Sync>;
 
 /// The current version of a module for a new call.
 #[derive(Message)]
@@ -87,7 +96,8 @@ struct Examining {
 }
 
 enum Outcome {
-    Loaded(LoadedModule, FileStamp),
+    /// Loaded; with the methods it lacks that pending calls target, and how many target each.
+    Loaded(LoadedModule, FileStamp, Vec<(String, usize)>),
     Unchanged(FileStamp),
     Rejected(LoadError, Option<FileStamp>),
 }
@@ -102,6 +112,8 @@ struct Slot {
     draining: Vec<Weak<LoadedModule>>,
     loads: u64,
     rejected: u64,
+    /// Methods the loaded version lacks that pending calls targeted when it loaded.
+    missing: Vec<(String, usize)>,
 }
 
 /// The registry actor of one cage.
@@ -154,6 +166,7 @@ impl ModuleRegistry {
                 draining: Vec::new(),
                 loads: 0,
                 rejected: 0,
+                missing: Vec::new(),
             };
             registry.slots.insert(name.clone(), slot);
             let (_, tag) = registry.next_tag();
@@ -168,6 +181,10 @@ impl ModuleRegistry {
                 settle_limit: STARTUP_SETTLE_LIMIT,
                 max_bytes: settings.max_module_bytes,
                 probe: settings.probe.clone(),
+                // The first version of a cage's start: calls to methods it lacks fail as
+                // unknown methods when they run.
+                in_use: None,
+                strict: false,
             };
             match examine_file(&examination) {
                 // Not refused: the background examination started with the actor takes it
@@ -218,6 +235,9 @@ impl ModuleRegistry {
             settle_limit: SETTLE_LIMIT,
             max_bytes: settings.max_module_bytes,
             probe: settings.probe.clone(),
+            // A new version replacing one: the calls waiting for the old one are counted.
+            in_use: settings.in_use.clone().filter(|_| slot.current.is_some()),
+            strict: settings.strict_methods,
         };
         let addr = ctx.address();
         // A plain thread, not the runtime's blocking pool: requests cannot fill it ahead of
@@ -300,9 +320,20 @@ impl ModuleRegistry {
         };
         let file = slot.file.display().to_string();
         match outcome {
-            Outcome::Loaded(module, stamp) => {
+            Outcome::Loaded(module, stamp, missing) => {
                 slot.examined = Some(stamp);
                 slot.loads += 1;
+                if !missing.is_empty() {
+                    tracing::warn!(
+                        cage,
+                        module = name,
+                        file,
+                        "version {} lacks method(s) that pending calls target: {}; they fail as unknown methods when they run (strict_methods = true in the cage file refuses such a version)",
+                        module.version,
+                        missing_words(&missing)
+                    );
+                }
+                slot.missing = missing;
                 let new = Arc::new(module);
                 match slot.current.replace(new.clone()) {
                     Some(old) => {
@@ -393,6 +424,10 @@ struct Examination {
     settle_limit: Duration,
     max_bytes: u64,
     probe: Option<Probe>,
+    /// Counts the pending calls per method, to name those the new version lacks.
+    in_use: Option<MethodsInUse>,
+    /// Refuse a version that lacks any of them.
+    strict: bool,
 }
 
 /// Reads, checks and loads one module file; never panics the registry, whatever the file holds.
@@ -416,9 +451,35 @@ fn examine_file(exam: &Examination) -> Outcome {
         &exam.tag,
         exam.probe.as_ref(),
     ) {
-        Ok(module) => Outcome::Loaded(module, stamp),
+        Ok(module) => {
+            let missing: Vec<(String, usize)> = exam
+                .in_use
+                .as_ref()
+                .map(|in_use| in_use(&exam.name))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(method, _)| !module.methods.contains(method))
+                .collect();
+            if exam.strict && !missing.is_empty() {
+                let e = LoadError::MissingMethods {
+                    version: module.version.clone(),
+                    missing: missing_words(&missing),
+                };
+                return Outcome::Rejected(e, Some(stamp));
+            }
+            Outcome::Loaded(module, stamp, missing)
+        }
         Err(e) => Outcome::Rejected(e, Some(stamp)),
     }
+}
+
+/// Methods and the pending calls targeting each, in words: `charge (12 calls), refund (1 call)`.
+fn missing_words(missing: &[(String, usize)]) -> String {
+    missing
+        .iter()
+        .map(|(m, n)| format!("{m} ({n} call{})", if *n == 1 { "" } else { "s" }))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Actor for ModuleRegistry {
@@ -517,6 +578,7 @@ impl Handler<ListModules> for ModuleRegistry {
                     loads: slot.loads,
                     rejected: slot.rejected,
                     workers: Default::default(),
+                    missing_methods: slot.missing.clone(),
                 }
             })
             .collect()
@@ -536,6 +598,8 @@ mod tests {
             rescan: Duration::from_secs(1),
             max_module_bytes: LIMIT,
             probe: None,
+            in_use: None,
+            strict_methods: false,
         }
     }
 

@@ -62,6 +62,7 @@ struct RawCageFile {
     #[serde(default)]
     modules: Vec<Spanned<String>>,
     max_module_bytes: Option<Spanned<toml::Value>>,
+    strict_methods: Option<bool>,
     data_dir: Option<PathBuf>,
     executor_threads: Option<Spanned<usize>>,
     call_timeout: Option<SpannedDuration>,
@@ -180,6 +181,8 @@ pub struct CageConfig {
     pub modules: Vec<String>,
     /// Largest module file read; a larger one is refused unread.
     pub max_module_bytes: u64,
+    /// A new module version lacking methods that pending calls target is refused.
+    pub strict_methods: bool,
     /// Where the cage keeps its state (absolute).
     pub data_dir: PathBuf,
     /// Worker threads running module code.
@@ -478,6 +481,7 @@ impl CageConfig {
             tls,
             modules,
             max_module_bytes,
+            strict_methods: raw.strict_methods.unwrap_or(false),
             data_dir: if data_dir.is_absolute() {
                 data_dir
             } else {

@@ -14,6 +14,14 @@ pub enum LoadError {
     /// The file does not exist.
     #[error("file not found")]
     Missing,
+    /// A new version lacks methods that pending calls target, and the cage is strict about it.
+    #[error("version {version} lacks method(s) that pending calls target: {missing} (strict_methods = true keeps the version loaded now)")]
+    MissingMethods {
+        /// The refused version.
+        version: String,
+        /// The methods, each with its pending calls.
+        missing: String,
+    },
     /// The path names a FIFO, device, socket or directory (perhaps behind a symlink).
     #[error("not a regular file ({kind})")]
     NotRegular {

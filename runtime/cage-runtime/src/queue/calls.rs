@@ -684,6 +684,21 @@ impl QueueStore {
         Ok(out)
     }
 
+    /// How many pending calls to run here target each method of `module`.
+    pub fn pending_methods(&self, module: &str) -> Result<BTreeMap<String, usize>, QueueError> {
+        let mut out = BTreeMap::new();
+        for item in self.db().scan_prefix([CALL]) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if let Ok(record) = decode_record(&k, &v) {
+                let call = record.call;
+                if record.stage == crate::model::call::Stage::Execute && call.module == module {
+                    *out.entry(call.method).or_default() += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Pending calls that `keep` selects, at most `limit`.
     pub fn pending(
         &self,

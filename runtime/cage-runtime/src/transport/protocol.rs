@@ -483,6 +483,10 @@ pub struct ModuleInfo {
     pub rejected: u64,
     /// Its worker processes: running and idle now, crashed and killed since the cage started.
     pub workers: crate::metrics::WorkerCounters,
+    /// Methods the loaded version lacks that pending calls targeted when it loaded, with how
+    /// many targeted each.
+    #[serde(default)]
+    pub missing_methods: Vec<(String, usize)>,
 }
 
 /// A failed request with everything an operator needs to find it: cage, and for a request

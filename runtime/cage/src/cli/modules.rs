@@ -105,7 +105,18 @@ pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
                 .map(|h| h[..12].to_owned())
                 .unwrap_or_else(|| "-".into()),
             ago(m.loaded_at_ms),
-            m.methods.join(", "),
+            match m.missing_methods.as_slice() {
+                [] => m.methods.join(", "),
+                missing => format!(
+                    "{}\nlacks, with calls pending: {}",
+                    m.methods.join(", "),
+                    missing
+                        .iter()
+                        .map(|(method, n)| format!("{method} ({n})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
             workers(&m.workers),
             crashed(&m.workers),
             killed(&m.workers),
