@@ -92,6 +92,10 @@ fn listings_that_could_not_read_a_cage_say_so_and_fail() {
     site.cage("down", &["echo"], "");
     let _front = site.start("front");
     site.enqueue("front", "echo.shout", r#""held""#, &["--delay", "1h"]);
+    // Cage `down` does not answer, and its queue cannot be opened in its place either: a
+    // process holds it (as a cage that hangs would).
+    let _held =
+        cages::runtime::queue::QueueStore::open(&site.path().join("data/down/queue")).unwrap();
 
     let run = site.cage_cmd(&["pending"]);
     assert_eq!(run.code, 17, "{run:?}");

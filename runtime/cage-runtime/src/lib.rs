@@ -6,6 +6,7 @@
 //! - [`cage`]: wiring of one running cage: config → actors → listener.
 //! - [`api`]: the HTTP API for processes outside the cage, `/metrics`, and the cage's `/ui`.
 //! - [`dashboard`]: the operator dashboard (HTML pages gathered from every cage).
+//! - [`maintenance`]: a stopped cage's queue opened directly by an operator's command.
 //! - [`config_watch`]: re-reading the site config when it changes.
 //! - [`listener`]: the listener actor and the connection loop that hands requests on.
 //! - [`dispatch`]: a request → registry (which module version) → executor → response.
@@ -74,6 +75,7 @@ pub mod jobs;
 pub mod keys;
 pub mod listener;
 pub mod loader;
+pub mod maintenance;
 pub mod messaging;
 pub mod metrics;
 pub mod model;

@@ -13,9 +13,6 @@ use actix::prelude::*;
 use cage_sdk::{CallError, ErrorKind};
 use std::time::Duration;
 
-/// Most calls a listing returns when the operator gives no limit.
-const DEFAULT_LISTING: usize = 1000;
-
 /// The queue counters of every queue added up, as `cage pending --stats` shows them.
 fn totals(metrics: &Metrics) -> QueueStats {
     let mut stats = QueueStats::default();
@@ -111,17 +108,7 @@ impl Scheduler {
     }
 
     fn listing(&self, filter: &Filter, dead: bool) -> Result<Vec<CallView>, QueueError> {
-        let limit = if filter.limit == 0 {
-            DEFAULT_LISTING
-        } else {
-            filter.limit
-        };
-        let keep = |r: &CallRecord| filter.keeps(r);
-        let records = if dead {
-            self.store.dead(&keep, limit)?
-        } else {
-            self.store.pending(&keep, limit)?
-        };
+        let records = filter.listed(&self.store, dead)?;
         Ok(records.into_iter().map(|r| self.view(r).listed()).collect())
     }
 
@@ -161,14 +148,9 @@ impl Scheduler {
     /// times spread evenly over its span; or, in a dry run, only counts them. Each call's
     /// history records the order.
     fn redrive(&mut self, r: Redrive) -> Result<Response, QueueError> {
-        let limit = if r.filter.limit == 0 {
-            usize::MAX
-        } else {
-            r.filter.limit
-        };
         let ids = self
             .store
-            .ids_where(r.dead, &|rec| r.filter.keeps(rec), limit)?;
+            .ids_where(r.dead, &|rec| r.filter.keeps(rec), r.limit())?;
         let count = ids.len();
         let shown = |this: &Self, ids: &[String]| -> Result<Vec<CallView>, QueueError> {
             let mut first = Vec::new();
@@ -188,13 +170,8 @@ impl Scheduler {
         let now = self.now();
         let mut taken = 0;
         for (i, id) in ids.iter().enumerate() {
-            // Evenly over the span: the first now, the last one step before its end.
-            let due = now + (u128::from(r.spread_ms) * i as u128 / count.max(1) as u128) as u64;
-            let what = if r.dead { "revived" } else { "made due" };
-            let event = CallEvent {
-                at_ms: now,
-                what: format!("{what} by {} (due {})", r.by, crate::model::clock::utc(due)),
-            };
+            let due = r.due(now, i, count);
+            let event = r.event(now, due, "");
             taken += if r.dead {
                 usize::from(self.store.revive_at(id, now, due, Some(event))?.is_some())
             } else {

@@ -228,6 +228,30 @@ impl Filter {
     }
 }
 
+/// Most calls a listing returns when the operator gives no limit.
+pub const DEFAULT_LISTING: usize = 1000;
+
+impl Filter {
+    /// The pending (or, with `dead`, dead) calls of `store` it selects, at most its limit (a
+    /// listing's [`DEFAULT_LISTING`] when it gives none).
+    pub fn listed(
+        &self,
+        store: &crate::queue::QueueStore,
+        dead: bool,
+    ) -> Result<Vec<CallRecord>, crate::queue::QueueError> {
+        let limit = match self.limit {
+            0 => DEFAULT_LISTING,
+            n => n,
+        };
+        let keep = |r: &CallRecord| self.keeps(r);
+        if dead {
+            store.dead(&keep, limit)
+        } else {
+            store.pending(&keep, limit)
+        }
+    }
+}
+
 /// An operator's order to run pending calls again soon, or dead calls again (a redrive after a
 /// fix): which calls, how their due times are spread, and who gave it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -242,6 +266,36 @@ pub struct Redrive {
     pub spread_ms: u64,
     /// The command that gave the order, as each call's history records it.
     pub by: String,
+}
+
+impl Redrive {
+    /// Most calls it takes (its filter's limit; 0 there: no limit).
+    pub fn limit(&self) -> usize {
+        match self.filter.limit {
+            0 => usize::MAX,
+            n => n,
+        }
+    }
+
+    /// When the `i`th of the `count` calls it takes is due, from `now_ms`: evenly over its
+    /// span, the first at once and the last one step before the span ends.
+    pub fn due(&self, now_ms: u64, i: usize, count: usize) -> u64 {
+        now_ms + (u128::from(self.spread_ms) * i as u128 / count.max(1) as u128) as u64
+    }
+
+    /// The entry of a call's history that says it moved the call, due at `due_ms`
+    /// (`note`, if any, added).
+    pub fn event(&self, now_ms: u64, due_ms: u64, note: &str) -> crate::model::call::CallEvent {
+        let what = if self.dead { "revived" } else { "made due" };
+        crate::model::call::CallEvent {
+            at_ms: now_ms,
+            what: format!(
+                "{what} by {} (due {}{note})",
+                self.by,
+                crate::model::clock::utc(due_ms)
+            ),
+        }
+    }
 }
 
 /// An operator's question or order about the queue.

@@ -3,10 +3,13 @@
 //! and saying which did not answer. A listing missing a cage is incomplete, so it says so
 //! and exits non-zero, with `--json` too.
 
+use super::queue_view::TIMEOUT;
 use super::{exit, target};
 use cage_runtime::config::Site;
+use cage_runtime::maintenance::StoppedCage;
 use cage_runtime::transport::client::{Client, ClientError};
-use cage_sdk::CallError;
+use cage_runtime::transport::protocol::{QueueQuery, Request, Response};
+use cage_sdk::{CallError, ErrorKind};
 use std::process::ExitCode;
 
 /// A cage that did not answer, and why.
@@ -36,6 +39,20 @@ impl<T> Gathered<T> {
         cages: &[String],
         question: impl Fn(&mut Client) -> Result<Vec<T>, CallError>,
     ) -> Result<Self, ExitCode> {
+        Self::gather(site, cages, |_, connected| {
+            connected
+                .map_err(ClientError::into_call_error)
+                .and_then(|mut c| question(&mut c))
+        })
+    }
+
+    /// Asks each of `cages` by `answer` (given the cage and its connection, or why there is
+    /// none); what each answers, or why it could not.
+    fn gather(
+        site: &Site,
+        cages: &[String],
+        answer: impl Fn(&str, Result<Client, ClientError>) -> Result<Vec<T>, CallError>,
+    ) -> Result<Self, ExitCode> {
         let mut gathered = Gathered {
             items: Vec::new(),
             unread: Vec::new(),
@@ -43,10 +60,7 @@ impl<T> Gathered<T> {
         };
         for cage in cages {
             let route = target::route(site, cage)?;
-            let answer = Client::connect(cage, &route)
-                .map_err(ClientError::into_call_error)
-                .and_then(|mut c| question(&mut c));
-            match answer {
+            match answer(cage, Client::connect(cage, &route)) {
                 Ok(items) => gathered.items.extend(items),
                 Err(error) => gathered.unread.push(Unread {
                     cage: cage.clone(),
@@ -55,6 +69,42 @@ impl<T> Gathered<T> {
             }
         }
         Ok(gathered)
+    }
+
+    /// Asks each of `cages` the queue question `query` builds, as [`Gathered::ask`] does; a
+    /// cage that cannot be reached (it is not running) has its queue opened directly, with
+    /// the lock a running cage takes, and answers from it (saying so on stderr); `take` reads
+    /// an answer.
+    pub fn ask_queue(
+        site: &Site,
+        cages: &[String],
+        query: &dyn Fn() -> QueueQuery,
+        take: impl Fn(Response) -> Result<Vec<T>, CallError>,
+    ) -> Result<Self, ExitCode> {
+        Self::gather(site, cages, |cage, connected| match connected {
+            Ok(mut c) => c
+                .request(Request::Queue(query()), TIMEOUT)
+                .map_err(ClientError::into_call_error)
+                .and_then(&take),
+            Err(e @ ClientError::Unreachable { .. }) => match StoppedCage::open(site, cage) {
+                Ok(Some(mut stopped)) => {
+                    eprintln!(
+                        "(cage {cage} is not running: read from {})",
+                        shown(site, &stopped.data_dir)
+                    );
+                    take(stopped.answer(query()))
+                }
+                Ok(None) => {
+                    eprintln!("(cage {cage} is not running, and has never stored a call)");
+                    Ok(Vec::new())
+                }
+                Err(stopped) => Err(CallError::with_kind(
+                    ErrorKind::Unreachable,
+                    format!("{}; {stopped}", e.into_call_error().message),
+                )),
+            },
+            Err(e) => Err(e.into_call_error()),
+        })
     }
 
     /// The line a table prints when it has no rows: `none`, or, when some cage could not be
@@ -100,5 +150,39 @@ impl<T> Gathered<T> {
                 names.join(", ")
             ),
         )
+    }
+}
+
+/// `dir` as the site's operator knows it: relative to the site when inside it.
+fn shown(site: &Site, dir: &std::path::Path) -> String {
+    dir.strip_prefix(site.root())
+        .unwrap_or(dir)
+        .display()
+        .to_string()
+}
+
+/// Reads a queue answer holding calls.
+pub fn calls(
+    answer: Response,
+) -> Result<Vec<cage_runtime::transport::protocol::CallView>, CallError> {
+    match answer {
+        Response::Calls(calls) => Ok(calls),
+        other => Err(refusal(other)),
+    }
+}
+
+/// Reads a queue answer counting the calls an order changed.
+pub fn changed(answer: Response) -> Result<Vec<usize>, CallError> {
+    match answer {
+        Response::Changed(n) => Ok(vec![n]),
+        other => Err(refusal(other)),
+    }
+}
+
+/// The error an answer that is not the one asked for carries.
+pub fn refusal(answer: Response) -> CallError {
+    match answer {
+        Response::Failed(f) => f.error,
+        other => CallError::with_kind(ErrorKind::Internal, format!("unexpected answer: {other:?}")),
     }
 }

@@ -1,10 +1,9 @@
 //! `cage pending` and `cage dead`: queued calls of one cage or of the whole site.
 
 use super::listing::Gathered;
-use super::queue_view::{cages, crashes, next_attempt, TIMEOUT};
+use super::queue_view::{cages, crashes, next_attempt};
 use cage_runtime::config::Site;
 use cage_runtime::model::clock::{now_ms, span_ms};
-use cage_runtime::transport::client::ClientError;
 use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use std::process::ExitCode;
@@ -29,10 +28,12 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
     } else {
         QueueQuery::Pending(filter)
     };
-    let mut gathered = match Gathered::ask(site, &cages(site, cage), |c| {
-        c.calls(query.clone(), TIMEOUT)
-            .map_err(ClientError::into_call_error)
-    }) {
+    let mut gathered = match Gathered::ask_queue(
+        site,
+        &cages(site, cage),
+        &|| query.clone(),
+        super::listing::calls,
+    ) {
         Ok(g) => g,
         Err(code) => return code,
     };

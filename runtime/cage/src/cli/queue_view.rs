@@ -4,7 +4,6 @@ use super::exit;
 use super::listing::Gathered;
 use cage_runtime::config::Site;
 use cage_runtime::model::clock;
-use cage_runtime::transport::client::ClientError;
 use cage_runtime::transport::protocol::{CallView, QueueQuery};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,10 +21,12 @@ pub fn cages(site: &Site, cage: Option<&str>) -> Vec<String> {
 
 /// Finds the cages of the site holding call `id` (its source and its target may both).
 pub fn find(site: &Site, id: &str) -> Result<Vec<CallView>, ExitCode> {
-    let asked = Gathered::ask(site, &site.cage_names(), |c| {
-        c.calls(QueueQuery::Show(id.to_owned()), TIMEOUT)
-            .map_err(ClientError::into_call_error)
-    })?;
+    let asked = Gathered::ask_queue(
+        site,
+        &site.cage_names(),
+        &|| QueueQuery::Show(id.to_owned()),
+        super::listing::calls,
+    )?;
     if !asked.items.is_empty() {
         // Found: a cage that did not answer may hold another copy, worth a warning only.
         for u in &asked.unread {

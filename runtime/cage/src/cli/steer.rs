@@ -2,11 +2,9 @@
 
 use super::exit;
 use super::listing::Gathered;
-use super::queue_view::{cages, find, next_attempt, TIMEOUT};
-use super::target;
+use super::queue_view::{cages, find, next_attempt};
 use cage_runtime::config::Site;
-use cage_runtime::transport::client::{Client, ClientError};
-use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery, Redrive};
+use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery, Redrive, Response};
 use std::process::ExitCode;
 
 /// Gives `order` (built from the call id) to every cage holding call `id`.
@@ -80,11 +78,15 @@ pub fn all(
 /// cage of the site, and says how many calls each took (or, in a dry run, would take) and the
 /// first ten of them.
 pub fn redrive(site: &Site, cage: Option<&str>, order: Redrive, json: bool) -> ExitCode {
-    let asked = match Gathered::ask(site, &cages(site, cage), |c| {
-        c.redrive(order.clone(), TIMEOUT)
-            .map(|(count, first)| vec![(count, first)])
-            .map_err(ClientError::into_call_error)
-    }) {
+    let asked = match Gathered::ask_queue(
+        site,
+        &cages(site, cage),
+        &|| QueueQuery::Redrive(order.clone()),
+        |answer| match answer {
+            Response::Redriven { count, first } => Ok(vec![(count, first)]),
+            other => Err(super::listing::refusal(other)),
+        },
+    ) {
         Ok(a) => a,
         Err(code) => return code,
     };
@@ -155,19 +157,13 @@ fn everywhere(
     cages: Vec<String>,
     order: &dyn Fn() -> QueueQuery,
 ) -> Result<Gathered<usize>, ExitCode> {
-    Gathered::ask(site, &cages, |c| {
-        c.steer(order(), TIMEOUT)
-            .map(|n| vec![n])
-            .map_err(ClientError::into_call_error)
-    })
+    Gathered::ask_queue(site, &cages, order, super::listing::changed)
 }
 
 fn steer(site: &Site, cage: &str, order: QueueQuery) -> Result<usize, ExitCode> {
-    let route = target::route(site, cage)?;
-    Client::connect(cage, &route)
-        .and_then(|mut c| c.steer(order, TIMEOUT))
-        .map_err(|e| {
-            let e = e.into_call_error();
-            exit::fail(exit::for_kind(e.kind), e)
-        })
+    let asked = everywhere(site, vec![cage.to_owned()], &|| order.clone())?;
+    match asked.unread.into_iter().next() {
+        Some(u) => Err(exit::fail(exit::for_kind(u.error.kind), u.error)),
+        None => Ok(asked.items.iter().sum()),
+    }
 }
