@@ -14,7 +14,7 @@ use crate::loader::library::Probe;
 use crate::messaging::Mailboxes;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
-use crate::queue::{GroupCommit, QueueStore};
+use crate::queue::{GroupCommit, QueueError, QueueStore};
 use crate::registry::{ModuleRegistry, WatchSettings};
 use crate::scheduler::{JobsDeclared, Pause, Scheduler, Stop};
 use crate::transport::credential::{CredentialError, SiteSecret};
@@ -178,7 +178,7 @@ impl PreparedCage {
             source,
         };
         let cache = config.queue_cache_mb as u64 * 1024 * 1024;
-        let store = Arc::new(QueueStore::open_with_cache(&queue_dir, cache).map_err(queue_error)?);
+        let store = Arc::new(open_queue(name, &queue_dir, cache).map_err(queue_error)?);
         // Before anything is stored or started: which queues keep order decides what is indexed.
         store
             .set_rules(crate::scheduler::store_rules(&execute_on))
@@ -443,5 +443,26 @@ impl CageHandle {
             tracing::error!(cage = %self.name, "final queue checkpoint failed (the journal keeps every change): {e}");
         }
         self.load.in_flight()
+    }
+}
+
+/// How long a starting cage waits for its queue while another process holds it.
+const QUEUE_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// Opens the cage's queue, waiting (up to [`QUEUE_LOCK_WAIT`]) while another process holds its
+/// lock: an operator's command reading the queue of the stopped cage holds it for a moment.
+fn open_queue(cage: &str, dir: &std::path::Path, cache: u64) -> Result<QueueStore, QueueError> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match QueueStore::open_with_cache(dir, cache) {
+            Err(e) if e.is_locked() && started.elapsed() < QUEUE_LOCK_WAIT => {
+                if !std::mem::replace(&mut said, true) {
+                    tracing::warn!(cage, "queue {} is held by another process (an operator's command on the stopped cage, or another process of this cage); waiting up to {}", dir.display(), humantime::format_duration(QUEUE_LOCK_WAIT));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
     }
 }

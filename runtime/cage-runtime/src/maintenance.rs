@@ -69,7 +69,7 @@ impl StoppedCage {
             return Ok(None);
         }
         let store = QueueStore::open(&dir).map_err(|source| {
-            if source.to_string().contains("could not acquire lock") {
+            if source.is_locked() {
                 MaintenanceError::InUse {
                     cage: cage.to_owned(),
                     dir: dir.display().to_string(),

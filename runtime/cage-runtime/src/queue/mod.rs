@@ -50,6 +50,15 @@ pub use history::Acceptance;
 pub use store::QueueStore;
 pub use txn::Txn;
 
+impl QueueError {
+    /// Whether another process holds the database's lock (a running cage, or an operator's
+    /// command on a stopped one).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, QueueError::Storage { source: sled::Error::Io(e), .. }
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock"))
+    }
+}
+
 /// Why the queue could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

@@ -1044,6 +1044,16 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn a_second_open_of_a_held_queue_says_it_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = QueueStore::open(dir.path()).unwrap();
+        let again = QueueStore::open(dir.path()).err().unwrap();
+        assert!(again.is_locked(), "{again}");
+        let other = QueueError::Unrecognised { path: "x".into() };
+        assert!(!other.is_locked());
+    }
+
+    #[test]
     fn records_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
