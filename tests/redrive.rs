@@ -38,7 +38,7 @@ fn dead_in(site: &Site, queue: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_filtered_revive_counts_first_then_spreads_its_calls_and_each_history_names_it() {
-    let (site, _cage) = site();
+    let (site, cage) = site();
     // Five calls of `mail` refused for good ("smtp down"), two of `other` for another reason.
     for (queue, reason) in [("mail", "smtp down"); 5]
         .into_iter()
@@ -54,6 +54,15 @@ fn a_filtered_revive_counts_first_then_spreads_its_calls_and_each_history_names_
     eventually(Duration::from_secs(30), "seven dead letters", || {
         (site.listing("dead", Some("back")).len() == 7).then_some(())
     });
+    // One log line per failed attempt: the scheduler's, saying what follows.
+    let log = cage.log();
+    assert_eq!(
+        log.matches("moved to dead letters: permanent rejection: smtp down")
+            .count(),
+        5,
+        "{log}"
+    );
+    assert!(!log.contains("call failed: permanent rejection"), "{log}");
 
     // A dry run counts and lists, and changes nothing.
     let dry = json(&site, &["revive", "--all", "--error", "smtp", "--dry-run"]);

@@ -275,6 +275,11 @@ fn report(
     );
     match &error {
         None => tracing::debug!(version = %module.version, elapsed = ?took, "call done"),
+        // A queued attempt's failure is logged once, by the scheduler, with what follows it
+        // (the next attempt, or dead letters).
+        Some(e) if call.queued => {
+            tracing::debug!(version = %module.version, elapsed = ?took, "attempt failed: {e}")
+        }
         Some(e) => {
             tracing::warn!(version = %module.version, elapsed = ?took, "call failed: {e}")
         }
