@@ -216,8 +216,8 @@ enum Command {
         #[arg(long)]
         all: bool,
         /// At most this many per cage (default 1000).
-        #[arg(long, default_value_t = 0)]
-        limit: usize,
+        #[arg(long)]
+        limit: Option<usize>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -297,8 +297,8 @@ struct FilterArgs {
     #[arg(long, value_parser = moment)]
     before: Option<u64>,
     /// At most this many calls per cage (listings: default 1000; orders: no limit).
-    #[arg(long, default_value_t = 0)]
-    limit: usize,
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 impl From<FilterArgs> for Filter {
@@ -306,7 +306,7 @@ impl From<FilterArgs> for Filter {
         Filter {
             queue: f.queue,
             module: f.module,
-            limit: f.limit,
+            limit: f.limit.unwrap_or(0),
             group: f.group,
             method: f.method,
             error: f.error,
@@ -484,7 +484,7 @@ pub fn main() -> ExitCode {
             all,
             limit,
             json,
-        } => chain::list(&site, cage.as_deref(), all, limit, json),
+        } => chain::list(&site, cage.as_deref(), all, limit.unwrap_or(0), json),
         Command::Chaos(args) => lab_outcome(cage_lab::chaos::chaos(&site, args)),
         Command::Bench { scenario } => lab_outcome(cage_lab::bench::bench(&site, scenario)),
         Command::Keys { action } => keys::keys(&site, action),
