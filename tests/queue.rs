@@ -618,3 +618,31 @@ fn calls_too_large_to_offer_together_are_offered_one_by_one() {
         front.log()
     );
 }
+
+#[test]
+fn a_listing_cut_short_by_its_limit_says_how_many_there_are() {
+    let mut site = Site::new();
+    site.cage("back", &["echo"], "");
+    site.install("echo", &module_so("echo", &[]));
+    let _cage = site.start("back");
+    for i in 0..7 {
+        let queue = if i < 4 { "retry" } else { "other" };
+        site.enqueue(
+            "back",
+            "echo.echo",
+            &i.to_string(),
+            &["--delay", "1h", "--queue", queue],
+        );
+    }
+    let run = site.cage_cmd(&["pending", "back", "--limit", "5"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("5 of 7 pending call(s) (--limit to see more)"),
+        "{run:?}"
+    );
+    let run = site.cage_cmd(&["pending", "back", "--limit", "2", "--queue", "other"]);
+    assert!(run.stdout.contains("2 of 3 pending call(s)"), "{run:?}");
+    let run = site.cage_cmd(&["pending", "back"]);
+    assert!(run.stdout.contains("\n7 pending call(s)\n"), "{run:?}");
+}

@@ -282,6 +282,9 @@ impl StoppedCage {
                 Response::Changed(n)
             }
             QueueQuery::Redrive(r) => self.redrive(r)?,
+            QueueQuery::Count { filter, dead } => {
+                Response::Counted(filter.count(&self.store, dead)?)
+            }
             QueueQuery::Stats(count) => {
                 let mut stats = crate::transport::protocol::QueueStats::default();
                 if count {

@@ -684,6 +684,22 @@ impl QueueStore {
         Ok(out)
     }
 
+    /// How many pending (or, with `dead`, dead) calls `keep` selects.
+    pub fn count_where(
+        &self,
+        dead: bool,
+        keep: &dyn Fn(&CallRecord) -> bool,
+    ) -> Result<usize, QueueError> {
+        let mut n = 0;
+        for item in self.db().scan_prefix([if dead { DEAD } else { CALL }]) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if decode_record(&k, &v).is_ok_and(|r| keep(&r)) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// How many pending calls to run here target each method of `module`.
     pub fn pending_methods(&self, module: &str) -> Result<BTreeMap<String, usize>, QueueError> {
         let mut out = BTreeMap::new();

@@ -234,6 +234,9 @@ impl Scheduler {
                 Response::Stats(stats)
             }
             QueueQuery::Redrive(r) => self.redrive(r)?,
+            QueueQuery::Count { filter, dead } => {
+                Response::Counted(filter.count(&self.store, dead)?)
+            }
             QueueQuery::Revive(id) => {
                 let now = self.now();
                 let event = CallEvent {

@@ -791,6 +791,7 @@ fn unexpected(cage: &str, r: &Response) -> ClientError {
         Response::Chains(_) => "a chain listing",
         Response::Metrics(_) => "metrics",
         Response::Redriven { .. } => "a redrive count",
+        Response::Counted(_) => "a count of calls",
         // Only a cage of an earlier build answers a request with words alone.
         Response::Error(e) => {
             return ClientError::Rejected {

@@ -232,6 +232,24 @@ impl Filter {
 pub const DEFAULT_LISTING: usize = 1000;
 
 impl Filter {
+    /// How many pending (or, with `dead`, dead) calls of `store` it selects, its limit aside.
+    pub fn count(
+        &self,
+        store: &crate::queue::QueueStore,
+        dead: bool,
+    ) -> Result<usize, crate::queue::QueueError> {
+        // Without a filter, the counts need no record read.
+        let unfiltered = Filter {
+            limit: self.limit,
+            ..Filter::default()
+        };
+        if *self == unfiltered {
+            let (pending, dead_now) = store.counts();
+            return Ok(if dead { dead_now } else { pending });
+        }
+        store.count_where(dead, &|r| self.keeps(r))
+    }
+
     /// The pending (or, with `dead`, dead) calls of `store` it selects, at most its limit (a
     /// listing's [`DEFAULT_LISTING`] when it gives none).
     pub fn listed(
@@ -321,6 +339,13 @@ pub enum QueueQuery {
     Stats(bool),
     /// Revive dead calls or make pending ones due, filtered, spread, or only counted.
     Redrive(Redrive),
+    /// How many pending (or, with `dead`, dead) calls the filter selects, its limit aside.
+    Count {
+        /// Which calls.
+        filter: Filter,
+        /// Dead calls rather than pending ones.
+        dead: bool,
+    },
 }
 
 /// What a cage's queue has done since the cage started, and what it holds.
@@ -488,6 +513,8 @@ pub enum Response {
         /// The first ten.
         first: Vec<CallView>,
     },
+    /// Answer to a [`QueueQuery::Count`].
+    Counted(usize),
 }
 
 impl Response {

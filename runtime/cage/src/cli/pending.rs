@@ -4,7 +4,7 @@ use super::listing::Gathered;
 use super::queue_view::{cages, crashes, next_attempt};
 use cage_runtime::config::Site;
 use cage_runtime::model::clock::{now_ms, span_ms};
-use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery};
+use cage_runtime::transport::protocol::{CallView, Filter, QueueQuery, Response, DEFAULT_LISTING};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use std::process::ExitCode;
 
@@ -23,6 +23,11 @@ fn queue_of(v: &CallView) -> String {
 }
 
 pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: bool) -> ExitCode {
+    let limit = match filter.limit {
+        0 => DEFAULT_LISTING,
+        n => n,
+    };
+    let counted = filter.clone();
     let query = if dead {
         QueueQuery::Dead(filter)
     } else {
@@ -106,10 +111,41 @@ pub fn list(site: &Site, cage: Option<&str>, filter: Filter, dead: bool, json: b
         }
     }
     println!("{table}");
-    println!(
-        "{} {} call(s)",
-        all.len(),
-        if dead { "dead" } else { "pending" }
-    );
+    let what = if dead { "dead" } else { "pending" };
+    // A cage that filled its listing holds more, maybe: how many, in all.
+    let full: Vec<String> = cages(site, cage)
+        .into_iter()
+        .filter(|c| all.iter().filter(|v| v.cage == *c).count() >= limit)
+        .collect();
+    let more = if full.is_empty() {
+        None
+    } else {
+        Gathered::ask_queue(
+            site,
+            &full,
+            &|| QueueQuery::Count {
+                filter: counted.clone(),
+                dead,
+            },
+            |answer| match answer {
+                Response::Counted(n) => Ok(vec![n]),
+                other => Err(super::listing::refusal(other)),
+            },
+        )
+        .ok()
+        .filter(|g| g.unread.is_empty())
+        .map(|g| {
+            g.items.iter().sum::<usize>() + all.iter().filter(|v| !full.contains(&v.cage)).count()
+        })
+    };
+    match more {
+        Some(total) if total > all.len() => {
+            println!(
+                "{} of {total} {what} call(s) (--limit to see more)",
+                all.len()
+            )
+        }
+        _ => println!("{} {what} call(s)", all.len()),
+    }
     gathered.finish(json)
 }
