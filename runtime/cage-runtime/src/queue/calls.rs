@@ -581,6 +581,28 @@ impl QueueStore {
         self.apply(b)
     }
 
+    /// Whether a call of `queue` in `group` (or without a group) to run here is due at
+    /// `now_ms` for which `skip` is false.
+    pub fn has_due_in(
+        &self,
+        queue: &str,
+        group: Option<&str>,
+        now_ms: u64,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Result<bool, QueueError> {
+        let part = value_of(DueValue {
+            queue,
+            target: None,
+            group,
+        });
+        let end = due_until(now_ms);
+        Ok(self.db().with_index(|index| {
+            index
+                .partition(&part)
+                .is_some_and(|keys| keys.keys(None, &end).any(|k| !skip(id_of(k))))
+        }))
+    }
+
     /// How many calls of `queue` (to run here, not to deliver) are due at `now_ms`: of the
     /// whole queue, and of those of its groups `group` selects.
     pub fn count_due(

@@ -3,7 +3,7 @@
 //! batched per cage), and records how each attempt ended. What may start, what counts as a
 //! crash and what follows a failure are [`super::decide`]'s.
 
-use super::admission::Held;
+use super::admission::{Held, Hold};
 use super::decide::{self, delivery_batches, AfterFailure, Capacity, Crash};
 use super::Scheduler;
 use crate::chains::REPORT_MODULE;
@@ -126,6 +126,8 @@ impl Scheduler {
         let (mut due, turns, mut held) = self.read_due(now, capacity.scan_size(), instant);
         self.turns.extend(turns);
         let mut deliveries: BTreeMap<String, Vec<CallRecord>> = BTreeMap::new();
+        // Queues (and groups) with a rate limit that started attempts at this pump.
+        let mut paced: BTreeSet<(String, Option<String>)> = BTreeSet::new();
         let mut attempts = Vec::new();
         decide::start_order(&mut due);
         for d in due {
@@ -193,11 +195,15 @@ impl Scheduler {
             } else {
                 self.admission
                     .start(&d.queue, d.group.as_deref(), &policy, instant);
+                if policy.rate_limit.is_some() || policy.group_rate_limit.is_some() {
+                    paced.insert((d.queue.clone(), d.group.clone()));
+                }
                 self.running
                     .insert(d.id.clone(), Slot::Queue(d.queue, d.group));
                 attempts.push(record);
             }
         }
+        self.note_rate_held(&paced, now, instant, &mut held);
         if held.queue_rate.len() != self.held.queue_rate.len()
             || held.groups != self.held.groups
             || held
@@ -219,6 +225,50 @@ impl Scheduler {
             }
         }
         self.after_chains(ctx);
+    }
+
+    /// Notes in `held` the queues and groups of `paced` (those with a rate limit that started
+    /// attempts at this pump) whose limit now gives no start while more of their calls are due:
+    /// the scan took only what their limits allowed, so it saw nothing held back.
+    fn note_rate_held(
+        &self,
+        paced: &BTreeSet<(String, Option<String>)>,
+        now: u64,
+        instant: Instant,
+        held: &mut Held,
+    ) {
+        for (queue, group) in paced {
+            let policy = self.policies.queue(queue);
+            let hold = self
+                .admission
+                .hold(queue, group.as_deref(), policy, instant);
+            let of_group = match hold {
+                Some(Hold::QueueRate(_)) => false,
+                Some(Hold::GroupRate(_)) => true,
+                _ => continue,
+            };
+            // Another due call of the group (or the queue) that is not running.
+            let running = &self.running;
+            let skip = |id: &str| running.contains_key(id);
+            let more = if of_group {
+                self.store.has_due_in(queue, group.as_deref(), now, &skip)
+            } else {
+                self.store
+                    .due_where(now, 1, running.len() + 64, &skip, &|v| {
+                        if v.target.is_none() && v.queue == queue {
+                            Room::ANY
+                        } else {
+                            Room { queue: 0, part: 0 }
+                        }
+                    })
+                    .map(|d| !d.is_empty())
+            };
+            if more.unwrap_or(false) {
+                if let Some(hold) = hold {
+                    held.note(queue, group.as_deref(), hold);
+                }
+            }
+        }
     }
 
     /// Reads up to `want` due calls that may start at `now`: in due order, passing over the
