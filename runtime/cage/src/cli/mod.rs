@@ -108,6 +108,9 @@ enum Command {
     Modules {
         /// The cage to ask.
         cage: String,
+        /// List every method of each module (the table shows the first few and a count).
+        #[arg(long)]
+        methods: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -417,7 +420,11 @@ pub fn main() -> ExitCode {
                 .map(|(cert, key)| dashboard::TlsFiles { cert, key });
             dashboard::dashboard(&site, listen, token, tls)
         }
-        Command::Modules { cage, json } => modules::modules(&site, &cage, json),
+        Command::Modules {
+            cage,
+            methods,
+            json,
+        } => modules::modules(&site, &cage, methods, json),
         Command::Status { json } => status::status(&site, json),
         Command::Enqueue {
             cage,

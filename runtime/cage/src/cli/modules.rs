@@ -52,7 +52,27 @@ fn killed(w: &WorkerCounters) -> String {
     }
 }
 
-pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
+/// Methods shown in the table before the rest is counted.
+const METHODS_SHOWN: usize = 6;
+
+/// The methods cell: all of them, one line each few, with `all`; else the first few and how
+/// many more (`--methods` lists them).
+fn methods_cell(methods: &[String], all: bool) -> String {
+    if all || methods.len() <= METHODS_SHOWN {
+        return methods
+            .chunks(METHODS_SHOWN)
+            .map(|line| line.join(", "))
+            .collect::<Vec<_>>()
+            .join(",\n");
+    }
+    format!(
+        "{}, … ({} in all; --methods lists them)",
+        methods[..METHODS_SHOWN].join(", "),
+        methods.len()
+    )
+}
+
+pub fn modules(site: &Site, cage: &str, all_methods: bool, json: bool) -> ExitCode {
     let route = match target::route(site, cage) {
         Ok(r) => r,
         Err(code) => return code,
@@ -106,10 +126,10 @@ pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
                 .unwrap_or_else(|| "-".into()),
             ago(m.loaded_at_ms),
             match m.missing_methods.as_slice() {
-                [] => m.methods.join(", "),
+                [] => methods_cell(&m.methods, all_methods),
                 missing => format!(
                     "{}\nlacks, with calls pending: {}",
-                    m.methods.join(", "),
+                    methods_cell(&m.methods, all_methods),
                     missing
                         .iter()
                         .map(|(method, n)| format!("{method} ({n})"))
@@ -125,4 +145,23 @@ pub fn modules(site: &Site, cage: &str, json: bool) -> ExitCode {
     }
     println!("{table}");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_method_list_is_cut_and_counted_unless_all_are_asked_for() {
+        let names: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
+        assert_eq!(
+            methods_cell(&names, false),
+            "m1, m2, m3, m4, m5, m6, … (8 in all; --methods lists them)"
+        );
+        assert_eq!(
+            methods_cell(&names, true),
+            "m1, m2, m3, m4, m5, m6,\nm7, m8"
+        );
+        assert_eq!(methods_cell(&names[..2], false), "m1, m2");
+    }
 }
