@@ -139,13 +139,6 @@ impl StoppedCage {
         ))
     }
 
-    fn find(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
-        match self.store.get(id)? {
-            Some(r) => Ok(Some(r)),
-            None => self.store.get_dead(id),
-        }
-    }
-
     /// Why call `id` is not cancelled here, if it is not: it belongs to chains.
     fn chained(&self, record: &CallRecord) -> Result<Option<String>, QueueError> {
         let id = &record.call.id;
@@ -168,7 +161,7 @@ impl StoppedCage {
     }
 
     fn cancel(&mut self, id: &str) -> Result<Result<usize, String>, QueueError> {
-        let Some(record) = self.find(id)? else {
+        let Some(record) = self.store.get_any(id)? else {
             return Ok(Ok(0));
         };
         if let Some(why) = self.chained(&record)? {
@@ -180,18 +173,13 @@ impl StoppedCage {
     }
 
     fn make_due(&mut self, id: &str, due_ms: u64, what: String) -> Result<usize, QueueError> {
-        let Some(record) = self.store.get(id)? else {
-            return Ok(0);
-        };
-        let mut updated = record.clone();
-        updated.next_at_ms = due_ms;
-        updated.events.push(CallEvent {
+        let event = CallEvent {
             at_ms: clock::now_ms(),
             what,
-        });
-        self.store.update(&record, &updated)?;
-        self.changed = true;
-        Ok(1)
+        };
+        let made = self.store.make_due(id, due_ms, Some(event))?;
+        self.changed |= made;
+        Ok(usize::from(made))
     }
 
     fn revive(&mut self, id: &str, due_ms: u64, what: String) -> Result<usize, QueueError> {
@@ -226,7 +214,7 @@ impl StoppedCage {
         }
         let mut first = Vec::new();
         for id in ids.iter().take(10) {
-            first.extend(self.find(id)?.map(|rec| self.view(rec)));
+            first.extend(self.store.get_any(id)?.map(|rec| self.view(rec)));
         }
         Ok(Response::Redriven { count, first })
     }
@@ -237,9 +225,13 @@ impl StoppedCage {
         Ok(match q {
             QueueQuery::Pending(f) => self.listing(&f, false)?,
             QueueQuery::Dead(f) => self.listing(&f, true)?,
-            QueueQuery::Show(id) => {
-                Response::Calls(self.find(&id)?.into_iter().map(|r| self.view(r)).collect())
-            }
+            QueueQuery::Show(id) => Response::Calls(
+                self.store
+                    .get_any(&id)?
+                    .into_iter()
+                    .map(|r| self.view(r))
+                    .collect(),
+            ),
             QueueQuery::RetryNow(id) => {
                 Response::Changed(self.make_due(&id, now, offline("made due now"))?)
             }

@@ -187,10 +187,20 @@ impl Cluster {
         &self,
         question: impl Fn(&str, &CageRoute) -> T + Sync,
     ) -> Vec<(String, T)> {
+        self.ask_among(None, question)
+    }
+
+    /// [`Cluster::ask_all`], of cage `only` alone when given.
+    fn ask_among<T: Send>(
+        &self,
+        only: Option<&str>,
+        question: impl Fn(&str, &CageRoute) -> T + Sync,
+    ) -> Vec<(String, T)> {
         std::thread::scope(|s| {
             let asks: Vec<_> = self
                 .cages
                 .iter()
+                .filter(|(name, _)| only.is_none_or(|c| c == name))
                 .map(|(name, route)| {
                     let question = &question;
                     (name, s.spawn(move || question(name, route)))
@@ -255,16 +265,11 @@ impl Cluster {
         cage: Option<&str>,
         filter: &Filter,
     ) -> Vec<(String, Result<Vec<CallView>, String>)> {
-        let mut all = self.ask_all(|name, route| {
-            if cage.is_some_and(|c| c != name) {
-                return Ok(Vec::new());
-            }
+        self.ask_among(cage, |name, route| {
             Client::connect(name, route)
                 .and_then(|mut c| c.calls(QueueQuery::Dead(filter.clone()), ASK_TIMEOUT))
                 .map_err(|e| e.to_string())
-        });
-        all.retain(|(name, _)| cage.is_none_or(|c| c == name));
-        all
+        })
     }
 
     /// Gives `order` to `cage` (or every cage): per cage, how many calls it took (or, in a
@@ -274,16 +279,11 @@ impl Cluster {
         cage: Option<&str>,
         order: &Redrive,
     ) -> Vec<(String, Result<Redriven, String>)> {
-        let mut all = self.ask_all(|name, route| {
-            if cage.is_some_and(|c| c != name) {
-                return Ok((0, Vec::new()));
-            }
+        self.ask_among(cage, |name, route| {
             Client::connect(name, route)
                 .and_then(|mut c| c.redrive(order.clone(), ASK_TIMEOUT))
                 .map_err(|e| e.to_string())
-        });
-        all.retain(|(name, _)| cage.is_none_or(|c| c == name));
-        all
+        })
     }
 
     /// Jobs of every cage (or why a cage could not say).

@@ -301,6 +301,32 @@ impl QueueStore {
         self.revive_at(id, now_ms, now_ms, None)
     }
 
+    /// Call `id`, pending or dead.
+    pub fn get_any(&self, id: &str) -> Result<Option<CallRecord>, QueueError> {
+        match self.get(id)? {
+            Some(r) => Ok(Some(r)),
+            None => self.get_dead(id),
+        }
+    }
+
+    /// Makes pending call `id` due at `due_ms`, with `event` (the order that did it) added to
+    /// its history; whether it was pending.
+    pub fn make_due(
+        &self,
+        id: &str,
+        due_ms: u64,
+        event: Option<CallEvent>,
+    ) -> Result<bool, QueueError> {
+        let Some(record) = self.get(id)? else {
+            return Ok(false);
+        };
+        let mut updated = record.clone();
+        updated.next_at_ms = due_ms;
+        updated.events.extend(event);
+        self.update(&record, &updated)?;
+        Ok(true)
+    }
+
     /// Moves dead call `id` back to pending with a fresh give-up window from `now_ms`, due at
     /// `due_ms`, with `event` (the order that revived it) added to its history.
     pub fn revive_at(

@@ -114,8 +114,8 @@ impl Scheduler {
 
     /// Ids of every pending call `filter` keeps.
     fn pending_ids(&self, filter: &Filter) -> Result<Vec<String>, QueueError> {
-        let pending = self.store.pending(&|r| filter.keeps(r), usize::MAX)?;
-        Ok(pending.into_iter().map(|r| r.call.id).collect())
+        self.store
+            .ids_where(false, &|r| filter.keeps(r), usize::MAX)
     }
 
     fn retry_now(&mut self, id: &str) -> Result<usize, QueueError> {
@@ -134,14 +134,7 @@ impl Scheduler {
         due_ms: u64,
         event: Option<CallEvent>,
     ) -> Result<usize, QueueError> {
-        let Some(record) = self.store.get(id)? else {
-            return Ok(0);
-        };
-        let mut updated = record.clone();
-        updated.next_at_ms = due_ms;
-        updated.events.extend(event);
-        self.store.update(&record, &updated)?;
-        Ok(1)
+        Ok(usize::from(self.store.make_due(id, due_ms, event)?))
     }
 
     /// Revives the dead calls, or makes due the pending ones, that `r` selects, their due
@@ -155,11 +148,7 @@ impl Scheduler {
         let shown = |this: &Self, ids: &[String]| -> Result<Vec<CallView>, QueueError> {
             let mut first = Vec::new();
             for id in ids.iter().take(10) {
-                let record = match this.store.get(id)? {
-                    Some(rec) => Some(rec),
-                    None => this.store.get_dead(id)?,
-                };
-                first.extend(record.map(|rec| this.view(rec)));
+                first.extend(this.store.get_any(id)?.map(|rec| this.view(rec)));
             }
             Ok(first)
         };
@@ -196,10 +185,7 @@ impl Scheduler {
             QueueQuery::Pending(f) => Response::Calls(self.listing(&f, false)?),
             QueueQuery::Dead(f) => Response::Calls(self.listing(&f, true)?),
             QueueQuery::Show(id) => {
-                let found = match self.store.get(&id)? {
-                    Some(r) => Some(r),
-                    None => self.store.get_dead(&id)?,
-                };
+                let found = self.store.get_any(&id)?;
                 Response::Calls(found.into_iter().map(|r| self.view(r)).collect())
             }
             QueueQuery::RetryNow(id) => changed(self.retry_now(&id)?, &self.commit),
